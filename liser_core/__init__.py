@@ -1,0 +1,59 @@
+"""LiSER core: registries, hooks, recipes, label spaces and the distillation engine.
+
+The core names no concrete model; every teacher, student, loss, dataset and logger comes from
+a plugin found through the ``liser`` entry-point group.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookimpl = pluggy.HookimplMarker("liser")
+
+from ._plugins import ENTRY_POINT_GROUP, PluginHost, PluginInfo, load_plugins  # noqa: E402
+from ._registry import Registry  # noqa: E402
+from .components import (  # noqa: E402
+    BatchTargets,
+    Loss,
+    ModelOutput,
+    Student,
+    Teacher,
+    TeacherCard,
+)
+from .data import SPLITS, Batch, Clip, ClipDataset, Corpus  # noqa: E402
+from .engine import EvalResult, RunContext, run  # noqa: E402
+from .errors import ConfigError, LiserError, UnknownComponentError, UsageError  # noqa: E402
+from .labels import CANONICAL_EMOTIONS, LabelMap, LabelSpace, label_space  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CANONICAL_EMOTIONS",
+    "ENTRY_POINT_GROUP",
+    "SPLITS",
+    "Batch",
+    "BatchTargets",
+    "Clip",
+    "ClipDataset",
+    "ConfigError",
+    "Corpus",
+    "EvalResult",
+    "LabelMap",
+    "LabelSpace",
+    "LiserError",
+    "Loss",
+    "ModelOutput",
+    "PluginHost",
+    "PluginInfo",
+    "Registry",
+    "RunContext",
+    "Student",
+    "Teacher",
+    "TeacherCard",
+    "UnknownComponentError",
+    "UsageError",
+    "hookimpl",
+    "label_space",
+    "load_plugins",
+    "run",
+]

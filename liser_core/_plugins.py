@@ -1,0 +1,223 @@
+"""The plugin manager: loads plugins from the ``liser`` entry-point group, one at a time.
+
+A plugin that fails to import, whose registration hook raises, or that implements a hook that
+does not exist is reported (``liser plugins``) and the others still load; ``strict=True`` turns
+any such failure into an error. ``LISER_DISABLE_PLUGIN_AUTOLOAD=1`` loads only the plugins named
+with ``only`` (``-p NAME``); ``block`` (``-p no:NAME``) skips the named ones.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import traceback
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from ._registry import Registry
+from .errors import PluginLoadError, UsageError, close_matches
+
+log = logging.getLogger("liser.plugins")
+
+ENTRY_POINT_GROUP = "liser"
+DISABLE_AUTOLOAD_ENV = "LISER_DISABLE_PLUGIN_AUTOLOAD"
+KINDS = ("dataset", "teacher", "student", "loss", "logger")
+_REGISTRATION_HOOKS = {
+    "dataset": "liser_register_datasets",
+    "teacher": "liser_register_teachers",
+    "student": "liser_register_students",
+    "loss": "liser_register_losses",
+    "logger": "liser_register_loggers",
+}
+
+
+@dataclass
+class PluginInfo:
+    """What ``liser plugins`` shows for one plugin."""
+
+    name: str  # entry-point name
+    module: str  # module path the entry point names
+    distribution: str = ""  # installed package that declares it
+    version: str = ""  # that package's version
+    status: str = "loaded"  # loaded | failed | blocked | not loaded
+    error: str = ""  # why it failed, one line
+    traceback: str = ""  # full traceback of the failure
+    components: dict[str, list[str]] = field(default_factory=dict)  # kind -> names it registered
+
+
+class Registries:
+    """The five registries of one plugin host, by kind."""
+
+    def __init__(self):
+        self.dataset = Registry("dataset")
+        self.teacher = Registry("teacher")
+        self.student = Registry("student")
+        self.loss = Registry("loss")
+        self.logger = Registry("logger")
+
+    def __getitem__(self, kind: str) -> Registry:
+        if kind not in KINDS:
+            raise UsageError(
+                f"unknown component kind {kind!r}; kinds: {', '.join(KINDS)}"
+                + (f" (did you mean {close_matches(kind, KINDS)[0]!r}?)" if close_matches(kind, KINDS) else "")
+            )
+        return getattr(self, kind)
+
+    def __iter__(self):
+        return iter(getattr(self, k) for k in KINDS)
+
+
+class PluginHost:
+    """A pluggy ``PluginManager("liser")`` plus the registries its plugins filled."""
+
+    def __init__(self):
+        self.pm = pluggy.PluginManager("liser")
+        self.pm.add_hookspecs(hookspecs)
+        self.registries = Registries()
+        self.plugins: list[PluginInfo] = []
+        for kind, hook in _REGISTRATION_HOOKS.items():
+            getattr(self.pm.hook, hook).call_historic(kwargs={"registry": self.registries[kind]})
+
+    # -- loading ------------------------------------------------------------------------------
+    def add(self, name: str, plugin: Any, info: PluginInfo | None = None) -> PluginInfo:
+        """Register one plugin object/module, isolating its failures."""
+        info = info or PluginInfo(name=name, module=getattr(plugin, "__name__", repr(plugin)))
+        before = {r.kind: set(r.list()) for r in self.registries}
+        for r in self.registries:
+            r._current_plugin = name
+        try:
+            self.pm.register(plugin, name=name)
+            self._check_hook_names(name, plugin)
+        except Exception as exc:  # noqa: BLE001 - isolation is the point
+            self._fail(info, exc)
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
+            for r in self.registries:  # drop what it registered before failing
+                for n in set(r.list()) - before[r.kind]:
+                    del r._entries[n]
+        finally:
+            for r in self.registries:
+                r._current_plugin = ""
+        if info.status == "loaded":
+            info.components = {
+                r.kind: sorted(set(r.list()) - before[r.kind])
+                for r in self.registries
+                if set(r.list()) - before[r.kind]
+            }
+        self.plugins.append(info)
+        return info
+
+    def _check_hook_names(self, name: str, plugin: Any) -> None:
+        known = {n for n in dir(self.pm.hook) if n.startswith("liser_")}
+        for hook_caller in self.pm.get_hookcallers(plugin) or []:
+            if hook_caller.spec is None:
+                hook = hook_caller.name
+                hint = close_matches(hook, known)
+                raise pluggy.PluginValidationError(
+                    plugin,
+                    f"plugin {name!r} implements unknown hook {hook!r}"
+                    + (f"; did you mean {hint[0]!r}?" if hint else ""),
+                )
+
+    @staticmethod
+    def _fail(info: PluginInfo, exc: BaseException) -> None:
+        info.status = "failed"
+        info.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        info.traceback = "".join(traceback.format_exception(exc))
+        log.warning("plugin %r failed to load: %s", info.name, info.error)
+
+    def load_entry_points(
+        self,
+        *,
+        autoload: bool | None = None,
+        only: Sequence[str] = (),
+        block: Iterable[str] = (),
+    ) -> None:
+        if autoload is None:
+            autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
+        block = set(block)
+        eps = {}
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            eps.setdefault(ep.name, ep)  # first on sys.path wins, like importlib
+        for missing in [n for n in only if n not in eps]:
+            raise UsageError(
+                f"-p {missing}: no plugin of that name in entry-point group {ENTRY_POINT_GROUP!r}"
+                + (f"; did you mean {close_matches(missing, eps)[0]!r}?" if close_matches(missing, eps) else "")
+            )
+        for name, ep in sorted(eps.items()):
+            dist = getattr(ep, "dist", None)
+            info = PluginInfo(
+                name=name,
+                module=ep.value,
+                distribution=dist.name if dist else "",
+                version=dist.version if dist else "",
+            )
+            if name in block:
+                info.status = "blocked"
+                self.plugins.append(info)
+                continue
+            if not autoload and name not in only:
+                info.status = "not loaded"
+                self.plugins.append(info)
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:  # noqa: BLE001
+                self._fail(info, exc)
+                self.plugins.append(info)
+                continue
+            self.add(name, module, info)
+
+    @property
+    def failed(self) -> list[PluginInfo]:
+        return [p for p in self.plugins if p.status == "failed"]
+
+    def raise_if_failed(self) -> None:
+        if self.failed:
+            lines = [f"  {p.name} ({p.module}): {p.error}" for p in self.failed]
+            raise PluginLoadError("plugins failed to load (--strict-plugins):\n" + "\n".join(lines))
+
+    # -- events -------------------------------------------------------------------------------
+    def notify(self, hook_name: str, **kwargs: Any) -> None:
+        """Call every implementation of an event hook; one that raises is logged, not fatal."""
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):
+            try:
+                impl.function(*[kwargs[a] for a in impl.argnames])
+            except Exception as exc:  # noqa: BLE001
+                log.warning(
+                    "plugin %r failed in %s (ignored): %s: %s",
+                    impl.plugin_name, hook_name, type(exc).__name__, exc,
+                )
+                log.debug("traceback", exc_info=True)
+
+
+def load_plugins(
+    *,
+    autoload: bool | None = None,
+    only: Sequence[str] = (),
+    block: Iterable[str] = (),
+    extra: Iterable[tuple[str, Any]] = (),
+    strict: bool = False,
+) -> PluginHost:
+    """Build a :class:`PluginHost` from the installed entry points (and ``extra`` plugins).
+
+    Example::
+
+        >>> host = load_plugins()
+        >>> "logmel_cnn" in host.registries.student
+        True
+    """
+    host = PluginHost()
+    host.load_entry_points(autoload=autoload, only=only, block=block)
+    for name, plugin in extra:
+        host.add(name, plugin)
+    if strict:
+        host.raise_if_failed()
+    return host
+

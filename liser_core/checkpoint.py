@@ -1,0 +1,117 @@
+"""Saving and loading components: safetensors weights + a JSON config, written atomically.
+
+A component directory holds ``config.json`` (registry kind and name, the options it was built
+with, its label space) and ``model.safetensors``. No pickle is read or written anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import UsageError
+from .labels import LabelSpace
+
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_component(
+    module: torch.nn.Module,
+    directory: str | Path,
+    *,
+    kind: str,
+    name: str,
+    options: dict,
+    label_space: LabelSpace,
+    extra: dict | None = None,
+) -> Path:
+    """Save ``module`` into ``directory`` atomically (built in a temporary sibling, then renamed)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        config = {
+            "format_version": FORMAT_VERSION,
+            "kind": kind,
+            "name": name,
+            "options": options,
+            "label_space": label_space.to_dict(),
+            **(extra or {}),
+        }
+        atomic_write_json(tmp / CONFIG_NAME, config)
+        old = None
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_component_config(directory: str | Path, kind: str | None = None) -> dict:
+    directory = Path(directory)
+    cfg_path = directory / CONFIG_NAME
+    if not cfg_path.is_file() or not (directory / WEIGHTS_NAME).is_file():
+        raise UsageError(
+            f"{directory}: not a LiSER checkpoint (needs {CONFIG_NAME} and {WEIGHTS_NAME})"
+        )
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{cfg_path}: invalid JSON: {exc}") from None
+    if kind is not None and config.get("kind") != kind:
+        raise UsageError(f"{directory}: holds a {config.get('kind')!r}, expected a {kind!r}")
+    return config
+
+
+def load_component(directory: str | Path, registry, *, kind: str, **inject: Any) -> torch.nn.Module:
+    """Rebuild a saved component through ``registry`` and load its weights (strictly)."""
+    directory = Path(directory)
+    config = read_component_config(directory, kind)
+    label_space = LabelSpace.from_dict(config["label_space"])
+    module = registry.build(config["name"], label_space=label_space, **config["options"], **inject)
+    state = load_file(str(directory / WEIGHTS_NAME))
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UsageError(
+            f"{directory}: weights do not fit {kind} {config['name']!r} "
+            f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"
+        )
+    module.liser_spec = {"name": config["name"], "options": config["options"]}
+    return module

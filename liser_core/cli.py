@@ -1,0 +1,213 @@
+"""The ``liser`` command line: ``run``, ``list``, ``plugins``.
+
+Usage errors (bad recipe key, unknown component, missing file) print one line and exit with
+status 2; no traceback unless ``--traceback`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from .errors import LiserError, UsageError
+
+
+def _plugin_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("plugins")
+    g.add_argument(
+        "-p",
+        dest="plugins",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="load plugin NAME even with LISER_DISABLE_PLUGIN_AUTOLOAD=1; -p no:NAME blocks it",
+    )
+    g.add_argument(
+        "--strict-plugins", action="store_true", help="fail if any plugin fails to load"
+    )
+    p.add_argument("--traceback", action="store_true", help="show full tracebacks on errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="liser",
+        description="LiSER: distil audio-visual emotion teachers into lightweight speech students.",
+    )
+    parser.add_argument("--version", action="version", version=f"liser {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "run",
+        help="run a recipe: teach, label, distil, finetune, evaluate",
+        description="Run a recipe end to end and write a run directory.",
+        epilog="example: liser run recipes/synth_kd.yaml distil.epochs=5 run_dir=runs/try1",
+    )
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (YAML values)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final table")
+    p.add_argument("--dry-run", action="store_true", help="validate the recipe, print it, run nothing")
+    _plugin_args(p)
+
+    p = sub.add_parser(
+        "list",
+        help="list registered components",
+        description="List registered components of one kind (or all), filtered by a wildcard.",
+        epilog="example: liser list teachers 'face*'",
+    )
+    p.add_argument(
+        "kind",
+        nargs="?",
+        default=None,
+        help="teachers | students | losses | datasets | loggers (default: all)",
+    )
+    p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'face*'")
+    _plugin_args(p)
+
+    p = sub.add_parser(
+        "plugins",
+        help="show loaded plugins, their packages and versions, and failures",
+        description="Show every plugin in the 'liser' entry-point group and its status.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks of failed plugins")
+    _plugin_args(p)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _host(args):
+    from ._plugins import load_plugins
+
+    only = [p for p in args.plugins if not p.startswith("no:")]
+    block = [p[3:] for p in args.plugins if p.startswith("no:")]
+    return load_plugins(only=only, block=block, strict=args.strict_plugins)
+
+
+_PLURAL = {"teacher": "teachers", "student": "students", "loss": "losses", "dataset": "datasets", "logger": "loggers"}
+_KIND_ALIASES = {
+    "teachers": "teacher",
+    "students": "student",
+    "losses": "loss",
+    "datasets": "dataset",
+    "loggers": "logger",
+}
+
+
+def cmd_list(args) -> int:
+    host = _host(args)
+    kinds = ["teacher", "student", "loss", "dataset", "logger"]
+    if args.kind is not None:
+        kinds = [_KIND_ALIASES.get(args.kind, args.kind)]
+    found = False
+    for kind in kinds:
+        reg = host.registries[kind]
+        names = reg.list(args.pattern)
+        print(f"{_PLURAL[kind]} ({len(names)}):")
+        for name in names:
+            e = reg.get(name)
+            tags = " ".join(f"[{k}={v}]" for k, v in e.tags.items())
+            print(f"  {name:<22} {e.summary}  {tags}  ({e.plugin})".rstrip())
+        found = found or bool(names)
+    if not found and args.pattern != "*":
+        print(f"nothing matches {args.pattern!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_plugins(args) -> int:
+    host = _host(args)
+    rows = [(p.name, p.distribution or "-", p.version or "-", p.status, p.module) for p in host.plugins]
+    widths = [max(len(r[i]) for r in rows + [("plugin", "package", "version", "status", "module")]) for i in range(5)]
+    header = ("plugin", "package", "version", "status", "module")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for r, p in zip(rows, host.plugins):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+        if p.components:
+            print("    provides: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in p.components.items()))
+        if p.error:
+            print(f"    error: {p.error}")
+            if args.verbose:
+                print("    " + p.traceback.replace("\n", "\n    "))
+    return 1 if host.failed and args.strict_plugins else 0
+
+
+def _table(run) -> str:
+    lines = [
+        f"{'model':<16} {'role':<9} {'params':>10} {'WA (acc)':>9} {'UAR':>7} {'macro-F1':>9}",
+    ]
+    for e in run.evaluations:
+        m = e.metrics
+        lines.append(
+            f"{e.model:<16} {e.role:<9} {e.num_parameters:>10,} {m['accuracy']:>9.3f} {m['uar']:>7.3f} {m['macro_f1']:>9.3f}"
+        )
+    split = run.evaluations[0].split if run.evaluations else "test"
+    n = len(run.evaluations[0].clip_ids) if run.evaluations else 0
+    chance = 1 / len(run.label_space)
+    lines.append(f"({split} split: {n} clips, {len(run.label_space)} classes, chance UAR {chance:.3f})")
+    return "\n".join(lines)
+
+
+def cmd_run(args) -> int:
+    from ._plugins import load_plugins  # noqa: F401 - imported for its side effect on logging
+    from .engine import Engine, config_yaml, prepare_config
+
+    _setup_logging(logging.WARNING if args.quiet else logging.INFO)
+    host = _host(args)
+    cfg = prepare_config(args.recipe, args.overrides, host)
+    if args.dry_run:
+        print(config_yaml(cfg), end="")
+        return 0
+    run = Engine(cfg, host).execute()
+    print()
+    print(_table(run))
+    print(f"run directory: {run.run_dir}")
+    return 0
+
+
+def _setup_logging(level: int) -> None:
+    root = logging.getLogger("liser")
+    if not any(getattr(h, "_liser_console", False) for h in root.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        h._liser_console = True
+        root.addHandler(h)
+    root.setLevel(logging.INFO)
+    for h in root.handlers:
+        if getattr(h, "_liser_console", False):
+            h.setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    _setup_logging(logging.WARNING)
+    try:
+        return {"run": cmd_run, "list": cmd_list, "plugins": cmd_plugins}[args.command](args)
+    except UsageError as exc:
+        if getattr(args, "traceback", False):
+            raise
+        print(f"liser: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except LiserError as exc:
+        if getattr(args, "traceback", False):
+            raise
+        print(f"liser: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("liser: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # python -m liser_core.cli
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""Recipes: the typed schema, YAML loading, ``key=value`` overrides and validation.
+
+A recipe is a small YAML diff over the defaults below. Everything is checked before any work
+starts: an unknown key, a wrong type, a missing value, an unknown component or component
+option, or a path that does not exist raises :class:`~liser_core.errors.ConfigError` naming the
+full key path (``distil.losses.0.options.temperatur``) and the close matches.
+YAML is read with a safe loader: no tag can import or run code.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any  # noqa: UP035 - OmegaConf needs typing generics
+
+import yaml
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import errors as oc_errors
+
+from .errors import ConfigError, UnknownComponentError, close_matches
+
+
+class Combination(str, Enum):
+    arithmetic = "arithmetic"  # mixture of the teachers' distributions
+    geometric = "geometric"  # product of experts (weighted mean of log-probabilities)
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # registered dataset, e.g. synth_av
+    options: dict[str, Any] = field(default_factory=dict)  # the dataset factory's options
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 5.0  # max gradient norm; 0 disables clipping
+
+
+@dataclass
+class LabelMapConfig:
+    merge: dict[str, str] = field(default_factory=dict)  # teacher class -> student class
+    drop: list[str] = field(default_factory=list)  # teacher classes removed (mass renormalised)
+
+
+@dataclass
+class TeacherConfig:
+    name: str = MISSING  # registered teacher, e.g. face_cnn
+    options: dict[str, Any] = field(default_factory=dict)  # the teacher factory's options
+    checkpoint: str | None = None  # directory of a saved teacher; None: fit on the teacher split
+    weight: float = 1.0  # share of this teacher in the combined targets
+    label_map: LabelMapConfig = field(default_factory=LabelMapConfig)
+    fit: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class LossConfig:
+    name: str = MISSING  # registered loss, e.g. kl
+    weight: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StudentConfig:
+    name: str = MISSING  # registered student, e.g. logmel_cnn
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DistilConfig(TrainConfig):
+    losses: list[LossConfig] = field(default_factory=list)
+    combination: Combination = Combination.arithmetic  # how several teachers' targets combine
+    include_labeled: bool = True  # also distil on the labeled split (its labels feed `ce`)
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    epochs: int = 0  # 0 skips the stage
+
+
+@dataclass
+class BaselineConfig(TrainConfig):
+    enabled: bool = False  # also train the same student on the labeled split alone
+
+
+@dataclass
+class EvaluateConfig:
+    split: str = "test"
+    batch_size: int = 64
+
+
+@dataclass
+class RecipeConfig:
+    name: str = "liser"  # run name (logs, wandb)
+    seed: int = 0
+    device: str = "cpu"  # cpu | cuda | cuda:N | mps | auto
+    threads: int | None = None  # torch CPU threads; None keeps torch's default
+    run_dir: str | None = None  # default: runs/<name>-<timestamp>
+    data: DataConfig = field(default_factory=DataConfig)
+    teachers: list[TeacherConfig] = field(default_factory=list)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distil: DistilConfig = field(default_factory=DistilConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    loggers: dict[str, dict[str, Any]] = field(default_factory=lambda: {"run_dir": {}})
+
+
+#: Factory arguments the engine supplies itself; a recipe may not set them.
+INJECTED_OPTIONS = {
+    "dataset": ("seed",),
+    "teacher": ("label_space",),
+    "student": ("label_space",),
+    "loss": (),
+    "logger": (),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def _schema() -> DictConfig:
+    return OmegaConf.structured(RecipeConfig)
+
+
+def _suggest(schema: DictConfig, full_key: str) -> list[str]:
+    parent, _, leaf = str(full_key).rpartition(".")
+    node = OmegaConf.select(schema, parent) if parent else schema
+    if isinstance(node, ListConfig) and len(node) == 0:
+        return []
+    if isinstance(node, ListConfig):
+        node = node[0]
+    if isinstance(node, DictConfig):
+        return close_matches(leaf, [str(k) for k in node.keys()])
+    return []
+
+
+def _translate(exc: oc_errors.OmegaConfBaseException, where: str, schema: DictConfig) -> ConfigError:
+    key = str(getattr(exc, "full_key", "") or "")
+    msg = str(getattr(exc, "msg", exc)).splitlines()[0]
+    if isinstance(exc, oc_errors.ConfigKeyError):
+        leaf = key.rpartition(".")[2]
+        return ConfigError(key, f"unknown key {leaf!r}{where}", _suggest(schema, key))
+    if isinstance(exc, oc_errors.MissingMandatoryValue):
+        return ConfigError(key, f"missing required value{where}")
+    return ConfigError(key, f"{msg}{where}")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"distil.epochs=5"`` -> ``("distil.epochs", 5)``; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(text, "override must look like key=value (e.g. distil.epochs=5)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(key, f"cannot parse value {raw!r}: {exc}") from None
+    return key, value
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> DictConfig:
+    """Read a recipe, merge it onto the schema defaults, apply overrides and type-check.
+
+    Example::
+
+        >>> cfg = load_recipe("recipes/synth_kd.yaml", ["distil.epochs=1"])  # doctest: +SKIP
+        >>> cfg.distil.epochs
+        1
+    """
+    schema = _schema()
+    cfg = schema.copy()
+    where = ""
+    if path is not None:
+        path = Path(path)
+        where = f" (in {path})"
+        if not path.is_file():
+            raise ConfigError("", f"recipe {str(path)!r} does not exist")
+        try:
+            user = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError("", f"{path}: invalid YAML: {exc}") from None
+        if user is None:
+            user = {}
+        if not isinstance(user, dict):
+            raise ConfigError("", f"{path}: a recipe must be a mapping at top level")
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(user))
+        except oc_errors.OmegaConfBaseException as exc:
+            raise _translate(exc, where, schema) from None
+    for text in overrides:
+        key, value = parse_override(text)
+        try:
+            _check_override_path(cfg, key, schema)
+            OmegaConf.update(cfg, key, value, merge=True)
+        except oc_errors.OmegaConfBaseException as exc:
+            err = _translate(exc, f" (override {text!r})", schema)
+            if not err.key:
+                err = ConfigError(key, err.reason)
+            raise err from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(missing[0], f"missing required value{where}")
+    try:
+        OmegaConf.resolve(cfg)
+    except oc_errors.OmegaConfBaseException as exc:
+        raise _translate(exc, where, schema) from None
+    return cfg
+
+
+def _check_override_path(cfg: DictConfig, key: str, schema: DictConfig) -> None:
+    """Overrides may not invent keys in typed nodes (OmegaConf would add them silently in lists)."""
+    node: Any = cfg
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        here = ".".join(parts[: depth + 1])
+        if isinstance(node, ListConfig):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(here, f"no list item {part!r} (the list has {len(node)} items)")
+            node = node[int(part)]
+        elif isinstance(node, DictConfig):
+            typed = OmegaConf.get_type(node) not in (dict, None)
+            if part not in node:
+                if typed:
+                    raise ConfigError(
+                        here, "unknown key", close_matches(part, [str(k) for k in node.keys()])
+                    )
+                return  # free-form mapping (component options): new keys allowed here
+            node = node._get_node(part)
+            if not isinstance(node, (DictConfig, ListConfig)):
+                if depth != len(parts) - 1:
+                    raise ConfigError(here, "is a value, not a mapping")
+                return
+        else:
+            return
+
+
+# ---------------------------------------------------------------------------------------------
+# Components
+# ---------------------------------------------------------------------------------------------
+
+
+def _type_ok(value: Any, ann: Any) -> bool:
+    if ann is inspect.Parameter.empty or ann is Any:
+        return True
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(ann))
+    if origin is typing.Literal:
+        return value in typing.get_args(ann)
+    if ann is type(None):
+        return value is None
+    if ann is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ann is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if ann in (str, bool):
+        return isinstance(value, ann)
+    if origin in (list, tuple, typing.Sequence) or ann in (list, tuple):
+        if not isinstance(value, (list, tuple, ListConfig)):
+            return False
+        args = [a for a in typing.get_args(ann) if a is not Ellipsis]
+        return all(_type_ok(v, args[0]) for v in value) if args else True
+    if origin is dict or ann is dict:
+        return isinstance(value, (dict, DictConfig))
+    return True  # annotations we do not understand are not checked
+
+
+def _type_name(ann: Any) -> str:
+    if typing.get_origin(ann) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(ann))
+    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+
+
+def check_options(registry, name: str, options: dict, key: str, kind: str) -> None:
+    """Check ``options`` against the factory signature of ``registry[name]``."""
+    try:
+        entry = registry.get(name)
+    except UnknownComponentError as exc:
+        raise ConfigError(f"{key}.name", str(exc)) from None
+    sig = entry.signature()
+    try:
+        fn = entry.factory.__init__ if isinstance(entry.factory, type) else entry.factory
+        hints = typing.get_type_hints(fn)
+    except Exception:  # noqa: BLE001 - unresolvable annotations are not checked
+        hints = {}
+    params = {
+        n: p
+        for n, p in sig.parameters.items()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n not in INJECTED_OPTIONS[kind]
+    }
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+    for opt, value in options.items():
+        if opt in INJECTED_OPTIONS[kind]:
+            raise ConfigError(f"{key}.options.{opt}", f"is set by LiSER for every {kind}; remove it")
+        if opt not in params:
+            if takes_any:
+                continue
+            raise ConfigError(
+                f"{key}.options.{opt}",
+                f"unknown option for {kind} {name!r} (options: {', '.join(params) or 'none'})",
+                close_matches(opt, params),
+            )
+        ann = hints.get(opt, params[opt].annotation)
+        if not _type_ok(value, ann):
+            raise ConfigError(
+                f"{key}.options.{opt}",
+                f"{value!r} is not a valid {_type_name(ann)} for {kind} {name!r}",
+            )
+    for n, p in params.items():
+        if p.default is p.empty and n not in options:
+            raise ConfigError(f"{key}.options.{n}", f"missing required option of {kind} {name!r}")
+
+
+def validate_components(cfg: DictConfig, registries) -> None:
+    """Every component named in the recipe exists and accepts its options; paths exist."""
+    check_options(registries.dataset, cfg.data.name, plain(cfg.data.options), "data", "dataset")
+    for i, t in enumerate(cfg.teachers):
+        check_options(registries.teacher, t.name, plain(t.options), f"teachers.{i}", "teacher")
+        if t.checkpoint is not None and not Path(t.checkpoint).exists():
+            raise ConfigError(f"teachers.{i}.checkpoint", f"path {t.checkpoint!r} does not exist")
+        if t.weight < 0:
+            raise ConfigError(f"teachers.{i}.weight", "must be >= 0")
+    check_options(registries.student, cfg.student.name, plain(cfg.student.options), "student", "student")
+    for i, loss in enumerate(cfg.distil.losses):
+        check_options(registries.loss, loss.name, plain(loss.options), f"distil.losses.{i}", "loss")
+    if not cfg.distil.losses and cfg.distil.epochs > 0:
+        raise ConfigError("distil.losses", "distillation needs at least one loss (e.g. kl)")
+    if cfg.teachers and all(t.weight == 0 for t in cfg.teachers):
+        raise ConfigError("teachers", "every teacher has weight 0")
+    for name, opts in cfg.loggers.items():
+        check_options(registries.logger, str(name), plain(opts or {}), f"loggers.{name}", "logger")
+    for stage in ("distil", "finetune", "baseline"):
+        sc = cfg[stage]
+        for k in ("epochs", "batch_size"):
+            if sc[k] < (1 if k == "batch_size" else 0):
+                raise ConfigError(f"{stage}.{k}", f"must be {'>= 1' if k == 'batch_size' else '>= 0'}")
+        if sc.lr <= 0:
+            raise ConfigError(f"{stage}.lr", "must be > 0")
+    dev = str(cfg.device)
+    if not (dev in ("cpu", "cuda", "mps", "auto") or dev.startswith("cuda:")):
+        raise ConfigError("device", f"{dev!r} is not cpu, cuda, cuda:N, mps or auto",
+                          close_matches(dev, ["cpu", "cuda", "mps", "auto"]))
+
+
+
+def plain(node) -> Any:
+    """A DictConfig/ListConfig as plain Python containers (tuples stay lists)."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node

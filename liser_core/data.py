@@ -1,0 +1,148 @@
+"""Clips, corpora and batches: the data vocabulary every component shares."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from .labels import LabelSpace
+
+#: The roles a corpus fills in a run. ``teacher`` stands for the large external labeled data a
+#: real teacher was trained on; ``labeled`` is the student's small labeled set; ``unlabeled``
+#: is the pool the teachers label; ``test`` is only ever evaluated on.
+SPLITS: tuple[str, ...] = ("teacher", "labeled", "unlabeled", "test")
+
+
+@dataclass
+class Clip:
+    """One utterance."""
+
+    clip_id: str  # unique within its corpus
+    audio: np.ndarray  # mono float32 waveform in [-1, 1]
+    sample_rate: int  # Hz
+    speaker: str  # speaker id; splits are speaker-disjoint
+    label: str | None = None  # canonical emotion name; None when unlabeled
+    frames: np.ndarray | None = None  # face video, uint8 (T, H, W) grey or (T, H, W, 3)
+    fps: float | None = None  # frame rate of ``frames``
+    path: str | None = None  # source file, when there is one
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+
+@runtime_checkable
+class Corpus(Protocol):
+    """What a dataset plugin's factory returns."""
+
+    name: str  # corpus name, e.g. "synth_av" (teacher cards refer to it)
+    label_space: LabelSpace  # classes of its labels
+
+    def split(self, role: str) -> Sequence[Clip]:
+        """The clips of one of :data:`SPLITS` (empty when the corpus has none for that role)."""
+        ...
+
+
+@dataclass
+class Batch:
+    """Clips collated for a model: padded audio, optional frames, labels as class ids."""
+
+    audio: torch.Tensor  # (B, N) float32, zero-padded
+    lengths: torch.Tensor  # (B,) valid samples per row
+    sample_rate: int
+    labels: torch.Tensor  # (B,) class ids, -1 where unlabeled
+    clip_ids: list[str]
+    index: torch.Tensor  # (B,) position of each clip in the dataset it came from
+    frames: torch.Tensor | None = None  # (B, T, H, W) float in [0, 1], or None
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.audio.shape[0]
+
+    def to(self, device: torch.device | str) -> Batch:
+        def mv(t):
+            return t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t
+
+        return Batch(
+            audio=mv(self.audio),
+            lengths=mv(self.lengths),
+            sample_rate=self.sample_rate,
+            labels=mv(self.labels),
+            clip_ids=self.clip_ids,
+            index=mv(self.index),
+            frames=mv(self.frames),
+            extra={k: mv(v) for k, v in self.extra.items()},
+        )
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """A sequence of clips served to a DataLoader, resampled to one rate, labels as ids."""
+
+    def __init__(
+        self,
+        clips: Sequence[Clip],
+        label_space: LabelSpace,
+        sample_rate: int,
+        *,
+        with_labels: bool = True,
+        with_frames: bool = False,
+    ):
+        self.clips = clips
+        self.label_space = label_space
+        self.sample_rate = sample_rate
+        self.with_labels = with_labels
+        self.with_frames = with_frames
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int):
+        clip = self.clips[i]
+        audio = torch.from_numpy(np.ascontiguousarray(clip.audio, dtype=np.float32))
+        if clip.sample_rate != self.sample_rate:
+            import torchaudio.functional as AF
+
+            audio = AF.resample(audio, clip.sample_rate, self.sample_rate)
+        label = -1
+        if self.with_labels and clip.label is not None:
+            label = self.label_space.index(clip.label)
+        frames = None
+        if self.with_frames:
+            if clip.frames is None:
+                raise ValueError(f"clip {clip.clip_id} has no video frames")
+            frames = torch.from_numpy(np.ascontiguousarray(clip.frames))
+        return i, clip.clip_id, audio, label, frames
+
+    def collate(self, items) -> Batch:
+        idx, ids, audios, labels, frames = zip(*items)
+        lengths = torch.tensor([len(a) for a in audios])
+        audio = torch.zeros(len(audios), int(lengths.max()))
+        for row, a in enumerate(audios):
+            audio[row, : len(a)] = a
+        fr = None
+        if self.with_frames:
+            fr = torch.stack([f.float() / 255.0 for f in frames])
+        return Batch(
+            audio=audio,
+            lengths=lengths,
+            sample_rate=self.sample_rate,
+            labels=torch.tensor(labels, dtype=torch.long),
+            clip_ids=list(ids),
+            index=torch.tensor(idx, dtype=torch.long),
+            frames=fr,
+        )
+
+    def loader(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, drop_last=False):
+        g = torch.Generator().manual_seed(seed)
+        return torch.utils.data.DataLoader(
+            self,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=g if shuffle else None,
+            collate_fn=self.collate,
+            drop_last=drop_last,
+        )

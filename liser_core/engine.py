@@ -1,0 +1,576 @@
+"""The engine: builds a run's components from the registries and runs its stages.
+
+Stages, in order (each can be skipped by its recipe block):
+
+``teach``     load each teacher's checkpoint, or fit it on the corpus's ``teacher`` split
+              (never on ``test``);
+``label``     run every teacher once over the unlabeled pool (+ the labeled split) and keep its
+              logits and embeddings; label maps project them onto the student's classes;
+``distil``    train the student on those targets with the recipe's weighted loss terms;
+``finetune``  optionally train it further on the labeled split alone;
+``baseline``  optionally train the same student on the labeled split alone, for comparison;
+``evaluate``  score every teacher, the baseline and the student on the test split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from . import checkpoint
+from ._plugins import PluginHost
+from .components import BatchTargets, Loss, ModelOutput, Student, Teacher, TeacherCard
+from .config import Combination, TrainConfig, load_recipe, plain, validate_components
+from .data import Batch, Clip, ClipDataset, Corpus
+from .errors import ConfigError, UsageError
+from .labels import LabelMap, LabelSpace
+from .metrics import classification_metrics
+from .training import collect, train
+
+log = logging.getLogger("liser")
+
+
+@dataclass
+class EvalResult:
+    """One model scored on one split, in the student's label space."""
+
+    model: str  # teacher key, "student" or "baseline"
+    role: str  # teacher | student | baseline
+    split: str
+    metrics: dict[str, float]  # accuracy (WA), uar (UA), macro_f1
+    confusion: torch.Tensor  # (C, C) counts, rows = true class
+    label_space: LabelSpace
+    probs: torch.Tensor  # (N, C) predicted distribution per clip
+    clip_ids: list[str]
+    num_parameters: int = 0
+
+
+@dataclass
+class TargetTable:
+    """Every teacher's outputs on the distillation set, row i = clip i of that set."""
+
+    logits: dict[str, torch.Tensor]
+    embeddings: dict[str, torch.Tensor]
+    label_maps: dict[str, LabelMap]
+    weights: dict[str, float]
+    combination: str
+
+    def batch(self, index: torch.Tensor, device: torch.device) -> BatchTargets:
+        idx = index.cpu()
+        return BatchTargets(
+            logits={k: v[idx].to(device) for k, v in self.logits.items()},
+            embeddings={k: v[idx].to(device) for k, v in self.embeddings.items()},
+            label_maps=self.label_maps,
+            weights=self.weights,
+            combination=self.combination,
+        )
+
+
+@dataclass
+class RunContext:
+    """Everything a run has built; hooks receive it as ``run``."""
+
+    config: DictConfig
+    run_dir: Path
+    host: PluginHost
+    device: torch.device
+    corpus: Corpus | None = None
+    teachers: dict[str, Teacher] = field(default_factory=dict)
+    teacher_configs: dict[str, Any] = field(default_factory=dict)
+    label_maps: dict[str, LabelMap] = field(default_factory=dict)
+    student: Student | None = None
+    baseline: Student | None = None
+    losses: dict[str, tuple[float, Loss]] = field(default_factory=dict)
+    targets: TargetTable | None = None
+    evaluations: list[EvalResult] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def label_space(self) -> LabelSpace:
+        return self.corpus.label_space
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        return {e.model: {"role": e.role, **e.metrics} for e in self.evaluations}
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        log.warning(message)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", f"{name!r} asked for, but CUDA is not available here")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device", "'mps' asked for, but MPS is not available here")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_component(registry, name: str, options: dict, **inject: Any):
+    """Build a registered component and remember how (``liser_spec``) so it can be saved."""
+    module = registry.build(name, **options, **inject)
+    if isinstance(module, torch.nn.Module):
+        module.liser_spec = {"name": name, "options": options}
+    return module
+
+
+class Engine:
+    """Runs one validated recipe. Use :func:`run` unless you need the stages one by one."""
+
+    def __init__(self, config: DictConfig, host: PluginHost):
+        self.cfg = config
+        self.host = host
+        self.reg = host.registries
+        run_dir = Path(config.run_dir) if config.run_dir else Path("runs") / (
+            f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        )
+        self.run = RunContext(
+            config=config, run_dir=run_dir, host=host, device=resolve_device(str(config.device))
+        )
+        self._loggers: list[Any] = []
+
+    # -- orchestration --------------------------------------------------------------------------
+    def execute(self) -> RunContext:
+        run = self.run
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(run.run_dir / "log.txt", mode="a")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("liser").addHandler(handler)
+        error: BaseException | None = None
+        try:
+            if self.cfg.threads:
+                torch.set_num_threads(int(self.cfg.threads))
+            seed_everything(int(self.cfg.seed))
+            self._start_loggers()
+            log.info("run dir %s  device %s  seed %d", run.run_dir, run.device, self.cfg.seed)
+            self.prepare()
+            self.host.notify("liser_run_start", run=run)
+            self._stage("teach", self.teach)
+            if run.teachers and (self.cfg.distil.epochs > 0):
+                self._stage("label", self.label)
+            if self.cfg.distil.epochs > 0:
+                self._stage("distil", self.distil)
+            if self.cfg.finetune.epochs > 0:
+                self._stage("finetune", self.finetune)
+            if self.cfg.baseline.enabled:
+                self._stage("baseline", self.train_baseline)
+            self._stage("evaluate", self.evaluate)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.host.notify("liser_run_end", run=run, results=run.results(), error=error)
+            self._stop_loggers()
+            logging.getLogger("liser").removeHandler(handler)
+            handler.close()
+        return run
+
+    def _stage(self, name: str, fn: Callable[[], None]) -> None:
+        log.info("== stage %s ==", name)
+        self.host.notify("liser_stage_start", run=self.run, stage=name)
+        t0 = time.perf_counter()
+        fn()
+        seconds = time.perf_counter() - t0
+        self.run.stage_seconds[name] = seconds
+        log.info("stage %s done in %.1fs", name, seconds)
+        self.host.notify("liser_stage_end", run=self.run, stage=name, seconds=seconds)
+
+    def _start_loggers(self) -> None:
+        for name, opts in self.cfg.loggers.items():
+            try:
+                logger = build_component(self.reg.logger, str(name), plain(opts or {}))
+                self.host.pm.register(logger, name=f"logger:{name}")
+                self._loggers.append(logger)
+            except Exception as exc:  # noqa: BLE001 - a logger never stops a run
+                self.run.warn(f"logger {name!r} could not start and is off for this run: {exc}")
+
+    def _stop_loggers(self) -> None:
+        for logger in self._loggers:
+            if self.host.pm.is_registered(logger):
+                self.host.pm.unregister(logger)
+        self._loggers.clear()
+
+    # -- prepare: build everything, check what can be checked before any training -------------
+    def prepare(self) -> None:
+        run, cfg = self.run, self.cfg
+        t0 = time.perf_counter()
+        run.corpus = build_component(
+            self.reg.dataset, cfg.data.name, plain(cfg.data.options), seed=int(cfg.seed)
+        )
+        if not isinstance(run.corpus, Corpus):
+            raise UsageError(f"dataset {cfg.data.name!r} did not return a Corpus")
+        log.info(
+            "corpus %s (%s): %s  [%.1fs]",
+            run.corpus.name,
+            run.label_space.name,
+            ", ".join(f"{s} {len(run.corpus.split(s))}" for s in ("teacher", "labeled", "unlabeled", "test")),
+            time.perf_counter() - t0,
+        )
+        if not run.corpus.split(cfg.evaluate.split):
+            raise ConfigError("evaluate.split", f"corpus {run.corpus.name!r} has no {cfg.evaluate.split!r} clips")
+        self._check_speakers()
+
+        names = [t.name for t in cfg.teachers]
+        for i, tc in enumerate(cfg.teachers):
+            key = tc.name if names.count(tc.name) == 1 else f"{tc.name}.{i}"
+            if tc.checkpoint:
+                teacher = checkpoint.load_component(tc.checkpoint, self.reg.teacher, kind="teacher")
+                card_d = checkpoint.read_component_config(tc.checkpoint).get("card")
+                if card_d:
+                    teacher.card = TeacherCard(**{**card_d, "trained_on": tuple(card_d["trained_on"])})
+            else:
+                teacher = build_component(
+                    self.reg.teacher, tc.name, plain(tc.options), label_space=run.label_space
+                )
+            try:
+                run.label_maps[key] = LabelMap(
+                    teacher.label_space,
+                    run.label_space,
+                    merge=plain(tc.label_map.merge),
+                    drop=tuple(tc.label_map.drop),
+                )
+            except ValueError as exc:
+                raise ConfigError(f"teachers.{i}.label_map", str(exc)) from None
+            run.teachers[key] = teacher.to(run.device)
+            run.teacher_configs[key] = tc
+
+        seed = int(cfg.seed)
+        torch.manual_seed(seed + 1)
+        opts = plain(cfg.student.options)
+        run.student = build_component(self.reg.student, cfg.student.name, opts, label_space=run.label_space)
+        run.student.to(run.device)
+        if cfg.baseline.enabled:  # same initial weights as the distilled student
+            torch.manual_seed(seed + 1)
+            run.baseline = build_component(
+                self.reg.student, cfg.student.name, opts, label_space=run.label_space
+            ).to(run.device)
+        for i, lc in enumerate(cfg.distil.losses):
+            loss = build_component(self.reg.loss, lc.name, plain(lc.options))
+            key = lc.name if lc.name not in run.losses else f"{lc.name}.{i}"
+            if loss.needs_teacher and not run.teachers:
+                raise ConfigError(f"distil.losses.{i}", f"loss {lc.name!r} needs a teacher; the recipe has none")
+            try:
+                loss.bind(run.student.embedding_dim, {k: t.embedding_dim for k, t in run.teachers.items()})
+            except (KeyError, ValueError) as exc:
+                raise ConfigError(f"distil.losses.{i}.options", str(exc).strip("'\"")) from None
+            run.losses[key] = (float(lc.weight), loss.to(run.device))
+        log.info(
+            "student %s: %s parameters; teachers: %s",
+            cfg.student.name,
+            f"{run.student.num_parameters():,}",
+            ", ".join(f"{k} ({_count(t):,})" for k, t in run.teachers.items()) or "none",
+        )
+
+    def _check_speakers(self) -> None:
+        corpus = self.run.corpus
+        speakers = {s: {c.speaker for c in corpus.split(s)} for s in ("teacher", "labeled", "unlabeled", "test")}
+        test = speakers[self.cfg.evaluate.split]
+        for s, spk in speakers.items():
+            if s != self.cfg.evaluate.split and spk & test:
+                self.run.warn(
+                    f"speakers {sorted(spk & test)[:5]} appear in both {s!r} and the test split: "
+                    "results are NOT speaker-independent"
+                )
+
+    # -- datasets -------------------------------------------------------------------------------
+    def _dataset(self, clips, rate: int, *, labels=True, frames=False) -> ClipDataset:
+        return ClipDataset(clips, self.run.label_space, rate, with_labels=labels, with_frames=frames)
+
+    def _native_rate(self) -> int:
+        for s in ("labeled", "unlabeled", "test", "teacher"):
+            clips = self.run.corpus.split(s)
+            if clips:
+                return clips[0].sample_rate
+        return 16000
+
+    def _teacher_dataset(self, teacher: Teacher, clips, *, labels=True) -> ClipDataset:
+        return self._dataset(
+            clips, teacher.sample_rate or self._native_rate(), labels=labels, frames=teacher.needs_frames
+        )
+
+    # -- stages ---------------------------------------------------------------------------------
+    def teach(self) -> None:
+        run = self.run
+        teach_clips = run.corpus.split("teacher")
+        for key, teacher in run.teachers.items():
+            tc = run.teacher_configs[key]
+            if tc.checkpoint:
+                log.info("teacher %s: loaded from %s", key, tc.checkpoint)
+                continue
+            if not teacher.fittable:
+                raise ConfigError(
+                    f"teachers.{list(run.teachers).index(key)}.checkpoint",
+                    f"teacher {tc.name!r} cannot be fitted in a run; give it a checkpoint",
+                )
+            if not teach_clips:
+                raise ConfigError(
+                    f"teachers.{list(run.teachers).index(key)}.checkpoint",
+                    f"corpus {run.corpus.name!r} has no teacher split to fit {tc.name!r} on; give a checkpoint",
+                )
+            ds = self._teacher_dataset(teacher, teach_clips)
+            fit: TrainConfig = tc.fit
+            seed = int(self.cfg.seed)
+
+            def step(batch: Batch, teacher=teacher):
+                out = teacher(batch)
+                loss = F.cross_entropy(out.logits, batch.labels)
+                return loss, {"ce": loss.detach()}
+
+            log.info("teacher %s: fitting on %d clips of the teacher split", key, len(ds))
+            train(
+                [teacher],
+                step,
+                lambda epoch, ds=ds: ds.loader(fit.batch_size, shuffle=True, seed=seed + 100 + epoch),
+                _steps(len(ds), fit.batch_size),
+                fit,
+                device=run.device,
+                name=f"teacher {key}",
+                params=teacher.trainable_parameters(),
+                on_epoch_end=self._epoch_hook("teach", key),
+            )
+            teacher.card = dataclasses.replace(
+                teacher.card,
+                trained_on=(f"{run.corpus.name}[teacher]",),
+                source=f"fitted in run {run.run_dir}",
+                num_parameters=_count(teacher),
+            )
+            checkpoint.save_component(
+                teacher,
+                run.run_dir / "teachers" / key,
+                kind="teacher",
+                name=teacher.liser_spec["name"],
+                options=teacher.liser_spec["options"],
+                label_space=teacher.label_space,
+                extra={"card": teacher.card.to_dict()},
+            )
+
+    def _distil_clips(self) -> tuple[list[Clip], list[str | None]]:
+        """Pool clips with labels hidden, then labeled clips; and the pool's hidden truth."""
+        pool = list(self.run.corpus.split("unlabeled"))
+        truth = [c.label for c in pool]
+        clips = [dataclasses.replace(c, label=None) for c in pool]
+        if self.cfg.distil.include_labeled:
+            clips += list(self.run.corpus.split("labeled"))
+        return clips, truth
+
+    def label(self) -> None:
+        run, cfg = self.run, self.cfg
+        clips, truth = self._distil_clips()
+        self._distil_set = clips
+        logits, embs = {}, {}
+        for key, teacher in run.teachers.items():
+            teacher.eval()
+            ds = self._teacher_dataset(teacher, clips, labels=False)
+            t0 = time.perf_counter()
+            lo, em, _ = collect(lambda b, t=teacher: t(b), ds.loader(cfg.evaluate.batch_size), run.device)
+            logits[key], embs[key] = lo, em
+            log.info("teacher %s labeled %d clips in %.1fs", key, len(ds), time.perf_counter() - t0)
+        total_w = sum(float(run.teacher_configs[k].weight) for k in run.teachers)
+        run.targets = TargetTable(
+            logits=logits,
+            embeddings=embs,
+            label_maps=run.label_maps,
+            weights={k: float(run.teacher_configs[k].weight) / total_w for k in run.teachers},
+            combination=Combination(cfg.distil.combination).value,
+        )
+        # Diagnostic only: how often the combined targets agree with the pool's hidden labels.
+        known = [i for i, t in enumerate(truth) if t is not None]
+        if known:
+            probs = run.targets.batch(torch.tensor(known), torch.device("cpu")).probs(1.0)
+            ids = torch.tensor([run.label_space.index(truth[i]) for i in known])
+            agree = (probs.argmax(-1) == ids).float().mean().item()
+            run.diagnostics["pool_target_accuracy"] = agree
+            log.info("combined teacher targets match the pool's hidden labels on %.1f%% of clips", 100 * agree)
+
+    def distil(self) -> None:
+        run, cfg = self.run, self.cfg
+        student = run.student
+        clips = getattr(self, "_distil_set", None) or self._distil_clips()[0]
+        ds = self._dataset(clips, student.sample_rate)
+        loss_modules = [m for _, m in run.losses.values()]
+
+        def step(batch: Batch):
+            out: ModelOutput = student(batch.audio, batch.lengths)
+            targets = run.targets.batch(batch.index, run.device) if run.targets else None
+            terms, total = {}, 0.0
+            for name, (w, loss) in run.losses.items():
+                value = loss(out, batch, targets)
+                if value is None:
+                    continue
+                terms[name] = value.detach()
+                total = total + w * value
+            if not torch.is_tensor(total):
+                raise UsageError("no loss term applies to this batch: add `ce` or a teacher")
+            return total, terms
+
+        log.info("distilling student on %d clips (%d unlabeled)", len(ds), len(run.corpus.split("unlabeled")))
+        train(
+            [student, *loss_modules],
+            step,
+            lambda epoch: ds.loader(cfg.distil.batch_size, shuffle=True, seed=int(cfg.seed) + 1000 + epoch),
+            _steps(len(ds), cfg.distil.batch_size),
+            cfg.distil,
+            device=run.device,
+            name="student (distil)",
+            on_epoch_end=self._epoch_hook("distil", "student"),
+        )
+        self._save_student()
+
+    def _supervised(self, student: Student, cfg: TrainConfig, stage: str, model: str) -> None:
+        labeled = self.run.corpus.split("labeled")
+        if not labeled:
+            raise ConfigError(f"{stage}.epochs", f"corpus {self.run.corpus.name!r} has no labeled split")
+        ds = self._dataset(labeled, student.sample_rate)
+
+        def step(batch: Batch):
+            loss = F.cross_entropy(student(batch.audio, batch.lengths).logits, batch.labels)
+            return loss, {"ce": loss.detach()}
+
+        train(
+            [student],
+            step,
+            lambda epoch: ds.loader(cfg.batch_size, shuffle=True, seed=int(self.cfg.seed) + 2000 + epoch),
+            _steps(len(ds), cfg.batch_size),
+            cfg,
+            device=self.run.device,
+            name=f"{model} ({stage})",
+            on_epoch_end=self._epoch_hook(stage, model),
+        )
+
+    def finetune(self) -> None:
+        self._supervised(self.run.student, self.cfg.finetune, "finetune", "student")
+        self._save_student()
+
+    def train_baseline(self) -> None:
+        self._supervised(self.run.baseline, self.cfg.baseline, "baseline", "baseline")
+
+    def evaluate(self) -> None:
+        run, cfg = self.run, self.cfg
+        split = cfg.evaluate.split
+        clips = run.corpus.split(split)
+        for key, teacher in run.teachers.items():
+            if teacher.card.overlaps(run.corpus.name, split):
+                run.warn(
+                    f"!!! teacher {key!r} was trained on {run.corpus.name} ({', '.join(teacher.card.trained_on)}): "
+                    f"its {split} scores are NOT a fair estimate"
+                )
+            teacher.eval()
+            ds = self._teacher_dataset(teacher, clips)
+            lo, _, labels = collect(lambda b, t=teacher: t(b), ds.loader(cfg.evaluate.batch_size), run.device)
+            probs = run.label_maps[key].project(torch.softmax(lo, -1))
+            self._record(key, "teacher", split, probs, labels, clips, _count(teacher))
+        student_trained = cfg.distil.epochs > 0 or cfg.finetune.epochs > 0
+        for role, model in (("baseline", run.baseline), ("student", run.student)):
+            if model is None or (role == "student" and not student_trained):
+                continue
+            model.eval()
+            ds = self._dataset(clips, model.sample_rate)
+            lo, _, labels = collect(
+                lambda b, m=model: m(b.audio, b.lengths), ds.loader(cfg.evaluate.batch_size), run.device
+            )
+            self._record(role, role, split, torch.softmax(lo, -1), labels, clips, model.num_parameters())
+
+    def _record(self, model, role, split, probs, labels, clips, n_params) -> None:
+        metrics, confusion = classification_metrics(probs, labels, len(self.run.label_space))
+        result = EvalResult(
+            model=model,
+            role=role,
+            split=split,
+            metrics=metrics,
+            confusion=confusion,
+            label_space=self.run.label_space,
+            probs=probs,
+            clip_ids=[c.clip_id for c in clips],
+            num_parameters=n_params,
+        )
+        self.run.evaluations.append(result)
+        log.info(
+            "%-10s %-12s WA %.3f  UAR %.3f  macro-F1 %.3f",
+            role, model, metrics["accuracy"], metrics["uar"], metrics["macro_f1"],
+        )
+        self.host.notify("liser_evaluation", run=self.run, result=result)
+
+    def _save_student(self) -> None:
+        s = self.run.student
+        checkpoint.save_component(
+            s,
+            self.run.run_dir / "student",
+            kind="student",
+            name=s.liser_spec["name"],
+            options=s.liser_spec["options"],
+            label_space=s.label_space,
+            extra={"sample_rate": s.sample_rate, "num_parameters": s.num_parameters()},
+        )
+
+    def _epoch_hook(self, stage: str, model: str):
+        def hook(epoch: int, metrics: dict[str, float]) -> None:
+            self.host.notify(
+                "liser_epoch_end", run=self.run, stage=stage, model=model, epoch=epoch, metrics=metrics
+            )
+
+        return hook
+
+
+def _steps(n: int, batch_size: int) -> int:
+    return max(1, -(-n // batch_size))
+
+
+def _count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def prepare_config(recipe: str | os.PathLike | None, overrides: list[str], host: PluginHost) -> DictConfig:
+    """Load, override and fully validate a recipe against the host's registries."""
+    cfg = load_recipe(recipe, list(overrides))
+    validate_components(cfg, host.registries)
+    return cfg
+
+
+def run(
+    recipe: str | os.PathLike | None,
+    overrides: list[str] = (),
+    *,
+    host: PluginHost | None = None,
+) -> RunContext:
+    """Run a recipe end to end and return its :class:`RunContext`.
+
+    Example::
+
+        >>> ctx = run("recipes/synth_kd.yaml", ["distil.epochs=1"])  # doctest: +SKIP
+        >>> ctx.results()["student"]["uar"]  # doctest: +SKIP
+    """
+    from ._plugins import load_plugins
+
+    host = host or load_plugins()
+    cfg = prepare_config(recipe, list(overrides), host)
+    return Engine(cfg, host).execute()
+
+
+def config_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,132 @@
+"""Every hook LiSER calls, in one place (the counterpart of pytest's ``hookspec.py``).
+
+A plugin is a module (or object) with functions named like these and decorated with
+``liser_core.hookimpl``. It is found through the ``liser`` entry-point group::
+
+    # pyproject.toml of a third-party package
+    [project.entry-points.liser]
+    my_plugin = "my_pkg.plugin"
+
+    # my_pkg/plugin.py
+    from liser_core import hookimpl
+
+    @hookimpl
+    def liser_register_students(registry):
+        registry.register("my_student", build_my_student)
+
+Rules that hold for every hook:
+
+* Arguments are passed by keyword; an implementation may accept fewer of them than the
+  specification lists, so hooks can gain arguments without breaking plugins.
+* A misspelt hook name (``liser_register_student``) is an error at load time naming the plugin.
+* Registration hooks are *historic*: a plugin registered after the call still receives it.
+* Run-lifecycle hooks are events: every implementation is called; one that raises is reported
+  as a warning and the run goes on (a logger must never cost a user their run).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from ._registry import Registry
+    from .engine import EvalResult, RunContext
+
+hookspec = pluggy.HookspecMarker("liser")
+
+# ---------------------------------------------------------------------------------------------
+# Registration hooks: called once per plugin manager, historic.
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def liser_register_datasets(registry: Registry) -> None:
+    """Register dataset factories: ``registry.register(name, factory)``.
+
+    A factory takes the recipe's ``data.options`` as keyword arguments (plus ``seed``) and
+    returns a :class:`liser_core.data.Corpus`. Return value ignored.
+    """
+
+
+@hookspec(historic=True)
+def liser_register_teachers(registry: Registry) -> None:
+    """Register teacher factories.
+
+    A factory takes the recipe's ``teachers[i].options`` plus ``label_space`` (the corpus's,
+    for teachers that are fitted in the run) and returns a :class:`liser_core.Teacher`.
+    Pass ``modality="audio"|"face"|"audiovisual"`` to ``register`` so that
+    ``liser list teachers`` can show it.
+    """
+
+
+@hookspec(historic=True)
+def liser_register_students(registry: Registry) -> None:
+    """Register student factories: options plus ``label_space`` -> :class:`liser_core.Student`."""
+
+
+@hookspec(historic=True)
+def liser_register_losses(registry: Registry) -> None:
+    """Register loss factories: options -> :class:`liser_core.Loss`."""
+
+
+@hookspec(historic=True)
+def liser_register_loggers(registry: Registry) -> None:
+    """Register logger factories: options -> an object with run-lifecycle hook implementations.
+
+    A logger named in the recipe's ``loggers`` block is built at run start and registered with
+    the plugin manager for the run's duration, so its ``liser_*`` methods receive the events.
+    """
+
+
+# ---------------------------------------------------------------------------------------------
+# Run-lifecycle hooks: events, every implementation is called, return values are ignored.
+# ---------------------------------------------------------------------------------------------
+
+
+@hookspec
+def liser_run_start(run: RunContext) -> None:
+    """After the recipe is validated and the run directory exists, before any stage runs.
+
+    ``run.config`` is the resolved recipe, ``run.run_dir`` the run directory.
+    """
+
+
+@hookspec
+def liser_stage_start(run: RunContext, stage: str) -> None:
+    """Before a stage runs: ``teach``, ``label``, ``distil``, ``finetune``, ``evaluate``
+    (and ``baseline`` when a labels-only baseline is trained)."""
+
+
+@hookspec
+def liser_stage_end(run: RunContext, stage: str, seconds: float) -> None:
+    """After a stage has finished, with its wall time."""
+
+
+@hookspec
+def liser_epoch_end(
+    run: RunContext, stage: str, model: str, epoch: int, metrics: dict[str, float]
+) -> None:
+    """After each training epoch of ``model`` (a teacher's name, ``student`` or ``baseline``).
+
+    ``metrics`` holds at least ``loss`` and the mean of each loss term (``loss/kl``...).
+    """
+
+
+@hookspec
+def liser_evaluation(run: RunContext, result: EvalResult) -> None:
+    """After a model has been evaluated on a split.
+
+    ``result.model`` names it, ``result.role`` is ``teacher``, ``student`` or ``baseline``;
+    ``result.metrics`` has ``accuracy`` (WA), ``uar`` (UA), ``macro_f1``;
+    ``result.confusion`` is the (C, C) count matrix, rows = true class.
+    """
+
+
+@hookspec
+def liser_run_end(run: RunContext, results: dict[str, Any], error: BaseException | None) -> None:
+    """When the run ends, successfully (``error`` is None) or not.
+
+    ``results`` maps each evaluated model to its metrics; the report writers flush here.
+    """

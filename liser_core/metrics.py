@@ -1,0 +1,51 @@
+"""Classification metrics, named as the SER literature names them, computed by torchmetrics.
+
+* ``accuracy`` — WA (weighted accuracy): the fraction of clips classified correctly.
+* ``uar`` — UA / UAR (unweighted average recall): the mean of the per-class recalls.
+* ``macro_f1`` — the mean of the per-class F1 scores.
+* the confusion matrix: counts, rows = true class, columns = predicted class.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassRecall,
+)
+
+METRIC_NAMES = {"accuracy": "WA", "uar": "UAR", "macro_f1": "macro-F1"}
+
+
+def classification_metrics(
+    preds: torch.Tensor, target: torch.Tensor, num_classes: int
+) -> tuple[dict[str, float], torch.Tensor]:
+    """Metrics of class predictions (or (N, C) scores) against class ids."""
+    preds = preds.detach().cpu()
+    target = target.detach().cpu()
+    if preds.ndim == 2:
+        preds = preds.argmax(-1)
+    kw = {"num_classes": num_classes, "validate_args": True}
+    metrics = {
+        "accuracy": MulticlassAccuracy(average="micro", **kw)(preds, target).item(),
+        "uar": MulticlassRecall(average="macro", **kw)(preds, target).item(),
+        "macro_f1": MulticlassF1Score(average="macro", **kw)(preds, target).item(),
+    }
+    confusion = MulticlassConfusionMatrix(**kw)(preds, target).long()
+    return metrics, confusion
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    values = list(values)
+    if not values:
+        return math.nan, math.nan
+    m = sum(values) / len(values)
+    if len(values) == 1:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))

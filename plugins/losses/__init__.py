@@ -1,0 +1,112 @@
+"""First-party loss terms: ``kl``, ``feature_matching``, ``ce``.
+
+Every term has the same call ``loss(student, batch, targets)`` (see :class:`liser_core.Loss`)
+and returns a scalar, or None when it does not apply to the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch.nn.functional as F
+from torch import nn
+
+from liser_core import Batch, BatchTargets, Loss, ModelOutput, hookimpl
+
+
+class KLDivergence(Loss):
+    r"""Knowledge distillation at temperature T (Hinton, Vinyals & Dean 2015).
+
+    .. math:: \mathcal{L} = T^2 \cdot \frac{1}{B} \sum_b \sum_c p_{b,c} \log \frac{p_{b,c}}{q_{b,c}},
+       \quad q = \mathrm{softmax}(z_s / T)
+
+    where ``p`` is the teachers' combined distribution at temperature ``T`` projected onto the
+    student's classes. The ``T^2`` factor keeps gradient magnitudes comparable across T.
+    """
+
+    needs_teacher = True
+
+    def __init__(self, temperature: float = 4.0):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        self.temperature = temperature
+
+    def forward(self, student: ModelOutput, batch: Batch, targets: BatchTargets | None):
+        if targets is None:
+            return None
+        t = self.temperature
+        p = targets.probs(t)
+        log_q = F.log_softmax(student.logits.float() / t, -1)
+        return F.kl_div(log_q, p, reduction="batchmean") * t * t
+
+
+class FeatureMatching(Loss):
+    """Match the student's clip embedding, linearly projected, to one teacher's (FitNets-style,
+    Romero et al. 2015, on pooled embeddings).
+
+    ``distance="mse"``: mean squared error; ``"cosine"``: ``1 - cos``. With ``normalize`` both
+    embeddings are layer-normalised first so the term's scale does not depend on the teacher's.
+    """
+
+    needs_teacher = True
+
+    def __init__(
+        self,
+        teacher: str | None = None,
+        distance: Literal["mse", "cosine"] = "mse",
+        normalize: bool = True,
+    ):
+        super().__init__()
+        self.teacher = teacher
+        self.distance = distance
+        self.normalize = normalize
+        self.proj: nn.Module | None = None
+
+    def bind(self, student_dim: int, teacher_dims: dict[str, int]) -> None:
+        if not teacher_dims:
+            raise ValueError("feature_matching needs a teacher")
+        if self.teacher is None:
+            self.teacher = next(iter(teacher_dims))
+        if self.teacher not in teacher_dims:
+            raise KeyError(
+                f"teacher {self.teacher!r} is not in this recipe (teachers: {', '.join(teacher_dims)})"
+            )
+        self.proj = nn.Linear(student_dim, teacher_dims[self.teacher])
+
+    def forward(self, student: ModelOutput, batch: Batch, targets: BatchTargets | None):
+        if targets is None:
+            return None
+        s = self.proj(student.embedding.float())
+        t = targets.embeddings[self.teacher].float().detach()
+        if self.normalize:
+            s, t = F.layer_norm(s, s.shape[-1:]), F.layer_norm(t, t.shape[-1:])
+        if self.distance == "cosine":
+            return (1 - F.cosine_similarity(s, t, dim=-1)).mean()
+        return F.mse_loss(s, t)
+
+
+class CrossEntropy(Loss):
+    """Cross-entropy on the clips that carry a label (unlabeled clips are ignored)."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def forward(self, student: ModelOutput, batch: Batch, targets: BatchTargets | None):
+        labeled = batch.labels >= 0
+        if not bool(labeled.any()):
+            return None
+        return F.cross_entropy(
+            student.logits[labeled].float(), batch.labels[labeled], label_smoothing=self.label_smoothing
+        )
+
+
+@hookimpl
+def liser_register_losses(registry):
+    registry.register("kl", KLDivergence, summary="KL to the teachers' soft targets at temperature T, x T^2")
+    registry.register("feature_matching", FeatureMatching, summary="projected student embedding vs a teacher's (MSE or cosine)")
+    registry.register("ce", CrossEntropy, summary="cross-entropy on labeled clips")
+
+
+__all__ = ["CrossEntropy", "FeatureMatching", "KLDivergence"]

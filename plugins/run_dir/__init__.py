@@ -1,0 +1,129 @@
+"""``run_dir`` logger: the run directory's own files.
+
+``config.yaml`` (the resolved recipe), ``manifest.json`` (versions, plugins, seed),
+``history.jsonl`` (one line per epoch), ``confusion_<model>.csv/.png`` and ``metrics.json``.
+Every file is written atomically (temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+import sys
+import time
+
+from omegaconf import OmegaConf
+
+from liser_core import hookimpl
+from liser_core.checkpoint import atomic_write_json, atomic_write_text
+
+
+class RunDirWriter:
+    def __init__(self, confusion_png: bool = True):
+        self.confusion_png = confusion_png
+        self.started = time.time()
+
+    @hookimpl
+    def liser_run_start(self, run):
+        import torch
+
+        from liser_core import __version__
+
+        atomic_write_text(run.run_dir / "config.yaml", OmegaConf.to_yaml(run.config, resolve=True))
+        atomic_write_json(
+            run.run_dir / "manifest.json",
+            {
+                "liser": __version__,
+                "python": sys.version.split()[0],
+                "platform": platform.platform(),
+                "torch": torch.__version__,
+                "device": str(run.device),
+                "seed": int(run.config.seed),
+                "plugins": [
+                    {"name": p.name, "package": p.distribution, "version": p.version, "status": p.status}
+                    for p in run.host.plugins
+                ],
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            },
+        )
+        (run.run_dir / "history.jsonl").unlink(missing_ok=True)
+
+    @hookimpl
+    def liser_epoch_end(self, run, stage, model, epoch, metrics):
+        line = json.dumps({"stage": stage, "model": model, "epoch": epoch + 1, **metrics})
+        with open(run.run_dir / "history.jsonl", "a") as f:
+            f.write(line + "\n")
+
+    @hookimpl
+    def liser_evaluation(self, run, result):
+        classes = list(result.label_space.classes)
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["true\\pred", *classes])
+        for c, row in zip(classes, result.confusion.tolist()):
+            w.writerow([c, *row])
+        atomic_write_text(run.run_dir / f"confusion_{result.model}.csv", buf.getvalue())
+        if self.confusion_png:
+            _confusion_png(run.run_dir / f"confusion_{result.model}.png", result)
+
+    @hookimpl
+    def liser_run_end(self, run, results, error):
+        by_role = {}
+        for e in run.evaluations:
+            by_role.setdefault(e.role + "s" if e.role == "teacher" else e.role, {})
+        payload = {
+            "status": "failed" if error else "completed",
+            "error": f"{type(error).__name__}: {error}" if error else None,
+            "split": run.config.evaluate.split,
+            "corpus": run.corpus.name if run.corpus else None,
+            "label_space": list(run.label_space.classes) if run.corpus else None,
+            "metric_names": {"accuracy": "WA (accuracy)", "uar": "UA/UAR (mean per-class recall)", "macro_f1": "macro-F1"},
+            "student": None,
+            "baseline": None,
+            "teachers": {},
+            "diagnostics": run.diagnostics,
+            "stage_seconds": run.stage_seconds,
+            "warnings": run.warnings,
+        }
+        for e in run.evaluations:
+            entry = {**e.metrics, "num_parameters": e.num_parameters, "num_clips": len(e.clip_ids)}
+            if e.role == "teacher":
+                entry["card"] = run.teachers[e.model].card.to_dict()
+                payload["teachers"][e.model] = entry
+            else:
+                payload[e.role] = entry
+        atomic_write_json(run.run_dir / "metrics.json", payload)
+
+
+def _confusion_png(path, result) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = result.confusion.numpy()
+    classes = result.label_space.classes
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(classes), 0.8 + 0.55 * len(classes)))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    m = result.metrics
+    ax.set_title(f"{result.model}: WA {m['accuracy']:.3f}  UAR {m['uar']:.3f}", fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+@hookimpl
+def liser_register_loggers(registry):
+    registry.register("run_dir", RunDirWriter, summary="config, metrics.json, history, confusion matrices in the run directory")
