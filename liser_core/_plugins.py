@@ -113,7 +113,7 @@ class PluginHost:
         return info
 
     def _check_hook_names(self, name: str, plugin: Any) -> None:
-        known = {n for n in dir(self.pm.hook) if n.startswith("liser_")}
+        known = {n for n in dir(hookspecs) if n.startswith("liser_")}
         for hook_caller in self.pm.get_hookcallers(plugin) or []:
             if hook_caller.spec is None:
                 hook = hook_caller.name

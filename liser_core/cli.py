@@ -186,7 +186,12 @@ def _setup_logging(level: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "run":  # overrides may follow options: liser run R --dry-run a=1
+        args.overrides += [x for x in extra if "=" in x and not x.startswith("-")]
+        extra = [x for x in extra if not ("=" in x and not x.startswith("-"))]
+    if extra:
+        parser.error("unrecognized arguments: " + " ".join(extra))
     if args.command is None:
         parser.print_help()
         return 2

@@ -9,13 +9,15 @@ YAML is read with a safe loader: no tag can import or run code.
 
 from __future__ import annotations
 
+import collections.abc
+import dataclasses
 import inspect
 import types
 import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any  # noqa: UP035 - OmegaConf needs typing generics
+from typing import Any
 
 import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -193,6 +195,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> DictConfi
             user = {}
         if not isinstance(user, dict):
             raise ConfigError("", f"{path}: a recipe must be a mapping at top level")
+        _check_keys(user, RecipeConfig, "")
         try:
             cfg = OmegaConf.merge(cfg, OmegaConf.create(user))
         except oc_errors.OmegaConfBaseException as exc:
@@ -215,6 +218,26 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> DictConfi
     except oc_errors.OmegaConfBaseException as exc:
         raise _translate(exc, where, schema) from None
     return cfg
+
+
+def _check_keys(user: Any, schema_type: Any, path: str) -> None:
+    """Unknown keys anywhere in typed nodes, with their full path (OmegaConf loses the path of
+    keys inside list items)."""
+    if not (isinstance(user, dict) and dataclasses.is_dataclass(schema_type)):
+        return
+    hints = typing.get_type_hints(schema_type)
+    for k, v in user.items():
+        here = f"{path}.{k}" if path else str(k)
+        if k not in hints:
+            raise ConfigError(here, f"unknown key {k!r}", close_matches(str(k), hints))
+        ann = hints[k]
+        origin = typing.get_origin(ann)
+        if origin is list and isinstance(v, list):
+            (elem,) = typing.get_args(ann) or (Any,)
+            for i, item in enumerate(v):
+                _check_keys(item, elem, f"{here}.{i}")
+        else:
+            _check_keys(v, ann, here)
 
 
 def _check_override_path(cfg: DictConfig, key: str, schema: DictConfig) -> None:
@@ -265,7 +288,7 @@ def _type_ok(value: Any, ann: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if ann in (str, bool):
         return isinstance(value, ann)
-    if origin in (list, tuple, typing.Sequence) or ann in (list, tuple):
+    if origin in (list, tuple, collections.abc.Sequence) or ann in (list, tuple):
         if not isinstance(value, (list, tuple, ListConfig)):
             return False
         args = [a for a in typing.get_args(ann) if a is not Ellipsis]
@@ -281,8 +304,11 @@ def _type_name(ann: Any) -> str:
     return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
 
 
-def check_options(registry, name: str, options: dict, key: str, kind: str) -> None:
-    """Check ``options`` against the factory signature of ``registry[name]``."""
+def check_options(
+    registry, name: str, options: dict, key: str, kind: str, options_key: str | None = None
+) -> None:
+    """Check ``options`` (found at ``options_key``) against the signature of ``registry[name]``."""
+    options_key = options_key or f"{key}.options"
     try:
         entry = registry.get(name)
     except UnknownComponentError as exc:
@@ -301,24 +327,24 @@ def check_options(registry, name: str, options: dict, key: str, kind: str) -> No
     takes_any = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
     for opt, value in options.items():
         if opt in INJECTED_OPTIONS[kind]:
-            raise ConfigError(f"{key}.options.{opt}", f"is set by LiSER for every {kind}; remove it")
+            raise ConfigError(f"{options_key}.{opt}", f"is set by LiSER for every {kind}; remove it")
         if opt not in params:
             if takes_any:
                 continue
             raise ConfigError(
-                f"{key}.options.{opt}",
+                f"{options_key}.{opt}",
                 f"unknown option for {kind} {name!r} (options: {', '.join(params) or 'none'})",
                 close_matches(opt, params),
             )
         ann = hints.get(opt, params[opt].annotation)
         if not _type_ok(value, ann):
             raise ConfigError(
-                f"{key}.options.{opt}",
+                f"{options_key}.{opt}",
                 f"{value!r} is not a valid {_type_name(ann)} for {kind} {name!r}",
             )
     for n, p in params.items():
         if p.default is p.empty and n not in options:
-            raise ConfigError(f"{key}.options.{n}", f"missing required option of {kind} {name!r}")
+            raise ConfigError(f"{options_key}.{n}", f"missing required option of {kind} {name!r}")
 
 
 def validate_components(cfg: DictConfig, registries) -> None:
@@ -338,7 +364,7 @@ def validate_components(cfg: DictConfig, registries) -> None:
     if cfg.teachers and all(t.weight == 0 for t in cfg.teachers):
         raise ConfigError("teachers", "every teacher has weight 0")
     for name, opts in cfg.loggers.items():
-        check_options(registries.logger, str(name), plain(opts or {}), f"loggers.{name}", "logger")
+        check_options(registries.logger, str(name), plain(opts or {}), f"loggers.{name}", "logger", f"loggers.{name}")
     for stage in ("distil", "finetune", "baseline"):
         sc = cfg[stage]
         for k in ("epochs", "batch_size"):

@@ -161,7 +161,12 @@ class Engine:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(run.run_dir / "log.txt", mode="a")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("liser").addHandler(handler)
+        handler.setLevel(logging.INFO)
+        root = logging.getLogger("liser")
+        old_level = root.level
+        if root.getEffectiveLevel() > logging.INFO:
+            root.setLevel(logging.INFO)
+        root.addHandler(handler)
         error: BaseException | None = None
         try:
             if self.cfg.threads:
@@ -187,7 +192,8 @@ class Engine:
         finally:
             self.host.notify("liser_run_end", run=run, results=run.results(), error=error)
             self._stop_loggers()
-            logging.getLogger("liser").removeHandler(handler)
+            root.removeHandler(handler)
+            root.setLevel(old_level)
             handler.close()
         return run
 
@@ -318,6 +324,7 @@ class Engine:
     def teach(self) -> None:
         run = self.run
         teach_clips = run.corpus.split("teacher")
+        seed = int(self.cfg.seed)
         for key, teacher in run.teachers.items():
             tc = run.teacher_configs[key]
             if tc.checkpoint:
@@ -335,7 +342,6 @@ class Engine:
                 )
             ds = self._teacher_dataset(teacher, teach_clips)
             fit: TrainConfig = tc.fit
-            seed = int(self.cfg.seed)
 
             def step(batch: Batch, teacher=teacher):
                 out = teacher(batch)
@@ -346,7 +352,7 @@ class Engine:
             train(
                 [teacher],
                 step,
-                lambda epoch, ds=ds: ds.loader(fit.batch_size, shuffle=True, seed=seed + 100 + epoch),
+                lambda epoch, ds=ds, bs=fit.batch_size: ds.loader(bs, shuffle=True, seed=seed + 100 + epoch),
                 _steps(len(ds), fit.batch_size),
                 fit,
                 device=run.device,

@@ -1,0 +1,94 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from liser_core.cli import main
+from liser_core.testing import TINY_OVERRIDES, TINY_RECIPE
+
+
+def test_list_students(capsys):
+    assert main(["list", "students"]) == 0
+    out = capsys.readouterr().out
+    assert "logmel_cnn" in out and "students (1)" in out
+
+
+def test_list_teachers_with_wildcard(capsys):
+    assert main(["list", "teachers", "face*"]) == 0
+    out = capsys.readouterr().out
+    assert "face_cnn" in out and "audio_cnn" not in out and "modality=face" in out
+
+
+def test_list_everything_and_unknown_kind(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for kind in ("teachers", "students", "losses", "datasets", "loggers"):
+        assert kind in out
+    assert main(["list", "studnets"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'student'" in err
+
+
+def test_plugins_command(capsys):
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "synth_av" in out and "liser" in out and "loaded" in out and "0.1.0" in out
+
+
+@pytest.mark.parametrize("cmd", [[], ["run"], ["list"], ["plugins"]])
+def test_help_everywhere(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*cmd, "--help"])
+    assert e.value.code == 0
+    assert "usage: liser" in capsys.readouterr().out
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+
+
+def test_dry_run_prints_resolved_recipe(capsys):
+    assert main(["run", "recipes/synth_kd.yaml", "--dry-run", "distil.epochs=2"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs: 2" in out and "logmel_cnn" in out
+
+
+def run_cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, "-m", "liser_core.cli", *args], capture_output=True, text=True, env=env, cwd=cwd
+    )
+
+
+def test_bad_recipe_key_exits_2_with_one_line_and_no_traceback():
+    r = run_cli("run", "recipes/synth_kd.yaml", "distil.epocs=3")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "distil.epocs" in lines[0] and "'epochs'" in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_misspelt_component_exits_2_with_close_match(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(open("recipes/synth_kd.yaml").read().replace("name: logmel_cnn", "name: logmel_cn"))
+    r = run_cli("run", str(bad))
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "student.name" in r.stderr and "'logmel_cnn'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_recipe_exits_2(capsys):
+    assert main(["run", "no/such/recipe.yaml"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_tiny_run_prints_the_final_table(tmp_path, capsys):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE)
+    assert main(["run", str(recipe), "-q", *TINY_OVERRIDES, f"run_dir={tmp_path / 'run'}"]) == 0
+    out = capsys.readouterr().out
+    for word in ("face_cnn", "audio_cnn", "student", "WA (acc)", "UAR", "macro-F1", "chance UAR"):
+        assert word in out
+    assert (tmp_path / "run" / "metrics.json").is_file()

@@ -1,0 +1,229 @@
+import json
+
+import pytest
+import torch
+
+from liser_core import ClipDataset, hookimpl, load_plugins
+from liser_core.checkpoint import load_component
+from liser_plugins.cnn_teachers import AudioCNNTeacher
+
+
+class Recorder:
+    def __init__(self):
+        self.events = []
+
+    @hookimpl
+    def liser_run_start(self, run):
+        self.events.append(("run_start",))
+
+    @hookimpl
+    def liser_stage_start(self, stage):
+        self.events.append(("stage_start", stage))
+
+    @hookimpl
+    def liser_stage_end(self, stage, seconds):
+        assert seconds >= 0
+        self.events.append(("stage_end", stage))
+
+    @hookimpl
+    def liser_epoch_end(self, stage, model, epoch, metrics):
+        assert "loss" in metrics
+        self.events.append(("epoch_end", stage, model, epoch))
+
+    @hookimpl
+    def liser_evaluation(self, result):
+        self.events.append(("evaluation", result.model, result.role))
+
+    @hookimpl
+    def liser_run_end(self, results, error):
+        self.events.append(("run_end", error is None, sorted(results)))
+
+
+def test_tiny_run_end_to_end(run_tiny, tmp_path):
+    host = load_plugins()
+    rec = Recorder()
+    host.add("recorder", rec)
+    ctx = run_tiny(host=host, overrides=["baseline.enabled=true", "baseline.epochs=1"])
+    run_dir = tmp_path / "run"
+    assert ctx.run_dir == run_dir
+
+    # lifecycle: run start, stages in order, evaluations, run end
+    stages = [e[1] for e in rec.events if e[0] == "stage_start"]
+    assert stages == ["teach", "label", "distil", "baseline", "evaluate"]
+    assert rec.events[0] == ("run_start",)
+    assert rec.events[-1] == ("run_end", True, ["audio_cnn", "baseline", "face_cnn", "student"])
+    assert ("epoch_end", "teach", "face_cnn", 0) in rec.events
+    assert ("epoch_end", "distil", "student", 0) in rec.events
+    assert [e for e in rec.events if e[0] == "evaluation"] == [
+        ("evaluation", "face_cnn", "teacher"),
+        ("evaluation", "audio_cnn", "teacher"),
+        ("evaluation", "baseline", "baseline"),
+        ("evaluation", "student", "student"),
+    ]
+
+    # run directory
+    for name in ["config.yaml", "manifest.json", "metrics.json", "log.txt", "history.jsonl",
+                 "confusion_student.csv", "confusion_face_cnn.csv", "student/config.json",
+                 "student/model.safetensors", "teachers/face_cnn/model.safetensors"]:
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed"
+    assert metrics["student"]["uar"] == pytest.approx(ctx.results()["student"]["uar"])
+    assert set(metrics["teachers"]) == {"face_cnn", "audio_cnn"}
+    assert metrics["teachers"]["face_cnn"]["card"]["trained_on"] == ["synth_av[teacher]"]
+    rows = (run_dir / "confusion_student.csv").read_text().splitlines()
+    assert rows[0].split(",")[1:] == list(ctx.label_space.classes)
+    counts = sum(int(x) for r in rows[1:] for x in r.split(",")[1:])
+    assert counts == len(ctx.corpus.split("test"))
+    history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert {h["stage"] for h in history} == {"teach", "distil", "baseline"}
+    assert "stage teach done" in (run_dir / "log.txt").read_text()
+
+
+def test_saved_student_reproduces_evaluation(run_tiny):
+    host = load_plugins()
+    ctx = run_tiny(host=host)
+    student = load_component(ctx.run_dir / "student", host.registries.student, kind="student").eval()
+    ds = ClipDataset(ctx.corpus.split("test"), ctx.label_space, student.sample_rate)
+    with torch.no_grad():
+        probs = torch.cat([torch.softmax(student(b.audio, b.lengths).logits, -1) for b in ds.loader(5)])
+    evaluated = next(e for e in ctx.evaluations if e.model == "student")
+    assert torch.allclose(probs, evaluated.probs, atol=1e-6)
+
+
+class SpyTeacher(AudioCNNTeacher):
+    seen_training: set = set()
+    seen_labels: list = []
+
+    def forward(self, batch):
+        if self.training:
+            SpyTeacher.seen_training.update(batch.clip_ids)
+        return super().forward(batch)
+
+
+class SpyLoss(torch.nn.Module):
+    needs_teacher = False
+    labels: list = []
+
+    def bind(self, student_dim, teacher_dims):
+        pass
+
+    def forward(self, student, batch, targets):
+        SpyLoss.labels.extend(batch.labels.tolist())
+        return student.logits.sum() * 0
+
+
+class SpyPlugin:
+    @hookimpl
+    def liser_register_teachers(self, registry):
+        registry.register("spy_teacher", SpyTeacher, modality="audio")
+
+    @hookimpl
+    def liser_register_losses(self, registry):
+        registry.register("spy_loss", SpyLoss)
+
+
+def test_teachers_fit_on_teacher_split_only_and_pool_labels_are_hidden(run_tiny):
+    host = load_plugins()
+    host.add("spy", SpyPlugin())
+    SpyTeacher.seen_training.clear()
+    SpyLoss.labels.clear()
+    ctx = run_tiny(
+        host=host,
+        overrides=[
+            "teachers=[{name: spy_teacher, fit: {epochs: 2, batch_size: 8}, options: {channels: [4], hidden: 8}}]",
+            "distil.losses=[{name: kl}, {name: spy_loss}]",
+        ],
+    )
+    teacher_ids = {c.clip_id for c in ctx.corpus.split("teacher")}
+    assert SpyTeacher.seen_training == teacher_ids
+    n_pool = len(ctx.corpus.split("unlabeled"))
+    n_labeled = len(ctx.corpus.split("labeled"))
+    assert SpyLoss.labels.count(-1) == n_pool  # one epoch: every pool clip once, label hidden
+    assert len(SpyLoss.labels) == n_pool + n_labeled
+    assert all(label >= 0 for label in SpyLoss.labels if label != -1)
+
+
+def test_teacher_checkpoint_reuse_and_overlap_warning(run_tiny, tmp_path):
+    host = load_plugins()
+    first = run_tiny(host=host)
+    face_dir = first.run_dir / "teachers" / "face_cnn"
+    cfg = json.loads((face_dir / "config.json").read_text())
+    assert cfg["card"]["trained_on"] == ["synth_av[teacher]"]
+
+    second = run_tiny(host=host, overrides=[f"teachers.0.checkpoint={face_dir}", f"run_dir={tmp_path / 'run2'}"])
+    assert not (second.run_dir / "teachers" / "face_cnn").exists()  # loaded, not fitted again
+    assert (second.run_dir / "teachers" / "audio_cnn").exists()
+    before = next(e for e in first.evaluations if e.model == "face_cnn").probs
+    after = next(e for e in second.evaluations if e.model == "face_cnn").probs
+    assert torch.allclose(before, after, atol=1e-6)
+    assert not any("NOT a fair estimate" in w for w in second.warnings)
+
+    # a teacher whose card says it was trained on this corpus's test data is flagged loudly
+    cfg["card"]["trained_on"] = ["synth_av"]
+    (face_dir / "config.json").write_text(json.dumps(cfg))
+    third = run_tiny(host=host, overrides=[f"teachers.0.checkpoint={face_dir}", f"run_dir={tmp_path / 'run3'}"])
+    assert any("NOT a fair estimate" in w and "face_cnn" in w for w in third.warnings)
+
+
+class ExplodingLogger:
+    def __init__(self, where: str = "epoch"):
+        if where == "init":
+            raise RuntimeError("cannot start")
+        self.where = where
+
+    @hookimpl
+    def liser_epoch_end(self):
+        raise RuntimeError("logger crashed")
+
+
+class BadLoss(torch.nn.Module):
+    needs_teacher = False
+
+    def bind(self, student_dim, teacher_dims):
+        pass
+
+    def forward(self, student, batch, targets):
+        raise FloatingPointError("loss went wrong")
+
+
+class FaultPlugin:
+    @hookimpl
+    def liser_register_loggers(self, registry):
+        registry.register("exploding", ExplodingLogger)
+
+    @hookimpl
+    def liser_register_losses(self, registry):
+        registry.register("bad_loss", BadLoss)
+
+
+def test_a_failing_logger_never_stops_the_run(run_tiny, tmp_path):
+    host = load_plugins()
+    host.add("faults", FaultPlugin())
+    ctx = run_tiny(host=host, overrides=["loggers.exploding={where: epoch}"])
+    assert "student" in ctx.results()
+    ctx = run_tiny(host=host, overrides=["loggers.exploding={where: init}", f"run_dir={tmp_path / 'r2'}"])
+    assert "student" in ctx.results()
+    assert any("exploding" in w and "cannot start" in w for w in ctx.warnings)
+
+
+def test_a_failed_run_says_so_in_its_metrics(run_tiny, tmp_path):
+    host = load_plugins()
+    host.add("faults", FaultPlugin())
+    with pytest.raises(FloatingPointError):
+        run_tiny(host=host, overrides=["distil.losses=[{name: bad_loss}]"])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "loss went wrong" in metrics["error"]
+
+
+def test_no_teachers_means_labels_only_training(run_tiny):
+    ctx = run_tiny(overrides=["teachers=[]", "distil.losses=[{name: ce}]"])
+    assert set(ctx.results()) == {"student"}
+    assert ctx.targets is None
+
+
+def test_loss_needing_a_teacher_without_one_is_a_config_error(run_tiny):
+    from liser_core import ConfigError
+
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        run_tiny(overrides=["teachers=[]"])
