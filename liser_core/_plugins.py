@@ -25,6 +25,7 @@ from .errors import PluginLoadError, UsageError, close_matches
 log = logging.getLogger("liser.plugins")
 
 ENTRY_POINT_GROUP = "liser"
+FIRST_PARTY = "liser"  # distribution whose plugins load first
 DISABLE_AUTOLOAD_ENV = "LISER_DISABLE_PLUGIN_AUTOLOAD"
 KINDS = ("dataset", "teacher", "student", "loss", "logger")
 _REGISTRATION_HOOKS = {
@@ -144,12 +145,19 @@ class PluginHost:
         eps = {}
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             eps.setdefault(ep.name, ep)  # first on sys.path wins, like importlib
-        for missing in [n for n in only if n not in eps]:
-            raise UsageError(
-                f"-p {missing}: no plugin of that name in entry-point group {ENTRY_POINT_GROUP!r}"
-                + (f"; did you mean {close_matches(missing, eps)[0]!r}?" if close_matches(missing, eps) else "")
-            )
-        for name, ep in sorted(eps.items()):
+        for flag, names in (("", only), ("no:", block)):
+            for missing in [n for n in names if n not in eps]:
+                hint = close_matches(missing, eps)
+                raise UsageError(
+                    f"-p {flag}{missing}: no plugin of that name in entry-point group {ENTRY_POINT_GROUP!r}"
+                    + (f"; did you mean {hint[0]!r}?" if hint else "")
+                )
+
+        def order(item):  # LiSER's own plugins first: a third party cannot take their names
+            dist = getattr(item[1], "dist", None)
+            return (0 if dist is not None and dist.name == FIRST_PARTY else 1, item[0])
+
+        for name, ep in sorted(eps.items(), key=order):
             dist = getattr(ep, "dist", None)
             info = PluginInfo(
                 name=name,

@@ -82,12 +82,12 @@ def _version() -> str:
     return __version__
 
 
-def _host(args):
+def _host(args, strict: bool | None = None):
     from ._plugins import load_plugins
 
     only = [p for p in args.plugins if not p.startswith("no:")]
     block = [p[3:] for p in args.plugins if p.startswith("no:")]
-    return load_plugins(only=only, block=block, strict=args.strict_plugins)
+    return load_plugins(only=only, block=block, strict=args.strict_plugins if strict is None else strict)
 
 
 _PLURAL = {"teacher": "teachers", "student": "students", "loss": "losses", "dataset": "datasets", "logger": "loggers"}
@@ -122,7 +122,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_plugins(args) -> int:
-    host = _host(args)
+    host = _host(args, strict=False)  # show the table first, then fail if --strict-plugins
     rows = [(p.name, p.distribution or "-", p.version or "-", p.status, p.module) for p in host.plugins]
     widths = [max(len(r[i]) for r in rows + [("plugin", "package", "version", "status", "module")]) for i in range(5)]
     header = ("plugin", "package", "version", "status", "module")
@@ -135,7 +135,10 @@ def cmd_plugins(args) -> int:
             print(f"    error: {p.error}")
             if args.verbose:
                 print("    " + p.traceback.replace("\n", "\n    "))
-    return 1 if host.failed and args.strict_plugins else 0
+    if host.failed and args.strict_plugins:
+        print(f"liser: error: {len(host.failed)} plugin(s) failed to load (--strict-plugins)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _table(run) -> str:

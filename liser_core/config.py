@@ -203,8 +203,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> DictConfi
     for text in overrides:
         key, value = parse_override(text)
         try:
-            _check_override_path(cfg, key, schema)
-            OmegaConf.update(cfg, key, value, merge=True)
+            _apply_override(cfg, key, value, schema)
         except oc_errors.OmegaConfBaseException as exc:
             err = _translate(exc, f" (override {text!r})", schema)
             if not err.key:
@@ -218,6 +217,23 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> DictConfi
     except oc_errors.OmegaConfBaseException as exc:
         raise _translate(exc, where, schema) from None
     return cfg
+
+
+def _apply_override(cfg: DictConfig, key: str, value: Any, schema: DictConfig) -> None:
+    """Set ``key`` to ``value``. A mapping given for a typed node (``distil``, ``student``...) is
+    applied key by key, so unnamed fields keep their values; a mapping given for a free-form
+    node (component ``options``) replaces it whole, so switching components cannot leave the
+    old component's options behind."""
+    _check_override_path(cfg, key, schema)
+    target = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+    if isinstance(value, dict) and isinstance(target, DictConfig):
+        if OmegaConf.get_type(target) not in (dict, None):
+            for k, v in value.items():
+                _apply_override(cfg, f"{key}.{k}", v, schema)
+            return
+        OmegaConf.update(cfg, key, value, merge=False)
+        return
+    OmegaConf.update(cfg, key, value, merge=True)
 
 
 def _check_keys(user: Any, schema_type: Any, path: str) -> None:
@@ -333,7 +349,8 @@ def check_options(
                 continue
             raise ConfigError(
                 f"{options_key}.{opt}",
-                f"unknown option for {kind} {name!r} (options: {', '.join(params) or 'none'})",
+                f"unknown option for {kind} {name!r} (options: {', '.join(params) or 'none'}; "
+                f"to replace them all: {options_key}={{...}})",
                 close_matches(opt, params),
             )
         ann = hints.get(opt, params[opt].annotation)

@@ -132,9 +132,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_component(registry, name: str, options: dict, **inject: Any):
-    """Build a registered component and remember how (``liser_spec``) so it can be saved."""
-    module = registry.build(name, **options, **inject)
+def build_component(registry, name: str, options: dict, key: str = "", **inject: Any):
+    """Build a registered component and remember how (``liser_spec``) so it can be saved.
+
+    A factory that rejects its options (``TypeError``/``ValueError``) is reported as a
+    :class:`ConfigError` at ``key``, the recipe path of those options.
+    """
+    try:
+        module = registry.build(name, **options, **inject)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(key, f"{registry.kind} {name!r} rejected its options: {exc}") from exc
     if isinstance(module, torch.nn.Module):
         module.liser_spec = {"name": name, "options": options}
     return module
@@ -210,7 +217,7 @@ class Engine:
     def _start_loggers(self) -> None:
         for name, opts in self.cfg.loggers.items():
             try:
-                logger = build_component(self.reg.logger, str(name), plain(opts or {}))
+                logger = build_component(self.reg.logger, str(name), plain(opts or {}), f"loggers.{name}")
                 self.host.pm.register(logger, name=f"logger:{name}")
                 self._loggers.append(logger)
             except Exception as exc:  # noqa: BLE001 - a logger never stops a run
@@ -227,7 +234,7 @@ class Engine:
         run, cfg = self.run, self.cfg
         t0 = time.perf_counter()
         run.corpus = build_component(
-            self.reg.dataset, cfg.data.name, plain(cfg.data.options), seed=int(cfg.seed)
+            self.reg.dataset, cfg.data.name, plain(cfg.data.options), "data.options", seed=int(cfg.seed)
         )
         if not isinstance(run.corpus, Corpus):
             raise UsageError(f"dataset {cfg.data.name!r} did not return a Corpus")
@@ -252,7 +259,7 @@ class Engine:
                     teacher.card = TeacherCard(**{**card_d, "trained_on": tuple(card_d["trained_on"])})
             else:
                 teacher = build_component(
-                    self.reg.teacher, tc.name, plain(tc.options), label_space=run.label_space
+                    self.reg.teacher, tc.name, plain(tc.options), f"teachers.{i}.options", label_space=run.label_space
                 )
             try:
                 run.label_maps[key] = LabelMap(
@@ -269,15 +276,15 @@ class Engine:
         seed = int(cfg.seed)
         torch.manual_seed(seed + 1)
         opts = plain(cfg.student.options)
-        run.student = build_component(self.reg.student, cfg.student.name, opts, label_space=run.label_space)
+        run.student = build_component(self.reg.student, cfg.student.name, opts, "student.options", label_space=run.label_space)
         run.student.to(run.device)
         if cfg.baseline.enabled:  # same initial weights as the distilled student
             torch.manual_seed(seed + 1)
             run.baseline = build_component(
-                self.reg.student, cfg.student.name, opts, label_space=run.label_space
+                self.reg.student, cfg.student.name, opts, "student.options", label_space=run.label_space
             ).to(run.device)
         for i, lc in enumerate(cfg.distil.losses):
-            loss = build_component(self.reg.loss, lc.name, plain(lc.options))
+            loss = build_component(self.reg.loss, lc.name, plain(lc.options), f"distil.losses.{i}.options")
             key = lc.name if lc.name not in run.losses else f"{lc.name}.{i}"
             if loss.needs_teacher and not run.teachers:
                 raise ConfigError(f"distil.losses.{i}", f"loss {lc.name!r} needs a teacher; the recipe has none")

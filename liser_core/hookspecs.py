@@ -110,6 +110,7 @@ def liser_epoch_end(
 ) -> None:
     """After each training epoch of ``model`` (a teacher's name, ``student`` or ``baseline``).
 
+    ``epoch`` counts from 0.
     ``metrics`` holds at least ``loss`` and the mean of each loss term (``loss/kl``...).
     """
 
@@ -129,4 +130,5 @@ def liser_run_end(run: RunContext, results: dict[str, Any], error: BaseException
     """When the run ends, successfully (``error`` is None) or not.
 
     ``results`` maps each evaluated model to its metrics; the report writers flush here.
+    Also called when the run fails while its components are built, before ``liser_run_start``.
     """

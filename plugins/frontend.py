@@ -49,6 +49,42 @@ def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum(-1) / mask.sum(-1).clamp_min(1)
 
 
-def scaled_valid(valid: torch.Tensor, n_in: int, n_out: int) -> torch.Tensor:
-    """Valid steps after a time axis of ``n_in`` steps was pooled to ``n_out``."""
-    return torch.clamp((valid * n_out + n_in - 1) // n_in, min=1, max=n_out)
+def time_mask(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, 1, ..., 1, T) mask of the first ``valid[b]`` steps of the last axis of ``x``."""
+    t = torch.arange(x.shape[-1], device=x.device)
+    mask = t[None, :] < valid[:, None]
+    return mask.reshape(x.shape[0], *([1] * (x.ndim - 2)), x.shape[-1]).to(x.dtype)
+
+
+class MaskedConvStack(nn.Module):
+    """Blocks of 3x3 conv, BatchNorm, ReLU and 2x2 max-pool over (B, C, F, T) features.
+
+    Steps past each clip's valid length are zeroed before every conv, so a padded clip sees the
+    same zeros at its end as a clip on its own sees from the conv's own padding: predictions do
+    not depend on what a clip is batched with (up to the STFT's last frames).
+    """
+
+    def __init__(self, channels, in_channels: int = 1):
+        super().__init__()
+        blocks, c_in = [], in_channels
+        for c in channels:
+            blocks.append(
+                nn.Sequential(nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2))
+            )
+            c_in = c
+        self.blocks = nn.ModuleList(blocks)
+        self.out_channels = c_in
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor):
+        for block in self.blocks:
+            x = block(x * time_mask(x, valid))
+            valid = torch.clamp(valid // 2, min=1)
+        return x, valid
+
+
+def mean_max_pool(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, C, F, T) -> (B, 2C): frequency-averaged, then masked mean and max over valid time."""
+    x = x.mean(2)
+    t = torch.arange(x.shape[-1], device=x.device)
+    mx = x.masked_fill(t[None, None, :] >= valid[:, None, None], float("-inf")).amax(-1)
+    return torch.cat([masked_mean(x, valid), mx], 1)

@@ -92,3 +92,25 @@ def test_tiny_run_prints_the_final_table(tmp_path, capsys):
     for word in ("face_cnn", "audio_cnn", "student", "WA (acc)", "UAR", "macro-F1", "chance UAR"):
         assert word in out
     assert (tmp_path / "run" / "metrics.json").is_file()
+
+
+def test_factory_that_rejects_its_options_exits_2(tmp_path, capsys):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE)
+    code = main(["run", str(recipe), *TINY_OVERRIDES, f"run_dir={tmp_path / 'run'}",
+                 "distil.losses=[{name: kl, options: {temperature: 0.0}}]"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "distil.losses.0.options" in err and "temperature must be > 0" in err
+
+
+def test_plugins_strict_prints_table_then_fails(fake_distribution, tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "tp_bad.py").write_text("raise ImportError('nope')\n")
+    fake_distribution("tp-bad", {"tp_bad": "tp_bad"}, path=src)
+    assert main(["plugins", "--strict-plugins"]) == 1
+    captured = capsys.readouterr()
+    assert "tp_bad" in captured.out and "failed" in captured.out and "nope" in captured.out
+    assert "--strict-plugins" in captured.err
+    assert main(["plugins"]) == 0

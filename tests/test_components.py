@@ -11,22 +11,26 @@ from liser_core.labels import CREMAD6, RAVDESS8
 
 HOST = load_plugins()
 TINY = {  # small sizes so the parametrised tests stay fast
-    "logmel_cnn": {"channels": [4, 8]},
-    "audio_cnn": {"channels": [4, 8], "hidden": 16},
-    "face_cnn": {"channels": [4, 8], "hidden": 16},
+    "logmel_cnn": {"channels": [4, 8], "dropout": 0.0},
+    "audio_cnn": {"channels": [4, 8], "hidden": 16, "dropout": 0.0},
+    "face_cnn": {"channels": [4, 8], "hidden": 16, "dropout": 0.0},
 }
 
 
 def make_batch(n=4, seconds=0.5, frames=3, sr=16000):
+    """Clip i: a tone whose pitch and a face whose brightness depend on its class (learnable)."""
     g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 6
+    t = torch.arange(int(seconds * sr)) / sr
+    tones = torch.sin(2 * torch.pi * (200 + 150 * labels[:, None].float()) * t)
     return Batch(
-        audio=0.1 * torch.randn(n, int(seconds * sr), generator=g),
+        audio=0.1 * tones + 0.01 * torch.randn(n, int(seconds * sr), generator=g),
         lengths=torch.full((n,), int(seconds * sr)),
         sample_rate=sr,
-        labels=torch.arange(n) % 6,
+        labels=labels,
         clip_ids=[f"c{i}" for i in range(n)],
         index=torch.arange(n),
-        frames=torch.rand(n, frames, 48, 48, generator=g),
+        frames=0.5 * torch.rand(n, frames, 48, 48, generator=g) + labels[:, None, None, None] / 12,
     )
 
 
@@ -70,10 +74,10 @@ def test_save_load_round_trip_is_exact(kind, name, tmp_path):
 def test_a_few_steps_reduce_the_loss(kind, name):
     torch.manual_seed(0)
     model = HOST.registries[kind].build(name, label_space=CREMAD6, **TINY.get(name, {}))
-    batch = make_batch(n=6)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batch = make_batch(n=12)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
-    for _ in range(15):
+    for _ in range(30):
         model.train()
         loss = F.cross_entropy(forward(kind, model, batch).logits, batch.labels)
         opt.zero_grad()
@@ -99,8 +103,8 @@ def test_student_uses_lengths_to_ignore_padding():
         a = student(audio, torch.tensor([8000])).logits
         b = student(padded, torch.tensor([8000])).logits
         c = student(padded, torch.tensor([32000])).logits
-    # masked pooling keeps long padding out: much closer than when padding counts as audio
-    assert (a - b).abs().max() < 0.25 * (a - c).abs().max()
+    # masking keeps padding out: far closer than when the padding counts as audio
+    assert (a - b).abs().max() < 0.05 * (a - c).abs().max()
 
 
 def test_wrong_checkpoint_kind_is_refused(tmp_path):

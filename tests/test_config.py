@@ -157,3 +157,14 @@ def test_semantic_checks(liser_host, recipe):
 def test_validation_uses_only_registries(liser_host, recipe):
     cfg = load_recipe(recipe())
     validate_components(cfg, liser_host.registries)  # does not raise, builds nothing heavy
+
+
+def test_mapping_override_replaces_component_options_but_merges_typed_nodes(liser_host, recipe):
+    text = BASE.replace("student: {name: logmel_cnn}", "student: {name: logmel_cnn, options: {channels: [8, 16]}}")
+    cfg = prepare_config(recipe(text), ["student.options={dropout: 0.2}", "distil={epochs: 4}"], liser_host)
+    assert dict(cfg.student.options) == {"dropout": 0.2}
+    assert cfg.distil.epochs == 4 and cfg.distil.losses[0].name == "kl"  # rest of distil kept
+    cfg = prepare_config(recipe(text), ["student={name: logmel_cnn, options: {dropout: 0.3}}"], liser_host)
+    assert dict(cfg.student.options) == {"dropout": 0.3}
+    e = error(liser_host, recipe(text), ["student.options.width=3"])
+    assert "student.options={...}" in str(e)

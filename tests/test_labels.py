@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from liser_core.labels import AFFECTNET8, CREMAD6, FER2013_7, RAVDESS8, LabelMap, LabelSpace, label_space
+from liser_core.labels import (
+    AFFECTNET8,
+    CREMAD6,
+    FER2013_7,
+    RAVDESS8,
+    LabelMap,
+    LabelSpace,
+    label_space,
+)
 
 
 def test_standard_spaces():

@@ -54,6 +54,7 @@ def third_party(tmp_path, fake_distribution):
         "tp_raises": RAISES,
         "tp_misspelt": MISSPELT,
         "tp_duplicate": DUPLICATE,
+        "aaa_duplicate": DUPLICATE,
     }
     for name, code in modules.items():
         (src / f"{name}.py").write_text(textwrap.dedent(code))
@@ -65,6 +66,7 @@ def third_party(tmp_path, fake_distribution):
             "tp_raises": "tp_raises",
             "tp_misspelt": "tp_misspelt",
             "tp_duplicate": "tp_duplicate",
+            "aaa_duplicate": "aaa_duplicate",  # sorts before first-party names
         },
         version="1.2.3",
         path=src,
@@ -98,6 +100,7 @@ def test_broken_plugins_are_isolated_and_reported(third_party):
     assert p["tp_misspelt"].status == "failed"
     assert "liser_register_student" in p["tp_misspelt"].error and "liser_register_students" in p["tp_misspelt"].error
     assert p["tp_duplicate"].status == "failed" and "already registered" in p["tp_duplicate"].error
+    assert p["aaa_duplicate"].status == "failed"  # LiSER's own plugins load first
     # first-party plugins unaffected
     assert p["logmel_cnn"].status == "loaded"
     assert host.registries.student.get("logmel_cnn").plugin == "logmel_cnn"
@@ -122,6 +125,8 @@ def test_disable_autoload_loads_only_named(monkeypatch):
 
 
 def test_block_a_plugin():
+    with pytest.raises(UsageError, match="did you mean 'wandb_logger'"):
+        load_plugins(block=["wandb_loger"])
     host = load_plugins(block=["wandb_logger"])
     assert by_name(host)["wandb_logger"].status == "blocked"
     assert "wandb" not in host.registries.logger

@@ -13,22 +13,23 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import liser_core
 from liser_core import BatchTargets, LabelMap, LabelSpace, ModelOutput
 from liser_core.checkpoint import load_component
 from liser_core.cli import main as cli_main
 from liser_core.errors import ConfigError
-from liser_core.testing import TINY_RECIPE
 
 REPO = Path(__file__).parents[1]
 EXAMPLE_SRC = REPO / "examples" / "liser-example-plugin" / "src"
 DIST, VERSION, PLUGIN, MODULE = "liser-example-plugin", "0.1.0", "example", "liser_example.plugin"
 
-TINY_STUDENT = "student: {name: logmel_cnn, options: {channels: [4, 8]}}"
-SYMMETRIC_KL_LOSSES = (
-    "distil.losses=[{name: symmetric_kl, options: {temperature: 2.0}}, {name: ce, weight: 0.5}]"
-)
+EXAMPLE_OVERRIDES = [
+    "student.name=example_gru",
+    "student.options={hidden: 16}",  # replaces the tiny recipe's logmel_cnn options
+    "distil.losses=[{name: symmetric_kl, options: {temperature: 2.0}}, {name: ce, weight: 0.5}]",
+]
 
 
 @pytest.fixture
@@ -45,15 +46,6 @@ def example_installed(fake_distribution, monkeypatch):
 @pytest.fixture
 def host(example_installed):
     return liser_core.load_plugins()
-
-
-@pytest.fixture
-def gru_recipe(tmp_path):
-    """The tiny recipe with ``example_gru`` as its student (see test_override_replaces_options)."""
-    assert TINY_STUDENT in TINY_RECIPE, "liser_core.testing.TINY_RECIPE changed; update this test"
-    path = tmp_path / "tiny_gru.yaml"
-    path.write_text(TINY_RECIPE.replace(TINY_STUDENT, "student: {name: example_gru, options: {hidden: 16}}"))
-    return path
 
 
 def test_discovered_through_entry_point(host):
@@ -73,8 +65,8 @@ def test_absent_without_the_distribution():
 
 
 @pytest.mark.slow
-def test_tiny_run_with_example_components(host, run_tiny, gru_recipe):
-    ctx = run_tiny(recipe=gru_recipe, overrides=[SYMMETRIC_KL_LOSSES], host=host)
+def test_tiny_run_with_example_components(host, run_tiny):
+    ctx = run_tiny(overrides=EXAMPLE_OVERRIDES, host=host)
 
     student = ctx.results()["student"]
     assert student["role"] == "student"
@@ -83,13 +75,17 @@ def test_tiny_run_with_example_components(host, run_tiny, gru_recipe):
     assert list(ctx.losses) == ["symmetric_kl", "ce"]
 
     metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "completed"
+    assert (metrics["status"], metrics["corpus"], metrics["split"]) == ("completed", "synth_av", "test")
     assert metrics["student"]["uar"] == pytest.approx(student["uar"])
     assert metrics["student"]["num_parameters"] == ctx.student.num_parameters()
 
     history = [json.loads(line) for line in (ctx.run_dir / "history.jsonl").read_text().splitlines()]
     distil = [h for h in history if h["stage"] == "distil"]
     assert distil and all(math.isfinite(h["loss/symmetric_kl"]) for h in distil)
+
+    config = yaml.safe_load((ctx.run_dir / "config.yaml").read_text())
+    assert config["student"] == {"name": "example_gru", "options": {"hidden": 16}}
+    assert [loss["name"] for loss in config["distil"]["losses"]] == ["symmetric_kl", "ce"]
 
     manifest = json.loads((ctx.run_dir / "manifest.json").read_text())
     assert {"name": PLUGIN, "package": DIST, "version": VERSION, "status": "loaded"} in manifest["plugins"]
@@ -105,27 +101,12 @@ def test_tiny_run_with_example_components(host, run_tiny, gru_recipe):
         torch.testing.assert_close(reloaded(audio, lengths).logits, ctx.student(audio, lengths).logits)
 
 
-@pytest.mark.xfail(
-    raises=ConfigError,
-    strict=True,
-    reason="core: a `student.options={...}` override merges into the recipe's options "
-    "(OmegaConf.update(..., merge=True) in load_recipe), so logmel_cnn's `channels` survives "
-    "the switch to example_gru and is rejected as an unknown option",
-)
-def test_override_replaces_options(host, run_tiny):
-    ctx = run_tiny(
-        overrides=["student.name=example_gru", "student.options={hidden: 16}", SYMMETRIC_KL_LOSSES],
-        host=host,
-    )
-    assert math.isfinite(ctx.results()["student"]["uar"])
-
-
-def test_options_are_validated(host, run_tiny, gru_recipe):
+def test_options_are_validated(host, run_tiny):
     with pytest.raises(ConfigError) as err:
-        run_tiny(recipe=gru_recipe, overrides=["student.options.hidden=big"], host=host)
+        run_tiny(overrides=[*EXAMPLE_OVERRIDES, "student.options.hidden=big"], host=host)
     assert str(err.value) == "student.options.hidden: 'big' is not a valid int for student 'example_gru'"
     with pytest.raises(ConfigError) as err:
-        run_tiny(recipe=gru_recipe, overrides=[SYMMETRIC_KL_LOSSES.replace("temperature", "temprature")], host=host)
+        run_tiny(overrides=[*EXAMPLE_OVERRIDES, "distil.losses.0.options.temprature=1.0"], host=host)
     assert err.value.key == "distil.losses.0.options.temprature"
     assert err.value.suggestions == ("temperature",)
 

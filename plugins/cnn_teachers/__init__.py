@@ -17,15 +17,15 @@ from torch import nn
 from liser_core import Batch, ModelOutput, Teacher, TeacherCard, hookimpl
 from liser_core.labels import LabelSpace
 
-from ..frontend import LogMel, masked_mean, scaled_valid
+from ..frontend import LogMel, MaskedConvStack, mean_max_pool
 
 
-def _conv_stack(channels: Sequence[int]) -> tuple[nn.Sequential, int]:
+def _conv_blocks(channels: Sequence[int]) -> list[nn.Module]:
     layers, c_in = [], 1
     for c in channels:
         layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2)]
         c_in = c
-    return nn.Sequential(*layers), c_in
+    return layers
 
 
 def _head(c_in: int, hidden: int, n_classes: int, dropout: float):
@@ -49,8 +49,8 @@ class AudioCNNTeacher(Teacher):
         self.label_space = label_space
         self.sample_rate = sample_rate
         self.frontend = LogMel(sample_rate, n_mels)
-        self.body, c = _conv_stack(channels)
-        self.trunk, self.head = _head(2 * c, hidden, len(label_space), dropout)
+        self.body = MaskedConvStack(channels)
+        self.trunk, self.head = _head(2 * self.body.out_channels, hidden, len(label_space), dropout)
         self.embedding_dim = hidden
         self.card = TeacherCard(
             name="audio_cnn", modality="audio", backbone=f"cnn{len(channels)}-logmel{n_mels}",
@@ -58,13 +58,8 @@ class AudioCNNTeacher(Teacher):
         )
 
     def forward(self, batch: Batch) -> ModelOutput:
-        x, valid = self.frontend(batch.audio, batch.lengths)
-        n_in = x.shape[-1]
-        x = self.body(x).mean(2)
-        valid = scaled_valid(valid, n_in, x.shape[-1])
-        t = torch.arange(x.shape[-1], device=x.device)
-        mx = x.masked_fill(t[None, None, :] >= valid[:, None, None], float("-inf")).amax(-1)
-        emb = self.trunk(torch.cat([masked_mean(x, valid), mx], 1))
+        x, valid = self.body(*self.frontend(batch.audio, batch.lengths))
+        emb = self.trunk(mean_max_pool(x, valid))
         return ModelOutput(self.head(emb), emb)
 
 
@@ -85,8 +80,8 @@ class FaceCNNTeacher(Teacher):
         self.label_space = label_space
         self.image_size = image_size
         self.train_frames = train_frames
-        self.body, c = _conv_stack(channels)
-        self.trunk, self.head = _head(c, hidden, len(label_space), dropout)
+        self.body = nn.Sequential(*_conv_blocks(channels))
+        self.trunk, self.head = _head(channels[-1], hidden, len(label_space), dropout)
         self.embedding_dim = hidden
         self.card = TeacherCard(
             name="face_cnn", modality="face", backbone=f"cnn{len(channels)}-{image_size}px",
