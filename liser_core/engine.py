@@ -207,6 +207,9 @@ class Engine:
     def _stage(self, name: str, fn: Callable[[], None]) -> None:
         log.info("== stage %s ==", name)
         self.host.notify("liser_stage_start", run=self.run, stage=name)
+        # each stage draws from its own seed: a stage's result does not depend on how many
+        # random numbers earlier stages happened to use (e.g. the baseline on distil.epochs)
+        seed_everything(int(self.cfg.seed) * 1000 + _STAGE_SEEDS[name])
         t0 = time.perf_counter()
         fn()
         seconds = time.perf_counter() - t0
@@ -548,6 +551,9 @@ class Engine:
             )
 
         return hook
+
+
+_STAGE_SEEDS = {"teach": 1, "label": 2, "distil": 3, "finetune": 4, "baseline": 5, "evaluate": 6}
 
 
 def _steps(n: int, batch_size: int) -> int:

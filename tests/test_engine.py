@@ -227,3 +227,33 @@ def test_loss_needing_a_teacher_without_one_is_a_config_error(run_tiny):
 
     with pytest.raises(ConfigError, match="needs a teacher"):
         run_tiny(overrides=["teachers=[]"])
+
+
+def test_stages_are_seeded_independently(run_tiny, tmp_path):
+    host = load_plugins()
+    a = run_tiny(host=host, overrides=["baseline.enabled=true", "baseline.epochs=2", "distil.epochs=1"])
+    b = run_tiny(host=host, overrides=["baseline.enabled=true", "baseline.epochs=2", "distil.epochs=2",
+                                       f"run_dir={tmp_path / 'b'}"])
+    pa = next(e for e in a.evaluations if e.model == "baseline").probs
+    pb = next(e for e in b.evaluations if e.model == "baseline").probs
+    assert torch.equal(pa, pb)  # the baseline does not depend on how long distillation ran
+    sa = next(e for e in a.evaluations if e.model == "student").probs
+    sb = next(e for e in b.evaluations if e.model == "student").probs
+    assert not torch.equal(sa, sb)
+
+
+def test_same_recipe_same_results(run_tiny, tmp_path):
+    host = load_plugins()
+    a = run_tiny(host=host)
+    b = run_tiny(host=host, overrides=[f"run_dir={tmp_path / 'again'}"])
+    for ea, eb in zip(a.evaluations, b.evaluations):
+        assert ea.model == eb.model and torch.equal(ea.probs, eb.probs)
+
+
+def test_wandb_logger_writes_an_offline_run(run_tiny, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    ctx = run_tiny(overrides=["loggers.wandb={mode: offline, project: liser-test}"])
+    runs = list((ctx.run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert list(runs[0].glob("*.wandb")), "no wandb event file written"
