@@ -2,6 +2,10 @@
 
 A component directory holds ``config.json`` (registry kind and name, the options it was built
 with, its label space) and ``model.safetensors``. No pickle is read or written anywhere.
+
+A module may name state-dict key prefixes in ``checkpoint_exclude`` (e.g. ``("backbone.",)``
+for a frozen pretrained backbone that its options reload from the hub id or directory it came
+from): those weights are neither saved nor required when loading.
 """
 
 from __future__ import annotations
@@ -59,7 +63,12 @@ def save_component(
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+        exclude = tuple(getattr(module, "checkpoint_exclude", ()))
+        state = {
+            k: v.detach().contiguous().cpu()
+            for k, v in module.state_dict().items()
+            if not (exclude and k.startswith(exclude))
+        }
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         config = {
             "format_version": FORMAT_VERSION,
@@ -108,6 +117,8 @@ def load_component(directory: str | Path, registry, *, kind: str, **inject: Any)
     module = registry.build(config["name"], label_space=label_space, **config["options"], **inject)
     state = load_file(str(directory / WEIGHTS_NAME))
     missing, unexpected = module.load_state_dict(state, strict=False)
+    exclude = tuple(getattr(module, "checkpoint_exclude", ()))
+    missing = [k for k in missing if not (exclude and k.startswith(exclude))]
     if missing or unexpected:
         raise UsageError(
             f"{directory}: weights do not fit {kind} {config['name']!r} "

@@ -59,17 +59,22 @@ class TeacherCard:
 class Teacher(nn.Module):
     """A large model that labels clips. Subclasses set the attributes below and ``forward``.
 
-    ``fittable`` teachers without a checkpoint are fitted by the engine on the corpus's
-    ``teacher`` split (cross-entropy on :meth:`trainable_parameters`).
+    A teacher without a LiSER checkpoint that is not ``pretrained`` is fitted by the engine on
+    the corpus's ``teacher`` split (cross-entropy on :meth:`trainable_parameters`), provided it
+    is ``fittable``.
     """
 
     modality: str = "audio"
     label_space: LabelSpace
     embedding_dim: int
     card: TeacherCard
-    fittable: bool = True
+    fittable: bool = True  # the engine may fit it (cross-entropy) on the teacher split
+    pretrained: bool = False  # True when it arrives trained (a classification head with weights):
+    #                           the engine then uses it as is and never fits it
     needs_frames: bool = False  # True when forward reads ``batch.frames``
     sample_rate: int | None = None  # rate the engine resamples audio to, if any
+    #: state-dict key prefixes left out of checkpoints (a frozen backbone reloaded from its source)
+    checkpoint_exclude: tuple[str, ...] = ()
 
     def forward(self, batch: Batch) -> ModelOutput:  # pragma: no cover - interface
         raise NotImplementedError

@@ -340,6 +340,9 @@ class Engine:
             if tc.checkpoint:
                 log.info("teacher %s: loaded from %s", key, tc.checkpoint)
                 continue
+            if teacher.pretrained:
+                log.info("teacher %s: pretrained (%s), used as is", key, teacher.card.source or teacher.card.backbone)
+                continue
             if not teacher.fittable:
                 raise ConfigError(
                     f"teachers.{list(run.teachers).index(key)}.checkpoint",
