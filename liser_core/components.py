@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .labels import LabelMap, LabelSpace
@@ -81,6 +82,15 @@ class Teacher(nn.Module):
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
+
+    def fit_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss the engine minimises when it fits this teacher, and its named terms.
+
+        Default: cross-entropy of ``forward(batch).logits`` against the batch's labels.
+        Composite teachers override it (e.g. a fusion teacher adds each branch's own term).
+        """
+        loss = F.cross_entropy(self(batch).logits, batch.labels)
+        return loss, {"ce": loss.detach()}
 
 
 class Student(nn.Module):

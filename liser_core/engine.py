@@ -140,6 +140,8 @@ def build_component(registry, name: str, options: dict, key: str = "", **inject:
     """
     try:
         module = registry.build(name, **options, **inject)
+    except ConfigError as exc:  # a composite component validating its parts (e.g. fusion)
+        raise ConfigError(f"{key}.{exc.key}" if key else exc.key, exc.reason, exc.suggestions) from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(key, f"{registry.kind} {name!r} rejected its options: {exc}") from exc
     if isinstance(module, torch.nn.Module):
@@ -357,9 +359,7 @@ class Engine:
             fit: TrainConfig = tc.fit
 
             def step(batch: Batch, teacher=teacher):
-                out = teacher(batch)
-                loss = F.cross_entropy(out.logits, batch.labels)
-                return loss, {"ce": loss.detach()}
+                return teacher.fit_loss(batch)
 
             log.info("teacher %s: fitting on %d clips of the teacher split", key, len(ds))
             train(
@@ -375,7 +375,7 @@ class Engine:
             )
             teacher.card = dataclasses.replace(
                 teacher.card,
-                trained_on=(f"{run.corpus.name}[teacher]",),
+                trained_on=tuple(dict.fromkeys((*teacher.card.trained_on, f"{run.corpus.name}[teacher]"))),
                 source=f"fitted in run {run.run_dir}",
                 num_parameters=_count(teacher),
             )
