@@ -31,10 +31,16 @@ class Combination(str, Enum):
     geometric = "geometric"  # product of experts (weighted mean of log-probabilities)
 
 
+class BadClipPolicy(str, Enum):
+    skip = "skip"  # log the file and reason, count it in the report, go on
+    raise_ = "raise"  # stop the run naming the file and reason
+
+
 @dataclass
 class DataConfig:
     name: str = MISSING  # registered dataset, e.g. synth_av
     options: dict[str, Any] = field(default_factory=dict)  # the dataset factory's options
+    bad_clips: BadClipPolicy = BadClipPolicy.skip  # unreadable/silent/broken clips: skip | raise
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -10,6 +11,8 @@ import numpy as np
 import torch
 
 from .labels import LabelSpace
+
+log = logging.getLogger("liser.data")
 
 #: The roles a corpus fills in a run. ``teacher`` stands for the large external labeled data a
 #: real teacher was trained on; ``labeled`` is the student's small labeled set; ``unlabeled``
@@ -19,20 +22,41 @@ SPLITS: tuple[str, ...] = ("teacher", "labeled", "unlabeled", "test")
 
 @dataclass
 class Clip:
-    """One utterance."""
+    """One utterance.
+
+    A corpus may return clips *unloaded* (``audio`` is None, ``path`` set) and decode them in its
+    ``load(clip)`` method when a model needs them, so that indexing a large corpus reads no audio.
+    """
 
     clip_id: str  # unique within its corpus
-    audio: np.ndarray  # mono float32 waveform in [-1, 1]
-    sample_rate: int  # Hz
+    audio: np.ndarray | None  # mono float32 waveform in [-1, 1]; None until loaded
+    sample_rate: int  # Hz (of ``audio``, or of the file when unloaded)
     speaker: str  # speaker id; splits are speaker-disjoint
     label: str | None = None  # canonical emotion name; None when unlabeled
     frames: np.ndarray | None = None  # face video, uint8 (T, H, W) grey or (T, H, W, 3)
     fps: float | None = None  # frame rate of ``frames``
     path: str | None = None  # source file, when there is one
+    seconds_hint: float | None = None  # duration known from an index, before loading
 
     @property
     def seconds(self) -> float:
+        if self.audio is None:
+            if self.seconds_hint is None:
+                raise ValueError(f"clip {self.clip_id} is not loaded and has no known duration")
+            return self.seconds_hint
         return len(self.audio) / self.sample_rate
+
+
+class BadClipError(Exception):
+    """A clip that cannot be used (unreadable, empty, silent, non-finite, wrong length...).
+
+    Raised by a corpus's ``load``; the engine's bad-sample policy decides: ``skip`` (logged with
+    file and reason, counted in the report) or ``raise`` (stops the run naming file and reason).
+    """
+
+    def __init__(self, clip_id: str, path: str | None, reason: str):
+        self.clip_id, self.path, self.reason = clip_id, path, reason
+        super().__init__(f"{path or clip_id}: {reason}")
 
 
 @runtime_checkable
@@ -43,7 +67,11 @@ class Corpus(Protocol):
     label_space: LabelSpace  # classes of its labels
 
     def split(self, role: str) -> Sequence[Clip]:
-        """The clips of one of :data:`SPLITS` (empty when the corpus has none for that role)."""
+        """The clips of one of :data:`SPLITS` (empty when the corpus has none for that role).
+
+        Clips may be unloaded (``audio`` None); the corpus then also defines
+        ``load(clip) -> Clip`` returning a loaded copy, or raising :class:`BadClipError`.
+        """
         ...
 
 
@@ -90,18 +118,37 @@ class ClipDataset(torch.utils.data.Dataset):
         *,
         with_labels: bool = True,
         with_frames: bool = False,
+        loader: Callable[[Clip], Clip] | None = None,
+        on_bad_clip: str = "skip",
     ):
         self.clips = clips
         self.label_space = label_space
         self.sample_rate = sample_rate
         self.with_labels = with_labels
         self.with_frames = with_frames
+        self.load_clip = loader
+        if on_bad_clip not in ("skip", "raise"):
+            raise ValueError(f"on_bad_clip must be 'skip' or 'raise', not {on_bad_clip!r}")
+        self.on_bad_clip = on_bad_clip
+        self.skipped: dict[str, str] = {}  # clip id -> reason, for clips skipped by the policy
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def __getitem__(self, i: int):
         clip = self.clips[i]
+        if clip.audio is None:
+            if self.load_clip is None:
+                raise ValueError(f"clip {clip.clip_id} is not loaded and its corpus has no load()")
+            try:
+                clip = self.load_clip(clip)
+            except BadClipError as exc:
+                if self.on_bad_clip == "raise":
+                    raise
+                if clip.clip_id not in self.skipped:
+                    log.warning("skipping %s", exc)
+                self.skipped[clip.clip_id] = exc.reason
+                return None
         audio = torch.from_numpy(np.ascontiguousarray(clip.audio, dtype=np.float32))
         if clip.sample_rate != self.sample_rate:
             import torchaudio.functional as AF
@@ -117,7 +164,10 @@ class ClipDataset(torch.utils.data.Dataset):
             frames = torch.from_numpy(np.ascontiguousarray(clip.frames))
         return i, clip.clip_id, audio, label, frames
 
-    def collate(self, items) -> Batch:
+    def collate(self, items) -> Batch | None:
+        items = [it for it in items if it is not None]  # bad clips skipped by the policy
+        if not items:
+            return None
         idx, ids, audios, labels, frames = zip(*items)
         lengths = torch.tensor([len(a) for a in audios])
         audio = torch.zeros(len(audios), int(lengths.max()))

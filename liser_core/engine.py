@@ -33,7 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import checkpoint
 from ._plugins import PluginHost
 from .components import BatchTargets, Loss, ModelOutput, Student, Teacher, TeacherCard
-from .config import Combination, TrainConfig, load_recipe, plain, validate_components
+from .config import BadClipPolicy, Combination, TrainConfig, load_recipe, plain, validate_components
 from .data import Batch, Clip, ClipDataset, Corpus
 from .errors import ConfigError, UsageError
 from .labels import LabelMap, LabelSpace
@@ -163,6 +163,7 @@ class Engine:
             config=config, run_dir=run_dir, host=host, device=resolve_device(str(config.device))
         )
         self._loggers: list[Any] = []
+        self._datasets: list[ClipDataset] = []  # to collect the clips skipped as bad
 
     # -- orchestration --------------------------------------------------------------------------
     def execute(self) -> RunContext:
@@ -199,6 +200,10 @@ class Engine:
             error = exc
             raise
         finally:
+            skipped = {k: v for ds in self._datasets for k, v in ds.skipped.items()}
+            if skipped:
+                run.diagnostics["skipped_clips"] = skipped
+                log.warning("%d clip(s) skipped as bad (data.bad_clips=skip): see metrics.json", len(skipped))
             self.host.notify("liser_run_end", run=run, results=run.results(), error=error)
             self._stop_loggers()
             root.removeHandler(handler)
@@ -318,7 +323,17 @@ class Engine:
 
     # -- datasets -------------------------------------------------------------------------------
     def _dataset(self, clips, rate: int, *, labels=True, frames=False) -> ClipDataset:
-        return ClipDataset(clips, self.run.label_space, rate, with_labels=labels, with_frames=frames)
+        ds = ClipDataset(
+            clips,
+            self.run.label_space,
+            rate,
+            with_labels=labels,
+            with_frames=frames,
+            loader=getattr(self.run.corpus, "load", None),
+            on_bad_clip=BadClipPolicy(self.cfg.data.bad_clips).value,
+        )
+        self._datasets.append(ds)
+        return ds
 
     def _native_rate(self) -> int:
         for s in ("labeled", "unlabeled", "test", "teacher"):
@@ -407,8 +422,10 @@ class Engine:
             teacher.eval()
             ds = self._teacher_dataset(teacher, clips, labels=False)
             t0 = time.perf_counter()
-            lo, em, _ = collect(lambda b, t=teacher: t(b), ds.loader(cfg.evaluate.batch_size), run.device)
-            logits[key], embs[key] = lo, em
+            lo, em, _, idx = collect(lambda b, t=teacher: t(b), ds.loader(cfg.evaluate.batch_size), run.device)
+            # rows of clips skipped as bad stay NaN; those clips are skipped in distil too
+            logits[key] = torch.full((len(ds), lo.shape[1]), float("nan")).index_copy_(0, idx, lo)
+            embs[key] = torch.full((len(ds), em.shape[1]), float("nan")).index_copy_(0, idx, em)
             log.info("teacher %s labeled %d clips in %.1fs", key, len(ds), time.perf_counter() - t0)
         total_w = sum(float(run.teacher_configs[k].weight) for k in run.teachers)
         run.targets = TargetTable(
@@ -419,7 +436,8 @@ class Engine:
             combination=Combination(cfg.distil.combination).value,
         )
         # Diagnostic only: how often the combined targets agree with the pool's hidden labels.
-        known = [i for i, t in enumerate(truth) if t is not None]
+        usable = ~torch.isnan(next(iter(logits.values()))).any(1)
+        known = [i for i, t in enumerate(truth) if t is not None and usable[i]]
         if known:
             probs = run.targets.batch(torch.tensor(known), torch.device("cpu")).probs(1.0)
             ids = torch.tensor([run.label_space.index(truth[i]) for i in known])
@@ -501,21 +519,22 @@ class Engine:
                 )
             teacher.eval()
             ds = self._teacher_dataset(teacher, clips)
-            lo, _, labels = collect(lambda b, t=teacher: t(b), ds.loader(cfg.evaluate.batch_size), run.device)
+            lo, _, labels, idx = collect(lambda b, t=teacher: t(b), ds.loader(cfg.evaluate.batch_size), run.device)
             probs = run.label_maps[key].project(torch.softmax(lo, -1))
-            self._record(key, "teacher", split, probs, labels, clips, _count(teacher))
+            self._record(key, "teacher", split, probs, labels, [clips[i].clip_id for i in idx], _count(teacher))
         student_trained = cfg.distil.epochs > 0 or cfg.finetune.epochs > 0
         for role, model in (("baseline", run.baseline), ("student", run.student)):
             if model is None or (role == "student" and not student_trained):
                 continue
             model.eval()
             ds = self._dataset(clips, model.sample_rate)
-            lo, _, labels = collect(
+            lo, _, labels, idx = collect(
                 lambda b, m=model: m(b.audio, b.lengths), ds.loader(cfg.evaluate.batch_size), run.device
             )
-            self._record(role, role, split, torch.softmax(lo, -1), labels, clips, model.num_parameters())
+            ids = [clips[i].clip_id for i in idx]
+            self._record(role, role, split, torch.softmax(lo, -1), labels, ids, model.num_parameters())
 
-    def _record(self, model, role, split, probs, labels, clips, n_params) -> None:
+    def _record(self, model, role, split, probs, labels, clip_ids, n_params) -> None:
         metrics, confusion = classification_metrics(probs, labels, len(self.run.label_space))
         result = EvalResult(
             model=model,
@@ -525,7 +544,7 @@ class Engine:
             confusion=confusion,
             label_space=self.run.label_space,
             probs=probs,
-            clip_ids=[c.clip_id for c in clips],
+            clip_ids=clip_ids,
             num_parameters=n_params,
         )
         self.run.evaluations.append(result)

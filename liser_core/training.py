@@ -63,6 +63,8 @@ def train(
         n = 0
         t0 = time.perf_counter()
         for batch in loader_for_epoch(epoch):
+            if batch is None:  # every clip of the batch was skipped as bad
+                continue
             batch = batch.to(device)
             total, terms = step(batch)
             opt.zero_grad(set_to_none=True)
@@ -96,13 +98,19 @@ def collect(
     forward: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]],
     loader: Iterable[Batch],
     device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run ``forward`` over a loader in eval mode: (logits, embeddings, labels), in loader order."""
-    logits, embs, labels = [], [], []
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run ``forward`` over a loader: (logits, embeddings, labels, dataset indices), in loader
+    order; clips skipped as bad are absent, so ``indices`` says which rows are which clips."""
+    logits, embs, labels, index = [], [], [], []
     for batch in loader:
+        if batch is None:
+            continue
         batch = batch.to(device)
         lo, em = forward(batch)
         logits.append(lo.float().cpu())
         embs.append(em.float().cpu())
         labels.append(batch.labels.cpu())
-    return torch.cat(logits), torch.cat(embs), torch.cat(labels)
+        index.append(batch.index.cpu())
+    if not logits:
+        raise ValueError("no clip could be used: every clip was skipped as bad")
+    return torch.cat(logits), torch.cat(embs), torch.cat(labels), torch.cat(index)

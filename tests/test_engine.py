@@ -2,10 +2,10 @@ import json
 
 import pytest
 import torch
-from liser_plugins.cnn_teachers import AudioCNNTeacher
 
 from liser_core import ClipDataset, hookimpl, load_plugins
 from liser_core.checkpoint import load_component
+from liser_plugins.cnn_teachers import AudioCNNTeacher
 
 
 class Recorder:

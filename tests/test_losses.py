@@ -2,10 +2,10 @@ import math
 
 import pytest
 import torch
-from liser_plugins.losses import CrossEntropy, FeatureMatching, KLDivergence
 
 from liser_core import Batch, BatchTargets, ModelOutput
 from liser_core.labels import CREMAD6, RAVDESS8, LabelMap, LabelSpace
+from liser_plugins.losses import CrossEntropy, FeatureMatching, KLDivergence
 
 THREE = LabelSpace("three", ("neutral", "happy", "sad"))
 

@@ -2,9 +2,9 @@ import hashlib
 
 import numpy as np
 import pytest
-from liser_plugins.synth_av import generator, synth_av
 
 from liser_core.data import SPLITS, Corpus
+from liser_plugins.synth_av import generator, synth_av
 
 SMALL = dict(teacher_speakers=2, labeled_speakers=1, unlabeled_speakers=2, test_speakers=2,
              teacher_clips=1, labeled_clips=1, unlabeled_clips=1, test_clips=1, seconds=0.5, frames=3)
