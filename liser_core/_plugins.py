@@ -229,3 +229,14 @@ def load_plugins(
         host.raise_if_failed()
     return host
 
+
+
+_DEFAULT: PluginHost | None = None
+
+
+def default_host() -> PluginHost:
+    """A process-wide host with every installed plugin, built on first use."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = load_plugins()
+    return _DEFAULT

@@ -110,6 +110,40 @@ class Student(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def save_pretrained(self, directory, **extra) -> None:
+        """Save as ``model.safetensors`` + ``config.json`` (see :mod:`liser_core.checkpoint`).
+
+        The student must have been built through a registry (``liser_spec`` records how).
+        """
+        from .checkpoint import save_component
+
+        spec = getattr(self, "liser_spec", None)
+        if spec is None:
+            raise ValueError("build the student through the registry (host.registries.student.build) to save it")
+        save_component(
+            self,
+            directory,
+            kind="student",
+            name=spec["name"],
+            options=spec["options"],
+            label_space=self.label_space,
+            extra={"sample_rate": self.sample_rate, "num_parameters": self.num_parameters(), **extra},
+        )
+
+    @classmethod
+    def from_pretrained(cls, directory, host=None) -> Student:
+        """Load a saved student (any registered architecture) in eval mode.
+
+        Example::
+
+            >>> student = Student.from_pretrained("runs/synth_kd/student")  # doctest: +SKIP
+        """
+        from ._plugins import default_host
+        from .checkpoint import load_component
+
+        model = load_component(directory, (host or default_host()).registries.student, kind="student")
+        return model.eval()
+
 
 @dataclass
 class BatchTargets:

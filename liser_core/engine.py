@@ -555,16 +555,11 @@ class Engine:
         self.host.notify("liser_evaluation", run=self.run, result=result)
 
     def _save_student(self) -> None:
-        s = self.run.student
-        checkpoint.save_component(
-            s,
-            self.run.run_dir / "student",
-            kind="student",
-            name=s.liser_spec["name"],
-            options=s.liser_spec["options"],
-            label_space=s.label_space,
-            extra={"sample_rate": s.sample_rate, "num_parameters": s.num_parameters()},
-        )
+        try:  # the training clip length, for windowing long inputs at inference
+            longest = max((c.seconds for c in self.run.corpus.split("labeled")), default=None)
+        except ValueError:  # lazily loaded clips without a known duration
+            longest = None
+        self.run.student.save_pretrained(self.run.run_dir / "student", train_seconds=longest)
 
     def _epoch_hook(self, stage: str, model: str):
         def hook(epoch: int, metrics: dict[str, float]) -> None:

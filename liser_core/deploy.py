@@ -1,0 +1,237 @@
+"""Deploying a student: reading audio files, windowed prediction, ONNX/TorchScript export.
+
+Prediction windows: a clip longer than ``window`` seconds (default: the longest labeled clip the
+student was trained on, from its ``config.json``) is cut into windows of that length with a hop
+of half a window (the last window is aligned to the clip's end); the clip's distribution is the
+**mean of the windows' probabilities**. Shorter clips are scored whole.
+
+Exports take a mono waveform at the student's sample rate and contain the audio frontend
+(log-mel + normalisation): ``audio`` (batch, samples) float32 -> ``logits``, ``probs``
+(batch, classes). A sidecar ``<file>.json`` states the label order, sample rate, that the
+frontend is inside, and the window length to use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import atomic_write_json, read_component_config
+from .components import Student
+from .errors import UsageError
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".flv", ".mov", ".m4a"}
+
+
+def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Mono float32 waveform of an audio or video file, resampled to ``sample_rate``.
+
+    Audio files are read with soundfile, the audio stream of video files with PyAV.
+    Any decoder failure is a :class:`UsageError` naming the file and the reason.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in VIDEO_SUFFIXES:
+            audio, rate = _read_av(path)
+        else:
+            import soundfile as sf
+
+            audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+            audio = audio.mean(1)
+    except UsageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - decoder errors become one clear message
+        raise UsageError(f"{path}: cannot decode audio ({type(exc).__name__}: {exc})") from None
+    if audio.size == 0:
+        raise UsageError(f"{path}: no audio samples")
+    if not np.isfinite(audio).all():
+        raise UsageError(f"{path}: audio contains NaN or Inf samples")
+    if rate != sample_rate:
+        import torchaudio.functional as AF
+
+        audio = AF.resample(torch.from_numpy(np.ascontiguousarray(audio)), rate, sample_rate).numpy()
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def _read_av(path: Path) -> tuple[np.ndarray, int]:
+    try:
+        import av
+    except ImportError:
+        raise UsageError(f"{path}: reading video files needs PyAV: pip install 'liser[video]'") from None
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise UsageError(f"{path}: the file has no audio stream")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate)
+        chunks = []
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().reshape(-1))
+        for out in resampler.resample(None):
+            chunks.append(out.to_ndarray().reshape(-1))
+        return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), stream.rate
+
+
+def expand_paths(paths: list[str | Path]) -> list[Path]:
+    """Files as given, folders expanded (recursively) to their audio and video files, sorted."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(
+                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES | VIDEO_SUFFIXES
+            )
+        elif p.exists():
+            out.append(p)
+        else:
+            raise UsageError(f"{p}: no such file or folder")
+    return out
+
+
+def windows(n: int, size: int) -> list[tuple[int, int]]:
+    """Start/end sample pairs covering ``n`` samples with windows of ``size`` and a half hop."""
+    if n <= size:
+        return [(0, n)]
+    hop = max(1, size // 2)
+    starts = list(range(0, n - size + 1, hop))
+    if starts[-1] + size < n:
+        starts.append(n - size)  # align the last window to the end
+    return [(s, s + size) for s in starts]
+
+
+@dataclass
+class Prediction:
+    path: str
+    probs: list[float]  # in the student's label order
+    label: str  # most probable class
+    seconds: float  # clip duration
+    windows: int  # number of windows averaged
+
+
+class Predictor:
+    """Scores files with a saved student."""
+
+    def __init__(self, checkpoint: str | Path, *, window: float | None = None, host=None):
+        self.student = Student.from_pretrained(checkpoint, host=host)
+        config = read_component_config(checkpoint, "student")
+        self.window = window if window is not None else config.get("train_seconds")
+        self.classes = list(self.student.label_space.classes)
+
+    @torch.no_grad()
+    def probs(self, audio: np.ndarray) -> tuple[torch.Tensor, int]:
+        x = torch.from_numpy(audio)
+        if not self.window:
+            spans = [(0, len(x))]
+        else:
+            spans = windows(len(x), max(1, int(round(self.window * self.student.sample_rate))))
+        chunk = torch.stack([x[a:b] for a, b in spans]) if len({b - a for a, b in spans}) == 1 else None
+        if chunk is not None:
+            p = torch.softmax(self.student(chunk, torch.full((len(spans),), chunk.shape[1])).logits, -1)
+        else:
+            p = torch.cat([torch.softmax(self.student(x[a:b][None]).logits, -1) for a, b in spans])
+        return p.mean(0), len(spans)
+
+    def predict(self, path: str | Path) -> Prediction:
+        audio = read_audio(path, self.student.sample_rate)
+        p, n = self.probs(audio)
+        return Prediction(
+            path=str(path),
+            probs=[float(v) for v in p],
+            label=self.classes[int(p.argmax())],
+            seconds=len(audio) / self.student.sample_rate,
+            windows=n,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------------
+
+
+class _Exported(torch.nn.Module):
+    """Waveform in, logits and probabilities out: the whole student including its frontend."""
+
+    def __init__(self, student: Student):
+        super().__init__()
+        self.student = student
+
+    def forward(self, audio: torch.Tensor):
+        logits = self.student(audio).logits
+        return logits, torch.softmax(logits, -1)
+
+
+def export(
+    checkpoint: str | Path,
+    output: str | Path,
+    fmt: str = "onnx",
+    *,
+    example_seconds: float = 3.0,
+    host=None,
+) -> dict:
+    """Export a saved student to ONNX or TorchScript; returns (and writes) the sidecar metadata."""
+    if fmt not in ("onnx", "torchscript"):
+        raise UsageError(f"--format {fmt!r}: choose onnx or torchscript")
+    student = Student.from_pretrained(checkpoint, host=host)
+    config = read_component_config(checkpoint, "student")
+    wrapper = _Exported(student).eval()
+    example = 0.01 * torch.randn(1, int(example_seconds * student.sample_rate))
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp")
+    if fmt == "onnx":
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        samples = torch.export.Dim("samples", min=int(0.5 * student.sample_rate), max=student.sample_rate * 3600)
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            input_names=["audio"],
+            output_names=["logits", "probs"],
+            dynamic_shapes={"audio": {0: batch, 1: samples}},
+            dynamo=True,
+            verbose=False,
+        )
+        program.save(str(tmp))
+    else:
+        with torch.no_grad():
+            traced = torch.jit.trace(wrapper, (example,), check_trace=False)
+        traced.save(str(tmp))
+    tmp.replace(output)
+    meta = {
+        "format": fmt,
+        "model": config["name"],
+        "options": config["options"],
+        "labels": list(student.label_space.classes),
+        "sample_rate": student.sample_rate,
+        "frontend": "included: input is the mono waveform at sample_rate (log-mel and normalisation inside)",
+        "inputs": {"audio": "float32 (batch, samples), samples >= 0.5 s"},
+        "outputs": {"logits": "float32 (batch, classes)", "probs": "float32 (batch, classes), softmax of logits"},
+        "window_seconds": config.get("train_seconds"),
+        "aggregation": "mean of window probabilities, windows of window_seconds with half-window hop",
+        "num_parameters": student.num_parameters(),
+    }
+    atomic_write_json(output.with_name(output.name + ".json"), meta)
+    return meta
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls (after one warm-up call)."""
+    import time
+
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    mid = len(times) // 2
+    return times[mid] if len(times) % 2 else 0.5 * (times[mid - 1] + times[mid])
+
+
+__all__ = ["Prediction", "Predictor", "export", "expand_paths", "read_audio", "windows", "median_seconds"]

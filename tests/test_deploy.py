@@ -1,0 +1,143 @@
+"""Deployment: Student.from_pretrained, windowed prediction, ONNX / TorchScript export."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from liser_core import Student, load_plugins
+from liser_core.deploy import Predictor, export, expand_paths, read_audio, windows
+from liser_core.errors import UsageError
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny distilled student and its run (module-scoped: trained once)."""
+    from liser_core import run
+    from liser_core.testing import TINY_OVERRIDES, TINY_RECIPE
+
+    tmp = tmp_path_factory.mktemp("deploy")
+    recipe = tmp / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE)
+    ctx = run(recipe, [*TINY_OVERRIDES, f"run_dir={tmp / 'run'}"], host=load_plugins())
+    return ctx
+
+
+def test_windows_by_hand():
+    assert windows(3, 4) == [(0, 3)]
+    assert windows(10, 4) == [(0, 4), (2, 6), (4, 8), (6, 10)]
+    assert windows(11, 4) == [(0, 4), (2, 6), (4, 8), (6, 10), (7, 11)]
+
+
+def test_from_pretrained_and_config(trained):
+    student = Student.from_pretrained(trained.run_dir / "student")
+    assert not student.training and student.label_space == trained.label_space
+    cfg = json.loads((trained.run_dir / "student" / "config.json").read_text())
+    assert cfg["train_seconds"] == pytest.approx(0.5) and cfg["sample_rate"] == 16000
+
+
+def test_predict_gives_the_evaluation_probabilities(trained, tmp_path):
+    clips = trained.corpus.split("test")
+    for c in clips:
+        sf.write(tmp_path / f"{c.clip_id}.wav", c.audio, c.sample_rate, subtype="FLOAT")
+    predictor = Predictor(trained.run_dir / "student")
+    files = expand_paths([tmp_path])
+    assert [f.stem for f in files] == sorted(c.clip_id for c in clips)
+    evaluated = next(e for e in trained.evaluations if e.model == "student")
+    expected = dict(zip(evaluated.clip_ids, evaluated.probs))
+    for f in files:
+        pred = predictor.predict(f)
+        assert pred.windows == 1
+        assert np.allclose(pred.probs, expected[f.stem].numpy(), atol=1e-5)
+        assert pred.label == trained.label_space.classes[int(np.argmax(pred.probs))]
+
+
+def test_48k_and_16k_inputs_are_both_accepted(trained, tmp_path):
+    import torchaudio.functional as AF
+
+    clip = trained.corpus.split("test")[0]
+    sf.write(tmp_path / "a16.wav", clip.audio, 16000, subtype="FLOAT")
+    up = AF.resample(torch.from_numpy(clip.audio), 16000, 48000).numpy()
+    sf.write(tmp_path / "a48.wav", up, 48000, subtype="FLOAT")
+    predictor = Predictor(trained.run_dir / "student")
+    p16 = np.array(predictor.predict(tmp_path / "a16.wav").probs)
+    p48 = np.array(predictor.predict(tmp_path / "a48.wav").probs)
+    assert len(read_audio(tmp_path / "a48.wav", 16000)) == len(clip.audio)
+    assert np.isclose(p48.sum(), 1, atol=1e-5)
+    assert np.abs(p16 - p48).max() < 0.05  # resampling round trip, not bit-exact
+
+
+def test_long_clips_are_windowed_and_averaged(trained, tmp_path):
+    clips = trained.corpus.split("test")[:3]
+    long = np.concatenate([c.audio for c in clips])  # 1.5 s, windows of 0.5 s, hop 0.25 s
+    sf.write(tmp_path / "long.wav", long, 16000, subtype="FLOAT")
+    predictor = Predictor(trained.run_dir / "student")
+    pred = predictor.predict(tmp_path / "long.wav")
+    assert pred.windows == 5 and pred.seconds == pytest.approx(1.5)
+    with torch.no_grad():
+        parts = [torch.softmax(predictor.student(torch.from_numpy(long[a:b])[None]).logits, -1)[0]
+                 for a, b in windows(len(long), 8000)]
+    assert np.allclose(pred.probs, torch.stack(parts).mean(0).numpy(), atol=1e-5)
+    whole = Predictor(trained.run_dir / "student", window=0).predict(tmp_path / "long.wav")
+    assert whole.windows == 1
+
+
+def test_bad_files_are_clear_errors(tmp_path):
+    (tmp_path / "pointer.wav").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12\n")
+    with pytest.raises(UsageError, match="pointer.wav: cannot decode audio"):
+        read_audio(tmp_path / "pointer.wav", 16000)
+    with pytest.raises(UsageError, match="no such file"):
+        read_audio(tmp_path / "missing.wav", 16000)
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 16000)
+    with pytest.raises(UsageError, match="no audio samples"):
+        read_audio(tmp_path / "empty.wav", 16000)
+
+
+def test_video_file_audio_track_is_read(tmp_path):
+    av = pytest.importorskip("av")
+    t = np.arange(16000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    with av.open(str(tmp_path / "clip.mp4"), "w") as container:
+        stream = container.add_stream("aac", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(tone[None, :], format="fltp", layout="mono")
+        frame.rate = 16000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    audio = read_audio(tmp_path / "clip.mp4", 16000)
+    assert abs(len(audio) - 16000) < 2048  # codec priming/padding
+    spectrum = np.abs(np.fft.rfft(audio))
+    assert abs(np.argmax(spectrum) * 16000 / len(audio) - 440) < 5
+
+
+def test_onnx_export_matches_pytorch(trained, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    meta = export(trained.run_dir / "student", tmp_path / "student.onnx", "onnx")
+    assert meta["labels"] == list(trained.label_space.classes) and "included" in meta["frontend"]
+    assert json.loads((tmp_path / "student.onnx.json").read_text()) == meta
+    session = ort.InferenceSession(str(tmp_path / "student.onnx"))
+    student = Student.from_pretrained(trained.run_dir / "student")
+    g = torch.Generator().manual_seed(1)
+    real = torch.from_numpy(np.stack([c.audio for c in trained.corpus.split("test")[:4]]))
+    for x in (0.1 * torch.randn(3, 48000, generator=g), 0.1 * torch.randn(1, 12345, generator=g), real):
+        logits, probs = session.run(None, {"audio": x.numpy()})
+        with torch.no_grad():
+            ref = student(x).logits
+        assert np.abs(logits - ref.numpy()).max() < 1e-4
+        assert np.abs(probs - torch.softmax(ref, -1).numpy()).max() < 1e-4
+
+
+def test_torchscript_export_matches_pytorch(trained, tmp_path):
+    export(trained.run_dir / "student", tmp_path / "student.pt", "torchscript")
+    scripted = torch.jit.load(str(tmp_path / "student.pt"))
+    student = Student.from_pretrained(trained.run_dir / "student")
+    for n in (48000, 20000):
+        x = 0.1 * torch.randn(2, n)
+        with torch.no_grad():
+            assert torch.allclose(scripted(x)[0], student(x).logits, atol=1e-4)
+    with pytest.raises(UsageError, match="choose onnx or torchscript"):
+        export(trained.run_dir / "student", tmp_path / "x", "tflite")
