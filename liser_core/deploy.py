@@ -5,6 +5,10 @@ student was trained on, from its ``config.json``) is cut into windows of that le
 of half a window (the last window is aligned to the clip's end); the clip's distribution is the
 **mean of the windows' probabilities**. Shorter clips are scored whole.
 
+Before exporting, every submodule with a ``prepare_export()`` method is asked to switch to
+export-friendly operators (the first-party log-mel frontend computes its STFT as a strided
+convolution then, which ONNX runtimes execute much faster than their STFT operator).
+
 Exports take a mono waveform at the student's sample rate and contain the audio frontend
 (log-mel + normalisation): ``audio`` (batch, samples) float32 -> ``logits``, ``probs``
 (batch, classes). A sidecar ``<file>.json`` states the label order, sample rate, that the
@@ -160,6 +164,9 @@ class _Exported(torch.nn.Module):
     def __init__(self, student: Student):
         super().__init__()
         self.student = student
+        for module in student.modules():  # let components swap in export-friendly ops
+            if hasattr(module, "prepare_export"):
+                module.prepare_export()
 
     def forward(self, audio: torch.Tensor):
         logits = self.student(audio).logits
@@ -180,7 +187,7 @@ def export(
     student = Student.from_pretrained(checkpoint, host=host)
     config = read_component_config(checkpoint, "student")
     wrapper = _Exported(student).eval()
-    example = 0.01 * torch.randn(1, int(example_seconds * student.sample_rate))
+    example = 0.01 * torch.randn(2, int(example_seconds * student.sample_rate))  # batch 2: no 0/1 specialisation
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")

@@ -18,22 +18,49 @@ class LogMel(nn.Module):
         super().__init__()
         self.sample_rate = sample_rate
         self.hop = sample_rate // 100
+        self.n_fft = int(0.025 * sample_rate)
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=sample_rate,
-            n_fft=int(0.025 * sample_rate),
+            n_fft=self.n_fft,
             hop_length=self.hop,
             n_mels=n_mels,
             f_max=f_max,
             center=True,
         )
         self.norm = nn.BatchNorm2d(1)
+        self.dft_conv = False  # set by prepare_export(): STFT as a strided convolution
+
+    def prepare_export(self) -> None:
+        """Compute the spectrogram with a strided conv over windowed DFT kernels instead of
+        ``torch.stft``: the same numbers (to float rounding), but ONNX runtimes run convolutions
+        far faster than their STFT operator (see docs/performance.md)."""
+        n = self.n_fft
+        window = self.mel.spectrogram.window.float()
+        freqs = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
+        t = torch.arange(n, dtype=torch.float64)[None, :]
+        angle = 2 * torch.pi * freqs * t / n
+        kernels = torch.cat([torch.cos(angle), -torch.sin(angle)]).float() * window
+        self.register_buffer("dft_kernels", kernels[:, None, :], persistent=False)
+        self.dft_conv = True
+
+    def _power_spectrogram_conv(self, audio: torch.Tensor) -> torch.Tensor:
+        pad = self.n_fft // 2
+        x = torch.nn.functional.pad(audio[:, None, :], (pad, pad), mode="reflect")
+        spec = torch.nn.functional.conv1d(x, self.dft_kernels, stride=self.hop)
+        re, im = spec.chunk(2, dim=1)
+        return re * re + im * im  # (B, n_fft // 2 + 1, frames)
 
     def frames(self, lengths: torch.Tensor) -> torch.Tensor:
         return lengths // self.hop + 1
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None):
         with torch.autocast(audio.device.type, enabled=False):
-            x = torch.log(self.mel(audio.float()) + 1e-6).unsqueeze(1)
+            if self.dft_conv:
+                power = self._power_spectrogram_conv(audio.float())
+                mel = torch.matmul(power.transpose(1, 2), self.mel.mel_scale.fb).transpose(1, 2)
+            else:
+                mel = self.mel(audio.float())
+            x = torch.log(mel + 1e-6).unsqueeze(1)
         n = x.shape[-1]
         if lengths is None:
             valid = torch.full((x.shape[0],), n, device=x.device)

@@ -141,3 +141,17 @@ def test_torchscript_export_matches_pytorch(trained, tmp_path):
             assert torch.allclose(scripted(x)[0], student(x).logits, atol=1e-4)
     with pytest.raises(UsageError, match="choose onnx or torchscript"):
         export(trained.run_dir / "student", tmp_path / "x", "tflite")
+
+
+@pytest.mark.parametrize("rate", [16000, 48000])
+def test_export_frontend_equals_torchaudio_melspectrogram(rate):
+    from liser_plugins.frontend import LogMel
+
+    fe = LogMel(rate, 40).eval()
+    x = 0.1 * torch.randn(2, int(0.7 * rate) + 3)
+    with torch.no_grad():
+        reference, valid = fe(x, torch.tensor([x.shape[1], x.shape[1] // 2]))
+        fe.prepare_export()
+        conv, valid2 = fe(x, torch.tensor([x.shape[1], x.shape[1] // 2]))
+    assert conv.shape == reference.shape and torch.equal(valid, valid2)
+    assert (conv - reference).abs().max() < 1e-3  # log-mel domain, float32 rounding only
