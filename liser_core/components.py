@@ -110,6 +110,12 @@ class Student(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def macs_per_second(self, seconds: float = 1.0) -> int:
+        """Multiply-accumulates per second of audio (convolutions and matrix products)."""
+        from .profile import macs_per_second
+
+        return macs_per_second(self, seconds=seconds)
+
     def save_pretrained(self, directory, **extra) -> None:
         """Save as ``model.safetensors`` + ``config.json`` (see :mod:`liser_core.checkpoint`).
 

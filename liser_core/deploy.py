@@ -204,6 +204,7 @@ def export(
             verbose=False,
         )
         program.save(str(tmp))
+        _check_dynamic(tmp, output)
     else:
         with torch.no_grad():
             traced = torch.jit.trace(wrapper, (example,), check_trace=False)
@@ -224,6 +225,20 @@ def export(
     }
     atomic_write_json(output.with_name(output.name + ".json"), meta)
     return meta
+
+
+def _check_dynamic(path: Path, output: Path) -> None:
+    """The exporter can silently fix a dimension a model's code makes static; refuse that."""
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    fixed = [name for name, d in zip(("batch", "samples"), dims) if not d.dim_param]
+    if fixed:
+        path.unlink(missing_ok=True)
+        raise UsageError(
+            f"{output}: the exported graph fixed its {' and '.join(fixed)} dimension(s); "
+            "the model's forward makes them static (e.g. len(tensor) or Python ints from shapes)"
+        )
 
 
 def median_seconds(fn, repeats: int) -> float:

@@ -380,7 +380,7 @@ class Engine:
             train(
                 [teacher],
                 step,
-                lambda epoch, ds=ds, bs=fit.batch_size: ds.loader(bs, shuffle=True, seed=seed + 100 + epoch),
+                lambda epoch, ds=ds, bs=fit.batch_size: ds.loader(bs, shuffle=True, seed=seed + 100 + epoch, drop_last=_lone(ds, bs)),
                 _steps(len(ds), fit.batch_size),
                 fit,
                 device=run.device,
@@ -470,7 +470,9 @@ class Engine:
         train(
             [student, *loss_modules],
             step,
-            lambda epoch: ds.loader(cfg.distil.batch_size, shuffle=True, seed=int(cfg.seed) + 1000 + epoch),
+            lambda epoch: ds.loader(
+                cfg.distil.batch_size, shuffle=True, seed=int(cfg.seed) + 1000 + epoch, drop_last=_lone(ds, cfg.distil.batch_size)
+            ),
             _steps(len(ds), cfg.distil.batch_size),
             cfg.distil,
             device=run.device,
@@ -492,7 +494,9 @@ class Engine:
         train(
             [student],
             step,
-            lambda epoch: ds.loader(cfg.batch_size, shuffle=True, seed=int(self.cfg.seed) + 2000 + epoch),
+            lambda epoch: ds.loader(
+                cfg.batch_size, shuffle=True, seed=int(self.cfg.seed) + 2000 + epoch, drop_last=_lone(ds, cfg.batch_size)
+            ),
             _steps(len(ds), cfg.batch_size),
             cfg,
             device=self.run.device,
@@ -571,6 +575,12 @@ class Engine:
 
 
 _STAGE_SEEDS = {"teach": 1, "label": 2, "distil": 3, "finetune": 4, "baseline": 5, "evaluate": 6}
+
+
+def _lone(ds, batch_size: int) -> bool:
+    """Drop a final training batch of a single clip: normalisation over a batch of one (e.g.
+    BatchNorm on pooled vectors) cannot train on it; the clip is in another batch next epoch."""
+    return len(ds) > 1 and len(ds) % batch_size == 1
 
 
 def _steps(n: int, batch_size: int) -> int:
