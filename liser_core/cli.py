@@ -1,4 +1,4 @@
-"""The ``liser`` command line: ``run``, ``list``, ``plugins``.
+"""The ``liser`` command line: ``run``, ``list``, ``plugins``, ``data check``.
 
 Usage errors (bad recipe key, unknown component, missing file) print one line and exit with
 status 2; no traceback unless ``--traceback`` is given.
@@ -73,6 +73,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks of failed plugins")
     _plugin_args(p)
+
+    p = sub.add_parser(
+        "data",
+        help="check a recipe's data before training (liser data check RECIPE)",
+        description="Data tools. 'check': open every clip of a recipe's corpus once and report.",
+    )
+    data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    p = data_sub.add_parser(
+        "check",
+        help="open every clip once; report counts and unreadable/silent/too long/mislabeled files",
+        description=(
+            "Build the recipe's corpus as 'liser run' would, open every clip of every split once, "
+            "report counts per split, class and speaker, and list every unusable file with its "
+            "reason. Trains nothing. Exit status: 0 clean, 1 problems found, 2 usage error."
+        ),
+        epilog="example: liser data check recipes/cremad_kd.yaml data.options.root=/data/CREMA-D --json",
+    )
+    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (YAML values)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-j", "--workers", type=int, default=4, metavar="N", help="clips opened in parallel (default 4)")
+    _plugin_args(p)
+    from ._cli_deploy import add_parsers
+
+    add_parsers(sub, _plugin_args)
     return parser
 
 
@@ -174,6 +199,32 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_data_check(args) -> int:
+    if getattr(args, "data_command", None) != "check":
+        raise UsageError("'liser data' needs a subcommand: check (see liser data check --help)")
+    import json
+
+    from .datacheck import check_recipe, format_report
+
+    if args.workers < 1:
+        raise UsageError("--workers must be >= 1")
+    report = check_recipe(args.recipe, args.overrides, host=_host(args), workers=args.workers)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    return 0 if report.ok else 1
+
+
+def cmd_predict(args) -> int:
+    from ._cli_deploy import cmd_predict as predict
+
+    return predict(args, _host(args))
+
+
+def cmd_export(args) -> int:
+    from ._cli_deploy import cmd_export as export
+
+    return export(args, _host(args))
+
+
 def _setup_logging(level: int) -> None:
     root = logging.getLogger("liser")
     if not any(getattr(h, "_liser_console", False) for h in root.handlers):
@@ -190,7 +241,7 @@ def _setup_logging(level: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "run":  # overrides may follow options: liser run R --dry-run a=1
+    if getattr(args, "overrides", None) is not None:  # overrides may follow options: liser run R --dry-run a=1
         args.overrides += [x for x in extra if "=" in x and not x.startswith("-")]
         extra = [x for x in extra if not ("=" in x and not x.startswith("-"))]
     if extra:
@@ -200,7 +251,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _setup_logging(logging.WARNING)
     try:
-        return {"run": cmd_run, "list": cmd_list, "plugins": cmd_plugins}[args.command](args)
+        return {
+            "run": cmd_run,
+            "list": cmd_list,
+            "plugins": cmd_plugins,
+            "data": cmd_data_check,
+            "predict": cmd_predict,
+            "export": cmd_export,
+        }[args.command](args)
     except UsageError as exc:
         if getattr(args, "traceback", False):
             raise

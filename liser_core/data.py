@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -127,6 +128,8 @@ class ClipDataset(torch.utils.data.Dataset):
         self.with_labels = with_labels
         self.with_frames = with_frames
         self.load_clip = loader
+        # a corpus's load() may take `frames=False` to skip video decoding for audio-only models
+        self._load_takes_frames = loader is not None and "frames" in inspect.signature(loader).parameters
         if on_bad_clip not in ("skip", "raise"):
             raise ValueError(f"on_bad_clip must be 'skip' or 'raise', not {on_bad_clip!r}")
         self.on_bad_clip = on_bad_clip
@@ -141,7 +144,10 @@ class ClipDataset(torch.utils.data.Dataset):
             if self.load_clip is None:
                 raise ValueError(f"clip {clip.clip_id} is not loaded and its corpus has no load()")
             try:
-                clip = self.load_clip(clip)
+                if self._load_takes_frames:
+                    clip = self.load_clip(clip, frames=self.with_frames)
+                else:
+                    clip = self.load_clip(clip)
             except BadClipError as exc:
                 if self.on_bad_clip == "raise":
                     raise

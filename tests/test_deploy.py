@@ -155,3 +155,24 @@ def test_export_frontend_equals_torchaudio_melspectrogram(rate):
         conv, valid2 = fe(x, torch.tensor([x.shape[1], x.shape[1] // 2]))
     assert conv.shape == reference.shape and torch.equal(valid, valid2)
     assert (conv - reference).abs().max() < 1e-3  # log-mel domain, float32 rounding only
+
+
+def test_cli_predict_and_export(trained, tmp_path, capsys):
+    from liser_core.cli import main
+
+    clip = trained.corpus.split("test")[0]
+    sf.write(tmp_path / "one.wav", clip.audio, 16000, subtype="FLOAT")
+    (tmp_path / "broken.wav").write_text("not audio")
+    ckpt = str(trained.run_dir / "student")
+    assert main(["predict", ckpt, str(tmp_path / "one.wav"), "--jsonl"]) == 0
+    row = json.loads(capsys.readouterr().out.strip())
+    evaluated = next(e for e in trained.evaluations if e.model == "student")
+    expected = evaluated.probs[evaluated.clip_ids.index(clip.clip_id)]
+    assert np.allclose([row["probs"][c] for c in trained.label_space.classes], expected.numpy(), atol=1e-5)
+    assert main(["predict", ckpt, str(tmp_path)]) == 1  # one file could not be decoded
+    captured = capsys.readouterr()
+    assert "one.wav" in captured.out and "broken.wav: cannot decode audio" in captured.err
+    assert main(["predict", ckpt, str(tmp_path / "nothing_here.wav")]) == 2
+    assert main(["export", ckpt, "--format", "torchscript", "-o", str(tmp_path / "s.pt")]) == 0
+    out = capsys.readouterr().out
+    assert "frontend: included" in out and (tmp_path / "s.pt.json").is_file()

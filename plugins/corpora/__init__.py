@@ -1,0 +1,23 @@
+"""Real corpora: ``ravdess``, ``cremad`` (published layouts and file naming) and
+``video_folder`` (any folder of videos with sound, as an unlabeled pool).
+
+Indexing reads file names only (and, for video folders, container headers cached in a
+manifest); audio and frames are decoded on demand by each corpus's ``load``. PyAV is imported
+only when a video is opened. Protocols (speaker folds, label fractions, the pool) are in
+:mod:`liser_plugins.corpora.protocols`; see docs/datasets.md.
+"""
+
+from __future__ import annotations
+
+from liser_core import hookimpl
+
+from . import cremad, ravdess, video_folder
+
+__all__ = ["cremad", "ravdess", "video_folder"]  # modules; each holds its factory of the same name
+
+
+@hookimpl
+def liser_register_datasets(registry):
+    registry.register("ravdess", ravdess.ravdess, summary="RAVDESS (8 emotions, 24 actors): published layout, EmoBox speaker folds")
+    registry.register("cremad", cremad.cremad, summary="CREMA-D (6 emotions, 91 actors): published layout, 5 actor folds")
+    registry.register("video_folder", video_folder.video_folder, summary="any folder of videos with sound, as an unlabeled pool")
