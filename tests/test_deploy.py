@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 
 from liser_core import Student, load_plugins
-from liser_core.deploy import Predictor, export, expand_paths, read_audio, windows
+from liser_core.deploy import Predictor, expand_paths, export, read_audio, windows
 from liser_core.errors import UsageError
 
 
