@@ -82,7 +82,12 @@ def fake_distribution(tmp_path, monkeypatch):
 
     yield make
     # modules imported from the fake distribution must not leak into other tests
-    for mod in [m for m, v in sys.modules.items() if str(tmp_path) in str(getattr(v, "__file__", "") or "")]:
+    # read __dict__, not getattr: getattr triggers lazily loaded modules (speechbrain) mid-loop
+    for mod in [
+        m
+        for m, v in list(sys.modules.items())
+        if str(tmp_path) in str((getattr(v, "__dict__", None) or {}).get("__file__") or "")
+    ]:
         del sys.modules[mod]
 
 
