@@ -12,12 +12,6 @@ import math
 from collections.abc import Iterable
 
 import torch
-from torchmetrics.classification import (
-    MulticlassAccuracy,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-    MulticlassRecall,
-)
 
 METRIC_NAMES = {"accuracy": "WA", "uar": "UAR", "macro_f1": "macro-F1"}
 
@@ -26,6 +20,14 @@ def classification_metrics(
     preds: torch.Tensor, target: torch.Tensor, num_classes: int
 ) -> tuple[dict[str, float], torch.Tensor]:
     """Metrics of class predictions (or (N, C) scores) against class ids."""
+    # imported here: torchmetrics imports transformers when installed (seconds of CLI start-up)
+    from torchmetrics.classification import (
+        MulticlassAccuracy,
+        MulticlassConfusionMatrix,
+        MulticlassF1Score,
+        MulticlassRecall,
+    )
+
     preds = preds.detach().cpu()
     target = target.detach().cpu()
     if preds.ndim == 2:
