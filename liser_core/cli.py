@@ -96,8 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-j", "--workers", type=int, default=4, metavar="N", help="clips opened in parallel (default 4)")
     _plugin_args(p)
     from ._cli_deploy import add_parsers
+    from ._cli_summary import add_parser as add_summary
 
     add_parsers(sub, _plugin_args)
+    add_summary(sub, _plugin_args)
     return parser
 
 
@@ -225,6 +227,12 @@ def cmd_export(args) -> int:
     return export(args, _host(args))
 
 
+def cmd_summarize(args) -> int:
+    from ._cli_summary import cmd_summarize as summarize
+
+    return summarize(args)
+
+
 def _setup_logging(level: int) -> None:
     root = logging.getLogger("liser")
     if not any(getattr(h, "_liser_console", False) for h in root.handlers):
@@ -258,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "data": cmd_data_check,
             "predict": cmd_predict,
             "export": cmd_export,
+            "summarize": cmd_summarize,
         }[args.command](args)
     except UsageError as exc:
         if getattr(args, "traceback", False):

@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -51,3 +52,34 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     if len(values) == 1:
         return m, 0.0
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def summarise(per_fold: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean ± sample standard deviation of each numeric metric present in every run.
+
+    ``per_fold`` holds one metrics dict per fold or seed (e.g. ``metrics.json``'s ``student``
+    block).
+
+    Example::
+
+        >>> s = summarise([{"uar": 0.5, "accuracy": 0.6}, {"uar": 0.7, "accuracy": 0.6}])
+        >>> round(s["uar"]["std"], 4), s["accuracy"]["n"]
+        (0.1414, 2)
+    """
+    if not per_fold:
+        return {}
+    common = set.intersection(*(set(m) for m in per_fold))
+    out = {}
+    for key in sorted(common):
+        values = [m[key] for m in per_fold]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            mean, std = mean_std(float(v) for v in values)
+            out[key] = {"mean": mean, "std": std, "n": len(values)}
+    return out
+
+
+def format_summary(summary: Mapping[str, Mapping[str, float]], keys: Sequence[str] = ("accuracy", "uar", "macro_f1")) -> str:
+    """``"accuracy 0.612 ± 0.031  uar ..."`` for the keys present."""
+    return "  ".join(
+        f"{k} {summary[k]['mean']:.3f} ± {summary[k]['std']:.3f}" for k in keys if k in summary
+    )

@@ -46,7 +46,8 @@ from typing import Any
 import numpy as np
 
 from liser_core.data import SPLITS, Clip
-from liser_core.metrics import mean_std
+from liser_core.metrics import format_summary  # noqa: F401 - re-exported: per-fold summaries
+from liser_core.metrics import summarise as summarise_folds  # noqa: F401
 
 log = logging.getLogger("liser.corpora")
 
@@ -362,33 +363,3 @@ def split_file_plan(
         for s, cl in carved.items():
             parts[s] = parts[s] + cl
     return _plan(parts, _describe(f"split file {opts.split_file}", opts), notes)
-
-
-def summarise_folds(per_fold: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean ± sample standard deviation of each numeric metric present in every fold.
-
-    ``per_fold`` holds one metrics dict per fold (e.g. ``metrics.json``'s ``student`` block).
-
-    Example::
-
-        >>> s = summarise_folds([{"uar": 0.5, "accuracy": 0.6}, {"uar": 0.7, "accuracy": 0.6}])
-        >>> round(s["uar"]["std"], 4), s["accuracy"]["n"]
-        (0.1414, 2)
-    """
-    if not per_fold:
-        return {}
-    common = set.intersection(*(set(m) for m in per_fold))
-    out = {}
-    for key in sorted(common):
-        values = [m[key] for m in per_fold]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            mean, std = mean_std(float(v) for v in values)
-            out[key] = {"mean": mean, "std": std, "n": len(values)}
-    return out
-
-
-def format_summary(summary: Mapping[str, Mapping[str, float]], keys: Sequence[str] = ("accuracy", "uar", "macro_f1")) -> str:
-    """``"accuracy 0.612 ± 0.031  uar ..."`` for the keys present."""
-    return "  ".join(
-        f"{k} {summary[k]['mean']:.3f} ± {summary[k]['std']:.3f}" for k in keys if k in summary
-    )
