@@ -31,6 +31,11 @@ class Combination(str, Enum):
     geometric = "geometric"  # product of experts (weighted mean of log-probabilities)
 
 
+class StoreDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
 class BadClipPolicy(str, Enum):
     skip = "skip"  # log the file and reason, count it in the report, go on
     raise_ = "raise"  # stop the run naming the file and reason
@@ -111,6 +116,8 @@ class RecipeConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N | mps | auto
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     run_dir: str | None = None  # default: runs/<name>-<timestamp>
+    store: str | None = None  # teacher-output store folder: each teacher labels each clip once, ever
+    store_dtype: StoreDtype = StoreDtype.float32  # precision of stored teacher outputs
     data: DataConfig = field(default_factory=DataConfig)
     teachers: list[TeacherConfig] = field(default_factory=list)
     student: StudentConfig = field(default_factory=StudentConfig)

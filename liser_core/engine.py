@@ -33,11 +33,20 @@ from omegaconf import DictConfig, OmegaConf
 from . import checkpoint
 from ._plugins import PluginHost
 from .components import BatchTargets, Loss, ModelOutput, Student, Teacher, TeacherCard
-from .config import BadClipPolicy, Combination, TrainConfig, load_recipe, plain, validate_components
+from .config import (
+    BadClipPolicy,
+    Combination,
+    StoreDtype,
+    TrainConfig,
+    load_recipe,
+    plain,
+    validate_components,
+)
 from .data import Batch, Clip, ClipDataset, Corpus
 from .errors import ConfigError, UsageError
 from .labels import LabelMap, LabelSpace
 from .metrics import classification_metrics
+from .store import TeacherStore, clip_key, teacher_meta
 from .training import collect, train
 
 log = logging.getLogger("liser")
@@ -418,15 +427,20 @@ class Engine:
         clips, truth = self._distil_clips()
         self._distil_set = clips
         logits, embs = {}, {}
+        store = TeacherStore(cfg.store, dtype=StoreDtype(cfg.store_dtype).value) if cfg.store else None
+        keys = [clip_key(c) for c in clips] if store else None
         for key, teacher in run.teachers.items():
             teacher.eval()
             ds = self._teacher_dataset(teacher, clips, labels=False)
             t0 = time.perf_counter()
-            lo, em, _, idx = collect(lambda b, t=teacher: t(b), ds.loader(cfg.evaluate.batch_size), run.device)
+            if store is None:
+                lo, em, _, idx = collect(lambda b, t=teacher: t(b), ds.loader(cfg.evaluate.batch_size), run.device)
+                log.info("teacher %s labeled %d clips in %.1fs", key, len(ds), time.perf_counter() - t0)
+            else:
+                lo, em, idx = self._label_with_store(store, keys, key, teacher, clips, ds.sample_rate)
             # rows of clips skipped as bad stay NaN; those clips are skipped in distil too
             logits[key] = torch.full((len(ds), lo.shape[1]), float("nan")).index_copy_(0, idx, lo)
             embs[key] = torch.full((len(ds), em.shape[1]), float("nan")).index_copy_(0, idx, em)
-            log.info("teacher %s labeled %d clips in %.1fs", key, len(ds), time.perf_counter() - t0)
         total_w = sum(float(run.teacher_configs[k].weight) for k in run.teachers)
         run.targets = TargetTable(
             logits=logits,
@@ -444,6 +458,37 @@ class Engine:
             agree = (probs.argmax(-1) == ids).float().mean().item()
             run.diagnostics["pool_target_accuracy"] = agree
             log.info("combined teacher targets match the pool's hidden labels on %.1f%% of clips", 100 * agree)
+
+    def _label_with_store(self, store, keys, key, teacher, clips, sample_rate):
+        """Label only the clips the store lacks for this teacher's fingerprint, then read all."""
+        run, cfg = self.run, self.cfg
+        extra = {"corpus": run.corpus.name, "data_options": plain(cfg.data.options)}
+        meta = teacher_meta(teacher, sample_rate=sample_rate, extra=extra)
+        fp = meta["fingerprint"]
+        todo = store.missing(fp, keys, embeddings=True)
+        t0 = time.perf_counter()
+        if todo:
+            sub = self._teacher_dataset(teacher, [clips[i] for i in todo], labels=False)
+            with store.writer(fp, meta=meta) as writer, torch.no_grad():
+                for batch in sub.loader(cfg.evaluate.batch_size):
+                    if batch is None:
+                        continue  # bad clips are skipped, never stored
+                    out = teacher(batch.to(run.device))
+                    writer.add_many(
+                        [keys[todo[i]] for i in batch.index.tolist()], out.logits.float().cpu(), out.embedding.float().cpu()
+                    )
+        gone = set(store.missing(fp, keys, embeddings=True))
+        present = [i for i in range(len(clips)) if i not in gone]
+        if not present:
+            raise ValueError("no clip could be used: every clip was skipped as bad")
+        lo, em = store.load(fp, [keys[i] for i in present])
+        reused = len(clips) - len(todo)
+        log.info(
+            "teacher %s: %d clips from the store, %d labeled now (%.1fs) [%s]",
+            key, reused, len(todo), time.perf_counter() - t0, fp[:12],
+        )
+        run.diagnostics.setdefault("store", {})[key] = {"fingerprint": fp, "from_store": reused, "labeled": len(todo)}
+        return lo, em, torch.tensor(present)
 
     def distil(self) -> None:
         run, cfg = self.run, self.cfg
