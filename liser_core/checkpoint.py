@@ -28,20 +28,38 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder, then rename."""
+def atomic_write_bytes(path: str | Path, data: bytes, *, sync_folder: bool = False) -> None:
+    """Write ``data`` to ``path`` via a temporary ``.<name>.*.tmp`` file in the same folder,
+    fsync, then rename: readers see the old file or the whole new one, never a part.
+    ``sync_folder`` also fsyncs the folder, so the rename itself survives a power cut."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if sync_folder:
+        try:
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+        except OSError:  # platforms where folders cannot be opened (Windows)
+            return
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            pass
+        finally:
+            os.close(dir_fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -49,7 +49,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from .checkpoint import atomic_write_json
+from .checkpoint import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("liser.store")
 
@@ -688,18 +688,7 @@ class ShardWriter:
         data = safetensors_bytes(tensors, metadata=metadata)
         name = f"shard-{time.time_ns():016x}-{os.getpid()}-{secrets.token_hex(4)}.safetensors"
         final = self.folder / name
-        tmp = self.folder / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.folder)
+        atomic_write_bytes(final, data, sync_folder=True)
         shard = _Shard(
             name=name,
             keys=keys,
@@ -815,19 +804,6 @@ def _write_once(path: Path, obj: Any) -> bool:
         return True
     finally:
         Path(tmp).unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _remove_stale_tmp(folder: Path) -> None:
