@@ -25,10 +25,11 @@ import torch
 from torch import nn
 
 from liser_core import Batch, ModelOutput, Teacher, TeacherCard, hookimpl
-from liser_core.errors import UsageError, close_matches
+from liser_core.errors import UsageError
 from liser_core.labels import LabelSpace
 from liser_core.labels import label_space as resolve_label_space
 
+from .._timm import create_model
 from ..faces import (
     FaceCropper,
     clip_outputs,
@@ -42,14 +43,7 @@ log = logging.getLogger("liser.faces")
 
 
 def _create(timm, name: str, num_classes: int, kwargs: dict) -> nn.Module:
-    try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
-    except RuntimeError as exc:
-        if "Unknown model" not in str(exc):
-            raise
-        close = close_matches(name, timm.list_models())
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"timm has no model {name!r}{hint}") from None
+    return create_model(timm, name, num_classes=num_classes, **kwargs)
 
 
 def _classifier_keys(model: nn.Module) -> tuple[str, ...]:

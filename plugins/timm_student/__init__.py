@@ -13,9 +13,10 @@ import torch
 from torch import nn
 
 from liser_core import ModelOutput, Student, hookimpl
-from liser_core.errors import UsageError, close_matches
+from liser_core.errors import UsageError
 from liser_core.labels import LabelSpace
 
+from .._timm import create_model
 from ..frontend import LogMel, masked_mean, time_mask
 
 
@@ -52,13 +53,9 @@ class TimmMobile(Student):
         if clash:
             raise ValueError(f"timm_mobile: model_kwargs may not set {sorted(clash)} (the student sets them)")
         try:
-            net = timm.create_model(model, pretrained=False, in_chans=1, num_classes=0, **kwargs)
-        except RuntimeError as exc:
-            if "Unknown model" not in str(exc):
-                raise
-            close = close_matches(model, timm.list_models())
-            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise ValueError(f"timm_mobile: timm has no model {model!r}{hint}") from None
+            net = create_model(timm, model, in_chans=1, num_classes=0, **kwargs)
+        except ValueError as exc:
+            raise ValueError(f"timm_mobile: {exc}") from None
         if not (hasattr(net, "forward_features") and hasattr(net, "forward_head")):
             raise ValueError(f"timm_mobile: {model!r} has no forward_features/forward_head")
         self.label_space = label_space
