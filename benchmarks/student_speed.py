@@ -49,7 +49,7 @@ def main() -> None:
             disk = (ckpt / "model.safetensors").stat().st_size / 1024
             x = 0.1 * torch.randn(1, int(args.seconds * student.sample_rate))
             with torch.no_grad():
-                t_torch = median_seconds(lambda: student(x), args.repeats)
+                t_torch = median_seconds(lambda s=student, a=x: s(a), args.repeats)
             t_ort = float("nan")
             if ort is not None:
                 export(ckpt, Path(tmp) / "s.onnx", "onnx")
@@ -58,7 +58,7 @@ def main() -> None:
                 opts.inter_op_num_threads = 1
                 sess = ort.InferenceSession(str(Path(tmp) / "s.onnx"), opts, providers=["CPUExecutionProvider"])
                 feed = {"audio": x.numpy()}
-                t_ort = median_seconds(lambda: sess.run(None, feed), args.repeats)
+                t_ort = median_seconds(lambda s=sess, f=feed: s.run(None, f), args.repeats)
         macs = macs_per_second(student) / 1e6 if macs_per_second else float("nan")
         print(
             f"{name:<14} {student.num_parameters():>9,} {disk:>8.0f} {macs:>8.1f} "
