@@ -55,6 +55,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     grad_clip: float = 5.0  # max gradient norm; 0 disables clipping
+    nonfinite_patience: int = 5  # NaN/Inf losses skipped (with a warning) before the run stops
 
 
 @dataclass

@@ -12,8 +12,13 @@ from torch import nn
 
 from .config import TrainConfig
 from .data import Batch
+from .errors import LiserError
 
 log = logging.getLogger("liser.train")
+
+
+class NonFiniteLossError(LiserError):
+    """The loss was NaN/Inf more often than ``nonfinite_patience`` allows."""
 
 #: step function: batch -> (total loss, {term name: value}) ; the total is what is minimised.
 StepFn = Callable[[Batch], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
@@ -56,17 +61,32 @@ def train(
     params = list(params)
     opt, sched = make_optimizer(params, cfg, max(1, cfg.epochs * steps_per_epoch))
     history = []
+    nonfinite = 0
     for epoch in range(cfg.epochs):
         for m in modules:
             m.train()
         sums: dict[str, float] = {}
         n = 0
         t0 = time.perf_counter()
-        for batch in loader_for_epoch(epoch):
+        for i, batch in enumerate(loader_for_epoch(epoch)):
             if batch is None:  # every clip of the batch was skipped as bad
                 continue
             batch = batch.to(device)
             total, terms = step(batch)
+            if not torch.isfinite(total):
+                nonfinite += 1
+                detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items()) or "no terms"
+                if nonfinite > cfg.nonfinite_patience:
+                    raise NonFiniteLossError(
+                        f"{name}: loss is {float(total)} at epoch {epoch + 1}, step {i + 1} ({detail}); "
+                        f"{nonfinite} non-finite losses so far (patience {cfg.nonfinite_patience}). "
+                        "To debug: lower the learning rate or the temperature, check the inputs for "
+                        "NaN/Inf (liser data check) and the loss terms named above, or run with "
+                        "torch.autograd.set_detect_anomaly(True)"
+                    )
+                log.warning("%s: non-finite loss at epoch %d step %d (%s): step skipped", name, epoch + 1, i + 1, detail)
+                opt.zero_grad(set_to_none=True)
+                continue
             opt.zero_grad(set_to_none=True)
             total.backward()
             if cfg.grad_clip > 0:
