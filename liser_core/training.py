@@ -78,7 +78,7 @@ def train(
                 detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items()) or "no terms"
                 if nonfinite > cfg.nonfinite_patience:
                     raise NonFiniteLossError(
-                        f"{name}: loss is {float(total)} at epoch {epoch + 1}, step {i + 1} ({detail}); "
+                        f"{name}: loss is {total.item()} at epoch {epoch + 1}, step {i + 1} ({detail}); "
                         f"{nonfinite} non-finite losses so far (patience {cfg.nonfinite_patience}). "
                         "To debug: lower the learning rate or the temperature, check the inputs for "
                         "NaN/Inf (liser data check) and the loss terms named above, or run with "
