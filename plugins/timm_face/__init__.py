@@ -18,6 +18,7 @@ whose SHA-256 the checkpoint keeps so a changed file is refused rather than sile
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Literal
 
@@ -68,8 +69,8 @@ def load_weights(model: nn.Module, path: str | Path, *, keep_head: bool) -> None
         state = load_state_dict(str(path), weights_only=True)
     except FileNotFoundError:
         raise ValueError(f"checkpoint {str(path)!r} does not exist") from None
-    except RuntimeError as exc:
-        raise ValueError(f"cannot read {path} safely: {exc}") from None
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as exc:  # weights_only refuses code
+        raise ValueError(f"cannot read {path} safely: {str(exc).splitlines()[0]}") from None
     head = _classifier_keys(model)
     if not keep_head:
         state = {k: v for k, v in state.items() if not k.startswith(head)}
