@@ -97,9 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     _plugin_args(p)
     from ._cli_deploy import add_parsers
     from ._cli_summary import add_parser as add_summary
+    from .bench import add_parser as add_bench
 
     add_parsers(sub, _plugin_args)
     add_summary(sub, _plugin_args)
+    add_bench(sub, _plugin_args)
     return parser
 
 
@@ -227,6 +229,13 @@ def cmd_export(args) -> int:
     return export(args, _host(args))
 
 
+def cmd_bench(args) -> int:
+    from .bench import cmd_bench as bench
+
+    _setup_logging(logging.INFO)
+    return bench(args, _host(args))
+
+
 def cmd_summarize(args) -> int:
     from ._cli_summary import cmd_summarize as summarize
 
@@ -267,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "predict": cmd_predict,
             "export": cmd_export,
             "summarize": cmd_summarize,
+            "bench": cmd_bench,
         }[args.command](args)
     except UsageError as exc:
         if getattr(args, "traceback", False):

@@ -23,7 +23,7 @@ import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
-from .errors import ConfigError, UnknownComponentError, close_matches
+from .errors import ConfigError, UnknownComponentError, close_matches, one_line
 
 
 class Combination(str, Enum):
@@ -204,7 +204,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> DictConfi
         try:
             user = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
-            raise ConfigError("", f"{path}: invalid YAML: {exc}") from None
+            raise ConfigError("", f"{path}: invalid YAML: {one_line(exc)}") from None
         if user is None:
             user = {}
         if not isinstance(user, dict):

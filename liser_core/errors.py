@@ -62,3 +62,8 @@ class PluginLoadError(UsageError):
 def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
     """The candidates closest to ``word`` (difflib ratio >= 0.6), best first."""
     return difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.6)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message folded onto one line (YAML errors span several)."""
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip())

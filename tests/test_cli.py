@@ -114,3 +114,11 @@ def test_plugins_strict_prints_table_then_fails(fake_distribution, tmp_path, cap
     assert "tp_bad" in captured.out and "failed" in captured.out and "nope" in captured.out
     assert "--strict-plugins" in captured.err
     assert main(["plugins"]) == 0
+
+
+def test_invalid_yaml_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("distil: [1\n")
+    r = run_cli("run", str(bad))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "invalid YAML" in r.stderr and str(bad) in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,274 @@
+"""``liser bench GRID.yaml``: run every combination of a grid, then write the leaderboard.
+
+A grid names a base recipe, overrides applied to every run, and *axes*: each axis maps a label
+to the overrides that select it. Every combination of one label per axis is one run. Axes
+listed under ``repeat`` (folds, seeds) are averaged over in the leaderboard::
+
+    recipe: recipes/synth_kd.yaml
+    overrides: [distil.epochs=10]
+    store: true                     # teachers label each clip once across the whole grid
+    repeat: [seed]
+    axes:
+      student:
+        logmel_cnn: [student.name=logmel_cnn]
+        ecapa_small: ["student={name: ecapa_tdnn, options: {channels: [64, 64, 64, 64, 192]}}"]
+      seed:
+        s0: [seed=0]
+        s1: [seed=1]
+
+Outputs in the grid's output folder: one run directory per combination, ``results.csv`` (one
+row per model per run: the student, the labels-only baseline when enabled, and each teacher
+evaluated directly), ``leaderboard.md`` (mean ± std over the repeat axes, best UAR first) and
+``uar_by_<axis>.png`` when a ``plot_axis`` is given. Combinations whose run completed are
+skipped, so a grid can be extended and resumed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from .checkpoint import atomic_write_text
+from .errors import ConfigError, one_line
+from .metrics import mean_std
+
+log = logging.getLogger("liser.bench")
+
+FIELDS = ["combination", "model", "role", "components", "accuracy", "uar", "macro_f1",
+          "num_parameters", "train_seconds", "run_dir"]
+
+
+@dataclass
+class Grid:
+    recipe: str
+    overrides: list[str]
+    axes: dict[str, dict[str, list[str]]]
+    repeat: list[str]
+    store: bool
+    output: Path
+    plot_axis: str | None = None
+
+    def combinations(self) -> list[tuple[dict[str, str], list[str]]]:
+        names = list(self.axes)
+        out = []
+        for labels in itertools.product(*(list(self.axes[a]) for a in names)):
+            chosen = dict(zip(names, labels))
+            overrides = [o for a, lab in chosen.items() for o in self.axes[a][lab]]
+            out.append((chosen, overrides))
+        return out
+
+
+def load_grid(path: str | Path, output: str | Path | None = None) -> Grid:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("", f"grid {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{path}: invalid YAML: {one_line(exc)}") from None
+    known = {"recipe", "overrides", "axes", "repeat", "store", "output", "plot_axis"}
+    for key in raw:
+        if key not in known:
+            from .errors import close_matches
+
+            raise ConfigError(str(key), f"unknown grid key (in {path})", close_matches(str(key), known))
+    if "recipe" not in raw:
+        raise ConfigError("recipe", f"missing required value (in {path})")
+    recipe = Path(raw["recipe"])
+    if not recipe.is_absolute() and not recipe.exists():
+        recipe = path.parent / recipe
+    axes = raw.get("axes") or {}
+    if not isinstance(axes, dict) or not axes:
+        raise ConfigError("axes", "needs at least one axis: {axis: {label: [overrides]}}")
+    for a, labels in axes.items():
+        if not isinstance(labels, dict) or not labels:
+            raise ConfigError(f"axes.{a}", "must map labels to lists of overrides")
+        for lab, ov in labels.items():
+            if isinstance(ov, str):
+                labels[lab] = [ov]
+            elif not isinstance(ov, list) or not all(isinstance(o, str) for o in ov):
+                raise ConfigError(f"axes.{a}.{lab}", "must be a list of key=value overrides")
+    repeat = list(raw.get("repeat") or [])
+    for r in repeat:
+        if r not in axes:
+            raise ConfigError("repeat", f"{r!r} is not an axis")
+    plot_axis = raw.get("plot_axis")
+    if plot_axis is not None and plot_axis not in axes:
+        raise ConfigError("plot_axis", f"{plot_axis!r} is not an axis")
+    out = Path(output or raw.get("output") or Path("runs") / f"bench-{path.stem}")
+    return Grid(str(recipe), list(raw.get("overrides") or []), axes, repeat, bool(raw.get("store", True)), out, plot_axis)
+
+
+def combination_key(chosen: dict[str, str]) -> str:
+    return ",".join(f"{a}={lab}" for a, lab in chosen.items())
+
+
+def read_results(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_results(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FIELDS)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def rows_of_run(key: str, ctx) -> list[dict]:
+    cfg = ctx.config
+    teachers = "+".join(t.name for t in cfg.teachers) or "-"
+    losses = "+".join(loss.name for loss in cfg.distil.losses) or "-"
+    train_seconds = sum(v for k, v in ctx.stage_seconds.items() if k in ("teach", "label", "distil", "finetune"))
+    rows = []
+    for e in ctx.evaluations:
+        if e.role == "teacher":
+            components, model = f"teacher={cfg.teachers[list(ctx.teachers).index(e.model)].name}", f"teacher:{e.model}"
+        elif e.role == "baseline":
+            components, model = f"student={cfg.student.name} (labels only)", "baseline"
+        else:
+            components, model = f"teachers={teachers} student={cfg.student.name} losses={losses}", "student"
+        rows.append({
+            "combination": key, "model": model, "role": e.role, "components": components,
+            **{k: f"{e.metrics[k]:.6f}" for k in ("accuracy", "uar", "macro_f1")},
+            "num_parameters": e.num_parameters,
+            "train_seconds": f"{ctx.stage_seconds.get('baseline', 0.0):.1f}" if e.role == "baseline" else f"{train_seconds:.1f}",
+            "run_dir": str(ctx.run_dir),
+        })
+    return rows
+
+
+def run_grid(grid: Grid, host) -> dict:
+    """Run the missing combinations; returns {"ran": n, "skipped": n}."""
+    from .engine import Engine, prepare_config
+
+    grid.output.mkdir(parents=True, exist_ok=True)
+    results_path = grid.output / "results.csv"
+    rows = read_results(results_path)
+    done = {r["combination"] for r in rows}
+    combos = grid.combinations()
+    ran = skipped = 0
+    for i, (chosen, overrides) in enumerate(combos, 1):
+        key = combination_key(chosen)
+        if key in done:
+            skipped += 1
+            continue
+        run_dir = grid.output / "runs" / key.replace(",", "__").replace("=", "-").replace("/", "_")
+        extra = [f"run_dir={run_dir}"] + ([f"store={grid.output / 'store'}"] if grid.store else [])
+        log.info("[%d/%d] %s", i, len(combos), key)
+        cfg = prepare_config(grid.recipe, [*grid.overrides, *overrides, *extra], host)
+        t0 = time.perf_counter()
+        ctx = Engine(cfg, host).execute()
+        rows = [r for r in rows if r["combination"] != key] + rows_of_run(key, ctx)
+        write_results(results_path, rows)  # after every run: an interrupted grid keeps what it has
+        log.info("%s done in %.0fs", key, time.perf_counter() - t0)
+        ran += 1
+    write_leaderboard(grid, rows)
+    return {"ran": ran, "skipped": skipped, "results": str(results_path)}
+
+
+def summarise_rows(grid: Grid, rows: list[dict]) -> list[dict]:
+    """Group rows by (combination without the repeat axes, model): mean ± std of the metrics."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        parts = [p for p in r["combination"].split(",") if p.split("=")[0] not in grid.repeat]
+        groups.setdefault((",".join(parts), r["model"]), []).append(r)
+    out = []
+    for (combo, model), rs in groups.items():
+        entry = {"combination": combo or "(all)", "model": model, "components": rs[0]["components"], "n": len(rs),
+                 "num_parameters": int(rs[0]["num_parameters"])}
+        for k in ("accuracy", "uar", "macro_f1"):
+            entry[k] = mean_std(float(r[k]) for r in rs)
+        out.append(entry)
+    out.sort(key=lambda e: -e["uar"][0])
+    return out
+
+
+def write_leaderboard(grid: Grid, rows: list[dict]) -> None:
+    table = summarise_rows(grid, rows)
+    lines = [
+        f"# Leaderboard: {Path(grid.recipe).name}",
+        "",
+        f"Test-split scores, mean ± sample std over {', '.join(grid.repeat) or 'one run each'}; best UAR "
+        "first. WA = accuracy, UAR = UA = mean per-class recall. Baselines (labels-only student, "
+        "each teacher evaluated directly) are rows like any other.",
+        "",
+        "| # | combination | model | UAR | WA | macro-F1 | params | n |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, e in enumerate(table, 1):
+        cell = {k: f"{e[k][0]:.3f} ± {e[k][1]:.3f}" for k in ("uar", "accuracy", "macro_f1")}
+        lines.append(f"| {i} | {e['combination']} | {e['model']} | {cell['uar']} | {cell['accuracy']} | "
+                     f"{cell['macro_f1']} | {e['num_parameters']:,} | {e['n']} |")
+    lines += ["", f"Generated by `liser bench` from `results.csv` ({len(rows)} rows)."]
+    atomic_write_text(grid.output / "leaderboard.md", "\n".join(lines) + "\n")
+    if grid.plot_axis:
+        _plot(grid, rows)
+
+
+def _plot(grid: Grid, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    axis = grid.plot_axis
+    labels = list(grid.axes[axis])
+    lines: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for r in rows:
+        parts = dict(p.split("=", 1) for p in r["combination"].split(","))
+        x = parts.pop(axis)
+        rest = ",".join(f"{a}={v}" for a, v in parts.items() if a not in grid.repeat)
+        lines.setdefault((rest, r["model"]), {}).setdefault(x, []).append(float(r["uar"]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (rest, model), by_x in sorted(lines.items()):
+        xs = [lab for lab in labels if lab in by_x]
+        ms = [mean_std(by_x[x]) for x in xs]
+        ax.errorbar(xs, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", capsize=3, label=f"{model} {rest}".strip())
+    ax.set_xlabel(axis)
+    ax.set_ylabel("test UAR")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = grid.output / f".uar_by_{axis}.png.tmp"
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    tmp.replace(grid.output / f"uar_by_{axis}.png")
+
+
+def add_parser(sub, plugin_args) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="run a grid of teacher/student/loss/... combinations and write the leaderboard",
+        description="Run every combination of a grid (skipping those already done) and write "
+        "results.csv, leaderboard.md and a plot.",
+        epilog="example: liser bench benchmarks/synth_grid.yaml -o runs/bench",
+    )
+    p.add_argument("grid", help="grid YAML file")
+    p.add_argument("-o", "--output", default=None, help="output folder (default: the grid's `output` or runs/bench-NAME)")
+    p.add_argument("--list", action="store_true", help="list the combinations and exit")
+    plugin_args(p)
+
+
+def cmd_bench(args, host) -> int:
+    grid = load_grid(args.grid, args.output)
+    if args.list:
+        done = {r["combination"] for r in read_results(grid.output / "results.csv")}
+        for chosen, _ in grid.combinations():
+            key = combination_key(chosen)
+            print(("done  " if key in done else "todo  ") + key)
+        return 0
+    out = run_grid(grid, host)
+    print(json.dumps(out))
+    print(f"leaderboard: {grid.output / 'leaderboard.md'}")
+    return 0
