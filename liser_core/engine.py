@@ -425,7 +425,6 @@ class Engine:
     def label(self) -> None:
         run, cfg = self.run, self.cfg
         clips, truth = self._distil_clips()
-        self._distil_set = clips
         logits, embs = {}, {}
         store = TeacherStore(cfg.store, dtype=StoreDtype(cfg.store_dtype).value) if cfg.store else None
         keys = [clip_key(c) for c in clips] if store else None
@@ -493,7 +492,7 @@ class Engine:
     def distil(self) -> None:
         run, cfg = self.run, self.cfg
         student = run.student
-        clips = getattr(self, "_distil_set", None) or self._distil_clips()[0]
+        clips = self._distil_clips()[0]  # cheap: no audio is read; same order as in label
         ds = self._dataset(clips, student.sample_rate)
         loss_modules = [m for _, m in run.losses.values()]
 
