@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import UsageError
@@ -111,6 +112,21 @@ def save_component(
     return directory
 
 
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file, refusing anything else (a pickle is never unpickled)."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        head = path.read_bytes()[:2] if path.is_file() else b""
+        hint = (
+            " It looks like a pickle (e.g. a torch.save file): LiSER never unpickles checkpoint "
+            "files, since unpickling can run arbitrary code."
+            if head[:1] == b"\x80" or head == b"PK"
+            else ""
+        )
+        raise UsageError(f"{path}: not a valid safetensors file ({exc}).{hint}") from None
+
+
 def read_component_config(directory: str | Path, kind: str | None = None) -> dict:
     directory = Path(directory)
     cfg_path = directory / CONFIG_NAME
@@ -133,7 +149,7 @@ def load_component(directory: str | Path, registry, *, kind: str, **inject: Any)
     config = read_component_config(directory, kind)
     label_space = LabelSpace.from_dict(config["label_space"])
     module = registry.build(config["name"], label_space=label_space, **config["options"], **inject)
-    state = load_file(str(directory / WEIGHTS_NAME))
+    state = read_tensors(directory / WEIGHTS_NAME)
     missing, unexpected = module.load_state_dict(state, strict=False)
     exclude = tuple(getattr(module, "checkpoint_exclude", ()))
     missing = [k for k in missing if not (exclude and k.startswith(exclude))]

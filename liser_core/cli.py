@@ -45,10 +45,35 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a recipe end to end and write a run directory.",
         epilog="example: liser run recipes/synth_kd.yaml distil.epochs=5 run_dir=runs/try1",
     )
-    p.add_argument("recipe", help="recipe YAML file")
+    p.add_argument("recipe", help="recipe YAML file (with --resume: or the run directory to continue)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (YAML values)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final table")
     p.add_argument("--dry-run", action="store_true", help="validate the recipe, print it, run nothing")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the unfinished run in the run directory exactly where it stopped (an error if "
+        "there is none); without this flag an unfinished run with the same recipe is continued anyway",
+    )
+    g.add_argument("--restart", action="store_true", help="discard any saved state in the run directory first")
+    d = p.add_argument_group("several processes (torchrun)")
+    d.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run on N processes of this machine through torchrun (one per GPU; gloo on CPU); "
+        "for several machines call torchrun yourself (docs/distributed.md)",
+    )
+    d.add_argument(
+        "--max-restarts",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --nproc: restart all processes up to K times after a failure; each restart "
+        "continues from the last checkpoint",
+    )
     _plugin_args(p)
 
     p = sub.add_parser(
@@ -190,16 +215,74 @@ def cmd_run(args) -> int:
     from ._plugins import load_plugins  # noqa: F401 - imported for its side effect on logging
     from .engine import Engine, config_yaml, prepare_config
 
+    if args.nproc < 1 or args.max_restarts < 0:
+        raise UsageError("--nproc must be >= 1 and --max-restarts >= 0")
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _torchrun(args)
     _setup_logging(logging.WARNING if args.quiet else logging.INFO)
+    if int(os.environ.get("RANK", "0")) > 0:  # one console, rank 0's; the others only warn
+        _setup_logging(logging.WARNING)
     host = _host(args)
-    cfg = prepare_config(args.recipe, args.overrides, host)
+    recipe, overrides = args.recipe, list(args.overrides)
+    if os.path.isdir(recipe):  # liser run --resume RUN_DIR: the recipe the run was started with
+        if not args.resume:
+            raise UsageError(f"{recipe} is a directory: give a recipe file, or --resume to continue the run in it")
+        saved = os.path.join(recipe, "state", "recipe.yaml")
+        if not os.path.isfile(saved):
+            raise UsageError(f"--resume: {recipe} has no saved run state ({saved} is missing); nothing to resume")
+        recipe, overrides = saved, [f"run_dir={recipe}", *overrides]
+    cfg = prepare_config(recipe, overrides, host)
     if args.dry_run:
         print(config_yaml(cfg), end="")
         return 0
-    run = Engine(cfg, host).execute()
+    mode = "resume" if args.resume else "restart" if args.restart else "auto"
+    run = Engine(cfg, host, resume=mode).execute()
+    if not run.dist.is_main:
+        return 0
     print()
     print(_table(run))
     print(f"run directory: {run.run_dir}")
+    return 0
+
+
+def _torchrun(args) -> int:
+    """Relaunch this very command on ``--nproc`` local processes with torchrun's launcher."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    argv, skip = [], False
+    for a in args.argv:  # the command line minus the launcher's own options
+        if skip:
+            skip = False
+            continue
+        if a in ("--nproc", "--max-restarts"):
+            skip = True
+            continue
+        if a.startswith(("--nproc=", "--max-restarts=")):
+            continue
+        argv.append(a)
+    launcher = get_args_parser().parse_args(
+        [
+            "--standalone",
+            f"--nproc-per-node={args.nproc}",
+            f"--max-restarts={args.max_restarts}",
+            "--tee=3",  # each rank's output on this console, prefixed with its rank
+            "-m",
+            "liser_core.cli",
+            *argv,
+        ]
+    )
+    try:
+        run(launcher)
+    except ChildFailedError as exc:
+        first = exc.get_first_failure()[1]
+        print(
+            f"liser: error: rank {first.local_rank} (of {args.nproc}) failed with exit code {first.exitcode}"
+            + (f": {first.message.splitlines()[0] if isinstance(first.message, str) else first.message}" if first.message else "")
+            + f"; the run can continue from its last checkpoint: liser run --resume RUN_DIR --nproc {args.nproc}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -257,7 +340,9 @@ def _setup_logging(level: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv
     if getattr(args, "overrides", None) is not None:  # overrides may follow options: liser run R --dry-run a=1
         args.overrides += [x for x in extra if "=" in x and not x.startswith("-")]
         extra = [x for x in extra if not ("=" in x and not x.startswith("-"))]
@@ -293,6 +378,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":  # python -m liser_core.cli
+def _worker_main() -> int:
+    """``main`` in a torchrun worker: an error that escapes is recorded for torchrun's report."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(main)()
+
+
+if __name__ == "__main__":  # python -m liser_core.cli (also what torchrun runs)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main())
+    sys.exit(_worker_main() if "TORCHELASTIC_RUN_ID" in os.environ else main())

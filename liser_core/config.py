@@ -36,6 +36,12 @@ class StoreDtype(str, Enum):
     float16 = "float16"
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"  # full precision
+    bf16 = "bf16"  # autocast to bfloat16 (CUDA with bf16 support, recent CPUs)
+    fp16 = "fp16"  # autocast to float16 with a gradient scaler (CUDA)
+
+
 class BadClipPolicy(str, Enum):
     skip = "skip"  # log the file and reason, count it in the report, go on
     raise_ = "raise"  # stop the run naming the file and reason
@@ -56,6 +62,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 5.0  # max gradient norm; 0 disables clipping
     nonfinite_patience: int = 5  # NaN/Inf losses skipped (with a warning) before the run stops
+    checkpoint_every: int = 0  # also save a resumable checkpoint every N optimiser steps (0: epoch ends only)
 
 
 @dataclass
@@ -115,6 +122,7 @@ class RecipeConfig:
     name: str = "liser"  # run name (logs, wandb)
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | cuda:N | mps | auto
+    precision: Precision = Precision.fp32  # autocast in training and inference: fp32 | bf16 | fp16
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     run_dir: str | None = None  # default: runs/<name>-<timestamp>
     store: str | None = None  # teacher-output store folder: each teacher labels each clip once, ever

@@ -11,6 +11,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from .distributed import DistContext, split_batch
+from .errors import LiserError
 from .labels import LabelSpace
 
 log = logging.getLogger("liser.data")
@@ -48,7 +50,7 @@ class Clip:
         return len(self.audio) / self.sample_rate
 
 
-class BadClipError(Exception):
+class BadClipError(LiserError):
     """A clip that cannot be used (unreadable, empty, silent, non-finite, wrong length...).
 
     Raised by a corpus's ``load``; the engine's bad-sample policy decides: ``skip`` (logged with
@@ -192,13 +194,36 @@ class ClipDataset(torch.utils.data.Dataset):
             frames=fr,
         )
 
-    def loader(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, drop_last=False):
+    def loader(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        skip_batches: int = 0,
+        dist: DistContext | None = None,
+    ) -> torch.utils.data.DataLoader:
+        """Batches of this dataset. Shuffled, the order is ``torch.randperm`` drawn from ``seed``
+        alone; ``skip_batches`` leaves out the first batches of that order without reading
+        them (how a resumed epoch continues). The global RNGs are never touched.
+
+        With ``dist`` (several processes), each batch of that order is cut into one contiguous
+        part per rank and this rank gets its part: together the ranks see exactly the batches
+        one process would. Shuffled (training) loaders leave out batches with fewer clips than
+        ranks, so that every rank takes every step; unshuffled ones keep them (a rank may then
+        get an empty batch, which collates to None).
+        """
         g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(self), generator=g).tolist() if shuffle else list(range(len(self)))
+        batches = list(torch.utils.data.BatchSampler(order, batch_size, drop_last))[skip_batches:]
+        if dist is not None and dist.enabled:
+            if shuffle:
+                batches = [b for b in batches if len(b) >= dist.world_size]
+            batches = [split_batch(b, dist) for b in batches]
         return torch.utils.data.DataLoader(
             self,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            generator=g if shuffle else None,
+            batch_sampler=batches,
             collate_fn=self.collate,
-            drop_last=drop_last,
+            generator=g,  # the loader's own seed draw comes from here, not the global RNG
         )

@@ -41,7 +41,7 @@ log = logging.getLogger("liser.datacheck")
 
 #: Problem kinds, recognised from the leading phrase of a BadClipError's reason.
 REASON_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("unreadable", ("unreadable", "empty file", "git-lfs", "no audio stream", "no video stream")),
+    ("unreadable", ("unreadable", "empty file", "git-lfs", "no audio stream", "no video stream", "truncated")),
     ("empty", ("zero length",)),
     ("silent", ("silent",)),
     ("non_finite", ("non-finite",)),

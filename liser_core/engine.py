@@ -15,9 +15,11 @@ Stages, in order (each can be skipped by its recipe block):
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from .components import BatchTargets, Loss, ModelOutput, Student, Teacher, Teach
 from .config import (
     BadClipPolicy,
     Combination,
+    Precision,
     StoreDtype,
     TrainConfig,
     load_recipe,
@@ -43,11 +46,13 @@ from .config import (
     validate_components,
 )
 from .data import Batch, Clip, ClipDataset, Corpus
+from .distributed import SINGLE, DistContext, from_env
 from .errors import ConfigError, UsageError
 from .labels import LabelMap, LabelSpace
 from .metrics import classification_metrics
 from .store import TeacherStore, clip_key, teacher_meta
-from .training import collect, train
+from .training import TrainingInterrupted, collect, train
+from .trainstate import Checkpointer, read_complete_dir, write_complete_dir
 
 log = logging.getLogger("liser")
 
@@ -96,6 +101,8 @@ class RunContext:
     run_dir: Path
     host: PluginHost
     device: torch.device
+    dist: DistContext = SINGLE  # this process's rank in a torchrun job
+    resumed: bool = False  # continues an interrupted run from its saved state
     corpus: Corpus | None = None
     teachers: dict[str, Teacher] = field(default_factory=dict)
     teacher_configs: dict[str, Any] = field(default_factory=dict)
@@ -158,27 +165,118 @@ def build_component(registry, name: str, options: dict, key: str = "", **inject:
     return module
 
 
-class Engine:
-    """Runs one validated recipe. Use :func:`run` unless you need the stages one by one."""
+#: Recipe keys that may differ when a run is resumed: they change where and how fast it runs,
+#: not what it computes.
+RESUME_FREE_KEYS = ("run_dir", "threads", "device", "loggers")
 
-    def __init__(self, config: DictConfig, host: PluginHost):
+RESUME_MODES = ("auto", "resume", "restart")
+
+
+class Engine:
+    """Runs one validated recipe. Use :func:`run` unless you need the stages one by one.
+
+    ``resume``: ``auto`` continues an unfinished run found in the run directory if its recipe
+    is the same (and refuses a different one), else starts afresh; ``resume`` requires an
+    unfinished run to continue; ``restart`` discards any saved state first.
+    """
+
+    def __init__(self, config: DictConfig, host: PluginHost, *, resume: str = "auto"):
+        if resume not in RESUME_MODES:
+            raise ValueError(f"resume must be one of {RESUME_MODES}, not {resume!r}")
+        self.resume = resume
         self.cfg = config
         self.host = host
         self.reg = host.registries
         run_dir = Path(config.run_dir) if config.run_dir else Path("runs") / (
             f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         )
-        self.run = RunContext(
-            config=config, run_dir=run_dir, host=host, device=resolve_device(str(config.device))
-        )
+        dist_ctx, device = from_env(resolve_device(str(config.device)))
+        self.dist = dist_ctx
+        self.run = RunContext(config=config, run_dir=run_dir, host=host, device=device, dist=dist_ctx)
         self._loggers: list[Any] = []
         self._datasets: list[ClipDataset] = []  # to collect the clips skipped as bad
+        self.precision = Precision(config.precision).value
+        self.state_dir = run_dir / "state"
+        self._state: dict[str, Any] = {}
+
+    # -- run state: what lets an interrupted run continue ---------------------------------------
+    def _comparable_config(self) -> dict[str, Any]:
+        d = OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)
+        return {k: v for k, v in d.items() if k not in RESUME_FREE_KEYS}
+
+    def _notify(self, hook: str, **kwargs: Any) -> None:
+        if self.dist.is_main:  # plugins (loggers, uploaders) see one run, not one per rank
+            self.host.notify(hook, **kwargs)
+
+    def _open_state(self) -> None:
+        self._state = self.dist.on_main(self._decide_state)
+        self.run.resumed = self._state["resumed"] > 0
+
+    def _decide_state(self) -> dict[str, Any]:
+        """Decide between a fresh start and continuing the run saved in ``run_dir/state``."""
+        status_file = self.state_dir / "run.json"
+        prev = None
+        if status_file.is_file():
+            try:
+                prev = json.loads(status_file.read_text())
+            except ValueError as exc:
+                raise UsageError(f"{status_file}: unreadable run state ({exc}); use --restart to discard it") from None
+        config = self._comparable_config()
+        unfinished = prev is not None and prev.get("status") != "complete"
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0  # torchrun --max-restarts
+        if (self.resume == "restart" and not restarted) or (self.resume != "resume" and not unfinished):
+            prev = None
+        elif not unfinished:
+            why = "has no saved run state" if prev is None else "holds a run that already completed"
+            raise UsageError(f"--resume: {self.run.run_dir} {why}; nothing to resume")
+        else:
+            differ = sorted(_diff_keys(prev.get("config", {}), config))
+            if differ:
+                raise UsageError(
+                    f"{self.run.run_dir} holds an unfinished run of a different recipe (differs at: "
+                    f"{', '.join(differ[:6])}); continue it with `liser run --resume {self.run.run_dir}`, "
+                    "discard it with --restart, or choose another run_dir"
+                )
+        if prev is None:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+        self._state = {
+            "status": "running",
+            "config": config,
+            "completed": list(prev.get("completed", [])) if prev else [],
+            "resumed": (prev.get("resumed", 0) + 1) if prev else 0,
+            "world_size": self.dist.world_size,
+        }
+        if prev is not None:
+            log.warning(
+                "resuming the unfinished run in %s (status %s; stages done: %s)",
+                self.run.run_dir, prev.get("status"), ", ".join(self._state["completed"]) or "none",
+            )
+        checkpoint.atomic_write_text(self.state_dir / "recipe.yaml", config_yaml(self.cfg))
+        self._save_state()
+        return self._state
+
+    def _save_state(self, **changes: Any) -> None:
+        self._state.update(changes)
+        if self.dist.is_main:
+            checkpoint.atomic_write_json(self.state_dir / "run.json", self._state)
+
+    def _checkpointer(self, stage: str, model: str):
+        ckpt = Checkpointer(self.state_dir / "train" / f"{stage}-{model}", enabled=self.dist.is_main)
+
+        def saved(path: Path, progress) -> None:
+            self._notify(
+                "liser_checkpoint", run=self.run, stage=stage, model=model, path=path,
+                step=progress.step, finished=progress.finished,
+            )
+
+        return {"checkpointer": ckpt, "on_checkpoint": saved, "precision": self.precision, "dist": self.dist}
 
     # -- orchestration --------------------------------------------------------------------------
     def execute(self) -> RunContext:
         run = self.run
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(run.run_dir / "log.txt", mode="a")
+        log_name = "log.txt" if self.dist.is_main else f"log.rank{self.dist.rank}.txt"
+        handler = logging.FileHandler(run.run_dir / log_name, mode="a")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.INFO)
         root = logging.getLogger("liser")
@@ -188,13 +286,18 @@ class Engine:
         root.addHandler(handler)
         error: BaseException | None = None
         try:
+            self._open_state()
             if self.cfg.threads:
                 torch.set_num_threads(int(self.cfg.threads))
             seed_everything(int(self.cfg.seed))
-            self._start_loggers()
-            log.info("run dir %s  device %s  seed %d", run.run_dir, run.device, self.cfg.seed)
+            if self.dist.is_main:
+                self._start_loggers()
+            log.info(
+                "run dir %s  device %s  seed %d%s", run.run_dir, run.device, self.cfg.seed,
+                f"  rank {self.dist.rank} of {self.dist.world_size}" if self.dist.enabled else "",
+            )
             self.prepare()
-            self.host.notify("liser_run_start", run=run)
+            self._notify("liser_run_start", run=run)
             self._stage("teach", self.teach)
             if run.teachers and (self.cfg.distil.epochs > 0):
                 self._stage("label", self.label)
@@ -205,15 +308,25 @@ class Engine:
             if self.cfg.baseline.enabled:
                 self._stage("baseline", self.train_baseline)
             self._stage("evaluate", self.evaluate)
+            self._save_state(status="complete")
         except BaseException as exc:
             error = exc
+            if self._state:
+                self._save_state(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+            if isinstance(exc, KeyboardInterrupt) and self._state:
+                log.warning(
+                    "interrupted: continue with `liser run --resume %s`%s", run.run_dir,
+                    f" (checkpoint {exc.checkpoint})" if isinstance(exc, TrainingInterrupted) and exc.checkpoint else "",
+                )
             raise
         finally:
             skipped = {k: v for ds in self._datasets for k, v in ds.skipped.items()}
+            if self.dist.enabled and error is None:  # every rank's bad clips, in the one report
+                skipped = {k: v for part in self.dist.gather(skipped) for k, v in part.items()}
             if skipped:
                 run.diagnostics["skipped_clips"] = skipped
                 log.warning("%d clip(s) skipped as bad (data.bad_clips=skip): see metrics.json", len(skipped))
-            self.host.notify("liser_run_end", run=run, results=run.results(), error=error)
+            self._notify("liser_run_end", run=run, results=run.results(), error=error)
             self._stop_loggers()
             root.removeHandler(handler)
             root.setLevel(old_level)
@@ -222,16 +335,18 @@ class Engine:
 
     def _stage(self, name: str, fn: Callable[[], None]) -> None:
         log.info("== stage %s ==", name)
-        self.host.notify("liser_stage_start", run=self.run, stage=name)
+        self._notify("liser_stage_start", run=self.run, stage=name)
         # each stage draws from its own seed: a stage's result does not depend on how many
         # random numbers earlier stages happened to use (e.g. the baseline on distil.epochs)
         seed_everything(int(self.cfg.seed) * 1000 + _STAGE_SEEDS[name])
         t0 = time.perf_counter()
         fn()
         seconds = time.perf_counter() - t0
+        if name not in self._state.get("completed", []):
+            self._save_state(completed=[*self._state.get("completed", []), name])
         self.run.stage_seconds[name] = seconds
         log.info("stage %s done in %.1fs", name, seconds)
-        self.host.notify("liser_stage_end", run=self.run, stage=name, seconds=seconds)
+        self._notify("liser_stage_end", run=self.run, stage=name, seconds=seconds)
 
     def _start_loggers(self) -> None:
         for name, opts in self.cfg.loggers.items():
@@ -292,6 +407,15 @@ class Engine:
             run.teachers[key] = teacher.to(run.device)
             run.teacher_configs[key] = tc
 
+        if self.dist.enabled:  # every rank needs a part of every global batch
+            blocks = {"distil": cfg.distil, "finetune": cfg.finetune, "baseline": cfg.baseline}
+            blocks |= {f"teachers.{i}.fit": tc.fit for i, tc in enumerate(cfg.teachers)}
+            for key, block in blocks.items():
+                if block.batch_size < self.dist.world_size:
+                    raise ConfigError(
+                        f"{key}.batch_size",
+                        f"{block.batch_size} is smaller than the number of processes ({self.dist.world_size})",
+                    )
         seed = int(cfg.seed)
         torch.manual_seed(seed + 1)
         opts = plain(cfg.student.options)
@@ -389,13 +513,16 @@ class Engine:
             train(
                 [teacher],
                 step,
-                lambda epoch, ds=ds, bs=fit.batch_size: ds.loader(bs, shuffle=True, seed=seed + 100 + epoch, drop_last=_lone(ds, bs)),
+                lambda epoch, skip, ds=ds, bs=fit.batch_size: ds.loader(
+                    bs, shuffle=True, seed=seed + 100 + epoch, drop_last=_lone(ds, bs), skip_batches=skip, dist=self.dist
+                ),
                 _steps(len(ds), fit.batch_size),
                 fit,
                 device=run.device,
                 name=f"teacher {key}",
                 params=teacher.trainable_parameters(),
                 on_epoch_end=self._epoch_hook("teach", key),
+                **self._checkpointer("teach", key),
             )
             teacher.card = dataclasses.replace(
                 teacher.card,
@@ -403,6 +530,8 @@ class Engine:
                 source=f"fitted in run {run.run_dir}",
                 num_parameters=_count(teacher),
             )
+            if not self.dist.is_main:
+                continue
             checkpoint.save_component(
                 teacher,
                 run.run_dir / "teachers" / key,
@@ -425,21 +554,14 @@ class Engine:
     def label(self) -> None:
         run, cfg = self.run, self.cfg
         clips, truth = self._distil_clips()
-        logits, embs = {}, {}
-        store = TeacherStore(cfg.store, dtype=StoreDtype(cfg.store_dtype).value) if cfg.store else None
-        keys = [clip_key(c) for c in clips] if store else None
-        for key, teacher in run.teachers.items():
-            teacher.eval()
-            ds = self._teacher_dataset(teacher, clips, labels=False)
-            t0 = time.perf_counter()
-            if store is None:
-                lo, em, _, idx = collect(lambda b, t=teacher: t(b), ds.loader(cfg.evaluate.batch_size), run.device)
-                log.info("teacher %s labeled %d clips in %.1fs", key, len(ds), time.perf_counter() - t0)
-            else:
-                lo, em, idx = self._label_with_store(store, keys, key, teacher, clips, ds.sample_rate)
-            # rows of clips skipped as bad stay NaN; those clips are skipped in distil too
-            logits[key] = torch.full((len(ds), lo.shape[1]), float("nan")).index_copy_(0, idx, lo)
-            embs[key] = torch.full((len(ds), em.shape[1]), float("nan")).index_copy_(0, idx, em)
+        saved = self.state_dir / "label"
+        if "label" in self._state.get("completed", []) and saved.is_dir():
+            tensors, meta = read_complete_dir(saved)
+            logits, embs = tensors["logits"], tensors["embeddings"]
+            run.diagnostics.update(meta.get("diagnostics", {}))
+            log.info("teacher targets of %d clips restored from %s", len(clips), saved)
+        else:
+            logits, embs = self._label_all(clips)
         total_w = sum(float(run.teacher_configs[k].weight) for k in run.teachers)
         run.targets = TargetTable(
             logits=logits,
@@ -457,6 +579,30 @@ class Engine:
             agree = (probs.argmax(-1) == ids).float().mean().item()
             run.diagnostics["pool_target_accuracy"] = agree
             log.info("combined teacher targets match the pool's hidden labels on %.1f%% of clips", 100 * agree)
+        if self.dist.is_main:
+            write_complete_dir(
+                saved, {"logits": logits, "embeddings": embs}, {"diagnostics": {k: v for k, v in run.diagnostics.items() if k == "store"}}
+            )
+
+    def _label_all(self, clips: list[Clip]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        run, cfg = self.run, self.cfg
+        logits, embs = {}, {}
+        store_dir = cfg.store or (self.state_dir / "store" if self.dist.enabled else None)  # ranks share labels through a store
+        store = TeacherStore(store_dir, dtype=StoreDtype(cfg.store_dtype).value) if store_dir else None
+        keys = [clip_key(c) for c in clips] if store else None
+        for key, teacher in run.teachers.items():
+            teacher.eval()
+            ds = self._teacher_dataset(teacher, clips, labels=False)
+            t0 = time.perf_counter()
+            if store is None:
+                lo, em, _, idx = collect(lambda b, t=teacher: t(b), ds.loader(cfg.evaluate.batch_size), run.device, self.precision)
+                log.info("teacher %s labeled %d clips in %.1fs", key, len(ds), time.perf_counter() - t0)
+            else:
+                lo, em, idx = self._label_with_store(store, keys, key, teacher, clips, ds.sample_rate)
+            # rows of clips skipped as bad stay NaN; those clips are skipped in distil too
+            logits[key] = torch.full((len(ds), lo.shape[1]), float("nan")).index_copy_(0, idx, lo)
+            embs[key] = torch.full((len(ds), em.shape[1]), float("nan")).index_copy_(0, idx, em)
+        return logits, embs
 
     def _label_with_store(self, store, keys, key, teacher, clips, sample_rate):
         """Label only the clips the store lacks for this teacher's fingerprint, then read all."""
@@ -464,27 +610,31 @@ class Engine:
         extra = {"corpus": run.corpus.name, "data_options": plain(cfg.data.options)}
         meta = teacher_meta(teacher, sample_rate=sample_rate, extra=extra)
         fp = meta["fingerprint"]
-        todo = store.missing(fp, keys, embeddings=True)
+        # rank 0 decides what is missing before any rank writes, so all ranks share one to-do list
+        todo = self.dist.on_main(lambda: store.missing(fp, keys, embeddings=True))
         t0 = time.perf_counter()
-        if todo:
-            sub = self._teacher_dataset(teacher, [clips[i] for i in todo], labels=False)
+        mine = self.dist.shard(todo)  # each rank labels its share into its own shards
+        if mine:
+            sub = self._teacher_dataset(teacher, [clips[i] for i in mine], labels=False)
             with store.writer(fp, meta=meta) as writer, torch.no_grad():
                 for batch in sub.loader(cfg.evaluate.batch_size):
                     if batch is None:
                         continue  # bad clips are skipped, never stored
                     out = teacher(batch.to(run.device))
                     writer.add_many(
-                        [keys[todo[i]] for i in batch.index.tolist()], out.logits.float().cpu(), out.embedding.float().cpu()
+                        [keys[mine[i]] for i in batch.index.tolist()], out.logits.float().cpu(), out.embedding.float().cpu()
                     )
-        gone = set(store.missing(fp, keys, embeddings=True))
+        self.dist.barrier()  # every rank's shards are complete ...
+        gone = set(self.dist.on_main(lambda: store.missing(fp, keys, embeddings=True)))  # ... rank 0 indexes them
         present = [i for i in range(len(clips)) if i not in gone]
         if not present:
             raise ValueError("no clip could be used: every clip was skipped as bad")
         lo, em = store.load(fp, [keys[i] for i in present])
         reused = len(clips) - len(todo)
         log.info(
-            "teacher %s: %d clips from the store, %d labeled now (%.1fs) [%s]",
-            key, reused, len(todo), time.perf_counter() - t0, fp[:12],
+            "teacher %s: %d clips from the store, %d labeled now%s (%.1fs) [%s]",
+            key, reused, len(todo), f" ({len(mine)} by this rank)" if self.dist.enabled else "",
+            time.perf_counter() - t0, fp[:12],
         )
         run.diagnostics.setdefault("store", {})[key] = {"fingerprint": fp, "from_store": reused, "labeled": len(todo)}
         return lo, em, torch.tensor(present)
@@ -507,21 +657,29 @@ class Engine:
                 terms[name] = value.detach()
                 total = total + w * value
             if not torch.is_tensor(total):
-                raise UsageError("no loss term applies to this batch: add `ce` or a teacher")
+                if not self.dist.enabled:
+                    raise UsageError("no loss term applies to this batch: add `ce` or a teacher")
+                total = out.logits.sum() * 0.0  # this rank's part has nothing to learn; others may
             return total, terms
 
         log.info("distilling student on %d clips (%d unlabeled)", len(ds), len(run.corpus.split("unlabeled")))
         train(
             [student, *loss_modules],
             step,
-            lambda epoch: ds.loader(
-                cfg.distil.batch_size, shuffle=True, seed=int(cfg.seed) + 1000 + epoch, drop_last=_lone(ds, cfg.distil.batch_size)
+            lambda epoch, skip: ds.loader(
+                cfg.distil.batch_size,
+                shuffle=True,
+                seed=int(cfg.seed) + 1000 + epoch,
+                drop_last=_lone(ds, cfg.distil.batch_size),
+                skip_batches=skip,
+                dist=self.dist,
             ),
             _steps(len(ds), cfg.distil.batch_size),
             cfg.distil,
             device=run.device,
             name="student (distil)",
             on_epoch_end=self._epoch_hook("distil", "student"),
+            **self._checkpointer("distil", "student"),
         )
         self._save_student()
 
@@ -538,14 +696,20 @@ class Engine:
         train(
             [student],
             step,
-            lambda epoch: ds.loader(
-                cfg.batch_size, shuffle=True, seed=int(self.cfg.seed) + 2000 + epoch, drop_last=_lone(ds, cfg.batch_size)
+            lambda epoch, skip: ds.loader(
+                cfg.batch_size,
+                shuffle=True,
+                seed=int(self.cfg.seed) + 2000 + epoch,
+                drop_last=_lone(ds, cfg.batch_size),
+                skip_batches=skip,
+                dist=self.dist,
             ),
             _steps(len(ds), cfg.batch_size),
             cfg,
             device=self.run.device,
             name=f"{model} ({stage})",
             on_epoch_end=self._epoch_hook(stage, model),
+            **self._checkpointer(stage, model),
         )
 
     def finetune(self) -> None:
@@ -567,7 +731,7 @@ class Engine:
                 )
             teacher.eval()
             ds = self._teacher_dataset(teacher, clips)
-            lo, _, labels, idx = collect(lambda b, t=teacher: t(b), ds.loader(cfg.evaluate.batch_size), run.device)
+            lo, labels, idx = self._predict(lambda b, t=teacher: t(b), ds)
             probs = run.label_maps[key].project(torch.softmax(lo, -1))
             self._record(key, "teacher", split, probs, labels, [clips[i].clip_id for i in idx], _count(teacher))
         student_trained = cfg.distil.epochs > 0 or cfg.finetune.epochs > 0
@@ -576,11 +740,27 @@ class Engine:
                 continue
             model.eval()
             ds = self._dataset(clips, model.sample_rate)
-            lo, _, labels, idx = collect(
-                lambda b, m=model: m(b.audio, b.lengths), ds.loader(cfg.evaluate.batch_size), run.device
-            )
+            lo, labels, idx = self._predict(lambda b, m=model: m(b.audio, b.lengths), ds)
             ids = [clips[i].clip_id for i in idx]
             self._record(role, role, split, torch.softmax(lo, -1), labels, ids, model.num_parameters())
+
+    def _predict(self, forward, ds: ClipDataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, labels, dataset indices) of every usable clip of ``ds``, in dataset order;
+        with several processes each rank scores its share and the results are gathered."""
+        loader = ds.loader(self.cfg.evaluate.batch_size, dist=self.dist)
+        if not self.dist.enabled:
+            lo, _, labels, idx = collect(forward, loader, self.run.device, self.precision)
+            return lo, labels, idx
+        try:
+            lo, _, labels, idx = collect(forward, loader, self.run.device, self.precision)
+        except ValueError:  # this rank's share held no usable clip
+            lo, labels, idx = None, None, None
+        parts = [p for p in self.dist.gather((lo, labels, idx)) if p[0] is not None]
+        if not parts:
+            raise ValueError("no clip could be used: every clip was skipped as bad")
+        lo, labels, idx = (torch.cat(t) for t in zip(*parts))
+        order = torch.argsort(idx)
+        return lo[order], labels[order], idx[order]
 
     def _record(self, model, role, split, probs, labels, clip_ids, n_params) -> None:
         metrics, confusion = classification_metrics(probs, labels, len(self.run.label_space))
@@ -600,9 +780,11 @@ class Engine:
             "%-10s %-12s WA %.3f  UAR %.3f  macro-F1 %.3f",
             role, model, metrics["accuracy"], metrics["uar"], metrics["macro_f1"],
         )
-        self.host.notify("liser_evaluation", run=self.run, result=result)
+        self._notify("liser_evaluation", run=self.run, result=result)
 
     def _save_student(self) -> None:
+        if not self.dist.is_main:
+            return
         try:  # the training clip length, for windowing long inputs at inference
             longest = max((c.seconds for c in self.run.corpus.split("labeled")), default=None)
         except ValueError:  # lazily loaded clips without a known duration
@@ -611,11 +793,21 @@ class Engine:
 
     def _epoch_hook(self, stage: str, model: str):
         def hook(epoch: int, metrics: dict[str, float]) -> None:
-            self.host.notify(
+            self._notify(
                 "liser_epoch_end", run=self.run, stage=stage, model=model, epoch=epoch, metrics=metrics
             )
 
         return hook
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted key paths where two plain configs differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".") or "(root)"]
 
 
 _STAGE_SEEDS = {"teach": 1, "label": 2, "distil": 3, "finetune": 4, "baseline": 5, "evaluate": 6}

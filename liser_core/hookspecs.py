@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from ._registry import Registry
     from .engine import EvalResult, RunContext
 
@@ -112,6 +114,16 @@ def liser_epoch_end(
 
     ``epoch`` counts from 0.
     ``metrics`` holds at least ``loss`` and the mean of each loss term (``loss/kl``...).
+    """
+
+
+@hookspec
+def liser_checkpoint(run: RunContext, stage: str, model: str, path: Path, step: int, finished: bool) -> None:
+    """After a resumable training checkpoint has been written completely (``path``, a folder
+    with its completeness marker), e.g. to copy it to remote storage.
+
+    ``step`` counts optimiser steps of that training loop; ``finished`` is True for the
+    checkpoint written when the loop's last epoch ended.
     """
 
 

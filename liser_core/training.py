@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from .config import TrainConfig
 from .data import Batch
+from .distributed import SINGLE, DistContext
 from .errors import LiserError
+from .trainstate import Checkpointer, Progress, set_rng_state
 
 log = logging.getLogger("liser.train")
 
@@ -40,10 +46,51 @@ def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig, total_steps
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during training: a resumable checkpoint was saved first."""
+
+    def __init__(self, checkpoint: Path | None):
+        super().__init__(f"interrupted; resumable checkpoint: {checkpoint}" if checkpoint else "interrupted")
+        self.checkpoint = checkpoint
+
+
+class _SigintFlag:
+    """While active (main thread only): the first Ctrl-C sets a flag the loop checks after each
+    step; a second one interrupts at once (Python's default behaviour is restored)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.raised = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = True
+        signal.signal(signal.SIGINT, self._old or signal.default_int_handler)
+        log.warning("%s: Ctrl-C: saving a resumable checkpoint after this step (Ctrl-C again to stop at once)", self.name)
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context for ``precision`` (fp32: none) on ``device``'s type."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def train(
     modules: Sequence[nn.Module],
     step: StepFn,
-    loader_for_epoch: Callable[[int], Iterable[Batch]],
+    loader_for_epoch: Callable[[int, int], Iterable[Batch]],
     steps_per_epoch: int,
     cfg: TrainConfig,
     *,
@@ -51,66 +98,139 @@ def train(
     name: str,
     params: Iterable[nn.Parameter] | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    checkpointer: Checkpointer | None = None,
+    precision: str = "fp32",
+    on_checkpoint: Callable[[Path, Progress], None] | None = None,
+    dist: DistContext = SINGLE,
 ) -> list[dict[str, float]]:
     """Minimise ``step``'s total over ``cfg.epochs`` epochs with AdamW and a cosine schedule.
 
-    Returns the per-epoch mean of the total loss and of each term.
+    ``loader_for_epoch(epoch, skip)`` gives the epoch's batches, the first ``skip`` left out
+    (a resumed epoch); its order must depend on the epoch alone. With a ``checkpointer``, the
+    loop saves its whole state at every epoch end, every ``cfg.checkpoint_every`` steps and on
+    Ctrl-C, and starts by continuing from the newest complete checkpoint: resumed, it computes
+    exactly what the uninterrupted loop would have. Returns the per-epoch mean of the total
+    loss and of each term.
+
+    With ``dist`` enabled, each rank gets its part of every global batch from its loader; the
+    modules run under DistributedDataParallel and each rank's loss is weighted by its share of
+    the batch, so the averaged gradient, the logged losses, the non-finite checks and Ctrl-C
+    are the same on every rank, and equal to one process's with the whole batch (for losses
+    that are means over the batch's clips). Only rank 0 writes checkpoints.
     """
     if params is None:
         params = [p for m in modules for p in m.parameters()]
     params = list(params)
     opt, sched = make_optimizer(params, cfg, max(1, cfg.epochs * steps_per_epoch))
-    history = []
-    nonfinite = 0
-    for epoch in range(cfg.epochs):
-        for m in modules:
-            m.train()
-        sums: dict[str, float] = {}
-        n = 0
-        t0 = time.perf_counter()
-        for i, batch in enumerate(loader_for_epoch(epoch)):
-            if batch is None:  # every clip of the batch was skipped as bad
-                continue
-            batch = batch.to(device)
-            total, terms = step(batch)
-            if not torch.isfinite(total):
-                nonfinite += 1
-                detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items()) or "no terms"
-                if nonfinite > cfg.nonfinite_patience:
-                    raise NonFiniteLossError(
-                        f"{name}: loss is {total.item()} at epoch {epoch + 1}, step {i + 1} ({detail}); "
-                        f"{nonfinite} non-finite losses so far (patience {cfg.nonfinite_patience}). "
-                        "To debug: lower the learning rate or the temperature, check the inputs for "
-                        "NaN/Inf (liser data check) and the loss terms named above, or run with "
-                        "torch.autograd.set_detect_anomaly(True)"
-                    )
-                log.warning("%s: non-finite loss at epoch %d step %d (%s): step skipped", name, epoch + 1, i + 1, detail)
-                opt.zero_grad(set_to_none=True)
-                continue
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
-            n += 1
-            sums["loss"] = sums.get("loss", 0.0) + total.item()
-            for k, v in terms.items():
-                sums[f"loss/{k}"] = sums.get(f"loss/{k}", 0.0) + float(v)
-        metrics = {k: v / max(n, 1) for k, v in sums.items()}
-        metrics["seconds"] = time.perf_counter() - t0
-        history.append(metrics)
-        log.info(
-            "%s epoch %d/%d  loss %.4f  (%s)  %.1fs",
-            name, epoch + 1, cfg.epochs, metrics.get("loss", float("nan")),
-            ", ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items() if k.startswith("loss/")),
-            metrics["seconds"],
+    forward: Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]] = step
+    if dist.enabled:
+        holder = _StepModule(modules, step)
+        if device.type == "cuda":  # BatchNorm statistics over the whole global batch
+            holder = nn.SyncBatchNorm.convert_sync_batchnorm(holder)
+        ddp = nn.parallel.DistributedDataParallel(
+            holder,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,  # e.g. a loss term that does not apply to a batch
         )
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, metrics)
+        forward = ddp
+    term_names: list[str] = []  # fixed order of the loss terms in the cross-rank reduction
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    prog = Progress()
+    rng = None
+    if checkpointer is not None:
+        loaded = checkpointer.load(list(modules), opt, sched, scaler)
+        if loaded is not None:
+            prog, *rng = loaded
+            if prog.finished:  # the stage had finished: weights and RNG as they were at its end
+                set_rng_state(*rng)
+                for m in modules:
+                    m.eval()
+                return prog.history
+
+    def save() -> Path | None:
+        if checkpointer is None:
+            return None
+        path = checkpointer.save(prog, list(modules), opt, sched, scaler)
+        if path is not None and on_checkpoint is not None:
+            on_checkpoint(path, prog)
+        return path
+
+    every = int(getattr(cfg, "checkpoint_every", 0) or 0)
+    with _SigintFlag(name) as sigint:
+        while prog.epoch < cfg.epochs:
+            epoch = prog.epoch
+            for m in modules:
+                m.train()
+            batches = loader_for_epoch(epoch, prog.batch)
+            if rng is not None:  # resumed: the RNG as the interrupted loop left it
+                set_rng_state(*rng)
+                rng = None
+            t0 = time.perf_counter() - prog.seconds
+            for batch in batches:
+                prog.batch += 1
+                if batch is None:  # every clip of the batch was skipped as bad
+                    continue
+                batch = batch.to(device)
+                with autocast(device, precision):
+                    total, terms = forward(batch)
+                if dist.enabled:
+                    total, terms, scale = _reduce_step(total, terms, len(batch.index), sigint, dist, term_names)
+                if not torch.isfinite(total):
+                    prog.nonfinite += 1
+                    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items()) or "no terms"
+                    if prog.nonfinite > cfg.nonfinite_patience:
+                        raise NonFiniteLossError(
+                            f"{name}: loss is {total.item()} at epoch {epoch + 1}, step {prog.batch} ({detail}); "
+                            f"{prog.nonfinite} non-finite losses so far (patience {cfg.nonfinite_patience}). "
+                            "To debug: lower the learning rate or the temperature, check the inputs for "
+                            "NaN/Inf (liser data check) and the loss terms named above, or run with "
+                            "torch.autograd.set_detect_anomaly(True)"
+                        )
+                    log.warning(
+                        "%s: non-finite loss at epoch %d step %d (%s): step skipped", name, epoch + 1, prog.batch, detail
+                    )
+                    if dist.enabled:  # every rank runs the backward it prepared, then drops it
+                        (scale * 0.0).backward()
+                    opt.zero_grad(set_to_none=True)
+                    continue
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(scale if dist.enabled else total).backward()
+                if cfg.grad_clip > 0:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                prog.step += 1
+                prog.n += 1
+                prog.sums["loss"] = prog.sums.get("loss", 0.0) + total.item()
+                for k, v in terms.items():
+                    prog.sums[f"loss/{k}"] = prog.sums.get(f"loss/{k}", 0.0) + float(v)
+                if sigint.raised:
+                    prog.seconds = time.perf_counter() - t0
+                    raise TrainingInterrupted(save())
+                if every and prog.step % every == 0:
+                    prog.seconds = time.perf_counter() - t0
+                    save()
+            metrics = {k: v / max(prog.n, 1) for k, v in prog.sums.items()}
+            metrics["seconds"] = time.perf_counter() - t0
+            prog.history.append(metrics)
+            prog.epoch, prog.batch, prog.sums, prog.n, prog.seconds = epoch + 1, 0, {}, 0, 0.0
+            prog.finished = prog.epoch >= cfg.epochs
+            log.info(
+                "%s epoch %d/%d  loss %.4f  (%s)  %.1fs",
+                name, epoch + 1, cfg.epochs, metrics.get("loss", float("nan")),
+                ", ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items() if k.startswith("loss/")),
+                metrics["seconds"],
+            )
+            save()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, metrics)
+            if sigint.raised and not prog.finished:
+                raise TrainingInterrupted(checkpointer.latest() if checkpointer else None)
     for m in modules:
         m.eval()
-    return history
+    return prog.history
 
 
 @torch.no_grad()
@@ -118,6 +238,7 @@ def collect(
     forward: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]],
     loader: Iterable[Batch],
     device: torch.device,
+    precision: str = "fp32",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run ``forward`` over a loader: (logits, embeddings, labels, dataset indices), in loader
     order; clips skipped as bad are absent, so ``indices`` says which rows are which clips."""
@@ -126,7 +247,8 @@ def collect(
         if batch is None:
             continue
         batch = batch.to(device)
-        lo, em = forward(batch)
+        with autocast(device, precision):
+            lo, em = forward(batch)
         logits.append(lo.float().cpu())
         embs.append(em.float().cpu())
         labels.append(batch.labels.cpu())
@@ -134,3 +256,35 @@ def collect(
     if not logits:
         raise ValueError("no clip could be used: every clip was skipped as bad")
     return torch.cat(logits), torch.cat(embs), torch.cat(labels), torch.cat(index)
+
+
+class _StepModule(nn.Module):
+    """Holds a loop's modules so DistributedDataParallel can wrap them; its forward is the step."""
+
+    def __init__(self, modules: Sequence[nn.Module], step: StepFn):
+        super().__init__()
+        self.parts = nn.ModuleList(modules)
+        self.step = step
+
+    def forward(self, batch: Batch):
+        return self.step(batch)
+
+
+def _reduce_step(total, terms, n_local, sigint, dist: DistContext, names: list[str]):
+    """One all-reduce per step: the batch's global mean loss and terms (for logs and the
+    non-finite check), Ctrl-C on any rank, and this rank's loss scaled by its share."""
+    new = [k for k in terms if k not in names]
+    if dist.all_sum(torch.tensor([float(len(new))])).item() > 0:  # a term first seen: agree on the order
+        for k in sorted({k for part in dist.gather(new) for k in part}):
+            names.append(k)
+    vals = [float(n_local), float(sigint.raised), total.detach().float().item() * n_local]
+    for k in names:
+        v = terms.get(k)
+        vals += [0.0, 0.0] if v is None else [float(v) * n_local, float(n_local)]
+    summed = dist.all_sum(torch.tensor(vals, dtype=torch.float64)).tolist()
+    n_global = summed[0]
+    if summed[1] > 0:
+        sigint.raised = True
+    mean = torch.tensor(summed[2] / n_global)
+    reduced = {k: torch.tensor(summed[3 + 2 * i] / summed[4 + 2 * i]) for i, k in enumerate(names) if summed[4 + 2 * i] > 0}
+    return mean, reduced, total * (n_local * dist.world_size / n_global)

@@ -10,11 +10,13 @@ from torch import nn
 class LogMel(nn.Module):
     """Waveform (B, N) at ``sample_rate`` -> log-mel (B, 1, n_mels, frames) + valid frame counts.
 
-    25 ms windows, 10 ms hop; ``log(mel + 1e-6)`` followed by a learned per-input BatchNorm so
-    that the model, not the caller, owns the feature normalisation.
+    25 ms windows, 10 ms hop; ``log(mel + 1e-6)`` followed by a learned normalisation so that
+    the model, not the caller, owns it: ``norm="batch"`` (BatchNorm over the batch) or
+    ``"group"`` (each clip standardised on its own: results do not depend on the batch, e.g.
+    under data-parallel training without synchronised BatchNorm).
     """
 
-    def __init__(self, sample_rate: int = 16000, n_mels: int = 40, f_max: float | None = None):
+    def __init__(self, sample_rate: int = 16000, n_mels: int = 40, f_max: float | None = None, norm: str = "batch"):
         super().__init__()
         self.sample_rate = sample_rate
         self.hop = sample_rate // 100
@@ -27,7 +29,7 @@ class LogMel(nn.Module):
             f_max=f_max,
             center=True,
         )
-        self.norm = nn.BatchNorm2d(1)
+        self.norm = norm_layer(norm, 1)
         self.dft_conv = False  # set by prepare_export(): STFT as a strided convolution
 
     def prepare_export(self) -> None:
@@ -83,20 +85,30 @@ def time_mask(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return mask.reshape(x.shape[0], *([1] * (x.ndim - 2)), x.shape[-1]).to(x.dtype)
 
 
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """``batch``: BatchNorm2d; ``group``: GroupNorm with one group (per-clip statistics)."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(1, channels)
+    raise ValueError(f"norm must be 'batch' or 'group', not {kind!r}")
+
+
 class MaskedConvStack(nn.Module):
-    """Blocks of 3x3 conv, BatchNorm, ReLU and 2x2 max-pool over (B, C, F, T) features.
+    """Blocks of 3x3 conv, normalisation (BatchNorm, or GroupNorm: ``norm="group"``), ReLU and
+    2x2 max-pool over (B, C, F, T) features.
 
     Steps past each clip's valid length are zeroed before every conv, so a padded clip sees the
     same zeros at its end as a clip on its own sees from the conv's own padding: predictions do
     not depend on what a clip is batched with (up to the STFT's last frames).
     """
 
-    def __init__(self, channels, in_channels: int = 1):
+    def __init__(self, channels, in_channels: int = 1, norm: str = "batch"):
         super().__init__()
         blocks, c_in = [], in_channels
         for c in channels:
             blocks.append(
-                nn.Sequential(nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2))
+                nn.Sequential(nn.Conv2d(c_in, c, 3, padding=1, bias=False), norm_layer(norm, c), nn.ReLU(), nn.MaxPool2d(2))
             )
             c_in = c
         self.blocks = nn.ModuleList(blocks)

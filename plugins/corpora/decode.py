@@ -8,7 +8,7 @@ it. Reasons start with a fixed phrase that ``liser data check`` groups by:
 
 ``empty file`` (0 bytes), ``git-lfs pointer`` (a pointer text file instead of the media),
 ``unreadable: ...`` (the decoder's own message), ``no audio stream``, ``no video stream``,
-``zero length`` (no samples), ``non-finite samples``, ``silent``, ``too short``, ``too long``.
+``truncated`` (a wav cut short), ``zero length`` (no samples), ``non-finite samples``, ``silent``, ``too short``, ``too long``.
 
 Example::
 
@@ -160,9 +160,33 @@ def _container_magic(path: Path) -> bool:
     return head in _MAGIC.get(path.suffix.lower(), ())
 
 
+def wav_truncation(path: Path) -> str | None:
+    """Why a RIFF/WAVE file is cut short (its ``data`` chunk declares more bytes than the file
+    holds), or None. libsndfile reads such files without complaint, returning what is there."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk = f.read(8)
+            cid, length = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if cid == b"data":
+                have = size - pos - 8
+                if length not in (0, 0xFFFFFFFF) and length > have:  # 0/-1: streamed, size unknown
+                    return f"truncated (the header declares {length} bytes of samples, the file holds {have})"
+                return None
+            pos += 8 + length + (length & 1)
+    return None
+
+
 def _soundfile_audio(path: Path, spec: DecodeSpec) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
+    if path.suffix.lower() == ".wav" and (reason := wav_truncation(path)):
+        raise Unusable(reason, path)
     info = sf.info(str(path))
     if info.frames > 0 and (reason := _too_long(info.frames / info.samplerate, spec)):
         raise Unusable(reason, path)  # before reading a long file

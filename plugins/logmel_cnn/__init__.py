@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -15,7 +16,12 @@ from ..frontend import LogMel, MaskedConvStack, mean_max_pool
 
 class LogMelCNN(Student):
     """Masked conv blocks (3x3 conv, BN, ReLU, 2x2 max-pool) over log-mel, mean+max pooling over
-    valid time, a linear classifier. About 25k parameters with the defaults."""
+    valid time, a linear classifier. About 25k parameters with the defaults.
+
+    ``norm="group"`` replaces every BatchNorm with per-clip GroupNorm: predictions and gradients
+    then do not depend on which clips share a batch (useful for data-parallel training on CPU,
+    where BatchNorm cannot be synchronised across processes).
+    """
 
     def __init__(
         self,
@@ -24,12 +30,13 @@ class LogMelCNN(Student):
         n_mels: int = 40,
         channels: Sequence[int] = (16, 32, 64),
         dropout: float = 0.1,
+        norm: Literal["batch", "group"] = "batch",
     ):
         super().__init__()
         self.label_space = label_space
         self.sample_rate = sample_rate
-        self.frontend = LogMel(sample_rate, n_mels)
-        self.body = MaskedConvStack(channels)
+        self.frontend = LogMel(sample_rate, n_mels, norm=norm)
+        self.body = MaskedConvStack(channels, norm=norm)
         self.embedding_dim = 2 * self.body.out_channels
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.embedding_dim, len(label_space))

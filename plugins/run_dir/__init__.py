@@ -48,7 +48,8 @@ class RunDirWriter:
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             },
         )
-        (run.run_dir / "history.jsonl").unlink(missing_ok=True)
+        if not run.resumed:  # a resumed run keeps the epochs logged before the interruption
+            (run.run_dir / "history.jsonl").unlink(missing_ok=True)
 
     @hookimpl
     def liser_epoch_end(self, run, stage, model, epoch, metrics):
