@@ -587,8 +587,7 @@ class Engine:
     def _label_all(self, clips: list[Clip]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         run, cfg = self.run, self.cfg
         logits, embs = {}, {}
-        store_dir = cfg.store or (self.state_dir / "store" if self.dist.enabled else None)  # ranks share labels through a store
-        store = TeacherStore(store_dir, dtype=StoreDtype(cfg.store_dtype).value) if store_dir else None
+        store = self._store(shared=self.dist.enabled)  # ranks share their labels through a store
         keys = [clip_key(c) for c in clips] if store else None
         for key, teacher in run.teachers.items():
             teacher.eval()
@@ -604,7 +603,12 @@ class Engine:
             embs[key] = torch.full((len(ds), em.shape[1]), float("nan")).index_copy_(0, idx, em)
         return logits, embs
 
-    def _label_with_store(self, store, keys, key, teacher, clips, sample_rate):
+    def _store(self, *, shared: bool = False) -> TeacherStore | None:
+        """The recipe's teacher store; with ``shared``, the run's own when the recipe has none."""
+        root = self.cfg.store or (self.state_dir / "store" if shared else None)
+        return TeacherStore(root, dtype=StoreDtype(self.cfg.store_dtype).value) if root else None
+
+    def _label_with_store(self, store, keys, key, teacher, clips, sample_rate, diagnostic: str = "store"):
         """Label only the clips the store lacks for this teacher's fingerprint, then read all."""
         run, cfg = self.run, self.cfg
         extra = {"corpus": run.corpus.name, "data_options": plain(cfg.data.options)}
@@ -636,7 +640,7 @@ class Engine:
             key, reused, len(todo), f" ({len(mine)} by this rank)" if self.dist.enabled else "",
             time.perf_counter() - t0, fp[:12],
         )
-        run.diagnostics.setdefault("store", {})[key] = {"fingerprint": fp, "from_store": reused, "labeled": len(todo)}
+        run.diagnostics.setdefault(diagnostic, {})[key] = {"fingerprint": fp, "from_store": reused, "labeled": len(todo)}
         return lo, em, torch.tensor(present)
 
     def distil(self) -> None:
@@ -723,6 +727,8 @@ class Engine:
         run, cfg = self.run, self.cfg
         split = cfg.evaluate.split
         clips = run.corpus.split(split)
+        store = self._store()  # teachers' test outputs are kept like their labels of the pool
+        keys = [clip_key(c) for c in clips] if store and run.teachers else None
         for key, teacher in run.teachers.items():
             if teacher.card.overlaps(run.corpus.name, split):
                 run.warn(
@@ -731,7 +737,11 @@ class Engine:
                 )
             teacher.eval()
             ds = self._teacher_dataset(teacher, clips)
-            lo, labels, idx = self._predict(lambda b, t=teacher: t(b), ds)
+            if store is not None:
+                lo, _, idx = self._label_with_store(store, keys, key, teacher, clips, ds.sample_rate, "store_test")
+                labels = torch.tensor([run.label_space.index(clips[i].label) for i in idx.tolist()])
+            else:
+                lo, labels, idx = self._predict(lambda b, t=teacher: t(b), ds)
             probs = run.label_maps[key].project(torch.softmax(lo, -1))
             self._record(key, "teacher", split, probs, labels, [clips[i].clip_id for i in idx], _count(teacher))
         student_trained = cfg.distil.epochs > 0 or cfg.finetune.epochs > 0

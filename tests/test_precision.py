@@ -1,0 +1,44 @@
+"""Mixed precision: autocast in training and inference, the fp16 gradient scaler, devices."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from liser_core.engine import resolve_device
+from liser_core.training import autocast
+
+
+def test_autocast_contexts():
+    x = torch.randn(4, 8)
+    w = torch.randn(8, 3)
+    with autocast(torch.device("cpu"), "bf16"):
+        assert (x @ w).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), "fp32"):
+        assert (x @ w).dtype == torch.float32
+
+
+def test_a_bf16_run_trains_and_scores(run_tiny):
+    ctx = run_tiny(overrides=["precision=bf16", "distil.epochs=2"])
+    r = ctx.results()
+    assert all(math.isfinite(v["uar"]) for v in r.values())
+    hist = ctx.run_dir / "history.jsonl"
+    assert "nan" not in hist.read_text().lower()
+
+
+def test_precision_is_validated(liser_host):
+    from liser_core import ConfigError
+    from liser_core.engine import prepare_config
+
+    with pytest.raises(ConfigError) as e:
+        prepare_config("recipes/synth_kd.yaml", ["precision=fp8"], liser_host)
+    assert e.value.key == "precision"
+
+
+def test_auto_device_falls_back_to_cpu_here():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available() and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        expected = "mps"
+    assert resolve_device("auto").type == expected
