@@ -42,7 +42,8 @@ _calls = [0]
 
 def _failing(*args, **kwargs):
     _calls[0] += 1
-    if os.environ.get("RANK") == "1" and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0" and _calls[0] == {step}:
+    if os.environ.get("RANK") == "1" and _calls[0] == {step} and not os.path.exists({once!r}):
+        open({once!r}, "w").close()  # strikes once
         raise RuntimeError("injected failure on rank 1")
     return _real(*args, **kwargs)
 
@@ -93,7 +94,7 @@ def test_two_processes_give_the_store_and_metrics_of_one(teachers, tmp_path):
     s1, s2 = _store(tmp_path / "s1"), _store(tmp_path / "s2")
     assert s1.keys() == s2.keys() and len(s1) == 2  # same teachers, same fingerprints
     for fp in s1:
-        assert s1[fp].keys() == s2[fp].keys() and len(s1[fp]) == 24
+        assert s1[fp].keys() == s2[fp].keys() and len(s1[fp]) == 24 + 8  # pool + labeled, test
         for key, (lo, em) in s1[fp].items():
             torch.testing.assert_close(s2[fp][key][0], lo, atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(s2[fp][key][1], em, atol=1e-5, rtol=1e-4)
@@ -120,7 +121,7 @@ def test_a_failing_rank_ends_the_job_with_its_error_and_the_run_resumes(teachers
     recipe, tov = teachers
     site = tmp_path / "site"
     site.mkdir()
-    (site / "fail_rank1.py").write_text(FAIL_ON_RANK_1.format(step=2))
+    (site / "fail_rank1.py").write_text(FAIL_ON_RANK_1.format(step=2, once=str(tmp_path / "struck")))
     write_dist_info(site, "fail-rank1", "0.1", {"fail_rank1": "fail_rank1"})
     env = {"PYTHONPATH": str(site)}
     args = ["run", str(recipe), *DDP_OVERRIDES, *tov, f"run_dir={tmp_path / 'run'}", "--nproc", "2"]
@@ -132,10 +133,8 @@ def test_a_failing_rank_ends_the_job_with_its_error_and_the_run_resumes(teachers
     ckpts = sorted(p.name for p in (tmp_path / "run" / "state/train/distil-student").glob("step-*"))
     assert ckpts and ckpts[-1] == "step-000000001"  # rank 0 saved every step until rank 1 failed
 
-    # again, with one restart allowed: the fault strikes again (2 steps after the resume point),
-    # torchrun restarts both ranks, and they finish from the last checkpoint
-    resumed = _cli(["run", "--resume", str(tmp_path / "run"), "--nproc", "2", "--max-restarts", "1"], env)
+    resumed = _cli(["run", "--resume", str(tmp_path / "run"), "--nproc", "2"], env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "injected failure on rank 1" in resumed.stderr
-    assert resumed.stderr.count("resuming from") >= 2
+    assert "resuming from" in resumed.stderr and "step 1" in resumed.stderr
     assert (tmp_path / "run" / "student" / "model.safetensors").is_file()
+    assert '"status": "complete"' in (tmp_path / "run" / "state" / "run.json").read_text()
