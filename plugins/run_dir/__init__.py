@@ -54,8 +54,10 @@ class RunDirWriter:
     @hookimpl
     def liser_epoch_end(self, run, stage, model, epoch, metrics):
         line = json.dumps({"stage": stage, "model": model, "epoch": epoch + 1, **metrics})
-        with open(run.run_dir / "history.jsonl", "a") as f:
-            f.write(line + "\n")
+        path = run.run_dir / "history.jsonl"
+        # rewritten whole and renamed, like every report: a kill never leaves half a line
+        old = path.read_text() if path.is_file() else ""
+        atomic_write_text(path, old + line + "\n")
 
     @hookimpl
     def liser_evaluation(self, run, result):
