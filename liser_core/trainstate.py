@@ -233,7 +233,9 @@ class Checkpointer:
         return path
 
     def _prune(self, newest: Path) -> None:
-        complete = [d for d in self.candidates() if d == newest or check_complete(d) is None]
+        # checkpoints this loop wrote got their marker last; its presence suffices here (a full
+        # check would re-hash every kept checkpoint at every save)
+        complete = [d for d in self.candidates() if d == newest or (d / MARKER).is_file()]
         for old in complete[self.keep:]:
             shutil.rmtree(old, ignore_errors=True)
         for leftover in self.directory.glob(".step-*.tmp"):  # temp folders of killed writes
