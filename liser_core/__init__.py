@@ -20,15 +20,17 @@ from .components import (  # noqa: E402
     Teacher,
     TeacherCard,
 )
-from .data import SPLITS, Batch, Clip, ClipDataset, Corpus  # noqa: E402
+from .data import SPLITS, BadClipError, Batch, Clip, ClipDataset, Corpus  # noqa: E402
 from .engine import EvalResult, RunContext, run  # noqa: E402
-from .errors import ConfigError, LiserError, UnknownComponentError, UsageError  # noqa: E402
+from .errors import ComponentError, ConfigError, LiserError, UnknownComponentError, UsageError  # noqa: E402
 from .labels import CANONICAL_EMOTIONS, LabelMap, LabelSpace, label_space  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CANONICAL_EMOTIONS",
+    "BadClipError",
+    "ComponentError",
     "ENTRY_POINT_GROUP",
     "SPLITS",
     "Batch",

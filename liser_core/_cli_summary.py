@@ -1,85 +1,163 @@
-"""``liser summarize RUN_DIR...``: per-run scores and mean ± std over runs (folds or seeds)."""
+"""``liser summarize RUN_DIR...``: per-run scores and mean ± std over the runs of one recipe.
+
+Runs are averaged only with runs of the same resolved recipe, less the axes being averaged
+(``--over``: ``seed`` and ``data.options.fold`` by default) and the keys that do not change
+results (run_dir, threads, device, loggers, name, store). Runs of different recipes are
+different groups, one summary each, labelled by the keys where they differ; runs that failed
+or have no metrics are listed as skipped, never averaged, and never stop the others.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from .errors import UsageError
 from .metrics import summarise
+from .provenance import RESULT_FREE_KEYS, comparable, diff_keys
 
 KEYS = ("accuracy", "uar", "macro_f1")
+DEFAULT_OVER = ("seed", "data.options.fold")
 
 
 def add_parser(sub, plugin_args) -> None:
     p = sub.add_parser(
         "summarize",
-        help="mean ± std of several runs (folds, seeds) from their metrics.json",
-        description="Per-run test scores of every model and their mean ± sample std over the runs.",
+        help="mean ± std of several runs (folds, seeds) of one recipe, from their metrics.json",
+        description="Per-run test scores of every model and their mean ± sample std over the runs of each "
+        "recipe: runs whose resolved recipes differ (other than in the --over keys) are summarised apart.",
         epilog="example: for f in 1 2 3 4 5 6; do liser run recipes/ravdess_kd.yaml data.options.fold=$f "
         "run_dir=runs/rav_f$f; done; liser summarize runs/rav_f*",
     )
     p.add_argument("runs", nargs="+", help="run directories (each with metrics.json)")
+    p.add_argument(
+        "--over", default=",".join(DEFAULT_OVER), metavar="KEYS",
+        help="comma-separated recipe keys averaged over (default: %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
-def load_runs(paths: list[str]) -> list[dict]:
-    runs = []
-    for p in map(Path, paths):
-        f = p / "metrics.json"
-        if not f.is_file():
-            raise UsageError(f"{p}: no metrics.json (not a finished run directory)")
+def load_run(path: Path) -> dict[str, Any]:
+    """One run directory: status, scores per model, resolved recipe; ``skipped`` says why not."""
+    f = path / "metrics.json"
+    out: dict[str, Any] = {"run": str(path), "models": {}, "config": None, "flags": [], "skipped": ""}
+    if not f.is_file():
+        out["skipped"] = "no metrics.json (not a finished run directory)"
+        return out
+    try:
         m = json.loads(f.read_text())
-        cfg_file = p / "config.yaml"
-        cfg = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else {}
-        models = {}
-        for role in ("student", "baseline"):
-            if m.get(role):
-                models[role] = m[role]
-        for name, t in (m.get("teachers") or {}).items():
-            models[f"teacher:{name}"] = t
-        opts = (cfg.get("data") or {}).get("options") or {}
-        runs.append(
-            {
-                "run": str(p),
-                "status": m.get("status"),
-                "corpus": m.get("corpus"),
-                "split": m.get("split"),
-                "seed": cfg.get("seed"),
-                "fold": opts.get("fold"),
-                "models": models,
-            }
-        )
-    return runs
+    except (ValueError, OSError) as exc:
+        out["skipped"] = f"metrics.json unreadable ({exc})"
+        return out
+    cfg_file = path / "config.yaml"
+    cfg = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else None
+    models = {}
+    for role in ("student", "baseline"):
+        if m.get(role):
+            models[role] = m[role]
+    for name, t in (m.get("teachers") or {}).items():
+        models[f"teacher:{name}"] = t
+    opts = ((cfg or {}).get("data") or {}).get("options") or {}
+    out.update(
+        status=m.get("status"), corpus=m.get("corpus"), split=m.get("split"), seed=(cfg or {}).get("seed"),
+        fold=opts.get("fold"), models=models, config=cfg, flags=list(m.get("flags") or []),
+        warnings=list(m.get("warnings") or []),
+    )
+    if m.get("status") != "completed":
+        out["skipped"] = f"status {m.get('status')!r}" + (f": {m['error']}" if m.get("error") else "")
+    elif not models:
+        out["skipped"] = "no model was evaluated"
+    return out
+
+
+def group_runs(runs: Sequence[dict], over: Sequence[str]) -> list[dict]:
+    """Runs grouped by their recipe less ``over`` and the result-free keys, in first-seen order;
+    each group names the keys where its recipe differs from the others'."""
+    drop = (*RESULT_FREE_KEYS, *over)
+    groups: dict[str, dict] = {}
+    for r in runs:
+        recipe = comparable(r["config"], drop) if r["config"] is not None else None
+        key = json.dumps(recipe, sort_keys=True, default=str)
+        groups.setdefault(key, {"recipe": recipe, "runs": []})["runs"].append(r)
+    out = list(groups.values())
+    recipes = [g["recipe"] for g in out if g["recipe"] is not None]
+    varying = sorted({k for a in recipes for b in recipes for k in diff_keys(a, b)})
+    for i, g in enumerate(out, 1):
+        g["id"] = i
+        if g["recipe"] is None:
+            g["differs"] = {"config.yaml": "missing"}
+        else:
+            g["differs"] = {k: _get(g["recipe"], k) for k in varying}
+        g["summary"] = {
+            name: summarise([r["models"][name] for r in g["runs"] if name in r["models"]]) for name in _models(g["runs"])
+        }
+        g["flags"] = sorted({f for r in g["runs"] for f in r["flags"]})
+    return out
+
+
+def _get(d: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _models(runs: Sequence[dict]) -> list[str]:
+    return sorted({n for r in runs for n in r["models"]}, key=lambda n: (n != "student", n != "baseline", n))
 
 
 def cmd_summarize(args) -> int:
-    runs = load_runs(args.runs)
-    failed = [r["run"] for r in runs if r["status"] != "completed"]
-    if failed:
-        raise UsageError("runs that did not complete: " + ", ".join(failed))
-    corpora = {(r["corpus"], r["split"]) for r in runs}
-    models = sorted({name for r in runs for name in r["models"]}, key=lambda n: (n != "student", n != "baseline", n))
-    summary = {
-        name: summarise([r["models"][name] for r in runs if name in r["models"]]) for name in models
-    }
+    over = [k.strip() for k in args.over.split(",") if k.strip()]
+    runs = [load_run(Path(p)) for p in args.runs]
+    usable = [r for r in runs if not r["skipped"]]
+    skipped = [r for r in runs if r["skipped"]]
+    if not usable:
+        raise UsageError("no run to summarise: " + "; ".join(f"{r['run']}: {r['skipped']}" for r in skipped))
+    groups = group_runs(usable, over)
     if args.json:
-        print(json.dumps({"runs": runs, "summary": summary}, indent=2))
+        print(json.dumps({
+            "over": over,
+            "runs": [{k: v for k, v in r.items() if k != "config"} for r in usable],
+            "skipped": [{"run": r["run"], "reason": r["skipped"]} for r in skipped],
+            "groups": [{k: v for k, v in g.items() if k not in ("runs", "recipe")} | {"runs": [r["run"] for r in g["runs"]]}
+                       for g in groups],
+            "summary": groups[0]["summary"] if len(groups) == 1 else None,
+        }, indent=2, default=str))
         return 0
-    if len(corpora) > 1:
-        print(f"warning: the runs are on different corpora/splits: {sorted(corpora)}")
+    if len(groups) > 1:
+        print(f"{len(groups)} different recipes among these runs: each is summarised on its own "
+              f"(averaged over: {', '.join(over)})")
+    for g in groups:
+        _print_group(g, len(groups) > 1)
+    for r in skipped:
+        print(f"skipped {r['run']}: {r['skipped']}")
+    return 0
+
+
+def _print_group(g: dict, several: bool) -> None:
+    runs, models = g["runs"], _models(g["runs"])
+    if several:
+        label = ", ".join(f"{k}={v}" for k, v in g["differs"].items()) or "(same recipe)"
+        print(f"\n== group {g['id']}: {label}")
     print(f"{'run':<28} {'fold':>4} {'seed':>4}  " + "  ".join(f"{n[:18]:>18}" for n in models) + "   (UAR)")
     for r in runs:
         cells = [f"{r['models'][n]['uar']:>18.3f}" if n in r["models"] else f"{'-':>18}" for n in models]
-        print(f"{Path(r['run']).name[:28]:<28} {str(r['fold'] or '-'):>4} {str(r['seed']):>4}  " + "  ".join(cells))
+        mark = "  !" + ",".join(r["flags"]) if r["flags"] else ""
+        fold = "-" if r["fold"] is None else str(r["fold"])
+        print(f"{Path(r['run']).name[:28]:<28} {fold:>4} {str(r['seed']):>4}  " + "  ".join(cells) + mark)
     print()
     print(f"{'model':<22} {'n':>3}  " + "  ".join(f"{k:>15}" for k in ("WA (accuracy)", "UAR", "macro-F1")))
     for name in models:
-        s = summary[name]
+        s = g["summary"][name]
         cells = [f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" if k in s else "-" for k in KEYS]
         n = s.get("uar", {}).get("n", 0)
         print(f"{name:<22} {n:>3}  " + "  ".join(f"{c:>15}" for c in cells))
     print("(mean ± sample standard deviation over the runs)")
-    return 0
+    if g["flags"]:
+        print(f"!!! flagged: {', '.join(g['flags'])} -- some runs used a teacher fitted on test data "
+              "(allow_test_overlap); their scores are NOT a fair estimate")

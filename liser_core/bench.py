@@ -19,8 +19,12 @@ listed under ``repeat`` (folds, seeds) are averaged over in the leaderboard::
 Outputs in the grid's output folder: one run directory per combination, ``results.csv`` (one
 row per model per run: the student, the labels-only baseline when enabled, and each teacher
 evaluated directly), ``leaderboard.md`` (mean ± std over the repeat axes, best UAR first) and
-``uar_by_<axis>.png`` when a ``plot_axis`` is given. Combinations whose run completed are
-skipped, so a grid can be extended and resumed.
+``uar_by_<axis>.png`` when a ``plot_axis`` is given. Combinations whose run completed with the
+same resolved recipe (and the same LiSER and plugin versions: ``recipe_fingerprint``) are
+skipped, so a grid can be extended and resumed; a combination whose recipe changed since its
+row was written (the grid's overrides, the base recipe, a plugin upgrade) is *stale*: it is run
+again and its rows replaced, and the log names the keys that changed. Rows of combinations no
+longer in the grid stay in ``results.csv`` but not on the leaderboard.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from .metrics import mean_std
 log = logging.getLogger("liser.bench")
 
 FIELDS = ["combination", "model", "role", "components", "accuracy", "uar", "macro_f1",
-          "num_parameters", "train_seconds", "run_dir"]
+          "num_parameters", "train_seconds", "run_dir", "recipe_fingerprint", "flags"]
 
 
 @dataclass
@@ -127,6 +131,7 @@ def write_results(path: Path, rows: list[dict]) -> None:
 
 
 def rows_of_run(key: str, ctx) -> list[dict]:
+    """results.csv rows of one finished run: each model it evaluated."""
     cfg = ctx.config
     teachers = "+".join(t.name for t in cfg.teachers) or "-"
     losses = "+".join(loss.name for loss in cfg.distil.losses) or "-"
@@ -145,37 +150,88 @@ def rows_of_run(key: str, ctx) -> list[dict]:
             "num_parameters": e.num_parameters,
             "train_seconds": f"{ctx.stage_seconds.get('baseline', 0.0):.1f}" if e.role == "baseline" else f"{train_seconds:.1f}",
             "run_dir": str(ctx.run_dir),
+            "recipe_fingerprint": ctx.fingerprint,
+            "flags": ",".join(ctx.flags),
         })
     return rows
 
 
+def run_dir_of(grid: Grid, key: str) -> Path:
+    return grid.output / "runs" / key.replace(",", "__").replace("=", "-").replace("/", "_")
+
+
+def plan(grid: Grid, host) -> list[dict]:
+    """Each combination with its resolved recipe, fingerprint and state: ``done`` (rows with
+    this fingerprint), ``stale`` (rows of another recipe) or ``todo``."""
+    from .engine import prepare_config
+    from .provenance import code_versions, fingerprint
+
+    rows = read_results(grid.output / "results.csv")
+    versions = code_versions(host)
+    out = []
+    for chosen, overrides in grid.combinations():
+        key = combination_key(chosen)
+        run_dir = run_dir_of(grid, key)
+        extra = [f"run_dir={run_dir}"] + ([f"store={grid.output / 'store'}"] if grid.store else [])
+        cfg = prepare_config(grid.recipe, [*grid.overrides, *overrides, *extra], host)
+        fp = fingerprint(cfg, versions)
+        old = {r.get("recipe_fingerprint") or "" for r in rows if r["combination"] == key}
+        state = "todo" if not old else "done" if old == {fp} else "stale"
+        out.append({"key": key, "config": cfg, "fingerprint": fp, "state": state, "run_dir": run_dir})
+    return out
+
+
+def _changed_keys(run_dir: Path, cfg) -> list[str]:
+    """Keys where the recipe a run dir was made with differs from ``cfg`` (empty if unknown)."""
+    from .provenance import RESULT_FREE_KEYS, comparable, diff_keys
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return []
+    try:
+        before = yaml.safe_load(saved.read_text())
+    except yaml.YAMLError:
+        return []
+    return diff_keys(comparable(before, RESULT_FREE_KEYS), comparable(cfg, RESULT_FREE_KEYS))
+
+
 def run_grid(grid: Grid, host) -> dict:
-    """Run the missing combinations; returns {"ran": n, "skipped": n}."""
-    from .engine import Engine, prepare_config
+    """Run the combinations not done with their current recipe; returns {"ran", "skipped",
+    "replaced": [stale combinations rerun], "results"}."""
+    from .engine import Engine
 
     grid.output.mkdir(parents=True, exist_ok=True)
     results_path = grid.output / "results.csv"
     rows = read_results(results_path)
-    done = {r["combination"] for r in rows}
-    combos = grid.combinations()
+    todo = plan(grid, host)
     ran = skipped = 0
-    for i, (chosen, overrides) in enumerate(combos, 1):
-        key = combination_key(chosen)
-        if key in done:
+    replaced = []
+    for i, item in enumerate(todo, 1):
+        key = item["key"]
+        if item["state"] == "done":
             skipped += 1
             continue
-        run_dir = grid.output / "runs" / key.replace(",", "__").replace("=", "-").replace("/", "_")
-        extra = [f"run_dir={run_dir}"] + ([f"store={grid.output / 'store'}"] if grid.store else [])
-        log.info("[%d/%d] %s", i, len(combos), key)
-        cfg = prepare_config(grid.recipe, [*grid.overrides, *overrides, *extra], host)
+        if item["state"] == "stale":
+            changed = _changed_keys(item["run_dir"], item["config"])
+            log.warning(
+                "[%d/%d] %s: its rows are stale (the recipe changed%s); running it again",
+                i, len(todo), key, f" at {', '.join(changed[:6])}" if changed else ", or LiSER or a plugin was upgraded",
+            )
+            replaced.append(key)
+        else:
+            log.info("[%d/%d] %s", i, len(todo), key)
         t0 = time.perf_counter()
-        ctx = Engine(cfg, host).execute()
+        ctx = Engine(item["config"], host, resume="restart" if item["state"] == "stale" else "auto").execute()
         rows = [r for r in rows if r["combination"] != key] + rows_of_run(key, ctx)
         write_results(results_path, rows)  # after every run: an interrupted grid keeps what it has
         log.info("%s done in %.0fs", key, time.perf_counter() - t0)
         ran += 1
-    write_leaderboard(grid, rows)
-    return {"ran": ran, "skipped": skipped, "results": str(results_path)}
+    current = {item["key"] for item in todo}
+    gone = sorted({r["combination"] for r in rows if r["combination"] not in current})
+    if gone:
+        log.info("%d combination(s) in results.csv are no longer in the grid and stay off the leaderboard", len(gone))
+    write_leaderboard(grid, [r for r in rows if r["combination"] in current])
+    return {"ran": ran, "skipped": skipped, "replaced": replaced, "results": str(results_path)}
 
 
 def summarise_rows(grid: Grid, rows: list[dict]) -> list[dict]:
@@ -187,7 +243,8 @@ def summarise_rows(grid: Grid, rows: list[dict]) -> list[dict]:
     out = []
     for (combo, model), rs in groups.items():
         entry = {"combination": combo or "(all)", "model": model, "components": rs[0]["components"], "n": len(rs),
-                 "num_parameters": int(rs[0]["num_parameters"])}
+                 "num_parameters": int(rs[0]["num_parameters"]),
+                 "flags": sorted({f for r in rs for f in (r.get("flags") or "").split(",") if f})}
         for k in ("accuracy", "uar", "macro_f1"):
             entry[k] = mean_std(float(r[k]) for r in rs)
         out.append(entry)
@@ -209,9 +266,13 @@ def write_leaderboard(grid: Grid, rows: list[dict]) -> None:
     ]
     for i, e in enumerate(table, 1):
         cell = {k: f"{e[k][0]:.3f} ± {e[k][1]:.3f}" for k in ("uar", "accuracy", "macro_f1")}
-        lines.append(f"| {i} | {e['combination']} | {e['model']} | {cell['uar']} | {cell['accuracy']} | "
+        model = e["model"] + (f" **!{','.join(e['flags'])}**" if e["flags"] else "")
+        lines.append(f"| {i} | {e['combination']} | {model} | {cell['uar']} | {cell['accuracy']} | "
                      f"{cell['macro_f1']} | {e['num_parameters']:,} | {e['n']} |")
     lines += ["", f"Generated by `liser bench` from `results.csv` ({len(rows)} rows)."]
+    if any(e["flags"] for e in table):
+        lines += ["", "**!test_overlap**: a teacher of that run was fitted on test speakers or clips "
+                  "(`allow_test_overlap`); its scores are NOT a fair estimate."]
     atomic_write_text(grid.output / "leaderboard.md", "\n".join(lines) + "\n")
     if grid.plot_axis:
         _plot(grid, rows)
@@ -263,10 +324,8 @@ def add_parser(sub, plugin_args) -> None:
 def cmd_bench(args, host) -> int:
     grid = load_grid(args.grid, args.output)
     if args.list:
-        done = {r["combination"] for r in read_results(grid.output / "results.csv")}
-        for chosen, _ in grid.combinations():
-            key = combination_key(chosen)
-            print(("done  " if key in done else "todo  ") + key)
+        for item in plan(grid, host):
+            print(f"{item['state']:<6}{item['key']}")
         return 0
     out = run_grid(grid, host)
     print(json.dumps(out))

@@ -159,4 +159,8 @@ def load_component(directory: str | Path, registry, *, kind: str, **inject: Any)
             f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"
         )
     module.liser_spec = {"name": config["name"], "options": config["options"]}
+    if kind == "teacher" and isinstance(config.get("card"), dict):  # provenance comes back with it
+        from .components import TeacherCard
+
+        module.card = TeacherCard.from_dict(config["card"])
     return module

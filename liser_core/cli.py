@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import LiserError, UsageError
+from .errors import LiserError, UsageError, plural
 
 
 def _plugin_args(p: argparse.ArgumentParser) -> None:
@@ -28,7 +28,10 @@ def _plugin_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--strict-plugins", action="store_true", help="fail if any plugin fails to load"
     )
-    p.add_argument("--traceback", action="store_true", help="show full tracebacks on errors")
+    p.add_argument(
+        "--debug", "--traceback", dest="traceback", action="store_true",
+        help="show full tracebacks on errors (including the plugin code an error came from)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", help="recipe YAML file (with --resume: or the run directory to continue)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (YAML values)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final table")
-    p.add_argument("--dry-run", action="store_true", help="validate the recipe, print it, run nothing")
+    p.add_argument(
+        "--dry-run", action="store_true",
+        help="validate the recipe, build every component and run each once on a tiny batch of the corpus; "
+        "print the resolved recipe; train and write nothing",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument(
         "--resume",
@@ -144,26 +151,20 @@ def _host(args, strict: bool | None = None):
     return load_plugins(only=only, block=block, strict=args.strict_plugins if strict is None else strict)
 
 
-_PLURAL = {"teacher": "teachers", "student": "students", "loss": "losses", "dataset": "datasets", "logger": "loggers"}
-_KIND_ALIASES = {
-    "teachers": "teacher",
-    "students": "student",
-    "losses": "loss",
-    "datasets": "dataset",
-    "loggers": "logger",
-}
+_KINDS = ("teacher", "student", "loss", "dataset", "logger")
+_KIND_ALIASES = {plural(k): k for k in _KINDS}
 
 
 def cmd_list(args) -> int:
     host = _host(args)
-    kinds = ["teacher", "student", "loss", "dataset", "logger"]
+    kinds = list(_KINDS)
     if args.kind is not None:
         kinds = [_KIND_ALIASES.get(args.kind, args.kind)]
     found = False
     for kind in kinds:
         reg = host.registries[kind]
         names = reg.list(args.pattern)
-        print(f"{_PLURAL[kind]} ({len(names)}):")
+        print(f"{plural(kind)} ({len(names)}):")
         for name in names:
             e = reg.get(name)
             tags = " ".join(f"[{k}={v}]" for k, v in e.tags.items())
@@ -208,6 +209,10 @@ def _table(run) -> str:
     n = len(run.evaluations[0].clip_ids) if run.evaluations else 0
     chance = 1 / len(run.label_space)
     lines.append(f"({split} split: {n} clips, {len(run.label_space)} classes, chance UAR {chance:.3f})")
+    if run.flags:
+        lines.append(f"!!! flagged: {', '.join(run.flags)} -- see the warnings in metrics.json; these scores are NOT a fair estimate")
+    if run.warnings:
+        lines.append(f"{len(run.warnings)} warning(s) in metrics.json, e.g.: {run.warnings[0]}")
     return "\n".join(lines)
 
 
@@ -232,11 +237,21 @@ def cmd_run(args) -> int:
             raise UsageError(f"--resume: {recipe} has no saved run state ({saved} is missing); nothing to resume")
         recipe, overrides = saved, [f"run_dir={recipe}", *overrides]
     cfg = prepare_config(recipe, overrides, host)
-    if args.dry_run:
-        print(config_yaml(cfg), end="")
-        return 0
     mode = "resume" if args.resume else "restart" if args.restart else "auto"
-    run = Engine(cfg, host, resume=mode).execute()
+    engine = Engine(cfg, host, resume=mode)
+    if args.dry_run:
+        run = engine.validate()
+        print(config_yaml(cfg), end="")
+        print(
+            f"dry run: corpus {run.corpus.name} ({', '.join(f'{s} {len(run.split(s))}' for s in ('teacher', 'labeled', 'unlabeled', 'test'))}), "
+            f"{len(run.teachers)} teacher(s), student {cfg.student.name}, {len(run.losses)} loss term(s): every component "
+            "built and run once on real clips; nothing trained or written",
+            file=sys.stderr,
+        )
+        for w in run.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        return 0
+    run = engine.execute()
     if not run.dist.is_main:
         return 0
     print()
@@ -371,7 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LiserError as exc:
         if getattr(args, "traceback", False):
             raise
-        print(f"liser: error: {exc}", file=sys.stderr)
+        hint = " (--debug shows where)" if exc.__cause__ is not None else ""
+        print(f"liser: error: {exc}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("liser: interrupted", file=sys.stderr)

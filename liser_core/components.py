@@ -6,14 +6,17 @@ for them; the engine only ever talks to these interfaces.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .labels import LabelMap, LabelSpace
+from .errors import ComponentError, LiserError, one_line
+from .labels import LabelMap, LabelSpace, combine
 
 if TYPE_CHECKING:
     from .data import Batch
@@ -21,9 +24,74 @@ if TYPE_CHECKING:
 MODALITIES = ("audio", "face", "audiovisual")
 
 
+def component_label(component: Any, kind: str = "") -> str:
+    """``"loss 'dkd' (plugin my_plugin, recipe key distil.losses.1)"``: how errors name a
+    component built through a registry (its ``liser_spec``); the class name otherwise."""
+    spec = getattr(component, "liser_spec", None) or {}
+    kind = spec.get("kind") or kind or type(component).__name__
+    name = spec.get("name") or type(component).__name__
+    where = []
+    if spec.get("plugin"):
+        where.append(f"plugin {spec['plugin']}")
+    if spec.get("key"):
+        where.append(f"recipe key {spec['key']}")
+    return f"{kind} {name!r}" + (f" ({', '.join(where)})" if where else "")
+
+
+@contextlib.contextmanager
+def blame(component: Any, what: str = "", kind: str = "") -> Iterator[None]:
+    """Run a call into a plugin component; an exception it raises becomes a one-line
+    :class:`~liser_core.errors.ComponentError` naming the component (the original is chained,
+    shown with ``--debug``). LiSER's own errors and Ctrl-C pass through unchanged.
+
+    Example::
+
+        >>> with blame(loss, "forward"):  # doctest: +SKIP
+        ...     value = loss(out, batch, targets)
+    """
+    try:
+        yield
+    except (LiserError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised, named
+        doing = f" in {what}" if what else ""
+        raise ComponentError(f"{component_label(component, kind)} failed{doing}: {type(exc).__name__}: {one_line(exc)}") from exc
+
+
 class ModelOutput(NamedTuple):
     logits: torch.Tensor  # (B, C) unnormalised class scores
     embedding: torch.Tensor  # (B, D) clip embedding (what feature matching compares)
+
+
+def checked_output(component: Any, out: Any, batch_size: int, classes: int, dim: int | None) -> ModelOutput:
+    """``out`` if it is a :class:`ModelOutput` of logits ``(batch_size, classes)`` and an
+    embedding ``(batch_size, dim)``; else a :class:`~liser_core.errors.ComponentError` naming
+    the component and what is wrong (rather than a shape error deep inside a loss)."""
+    label = component_label(component)
+    if not (isinstance(out, tuple) and len(out) == 2 and all(torch.is_tensor(t) for t in out)):
+        raise ComponentError(f"{label} returned {type(out).__name__}, not ModelOutput(logits, embedding)")
+    logits, emb = out
+    if tuple(logits.shape) != (batch_size, classes):
+        raise ComponentError(
+            f"{label} returned logits of shape {tuple(logits.shape)} for a batch of {batch_size} clips; "
+            f"expected ({batch_size}, {classes}): one score per class of its label space"
+        )
+    if emb.ndim != 2 or emb.shape[0] != batch_size or (dim is not None and emb.shape[1] != dim):
+        raise ComponentError(
+            f"{label} returned an embedding of shape {tuple(emb.shape)}; expected ({batch_size}, "
+            f"{dim if dim is not None else 'D'}) (its embedding_dim)"
+        )
+    return ModelOutput(logits, emb)
+
+
+def loss_value(loss: Any, student: ModelOutput, batch: Any, targets: Any) -> torch.Tensor | None:
+    """Call one loss term; its value must be None (does not apply) or a one-element tensor."""
+    with blame(loss, "forward"):
+        value = loss(student, batch, targets)
+    if value is not None and not (torch.is_tensor(value) and value.numel() == 1):
+        what = f"a tensor of shape {tuple(value.shape)}" if torch.is_tensor(value) else f"a {type(value).__name__}"
+        raise ComponentError(f"{component_label(loss)} returned {what}; a loss returns a scalar tensor or None")
+    return value
 
 
 @dataclass
@@ -40,11 +108,29 @@ class TeacherCard:
     source: str = ""  # hub id, local path or "fitted in run"
     num_parameters: int = 0  # parameter count
     notes: str = ""  # anything a user must know
+    #: what it was fitted on, one record per fit (liser_core.guards.FitSet.to_dict): corpus,
+    #: split, speakers, clip count, a digest of the clips' contents and the content digests
+    fit_sets: tuple[dict, ...] = ()
 
-    def to_dict(self) -> dict:
+    def to_dict(self, *, content: bool = True) -> dict:
+        """As JSON. ``content=False`` leaves out the per-clip content digests of the fit sets
+        (reports show counts and speakers; checkpoints keep everything)."""
         d = asdict(self)
         d["trained_on"] = list(self.trained_on)
+        d["fit_sets"] = [
+            dict(f) if content else {k: v for k, v in f.items() if k != "content"} for f in self.fit_sets
+        ]
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TeacherCard:
+        known = {f for f in cls.__dataclass_fields__}
+        d = {k: v for k, v in d.items() if k in known}
+        return cls(**{
+            **d,
+            "trained_on": tuple(d.get("trained_on") or ()),
+            "fit_sets": tuple(dict(f) for f in d.get("fit_sets") or ()),
+        })
 
     def overlaps(self, corpus: str, split: str) -> bool:
         """True when evaluating on ``corpus``/``split`` would test on this teacher's training data."""
@@ -159,27 +245,24 @@ class BatchTargets:
     embeddings: dict[str, torch.Tensor]  # teacher name -> (B, D_teacher)
     label_maps: dict[str, LabelMap]  # teacher name -> map onto the student's label space
     weights: dict[str, float]  # teacher name -> weight (sums to 1)
-    combination: str = "arithmetic"  # arithmetic | geometric
+    combination: str = "per_class"  # per_class | arithmetic | geometric (labels.combine)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def probs(self, temperature: float = 1.0) -> torch.Tensor:
-        """The teachers' combined distribution over the student's classes at ``temperature``.
-
-        ``arithmetic``: ``sum_i w_i * map_i(softmax(z_i / T))`` (a mixture of the teachers).
-        ``geometric``: ``softmax(sum_i w_i * log map_i(softmax(z_i / T)))`` (a product of experts).
+        """The teachers' combined distribution over the student's classes at ``temperature``:
+        each teacher softened at T, projected by its label map, then combined by
+        :func:`liser_core.labels.combine` (``per_class``: each class mixes the teachers that can
+        express it; ``arithmetic``: ``sum_i w_i p_i``; ``geometric``: a product of experts).
         """
         key = (float(temperature), self.combination)
         if key not in self._cache:
-            parts = {
-                n: self.label_maps[n].project(torch.softmax(z.float() / temperature, -1))
-                for n, z in self.logits.items()
-            }
-            if self.combination == "geometric":
-                log = sum(self.weights[n] * p.clamp_min(1e-8).log() for n, p in parts.items())
-                out = torch.softmax(log, -1)
-            else:
-                out = sum(self.weights[n] * p for n, p in parts.items())
-            self._cache[key] = out
+            names = list(self.logits)
+            parts = [
+                self.label_maps[n].project(torch.softmax(self.logits[n].float() / temperature, -1)) for n in names
+            ]
+            self._cache[key] = combine(
+                parts, [self.weights[n] for n in names], [self.label_maps[n].reached for n in names], self.combination
+            )
         return self._cache[key]
 
 

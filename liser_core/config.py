@@ -23,10 +23,12 @@ import yaml
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
+from .data import SPLITS
 from .errors import ConfigError, UnknownComponentError, close_matches, one_line
 
 
 class Combination(str, Enum):
+    per_class = "per_class"  # per class, a mixture of the teachers that can express it
     arithmetic = "arithmetic"  # mixture of the teachers' distributions
     geometric = "geometric"  # product of experts (weighted mean of log-probabilities)
 
@@ -42,6 +44,12 @@ class Precision(str, Enum):
     fp16 = "fp16"  # autocast to float16 with a gradient scaler (CUDA)
 
 
+class DuplicatePolicy(str, Enum):
+    skip = "skip"  # leave out pool clips that repeat another clip's content, and training copies of test clips
+    warn = "warn"  # keep them, with a warning in metrics.json
+    error = "error"  # refuse to run
+
+
 class BadClipPolicy(str, Enum):
     skip = "skip"  # log the file and reason, count it in the report, go on
     raise_ = "raise"  # stop the run naming the file and reason
@@ -52,6 +60,7 @@ class DataConfig:
     name: str = MISSING  # registered dataset, e.g. synth_av
     options: dict[str, Any] = field(default_factory=dict)  # the dataset factory's options
     bad_clips: BadClipPolicy = BadClipPolicy.skip  # unreadable/silent/broken clips: skip | raise
+    duplicates: DuplicatePolicy = DuplicatePolicy.skip  # the same content in two splits: skip | warn | error
 
 
 @dataclass
@@ -79,6 +88,9 @@ class TeacherConfig:
     weight: float = 1.0  # share of this teacher in the combined targets
     label_map: LabelMapConfig = field(default_factory=LabelMapConfig)
     fit: TrainConfig = field(default_factory=TrainConfig)
+    #: use it even though its fit set shares speakers or clips with the test split (refused
+    #: otherwise); every report of the run then says so
+    allow_test_overlap: bool = False
 
 
 @dataclass
@@ -97,7 +109,7 @@ class StudentConfig:
 @dataclass
 class DistilConfig(TrainConfig):
     losses: list[LossConfig] = field(default_factory=list)
-    combination: Combination = Combination.arithmetic  # how several teachers' targets combine
+    combination: Combination = Combination.per_class  # how several teachers' targets combine (labels.combine)
     include_labeled: bool = True  # also distil on the labeled split (its labels feed `ce`)
 
 
@@ -411,6 +423,8 @@ def validate_components(cfg: DictConfig, registries) -> None:
                 raise ConfigError(f"{stage}.{k}", f"must be {'>= 1' if k == 'batch_size' else '>= 0'}")
         if sc.lr <= 0:
             raise ConfigError(f"{stage}.lr", "must be > 0")
+    if cfg.evaluate.split not in SPLITS:
+        raise ConfigError("evaluate.split", f"{cfg.evaluate.split!r} is not a split", close_matches(str(cfg.evaluate.split), SPLITS))
     dev = str(cfg.device)
     if not (dev in ("cpu", "cuda", "mps", "auto") or dev.startswith("cuda:")):
         raise ConfigError("device", f"{dev!r} is not cpu, cuda, cuda:N, mps or auto",

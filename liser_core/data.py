@@ -64,7 +64,17 @@ class BadClipError(LiserError):
 
 @runtime_checkable
 class Corpus(Protocol):
-    """What a dataset plugin's factory returns."""
+    """What a dataset plugin's factory returns.
+
+    Optional members the engine and ``liser data check`` use when a corpus has them:
+
+    * ``load(clip, frames=True) -> Clip`` -- decode an unloaded clip (see :meth:`split`);
+    * ``source_files(clip) -> list[str]`` -- every file a clip is decoded from (audio, video):
+      its identity by content (:mod:`liser_core.identity`; default: ``clip.path``);
+    * ``missing() -> {split: {"speakers": [...], "clips": [...]}}`` -- what the corpus's
+      protocol expects and the files lack (a data-check problem, a run warning);
+    * ``notes: list[str]`` -- what a run should report about how the splits were made.
+    """
 
     name: str  # corpus name, e.g. "synth_av" (teacher cards refer to it)
     label_space: LabelSpace  # classes of its labels
@@ -140,16 +150,22 @@ class ClipDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
+    def load(self, clip: Clip) -> Clip:
+        """``clip`` with its audio (and frames, when this dataset serves frames and the corpus
+        has them) decoded by the corpus; :class:`BadClipError` when it is unusable."""
+        if clip.audio is not None:
+            return clip
+        if self.load_clip is None:
+            raise ValueError(f"clip {clip.clip_id} is not loaded and its corpus has no load()")
+        if self._load_takes_frames:
+            return self.load_clip(clip, frames=self.with_frames)
+        return self.load_clip(clip)
+
     def __getitem__(self, i: int):
         clip = self.clips[i]
         if clip.audio is None:
-            if self.load_clip is None:
-                raise ValueError(f"clip {clip.clip_id} is not loaded and its corpus has no load()")
             try:
-                if self._load_takes_frames:
-                    clip = self.load_clip(clip, frames=self.with_frames)
-                else:
-                    clip = self.load_clip(clip)
+                clip = self.load(clip)
             except BadClipError as exc:
                 if self.on_bad_clip == "raise":
                     raise

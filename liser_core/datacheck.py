@@ -11,7 +11,10 @@ reports counts per split, class and speaker, and every problem with its file and
 * files the corpus found but could not index, when it lists them as ``index_problems``
   (a sequence of ``(path, reason)`` or ``(path, kind, reason)``): names that do not parse,
   unknown emotion codes, duplicates;
-* test speakers that also appear in another split (results would not be speaker-independent).
+* test speakers that also appear in another split (results would not be speaker-independent);
+* speakers and clips the corpus's protocol expects that are not there (``corpus.missing()``:
+  a deleted actor folder, a take whose video is gone);
+* clips whose content (file bytes) repeats another clip's, across or within splits.
 
 Shared speakers between ``labeled`` and ``unlabeled`` are a warning, not a problem: a corpus may
 offer that on purpose (e.g. ``pool: remaining_clips``).
@@ -36,12 +39,17 @@ from typing import Any
 
 from .data import SPLITS, BadClipError, Clip, Corpus
 from .errors import UsageError
+from .guards import find_duplicates
+from .identity import digests_of
 
 log = logging.getLogger("liser.datacheck")
 
 #: Problem kinds, recognised from the leading phrase of a BadClipError's reason.
 REASON_KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("unreadable", ("unreadable", "empty file", "git-lfs", "no audio stream", "no video stream", "truncated")),
+    ("empty_file", ("empty file",)),
+    ("no_audio", ("no audio stream",)),
+    ("no_video", ("no video stream",)),
+    ("unreadable", ("unreadable", "git-lfs", "truncated")),
     ("empty", ("zero length",)),
     ("silent", ("silent",)),
     ("non_finite", ("non-finite",)),
@@ -181,6 +189,16 @@ def check_corpus(
         sc.seconds = round(sc.seconds, 3)
     report.splits = counts
 
+    missing = getattr(corpus, "missing", None)
+    for split, what in (missing() if callable(missing) else {}).items():
+        for spk in what.get("speakers") or ():
+            report.problems.append(Problem("missing_speaker", f"expected {split} speaker {spk} has no clip", split=split))
+        for cid in what.get("clips") or ():
+            report.problems.append(Problem("missing_clip", f"expected {split} clip {cid} is not there", clip_id=str(cid), split=split))
+    splits = {s: list(corpus.split(s)) for s in SPLITS}
+    digests = {s: digests_of(splits[s], corpus, workers=workers) for s in SPLITS}
+    for d in find_duplicates(splits, digests):
+        report.problems.append(Problem("duplicate_content", d.describe(), clip_id=d.clip_id, split=d.split))
     speakers = {s: {c.speaker for c in corpus.split(s)} for s in SPLITS}
     for s in ("teacher", "labeled", "unlabeled"):
         shared = sorted(speakers[s] & speakers["test"])

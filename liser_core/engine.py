@@ -17,10 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import logging.handlers
 import os
 import random
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,12 +34,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoint
+from . import checkpoint, guards, provenance
 from ._plugins import PluginHost
-from .components import BatchTargets, Loss, ModelOutput, Student, Teacher, TeacherCard
+from .components import BatchTargets, Loss, Student, Teacher, blame, checked_output, loss_value
 from .config import (
     BadClipPolicy,
     Combination,
+    DuplicatePolicy,
     Precision,
     StoreDtype,
     TrainConfig,
@@ -45,9 +48,10 @@ from .config import (
     plain,
     validate_components,
 )
-from .data import Batch, Clip, ClipDataset, Corpus
+from .data import SPLITS, Batch, Clip, ClipDataset, Corpus
 from .distributed import SINGLE, DistContext, from_env
 from .errors import ConfigError, UsageError
+from .identity import digests_of
 from .labels import LabelMap, LabelSpace
 from .metrics import classification_metrics
 from .store import TeacherStore, clip_key, teacher_meta
@@ -115,10 +119,25 @@ class RunContext:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     diagnostics: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: short markers every table shows next to this run's scores (e.g. "test_overlap")
+    flags: list[str] = field(default_factory=list)
+    #: the splits as the run uses them (after the duplicate guard), and each clip's content digests
+    splits: dict[str, list[Clip]] = field(default_factory=dict)
+    digests: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
+    #: per teacher: mapped, merged, dropped and unreachable classes (guards.label_map_report)
+    label_map_report: dict[str, Any] = field(default_factory=dict)
+    #: sha256 of the resolved recipe (less where/how fast it runs) and the code versions
+    fingerprint: str = ""
 
     @property
     def label_space(self) -> LabelSpace:
         return self.corpus.label_space
+
+    def split(self, role: str) -> list[Clip]:
+        """The clips of one split as this run uses them (duplicates left out)."""
+        if role in self.splits:
+            return self.splits[role]
+        return list(self.corpus.split(role))
 
     def results(self) -> dict[str, dict[str, Any]]:
         return {e.model: {"role": e.role, **e.metrics} for e in self.evaluations}
@@ -161,13 +180,12 @@ def build_component(registry, name: str, options: dict, key: str = "", **inject:
     except (TypeError, ValueError) as exc:
         raise ConfigError(key, f"{registry.kind} {name!r} rejected its options: {exc}") from exc
     if isinstance(module, torch.nn.Module):
-        module.liser_spec = {"name": name, "options": options}
+        where = key[: -len(".options")] if key.endswith(".options") else key
+        module.liser_spec = {
+            "name": name, "options": options, "kind": registry.kind, "plugin": registry.get(name).plugin, "key": where,
+        }
     return module
 
-
-#: Recipe keys that may differ when a run is resumed: they change where and how fast it runs,
-#: not what it computes.
-RESUME_FREE_KEYS = ("run_dir", "threads", "device", "loggers")
 
 RESUME_MODES = ("auto", "resume", "restart")
 
@@ -198,11 +216,11 @@ class Engine:
         self.precision = Precision(config.precision).value
         self.state_dir = run_dir / "state"
         self._state: dict[str, Any] = {}
+        self._dropped: list[guards.Duplicate] = []  # clips the duplicate guard left out
 
     # -- run state: what lets an interrupted run continue ---------------------------------------
     def _comparable_config(self) -> dict[str, Any]:
-        d = OmegaConf.to_container(self.cfg, resolve=True, enum_to_str=True)
-        return {k: v for k, v in d.items() if k not in RESUME_FREE_KEYS}
+        return provenance.comparable(self.cfg)
 
     def _notify(self, hook: str, **kwargs: Any) -> None:
         if self.dist.is_main:  # plugins (loggers, uploaders) see one run, not one per rank
@@ -230,7 +248,7 @@ class Engine:
             why = "has no saved run state" if prev is None else "holds a run that already completed"
             raise UsageError(f"--resume: {self.run.run_dir} {why}; nothing to resume")
         else:
-            differ = sorted(_diff_keys(prev.get("config", {}), config))
+            differ = sorted(provenance.diff_keys(prev.get("config", {}), config))
             if differ:
                 raise UsageError(
                     f"{self.run.run_dir} holds an unfinished run of a different recipe (differs at: "
@@ -272,31 +290,55 @@ class Engine:
         return {"checkpointer": ckpt, "on_checkpoint": saved, "precision": self.precision, "dist": self.dist}
 
     # -- orchestration --------------------------------------------------------------------------
+    def validate(self) -> RunContext:
+        """Build every component, apply the soundness guards and run each component once on a
+        tiny batch of the corpus (:mod:`liser_core.preflight`). Writes nothing: this is
+        ``liser run --dry-run``, and how every run starts."""
+        if self.cfg.threads:
+            torch.set_num_threads(int(self.cfg.threads))
+        seed_everything(int(self.cfg.seed))
+        self.run.fingerprint = provenance.fingerprint(self.cfg, provenance.code_versions(self.host))
+        self.prepare()
+        from .preflight import probe
+
+        probe(self)
+        return self.run
+
     def execute(self) -> RunContext:
         run = self.run
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        log_name = "log.txt" if self.dist.is_main else f"log.rank{self.dist.rank}.txt"
-        handler = logging.FileHandler(run.run_dir / log_name, mode="a")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler.setLevel(logging.INFO)
         root = logging.getLogger("liser")
         old_level = root.level
         if root.getEffectiveLevel() > logging.INFO:
             root.setLevel(logging.INFO)
-        root.addHandler(handler)
+        # what validation logs reaches log.txt once the run directory may be written
+        early = logging.handlers.MemoryHandler(capacity=1 << 20, flushLevel=logging.CRITICAL + 1)
+        early.setLevel(logging.INFO)
+        root.addHandler(early)
+        handler: logging.Handler | None = None
         error: BaseException | None = None
+        started = False
         try:
-            self._open_state()
-            if self.cfg.threads:
-                torch.set_num_threads(int(self.cfg.threads))
-            seed_everything(int(self.cfg.seed))
+            self.validate()
+            self._open_state()  # refuses a different recipe before it writes anything
+            log_name = "log.txt" if self.dist.is_main else f"log.rank{self.dist.rank}.txt"
+            handler = logging.FileHandler(run.run_dir / log_name, mode="a")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            handler.setLevel(logging.INFO)
+            early.setTarget(handler)
+            early.flush()
+            root.removeHandler(early)
+            root.addHandler(handler)
+            started = True
             if self.dist.is_main:
                 self._start_loggers()
+                checkpoint.atomic_write_json(
+                    run.run_dir / "splits.json",
+                    guards.splits_record(run.splits, run.digests, corpus=run.corpus.name, dropped=self._dropped),
+                )
             log.info(
                 "run dir %s  device %s  seed %d%s", run.run_dir, run.device, self.cfg.seed,
                 f"  rank {self.dist.rank} of {self.dist.world_size}" if self.dist.enabled else "",
             )
-            self.prepare()
             self._notify("liser_run_start", run=run)
             self._stage("teach", self.teach)
             if run.teachers and (self.cfg.distil.epochs > 0):
@@ -320,17 +362,20 @@ class Engine:
                 )
             raise
         finally:
-            skipped = {k: v for ds in self._datasets for k, v in ds.skipped.items()}
-            if self.dist.enabled and error is None:  # every rank's bad clips, in the one report
-                skipped = {k: v for part in self.dist.gather(skipped) for k, v in part.items()}
-            if skipped:
-                run.diagnostics["skipped_clips"] = skipped
-                log.warning("%d clip(s) skipped as bad (data.bad_clips=skip): see metrics.json", len(skipped))
-            self._notify("liser_run_end", run=run, results=run.results(), error=error)
-            self._stop_loggers()
-            root.removeHandler(handler)
+            if started:
+                skipped = {k: v for ds in self._datasets for k, v in ds.skipped.items()}
+                if self.dist.enabled and error is None:  # every rank's bad clips, in the one report
+                    skipped = {k: v for part in self.dist.gather(skipped) for k, v in part.items()}
+                if skipped:
+                    run.diagnostics["skipped_clips"] = skipped
+                    log.warning("%d clip(s) skipped as bad (data.bad_clips=skip): see metrics.json", len(skipped))
+                self._notify("liser_run_end", run=run, results=run.results(), error=error)
+                self._stop_loggers()
+            for h in (early, handler):
+                if h is not None:
+                    root.removeHandler(h)
+                    h.close()
             root.setLevel(old_level)
-            handler.close()
         return run
 
     def _stage(self, name: str, fn: Callable[[], None]) -> None:
@@ -376,21 +421,20 @@ class Engine:
             "corpus %s (%s): %s  [%.1fs]",
             run.corpus.name,
             run.label_space.name,
-            ", ".join(f"{s} {len(run.corpus.split(s))}" for s in ("teacher", "labeled", "unlabeled", "test")),
+            ", ".join(f"{s} {len(run.corpus.split(s))}" for s in SPLITS),
             time.perf_counter() - t0,
         )
-        if not run.corpus.split(cfg.evaluate.split):
+        self._guard_data()
+        if not run.split(cfg.evaluate.split):
             raise ConfigError("evaluate.split", f"corpus {run.corpus.name!r} has no {cfg.evaluate.split!r} clips")
-        self._check_speakers()
 
         names = [t.name for t in cfg.teachers]
         for i, tc in enumerate(cfg.teachers):
             key = tc.name if names.count(tc.name) == 1 else f"{tc.name}.{i}"
             if tc.checkpoint:
                 teacher = checkpoint.load_component(tc.checkpoint, self.reg.teacher, kind="teacher")
-                card_d = checkpoint.read_component_config(tc.checkpoint).get("card")
-                if card_d:
-                    teacher.card = TeacherCard(**{**card_d, "trained_on": tuple(card_d["trained_on"])})
+                teacher.liser_spec |= {"kind": "teacher", "plugin": self.reg.teacher.get(teacher.liser_spec["name"]).plugin,
+                                       "key": f"teachers.{i}"}
             else:
                 teacher = build_component(
                     self.reg.teacher, tc.name, plain(tc.options), f"teachers.{i}.options", label_space=run.label_space
@@ -406,6 +450,7 @@ class Engine:
                 raise ConfigError(f"teachers.{i}.label_map", str(exc)) from None
             run.teachers[key] = teacher.to(run.device)
             run.teacher_configs[key] = tc
+        self._guard_teachers()
 
         if self.dist.enabled:  # every rank needs a part of every global batch
             blocks = {"distil": cfg.distil, "finetune": cfg.finetune, "baseline": cfg.baseline}
@@ -429,7 +474,7 @@ class Engine:
         for i, lc in enumerate(cfg.distil.losses):
             loss = build_component(self.reg.loss, lc.name, plain(lc.options), f"distil.losses.{i}.options")
             key = lc.name if lc.name not in run.losses else f"{lc.name}.{i}"
-            if loss.needs_teacher and not run.teachers:
+            if loss.needs_teacher and not run.teachers and cfg.distil.epochs > 0:
                 raise ConfigError(f"distil.losses.{i}", f"loss {lc.name!r} needs a teacher; the recipe has none")
             try:
                 loss.bind(run.student.embedding_dim, {k: t.embedding_dim for k, t in run.teachers.items()})
@@ -443,22 +488,139 @@ class Engine:
             ", ".join(f"{k} ({_count(t):,})" for k, t in run.teachers.items()) or "none",
         )
 
-    def _check_speakers(self) -> None:
-        corpus = self.run.corpus
-        speakers = {s: {c.speaker for c in corpus.split(s)} for s in ("teacher", "labeled", "unlabeled", "test")}
-        test = speakers[self.cfg.evaluate.split]
-        for s, spk in speakers.items():
-            if s != self.cfg.evaluate.split and spk & test:
-                self.run.warn(
-                    f"speakers {sorted(spk & test)[:5]} appear in both {s!r} and the test split: "
-                    "results are NOT speaker-independent"
+    # -- soundness guards (liser_core/guards.py, docs/soundness.md) -----------------------------
+    def _guard_data(self) -> None:
+        """Content digests of every clip; duplicates across splits left out of the pool (and test
+        copies out of every training split); missing expected speakers and clips; speakers shared
+        with the test split; an empty pool. Nothing here reads audio but file bytes."""
+        run, cfg = self.run, self.cfg
+        corpus = run.corpus
+        t0 = time.perf_counter()
+        raw = {s: list(corpus.split(s)) for s in SPLITS}
+        digests = {s: digests_of(raw[s], corpus) for s in SPLITS}
+        dups = guards.find_duplicates(raw, digests)
+        policy = DuplicatePolicy(cfg.data.duplicates).value
+        splits, self._dropped = raw, []
+        if dups:
+            run.diagnostics["duplicates"] = [d.__dict__ for d in dups]
+            if policy == "error":
+                raise ConfigError(
+                    "data.duplicates",
+                    f"{len(dups)} clip(s) repeat another clip's content, e.g. {dups[0].describe()} "
+                    "(duplicates: skip leaves them out of training)",
                 )
+            if policy == "skip":
+                splits, self._dropped = guards.drop_duplicates(raw, dups)
+            dropped = {(d.split, d.clip_id) for d in self._dropped}
+            if self._dropped:
+                run.warn(
+                    f"{len(self._dropped)} clip(s) left out as duplicates by content, e.g. {self._dropped[0].describe()} "
+                    "(splits.json lists them)"
+                )
+            for d in dups:
+                if (d.split, d.clip_id) not in dropped:
+                    run.warn(f"duplicate content: {d.describe()}")
+            keep = {s: {c.clip_id for c in splits[s]} for s in SPLITS}
+            digests = {s: [d for c, d in zip(raw[s], digests[s]) if c.clip_id in keep[s]] for s in SPLITS}
+        run.splits, run.digests = splits, digests
+        log.info("content digests of %d clips in %.1fs", sum(map(len, digests.values())), time.perf_counter() - t0)
+        missing = getattr(corpus, "missing", None)
+        for w in [*guards.missing_warnings(missing() if callable(missing) else None), *(getattr(corpus, "notes", None) or [])]:
+            run.warn(w)
+        test = {c.speaker for c in run.split(cfg.evaluate.split)}
+        for s in ("labeled", "unlabeled"):  # the teacher split is the fit guard's (_guard_teachers)
+            shared = sorted({c.speaker for c in run.split(s)} & test)
+            if s != cfg.evaluate.split and shared:
+                run.warn(
+                    f"speakers {shared[:5]} appear in both {s!r} and the test split: results are NOT speaker-independent"
+                )
+        if cfg.teachers and cfg.distil.epochs > 0 and not run.split("unlabeled"):
+            run.warn(
+                "the unlabeled pool is empty (e.g. label_fraction 1.0 without unlabeled_from): distillation "
+                "learns from the labeled clips only"
+            )
+
+    def _fits_in_run(self, key: str) -> bool:
+        teacher, tc = self.run.teachers[key], self.run.teacher_configs[key]
+        return not tc.checkpoint and not teacher.pretrained and teacher.fittable
+
+    def _fit_clips(self, key: str) -> tuple[list[Clip], list[tuple[str, ...]], Counter]:
+        """The teacher split as the teacher ``key`` is fitted on it: each label taken through its
+        label map by name into the teacher's own classes; clips of classes it cannot represent
+        left out (and counted)."""
+        targets = self.run.label_maps[key].fit_targets()
+        clips, digests, excluded = [], [], Counter()
+        for c, d in zip(self.run.split("teacher"), self.run.digests["teacher"]):
+            t = targets.get(c.label) if c.label is not None else None
+            if t is None:
+                excluded[str(c.label)] += 1
+                continue
+            clips.append(dataclasses.replace(c, label=t))
+            digests.append(d)
+        return clips, digests, excluded
+
+    def _guard_teachers(self) -> None:
+        """A teacher fitted on test speakers or clips (in this run, or recorded in its card) is
+        refused unless ``allow_test_overlap``; the label-map report; fit sets that lose classes."""
+        run, cfg = self.run, self.cfg
+        split = cfg.evaluate.split
+        test, test_d = run.split(split), run.digests[split]
+        corpus = run.corpus.name
+        for i, (key, teacher) in enumerate(run.teachers.items()):
+            tc = run.teacher_configs[key]
+            fit_sets = list(teacher.card.fit_sets)
+            if self._fits_in_run(key):
+                clips, digests, excluded = self._fit_clips(key)
+                if excluded:
+                    log.warning(
+                        "teacher %s cannot represent %s: %d clip(s) of the teacher split left out of its fit",
+                        key, ", ".join(f"{c} ({n})" for c, n in sorted(excluded.items())), sum(excluded.values()),
+                    )
+                    run.diagnostics.setdefault("fit_excluded", {})[key] = dict(sorted(excluded.items()))
+                if run.split("teacher") and not clips:
+                    raise ConfigError(
+                        f"teachers.{i}.label_map",
+                        f"teacher {tc.name!r} ({teacher.label_space.name}) can represent no class of the teacher split",
+                    )
+                fit_sets.append(guards.FitSet.of(corpus, "teacher", clips, digests).to_dict())
+            speakers, clip_ids = guards.fit_overlap(fit_sets, corpus, test, test_d)
+            if speakers or clip_ids:
+                msg = guards.describe_overlap(key, speakers, clip_ids, split)
+                if not tc.allow_test_overlap:
+                    raise ConfigError(
+                        f"teachers.{i}",
+                        f"{msg}: its labels would leak the test split into the student; fit it without them, "
+                        f"or set teachers.{i}.allow_test_overlap=true to go on (flagged in every table)",
+                    )
+                run.warn(f"!!! {msg} (allow_test_overlap): this run's scores are NOT a fair estimate")
+                if "test_overlap" not in run.flags:
+                    run.flags.append("test_overlap")
+            elif not any(f.get("corpus") == corpus for f in fit_sets):
+                seen = [e for e in teacher.card.trained_on if e.partition("[")[0] == corpus]
+                if seen:  # trained on this corpus, but which speakers is not recorded
+                    run.warn(
+                        f"!!! teacher {key!r} was trained on {', '.join(seen)} but its card does not record which "
+                        f"speakers or clips: LiSER cannot check that they are not in the {split} split"
+                    )
+        if run.teachers:
+            report, warnings = guards.label_map_report(
+                run.label_maps, self._teacher_weights(), Combination(cfg.distil.combination).value, run.label_space
+            )
+            run.label_map_report = report
+            for line in guards.describe_label_maps(report):
+                log.info(line)
+            for w in warnings:
+                run.warn(w)
+
+    def _teacher_weights(self) -> dict[str, float]:
+        total = sum(float(self.run.teacher_configs[k].weight) for k in self.run.teachers)
+        return {k: float(self.run.teacher_configs[k].weight) / total for k in self.run.teachers}
 
     # -- datasets -------------------------------------------------------------------------------
-    def _dataset(self, clips, rate: int, *, labels=True, frames=False) -> ClipDataset:
+    def _dataset(self, clips, rate: int, *, labels=True, frames=False, space: LabelSpace | None = None) -> ClipDataset:
         ds = ClipDataset(
             clips,
-            self.run.label_space,
+            space or self.run.label_space,
             rate,
             with_labels=labels,
             with_frames=frames,
@@ -470,20 +632,20 @@ class Engine:
 
     def _native_rate(self) -> int:
         for s in ("labeled", "unlabeled", "test", "teacher"):
-            clips = self.run.corpus.split(s)
+            clips = self.run.split(s)
             if clips:
                 return clips[0].sample_rate
         return 16000
 
-    def _teacher_dataset(self, teacher: Teacher, clips, *, labels=True) -> ClipDataset:
+    def _teacher_dataset(self, teacher: Teacher, clips, *, labels=True, space: LabelSpace | None = None) -> ClipDataset:
         return self._dataset(
-            clips, teacher.sample_rate or self._native_rate(), labels=labels, frames=teacher.needs_frames
+            clips, teacher.sample_rate or self._native_rate(), labels=labels, frames=teacher.needs_frames, space=space
         )
 
     # -- stages ---------------------------------------------------------------------------------
     def teach(self) -> None:
         run = self.run
-        teach_clips = run.corpus.split("teacher")
+        teach_clips = run.split("teacher")
         seed = int(self.cfg.seed)
         for key, teacher in run.teachers.items():
             tc = run.teacher_configs[key]
@@ -503,13 +665,19 @@ class Engine:
                     f"teachers.{list(run.teachers).index(key)}.checkpoint",
                     f"corpus {run.corpus.name!r} has no teacher split to fit {tc.name!r} on; give a checkpoint",
                 )
-            ds = self._teacher_dataset(teacher, teach_clips)
+            # labels reach the teacher through its label map, by name, in its own class order
+            fit_clips, fit_digests, excluded = self._fit_clips(key)
+            ds = self._teacher_dataset(teacher, fit_clips, space=teacher.label_space)
             fit: TrainConfig = tc.fit
 
             def step(batch: Batch, teacher=teacher):
-                return teacher.fit_loss(batch)
+                with blame(teacher, "fit_loss"):
+                    return teacher.fit_loss(batch)
 
-            log.info("teacher %s: fitting on %d clips of the teacher split", key, len(ds))
+            log.info(
+                "teacher %s: fitting on %d clips of the teacher split%s", key, len(ds),
+                f" ({sum(excluded.values())} of classes it cannot represent left out)" if excluded else "",
+            )
             train(
                 [teacher],
                 step,
@@ -529,6 +697,7 @@ class Engine:
                 trained_on=tuple(dict.fromkeys((*teacher.card.trained_on, f"{run.corpus.name}[teacher]"))),
                 source=f"fitted in run {run.run_dir}",
                 num_parameters=_count(teacher),
+                fit_sets=(*teacher.card.fit_sets, guards.FitSet.of(run.corpus.name, "teacher", fit_clips, fit_digests).to_dict()),
             )
             if not self.dist.is_main:
                 continue
@@ -544,11 +713,11 @@ class Engine:
 
     def _distil_clips(self) -> tuple[list[Clip], list[str | None]]:
         """Pool clips with labels hidden, then labeled clips; and the pool's hidden truth."""
-        pool = list(self.run.corpus.split("unlabeled"))
+        pool = self.run.split("unlabeled")
         truth = [c.label for c in pool]
         clips = [dataclasses.replace(c, label=None) for c in pool]
         if self.cfg.distil.include_labeled:
-            clips += list(self.run.corpus.split("labeled"))
+            clips += self.run.split("labeled")
         return clips, truth
 
     def label(self) -> None:
@@ -562,12 +731,11 @@ class Engine:
             log.info("teacher targets of %d clips restored from %s", len(clips), saved)
         else:
             logits, embs = self._label_all(clips)
-        total_w = sum(float(run.teacher_configs[k].weight) for k in run.teachers)
         run.targets = TargetTable(
             logits=logits,
             embeddings=embs,
             label_maps=run.label_maps,
-            weights={k: float(run.teacher_configs[k].weight) / total_w for k in run.teachers},
+            weights=self._teacher_weights(),
             combination=Combination(cfg.distil.combination).value,
         )
         # Diagnostic only: how often the combined targets agree with the pool's hidden labels.
@@ -594,7 +762,7 @@ class Engine:
             ds = self._teacher_dataset(teacher, clips, labels=False)
             t0 = time.perf_counter()
             if store is None:
-                lo, em, _, idx = collect(lambda b, t=teacher: t(b), ds.loader(cfg.evaluate.batch_size), run.device, self.precision)
+                lo, em, _, idx = collect(_teacher_call(teacher), ds.loader(cfg.evaluate.batch_size), run.device, self.precision)
                 log.info("teacher %s labeled %d clips in %.1fs", key, len(ds), time.perf_counter() - t0)
             else:
                 lo, em, idx = self._label_with_store(store, keys, key, teacher, clips, ds.sample_rate)
@@ -624,7 +792,7 @@ class Engine:
                 for batch in sub.loader(cfg.evaluate.batch_size):
                     if batch is None:
                         continue  # bad clips are skipped, never stored
-                    out = teacher(batch.to(run.device))
+                    out = _teacher_call(teacher)(batch.to(run.device))
                     writer.add_many(
                         [keys[mine[i]] for i in batch.index.tolist()], out.logits.float().cpu(), out.embedding.float().cpu()
                     )
@@ -650,12 +818,16 @@ class Engine:
         ds = self._dataset(clips, student.sample_rate)
         loss_modules = [m for _, m in run.losses.values()]
 
+        classes = len(run.label_space)
+
         def step(batch: Batch):
-            out: ModelOutput = student(batch.audio, batch.lengths)
+            with blame(student, "forward"):
+                out = student(batch.audio, batch.lengths)
+            out = checked_output(student, out, len(batch), classes, student.embedding_dim)
             targets = run.targets.batch(batch.index, run.device) if run.targets else None
             terms, total = {}, 0.0
             for name, (w, loss) in run.losses.items():
-                value = loss(out, batch, targets)
+                value = loss_value(loss, out, batch, targets)
                 if value is None:
                     continue
                 terms[name] = value.detach()
@@ -666,7 +838,7 @@ class Engine:
                 total = out.logits.sum() * 0.0  # this rank's part has nothing to learn; others may
             return total, terms
 
-        log.info("distilling student on %d clips (%d unlabeled)", len(ds), len(run.corpus.split("unlabeled")))
+        log.info("distilling student on %d clips (%d unlabeled)", len(ds), len(run.split("unlabeled")))
         train(
             [student, *loss_modules],
             step,
@@ -688,13 +860,15 @@ class Engine:
         self._save_student()
 
     def _supervised(self, student: Student, cfg: TrainConfig, stage: str, model: str) -> None:
-        labeled = self.run.corpus.split("labeled")
+        labeled = self.run.split("labeled")
         if not labeled:
             raise ConfigError(f"{stage}.epochs", f"corpus {self.run.corpus.name!r} has no labeled split")
         ds = self._dataset(labeled, student.sample_rate)
 
         def step(batch: Batch):
-            loss = F.cross_entropy(student(batch.audio, batch.lengths).logits, batch.labels)
+            with blame(student, "forward"):
+                out = student(batch.audio, batch.lengths)
+            loss = F.cross_entropy(out.logits, batch.labels)
             return loss, {"ce": loss.detach()}
 
         train(
@@ -726,7 +900,7 @@ class Engine:
     def evaluate(self) -> None:
         run, cfg = self.run, self.cfg
         split = cfg.evaluate.split
-        clips = run.corpus.split(split)
+        clips = run.split(split)
         store = self._store()  # teachers' test outputs are kept like their labels of the pool
         keys = [clip_key(c) for c in clips] if store and run.teachers else None
         for key, teacher in run.teachers.items():
@@ -741,7 +915,7 @@ class Engine:
                 lo, _, idx = self._label_with_store(store, keys, key, teacher, clips, ds.sample_rate, "store_test")
                 labels = torch.tensor([run.label_space.index(clips[i].label) for i in idx.tolist()])
             else:
-                lo, labels, idx = self._predict(lambda b, t=teacher: t(b), ds)
+                lo, labels, idx = self._predict(_teacher_call(teacher), ds)
             probs = run.label_maps[key].project(torch.softmax(lo, -1))
             self._record(key, "teacher", split, probs, labels, [clips[i].clip_id for i in idx], _count(teacher))
         student_trained = cfg.distil.epochs > 0 or cfg.finetune.epochs > 0
@@ -750,9 +924,15 @@ class Engine:
                 continue
             model.eval()
             ds = self._dataset(clips, model.sample_rate)
-            lo, labels, idx = self._predict(lambda b, m=model: m(b.audio, b.lengths), ds)
+            lo, labels, idx = self._predict(_student_call(model), ds)
             ids = [clips[i].clip_id for i in idx]
             self._record(role, role, split, torch.softmax(lo, -1), labels, ids, model.num_parameters())
+        scored = {len(e.clip_ids) for e in run.evaluations}
+        if scored and min(scored) < len(clips):
+            run.warn(
+                f"{len(clips) - min(scored)} of the {len(clips)} {split} clips could not be used (bad clips: see "
+                f"diagnostics.skipped_clips): scores are over {min(scored)} clips"
+            )
 
     def _predict(self, forward, ds: ClipDataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, labels, dataset indices) of every usable clip of ``ds``, in dataset order;
@@ -796,7 +976,7 @@ class Engine:
         if not self.dist.is_main:
             return
         try:  # the training clip length, for windowing long inputs at inference
-            longest = max((c.seconds for c in self.run.corpus.split("labeled")), default=None)
+            longest = max((c.seconds for c in self.run.split("labeled")), default=None)
         except ValueError:  # lazily loaded clips without a known duration
             longest = None
         self.run.student.save_pretrained(self.run.run_dir / "student", train_seconds=longest)
@@ -810,14 +990,20 @@ class Engine:
         return hook
 
 
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    """Dotted key paths where two plain configs differ."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b), key=str):
-            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix.rstrip(".") or "(root)"]
+def _teacher_call(teacher: Teacher):
+    def forward(batch: Batch):
+        with blame(teacher, "forward"):
+            return teacher(batch)
+
+    return forward
+
+
+def _student_call(student: Student):
+    def forward(batch: Batch):
+        with blame(student, "forward"):
+            return student(batch.audio, batch.lengths)
+
+    return forward
 
 
 _STAGE_SEEDS = {"teach": 1, "label": 2, "distil": 3, "finetune": 4, "baseline": 5, "evaluate": 6}

@@ -44,11 +44,16 @@ class UnknownComponentError(UsageError, KeyError):
         if self.suggestions:
             msg += "; did you mean " + " or ".join(repr(s) for s in self.suggestions) + "?"
         else:
-            msg += f"; registered {kind}s: " + (", ".join(known) if known else "none")
+            msg += f"; registered {plural(kind)}: " + (", ".join(known) if known else "none")
         super().__init__(msg)
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0]
+
+
+class ComponentError(LiserError):
+    """A component (teacher, student, loss, dataset...) raised, or returned something it must
+    not, while LiSER called it; the message names the component, its plugin and recipe key."""
 
 
 class DuplicateComponentError(LiserError):
@@ -57,6 +62,11 @@ class DuplicateComponentError(LiserError):
 
 class PluginLoadError(UsageError):
     """A plugin could not be loaded and strict loading was asked for."""
+
+
+def plural(kind: str) -> str:
+    """``loss`` -> ``losses``, ``teacher`` -> ``teachers``."""
+    return kind + ("es" if kind.endswith("s") else "s")
 
 
 def close_matches(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:

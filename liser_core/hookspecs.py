@@ -142,5 +142,6 @@ def liser_run_end(run: RunContext, results: dict[str, Any], error: BaseException
     """When the run ends, successfully (``error`` is None) or not.
 
     ``results`` maps each evaluated model to its metrics; the report writers flush here.
-    Also called when the run fails while its components are built, before ``liser_run_start``.
+    Not called when the recipe fails validation (building the components, the soundness
+    guards, the preflight probe): such a run has written nothing and has nothing to report.
     """

@@ -7,7 +7,7 @@ explicit :class:`LabelMap` (same name, merge, or drop), never by index coinciden
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -159,9 +159,44 @@ class LabelMap:
         return m
 
     @property
+    def reached(self) -> torch.Tensor:
+        """(T,) bool: the target classes some source class maps to."""
+        return self.matrix.sum(0) > 0
+
+    @property
     def unreached(self) -> tuple[str, ...]:
-        reached = self.matrix.sum(0) > 0
-        return tuple(c for c, r in zip(self.target.classes, reached) if not r)
+        return tuple(c for c, r in zip(self.target.classes, self.reached) if not r)
+
+    def fit_targets(self) -> dict[str, str | None]:
+        """The other direction, for fitting a teacher on clips labeled in the target space:
+        target class -> the source class a clip of that class trains.
+
+        A target class trains the source class of the same name when the map keeps it; else the
+        one source class merged into it; else nothing (``None``: the teacher cannot represent
+        it, or several merged classes make it ambiguous), and such clips are left out of the fit.
+
+        Example::
+
+            >>> m = LabelMap(AFFECTNET8, RAVDESS8, drop=("contempt",))
+            >>> m.fit_targets()["surprised"], m.fit_targets()["calm"]
+            ('surprised', None)
+        """
+        out: dict[str, str | None] = {}
+        for t in self.target.classes:
+            sources = [s for s in self.source.classes if s not in self.drop and self.merge.get(s, s) == t]
+            out[t] = t if t in sources else sources[0] if len(sources) == 1 else None
+        return out
+
+    def report(self) -> dict[str, list]:
+        """What the map does, class by class: ``mapped`` (same name), ``merged`` (``[src, dst]``
+        pairs), ``dropped`` and ``unreachable`` (target classes this source never predicts)."""
+        return {
+            "source": self.source.name,
+            "mapped": [c for c in self.source.classes if c in self.target.classes and c not in self.drop and c not in self.merge],
+            "merged": [[a, b] for a, b in self.merge.items()],
+            "dropped": list(self.drop),
+            "unreachable": list(self.unreached),
+        }
 
     @property
     def is_identity(self) -> bool:
@@ -183,3 +218,45 @@ class LabelMap:
         if self.unreached:
             parts.append("unreached " + ", ".join(self.unreached))
         return f"{self.source.name} -> {self.target.name}" + (f" ({'; '.join(parts)})" if parts else "")
+
+
+#: How several teachers' distributions over the student's classes are combined.
+COMBINATIONS = ("per_class", "arithmetic", "geometric")
+
+
+def combine(
+    probs: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    reached: Sequence[torch.Tensor] | None = None,
+    method: str = "per_class",
+) -> torch.Tensor:
+    """Combine teachers' distributions (each ``(..., C)``, already on the student's classes).
+
+    * ``per_class`` (default): each class mixes only the teachers that can express it, with
+      their weights renormalised over those teachers, then the result is renormalised:
+      ``q_c ∝ sum_i w_i r_ic p_ic / sum_i w_i r_ic`` (``r_ic`` = 1 when teacher i reaches class
+      c). A class one teacher cannot express (FER2013 has no *calm*) keeps the other teachers'
+      belief instead of being diluted by a teacher that is silent on it.
+    * ``arithmetic``: ``sum_i w_i p_i`` -- a class a teacher cannot express loses that
+      teacher's share of the mass.
+    * ``geometric``: ``softmax(sum_i w_i log p_i)`` (product of experts, probabilities clamped at
+      1e-8) -- a class any teacher cannot express all but vanishes.
+
+    ``weights`` should sum to 1; ``reached`` defaults to every class for every teacher.
+
+    Example::
+
+        >>> a, f = torch.tensor([[0.5, 0.5]]), torch.tensor([[1.0, 0.0]])
+        >>> combine([a, f], [0.5, 0.5], [torch.tensor([True, True]), torch.tensor([True, False])])
+        tensor([[0.6000, 0.4000]])
+    """
+    if method not in COMBINATIONS:
+        raise ValueError(f"combination must be one of {COMBINATIONS}, not {method!r}")
+    if method == "geometric":
+        return torch.softmax(sum(w * p.clamp_min(1e-8).log() for w, p in zip(weights, probs)), -1)
+    mix = sum(w * p for w, p in zip(weights, probs))
+    if method == "arithmetic" or reached is None or all(bool(r.all()) for r in reached):
+        return mix  # every teacher expresses every class: per_class is the plain mixture
+    share = sum(w * r.to(mix.dtype).to(mix.device) for w, r in zip(weights, reached))
+    out = torch.where(share > 0, mix / share.clamp_min(1e-12), torch.zeros_like(mix))
+    return out / out.sum(-1, keepdim=True).clamp_min(torch.finfo(out.dtype).tiny)

@@ -50,6 +50,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from .checkpoint import atomic_write_bytes, atomic_write_json
+from .identity import file_digest, stat_signature
 
 log = logging.getLogger("liser.store")
 
@@ -114,7 +115,7 @@ def teacher_meta(teacher: torch.nn.Module, *, sample_rate: int, extra: Mapping |
     return {
         "fingerprint": hashlib.sha256(text.encode()).hexdigest(),
         **json.loads(text),
-        "card": card.to_dict() if hasattr(card, "to_dict") else None,
+        "card": card.to_dict(content=False) if hasattr(card, "to_dict") else None,
     }
 
 
@@ -210,45 +211,11 @@ def clip_key(clip, *, sources: Iterable[str | os.PathLike] = ()) -> str:
             h.update(memoryview(frames.reshape(-1).view(np.uint8)))
     elif clip.path:
         h.update(f"file\0{int(clip.sample_rate)}\0".encode())
-        h.update(bytes.fromhex(_file_digest(clip.path)))
+        h.update(bytes.fromhex(file_digest(clip.path)))
     else:
         raise ValueError(f"clip {clip.clip_id}: neither loaded nor backed by a file; nothing to key it by")
     for src in sources:
-        h.update(b"source\0" + bytes.fromhex(_file_digest(src)))
-    return h.hexdigest()
-
-
-_FILE_DIGESTS: dict[str, tuple[tuple, str]] = {}  # path -> (stat signature, sha256 hex)
-_FILE_CACHE_LIMIT = 500_000
-
-
-def _stat_signature(st: os.stat_result) -> tuple:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _file_digest(path: str | os.PathLike) -> str:
-    path = os.fspath(path)
-    sig = _stat_signature(os.stat(path))
-    cached = _FILE_DIGESTS.get(path)
-    if cached is not None and cached[0] == sig:
-        return cached[1]
-    started = time.time_ns()
-    digest = _hash_file(path)
-    # cache only if the file did not change while it was read, and is not racily new
-    if _stat_signature(os.stat(path)) == sig and max(sig[3], sig[4]) + _RACY_NS <= started:
-        if len(_FILE_DIGESTS) >= _FILE_CACHE_LIMIT:
-            _FILE_DIGESTS.clear()
-        _FILE_DIGESTS[path] = (sig, digest)
-    return digest
-
-
-def _hash_file(path: str) -> str:
-    h = hashlib.sha256()
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
+        h.update(b"source\0" + bytes.fromhex(file_digest(src)))
     return h.hexdigest()
 
 
@@ -477,7 +444,7 @@ class TeacherStore:
         changed = False
         for name in names:
             try:
-                sig = _stat_signature((folder / name).stat())
+                sig = stat_signature((folder / name).stat())
             except FileNotFoundError:  # quarantined by another process meanwhile
                 continue
             known = old.get(name)
@@ -696,7 +663,7 @@ class ShardWriter:
             classes=tensors["logits"].shape[1],
             dim=tensors["embeddings"].shape[1] if self._with_emb else None,
             digest=digest,
-            stat=_stat_signature(final.stat()),
+            stat=stat_signature(final.stat()),
             verified_ns=time.time_ns(),
         )
         self.store._added(self.fingerprint, shard)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from liser_core.errors import UsageError
+from liser_core.preflight import probing
 
 log = logging.getLogger("liser.faces")
 
@@ -417,7 +418,7 @@ class FaceCropper:
                 x[row], self.size, self.margin, self.policy, channels=self.channels,
                 detector=None, clip_id=cid, interpolation=self.interpolation, boxes=boxes,
             )
-            if grey is not None:
+            if grey is not None and not probing():  # the preflight probe's clips are not the run's
                 self.stats.add(cid, out.status == "face")
                 if out.status != "face":
                     n_missing += 1

@@ -7,6 +7,13 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory):
+    """LiSER's cache (file digests, video manifests) in a temporary folder, never the home's."""
+    os.environ["LISER_CACHE_DIR"] = str(tmp_path_factory.mktemp("liser-cache"))
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _determinism():
     torch.manual_seed(0)

@@ -143,4 +143,15 @@ def test_fer_space_maps_onto_ravdess_without_calm(host):
     )
     assert fusion.face_map.unreached == ("calm",)
     p = torch.softmax(fusion(batch(1)).logits, -1)[0]
-    assert p[RAVDESS8.index("calm")].item() == pytest.approx(0.5 / 8, abs=1e-6)  # audio only
+    # per_class (default): calm takes the audio branch's 1/8 undiluted; the other seven mix both
+    # branches (1/16 + 1/14); then everything is renormalised: calm = (1/8) / (1/8 + 7 (1/16 + 1/14))
+    calm = (1 / 8) / (1 / 8 + 7 * (1 / 16 + 1 / 14))
+    assert p[RAVDESS8.index("calm")].item() == pytest.approx(calm, abs=1e-6)
+    assert p.sum().item() == pytest.approx(1.0, abs=1e-6)
+    old = host.registries.teacher.build(
+        "av_fusion", label_space=RAVDESS8, combination="arithmetic",
+        audio={"name": "fixed_audio", "options": {"logits": [0.0] * 8, "space": list(RAVDESS8.classes)}},
+        face={"name": "fixed_face", "options": {"logits": [0.0] * 7, "space": list(FER2013_7.classes)}},
+    )
+    p = torch.softmax(old(batch(1)).logits, -1)[0]
+    assert p[RAVDESS8.index("calm")].item() == pytest.approx(0.5 / 8, abs=1e-6)  # arithmetic halves it

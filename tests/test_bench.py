@@ -79,3 +79,28 @@ def test_grid_errors_name_the_key(tmp_path):
     bad.write_text("recipe: x.yaml\naxes: {a: {x: [k=v]}}\nrepeat: [seed]\n")
     with pytest.raises(ConfigError, match="not an axis"):
         load_grid(bad)
+
+
+def test_an_edited_grid_reruns_what_changed_and_says_so(grid_file, tmp_path, caplog, capsys):
+    host = load_plugins()
+    out_dir = tmp_path / "out"
+    path = grid_file(seeds=("s0",))
+    assert run_grid(load_grid(path, out_dir), host)["ran"] == 2
+    before = {r["combination"]: r["recipe_fingerprint"] for r in csv.DictReader(open(out_dir / "results.csv"))}
+    grid = yaml.safe_load(path.read_text())
+    grid["axes"]["loss"]["ce"] = ["distil.losses=[{name: ce}]", "distil.epochs=2"]  # one combination changes
+    path.write_text(yaml.safe_dump(grid))
+    from liser_core.cli import main
+
+    assert main(["bench", str(path), "-o", str(out_dir), "--list"]) == 0
+    listing = capsys.readouterr().out.split("\n")
+    assert "stale loss=ce,seed=s0" in listing and "done  loss=kl,seed=s0" in listing
+    again = run_grid(load_grid(path, out_dir), host)
+    assert again["ran"] == 1 and again["skipped"] == 1 and again["replaced"] == ["loss=ce,seed=s0"]
+    assert "loss=ce,seed=s0: its rows are stale (the recipe changed at distil.epochs)" in caplog.text
+    rows = list(csv.DictReader(open(out_dir / "results.csv")))
+    after = {r["combination"]: r["recipe_fingerprint"] for r in rows}
+    assert after["loss=kl,seed=s0"] == before["loss=kl,seed=s0"] and after["loss=ce,seed=s0"] != before["loss=ce,seed=s0"]
+    history = [json.loads(line) for line in (out_dir / "runs" / "loss-ce__seed-s0" / "history.jsonl").read_text().splitlines()]
+    assert max(h["epoch"] for h in history if h["stage"] == "distil") == 2  # really rerun with the new recipe
+    assert run_grid(load_grid(path, out_dir), host)["ran"] == 0  # and now current

@@ -48,10 +48,15 @@ def test_no_command_prints_help_and_exits_2(capsys):
     assert main([]) == 2
 
 
-def test_dry_run_prints_resolved_recipe(capsys):
-    assert main(["run", "recipes/synth_kd.yaml", "--dry-run", "distil.epochs=2"]) == 0
-    out = capsys.readouterr().out
-    assert "epochs: 2" in out and "logmel_cnn" in out
+def test_dry_run_prints_resolved_recipe_and_writes_nothing(capsys, tmp_path):
+    from liser_core.testing import TINY_OVERRIDES
+
+    data = next(o for o in TINY_OVERRIDES if o.startswith("data.options="))  # a small corpus: quick
+    assert main(["run", "recipes/synth_kd.yaml", "--dry-run", "distil.epochs=2", data, f"run_dir={tmp_path / 'run'}"]) == 0
+    captured = capsys.readouterr()
+    assert "epochs: 2" in captured.out and "logmel_cnn" in captured.out
+    assert "every component built and run once on real clips" in captured.err
+    assert not (tmp_path / "run").exists()
 
 
 def run_cli(*args, cwd=None):

@@ -169,18 +169,23 @@ def test_audiovisual_clips_from_videoflash(tmp_path):
     assert [p.kind for p in corpus.index_problems] == ["missing_video"]
 
 
-def test_recipe_validates_on_a_fixture_tree(tree, liser_host, capsys):
+def test_recipe_validates_on_a_fixture_tree(rows, tmp_path, liser_host, capsys):
     from liser_core.cli import main
     from liser_core.config import load_recipe, plain
+    from liser_plugins.hf_speech.tiny import save_tiny_model
 
+    tree = tmp_path / "CREMA-D"  # index-only placeholders, videos included (the recipe is audio-visual)
+    fixtures.touch_tree(tree, [r["file"] for r in rows])
+    fixtures.touch_tree(tree, [r["file"].replace("AudioWAV", "VideoFlash").replace(".wav", ".flv") for r in rows])
     recipe = REPO / "recipes" / "cremad_kd.yaml"
     cfg = load_recipe(recipe, [f"data.options.root={tree}"])
     missing = [t.name for t in cfg.teachers if t.name not in liser_host.registries.teacher]
     if missing:
         pytest.skip(f"teacher(s) {missing} named by cremad_kd.yaml are not registered yet")
-    assert main(["run", str(recipe), "--dry-run", f"data.options.root={tree}"]) == 0
+    tiny = save_tiny_model(tmp_path / "tiny-wavlm")  # the dry run builds every teacher: no hub here
+    assert main(["run", str(recipe), "--dry-run", f"data.options.root={tree}", f"teachers.0.options.model={tiny}"]) == 0
     assert f"root: {tree}" in capsys.readouterr().out
-    options = {**plain(cfg.data.options), "modality": "audio"}  # the index-only tree has no videos
+    options = plain(cfg.data.options)
     corpus = liser_host.registries.dataset.build("cremad", **options, seed=0)
     assert all(corpus.split(s) for s in SPLITS)
     assert len({c.speaker for c in corpus.split("teacher")}) == 15

@@ -5,6 +5,7 @@ import torch
 
 from liser_core import ClipDataset, hookimpl, load_plugins
 from liser_core.checkpoint import load_component
+from liser_core.errors import ComponentError
 from liser_plugins.cnn_teachers import AudioCNNTeacher
 
 
@@ -109,7 +110,8 @@ class SpyLoss(torch.nn.Module):
         pass
 
     def forward(self, student, batch, targets):
-        SpyLoss.labels.extend(batch.labels.tolist())
+        if self.training:  # the preflight probe calls every loss once, in eval mode
+            SpyLoss.labels.extend(batch.labels.tolist())
         return student.logits.sum() * 0
 
 
@@ -184,7 +186,9 @@ class BadLoss(torch.nn.Module):
         pass
 
     def forward(self, student, batch, targets):
-        raise FloatingPointError("loss went wrong")
+        if self.training:  # passes the preflight probe (eval mode), fails in training
+            raise FloatingPointError("loss went wrong")
+        return student.logits.sum() * 0
 
 
 class FaultPlugin:
@@ -210,8 +214,9 @@ def test_a_failing_logger_never_stops_the_run(run_tiny, tmp_path):
 def test_a_failed_run_says_so_in_its_metrics(run_tiny, tmp_path):
     host = load_plugins()
     host.add("faults", FaultPlugin())
-    with pytest.raises(FloatingPointError):
+    with pytest.raises(ComponentError, match="loss 'bad_loss' .plugin faults, recipe key distil.losses.0.") as e:
         run_tiny(host=host, overrides=["distil.losses=[{name: bad_loss}]"])
+    assert isinstance(e.value.__cause__, FloatingPointError)  # kept for --debug
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "failed" and "loss went wrong" in metrics["error"]
 

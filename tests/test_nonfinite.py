@@ -18,6 +18,8 @@ class SometimesNaN(torch.nn.Module):
         pass
 
     def forward(self, student, batch, targets):
+        if not self.training:  # the preflight probe (eval mode) gets a finite value
+            return torch.nn.functional.cross_entropy(student.logits, batch.labels.clamp_min(0))
         SometimesNaN.calls += 1
         if SometimesNaN.calls <= SometimesNaN.bad:
             return student.logits.sum() * float("nan")

@@ -152,7 +152,10 @@ def test_recipe_validates_on_a_fixture_tree(tmp_path, liser_host, capsys):
     names = [f"Actor_{a:02d}/{m}-01-0{e}-01-01-01-{a:02d}.{x}"
              for a in range(1, 25) for e in range(1, 9) for m, x in (("03", "wav"), ("01", "mp4"))]
     fixtures.touch_tree(tmp_path, names)
-    assert main(["run", str(recipe), "--dry-run", f"data.options.root={tmp_path}"]) == 0
+    from liser_plugins.hf_speech.tiny import save_tiny_model
+
+    tiny = save_tiny_model(tmp_path / "tiny-wavlm")  # the dry run builds every teacher: no hub here
+    assert main(["run", str(recipe), "--dry-run", f"data.options.root={tmp_path}", f"teachers.0.options.model={tiny}"]) == 0
     assert f"root: {tmp_path}" in capsys.readouterr().out
     options = plain(cfg.data.options)
     corpus = liser_host.registries.dataset.build("ravdess", **options, seed=0)
@@ -170,7 +173,7 @@ def test_audiovisual_run_feeds_frames_to_a_face_teacher(tmp_path):
     for a in (1, 2, 3, 4, 6):  # fold 1: actor 1 is the test speaker
         for e in range(1, 9):
             fixtures.write_video(root / f"Actor_{a:02d}/01-01-0{e}-01-01-01-{a:02d}.mp4", seconds=0.8,
-                                 size=(64, 48), rate=48000, freq=120 + 30 * e)
+                                 size=(64, 48), rate=48000, freq=120 + 30 * e + 3 * a)  # distinct files
     recipe = tmp_path / "av.yaml"
     recipe.write_text(f"""\
 name: av

@@ -253,32 +253,6 @@ def test_clip_key_depends_on_content_not_path(tmp_path):
         clip_key(Clip("z", None, 16000, "s1"))
 
 
-def test_clip_key_caches_file_hashes_but_sees_rewrites(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_mod, "_RACY_NS", 0)
-    monkeypatch.setattr(store_mod, "_FILE_DIGESTS", {})
-    reads = []
-    real = store_mod._hash_file
-    monkeypatch.setattr(store_mod, "_hash_file", lambda p: reads.append(p) or real(p))
-    path = tmp_path / "a.wav"
-    path.write_bytes(b"x" * 1000)
-    clip = Clip("a", None, 16000, "s1", path=str(path))
-    first = clip_key(clip)
-    assert clip_key(clip) == first and len(reads) == 1  # second call read nothing
-    st = path.stat()
-    time.sleep(0.05)  # past the filesystem's timestamp tick
-    path.write_bytes(b"y" * 1000)  # same size ...
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # ... and the old mtime restored
-    assert clip_key(clip) != first and len(reads) == 2
-
-
-def test_new_files_are_not_cached(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_mod, "_FILE_DIGESTS", {})
-    path = tmp_path / "a.wav"
-    path.write_bytes(b"x" * 10)
-    clip_key(Clip("a", None, 16000, "s1", path=str(path)))
-    assert store_mod._FILE_DIGESTS == {}  # changed within _RACY_NS: its stat cannot vouch for it
-
-
 # -- writing and reading -------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_round_trip(tmp_path, dtype):
@@ -596,7 +570,7 @@ def test_a_shard_replaced_after_indexing_is_not_served(tmp_path):
     stat = path.stat()
     os.replace(other_path, path)  # different content under the indexed name ...
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    store._states[FP].shards[path.name].stat = store_mod._stat_signature(path.stat())  # ... stat faked
+    store._states[FP].shards[path.name].stat = store_mod.stat_signature(path.stat())  # ... stat faked
     lo, _ = store.load(FP, keys)  # the header digest check notices; the rescan reads the new file
     assert torch.equal(lo, -expected(keys)[0])
 

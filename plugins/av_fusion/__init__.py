@@ -1,7 +1,9 @@
 """``av_fusion``: an audio-visual teacher that combines a speech teacher and a face teacher.
 
 ``mode="late"``: the two teachers' distributions, each projected onto the corpus's classes by
-an explicit label map, are mixed with ``weights`` (late fusion). When both branches arrive
+an explicit label map, are mixed with ``weights`` (late fusion) by ``combination``
+(:func:`liser_core.labels.combine`; default ``per_class``: a class one branch cannot express,
+such as *calm* for a FER2013 face model, takes the other branch's belief undiluted). When both branches arrive
 trained (pretrained or from LiSER checkpoints) the fused teacher is used as is.
 
 ``mode="learned"``: a fusion head (MLP over the concatenated branch embeddings) is fitted on
@@ -32,7 +34,7 @@ from liser_core import Batch, ModelOutput, Teacher, TeacherCard, hookimpl
 from liser_core.checkpoint import load_component
 from liser_core.config import check_options
 from liser_core.errors import ConfigError
-from liser_core.labels import LabelMap, LabelSpace
+from liser_core.labels import LabelMap, LabelSpace, combine
 
 _SPEC_KEYS = ("name", "options", "checkpoint")
 
@@ -79,12 +81,14 @@ class AVFusionTeacher(Teacher):
         weights: Sequence[float],
         hidden: int,
         dropout: float,
+        combination: str = "per_class",
     ):
         super().__init__()
         self.label_space = label_space
         self.audio, self.face = audio, face
         self.audio_map, self.face_map = audio_map, face_map
         self.mode = mode
+        self.combination = combination
         self.register_buffer("weights", torch.tensor([float(w) for w in weights]) / sum(weights))
         self.sample_rate = audio.sample_rate
         self._frozen = [b for b in (audio, face) if b.pretrained or getattr(b, "_from_checkpoint", False)]
@@ -110,6 +114,7 @@ class AVFusionTeacher(Teacher):
             trained_on=tuple(dict.fromkeys((*audio.card.trained_on, *face.card.trained_on))),
             licence=f"audio: {audio.card.licence}; face: {face.card.licence}",
             source=f"{audio.card.source or audio.card.name} + {face.card.source or face.card.name}",
+            fit_sets=(*audio.card.fit_sets, *face.card.fit_sets),  # a leak in a branch is the fusion's leak
         )
 
     def train(self, mode: bool = True):
@@ -126,9 +131,13 @@ class AVFusionTeacher(Teacher):
         if self.mode == "learned":
             h = self.fusion(emb)
             return ModelOutput(self.head(h), h)
-        p = self.weights[0] * self.audio_map.project(torch.softmax(out_a.logits.float(), -1)) + self.weights[
-            1
-        ] * self.face_map.project(torch.softmax(out_f.logits.float(), -1))
+        p = combine(
+            [self.audio_map.project(torch.softmax(out_a.logits.float(), -1)),
+             self.face_map.project(torch.softmax(out_f.logits.float(), -1))],
+            self.weights.tolist(),
+            [self.audio_map.reached, self.face_map.reached],
+            self.combination,
+        )
         return ModelOutput(torch.log(p.clamp_min(1e-8)), emb)  # log-probabilities: softmax gives p back
 
     def forward(self, batch: Batch) -> ModelOutput:
@@ -157,6 +166,7 @@ def liser_register_teachers(registry):
         dropout: float = 0.2,
         audio_label_map: dict | None = None,
         face_label_map: dict | None = None,
+        combination: Literal["per_class", "arithmetic", "geometric"] = "per_class",
     ) -> AVFusionTeacher:
         """Audio-visual fusion of a speech and a face teacher (late, or a learned head)."""
         if len(weights) != 2 or min(weights) < 0 or sum(weights) <= 0:
@@ -173,6 +183,7 @@ def liser_register_teachers(registry):
             weights,
             hidden,
             dropout,
+            combination,
         )
 
     registry.register("av_fusion", av_fusion, modality="audiovisual")

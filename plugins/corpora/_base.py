@@ -71,6 +71,24 @@ class IndexedCorpus:
     def source(self, clip_id: str) -> Source:
         return self._sources[clip_id]
 
+    def source_files(self, clip: Clip) -> list[str]:
+        """The files ``clip`` is decoded from (its audio file, and the video of its frames):
+        what identifies it by content (:mod:`liser_core.identity`)."""
+        src = self._sources.get(clip.clip_id)
+        if src is None:
+            return [clip.path] if clip.path else []
+        return [f for f in (src.audio, src.video) if f]
+
+    @property
+    def notes(self) -> list[str]:
+        """What a run should report about how the splits were made (shortfalls, shared speakers)."""
+        return self.protocol.notes
+
+    def missing(self) -> dict[str, dict[str, list[str]]]:
+        """What the protocol expects and the files lack, per split (``{"test": {"speakers":
+        [...], "clips": [...]}}``): ``liser data check`` reports it as problems, a run as warnings."""
+        return self.protocol.missing
+
     def __iter__(self) -> Iterator[Clip]:
         for s in SPLITS:
             yield from self._splits.get(s, [])
@@ -125,8 +143,14 @@ def assemble(
     unlabeled_options: dict[str, Any] | None,
     speaker_info: dict[str, dict[str, Any]],
     options: dict[str, Any],
+    expected_takes: Callable[[str], Iterable[str]] | None = None,
+    take: Callable[[Clip], str] = lambda c: c.clip_id,
+    notes: Sequence[str] = (),
 ) -> IndexedCorpus:
-    """Protocol splits over indexed clips, optionally with an external pool; the corpus."""
+    """Protocol splits over indexed clips, optionally with an external pool; the corpus.
+
+    ``expected_takes`` (speaker -> takes of the published corpus) makes a fold's missing test
+    speakers and clips known (``corpus.missing()``); None when the tree need not be complete."""
     opts.check(num_folds)
     if unlabeled_options and not unlabeled_from:
         raise ValueError("unlabeled_options needs unlabeled_from (a folder of videos)")
@@ -149,7 +173,12 @@ def assemble(
             description=fold_name.format(fold=opts.fold, folds=num_folds),
             normalise_speaker=normalise_speaker,
             group=group,
+            expected_takes=expected_takes,
+            take=take,
         )
+    for note in notes:
+        log.warning(note)
+    plan.notes += list(notes)
     corpus = IndexedCorpus(name, label_space, root, plan, sources, problems, speaker_info, options)
     if unlabeled_from:
         from .video_folder import index_pool

@@ -43,6 +43,13 @@ KNOWN_BAD = {
     "1064_TIE_SAD_XX": "zero length",
     "1064_IEO_DIS_MD": "61 s long",
 }
+#: Names the published corpus lacks (7,462 by the naming rule, 7,442 published).
+ABSENT = frozenset({
+    "1002_TIE_NEU_XX", "1076_ITS_NEU_XX",
+    *(f"1008_WSI_{e}_XX" for e in ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")),
+    *(f"1009_MTI_{e}_XX" for e in ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")),
+    *(f"1019_ITH_{e}_XX" for e in ("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")),
+})
 FILE_RATE = 16000
 _VIDEO = (".flv", ".mp4")
 
@@ -68,6 +75,27 @@ def parse_name(stem: str) -> tuple[int, str, str, str]:
     if level not in LEVELS:
         raise ValueError(f"{stem!r}: unknown level code {level!r}")
     return actor, sentence, EMOTIONS[emotion], level
+
+
+def expected_takes(speaker: str) -> list[str]:
+    """Every clip the published corpus has of an actor: 11 sentences x 6 emotions at level XX,
+    and IEO as neutral XX plus 5 emotions x LO/MD/HI (82 per actor), less :data:`ABSENT`.
+
+    Example::
+
+        >>> len(expected_takes("1001")), len(expected_takes("1008"))
+        (82, 76)
+    """
+    out = []
+    for sentence in SENTENCES:
+        if sentence == "IEO":
+            names = [f"{speaker}_IEO_NEU_XX"] + [
+                f"{speaker}_IEO_{e}_{lv}" for e in EMOTIONS if e != "NEU" for lv in ("LO", "MD", "HI")
+            ]
+        else:
+            names = [f"{speaker}_{sentence}_{e}_XX" for e in EMOTIONS]
+        out += [n for n in names if n not in ABSENT]
+    return out
 
 
 def speaker_id(value: Any) -> str:
@@ -151,8 +179,13 @@ def cremad(
     fps: float = 5.0,
     num_frames: int | None = 8,
     frame_size: int | None = 160,
+    expect_complete: bool = True,
 ) -> IndexedCorpus:
-    """CREMA-D (6 emotions, 91 actors) from its published layout; 5 folds by actor id."""
+    """CREMA-D (6 emotions, 91 actors) from its published layout; 5 folds by actor id.
+
+    ``expect_complete``: the tree is the whole corpus, so a fold's test actor or clip that is
+    not there is reported (``liser data check`` fails, a run warns); false for a deliberate subset.
+    """
     if modality not in ("audio", "audiovisual"):
         raise ValueError(f"modality must be audio or audiovisual, not {modality!r}")
     path = check_root(root, "cremad")
@@ -187,4 +220,5 @@ def cremad(
         unlabeled_options=unlabeled_options,
         speaker_info={s: demo.get(s, {}) for s in speakers},
         options={"modality": modality},
+        expected_takes=expected_takes if expect_complete else None,
     )

@@ -125,6 +125,8 @@ class SplitPlan:
     speakers: dict[str, list[str]] = field(default_factory=dict)  # split -> its speakers
     notes: list[str] = field(default_factory=list)  # warnings and shortfalls, also logged
     unused: list[Clip] = field(default_factory=list)  # indexed clips in no split (checked all the same)
+    #: what the protocol expects and the files lack: split -> {"speakers": [...], "clips": [...]}
+    missing: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,6 +134,7 @@ class SplitPlan:
             "counts": {s: len(c) for s, c in self.splits.items()} | {"unused": len(self.unused)},
             "speakers": self.speakers,
             "notes": self.notes,
+            "missing": self.missing,
         }
 
 
@@ -245,13 +248,29 @@ def fold_plan(
     description: str,
     normalise_speaker: Callable[[Any], str] = str,
     group: Callable[[str], str | None] = lambda s: None,
+    expected_takes: Callable[[str], Iterable[str]] | None = None,
+    take: Callable[[Clip], str] = lambda c: c.clip_id,
 ) -> SplitPlan:
-    """The splits of one speaker-independent fold."""
+    """The splits of one speaker-independent fold.
+
+    With ``expected_takes`` (speaker -> the takes the published corpus has of that speaker,
+    named as ``take(clip)`` names them), the plan's ``missing`` lists the fold's test speakers
+    with no clip at all and the expected takes of the others that are not there.
+    """
+    test_speakers = sorted(set(test_speakers))
     test_set = set(test_speakers)
     test = [c for c in clips if c.speaker in test_set]
     train = [c for c in clips if c.speaker not in test_set]
     parts, notes = carve(train, opts, fold_salt=opts.fold, normalise_speaker=normalise_speaker, group=group)
-    return _plan({**parts, "test": test}, _describe(description, opts), notes)
+    plan = _plan({**parts, "test": test}, _describe(description, opts), notes)
+    if expected_takes is not None:
+        present = {c.speaker for c in test}
+        have = {take(c) for c in test}
+        gone = [t for s in test_speakers if s in present for t in sorted(expected_takes(s)) if t not in have]
+        absent = [s for s in test_speakers if s not in present]
+        if absent or gone:
+            plan.missing["test"] = {"speakers": absent, "clips": gone}
+    return plan
 
 
 def _describe(head: str, opts: ProtocolOptions) -> str:
@@ -339,10 +358,12 @@ def split_file_plan(
             index.setdefault(k, c)
     assigned: dict[str, str] = {}
     missing = []
+    by_split_missing: dict[str, list[str]] = defaultdict(list)
     for key, split in rows:
         clip = index.get(key) or index.get(key.replace("\\", "/"))
         if clip is None:
             missing.append(key)
+            by_split_missing[split].append(key)
             continue
         if assigned.get(clip.clip_id, split) != split:
             raise ValueError(f"split_file lists {key!r} in both {assigned[clip.clip_id]!r} and {split!r}")
@@ -362,4 +383,6 @@ def split_file_plan(
         notes += more
         for s, cl in carved.items():
             parts[s] = parts[s] + cl
-    return _plan(parts, _describe(f"split file {opts.split_file}", opts), notes)
+    plan = _plan(parts, _describe(f"split file {opts.split_file}", opts), notes)
+    plan.missing = {s: {"speakers": [], "clips": keys} for s, keys in by_split_missing.items() if s in SPLITS}
+    return plan

@@ -136,6 +136,18 @@ def index(root: Path, channel: str, modality: str, spec: DecodeSpec):
             continue
         slot[n.modality] = (path, n)
     wanted = {"speech": (1,), "song": (2,), "both": (1, 2)}[channel]
+    found = {ch: sum(1 for t in takes if t[0] == ch) for ch in CHANNELS}
+    if takes and not any(found[ch] for ch in wanted):
+        other = ", ".join(f"{n} {CHANNELS[ch]}" for ch, n in found.items() if n)
+        raise ValueError(
+            f"no {channel} takes under {str(root)!r} (it holds {other} takes; channel: "
+            f"{'speech' if found[1] else 'song'} reads them)"
+        )
+    notes = []
+    if channel == "both":
+        for ch in (1, 2):
+            if not found[ch]:
+                notes.append(f"channel both: {str(root)!r} holds no {CHANNELS[ch]} takes; every clip is {CHANNELS[3 - ch]}")
     items = []
     for take in sorted(takes):
         files = takes[take]
@@ -165,7 +177,41 @@ def index(root: Path, channel: str, modality: str, spec: DecodeSpec):
         )
         source = Source(str(apath), str(video[0]) if modality == "audiovisual" else None, spec)
         items.append((clip, source))
-    return items, problems
+    return items, problems, notes
+
+
+#: Emotions each vocal channel has (song has no disgust or surprised), and actors without song
+#: (actor 18's song files were never published).
+CHANNEL_EMOTIONS = {1: range(1, 9), 2: range(1, 7)}
+NO_SONG = {18}
+
+
+def take_name(clip: Clip) -> str:
+    """A clip's take, its file name without the modality field: ``"01-05-02-01-02-12"``."""
+    return clip.clip_id.split("-", 1)[1]
+
+
+def expected_takes(speaker: str, channel: str) -> list[str]:
+    """Every take the published corpus has of an actor in ``channel`` (speech: 60; song: 44,
+    none for actor 18): emotions x intensities (neutral has no strong one) x 2 statements x
+    2 repetitions.
+
+    Example::
+
+        >>> len(expected_takes("05", "speech")), len(expected_takes("05", "song")), expected_takes("18", "song")
+        (60, 44, [])
+    """
+    actor = int(speaker)
+    out = []
+    for ch in {"speech": (1,), "song": (2,), "both": (1, 2)}[channel]:
+        if ch == 2 and actor in NO_SONG:
+            continue
+        for e in CHANNEL_EMOTIONS[ch]:
+            for i in (1,) if e == 1 else (1, 2):
+                for st in (1, 2):
+                    for r in (1, 2):
+                        out.append(f"{ch:02d}-{e:02d}-{i:02d}-{st:02d}-{r:02d}-{actor:02d}")
+    return out
 
 
 def ravdess(
@@ -188,15 +234,20 @@ def ravdess(
     fps: float = 5.0,
     num_frames: int | None = 8,
     frame_size: int | None = 160,
+    expect_complete: bool = True,
 ) -> IndexedCorpus:
-    """RAVDESS (8 emotions, 24 actors) from its published layout; EmoBox's 6 speaker folds."""
+    """RAVDESS (8 emotions, 24 actors) from its published layout; EmoBox's 6 speaker folds.
+
+    ``expect_complete``: the tree is the whole corpus, so a fold's test actor or take that is
+    not there is reported (``liser data check`` fails, a run warns); false for a deliberate subset.
+    """
     if channel not in ("speech", "song", "both"):
         raise ValueError(f"channel must be speech, song or both, not {channel!r}")
     if modality not in ("audio", "audiovisual"):
         raise ValueError(f"modality must be audio or audiovisual, not {modality!r}")
     path = check_root(root, "ravdess")
     spec = DecodeSpec(sample_rate, min_seconds, max_seconds, min_rms, fps, num_frames, frame_size)
-    items, problems = index(path, channel, modality, spec)
+    items, problems, notes = index(path, channel, modality, spec)
     opts = protocols.ProtocolOptions(
         fold=fold,
         split_file=split_file,
@@ -225,4 +276,7 @@ def ravdess(
         unlabeled_options=unlabeled_options,
         speaker_info={s: {"sex": "male" if int(s) % 2 else "female"} for s in speakers},
         options={"channel": channel, "modality": modality},
+        expected_takes=(lambda s: expected_takes(s, channel)) if expect_complete else None,
+        take=take_name,
+        notes=notes,
     )

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from liser_core.data import Clip
+from liser_core.identity import cache_dir as default_cache_dir
 from liser_core.labels import label_space as get_label_space
 
 from . import decode, protocols
@@ -48,13 +49,6 @@ log = logging.getLogger("liser.corpora")
 MANIFEST_VERSION = "1"
 _FIELDS = ("path", "size", "mtime_ns", "seconds", "audio", "video", "sample_rate", "fps", "error")
 SPEAKER_FROM = ("top_folder", "parent_folder", "file")
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get("LISER_CACHE_DIR"):
-        return Path(os.environ["LISER_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "liser"
 
 
 def manifest_path(root: Path, cache_dir: str | Path | None) -> Path:

@@ -88,12 +88,15 @@ class RunDirWriter:
             "teachers": {},
             "diagnostics": run.diagnostics,
             "stage_seconds": run.stage_seconds,
+            "recipe_fingerprint": run.fingerprint,
+            "flags": run.flags,
             "warnings": run.warnings,
+            "label_maps": run.label_map_report,
         }
         for e in run.evaluations:
             entry = {**e.metrics, "num_parameters": e.num_parameters, "num_clips": len(e.clip_ids)}
             if e.role == "teacher":
-                entry["card"] = run.teachers[e.model].card.to_dict()
+                entry["card"] = run.teachers[e.model].card.to_dict(content=False)
                 payload["teachers"][e.model] = entry
             else:
                 payload[e.role] = entry

@@ -1,0 +1,236 @@
+"""Soundness guards: what keeps a run from printing wrong numbers without a word.
+
+Each guard reads recorded provenance (splits, content digests, teacher fit sets, label maps),
+never guesses, and ends in a refusal or a warning that stands in ``metrics.json`` (see
+``docs/soundness.md`` for the whole table):
+
+* :func:`fit_overlap` -- a teacher fitted on speakers or clips of the test split (in this run,
+  or in another fold and loaded from a checkpoint whose card records its :class:`FitSet`);
+* :func:`find_duplicates` / :func:`drop_duplicates` -- the same recording (by content) in two
+  splits, e.g. a copy of a test clip in a folder of unlabeled videos;
+* :func:`missing_warnings` -- expected speakers or clips of a protocol that are not there;
+* :func:`label_map_report` -- what each teacher's label map does, and the classes a teacher
+  (or every teacher) cannot express;
+* :func:`splits_record` -- which speakers and clips each split held (``splits.json``).
+
+Example::
+
+    >>> fs = FitSet.of("ravdess", "teacher", clips, digests)  # doctest: +SKIP
+    >>> fit_overlap([fs.to_dict()], "ravdess", test_clips, test_digests)  # doctest: +SKIP
+    (['09'], [])
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .data import SPLITS, Clip
+from .labels import LabelMap, LabelSpace
+
+#: Length of the content-digest prefixes a fit set records (64 bits: no accidental collision
+#: among the clips of any corpus, a quarter of the size of full digests).
+CONTENT_PREFIX = 16
+#: Split order for duplicates: a clip duplicating one of an earlier split is the duplicate.
+PRIORITY = ("test", "teacher", "labeled", "unlabeled")
+DUPLICATE_POLICIES = ("skip", "warn", "error")
+
+
+# -- what a teacher was fitted on -----------------------------------------------------------------
+@dataclass(frozen=True)
+class FitSet:
+    """The clips a teacher was fitted on, as its card records them."""
+
+    corpus: str  # corpus name ("ravdess"): speakers are only compared within one corpus
+    split: str  # the split it came from ("teacher")
+    speakers: tuple[str, ...]  # every speaker of those clips
+    clips: int  # number of clips
+    digest: str  # sha256 over the sorted content digests: equal fit sets, equal digest
+    content: tuple[str, ...]  # content digest prefixes of every clip (every source file)
+
+    @classmethod
+    def of(cls, corpus: str, split: str, clips: Sequence[Clip], digests: Sequence[Sequence[str]]) -> FitSet:
+        content = sorted({d[:CONTENT_PREFIX] for ds in digests for d in ds})
+        return cls(
+            corpus=corpus,
+            split=split,
+            speakers=tuple(sorted({c.speaker for c in clips})),
+            clips=len(clips),
+            digest=set_digest(digests),
+            content=tuple(content),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "corpus": self.corpus, "split": self.split, "speakers": list(self.speakers),
+            "clips": self.clips, "digest": self.digest, "content": list(self.content),
+        }
+
+
+def set_digest(digests: Sequence[Sequence[str]]) -> str:
+    """sha256 of a set of clips' content digests (order-free)."""
+    h = hashlib.sha256(b"liser-fit-set/1\0")
+    for d in sorted(",".join(ds) for ds in digests):
+        h.update(d.encode() + b"\n")
+    return h.hexdigest()
+
+
+def fit_overlap(
+    fit_sets: Sequence[Mapping[str, Any]], corpus: str, test: Sequence[Clip], test_digests: Sequence[Sequence[str]]
+) -> tuple[list[str], list[str]]:
+    """``(speakers, clip ids)`` of ``test`` that the fit sets share: speakers when a fit set is
+    of the same corpus, clips (by content) whatever the corpus."""
+    test_speakers = {c.speaker for c in test}
+    speakers: set[str] = set()
+    content: set[str] = set()
+    for fs in fit_sets:
+        if fs.get("corpus") == corpus:
+            speakers |= test_speakers & set(map(str, fs.get("speakers") or ()))
+        content |= set(fs.get("content") or ())
+    clips = [c.clip_id for c, ds in zip(test, test_digests) if any(d[:CONTENT_PREFIX] in content for d in ds)]
+    return sorted(speakers), clips
+
+
+def describe_overlap(teacher: str, speakers: Sequence[str], clips: Sequence[str], split: str) -> str:
+    parts = []
+    if speakers:
+        parts.append(f"{split} speaker(s) {', '.join(speakers[:8])}{' ...' if len(speakers) > 8 else ''}")
+    if clips:
+        parts.append(f"{len(clips)} {split} clip(s) (e.g. {', '.join(clips[:3])})")
+    return f"teacher {teacher!r} was fitted on " + " and ".join(parts)
+
+
+# -- duplicates by content ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Duplicate:
+    split: str  # split of the duplicate
+    clip_id: str
+    of_split: str  # split of the clip it duplicates (earlier in PRIORITY, or the same split)
+    of_clip: str
+
+    def describe(self) -> str:
+        return f"{self.split} clip {self.clip_id} has the same content as {self.of_split} clip {self.of_clip}"
+
+
+def find_duplicates(splits: Mapping[str, Sequence[Clip]], digests: Mapping[str, Sequence[Sequence[str]]]) -> list[Duplicate]:
+    """Clips whose content (any source file, or the samples) equals an earlier clip's, in the
+    order test, teacher, labeled, unlabeled: each duplicate names the clip it copies."""
+    seen: dict[str, tuple[str, str]] = {}
+    out = []
+    for split in PRIORITY:
+        for clip, ds in zip(splits.get(split, ()), digests.get(split, ())):
+            matches = [seen[d] for d in ds if d in seen]
+            if matches:  # name the copy in the earliest split (a test clip before a pool clip)
+                out.append(Duplicate(split, clip.clip_id, *min(matches, key=lambda m: PRIORITY.index(m[0]))))
+            for d in ds:
+                seen.setdefault(d, (split, clip.clip_id))
+    return out
+
+
+def drop_duplicates(
+    splits: Mapping[str, Sequence[Clip]], duplicates: Sequence[Duplicate]
+) -> tuple[dict[str, list[Clip]], list[Duplicate]]:
+    """Splits without the duplicates a run must not use: pool clips duplicating anything, and
+    teacher or labeled clips duplicating a test clip (a leak). Returns the splits and what was
+    dropped; what stays (a duplicate inside the test split, teacher/labeled copies of each
+    other) is for the caller to warn about."""
+    drop = {
+        (d.split, d.clip_id): d
+        for d in duplicates
+        if d.split == "unlabeled" or (d.of_split == "test" and d.split in ("teacher", "labeled"))
+    }
+    out = {s: [c for c in splits.get(s, ()) if (s, c.clip_id) not in drop] for s in SPLITS}
+    return out, list(drop.values())
+
+
+# -- expected speakers and clips ------------------------------------------------------------------
+def missing_warnings(missing: Mapping[str, Mapping[str, Sequence[str]]] | None) -> list[str]:
+    """One line per split from a corpus's ``missing()`` (``{split: {"speakers": [...],
+    "clips": [...]}}``: what its protocol expects and the files lack)."""
+    out = []
+    for split, what in (missing or {}).items():
+        speakers, clips = list(what.get("speakers") or ()), list(what.get("clips") or ())
+        if not speakers and not clips:
+            continue
+        parts = []
+        if speakers:
+            parts.append(f"expected speaker(s) {', '.join(map(str, speakers[:8]))} missing")
+        if clips:
+            parts.append(f"{len(clips)} expected clip(s) missing (e.g. {', '.join(map(str, clips[:3]))})")
+        out.append(f"{split} split incomplete: " + "; ".join(parts) + " -- scores are over what is present")
+    return out
+
+
+# -- label maps -----------------------------------------------------------------------------------
+def label_map_report(
+    maps: Mapping[str, LabelMap], weights: Mapping[str, float], combination: str, space: LabelSpace
+) -> tuple[dict[str, Any], list[str]]:
+    """Per teacher: mapped, merged, dropped, unreachable classes; and the classes no teacher
+    reaches. Returns the report (for ``metrics.json``) and the warnings it calls for."""
+    report: dict[str, Any] = {"combination": combination, "teachers": {k: m.report() for k, m in maps.items()}}
+    warnings = []
+    active = [k for k in maps if weights.get(k, 0) > 0]
+    nobody = [c for c in space.classes if all(c in maps[k].unreached for k in active)] if active else []
+    report["unreachable_by_all"] = nobody
+    if nobody:
+        warnings.append(
+            f"class(es) {', '.join(nobody)} are reached by no teacher: the distillation targets never "
+            "predict them (only labeled clips teach them)"
+        )
+    if len(active) > 1:
+        for k in active:
+            lost = [c for c in maps[k].unreached if c not in nobody]
+            if lost and combination == "arithmetic":
+                warnings.append(
+                    f"teacher {k!r} cannot express {', '.join(lost)}: with combination arithmetic their target "
+                    "mass is diluted by its weight (combination per_class mixes only the teachers that can)"
+                )
+            elif lost and combination == "geometric":
+                warnings.append(
+                    f"teacher {k!r} cannot express {', '.join(lost)}: with combination geometric their target "
+                    "mass all but vanishes (combination per_class mixes only the teachers that can)"
+                )
+    return report, warnings
+
+
+def describe_label_maps(report: Mapping[str, Any]) -> list[str]:
+    """The report as log lines, one per teacher."""
+    lines = []
+    for k, r in report["teachers"].items():
+        parts = [f"mapped {len(r['mapped'])}"]
+        if r["merged"]:
+            parts.append("merged " + ", ".join(f"{a}->{b}" for a, b in r["merged"]))
+        if r["dropped"]:
+            parts.append("dropped " + ", ".join(r["dropped"]))
+        if r["unreachable"]:
+            parts.append("unreachable " + ", ".join(r["unreachable"]))
+        lines.append(f"label map {k} ({r['source']}): " + "; ".join(parts))
+    return lines
+
+
+# -- what a run used --------------------------------------------------------------------------------
+def splits_record(
+    splits: Mapping[str, Sequence[Clip]],
+    digests: Mapping[str, Sequence[Sequence[str]]],
+    *,
+    corpus: str,
+    dropped: Sequence[Duplicate] = (),
+) -> dict[str, Any]:
+    """What ``splits.json`` holds: per split, its speakers, and each clip's id, speaker, label
+    and content digests; plus the duplicates left out."""
+    out: dict[str, Any] = {"corpus": corpus, "splits": {}}
+    for s in SPLITS:
+        clips = list(splits.get(s, ()))
+        out["splits"][s] = {
+            "speakers": sorted({c.speaker for c in clips}),
+            "clips": [
+                {"id": c.clip_id, "speaker": c.speaker, "label": c.label, "content": [d[:CONTENT_PREFIX] for d in ds]}
+                for c, ds in zip(clips, digests.get(s, ()))
+            ],
+            "classes": dict(sorted(Counter(c.label or "unlabeled" for c in clips).items())),
+        }
+    out["dropped_duplicates"] = [d.__dict__ for d in dropped]
+    return out
