@@ -218,6 +218,7 @@ def _table(run) -> str:
 
 def cmd_run(args) -> int:
     from ._plugins import load_plugins  # noqa: F401 - imported for its side effect on logging
+    from .distributed import shutdown
     from .engine import Engine, config_yaml, prepare_config
 
     if args.nproc < 1 or args.max_restarts < 0:
@@ -241,6 +242,9 @@ def cmd_run(args) -> int:
     engine = Engine(cfg, host, resume=mode)
     if args.dry_run:
         run = engine.validate()
+        shutdown()
+        if not run.dist.is_main:
+            return 0
         print(config_yaml(cfg), end="")
         print(
             f"dry run: corpus {run.corpus.name} ({', '.join(f'{s} {len(run.split(s))}' for s in ('teacher', 'labeled', 'unlabeled', 'test'))}), "
@@ -252,6 +256,7 @@ def cmd_run(args) -> int:
             print(f"warning: {w}", file=sys.stderr)
         return 0
     run = engine.execute()
+    shutdown()  # every rank, in order: see distributed.shutdown
     if not run.dist.is_main:
         return 0
     print()

@@ -119,6 +119,16 @@ def from_env(device: torch.device, timeout_s: float = 1800.0) -> tuple[DistConte
     return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local), device
 
 
+def shutdown() -> None:
+    """Leave the process group in order: every rank waits for the others, then the group is
+    destroyed before the process exits. Exiting with the group alive lets one rank close its
+    sockets while another's gloo threads still read them, which gloo answers with an abort
+    (SIGABRT) of the slower rank at interpreter exit."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def split_batch(indices: list[int], ctx: DistContext) -> list[int]:
     """This rank's contiguous part of one global batch (parts differ in size by one at most)."""
     if not ctx.enabled:
