@@ -143,21 +143,28 @@ def read_component_config(directory: str | Path, kind: str | None = None) -> dic
     return config
 
 
-def load_component(directory: str | Path, registry, *, kind: str, **inject: Any) -> torch.nn.Module:
-    """Rebuild a saved component through ``registry`` and load its weights (strictly)."""
+def load_weights(module: torch.nn.Module, directory: str | Path, what: str = "") -> None:
+    """Load a component directory's weights into ``module`` (strictly, but for the state-dict
+    prefixes it names in ``checkpoint_exclude``)."""
     directory = Path(directory)
-    config = read_component_config(directory, kind)
-    label_space = LabelSpace.from_dict(config["label_space"])
-    module = registry.build(config["name"], label_space=label_space, **config["options"], **inject)
     state = read_tensors(directory / WEIGHTS_NAME)
     missing, unexpected = module.load_state_dict(state, strict=False)
     exclude = tuple(getattr(module, "checkpoint_exclude", ()))
     missing = [k for k in missing if not (exclude and k.startswith(exclude))]
     if missing or unexpected:
         raise UsageError(
-            f"{directory}: weights do not fit {kind} {config['name']!r} "
+            f"{directory}: weights do not fit {what or type(module).__name__} "
             f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"
         )
+
+
+def load_component(directory: str | Path, registry, *, kind: str, **inject: Any) -> torch.nn.Module:
+    """Rebuild a saved component through ``registry`` and load its weights (strictly)."""
+    directory = Path(directory)
+    config = read_component_config(directory, kind)
+    label_space = LabelSpace.from_dict(config["label_space"])
+    module = registry.build(config["name"], label_space=label_space, **config["options"], **inject)
+    load_weights(module, directory, f"{kind} {config['name']!r}")
     module.liser_spec = {"name": config["name"], "options": config["options"]}
     if kind == "teacher" and isinstance(config.get("card"), dict):  # provenance comes back with it
         from .components import TeacherCard

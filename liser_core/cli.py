@@ -315,7 +315,19 @@ def cmd_data_check(args) -> int:
 
     if args.workers < 1:
         raise UsageError("--workers must be >= 1")
-    report = check_recipe(args.recipe, args.overrides, host=_host(args), workers=args.workers)
+    from .progress import progress
+
+    bar = None
+
+    def tick(done: int, total: int) -> None:  # the report's progress, through the one progress helper
+        nonlocal bar
+        if bar is None:
+            bar = progress(range(total), total=total, desc="data check", unit="clip")
+        next(bar, None)
+        if done == total:
+            next(bar, None)  # ends the bar
+
+    report = check_recipe(args.recipe, args.overrides, host=_host(args), workers=args.workers, progress=tick)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     return 0 if report.ok else 1
 
@@ -356,6 +368,9 @@ def _setup_logging(level: int) -> None:
     for h in root.handlers:
         if getattr(h, "_liser_console", False):
             h.setLevel(level)
+    from .progress import bars_wanted, configure
+
+    configure(bars=bars_wanted(level))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

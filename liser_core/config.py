@@ -61,6 +61,10 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)  # the dataset factory's options
     bad_clips: BadClipPolicy = BadClipPolicy.skip  # unreadable/silent/broken clips: skip | raise
     duplicates: DuplicatePolicy = DuplicatePolicy.skip  # the same content in two splits: skip | warn | error
+    workers: int | None = None  # processes decoding clips read from files; None: from the CPU count; 0: in process
+    cache: bool = True  # decode (and resample) each clip read from a file once, across epochs, stages and runs
+    cache_dir: str | None = None  # the decoded-clip cache; None: $LISER_CACHE_DIR/decoded
+    cache_max_gb: float = 50.0  # least recently used entries are removed past this size
 
 
 @dataclass
@@ -91,6 +95,9 @@ class TeacherConfig:
     #: use it even though its fit set shares speakers or clips with the test split (refused
     #: otherwise); every report of the run then says so
     allow_test_overlap: bool = False
+    #: seed of its initial weights and fit; None: drawn from its recipe block and its fit set, so
+    #: that it is fitted once per fit set and reused across a grid (runs with a store)
+    seed: int | None = None
 
 
 @dataclass
@@ -135,7 +142,7 @@ class RecipeConfig:
     seed: int = 0
     device: str = "cpu"  # cpu | cuda | cuda:N | mps | auto
     precision: Precision = Precision.fp32  # autocast in training and inference: fp32 | bf16 | fp16
-    threads: int | None = None  # torch CPU threads; None keeps torch's default
+    threads: int | None = None  # torch CPU threads; None: this process's CPUs less the decoding workers (on CPU, results depend on it)
     run_dir: str | None = None  # default: runs/<name>-<timestamp>
     store: str | None = None  # teacher-output store folder: each teacher labels each clip once, ever
     store_dtype: StoreDtype = StoreDtype.float32  # precision of stored teacher outputs
@@ -423,6 +430,12 @@ def validate_components(cfg: DictConfig, registries) -> None:
                 raise ConfigError(f"{stage}.{k}", f"must be {'>= 1' if k == 'batch_size' else '>= 0'}")
         if sc.lr <= 0:
             raise ConfigError(f"{stage}.lr", "must be > 0")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise ConfigError("threads", "must be >= 1, or null for automatic")
+    if cfg.data.workers is not None and cfg.data.workers < 0:
+        raise ConfigError("data.workers", "must be >= 0 (0: decode in the main process), or null for automatic")
+    if cfg.data.cache_max_gb <= 0:
+        raise ConfigError("data.cache_max_gb", "must be > 0")
     if cfg.evaluate.split not in SPLITS:
         raise ConfigError("evaluate.split", f"{cfg.evaluate.split!r} is not a split", close_matches(str(cfg.evaluate.split), SPLITS))
     dev = str(cfg.device)

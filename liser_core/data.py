@@ -6,7 +6,7 @@ import inspect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -104,6 +104,19 @@ class Batch:
     def __len__(self) -> int:
         return self.audio.shape[0]
 
+    def pin_memory(self) -> Batch:
+        """The batch in page-locked memory (DataLoader ``pin_memory``: faster copies to a GPU)."""
+        return Batch(
+            audio=self.audio.pin_memory(),
+            lengths=self.lengths.pin_memory(),
+            sample_rate=self.sample_rate,
+            labels=self.labels.pin_memory(),
+            clip_ids=self.clip_ids,
+            index=self.index.pin_memory(),
+            frames=self.frames.pin_memory() if self.frames is not None else None,
+            extra=self.extra,
+        )
+
     def to(self, device: torch.device | str) -> Batch:
         def mv(t):
             return t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t
@@ -120,8 +133,23 @@ class Batch:
         )
 
 
+class _Bad(NamedTuple):
+    """A clip a worker could not use: the policy is applied where the batch is read."""
+
+    clip_id: str
+    path: str | None
+    reason: str
+
+
 class ClipDataset(torch.utils.data.Dataset):
-    """A sequence of clips served to a DataLoader, resampled to one rate, labels as ids."""
+    """A sequence of clips served to a DataLoader, resampled to one rate, labels as ids.
+
+    With a ``cache`` (:class:`~liser_core.clipcache.ClipCache`) and ``cache_key`` (clip -> its
+    content key, or None), clips read from files are decoded and resampled once: later epochs,
+    stages and runs read the cached arrays (and a broken file's reason). ``loader(workers=N)``
+    decodes on N processes; the bad-clip policy is applied in the reading process, so skipped
+    clips are reported, and ``raise`` raises, as with ``workers=0``.
+    """
 
     def __init__(
         self,
@@ -133,6 +161,10 @@ class ClipDataset(torch.utils.data.Dataset):
         with_frames: bool = False,
         loader: Callable[[Clip], Clip] | None = None,
         on_bad_clip: str = "skip",
+        cache=None,
+        cache_key: Callable[[Clip], str | None] | None = None,
+        workers: int = 0,
+        pin_memory: bool = False,
     ):
         self.clips = clips
         self.label_space = label_space
@@ -145,6 +177,9 @@ class ClipDataset(torch.utils.data.Dataset):
         if on_bad_clip not in ("skip", "raise"):
             raise ValueError(f"on_bad_clip must be 'skip' or 'raise', not {on_bad_clip!r}")
         self.on_bad_clip = on_bad_clip
+        self.cache = cache if cache_key is not None else None
+        self.cache_key = cache_key
+        self.workers, self.pin_memory = workers, pin_memory  # the defaults of loader()
         self.skipped: dict[str, str] = {}  # clip id -> reason, for clips skipped by the policy
 
     def __len__(self) -> int:
@@ -161,35 +196,78 @@ class ClipDataset(torch.utils.data.Dataset):
             return self.load_clip(clip, frames=self.with_frames)
         return self.load_clip(clip)
 
-    def __getitem__(self, i: int):
+    def _resampled(self, audio: np.ndarray, rate: int) -> torch.Tensor:
+        out = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+        if rate != self.sample_rate:
+            import torchaudio.functional as AF
+
+            out = AF.resample(out, rate, self.sample_rate)
+        return out
+
+    def _decoded(self, clip: Clip) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Audio at this dataset's rate (and frames, if served) of an unloaded clip: from the
+        cache when it has them, else decoded, resampled and cached."""
+        key = self.cache_key(clip) if self.cache is not None else None
+        if key is not None:
+            bad = self.cache.get_bad(key, self.with_frames)
+            if bad is not None:
+                raise BadClipError(clip.clip_id, bad.path, bad.reason)
+            audio = self.cache.get_audio(key, self.sample_rate)
+            frames = self.cache.get_frames(key) if self.with_frames else None
+            if audio is not None and (not self.with_frames or frames is not None):
+                return torch.from_numpy(audio), (frames[0] if frames is not None else None)
+        try:
+            loaded = self.load(clip)
+        except BadClipError as exc:
+            if key is not None:
+                self.cache.put_bad(key, self.with_frames, exc.reason, exc.path)
+            raise
+        audio = self._resampled(loaded.audio, loaded.sample_rate)
+        if key is not None:
+            self.cache.put_audio(key, self.sample_rate, audio.numpy())
+            if self.with_frames and loaded.frames is not None:
+                self.cache.put_frames(key, loaded.frames, loaded.fps)
+        return audio, loaded.frames
+
+    def _fetch(self, i: int):
+        """Item ``i``, or a :class:`_Bad` marker for a clip that cannot be used."""
         clip = self.clips[i]
         if clip.audio is None:
             try:
-                clip = self.load(clip)
+                audio, frames_arr = self._decoded(clip)
             except BadClipError as exc:
-                if self.on_bad_clip == "raise":
-                    raise
-                if clip.clip_id not in self.skipped:
-                    log.warning("skipping %s", exc)
-                self.skipped[clip.clip_id] = exc.reason
-                return None
-        audio = torch.from_numpy(np.ascontiguousarray(clip.audio, dtype=np.float32))
-        if clip.sample_rate != self.sample_rate:
-            import torchaudio.functional as AF
-
-            audio = AF.resample(audio, clip.sample_rate, self.sample_rate)
+                return _Bad(clip.clip_id, exc.path, exc.reason)
+        else:
+            audio, frames_arr = self._resampled(clip.audio, clip.sample_rate), clip.frames
         label = -1
         if self.with_labels and clip.label is not None:
             label = self.label_space.index(clip.label)
         frames = None
         if self.with_frames:
-            if clip.frames is None:
+            if frames_arr is None:
                 raise ValueError(f"clip {clip.clip_id} has no video frames")
-            frames = torch.from_numpy(np.ascontiguousarray(clip.frames))
+            frames = torch.from_numpy(np.ascontiguousarray(frames_arr))
         return i, clip.clip_id, audio, label, frames
 
-    def collate(self, items) -> Batch | None:
-        items = [it for it in items if it is not None]  # bad clips skipped by the policy
+    def _bad(self, bad: _Bad) -> None:
+        """The bad-clip policy: ``raise`` stops naming file and reason; ``skip`` records it."""
+        if self.on_bad_clip == "raise":
+            raise BadClipError(bad.clip_id, bad.path, bad.reason)
+        if bad.clip_id not in self.skipped:
+            log.warning("skipping %s: %s", bad.path or bad.clip_id, bad.reason)
+        self.skipped[bad.clip_id] = bad.reason
+
+    def __getitem__(self, i: int):
+        item = self._fetch(i)
+        if isinstance(item, _Bad):
+            self._bad(item)
+            return None
+        return item
+
+    def collate(self, items, *, frames_float: bool = True) -> Batch | None:
+        """Pad the items' audio into one batch; frames as floats in [0, 1] (``frames_float``) or
+        as the decoded uint8 (a quarter of the bytes, for a worker's batch in transit)."""
+        items = [it for it in items if it is not None and not isinstance(it, _Bad)]  # bad clips: skipped
         if not items:
             return None
         idx, ids, audios, labels, frames = zip(*items)
@@ -199,7 +277,9 @@ class ClipDataset(torch.utils.data.Dataset):
             audio[row, : len(a)] = a
         fr = None
         if self.with_frames:
-            fr = torch.stack([f.float() / 255.0 for f in frames])
+            fr = torch.stack(frames)
+            if frames_float:
+                fr = fr.float() / 255.0
         return Batch(
             audio=audio,
             lengths=lengths,
@@ -210,6 +290,9 @@ class ClipDataset(torch.utils.data.Dataset):
             frames=fr,
         )
 
+    def _collate_marked(self, items) -> tuple[Batch | None, list[_Bad]]:
+        return self.collate(items, frames_float=False), [it for it in items if isinstance(it, _Bad)]
+
     def loader(
         self,
         batch_size: int,
@@ -219,7 +302,9 @@ class ClipDataset(torch.utils.data.Dataset):
         drop_last: bool = False,
         skip_batches: int = 0,
         dist: DistContext | None = None,
-    ) -> torch.utils.data.DataLoader:
+        workers: int | None = None,
+        pin_memory: bool | None = None,
+    ) -> ClipLoader:
         """Batches of this dataset. Shuffled, the order is ``torch.randperm`` drawn from ``seed``
         alone; ``skip_batches`` leaves out the first batches of that order without reading
         them (how a resumed epoch continues). The global RNGs are never touched.
@@ -229,7 +314,14 @@ class ClipDataset(torch.utils.data.Dataset):
         one process would. Shuffled (training) loaders leave out batches with fewer clips than
         ranks, so that every rank takes every step; unshuffled ones keep them (a rank may then
         get an empty batch, which collates to None).
+
+        ``workers`` processes (default: the dataset's) decode (and resample) clips ahead of the
+        model, two batches each; the batches are the same, in the same order, as with
+        ``workers=0``. Clips already in memory are never worth a worker: the loader then reads
+        them in-process. ``pin_memory`` (default: the dataset's) for fast copies to a GPU.
         """
+        workers = self.workers if workers is None else workers
+        pin_memory = self.pin_memory if pin_memory is None else pin_memory
         g = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(self), generator=g).tolist() if shuffle else list(range(len(self)))
         batches = list(torch.utils.data.BatchSampler(order, batch_size, drop_last))[skip_batches:]
@@ -237,9 +329,48 @@ class ClipDataset(torch.utils.data.Dataset):
             if shuffle:
                 batches = [b for b in batches if len(b) >= dist.world_size]
             batches = [split_batch(b, dist) for b in batches]
-        return torch.utils.data.DataLoader(
-            self,
+        if workers and all(c.audio is not None for c in self.clips):
+            workers = 0
+        workers = min(workers, len(batches))
+        dl = torch.utils.data.DataLoader(
+            _Marked(self),
             batch_sampler=batches,
-            collate_fn=self.collate,
+            collate_fn=self._collate_marked,
             generator=g,  # the loader's own seed draw comes from here, not the global RNG
+            num_workers=workers,
+            prefetch_factor=2 if workers else None,
+            pin_memory=pin_memory,
         )
+        return ClipLoader(self, dl, len(batches))
+
+
+class _Marked(torch.utils.data.Dataset):
+    """The dataset as a DataLoader's workers see it: bad clips come back as markers."""
+
+    def __init__(self, ds: ClipDataset):
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        return self.ds._fetch(i)
+
+
+class ClipLoader:
+    """Iterates a DataLoader over a :class:`ClipDataset`: batches (None when every clip of one
+    was skipped), with the bad-clip policy applied here, in the reading process."""
+
+    def __init__(self, ds: ClipDataset, dl: torch.utils.data.DataLoader, n: int):
+        self.ds, self.dl, self.n = ds, dl, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        for batch, bad in self.dl:
+            for b in bad:
+                self.ds._bad(b)
+            if batch is not None and batch.frames is not None and batch.frames.dtype == torch.uint8:
+                batch.frames = batch.frames.float() / 255.0  # sent as uint8: 4x fewer bytes between processes
+            yield batch

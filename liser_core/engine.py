@@ -15,6 +15,7 @@ Stages, in order (each can be skipped by its recipe block):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import logging.handlers
@@ -36,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint, guards, provenance
 from ._plugins import PluginHost
+from .clipcache import ClipCache
 from .components import BatchTargets, Loss, Student, Teacher, blame, checked_output, loss_value
 from .config import (
     BadClipPolicy,
@@ -54,7 +56,8 @@ from .errors import ConfigError, UsageError
 from .identity import digests_of
 from .labels import LabelMap, LabelSpace
 from .metrics import classification_metrics
-from .store import TeacherStore, clip_key, teacher_meta
+from .progress import progress
+from .store import TeacherStore, clip_key, teacher_meta, weights_digest
 from .training import TrainingInterrupted, collect, train
 from .trainstate import Checkpointer, read_complete_dir, write_complete_dir
 
@@ -217,6 +220,10 @@ class Engine:
         self.state_dir = run_dir / "state"
         self._state: dict[str, Any] = {}
         self._dropped: list[guards.Duplicate] = []  # clips the duplicate guard left out
+        self._clip_cache: ClipCache | None = None  # decoded clips of file-based corpora
+        self._content_keys: dict[str, str] = {}  # clip id -> content + decoding key (file-based corpora)
+        self._workers = 0
+        self.threads = torch.get_num_threads()
 
     # -- run state: what lets an interrupted run continue ---------------------------------------
     def _comparable_config(self) -> dict[str, Any]:
@@ -229,6 +236,12 @@ class Engine:
     def _open_state(self) -> None:
         self._state = self.dist.on_main(self._decide_state)
         self.run.resumed = self._state["resumed"] > 0
+        if self._state["threads"] != self.threads:  # threads: null, resumed where another count is chosen
+            log.warning(
+                "continuing with the %d thread(s) the run started with (here the choice would be %d): "
+                "CPU results depend on the thread count", self._state["threads"], self.threads,
+            )
+            self._set_threads(self._state["threads"])
 
     def _decide_state(self) -> dict[str, Any]:
         """Decide between a fresh start and continuing the run saved in ``run_dir/state``."""
@@ -260,6 +273,7 @@ class Engine:
         self._state = {
             "status": "running",
             "config": config,
+            "threads": int(prev.get("threads") or self.threads) if prev else self.threads,
             "completed": list(prev.get("completed", [])) if prev else [],
             "resumed": (prev.get("resumed", 0) + 1) if prev else 0,
             "world_size": self.dist.world_size,
@@ -294,8 +308,6 @@ class Engine:
         """Build every component, apply the soundness guards and run each component once on a
         tiny batch of the corpus (:mod:`liser_core.preflight`). Writes nothing: this is
         ``liser run --dry-run``, and how every run starts."""
-        if self.cfg.threads:
-            torch.set_num_threads(int(self.cfg.threads))
         seed_everything(int(self.cfg.seed))
         self.run.fingerprint = provenance.fingerprint(self.cfg, provenance.code_versions(self.host))
         self.prepare()
@@ -425,6 +437,7 @@ class Engine:
             time.perf_counter() - t0,
         )
         self._guard_data()
+        self._setup_data_path()
         if not run.split(cfg.evaluate.split):
             raise ConfigError("evaluate.split", f"corpus {run.corpus.name!r} has no {cfg.evaluate.split!r} clips")
 
@@ -435,10 +448,12 @@ class Engine:
                 teacher = checkpoint.load_component(tc.checkpoint, self.reg.teacher, kind="teacher")
                 teacher.liser_spec |= {"kind": "teacher", "plugin": self.reg.teacher.get(teacher.liser_spec["name"]).plugin,
                                        "key": f"teachers.{i}"}
-            else:
-                teacher = build_component(
-                    self.reg.teacher, tc.name, plain(tc.options), f"teachers.{i}.options", label_space=run.label_space
-                )
+            else:  # its initial weights depend on its own recipe block, not on the run's seed
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(_teacher_seed(tc))
+                    teacher = build_component(
+                        self.reg.teacher, tc.name, plain(tc.options), f"teachers.{i}.options", label_space=run.label_space
+                    )
             try:
                 run.label_maps[key] = LabelMap(
                     teacher.label_space,
@@ -626,9 +641,62 @@ class Engine:
             with_frames=frames,
             loader=getattr(self.run.corpus, "load", None),
             on_bad_clip=BadClipPolicy(self.cfg.data.bad_clips).value,
+            cache=self._clip_cache,
+            cache_key=self._content_key if self._clip_cache is not None else None,
+            workers=self._workers,
+            pin_memory=self.run.device.type == "cuda",
         )
         self._datasets.append(ds)
         return ds
+
+    def _setup_data_path(self) -> None:
+        """Content keys of clips read from files (their file digests and how they are decoded:
+        what the store and the decoded-clip cache key on), the cache, the decoding workers."""
+        run, cfg = self.run, self.cfg
+        lazy = any(c.audio is None for s in SPLITS for c in run.split(s)[:1])
+        workers = cfg.data.workers
+        if workers is None:  # leave a core to the model; none when the clips are in memory
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            workers = min(4, max(0, cpus // self.dist.world_size - 1)) if lazy else 0
+        self._workers = int(workers)
+        self._set_threads()
+        if not lazy:
+            return
+        signature = getattr(run.corpus, "decode_signature", None)
+        fallback = {"dataset": cfg.data.name, "options": plain(cfg.data.options)}  # a corpus that cannot say
+        for s in SPLITS:
+            for clip, digests in zip(run.split(s), run.digests[s]):
+                if clip.audio is None:
+                    self._content_keys[clip.clip_id] = ClipCache.key(digests, signature(clip) if signature else fallback)
+        if cfg.data.cache:
+            from .identity import cache_dir
+
+            root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else cache_dir() / "decoded"
+            self._clip_cache = ClipCache(root, max_bytes=int(cfg.data.cache_max_gb * 2**30))
+        log.info(
+            "decoding: %d worker(s); decoded clips %s", self._workers,
+            f"cached in {self._clip_cache.root}" if self._clip_cache else "not cached (data.cache: off)",
+        )
+
+    def _set_threads(self, threads: int | None = None) -> None:
+        """torch's CPU threads: the recipe's, else this process's share of the CPUs less its
+        decoding workers (more threads than free cores make small models many times slower)."""
+        if threads is None:
+            threads = self.cfg.threads
+        if threads is None:
+            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            threads = max(1, min(8, cpus // self.dist.world_size - self._workers))
+        self.threads = int(threads)
+        torch.set_num_threads(self.threads)
+
+    def _content_key(self, clip: Clip) -> str | None:
+        """A file-based clip's key in the decoded-clip cache and the teacher store."""
+        return self._content_keys.get(clip.clip_id)
+
+    def _store_key(self, clip: Clip) -> str:
+        """A clip's key in the teacher store: by content (and decoding) only, never by its
+        path, split, fold or label fraction."""
+        return self._content_keys.get(clip.clip_id) or clip_key(clip)
 
     def _native_rate(self) -> int:
         for s in ("labeled", "unlabeled", "test", "teacher"):
@@ -646,8 +714,7 @@ class Engine:
     def teach(self) -> None:
         run = self.run
         teach_clips = run.split("teacher")
-        seed = int(self.cfg.seed)
-        for key, teacher in run.teachers.items():
+        for i, (key, teacher) in enumerate(run.teachers.items()):
             tc = run.teacher_configs[key]
             if tc.checkpoint:
                 log.info("teacher %s: loaded from %s", key, tc.checkpoint)
@@ -656,42 +723,33 @@ class Engine:
                 log.info("teacher %s: pretrained (%s), used as is", key, teacher.card.source or teacher.card.backbone)
                 continue
             if not teacher.fittable:
-                raise ConfigError(
-                    f"teachers.{list(run.teachers).index(key)}.checkpoint",
-                    f"teacher {tc.name!r} cannot be fitted in a run; give it a checkpoint",
-                )
+                raise ConfigError(f"teachers.{i}.checkpoint", f"teacher {tc.name!r} cannot be fitted in a run; give it a checkpoint")
             if not teach_clips:
                 raise ConfigError(
-                    f"teachers.{list(run.teachers).index(key)}.checkpoint",
+                    f"teachers.{i}.checkpoint",
                     f"corpus {run.corpus.name!r} has no teacher split to fit {tc.name!r} on; give a checkpoint",
                 )
             # labels reach the teacher through its label map, by name, in its own class order
             fit_clips, fit_digests, excluded = self._fit_clips(key)
             ds = self._teacher_dataset(teacher, fit_clips, space=teacher.label_space)
-            fit: TrainConfig = tc.fit
-
-            def step(batch: Batch, teacher=teacher):
-                with blame(teacher, "fit_loss"):
-                    return teacher.fit_loss(batch)
-
-            log.info(
-                "teacher %s: fitting on %d clips of the teacher split%s", key, len(ds),
-                f" ({sum(excluded.values())} of classes it cannot represent left out)" if excluded else "",
-            )
-            train(
-                [teacher],
-                step,
-                lambda epoch, skip, ds=ds, bs=fit.batch_size: ds.loader(
-                    bs, shuffle=True, seed=seed + 100 + epoch, drop_last=_lone(ds, bs), skip_batches=skip, dist=self.dist
-                ),
-                _steps(len(ds), fit.batch_size),
-                fit,
-                device=run.device,
-                name=f"teacher {key}",
-                params=teacher.trainable_parameters(),
-                on_epoch_end=self._epoch_hook("teach", key),
-                **self._checkpointer("teach", key),
-            )
+            fit_key = self._fit_key(key, fit_clips, ds.sample_rate)
+            seed = int(tc.seed) if tc.seed is not None else int(fit_key[:8], 16)
+            cached = self._fitted_dir(fit_key, provenance.code_versions(self.host))
+            reused = cached is not None and (cached / checkpoint.CONFIG_NAME).is_file()
+            if reused:
+                checkpoint.load_weights(teacher, cached, f"teacher {tc.name!r}")
+                teacher.eval()
+                log.info("teacher %s: fitted on this fit set before: weights reused from %s [%s]", key, cached, fit_key[:12])
+            else:
+                log.info(
+                    "teacher %s: fitting on %d clips of the teacher split%s [%s]", key, len(ds),
+                    f" ({sum(excluded.values())} of classes it cannot represent left out)" if excluded else "",
+                    fit_key[:12],
+                )
+                self._fit(key, teacher, ds, seed)
+                if cached is not None and self.dist.is_main:  # the next run with this fit set reuses it
+                    self._save_teacher(teacher, cached, {"fit_key": fit_key})
+            run.diagnostics.setdefault("teacher_fits", {})[key] = {"fit_key": fit_key, "reused": reused}
             teacher.card = dataclasses.replace(
                 teacher.card,
                 trained_on=tuple(dict.fromkeys((*teacher.card.trained_on, f"{run.corpus.name}[teacher]"))),
@@ -699,17 +757,65 @@ class Engine:
                 num_parameters=_count(teacher),
                 fit_sets=(*teacher.card.fit_sets, guards.FitSet.of(run.corpus.name, "teacher", fit_clips, fit_digests).to_dict()),
             )
-            if not self.dist.is_main:
-                continue
-            checkpoint.save_component(
-                teacher,
-                run.run_dir / "teachers" / key,
-                kind="teacher",
-                name=teacher.liser_spec["name"],
-                options=teacher.liser_spec["options"],
-                label_space=teacher.label_space,
-                extra={"card": teacher.card.to_dict()},
-            )
+            if self.dist.is_main:
+                self._save_teacher(teacher, run.run_dir / "teachers" / key, {"card": teacher.card.to_dict()})
+
+    def _fit(self, key: str, teacher: Teacher, ds: ClipDataset, seed: int) -> None:
+        """Fit one teacher on its dataset, from its own seed (not the run's)."""
+        fit: TrainConfig = self.run.teacher_configs[key].fit
+        seed_everything(seed)
+
+        def step(batch: Batch):
+            with blame(teacher, "fit_loss"):
+                return teacher.fit_loss(batch)
+
+        train(
+            [teacher],
+            step,
+            lambda epoch, skip: ds.loader(
+                fit.batch_size, shuffle=True, seed=seed + 100 + epoch, drop_last=_lone(ds, fit.batch_size),
+                skip_batches=skip, dist=self.dist,
+            ),
+            _steps(len(ds), fit.batch_size),
+            fit,
+            device=self.run.device,
+            name=f"teacher {key}",
+            params=teacher.trainable_parameters(),
+            on_epoch_end=self._epoch_hook("teach", key),
+            **self._checkpointer("teach", key),
+        )
+
+    def _save_teacher(self, teacher: Teacher, directory: Path, extra: dict) -> None:
+        checkpoint.save_component(
+            teacher, directory, kind="teacher", name=teacher.liser_spec["name"],
+            options=teacher.liser_spec["options"], label_space=teacher.label_space, extra=extra,
+        )
+
+    def _fit_key(self, key: str, clips: list[Clip], rate: int) -> str:
+        """What a fitted teacher is a function of: its recipe block (name, options, label map,
+        fit settings, seed), its initial weights, its inputs (rate, frames, precision), and each
+        fit clip's content and label. Equal keys (and code), equal fitted teachers."""
+        tc, teacher = self.run.teacher_configs[key], self.run.teachers[key]
+        block = provenance.plain_config(tc)
+        for k in ("checkpoint", "weight", "allow_test_overlap"):
+            block.pop(k, None)
+        for k in ("checkpoint_every", "nonfinite_patience"):
+            block["fit"].pop(k, None)
+        body = {
+            "block": block,
+            "init": weights_digest(teacher),
+            "inputs": {"rate": rate, "frames": teacher.needs_frames, "precision": self.precision},
+            "fit_set": sorted(f"{self._store_key(c)}:{c.label}" for c in clips),
+        }
+        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+    def _fitted_dir(self, fit_key: str, versions: dict[str, str]) -> Path | None:
+        """Where teachers fitted in runs are kept for reuse: ``<store>/fitted/<fit key + code>``
+        (another LiSER or plugin version fits again)."""
+        if not self.cfg.store:
+            return None
+        code = hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16]
+        return Path(self.cfg.store).expanduser() / "fitted" / f"{fit_key[:48]}-{code}"
 
     def _distil_clips(self) -> tuple[list[Clip], list[str | None]]:
         """Pool clips with labels hidden, then labeled clips; and the pool's hidden truth."""
@@ -756,13 +862,15 @@ class Engine:
         run, cfg = self.run, self.cfg
         logits, embs = {}, {}
         store = self._store(shared=self.dist.enabled)  # ranks share their labels through a store
-        keys = [clip_key(c) for c in clips] if store else None
+        keys = [self._store_key(c) for c in clips] if store else None
         for key, teacher in run.teachers.items():
             teacher.eval()
             ds = self._teacher_dataset(teacher, clips, labels=False)
             t0 = time.perf_counter()
             if store is None:
-                lo, em, _, idx = collect(_teacher_call(teacher), ds.loader(cfg.evaluate.batch_size), run.device, self.precision)
+                lo, em, _, idx = collect(
+                    _teacher_call(teacher), ds.loader(cfg.evaluate.batch_size), run.device, self.precision, f"labeling ({key})"
+                )
                 log.info("teacher %s labeled %d clips in %.1fs", key, len(ds), time.perf_counter() - t0)
             else:
                 lo, em, idx = self._label_with_store(store, keys, key, teacher, clips, ds.sample_rate)
@@ -779,8 +887,9 @@ class Engine:
     def _label_with_store(self, store, keys, key, teacher, clips, sample_rate, diagnostic: str = "store"):
         """Label only the clips the store lacks for this teacher's fingerprint, then read all."""
         run, cfg = self.run, self.cfg
-        extra = {"corpus": run.corpus.name, "data_options": plain(cfg.data.options)}
-        meta = teacher_meta(teacher, sample_rate=sample_rate, extra=extra)
+        # what a clip's store key leaves out and the outputs depend on: nothing for clips held in
+        # memory (keyed by their samples), the decoding for file-based clips (in their key)
+        meta = teacher_meta(teacher, sample_rate=sample_rate)
         fp = meta["fingerprint"]
         # rank 0 decides what is missing before any rank writes, so all ranks share one to-do list
         todo = self.dist.on_main(lambda: store.missing(fp, keys, embeddings=True))
@@ -789,7 +898,8 @@ class Engine:
         if mine:
             sub = self._teacher_dataset(teacher, [clips[i] for i in mine], labels=False)
             with store.writer(fp, meta=meta) as writer, torch.no_grad():
-                for batch in sub.loader(cfg.evaluate.batch_size):
+                loader = sub.loader(cfg.evaluate.batch_size)
+                for batch in progress(loader, total=len(loader), desc=f"labeling ({key})", unit="batch"):
                     if batch is None:
                         continue  # bad clips are skipped, never stored
                     out = _teacher_call(teacher)(batch.to(run.device))
@@ -902,7 +1012,7 @@ class Engine:
         split = cfg.evaluate.split
         clips = run.split(split)
         store = self._store()  # teachers' test outputs are kept like their labels of the pool
-        keys = [clip_key(c) for c in clips] if store and run.teachers else None
+        keys = [self._store_key(c) for c in clips] if store and run.teachers else None
         for key, teacher in run.teachers.items():
             if teacher.card.overlaps(run.corpus.name, split):
                 run.warn(
@@ -988,6 +1098,14 @@ class Engine:
             )
 
         return hook
+
+
+def _teacher_seed(tc) -> int:
+    """The seed of a teacher's initial weights: from its recipe block (its own ``seed`` if set)."""
+    if tc.seed is not None:
+        return int(tc.seed)
+    block = provenance.plain_config(tc)
+    return int(hashlib.sha256(json.dumps({k: block.get(k) for k in ("name", "options")}, sort_keys=True).encode()).hexdigest()[:8], 16)
 
 
 def _teacher_call(teacher: Teacher):

@@ -18,10 +18,13 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-#: Recipe keys that change where and how fast a run goes, not what it computes.
-RESUME_FREE_KEYS = ("run_dir", "threads", "device", "loggers")
-#: Keys that also do not change results: the run's name and where teacher outputs are cached.
-RESULT_FREE_KEYS = (*RESUME_FREE_KEYS, "name", "store", "store_dtype")
+#: Recipe keys that change where a run goes and what it reports to, not what it computes.
+#: (``threads`` is not one of them: CPU kernels split their sums by thread, so a run resumed
+#: with another thread count would not compute what the uninterrupted one does.)
+RESUME_FREE_KEYS = ("run_dir", "device", "loggers")
+#: Keys that do not change results beyond the last bits: also the run's name, where teacher
+#: outputs are cached, and the thread count (what results are grouped and compared by).
+RESULT_FREE_KEYS = (*RESUME_FREE_KEYS, "threads", "name", "store", "store_dtype")
 
 
 def plain_config(cfg: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from .config import TrainConfig
 from .data import Batch
 from .distributed import SINGLE, DistContext
 from .errors import LiserError
+from .progress import progress
 from .trainstate import Checkpointer, Progress, set_rng_state
 
 log = logging.getLogger("liser.train")
@@ -166,7 +167,8 @@ def train(
                 set_rng_state(*rng)
                 rng = None
             t0 = time.perf_counter() - prog.seconds
-            for batch in batches:
+            total = len(batches) if hasattr(batches, "__len__") else None
+            for batch in progress(batches, total=total, desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", unit="batch"):
                 prog.batch += 1
                 if batch is None:  # every clip of the batch was skipped as bad
                     continue
@@ -239,11 +241,13 @@ def collect(
     loader: Iterable[Batch],
     device: torch.device,
     precision: str = "fp32",
+    desc: str = "inference",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run ``forward`` over a loader: (logits, embeddings, labels, dataset indices), in loader
     order; clips skipped as bad are absent, so ``indices`` says which rows are which clips."""
     logits, embs, labels, index = [], [], [], []
-    for batch in loader:
+    total = len(loader) if hasattr(loader, "__len__") else None
+    for batch in progress(loader, total=total, desc=desc, unit="batch"):
         if batch is None:
             continue
         batch = batch.to(device)

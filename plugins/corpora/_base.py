@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -83,6 +84,12 @@ class IndexedCorpus:
     def notes(self) -> list[str]:
         """What a run should report about how the splits were made (shortfalls, shared speakers)."""
         return self.protocol.notes
+
+    def decode_signature(self, clip: Clip) -> dict[str, Any]:
+        """Everything that changes what ``load(clip)`` returns or rejects, besides the files'
+        bytes: the decode options of the clip's source (the cache of decoded clips keys on it)."""
+        src = self._sources[clip.clip_id]
+        return {"corpus": self.name, "spec": dataclasses.asdict(src.spec), "known_problem": src.known_problem}
 
     def missing(self) -> dict[str, dict[str, list[str]]]:
         """What the protocol expects and the files lack, per split (``{"test": {"speakers":

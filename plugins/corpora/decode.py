@@ -83,6 +83,13 @@ class Source:
     known_problem: str = ""  # found while indexing (e.g. "no audio stream"): load fails at once
 
 
+def torch_worker():
+    """The DataLoader worker this code runs in, or None in the main process."""
+    import torch.utils.data
+
+    return torch.utils.data.get_worker_info()
+
+
 def _av():
     try:
         import av
@@ -289,7 +296,7 @@ def read_frames(path: str | Path, spec: DecodeSpec) -> tuple[np.ndarray, float]:
             if not container.streams.video:
                 raise Unusable("no video stream", path)
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            stream.thread_type = "AUTO" if torch_worker() is None else "NONE"  # workers: the parallelism
             rate = float(stream.average_rate or stream.guessed_rate or 25)
             t0, next_t, last_t = None, 0.0, 0.0
             for i, frame in enumerate(container.decode(stream)):
@@ -299,7 +306,7 @@ def read_frames(path: str | Path, spec: DecodeSpec) -> tuple[np.ndarray, float]:
                 if spec.max_seconds is not None and last_t > spec.max_seconds + 1.0:
                     raise Unusable(f"too long (> {spec.max_seconds:g} s = max_seconds)", path)
                 while next_t <= last_t + 1e-6:  # each sampling instant takes the frame showing then
-                    picked.append(_convert(frame, spec))
+                    picked.append(frame)  # converted below, once it is known to be kept
                     next_t += step
             seconds = last_t + 1.0 / rate
     except Unusable:
@@ -308,10 +315,14 @@ def read_frames(path: str | Path, spec: DecodeSpec) -> tuple[np.ndarray, float]:
         raise Unusable(f"unreadable: {_one_line(exc)}", path) from None
     if not picked:
         raise Unusable("unreadable: no decodable video frames", path)
-    frames = np.stack(picked)
-    if spec.num_frames is not None and len(frames) != spec.num_frames:
-        idx = np.linspace(0, len(frames) - 1, spec.num_frames).round().astype(int)
-        frames = frames[idx]
+    idx = list(range(len(picked)))
+    if spec.num_frames is not None and len(picked) != spec.num_frames:  # thinned or repeated evenly
+        idx = np.linspace(0, len(picked) - 1, spec.num_frames).round().astype(int).tolist()
+    try:
+        converted = {i: _convert(picked[i], spec) for i in dict.fromkeys(idx)}
+    except errors as exc:
+        raise Unusable(f"unreadable: {_one_line(exc)}", path) from None
+    frames = np.stack([converted[i] for i in idx])
     return frames, len(frames) / seconds
 
 

@@ -45,6 +45,18 @@ def load_pretrained(
 ):
     """(model, feature extractor) from a hub id or a directory written by ``save_pretrained``."""
     tf = import_transformers()
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar stays out of logs
+    try:
+        return _load(tf, model, with_head=with_head, local_files_only=local_files_only, revision=revision)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def _load(tf, model: str, *, with_head: bool, local_files_only: bool, revision: str | None):
     kw: dict = {"local_files_only": local_files_only}
     if revision:
         kw["revision"] = revision

@@ -29,6 +29,9 @@ def save_tiny_model(path: str | Path, arch: str = "wavlm", *, sample_rate: int =
     """Write a tiny random ``arch`` encoder (and its feature extractor) to ``path``; return it."""
     import torch
     import transformers as tf
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     cls, extra = ARCHS[arch]
     cfg = getattr(tf, cls)(**{**TINY, **extra, **config})

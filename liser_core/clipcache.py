@@ -1,0 +1,209 @@
+"""Decode once: a content-keyed cache of decoded clips, shared by epochs, stages, runs and
+processes.
+
+A corpus whose clips live in files (RAVDESS wavs, VoxCeleb2 mp4s) decodes, resamples and samples
+face frames every time a model reads a clip. :class:`ClipCache` keeps the result per
+
+* clip content (the digests of the files it is decoded from, :mod:`liser_core.identity`),
+* decoding signature (everything that changes what decoding returns or rejects: the corpus's
+  decode options, e.g. its sample rate, frame rate, frame count and size, length limits),
+* and consumer: audio at each sample rate a model asks for; face frames once,
+
+so that the second epoch, the next stage and the next run read a finished array. A clip that
+cannot be decoded is remembered too (its reason), so a broken file is not decoded again.
+
+Files (``root/<2 hex>/<key>-a16000.safetensors``, ``-frames``, ``-bad<flags>.json``) are
+written under a temporary name and renamed, so a reader sees a whole entry or none; each array
+carries a CRC-32 of its bytes, checked on every read: a damaged entry is deleted and decoded
+again, never used. Each hit refreshes the entry's modification time; when the folder grows past
+``max_bytes`` the least recently used entries are removed (LRU). Everything under ``root`` may
+be deleted at any time.
+
+Example::
+
+    >>> cache = ClipCache(tmp / "decoded", max_bytes=2**30)  # doctest: +SKIP
+    >>> key = cache.key(digests, {"sample_rate": 16000})  # doctest: +SKIP
+    >>> cache.put_audio(key, 16000, audio); cache.get_audio(key, 16000)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("liser.clipcache")
+
+FORMAT = 1
+#: Fraction of ``max_bytes`` an eviction brings the folder down to.
+LOW_WATER = 0.9
+
+
+class CachedBadClip:
+    """A clip remembered as unusable: the reason (and file) its decoding gave."""
+
+    def __init__(self, reason: str, path: str | None):
+        self.reason, self.path = reason, path
+
+
+class ClipCache:
+    """Decoded audio (per sample rate), face frames and decoding failures, per content key."""
+
+    def __init__(self, root: str | os.PathLike, max_bytes: int = 50 * 2**30):
+        self.root = Path(root).expanduser()
+        self.max_bytes = int(max_bytes)
+        self.hits = self.misses = self.damaged = 0
+        self._written = 0  # bytes written since the last size check
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ClipCache({str(self.root)!r}, max_bytes={self.max_bytes})"
+
+    @staticmethod
+    def key(digests: Sequence[str], signature: Mapping[str, Any]) -> str:
+        """The cache key of a clip: its content digests and the decoding signature."""
+        text = json.dumps({"format": FORMAT, "content": list(digests), "decode": signature}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    # -- entries ---------------------------------------------------------------------------------
+    def _path(self, key: str, suffix: str) -> Path:
+        return self.root / key[:2] / f"{key}-{suffix}"
+
+    def get_audio(self, key: str, rate: int) -> np.ndarray | None:
+        return self._get_array(self._path(key, f"a{int(rate)}.safetensors"))
+
+    def put_audio(self, key: str, rate: int, audio: np.ndarray) -> None:
+        self._put_array(self._path(key, f"a{int(rate)}.safetensors"), np.ascontiguousarray(audio, dtype=np.float32), {"rate": int(rate)})
+
+    def get_frames(self, key: str) -> tuple[np.ndarray, float | None] | None:
+        path = self._path(key, "frames.safetensors")
+        arr = self._get_array(path, meta := {})
+        if arr is None:
+            return None
+        return arr, (float(meta["fps"]) if meta.get("fps") not in (None, "") else None)
+
+    def put_frames(self, key: str, frames: np.ndarray, fps: float | None) -> None:
+        self._put_array(self._path(key, "frames.safetensors"), np.ascontiguousarray(frames), {"fps": "" if fps is None else repr(fps)})
+
+    def get_bad(self, key: str, frames: bool) -> CachedBadClip | None:
+        path = self._path(key, f"bad{int(frames)}.json")
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            self._discard(path)
+            return None
+        if d.get("format") != FORMAT or not isinstance(d.get("reason"), str):
+            self._discard(path)
+            return None
+        self.hits += 1
+        return CachedBadClip(d["reason"], d.get("path"))
+
+    def put_bad(self, key: str, frames: bool, reason: str, path: str | None) -> None:
+        data = json.dumps({"format": FORMAT, "reason": reason, "path": path}).encode()
+        self._write(self._path(key, f"bad{int(frames)}.json"), data)
+
+    # -- files -----------------------------------------------------------------------------------
+    def _get_array(self, path: Path, meta_out: dict | None = None) -> np.ndarray | None:
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="np") as f:
+                meta = f.metadata() or {}
+                arr = f.get_tensor("data")
+        except FileNotFoundError:
+            self.misses += 1
+            return None
+        except (SafetensorError, OSError, ValueError, KeyError) as exc:
+            self._damaged(path, str(exc))
+            return None
+        if meta.get("format") != str(FORMAT) or meta.get("crc32") != str(zlib.crc32(memoryview(arr).cast("B"))):
+            self._damaged(path, "checksum mismatch")
+            return None
+        self.hits += 1
+        try:  # least recently used first when the folder is trimmed
+            os.utime(path)
+        except OSError:
+            pass
+        if meta_out is not None:
+            meta_out.update(meta)
+        return arr
+
+    def _put_array(self, path: Path, arr: np.ndarray, meta: Mapping[str, Any]) -> None:
+        from safetensors.numpy import save
+
+        body = {"format": str(FORMAT), "crc32": str(zlib.crc32(memoryview(arr).cast("B")))}
+        body |= {k: str(v) for k, v in meta.items()}
+        self._write(path, save({"data": arr}, metadata=body))
+
+    def _write(self, path: Path, data: bytes) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as exc:  # a full disk costs speed, never the run
+            log.warning("decoded-clip cache: cannot write %s (%s); going on without it", path, exc)
+            return
+        with self._lock:
+            self._written += len(data)
+            due = self._written > max(1 << 20, self.max_bytes // 100)
+            if due:
+                self._written = 0
+        if due:
+            self.trim()
+
+    def _damaged(self, path: Path, why: str) -> None:
+        self.damaged += 1
+        log.warning("decoded-clip cache: %s is damaged (%s); decoding the clip again", path, why)
+        self._discard(path)
+
+    def _discard(self, path: Path) -> None:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self._entries())
+
+    def _entries(self):
+        if not self.root.is_dir():
+            return
+        for sub in self.root.iterdir():
+            if sub.is_dir() and len(sub.name) == 2:
+                for p in sub.iterdir():
+                    if not p.name.startswith("."):
+                        yield p
+
+    def trim(self) -> int:
+        """Remove the least recently used entries until the folder is under ``LOW_WATER`` of
+        ``max_bytes``; returns the bytes freed."""
+        stats = []
+        for p in self._entries():
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            stats.append((st.st_mtime_ns, st.st_size, p))
+        total = sum(s for _, s, _ in stats)
+        if total <= self.max_bytes:
+            return 0
+        freed = 0
+        for _, size, p in sorted(stats, key=lambda t: t[0]):
+            if total - freed <= LOW_WATER * self.max_bytes:
+                break
+            self._discard(p)
+            freed += size
+        log.info("decoded-clip cache: %d MB freed in %s (limit %d MB)", freed >> 20, self.root, self.max_bytes >> 20)
+        return freed
