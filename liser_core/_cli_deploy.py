@@ -38,9 +38,10 @@ def add_parsers(sub, plugin_args) -> None:
 
 
 def cmd_predict(args, host) -> int:
-    from .deploy import Predictor, expand_paths
+    from .deploy import Predictor, check_window, expand_paths
     from .errors import UsageError
 
+    check_window(args.window)  # a usage error before the model is even read
     predictor = Predictor(args.checkpoint, window=args.window, host=host)
     files = expand_paths(args.paths)
     if not files:

@@ -56,7 +56,7 @@ def load_run(path: Path) -> dict[str, Any]:
     cfg_file = path / "config.yaml"
     cfg = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else None
     models = {}
-    for role in ("student", "baseline"):
+    for role in ("student", "baseline", "targets"):
         if m.get(role):
             models[role] = m[role]
     for name, t in (m.get("teachers") or {}).items():

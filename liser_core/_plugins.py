@@ -94,7 +94,9 @@ class PluginHost:
         try:
             self.pm.register(plugin, name=name)
             self._check_hook_names(name, plugin)
-        except Exception as exc:  # noqa: BLE001 - isolation is the point
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - isolation is the point (SystemExit included)
             self._fail(info, exc)
             if self.pm.is_registered(plugin):
                 self.pm.unregister(plugin)
@@ -175,7 +177,9 @@ class PluginHost:
                 continue
             try:
                 module = ep.load()
-            except Exception as exc:  # noqa: BLE001
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a plugin that exits on import fails alone
                 self._fail(info, exc)
                 self.plugins.append(info)
                 continue
@@ -197,7 +201,9 @@ class PluginHost:
         for impl in reversed(caller.get_hookimpls()):
             try:
                 impl.function(*[kwargs[a] for a in impl.argnames])
-            except Exception as exc:  # noqa: BLE001
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - sys.exit() in a hook is that plugin's failure
                 log.warning(
                     "plugin %r failed in %s (ignored): %s: %s",
                     impl.plugin_name, hook_name, type(exc).__name__, exc,

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import DuplicateComponentError, UnknownComponentError
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,11 @@ class Registry:
         def add(fn: Callable[..., Any]):
             if not name or not isinstance(name, str):
                 raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
+            if not _NAME.fullmatch(name) or ".." in name:  # names become file and folder names
+                raise ValueError(
+                    f"{self.kind} name {name!r} is not allowed: letters, digits and _ . + - only "
+                    "(it names files and folders of a run)"
+                )
             if name in self._entries:
                 other = self._entries[name].plugin or "?"
                 raise DuplicateComponentError(

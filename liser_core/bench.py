@@ -41,13 +41,16 @@ from pathlib import Path
 import yaml
 
 from .checkpoint import atomic_write_text
+from .config import Combination
 from .errors import ConfigError, one_line
 from .metrics import mean_std
+from .provenance import plain_config
 
 log = logging.getLogger("liser.bench")
 
 FIELDS = ["combination", "model", "role", "components", "accuracy", "uar", "macro_f1",
-          "num_parameters", "train_seconds", "run_dir", "recipe_fingerprint", "flags"]
+          "num_parameters", "train_seconds", "run_dir", "recipe_fingerprint", "flags",
+          "label_fraction", "labeled_clips"]
 
 
 @dataclass
@@ -59,6 +62,8 @@ class Grid:
     store: bool
     output: Path
     plot_axis: str | None = None
+    #: the axes that play the paper's roles (fraction, teachers, student): liser_tools.report
+    report: dict[str, str] | None = None
 
     def combinations(self) -> list[tuple[dict[str, str], list[str]]]:
         names = list(self.axes)
@@ -78,7 +83,7 @@ def load_grid(path: str | Path, output: str | Path | None = None) -> Grid:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError("", f"{path}: invalid YAML: {one_line(exc)}") from None
-    known = {"recipe", "overrides", "axes", "repeat", "store", "output", "plot_axis"}
+    known = {"recipe", "overrides", "axes", "repeat", "store", "output", "plot_axis", "report"}
     for key in raw:
         if key not in known:
             from .errors import close_matches
@@ -107,8 +112,18 @@ def load_grid(path: str | Path, output: str | Path | None = None) -> Grid:
     plot_axis = raw.get("plot_axis")
     if plot_axis is not None and plot_axis not in axes:
         raise ConfigError("plot_axis", f"{plot_axis!r} is not an axis")
+    report = raw.get("report")
+    if report is not None:
+        from liser_tools.report import ROLES
+
+        if not isinstance(report, dict) or set(report) != set(ROLES):
+            raise ConfigError("report", f"must name the axis of each role: {', '.join(f'{r}: AXIS' for r in ROLES)}")
+        for role, axis in report.items():
+            if axis not in axes:
+                raise ConfigError(f"report.{role}", f"{axis!r} is not an axis")
     out = Path(output or raw.get("output") or Path("runs") / f"bench-{path.stem}")
-    return Grid(str(recipe), list(raw.get("overrides") or []), axes, repeat, bool(raw.get("store", True)), out, plot_axis)
+    return Grid(str(recipe), list(raw.get("overrides") or []), axes, repeat, bool(raw.get("store", True)), out,
+                plot_axis, report)
 
 
 def combination_key(chosen: dict[str, str]) -> str:
@@ -142,6 +157,8 @@ def rows_of_run(key: str, ctx) -> list[dict]:
             components, model = f"teacher={cfg.teachers[list(ctx.teachers).index(e.model)].name}", f"teacher:{e.model}"
         elif e.role == "baseline":
             components, model = f"student={cfg.student.name} (labels only)", "baseline"
+        elif e.role == "targets":
+            components, model = f"teachers={teachers} combined ({Combination(cfg.distil.combination).value})", "targets"
         else:
             components, model = f"teachers={teachers} student={cfg.student.name} losses={losses}", "student"
         rows.append({
@@ -152,6 +169,8 @@ def rows_of_run(key: str, ctx) -> list[dict]:
             "run_dir": str(ctx.run_dir),
             "recipe_fingerprint": ctx.fingerprint,
             "flags": ",".join(ctx.flags),
+            "label_fraction": (cfg.data.options or {}).get("label_fraction", ""),
+            "labeled_clips": len(ctx.split("labeled")),
         })
     return rows
 
@@ -205,6 +224,7 @@ def run_grid(grid: Grid, host) -> dict:
     rows = read_results(results_path)
     todo = plan(grid, host)
     ran = skipped = 0
+    spent = 0.0
     replaced = []
     for i, item in enumerate(todo, 1):
         key = item["key"]
@@ -224,14 +244,23 @@ def run_grid(grid: Grid, host) -> dict:
         ctx = Engine(item["config"], host, resume="restart" if item["state"] == "stale" else "auto").execute()
         rows = [r for r in rows if r["combination"] != key] + rows_of_run(key, ctx)
         write_results(results_path, rows)  # after every run: an interrupted grid keeps what it has
-        log.info("%s done in %.0fs", key, time.perf_counter() - t0)
+        took = time.perf_counter() - t0
         ran += 1
+        spent += took
+        left = sum(1 for it in todo[i:] if it["state"] != "done")
+        log.info("[%d/%d] %s done in %.0fs; %d to go, about %s left", i, len(todo), key, took, left,
+                 _clock(spent / ran * left))
     current = {item["key"] for item in todo}
     gone = sorted({r["combination"] for r in rows if r["combination"] not in current})
     if gone:
         log.info("%d combination(s) in results.csv are no longer in the grid and stay off the leaderboard", len(gone))
     write_leaderboard(grid, [r for r in rows if r["combination"] in current])
     return {"ran": ran, "skipped": skipped, "replaced": replaced, "results": str(results_path)}
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def summarise_rows(grid: Grid, rows: list[dict]) -> list[dict]:
@@ -273,9 +302,14 @@ def write_leaderboard(grid: Grid, rows: list[dict]) -> None:
     if any(e["flags"] for e in table):
         lines += ["", "**!test_overlap**: a teacher of that run was fitted on test speakers or clips "
                   "(`allow_test_overlap`); its scores are NOT a fair estimate."]
-    atomic_write_text(grid.output / "leaderboard.md", "\n".join(lines) + "\n")
+    board = "\n".join(lines) + "\n"
+    atomic_write_text(grid.output / "leaderboard.md", board)
     if grid.plot_axis:
         _plot(grid, rows)
+    if grid.report and rows:
+        from liser_tools.report import write_report
+
+        write_report(grid.output, f"LiSER: {Path(grid.recipe).stem} grid", rows, grid.report, grid.repeat, grid.axes, board)
 
 
 def _plot(grid: Grid, rows: list[dict]) -> None:
@@ -316,16 +350,62 @@ def add_parser(sub, plugin_args) -> None:
         epilog="example: liser bench benchmarks/synth_grid.yaml -o runs/bench",
     )
     p.add_argument("grid", help="grid YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="recipe overrides applied to every combination, after the grid's (e.g. data.options.root=/data/RAVDESS)")
     p.add_argument("-o", "--output", default=None, help="output folder (default: the grid's `output` or runs/bench-NAME)")
-    p.add_argument("--list", action="store_true", help="list the combinations and exit")
+    p.add_argument("--list", action="store_true", help="list the combinations (done, stale, todo) and exit")
+    p.add_argument(
+        "--dry-run", action="store_true",
+        help="validate every combination's recipe, and build and probe every teacher set x student and every data "
+        "configuration once (as liser run --dry-run does); run and write nothing",
+    )
+    p.add_argument(
+        "--plan", action="store_true",
+        help="print the runs, teacher fits and labeling passes the grid needs (after store reuse) and an "
+        "estimated wall time from per-clip costs measured on this machine; run nothing",
+    )
     plugin_args(p)
+
+
+def dry_run(grid: Grid, host) -> tuple[int, int]:
+    """Every combination's recipe resolved and validated; every distinct component set
+    (teachers, student, training) built and probed once (``Engine.validate``), every other
+    distinct data configuration built with its guards (``Engine.prepare_data``). Returns
+    (combinations, probes)."""
+    from .engine import Engine
+
+    items = plan(grid, host)
+    components, data, probed = set(), set(), 0
+    for item in items:
+        cfg = plain_config(item["config"])
+        comp = json.dumps({k: cfg.get(k) for k in ("teachers", "student", "distil", "finetune", "baseline")}, sort_keys=True)
+        dat = json.dumps({"data": cfg.get("data"), "seed": cfg.get("seed")}, sort_keys=True)
+        if comp not in components:  # a new component set: everything built and probed
+            Engine(item["config"], host).validate()
+            probed += 1
+        elif dat not in data:  # known components, new data: the corpus and its guards
+            Engine(item["config"], host).prepare_data()
+        components.add(comp)
+        data.add(dat)
+    return len(items), probed
 
 
 def cmd_bench(args, host) -> int:
     grid = load_grid(args.grid, args.output)
+    grid.overrides = [*grid.overrides, *args.overrides]
+    if args.dry_run:
+        n, probed = dry_run(grid, host)
+        print(f"{n} combinations validated ({probed} built and probed: every teacher set x student; every "
+              "data configuration built with its guards); nothing run or written")
+        return 0
     if args.list:
         for item in plan(grid, host):
             print(f"{item['state']:<6}{item['key']}")
+        return 0
+    if args.plan:
+        from liser_tools.plan import format_plan, plan_grid
+
+        print(format_plan(grid, plan_grid(grid, host, plan(grid, host))))
         return 0
     out = run_grid(grid, host)
     print(json.dumps(out))

@@ -29,6 +29,21 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` as the process's umask leaves it (what ``open`` would give a new file)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def private_tempdir(parent: Path, prefix: str, suffix: str = "") -> Path:
+    """``tempfile.mkdtemp`` in ``parent``, with the permissions a plain ``mkdir`` would give
+    (mkdtemp's are 0700 whatever the umask: a shared run directory would become unreadable)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent))
+    os.chmod(tmp, umask_mode(0o777))
+    return tmp
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, *, sync_folder: bool = False) -> None:
     """Write ``data`` to ``path`` via a temporary ``.<name>.*.tmp`` file in the same folder,
     fsync, then rename: readers see the old file or the whole new one, never a part.
@@ -40,6 +55,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, sync_folder: bool = Fal
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), umask_mode())  # mkstemp makes 0600 whatever the umask
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -80,7 +96,7 @@ def save_component(
     """Save ``module`` into ``directory`` atomically (built in a temporary sibling, then renamed)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = private_tempdir(directory.parent, f".{directory.name}.")
     try:
         exclude = tuple(getattr(module, "checkpoint_exclude", ()))
         state = {
@@ -89,6 +105,7 @@ def save_component(
             if not (exclude and k.startswith(exclude))
         }
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        os.chmod(tmp / WEIGHTS_NAME, umask_mode())  # safetensors writes 0600 whatever the umask
         config = {
             "format_version": FORMAT_VERSION,
             "kind": kind,
@@ -100,6 +117,13 @@ def save_component(
         atomic_write_json(tmp / CONFIG_NAME, config)
         old = None
         if directory.exists():
+            for extra in directory.iterdir():  # what else is in the folder is not ours: it stays
+                if extra.name not in (WEIGHTS_NAME, CONFIG_NAME) and not (tmp / extra.name).exists():
+                    # copied, not moved: if anything fails before the swap, the originals are untouched
+                    if extra.is_dir() and not extra.is_symlink():
+                        shutil.copytree(extra, tmp / extra.name, symlinks=True)
+                    else:
+                        shutil.copy2(extra, tmp / extra.name, follow_symlinks=False)
             old = directory.with_name(f".{directory.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(directory, old)
@@ -136,8 +160,10 @@ def read_component_config(directory: str | Path, kind: str | None = None) -> dic
         )
     try:
         config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{cfg_path}: invalid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{cfg_path}: a component config is a JSON object, not a {type(config).__name__}")
     if kind is not None and config.get("kind") != kind:
         raise UsageError(f"{directory}: holds a {config.get('kind')!r}, expected a {kind!r}")
     return config
@@ -145,10 +171,17 @@ def read_component_config(directory: str | Path, kind: str | None = None) -> dic
 
 def load_weights(module: torch.nn.Module, directory: str | Path, what: str = "") -> None:
     """Load a component directory's weights into ``module`` (strictly, but for the state-dict
-    prefixes it names in ``checkpoint_exclude``)."""
+    prefixes it names in ``checkpoint_exclude``); weights that are NaN or Inf are refused."""
     directory = Path(directory)
     state = read_tensors(directory / WEIGHTS_NAME)
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    bad = [k for k, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise UsageError(f"{directory / WEIGHTS_NAME}: non-finite (NaN/Inf) weights in {bad[:3]}: the model would predict nonsense")
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor of the wrong shape
+        first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc).splitlines()[0])
+        raise UsageError(f"{directory / WEIGHTS_NAME}: weights do not fit {what or type(module).__name__}: {first}") from None
     exclude = tuple(getattr(module, "checkpoint_exclude", ()))
     missing = [k for k in missing if not (exclude and k.startswith(exclude))]
     if missing or unexpected:
@@ -159,11 +192,24 @@ def load_weights(module: torch.nn.Module, directory: str | Path, what: str = "")
 
 
 def load_component(directory: str | Path, registry, *, kind: str, **inject: Any) -> torch.nn.Module:
-    """Rebuild a saved component through ``registry`` and load its weights (strictly)."""
+    """Rebuild a saved component through ``registry`` and load its weights (strictly). A
+    ``config.json`` that does not describe a component of ``registry`` is a one-line error."""
     directory = Path(directory)
     config = read_component_config(directory, kind)
-    label_space = LabelSpace.from_dict(config["label_space"])
-    module = registry.build(config["name"], label_space=label_space, **config["options"], **inject)
+    cfg_path = directory / CONFIG_NAME
+    name, options, space = config.get("name"), config.get("options"), config.get("label_space")
+    if not isinstance(name, str) or not isinstance(options, dict):
+        raise UsageError(f"{cfg_path}: needs 'name' (text) and 'options' (a mapping), got {name!r} and {options!r}")
+    try:
+        label_space = LabelSpace.from_dict(space)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise UsageError(f"{cfg_path}: 'label_space' is not a label space ({exc})") from None
+    try:
+        module = registry.build(name, label_space=label_space, **options, **inject)
+    except UsageError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{cfg_path}: {kind} {name!r} rejects the saved options: {exc}") from None
     load_weights(module, directory, f"{kind} {config['name']!r}")
     module.liser_spec = {"name": config["name"], "options": config["options"]}
     if kind == "teacher" and isinstance(config.get("card"), dict):  # provenance comes back with it

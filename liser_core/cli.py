@@ -63,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the unfinished run in the run directory exactly where it stopped (an error if "
         "there is none); without this flag an unfinished run with the same recipe is continued anyway",
     )
-    g.add_argument("--restart", action="store_true", help="discard any saved state in the run directory first")
+    g.add_argument("--restart", action="store_true", help="discard the run directory's saved state first (LiSER's own files only)")
+    g.add_argument(
+        "--overwrite", action="store_true",
+        help="move a run already in the run directory aside (to RUN_DIR.replaced-TIME) and start afresh; nothing is deleted",
+    )
     d = p.add_argument_group("several processes (torchrun)")
     d.add_argument(
         "--nproc",
@@ -238,7 +242,7 @@ def cmd_run(args) -> int:
             raise UsageError(f"--resume: {recipe} has no saved run state ({saved} is missing); nothing to resume")
         recipe, overrides = saved, [f"run_dir={recipe}", *overrides]
     cfg = prepare_config(recipe, overrides, host)
-    mode = "resume" if args.resume else "restart" if args.restart else "auto"
+    mode = "resume" if args.resume else "restart" if args.restart else "overwrite" if args.overwrite else "auto"
     engine = Engine(cfg, host, resume=mode)
     if args.dry_run:
         run = engine.validate()

@@ -53,7 +53,7 @@ def blame(component: Any, what: str = "", kind: str = "") -> Iterator[None]:
         yield
     except (LiserError, KeyboardInterrupt):
         raise
-    except Exception as exc:  # noqa: BLE001 - re-raised, named
+    except BaseException as exc:  # noqa: BLE001 - re-raised, named (a sys.exit() in a plugin too)
         doing = f" in {what}" if what else ""
         raise ComponentError(f"{component_label(component, kind)} failed{doing}: {type(exc).__name__}: {one_line(exc)}") from exc
 

@@ -10,8 +10,13 @@ YAML is read with a safe loader: no tag can import or run code.
 from __future__ import annotations
 
 import collections.abc
+import copy
 import dataclasses
+import functools
 import inspect
+import json
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -171,8 +176,14 @@ INJECTED_OPTIONS = {
 # ---------------------------------------------------------------------------------------------
 
 
-def _schema() -> DictConfig:
+@functools.lru_cache(maxsize=1)
+def _schema_cached() -> DictConfig:
     return OmegaConf.structured(RecipeConfig)
+
+
+def _schema() -> DictConfig:
+    """The typed defaults (a fresh copy: callers merge into it)."""
+    return _schema_cached().copy()
 
 
 def _suggest(schema: DictConfig, full_key: str) -> list[str]:
@@ -211,7 +222,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> DictConfig:
+def load_recipe(path: str | Path | None, overrides: list[str] = (), *, fast: bool = True) -> DictConfig:
     """Read a recipe, merge it onto the schema defaults, apply overrides and type-check.
 
     Example::
@@ -221,6 +232,11 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> DictConfi
         1
     """
     schema = _schema()
+    if overrides and fast:  # the fast way: overrides applied to the YAML's containers, one merge
+        try:
+            return _load_fast(path, list(overrides), schema)
+        except Exception:  # noqa: BLE001 - the slow way below says precisely what is wrong
+            pass
     cfg = schema.copy()
     where = ""
     if path is not None:
@@ -232,6 +248,9 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> DictConfi
             user = yaml.safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError("", f"{path}: invalid YAML: {one_line(exc)}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError("", f"{path}: not a YAML recipe (not UTF-8 text: {exc.reason} at byte {exc.start})") from None
+        _check_size(user, str(path))
         if user is None:
             user = {}
         if not isinstance(user, dict):
@@ -243,6 +262,9 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> DictConfi
             raise _translate(exc, where, schema) from None
     for text in overrides:
         key, value = parse_override(text)
+        ann = _annotation_of(key)
+        if ann is not None:
+            _check_scalar(key, value, ann)
         try:
             _apply_override(cfg, key, value, schema)
         except oc_errors.OmegaConfBaseException as exc:
@@ -250,14 +272,147 @@ def load_recipe(path: str | Path | None, overrides: list[str] = ()) -> DictConfi
             if not err.key:
                 err = ConfigError(key, err.reason)
             raise err from None
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ConfigError(missing[0], f"missing required value{where}")
     try:
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(missing[0], f"missing required value{where}")
         OmegaConf.resolve(cfg)
-    except oc_errors.OmegaConfBaseException as exc:
+    except oc_errors.OmegaConfBaseException as exc:  # ${...}: recursive, or naming nothing
         raise _translate(exc, where, schema) from None
+    _check_values(cfg)
     return cfg
+
+
+#: A recipe is a few hundred values; more means YAML aliases expanding (a "billion laughs").
+MAX_VALUES = 100_000
+
+
+def _check_size(obj: Any, where: str) -> None:
+    """Refuse YAML whose aliases expand a small file into a huge structure, before anything
+    copies it (OmegaConf would expand every alias)."""
+    count, stack = 0, [obj]
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise ConfigError("", f"{where}: expands to more than {MAX_VALUES:,} values (YAML aliases?); not a recipe")
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _check_values(cfg: DictConfig) -> None:
+    """Values a type cannot express: numbers in range, no text where a number goes."""
+    if not 0 <= int(cfg.seed) < 2**31:
+        raise ConfigError("seed", f"{cfg.seed} is not in [0, 2**31)")
+    blocks = {"distil": cfg.distil, "finetune": cfg.finetune, "baseline": cfg.baseline}
+    blocks |= {f"teachers.{i}.fit": t.fit for i, t in enumerate(cfg.teachers)}
+    for key, b in blocks.items():
+        for name, ok, rule in (
+            ("epochs", b.epochs >= 0, ">= 0"), ("batch_size", b.batch_size >= 1, ">= 1"), ("lr", b.lr > 0, "> 0"),
+            ("weight_decay", b.weight_decay >= 0, ">= 0"), ("grad_clip", b.grad_clip >= 0, ">= 0"),
+            ("nonfinite_patience", b.nonfinite_patience >= 0, ">= 0"), ("checkpoint_every", b.checkpoint_every >= 0, ">= 0"),
+        ):
+            value = b[name]
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key}.{name}", f"{value} is not a finite number")
+            if not ok:
+                raise ConfigError(f"{key}.{name}", f"{value} must be {rule}")
+    if cfg.evaluate.batch_size < 1:
+        raise ConfigError("evaluate.batch_size", f"{cfg.evaluate.batch_size} must be >= 1")
+    for i, t in enumerate(cfg.teachers):
+        if not math.isfinite(t.weight):
+            raise ConfigError(f"teachers.{i}.weight", f"{t.weight} is not a finite number")
+    for i, loss in enumerate(cfg.distil.losses):
+        if not math.isfinite(loss.weight) or loss.weight < 0:
+            raise ConfigError(f"distil.losses.{i}.weight", f"{loss.weight} must be a finite number >= 0")
+    seen = {}
+    for i, t in enumerate(cfg.teachers):
+        block = json.dumps(plain(t), sort_keys=True, default=str)
+        if block in seen:
+            raise ConfigError(f"teachers.{i}", f"is the same teacher as teachers.{seen[block]} (same name, options and settings)")
+        seen[block] = i
+
+
+@functools.lru_cache(maxsize=64)
+def _read_yaml(path: str, mtime_ns: int, size: int) -> Any:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def _load_fast(path: str | Path | None, overrides: list[str], schema: DictConfig) -> DictConfig:
+    """``load_recipe`` for valid input, in one OmegaConf merge instead of one per override
+    (a grid resolves hundreds of recipes). Overrides follow the same rules, applied to plain
+    containers: a mapping for a typed node merges key by key, one for a free-form node
+    (component ``options``) or a list replaces it. Anything unusual raises, and the caller
+    takes the slow way, which names the problem."""
+    user: Any = {}
+    if path is not None:
+        st = os.stat(path)
+        raw = _read_yaml(str(path), st.st_mtime_ns, st.st_size)
+        _check_size(raw, str(path))
+        user = copy.deepcopy(raw) or {}
+    if not isinstance(user, dict):
+        raise ValueError("not a mapping")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_plain(user, key.split("."), value, RecipeConfig)
+    _check_keys(user, RecipeConfig, "")
+    cfg = OmegaConf.merge(schema, OmegaConf.create(user))
+    if OmegaConf.missing_keys(cfg):
+        raise ValueError("missing values")
+    OmegaConf.resolve(cfg)
+    _check_values(cfg)
+    return cfg
+
+
+def _set_plain(node: Any, parts: list[str], value: Any, typ: Any) -> None:
+    head, rest = parts[0], parts[1:]
+    if isinstance(node, list):
+        child_type = typ
+        child = node[int(head)] if head.isdigit() else None
+        if child is None:
+            raise KeyError(head)
+        if not rest:
+            node[int(head)] = value
+            return
+        _set_plain(child, rest, value, child_type)
+        return
+    if not isinstance(node, dict):
+        raise TypeError(head)
+    field_type = _field_type(typ, head)
+    if not rest:
+        if isinstance(value, dict) and dataclasses.is_dataclass(field_type):  # typed: key by key
+            node.setdefault(head, {})
+            if not isinstance(node[head], dict):
+                raise TypeError(head)
+            for k, v in value.items():
+                _set_plain(node[head], [str(k)], v, field_type)
+            return
+        node[head] = value
+        return
+    if head not in node:
+        if not dataclasses.is_dataclass(field_type) and field_type is not dict:
+            raise KeyError(head)
+        node[head] = {}
+    if typing.get_origin(field_type) is list:
+        (field_type,) = typing.get_args(field_type)
+    _set_plain(node[head], rest, value, field_type)
+
+
+@functools.cache
+def _hints(obj: Any) -> dict[str, Any]:
+    """``typing.get_type_hints``, once per class or function (it evaluates string annotations)."""
+    return typing.get_type_hints(obj)
+
+
+def _field_type(typ: Any, name: str) -> Any:
+    if dataclasses.is_dataclass(typ):
+        hints = _hints(typ)
+        if name not in hints:
+            raise KeyError(name)
+        return hints[name]
+    return Any  # a free-form mapping (component options, loggers)
 
 
 def _apply_override(cfg: DictConfig, key: str, value: Any, schema: DictConfig) -> None:
@@ -282,12 +437,13 @@ def _check_keys(user: Any, schema_type: Any, path: str) -> None:
     keys inside list items)."""
     if not (isinstance(user, dict) and dataclasses.is_dataclass(schema_type)):
         return
-    hints = typing.get_type_hints(schema_type)
+    hints = _hints(schema_type)
     for k, v in user.items():
         here = f"{path}.{k}" if path else str(k)
         if k not in hints:
             raise ConfigError(here, f"unknown key {k!r}", close_matches(str(k), hints))
         ann = hints[k]
+        _check_scalar(here, v, ann)
         origin = typing.get_origin(ann)
         if origin is list and isinstance(v, list):
             (elem,) = typing.get_args(ann) or (Any,)
@@ -295,6 +451,31 @@ def _check_keys(user: Any, schema_type: Any, path: str) -> None:
                 _check_keys(item, elem, f"{here}.{i}")
         else:
             _check_keys(v, ann, here)
+
+
+def _annotation_of(key: str) -> Any:
+    """The schema's annotation for a dotted key (None below free-form nodes or unknown keys)."""
+    typ: Any = RecipeConfig
+    for part in key.split("."):
+        if typing.get_origin(typ) is list:
+            if not part.isdigit():
+                return None
+            (typ,) = typing.get_args(typ)
+            continue
+        if not dataclasses.is_dataclass(typ) or part not in _hints(typ):
+            return None
+        typ = _hints(typ)[part]
+    return typ
+
+
+def _check_scalar(key: str, value: Any, ann: Any) -> None:
+    """A number field given text (``lr: '0.01'``) is an error, not a silent conversion; an
+    ``${...}`` interpolation is left to OmegaConf."""
+    if not isinstance(value, str) or value.startswith("${"):
+        return
+    args = typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else (ann,)
+    if any(a in (int, float) for a in args) and str not in args:
+        raise ConfigError(key, f"{value!r} is text; a number goes here (write it without quotes)")
 
 
 def _check_override_path(cfg: DictConfig, key: str, schema: DictConfig) -> None:
@@ -373,7 +554,7 @@ def check_options(
     sig = entry.signature()
     try:
         fn = entry.factory.__init__ if isinstance(entry.factory, type) else entry.factory
-        hints = typing.get_type_hints(fn)
+        hints = _hints(fn)
     except Exception:  # noqa: BLE001 - unresolvable annotations are not checked
         hints = {}
     params = {

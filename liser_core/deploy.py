@@ -17,6 +17,7 @@ frontend is inside, and the window length to use.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,18 @@ from .checkpoint import atomic_write_json, read_component_config
 from .components import Student
 from .errors import UsageError
 
+#: The shortest clip (and prediction window) scored: shorter ones are bad files.
+MIN_SECONDS = 0.1
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
+
+
+def check_window(window: float | None) -> float | None:
+    """A prediction window: None or 0 (the whole clip), or a finite length >= MIN_SECONDS."""
+    if window is None or window == 0:
+        return window
+    if not math.isfinite(window) or window < MIN_SECONDS:
+        raise UsageError(f"--window {window}: give 0 (the whole clip) or a length in seconds >= {MIN_SECONDS}")
+    return float(window)
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".flv", ".mov", ".m4a"}
 
 
@@ -47,6 +59,10 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         else:
             import soundfile as sf
 
+            from .audio import wav_truncation
+
+            if suffix == ".wav" and (reason := wav_truncation(path)):
+                raise UsageError(f"{path}: {reason}")
             audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
             audio = audio.mean(1)
     except UsageError:
@@ -121,10 +137,15 @@ class Prediction:
 class Predictor:
     """Scores files with a saved student."""
 
-    def __init__(self, checkpoint: str | Path, *, window: float | None = None, host=None):
+    def __init__(self, checkpoint: str | Path, *, window: float | None = None, host=None, chunk: int = 16):
         self.student = Student.from_pretrained(checkpoint, host=host)
         config = read_component_config(checkpoint, "student")
-        self.window = window if window is not None else config.get("train_seconds")
+        if window is None:
+            window = config.get("train_seconds")
+            if window is not None and not (isinstance(window, (int, float)) and math.isfinite(window) and window >= MIN_SECONDS):
+                raise UsageError(f"{checkpoint}/config.json: train_seconds {window!r} is not a window length in seconds")
+        self.window = check_window(window)
+        self.chunk = chunk  # windows scored per forward pass: memory stays flat on long inputs
         self.classes = list(self.student.label_space.classes)
 
     @torch.no_grad()
@@ -134,16 +155,28 @@ class Predictor:
             spans = [(0, len(x))]
         else:
             spans = windows(len(x), max(1, int(round(self.window * self.student.sample_rate))))
-        chunk = torch.stack([x[a:b] for a, b in spans]) if len({b - a for a, b in spans}) == 1 else None
-        if chunk is not None:
-            p = torch.softmax(self.student(chunk, torch.full((len(spans),), chunk.shape[1])).logits, -1)
-        else:
-            p = torch.cat([torch.softmax(self.student(x[a:b][None]).logits, -1) for a, b in spans])
-        return p.mean(0), len(spans)
+        total, n = None, 0
+        for i in range(0, len(spans), self.chunk):  # a few windows at a time
+            part = spans[i : i + self.chunk]
+            if len({b - a for a, b in part}) == 1:
+                batch = torch.stack([x[a:b] for a, b in part])
+                p = torch.softmax(self.student(batch, torch.full((len(part),), batch.shape[1])).logits, -1)
+            else:
+                p = torch.cat([torch.softmax(self.student(x[a:b][None]).logits, -1) for a, b in part])
+            total = p.sum(0) if total is None else total + p.sum(0)
+            n += len(part)
+        return total / n, len(spans)
 
     def predict(self, path: str | Path) -> Prediction:
         audio = read_audio(path, self.student.sample_rate)
-        p, n = self.probs(audio)
+        if len(audio) < MIN_SECONDS * self.student.sample_rate:
+            raise UsageError(f"{path}: too short ({len(audio) / self.student.sample_rate:.3g} s < {MIN_SECONDS} s)")
+        try:
+            p, n = self.probs(audio)
+        except Exception as exc:  # noqa: BLE001 - the student failed on this file: say which, go on
+            raise UsageError(f"{path}: the student cannot score it ({type(exc).__name__}: {exc})") from None
+        if not torch.isfinite(p).all():
+            raise UsageError(f"{path}: the student's probabilities are not finite")
         return Prediction(
             path=str(path),
             probs=[float(v) for v in p],

@@ -21,7 +21,6 @@ import logging
 import logging.handlers
 import os
 import random
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from . import checkpoint, guards, provenance
+from . import checkpoint, guards, provenance, rundir
 from ._plugins import PluginHost
 from .clipcache import ClipCache
 from .components import BatchTargets, Loss, Student, Teacher, blame, checked_output, loss_value
@@ -190,15 +189,18 @@ def build_component(registry, name: str, options: dict, key: str = "", **inject:
     return module
 
 
-RESUME_MODES = ("auto", "resume", "restart")
+RESUME_MODES = ("auto", "resume", "restart", "overwrite")
 
 
 class Engine:
     """Runs one validated recipe. Use :func:`run` unless you need the stages one by one.
 
     ``resume``: ``auto`` continues an unfinished run found in the run directory if its recipe
-    is the same (and refuses a different one), else starts afresh; ``resume`` requires an
-    unfinished run to continue; ``restart`` discards any saved state first.
+    is the same, runs a finished one of the same recipe again, and refuses a run of a different
+    recipe; ``resume`` requires an unfinished run to continue; ``restart`` discards the saved
+    state first; ``overwrite`` moves a run already there aside and starts afresh. A run
+    directory that is neither empty nor LiSER's is refused, and one another process runs in is
+    refused naming it (:mod:`liser_core.rundir`).
     """
 
     def __init__(self, config: DictConfig, host: PluginHost, *, resume: str = "auto"):
@@ -224,6 +226,8 @@ class Engine:
         self._content_keys: dict[str, str] = {}  # clip id -> content + decoding key (file-based corpora)
         self._workers = 0
         self.threads = torch.get_num_threads()
+        self._lock: rundir.RunLock | None = None
+        self._finished = False  # liser_run_end sent
 
     # -- run state: what lets an interrupted run continue ---------------------------------------
     def _comparable_config(self) -> dict[str, Any]:
@@ -244,7 +248,9 @@ class Engine:
             self._set_threads(self._state["threads"])
 
     def _decide_state(self) -> dict[str, Any]:
-        """Decide between a fresh start and continuing the run saved in ``run_dir/state``."""
+        """Decide between a fresh start and continuing the run saved in ``run_dir/state``
+        (rank 0, holding the run directory's lock; nothing else LiSER did not write is touched)."""
+        run_dir = self.run.run_dir
         status_file = self.state_dir / "run.json"
         prev = None
         if status_file.is_file():
@@ -254,22 +260,29 @@ class Engine:
                 raise UsageError(f"{status_file}: unreadable run state ({exc}); use --restart to discard it") from None
         config = self._comparable_config()
         unfinished = prev is not None and prev.get("status") != "complete"
+        differ = sorted(provenance.diff_keys(prev.get("config", {}), config)) if prev is not None else []
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0  # torchrun --max-restarts
-        if (self.resume == "restart" and not restarted) or (self.resume != "resume" and not unfinished):
-            prev = None
+        if self.resume == "resume":
+            if not unfinished:
+                why = "has no saved run state" if prev is None else "holds a run that already completed"
+                raise UsageError(f"--resume: {run_dir} {why}; nothing to resume")
+        elif self.resume == "restart" and not restarted:
+            prev = None  # discard this run's saved state (LiSER's own files only)
+        elif differ:
+            what = "an unfinished" if unfinished else "a finished"
+            advice = (
+                f"continue it with `liser run --resume {run_dir}`, discard its state with --restart"
+                if unfinished else "run it again with its own recipe, or --overwrite to move it aside (nothing is deleted)"
+            )
+            raise UsageError(
+                f"{run_dir} holds {what} run of a different recipe (differs at: {', '.join(differ[:6])}); "
+                f"{advice}, or choose another run_dir"
+            )
         elif not unfinished:
-            why = "has no saved run state" if prev is None else "holds a run that already completed"
-            raise UsageError(f"--resume: {self.run.run_dir} {why}; nothing to resume")
-        else:
-            differ = sorted(provenance.diff_keys(prev.get("config", {}), config))
-            if differ:
-                raise UsageError(
-                    f"{self.run.run_dir} holds an unfinished run of a different recipe (differs at: "
-                    f"{', '.join(differ[:6])}); continue it with `liser run --resume {self.run.run_dir}`, "
-                    "discard it with --restart, or choose another run_dir"
-                )
+            prev = None  # the same recipe, finished: run it again in place
         if prev is None:
-            shutil.rmtree(self.state_dir, ignore_errors=True)
+            rundir.clear_state(self.state_dir)
+        rundir.claim(run_dir, self.run.fingerprint)
         self._state = {
             "status": "running",
             "config": config,
@@ -281,7 +294,7 @@ class Engine:
         if prev is not None:
             log.warning(
                 "resuming the unfinished run in %s (status %s; stages done: %s)",
-                self.run.run_dir, prev.get("status"), ", ".join(self._state["completed"]) or "none",
+                run_dir, prev.get("status"), ", ".join(self._state["completed"]) or "none",
             )
         checkpoint.atomic_write_text(self.state_dir / "recipe.yaml", config_yaml(self.cfg))
         self._save_state()
@@ -331,7 +344,19 @@ class Engine:
         started = False
         try:
             self.validate()
+            if self.dist.is_main:  # the run directory: LiSER's or empty, and this process's alone
+                rundir.check_claim(run.run_dir)
+                if self.resume == "overwrite" and rundir.is_run_dir(run.run_dir):
+                    probe_lock = rundir.RunLock(run.run_dir)
+                    probe_lock.acquire()  # not while another process runs in it
+                    probe_lock.release()
+                    aside = rundir.move_aside(run.run_dir)
+                    log.warning("--overwrite: the run that was in %s is now in %s", run.run_dir, aside)
+                self._lock = rundir.RunLock(run.run_dir)
+                self._lock.acquire()
             self._open_state()  # refuses a different recipe before it writes anything
+            if self._lock is not None:
+                self._lock.announce()
             log_name = "log.txt" if self.dist.is_main else f"log.rank{self.dist.rank}.txt"
             handler = logging.FileHandler(run.run_dir / log_name, mode="a")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -362,6 +387,7 @@ class Engine:
             if self.cfg.baseline.enabled:
                 self._stage("baseline", self.train_baseline)
             self._stage("evaluate", self.evaluate)
+            self._finish(None)  # the reports first: a run is complete once they are on disk
             self._save_state(status="complete")
         except BaseException as exc:
             error = exc
@@ -374,21 +400,31 @@ class Engine:
                 )
             raise
         finally:
+            if started and not self._finished:
+                self._finish(error)
             if started:
-                skipped = {k: v for ds in self._datasets for k, v in ds.skipped.items()}
-                if self.dist.enabled and error is None:  # every rank's bad clips, in the one report
-                    skipped = {k: v for part in self.dist.gather(skipped) for k, v in part.items()}
-                if skipped:
-                    run.diagnostics["skipped_clips"] = skipped
-                    log.warning("%d clip(s) skipped as bad (data.bad_clips=skip): see metrics.json", len(skipped))
-                self._notify("liser_run_end", run=run, results=run.results(), error=error)
                 self._stop_loggers()
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
             for h in (early, handler):
                 if h is not None:
                     root.removeHandler(h)
                     h.close()
             root.setLevel(old_level)
         return run
+
+    def _finish(self, error: BaseException | None) -> None:
+        """Bad clips into the diagnostics, then ``liser_run_end`` (the reports are written)."""
+        run = self.run
+        self._finished = True
+        skipped = {k: v for ds in self._datasets for k, v in ds.skipped.items()}
+        if self.dist.enabled and error is None:  # every rank's bad clips, in the one report
+            skipped = {k: v for part in self.dist.gather(skipped) for k, v in part.items()}
+        if skipped:
+            run.diagnostics["skipped_clips"] = skipped
+            log.warning("%d clip(s) skipped as bad (data.bad_clips=skip): see metrics.json", len(skipped))
+        self._notify("liser_run_end", run=run, results=run.results(), error=error)
 
     def _stage(self, name: str, fn: Callable[[], None]) -> None:
         log.info("== stage %s ==", name)
@@ -422,6 +458,12 @@ class Engine:
 
     # -- prepare: build everything, check what can be checked before any training -------------
     def prepare(self) -> None:
+        self.prepare_data()
+        self._prepare_components()
+
+    def prepare_data(self) -> None:
+        """Build the corpus and apply the data guards (digests, duplicates, missing clips, shared
+        speakers); the data path (cache, workers, threads). Nothing is written."""
         run, cfg = self.run, self.cfg
         t0 = time.perf_counter()
         run.corpus = build_component(
@@ -441,6 +483,8 @@ class Engine:
         if not run.split(cfg.evaluate.split):
             raise ConfigError("evaluate.split", f"corpus {run.corpus.name!r} has no {cfg.evaluate.split!r} clips")
 
+    def _prepare_components(self) -> None:
+        run, cfg = self.run, self.cfg
         names = [t.name for t in cfg.teachers]
         for i, tc in enumerate(cfg.teachers):
             key = tc.name if names.count(tc.name) == 1 else f"{tc.name}.{i}"
@@ -758,7 +802,8 @@ class Engine:
                 fit_sets=(*teacher.card.fit_sets, guards.FitSet.of(run.corpus.name, "teacher", fit_clips, fit_digests).to_dict()),
             )
             if self.dist.is_main:
-                self._save_teacher(teacher, run.run_dir / "teachers" / key, {"card": teacher.card.to_dict()})
+                out = rundir.inside(run.run_dir, run.run_dir / "teachers" / rundir.safe_name(key, "teacher"))
+                self._save_teacher(teacher, out, {"card": teacher.card.to_dict()})
 
     def _fit(self, key: str, teacher: Teacher, ds: ClipDataset, seed: int) -> None:
         """Fit one teacher on its dataset, from its own seed (not the run's)."""
@@ -830,13 +875,19 @@ class Engine:
         run, cfg = self.run, self.cfg
         clips, truth = self._distil_clips()
         saved = self.state_dir / "label"
+        restored = None
         if "label" in self._state.get("completed", []) and saved.is_dir():
-            tensors, meta = read_complete_dir(saved)
-            logits, embs = tensors["logits"], tensors["embeddings"]
-            run.diagnostics.update(meta.get("diagnostics", {}))
-            log.info("teacher targets of %d clips restored from %s", len(clips), saved)
-        else:
-            logits, embs = self._label_all(clips)
+            try:
+                tensors, meta = read_complete_dir(saved)
+                restored = tensors["logits"], tensors["embeddings"]
+                if set(restored[0]) != set(run.teachers) or any(len(v) != len(clips) for v in restored[0].values()):
+                    raise ValueError("it does not hold this run's teachers and clips")
+                run.diagnostics.update(meta.get("diagnostics", {}))
+                log.info("teacher targets of %d clips restored from %s", len(clips), saved)
+            except (UsageError, ValueError, KeyError) as exc:  # damaged (e.g. killed in its rewrite): recompute
+                log.warning("%s cannot be used (%s); labeling again", saved, exc)
+                restored = None
+        logits, embs = restored if restored is not None else self._label_all(clips)
         run.targets = TargetTable(
             logits=logits,
             embeddings=embs,
@@ -853,7 +904,7 @@ class Engine:
             agree = (probs.argmax(-1) == ids).float().mean().item()
             run.diagnostics["pool_target_accuracy"] = agree
             log.info("combined teacher targets match the pool's hidden labels on %.1f%% of clips", 100 * agree)
-        if self.dist.is_main:
+        if self.dist.is_main and restored is None:  # written once, not again on every resume
             write_complete_dir(
                 saved, {"logits": logits, "embeddings": embs}, {"diagnostics": {k: v for k, v in run.diagnostics.items() if k == "store"}}
             )
@@ -1013,6 +1064,7 @@ class Engine:
         clips = run.split(split)
         store = self._store()  # teachers' test outputs are kept like their labels of the pool
         keys = [self._store_key(c) for c in clips] if store and run.teachers else None
+        scored: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # teacher -> (logits, labels, idx)
         for key, teacher in run.teachers.items():
             if teacher.card.overlaps(run.corpus.name, split):
                 run.warn(
@@ -1028,6 +1080,9 @@ class Engine:
                 lo, labels, idx = self._predict(_teacher_call(teacher), ds)
             probs = run.label_maps[key].project(torch.softmax(lo, -1))
             self._record(key, "teacher", split, probs, labels, [clips[i].clip_id for i in idx], _count(teacher))
+            scored[key] = (lo, labels, idx)
+        if len(scored) > 1:
+            self._record_targets(scored, clips, split)
         student_trained = cfg.distil.epochs > 0 or cfg.finetune.epochs > 0
         for role, model in (("baseline", run.baseline), ("student", run.student)):
             if model is None or (role == "student" and not student_trained):
@@ -1037,12 +1092,32 @@ class Engine:
             lo, labels, idx = self._predict(_student_call(model), ds)
             ids = [clips[i].clip_id for i in idx]
             self._record(role, role, split, torch.softmax(lo, -1), labels, ids, model.num_parameters())
-        scored = {len(e.clip_ids) for e in run.evaluations}
-        if scored and min(scored) < len(clips):
+        counts = {len(e.clip_ids) for e in run.evaluations}
+        if counts and min(counts) < len(clips):
             run.warn(
-                f"{len(clips) - min(scored)} of the {len(clips)} {split} clips could not be used (bad clips: see "
-                f"diagnostics.skipped_clips): scores are over {min(scored)} clips"
+                f"{len(clips) - min(counts)} of the {len(clips)} {split} clips could not be used (bad clips: see "
+                f"diagnostics.skipped_clips): scores are over {min(counts)} clips"
             )
+
+    def _record_targets(self, scored: dict, clips: list[Clip], split: str) -> None:
+        """The teachers' combined targets (what the student learns from, at temperature 1)
+        scored like a model: the ceiling of what distillation passes on, on the same clips."""
+        run = self.run
+        common = sorted(set.intersection(*(set(idx.tolist()) for _, _, idx in scored.values())))
+        if not common:
+            return
+        logits, labels = {}, None
+        for key, (lo, lab, idx) in scored.items():
+            pos = {int(i): r for r, i in enumerate(idx.tolist())}
+            rows = torch.tensor([pos[i] for i in common])
+            logits[key] = lo[rows]
+            labels = lab[rows]
+        probs = BatchTargets(
+            logits=logits, embeddings={}, label_maps=run.label_maps, weights=self._teacher_weights(),
+            combination=Combination(self.cfg.distil.combination).value,
+        ).probs(1.0)
+        n_params = sum(_count(t) for t in run.teachers.values())
+        self._record("targets", "targets", split, probs, labels, [clips[i].clip_id for i in common], n_params)
 
     def _predict(self, forward, ds: ClipDataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(logits, labels, dataset indices) of every usable clip of ``ds``, in dataset order;
@@ -1092,9 +1167,9 @@ class Engine:
         self.run.student.save_pretrained(self.run.run_dir / "student", train_seconds=longest)
 
     def _epoch_hook(self, stage: str, model: str):
-        def hook(epoch: int, metrics: dict[str, float]) -> None:
+        def hook(epoch: int, metrics: dict[str, float], replayed: bool = False) -> None:
             self._notify(
-                "liser_epoch_end", run=self.run, stage=stage, model=model, epoch=epoch, metrics=metrics
+                "liser_epoch_end", run=self.run, stage=stage, model=model, epoch=epoch, metrics=metrics, replayed=replayed
             )
 
         return hook

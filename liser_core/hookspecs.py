@@ -108,12 +108,14 @@ def liser_stage_end(run: RunContext, stage: str, seconds: float) -> None:
 
 @hookspec
 def liser_epoch_end(
-    run: RunContext, stage: str, model: str, epoch: int, metrics: dict[str, float]
+    run: RunContext, stage: str, model: str, epoch: int, metrics: dict[str, float], replayed: bool
 ) -> None:
     """After each training epoch of ``model`` (a teacher's name, ``student`` or ``baseline``).
 
     ``epoch`` counts from 0.
     ``metrics`` holds at least ``loss`` and the mean of each loss term (``loss/kl``...).
+    ``replayed`` is True when a resumed run reports again the epochs its checkpoint had done
+    (a report that lost an epoch to a kill catches up; one that has it ignores it).
     """
 
 

@@ -49,14 +49,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from .checkpoint import atomic_write_bytes, atomic_write_json
+from .checkpoint import atomic_write_bytes, atomic_write_json, umask_mode
 from .identity import file_digest, stat_signature
 
 log = logging.getLogger("liser.store")
 
 #: Bumped when the fingerprint recipe, the clip-key recipe or the shard layout changes: a new
 #: version never reuses outputs stored by an older one.
-STORE_FORMAT = 1
+STORE_FORMAT = 2  # 2: shards name their teacher; runs key file-based clips by content and decoding
 SHARD_GLOB = "shard-*.safetensors"
 INDEX_NAME = "index.json"
 META_NAME = "meta.json"
@@ -454,12 +454,15 @@ class TeacherStore:
             if index is None:
                 index = self._read_index(folder)
             cached = index.get(name)
-            if cached is not None and cached.stat == sig and sig[4] + _RACY_NS <= cached.verified_ns:
+            if (
+                cached is not None and cached.stat == sig and sig[4] + _RACY_NS <= cached.verified_ns
+                and _header_agrees(folder / name, cached, fingerprint)
+            ):
                 shards[name] = cached
                 continue
             changed = True
             try:
-                shards[name] = _verify_shard(folder / name, sig)
+                shards[name] = _verify_shard(folder / name, sig, fingerprint)
             except CorruptShardError as exc:
                 state.corrupt[name] = str(exc)
                 log.warning("ignoring corrupt shard %s: %s (its clips will be relabeled)", folder / name, exc)
@@ -527,8 +530,11 @@ class TeacherStore:
             lo_row, hi_row = int(rows.min()), int(rows.max()) + 1
             try:
                 with safe_open(str(folder / name), framework="pt") as f:
-                    if (f.metadata() or {}).get("digest") != state.shards[name].digest:
+                    meta = f.metadata() or {}
+                    if meta.get("digest") != state.shards[name].digest or meta.get("fingerprint") != fingerprint:
                         raise CorruptShardError(f"{folder / name} changed since it was indexed")
+                    if [json.loads(meta["keys"])[r] for r in rows.tolist()] != [state.shards[name].keys[r] for r in rows.tolist()]:
+                        raise CorruptShardError(f"{folder / name}: its rows are not the keys its index says")
                     logits[positions] = f.get_slice("logits")[lo_row:hi_row][rows - lo_row].float()
                     if embs is not None:
                         embs[positions] = f.get_slice("embeddings")[lo_row:hi_row][rows - lo_row].float()
@@ -651,7 +657,8 @@ class ShardWriter:
         if self._with_emb:
             tensors["embeddings"] = torch.stack(self._embs)
         digest = _shard_digest(keys, tensors)
-        metadata = {"liser_store": str(STORE_FORMAT), "keys": json.dumps(keys), "digest": digest}
+        metadata = {"liser_store": str(STORE_FORMAT), "keys": json.dumps(keys), "digest": digest,
+                    "fingerprint": self.fingerprint}
         data = safetensors_bytes(tensors, metadata=metadata)
         name = f"shard-{time.time_ns():016x}-{os.getpid()}-{secrets.token_hex(4)}.safetensors"
         final = self.folder / name
@@ -693,8 +700,24 @@ def _shard_digest(keys: Sequence[str], tensors: Mapping[str, torch.Tensor]) -> s
     return h.hexdigest()
 
 
-def _verify_shard(path: Path, sig: tuple) -> _Shard:
-    """Read a whole shard and check it against its own digest; raise CorruptShardError if not."""
+def _header_agrees(path: Path, cached: _Shard, fingerprint: str) -> bool:
+    """The shard's own header (no tensors read) says what ``index.json`` says of it: the same
+    keys in the same rows, the same digest, this teacher's fingerprint. The index is a cache;
+    an edited or swapped one is caught here and the shard read whole instead."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return (
+            meta.get("digest") == cached.digest and meta.get("fingerprint") == fingerprint
+            and json.loads(meta.get("keys", "null")) == cached.keys
+        )
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
+def _verify_shard(path: Path, sig: tuple, fingerprint: str | None = None) -> _Shard:
+    """Read a whole shard and check it against its own digest (and, given one, the teacher
+    fingerprint it was written for); raise CorruptShardError if not."""
     verified_ns = time.time_ns()
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -705,6 +728,8 @@ def _verify_shard(path: Path, sig: tuple) -> _Shard:
         raise CorruptShardError(f"unreadable safetensors file ({exc})") from exc
     if meta.get("liser_store") != str(STORE_FORMAT):
         raise CorruptShardError(f"not a LiSER store shard of format {STORE_FORMAT} (metadata {sorted(meta)})")
+    if fingerprint is not None and meta.get("fingerprint") != fingerprint:
+        raise CorruptShardError(f"written for teacher {str(meta.get('fingerprint'))[:16]}, not this folder's {fingerprint[:16]}")
     try:
         keys = json.loads(meta["keys"])
     except (KeyError, ValueError) as exc:
@@ -759,6 +784,7 @@ def _write_once(path: Path, obj: Any) -> bool:
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(obj, indent=2, default=_jsonable) + "\n")
             f.flush()
+            os.fchmod(f.fileno(), umask_mode())
             os.fsync(f.fileno())
         try:
             os.link(tmp, path)  # fails if another writer got there first

@@ -98,7 +98,7 @@ def train(
     device: torch.device,
     name: str,
     params: Iterable[nn.Parameter] | None = None,
-    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    on_epoch_end: Callable[..., None] | None = None,
     checkpointer: Checkpointer | None = None,
     precision: str = "fp32",
     on_checkpoint: Callable[[Path, Progress], None] | None = None,
@@ -142,6 +142,9 @@ def train(
         loaded = checkpointer.load(list(modules), opt, sched, scaler)
         if loaded is not None:
             prog, *rng = loaded
+            if on_epoch_end is not None:  # the epochs done before: reports that missed one catch up
+                for e, m in enumerate(prog.history):
+                    on_epoch_end(e, m, replayed=True)
             if prog.finished:  # the stage had finished: weights and RNG as they were at its end
                 set_rng_state(*rng)
                 for m in modules:

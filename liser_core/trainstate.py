@@ -25,9 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import atomic_write_json, read_tensors
+from .checkpoint import atomic_write_json, private_tempdir, read_tensors, umask_mode
 from .errors import UsageError
 
 log = logging.getLogger("liser.checkpoint")
@@ -123,10 +123,11 @@ def write_complete_dir(directory: Path, tensors: dict[str, dict[str, torch.Tenso
     """Write ``<name>.safetensors`` per entry of ``tensors`` and ``state.json`` into a temporary
     sibling of ``directory``, then the marker, then rename it into place."""
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    tmp = private_tempdir(directory.parent, f".{directory.name}.", ".tmp")
     try:
         for name, group in tensors.items():
             save_file({k: v.detach().cpu().contiguous().clone() for k, v in group.items()}, str(tmp / f"{name}.safetensors"))
+            os.chmod(tmp / f"{name}.safetensors", umask_mode())  # safetensors writes 0600 whatever the umask
         atomic_write_json(tmp / "state.json", meta)
         files = sorted(p.name for p in tmp.iterdir())
         _write_marker(tmp, {"format": FORMAT, "files": {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256(tmp / n)} for n in files}})

@@ -94,6 +94,20 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"norm must be 'batch' or 'group', not {kind!r}")
 
 
+#: More channels than any sensible small model: a typo (an extra zero) fails here, not in malloc.
+MAX_CHANNELS = 8192
+
+
+def check_channels(channels, name: str = "channels") -> None:
+    """ValueError unless ``channels`` is a non-empty list of widths in [1, MAX_CHANNELS]."""
+    channels = list(channels)
+    if not channels:
+        raise ValueError(f"{name} is empty: give at least one width, e.g. [16, 32]")
+    bad = [c for c in channels if not isinstance(c, int) or isinstance(c, bool) or not 1 <= c <= MAX_CHANNELS]
+    if bad:
+        raise ValueError(f"{name} must be widths in [1, {MAX_CHANNELS}], got {bad}")
+
+
 class MaskedConvStack(nn.Module):
     """Blocks of 3x3 conv, normalisation (BatchNorm, or GroupNorm: ``norm="group"``), ReLU and
     2x2 max-pool over (B, C, F, T) features.
@@ -105,6 +119,7 @@ class MaskedConvStack(nn.Module):
 
     def __init__(self, channels, in_channels: int = 1, norm: str = "batch"):
         super().__init__()
+        check_channels(channels)
         blocks, c_in = [], in_channels
         for c in channels:
             blocks.append(

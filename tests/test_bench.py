@@ -43,8 +43,8 @@ def test_grid_runs_every_combination_and_writes_the_leaderboard(grid_file, tmp_p
     out = run_grid(grid, host)
     assert out["ran"] == 4 and out["skipped"] == 0
     rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
-    assert len(rows) == 4 * 4  # per run: two teachers, the baseline, the student
-    assert {r["model"] for r in rows} == {"student", "baseline", "teacher:face_cnn", "teacher:audio_cnn"}
+    assert len(rows) == 4 * 5  # per run: two teachers, their combined targets, the baseline, the student
+    assert {r["model"] for r in rows} == {"student", "baseline", "teacher:face_cnn", "teacher:audio_cnn", "targets"}
     student_kl = [float(r["uar"]) for r in rows if r["model"] == "student" and r["combination"].startswith("loss=kl")]
     m, s = mean_std(student_kl)
     board = (tmp_path / "out" / "leaderboard.md").read_text()

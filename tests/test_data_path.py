@@ -225,13 +225,13 @@ def test_a_run_with_workers_and_the_cache_computes_what_one_without_does(tmp_pat
     recipe.write_text(RECIPE.format(root=root))
     common = ["data.options.label_fraction=0.5", "distil.epochs=2"]
     plain = liser_core.run(recipe, [f"run_dir={tmp_path / 'a'}", "data.workers=0", "data.cache=false", *common])
-    fast = liser_core.run(recipe, [f"run_dir={tmp_path / 'b'}", "data.workers=2", f"data.cache_dir={tmp_path / 'c'}", *common])
-    again = liser_core.run(recipe, [f"run_dir={tmp_path / 'c'}", "data.workers=2", f"data.cache_dir={tmp_path / 'c'}", *common])
+    fast = liser_core.run(recipe, [f"run_dir={tmp_path / 'b'}", "data.workers=2", f"data.cache_dir={tmp_path / 'cache'}", *common])
+    again = liser_core.run(recipe, [f"run_dir={tmp_path / 'c'}", "data.workers=2", f"data.cache_dir={tmp_path / 'cache'}", *common])
     for ctx in (fast, again):  # the second reads every clip from the cache
         assert ctx.results() == plain.results()
         for k, v in plain.student.state_dict().items():
             assert torch.equal(v, ctx.student.state_dict()[k]), k
-    assert any((tmp_path / "c").rglob("*-a16000.safetensors"))
+    assert any((tmp_path / "cache").rglob("*-a16000.safetensors"))
 
 
 # -- progress ------------------------------------------------------------------------------------------

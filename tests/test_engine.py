@@ -52,12 +52,13 @@ def test_tiny_run_end_to_end(run_tiny, tmp_path):
     stages = [e[1] for e in rec.events if e[0] == "stage_start"]
     assert stages == ["teach", "label", "distil", "baseline", "evaluate"]
     assert rec.events[0] == ("run_start",)
-    assert rec.events[-1] == ("run_end", True, ["audio_cnn", "baseline", "face_cnn", "student"])
+    assert rec.events[-1] == ("run_end", True, ["audio_cnn", "baseline", "face_cnn", "student", "targets"])
     assert ("epoch_end", "teach", "face_cnn", 0) in rec.events
     assert ("epoch_end", "distil", "student", 0) in rec.events
     assert [e for e in rec.events if e[0] == "evaluation"] == [
         ("evaluation", "face_cnn", "teacher"),
         ("evaluation", "audio_cnn", "teacher"),
+        ("evaluation", "targets", "targets"),  # the two teachers' combined targets
         ("evaluation", "baseline", "baseline"),
         ("evaluation", "student", "student"),
     ]
@@ -69,6 +70,12 @@ def test_tiny_run_end_to_end(run_tiny, tmp_path):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed"
+    # the combined targets, scored on the test split from the two teachers' own scores
+    ev = {e.model: e for e in ctx.evaluations}
+    assert ev["targets"].clip_ids == ev["face_cnn"].clip_ids and metrics["targets"]["num_clips"] == len(ev["face_cnn"].clip_ids)
+    w = ctx.targets.weights
+    mix = w["face_cnn"] * ev["face_cnn"].probs + w["audio_cnn"] * ev["audio_cnn"].probs  # same label space: a plain mixture
+    assert torch.allclose(ev["targets"].probs, mix, atol=1e-6)
     assert metrics["student"]["uar"] == pytest.approx(ctx.results()["student"]["uar"])
     assert set(metrics["teachers"]) == {"face_cnn", "audio_cnn"}
     assert metrics["teachers"]["face_cnn"]["card"]["trained_on"] == ["synth_av[teacher]"]

@@ -1,7 +1,7 @@
 """The claim the embedded corpus is built for: distilling from a face teacher over the
 unlabeled pool beats training the same student on the small labeled split alone.
 
-A small corpus, so that three seeds run in about a minute; the full-size check (the README's
+A small corpus, so that two seeds run in well under a minute; the full-size check (the README's
 recipe over three seeds) is ``benchmarks/kd_effect.py``."""
 
 import pytest
@@ -30,11 +30,11 @@ def _run(tmp_path, seed, host):
 
 
 def test_distilled_student_beats_labels_only_baseline(tmp_path):
-    """Over three seeds (one alone is noisy on 128 test clips): every student beats its
-    baseline by 0.05 UAR, and by 0.08 on average, even from a mediocre teacher."""
+    """Over two seeds (one alone is noisy on 128 test clips): every student beats its baseline
+    by 0.05 UAR, and by 0.08 on average, even from a mediocre teacher."""
     host = load_plugins()
     margins = []
-    for seed in (0, 1, 2):
+    for seed in (0, 1):
         ctx = _run(tmp_path, seed, host)
         r = ctx.results()
         print(seed, {k: round(v["uar"], 3) for k, v in r.items()}, ctx.diagnostics.get("pool_target_accuracy"))

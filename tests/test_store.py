@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import shutil
 import logging
 import os
 import signal
@@ -577,3 +578,39 @@ def test_a_shard_replaced_after_indexing_is_not_served(tmp_path):
 
 if __name__ == "__main__":
     _child(sys.argv[1:])
+
+
+# -- an index is a cache: the shards decide -------------------------------------------------------
+def _old_index(monkeypatch):
+    """Make index entries count as verified long ago (past the racy window), as on a real disk."""
+    monkeypatch.setattr(store_mod, "_RACY_NS", 0)
+
+
+def test_an_index_with_reversed_keys_is_not_believed(tmp_path, monkeypatch):
+    _old_index(monkeypatch)
+    keys = make_keys(8)
+    label_pass(TeacherStore(tmp_path), keys)
+    index_path = tmp_path / FP / "index.json"
+    index = json.loads(index_path.read_text())
+    for entry in index["shards"].values():
+        entry["keys"] = entry["keys"][::-1]  # valid JSON, plausible, wrong
+    index_path.write_text(json.dumps(index))
+    fresh = TeacherStore(tmp_path)  # another process: it has only the index and the shards
+    assert fresh.missing(FP, keys) == []
+    lo, em = fresh.load(FP, keys)
+    ref_lo, ref_em = expected(keys)
+    assert torch.equal(lo, ref_lo) and torch.equal(em, ref_em)  # each clip's own outputs
+
+
+def test_a_shard_copied_from_another_teacher_is_set_aside(tmp_path, monkeypatch):
+    _old_index(monkeypatch)
+    keys = make_keys(4)
+    other = "e" * 64
+    label_pass(TeacherStore(tmp_path), keys, fp=other)  # another teacher's outputs for these clips
+    (tmp_path / FP).mkdir()
+    for shard in shard_files(tmp_path, other):
+        shutil.copy(shard, tmp_path / FP / shard.name)
+    fresh = TeacherStore(tmp_path)
+    assert fresh.missing(FP, keys) == [0, 1, 2, 3]  # not this teacher's: all to label
+    assert list((tmp_path / FP).glob("*.corrupt"))
+    assert label_pass(fresh, keys) == 4

@@ -96,3 +96,20 @@ def test_emotion_cues_reach_the_signal():
         return fr[-1, 30:40, 16:32].mean()
 
     assert lower_face("surprised") < lower_face("calm") - 5
+
+
+def test_label_fraction_carves_one_training_set_like_the_labeled_corpora():
+    from liser_plugins.synth_av import synth_av
+
+    sizes = dict(seconds=0.3, frames=2, teacher_speakers=1, labeled_speakers=2, unlabeled_speakers=6, test_speakers=1,
+                 teacher_clips=1, unlabeled_clips=2, test_clips=1)
+    full = synth_av(label_fraction=1.0, **sizes)
+    assert len(full.split("labeled")) == 8 * 8 * 2 and not full.split("unlabeled")  # every training clip labeled
+    part = synth_av(label_fraction=0.25, **sizes)
+    labeled, pool = part.split("labeled"), part.split("unlabeled")
+    lab_spk, pool_spk = {c.speaker for c in labeled}, {c.speaker for c in pool}
+    assert len(lab_spk) == 2 and not lab_spk & pool_spk and len(lab_spk | pool_spk) == 8  # ceil(0.25 x 8) speakers
+    assert {c.label for c in labeled} == set(part.label_space.classes)  # stratified: every class
+    assert len(labeled) == 8 * round(0.25 * 16)  # 25 % of each class's 16 training clips
+    assert len(labeled) + len(pool) + len(part.unused) == 128
+    assert synth_av(**sizes).split("labeled")[0].speaker.startswith("lab")  # without it: as before

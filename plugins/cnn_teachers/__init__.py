@@ -17,10 +17,11 @@ from torch import nn
 from liser_core import Batch, ModelOutput, Teacher, TeacherCard, hookimpl
 from liser_core.labels import LabelSpace
 
-from ..frontend import LogMel, MaskedConvStack, mean_max_pool
+from ..frontend import LogMel, MaskedConvStack, check_channels, mean_max_pool
 
 
 def _conv_blocks(channels: Sequence[int]) -> list[nn.Module]:
+    check_channels(channels)
     layers, c_in = [], 1
     for c in channels:
         layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2)]

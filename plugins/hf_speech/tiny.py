@@ -18,6 +18,8 @@ TINY = dict(
     conv_dim=(16, 16), conv_stride=(10, 8), conv_kernel=(20, 16),
     num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
 )
+#: ``geometry="base"``: the real base geometry (768 hidden, 12 layers, 7 conv layers of 512:
+#: 95M parameters), random weights: what ``--plan`` and cost benchmarks time instead of a download.
 ARCHS = {
     "wavlm": ("WavLMConfig", dict(feat_extract_norm="layer", do_stable_layer_norm=True, num_buckets=16, max_bucket_distance=40)),
     "wav2vec2": ("Wav2Vec2Config", dict(feat_extract_norm="layer", do_stable_layer_norm=True)),
@@ -25,8 +27,11 @@ ARCHS = {
 }
 
 
-def save_tiny_model(path: str | Path, arch: str = "wavlm", *, sample_rate: int = 16000, seed: int = 0, **config) -> Path:
-    """Write a tiny random ``arch`` encoder (and its feature extractor) to ``path``; return it."""
+def save_tiny_model(
+    path: str | Path, arch: str = "wavlm", *, sample_rate: int = 16000, seed: int = 0, geometry: str = "tiny", **config
+) -> Path:
+    """Write a random ``arch`` encoder (and its feature extractor) to ``path``; return it.
+    ``geometry``: ``tiny`` (a few thousand parameters) or ``base`` (the real base model's)."""
     import torch
     import transformers as tf
     from transformers.utils import logging as hf_logging
@@ -34,7 +39,7 @@ def save_tiny_model(path: str | Path, arch: str = "wavlm", *, sample_rate: int =
     hf_logging.disable_progress_bar()
 
     cls, extra = ARCHS[arch]
-    cfg = getattr(tf, cls)(**{**TINY, **extra, **config})
+    cfg = getattr(tf, cls)(**({**TINY, **extra} if geometry == "tiny" else {}), **config)  # base: the defaults
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = tf.AutoModel.from_config(cfg)

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from liser_core import hookimpl
 from liser_core.checkpoint import atomic_write_json, atomic_write_text
+from liser_core.rundir import inside, safe_name
 
 
 class RunDirWriter:
@@ -55,8 +56,15 @@ class RunDirWriter:
     def liser_epoch_end(self, run, stage, model, epoch, metrics):
         line = json.dumps({"stage": stage, "model": model, "epoch": epoch + 1, **metrics})
         path = run.run_dir / "history.jsonl"
-        # rewritten whole and renamed, like every report: a kill never leaves half a line
         old = path.read_text() if path.is_file() else ""
+        for prev in old.splitlines():  # one line per epoch (a resumed run replays the epochs done)
+            try:
+                d = json.loads(prev)
+            except ValueError:
+                continue
+            if (d.get("stage"), d.get("model"), d.get("epoch")) == (stage, model, epoch + 1):
+                return
+        # rewritten whole and renamed, like every report: a kill never leaves half a line
         atomic_write_text(path, old + line + "\n")
 
     @hookimpl
@@ -67,9 +75,10 @@ class RunDirWriter:
         w.writerow(["true\\pred", *classes])
         for c, row in zip(classes, result.confusion.tolist()):
             w.writerow([c, *row])
-        atomic_write_text(run.run_dir / f"confusion_{result.model}.csv", buf.getvalue())
+        name = safe_name(result.model, "model")
+        atomic_write_text(inside(run.run_dir, run.run_dir / f"confusion_{name}.csv"), buf.getvalue())
         if self.confusion_png:
-            _confusion_png(run.run_dir / f"confusion_{result.model}.png", result)
+            _confusion_png(inside(run.run_dir, run.run_dir / f"confusion_{name}.png"), result)
 
     @hookimpl
     def liser_run_end(self, run, results, error):

@@ -18,10 +18,11 @@ class SynthAV:
 
     name = "synth_av"
 
-    def __init__(self, label_space: LabelSpace, splits: dict[str, list[Clip]], options: dict):
+    def __init__(self, label_space: LabelSpace, splits: dict[str, list[Clip]], options: dict, unused=()):
         self.label_space = label_space
         self._splits = splits
         self.options = options
+        self.unused = list(unused)  # clips in no split (label_fraction: the labeled speakers' others)
 
     def split(self, role: str) -> Sequence[Clip]:
         if role not in SPLITS:
@@ -56,8 +57,20 @@ def synth_av(
     labeled_clips: int = SPLIT_CLIPS["labeled"],
     unlabeled_clips: int = SPLIT_CLIPS["unlabeled"],
     test_clips: int = SPLIT_CLIPS["test"],
+    label_fraction: float | None = None,
 ) -> SynthAV:
-    """Generated audio-visual emotion corpus (offline default); *_clips are per speaker and emotion."""
+    """Generated audio-visual emotion corpus (offline default); *_clips are per speaker and emotion.
+
+    ``label_fraction`` (0-1] switches to the labeled corpora's protocol, for label-efficiency
+    curves: the labeled and unlabeled speakers (``unlabeled_clips`` each) form one training set,
+    of which that fraction of the clips keeps its labels (stratified, from
+    ``ceil(fraction x speakers)`` labeled speakers); the other speakers are the pool. At 1.0
+    every training clip is labeled: the fully supervised setting.
+    """
+    if label_fraction is not None and not 0.0 < label_fraction <= 1.0:
+        raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}")
+    if label_fraction is not None:  # one training set, carved like RAVDESS's and CREMA-D's
+        unlabeled_speakers, labeled_speakers = labeled_speakers + unlabeled_speakers, 0
     speakers = (
         ("teacher", teacher_speakers),
         ("labeled", labeled_speakers),
@@ -71,7 +84,14 @@ def synth_av(
         ("test", test_clips),
     )
     space, splits = _cached(seed, classes, sample_rate, float(seconds), frames, speakers, clips)
-    return SynthAV(space, splits, dict(seed=seed, classes=classes))
+    options = dict(seed=seed, classes=classes)
+    if label_fraction is None:
+        return SynthAV(space, splits, options)
+    from liser_plugins.corpora.protocols import ProtocolOptions, carve
+
+    parts, _ = carve(splits["unlabeled"], ProtocolOptions(label_fraction=label_fraction, seed=seed), fold_salt=0)
+    splits = {**splits, "labeled": parts["labeled"], "unlabeled": parts["unlabeled"]}
+    return SynthAV(space, splits, options | {"label_fraction": label_fraction}, parts["unused"])
 
 
 @hookimpl

@@ -63,8 +63,8 @@ class WandbLogger:
         log.info("wandb %s run in %s", mode, self.wb_run.dir)
 
     @hookimpl
-    def liser_epoch_end(self, stage, model, epoch, metrics):
-        if self.wb_run is not None:
+    def liser_epoch_end(self, stage, model, epoch, metrics, replayed):
+        if self.wb_run is not None and not replayed:  # a resumed run's replay: logged before
             self.wb_run.log({f"{stage}/{model}/{k}": v for k, v in metrics.items()} | {"epoch": epoch + 1})
 
     @hookimpl

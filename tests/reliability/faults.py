@@ -72,9 +72,11 @@ trainstate._write_marker = _dying
 '''
 
 
-def run_cli(args: list[str], *, site: Path | None = None, plugin: str | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], *, site: Path | None = None, plugin: str | None = None, umask: int | None = None
+) -> subprocess.CompletedProcess:
     """``python -m liser_core.cli ARGS`` in a fresh process, with ``plugin`` (module source)
-    installed as the entry point ``fault`` from the folder ``site``."""
+    installed as the entry point ``fault`` from the folder ``site`` (and ``umask`` set)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if plugin is not None:
         site.mkdir(parents=True, exist_ok=True)
@@ -84,6 +86,7 @@ def run_cli(args: list[str], *, site: Path | None = None, plugin: str | None = N
     return subprocess.run(
         [sys.executable, "-m", "liser_core.cli", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        preexec_fn=None if umask is None else (lambda: os.umask(umask)),
     )
 
 

@@ -1,0 +1,358 @@
+"""The paper's view of a grid: label-efficiency curves, the efficiency table, a Pareto view of
+size and speed against UAR, and one self-contained HTML page.
+
+``liser bench`` calls :func:`write_report` after its leaderboard when the grid names the axes
+that play the three roles (``report: {fraction: ..., teachers: ..., student: ...}``). Every
+number comes from ``results.csv`` (one row per model per run, with the run's label fraction)
+and from the run directories it names (confusion matrices, the saved student for timing).
+
+Outputs, next to ``leaderboard.md``:
+
+* ``label_efficiency_<student>.png`` -- test UAR against the labeled fraction (log axis): the
+  distilled student for each teacher set and the labels-only student (mean ± std band over the
+  repeat axes), the fully supervised student (labels-only at the largest fraction) as a line;
+* ``efficiency.md`` -- per teacher set and student: UAR at 10 % labels as a percentage of the
+  fully supervised UAR, and the smallest fraction whose UAR reaches 95 % of it;
+* ``pareto.png`` -- UAR of each student (distilled at 10 %, and fully supervised) against its
+  parameters and its measured CPU real-time factor (``student_speed.json``);
+* ``report.html`` -- all of the above, the leaderboard, every combination's confusion matrix
+  and links to the run directories, in one file that opens without a server.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from liser_core.metrics import mean_std
+
+ROLES = ("fraction", "teachers", "student")
+#: The fraction the headline table reads (the paper's "10 % of the labels") and the share of
+#: the fully supervised UAR that counts as reaching it.
+HEADLINE_FRACTION = 0.10
+REACH = 0.95
+
+
+def parse_combination(key: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in key.split(","))
+
+
+def _fraction(row: Mapping[str, str], label: str) -> float:
+    value = row.get("label_fraction") or ""
+    if value not in ("", "None"):
+        return float(value)
+    x = float(label.rstrip("%"))
+    return x / 100 if x > 1 or label.endswith("%") else x
+
+
+def table(rows: Sequence[Mapping[str, str]], roles: Mapping[str, str], repeat: Sequence[str]) -> dict:
+    """``{(student, teachers, model): {fraction: [uar per repeat]}}``; baselines (labels only)
+    once per (student, fraction, repeat) whatever the teacher set, under teachers ``-``."""
+    out: dict[tuple[str, str, str], dict[float, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        parts = parse_combination(r["combination"])
+        rep = ",".join(f"{a}={parts[a]}" for a in repeat if a in parts)
+        frac = _fraction(r, parts[roles["fraction"]])
+        student, teachers = parts[roles["student"]], parts[roles["teachers"]]
+        model = r["model"]
+        if model == "baseline":
+            teachers = "-"
+        out[(student, teachers, model)][frac].setdefault(rep, float(r["uar"]))
+    return {k: {f: list(v.values()) for f, v in d.items()} for k, d in out.items()}
+
+
+def efficiency(tab: Mapping, students: Sequence[str], teacher_sets: Sequence[str]) -> list[dict]:
+    """Per (teacher set, student): the fully supervised UAR, UAR at the headline fraction as a
+    share of it, and the smallest fraction reaching :data:`REACH` of it."""
+    out = []
+    for student in students:
+        base = tab.get((student, "-", "baseline"), {})
+        if not base:
+            continue
+        full_frac = max(base)
+        full = mean_std(base[full_frac])[0]
+        for teachers in teacher_sets:
+            curve = tab.get((student, teachers, "student"), {})
+            if not curve:
+                continue
+            means = {f: mean_std(v)[0] for f, v in curve.items()}
+            head = min(means, key=lambda f: abs(f - HEADLINE_FRACTION))
+            reach = [f for f in sorted(means) if means[f] >= REACH * full]
+            out.append({
+                "student": student, "teachers": teachers, "full_fraction": full_frac, "full_uar": full,
+                "headline_fraction": head, "headline_uar": means[head],
+                "headline_share": means[head] / full if full > 0 else math.nan,
+                "reaches_95": reach[0] if reach else None,
+                "labels_only_at_headline": mean_std(base[head])[0] if head in base else None,
+            })
+    return out
+
+
+def _pct(f: float) -> str:
+    return f"{100 * f:g} %"
+
+
+def efficiency_markdown(rows: Sequence[dict]) -> str:
+    lines = [
+        "# Label efficiency",
+        "",
+        f"UAR of the distilled student at {_pct(HEADLINE_FRACTION)} of the labels, as a share of the fully "
+        f"supervised student's UAR (the same student, labels only, at the largest fraction); and the smallest "
+        f"labeled fraction at which the distilled student reaches {100 * REACH:g} % of it. Means over the repeat axes.",
+        "",
+        "| student | teachers | fully supervised UAR | UAR at 10 % | share | labels only at 10 % | reaches 95 % at |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for e in rows:
+        lines.append(
+            f"| {e['student']} | {e['teachers']} | {e['full_uar']:.3f} | {e['headline_uar']:.3f} | "
+            f"{100 * e['headline_share']:.1f} % | "
+            + (f"{e['labels_only_at_headline']:.3f}" if e["labels_only_at_headline"] is not None else "-")
+            + f" | {_pct(e['reaches_95']) if e['reaches_95'] is not None else 'not reached'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# -- figures -----------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    _plt().close(fig)
+    tmp.replace(path)
+
+
+def curves(tab: Mapping, student: str, teacher_sets: Sequence[str], path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+
+    def line(curve, label, **kw):
+        xs = sorted(curve)
+        ms = [mean_std(curve[x]) for x in xs]
+        m = [a for a, _ in ms]
+        s = [b if b == b else 0.0 for _, b in ms]
+        ax.plot(xs, m, marker="o", label=label, **kw)
+        ax.fill_between(xs, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.15, **kw)
+
+    for teachers in teacher_sets:
+        if (student, teachers, "student") in tab:
+            line(tab[(student, teachers, "student")], f"distilled ({teachers})")
+    base = tab.get((student, "-", "baseline"))
+    if base:
+        line(base, "labels only", color="black", linestyle="--")
+        full = mean_std(base[max(base)])[0]
+        ax.axhline(full, color="grey", linestyle=":", label=f"fully supervised ({full:.3f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("labeled fraction of the training clips")
+    ax.set_ylabel("test UAR")
+    ax.set_title(f"Label efficiency: {student}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def pareto(points: Sequence[dict], path: Path) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
+    for ax, key, label in ((axes[0], "params", "student parameters"), (axes[1], "rtf", "CPU real-time factor (x real time, 1 thread)")):
+        for p in points:
+            ax.scatter(p[key], p["uar"], marker="o" if p["kind"] == "distilled" else "s")
+            ax.annotate(p["label"], (p[key], p["uar"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test UAR")
+    fig.suptitle(f"Size and speed against UAR (o: distilled at {_pct(HEADLINE_FRACTION)} labels, s: fully supervised)", fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def measure_rtf(student_dir: Path, seconds: float = 4.0, repeats: int = 5) -> float:
+    """The saved student's CPU real-time factor on one thread (median of ``repeats``)."""
+    import torch
+
+    from liser_core import Student
+    from liser_core.deploy import median_seconds
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = Student.from_pretrained(student_dir)
+        x = 0.1 * torch.randn(1, int(seconds * model.sample_rate), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            model(x)  # warm-up
+            t = median_seconds(lambda: model(x), repeats)
+    finally:
+        torch.set_num_threads(threads)
+    return seconds / t
+
+
+# -- the page ------------------------------------------------------------------------------------------
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+def _md_table_html(md: str) -> str:
+    rows = [ln for ln in md.splitlines() if ln.startswith("|") and not set(ln) <= set("|-: ")]
+    if not rows:
+        return ""
+    cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c.replace('**', ''))}</td>" for c in r) + "</tr>" for r in cells[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _confusion_html(csv_path: Path) -> str:
+    with open(csv_path, newline="") as f:
+        rows = list(csv.reader(f))
+    classes, counts = rows[0][1:], [[int(x) for x in r[1:]] for r in rows[1:]]
+    top = max((max(r) for r in counts), default=1) or 1
+    head = "<th>true \\ pred</th>" + "".join(f"<th>{html.escape(c[:4])}</th>" for c in classes)
+    body = ""
+    for c, r in zip(classes, counts):
+        tds = "".join(f'<td style="background:rgba(31,119,180,{0.85 * v / top:.2f})">{v}</td>' for v in r)
+        body += f"<tr><th>{html.escape(c)}</th>{tds}</tr>"
+    return f'<table class="cm"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+_CHECK = """<script>
+window.addEventListener("load", function () {
+  var imgs = document.images, ok = 0;
+  for (var i = 0; i < imgs.length; i++) { if (imgs[i].complete && imgs[i].naturalWidth > 0) ok++; }
+  var tables = document.querySelectorAll("table").length;
+  document.body.setAttribute("data-rendered", "images " + ok + "/" + imgs.length + " tables " + tables);
+});
+</script>"""
+
+
+def write_html(out: Path, title: str, figures: Sequence[tuple[Path, str]], sections: Sequence[tuple[str, str]],
+               confusions: Sequence[tuple[str, str, Path | None]]) -> Path:
+    """``report.html``: figures embedded as data URIs, tables, confusion matrices, run links."""
+    parts = [
+        "<!doctype html><html lang=en><head><meta charset=utf-8>",
+        f"<title>{html.escape(title)}</title><style>",
+        "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}",
+        "table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}",
+        "figure{display:inline-block;margin:0.5em}img{max-width:100%}.cm td{min-width:2.2em}",
+        "details{margin:0.3em 0}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1><p>Generated by <code>liser bench</code> on {time.strftime('%Y-%m-%d %H:%M')}."
+        " WA = accuracy, UAR = UA = mean per-class recall; scores are on the test split.</p>",
+        "<h2>Figures</h2>", *(_img(p, alt) for p, alt in figures),
+    ]
+    for heading, body in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>{body}")
+    parts.append("<h2>Confusion matrices of the distilled students (rows: true class)</h2>")
+    for combo, run_dir, cm in confusions:
+        link = f'<a href="{html.escape(run_dir)}">run directory</a>'
+        inner = _confusion_html(cm) if cm is not None and cm.is_file() else "<p>(no confusion matrix)</p>"
+        parts.append(f"<details><summary>{html.escape(combo)} ({link})</summary>{inner}</details>")
+    parts.append(_CHECK + "</body></html>")
+    path = out / "report.html"
+    tmp = path.with_name(".report.html.tmp")
+    tmp.write_text("\n".join(parts))
+    tmp.replace(path)
+    return path
+
+
+def write_report(out: Path, title: str, rows: Sequence[Mapping[str, str]], roles: Mapping[str, str],
+                 repeat: Sequence[str], axes: Mapping[str, Mapping[str, Any]], leaderboard_md: str) -> dict:
+    """Every output of the module doc, in ``out``; returns the efficiency rows and the files."""
+    tab = table(rows, roles, repeat)
+    students = list(axes[roles["student"]])
+    teacher_sets = list(axes[roles["teachers"]])
+    figures = []
+    for student in students:
+        if any(k[0] == student for k in tab):
+            p = out / f"label_efficiency_{student}.png"
+            curves(tab, student, teacher_sets, p)
+            figures.append((p, f"Label efficiency of {student}"))
+    eff = efficiency(tab, students, teacher_sets)
+    eff_md = efficiency_markdown(eff)
+    (out / "efficiency.md").write_text(eff_md)
+    speeds = _speeds(out, rows, roles)
+    points = []
+    for e in eff:
+        s = speeds.get(e["student"])
+        if s is None:
+            continue
+        points.append({"label": f"{e['student']} ({e['teachers']})", "uar": e["headline_uar"], "kind": "distilled", **s})
+    for student in students:
+        s = speeds.get(student)
+        base = tab.get((student, "-", "baseline"))
+        if s is not None and base:
+            points.append({"label": f"{student} (full)", "uar": mean_std(base[max(base)])[0], "kind": "full", **s})
+    if points:
+        pareto(points, out / "pareto.png")
+        figures.append((out / "pareto.png", "UAR against size and CPU speed"))
+    confusions = []
+    seen = set()
+    for r in rows:
+        if r["model"] == "student" and r["combination"] not in seen:
+            seen.add(r["combination"])
+            run_dir = Path(r["run_dir"])
+            rel = _relative(run_dir, out)
+            confusions.append((r["combination"], rel, run_dir / "confusion_student.csv"))
+    speed_md = "| student | parameters | CPU real-time factor |\n|---|---|---|\n" + "".join(
+        f"| {k} | {v['params']:,} | {v['rtf']:.0f}x |\n" for k, v in speeds.items()
+    )
+    page = write_html(
+        out, title, figures,
+        [("Label efficiency", _md_table_html(eff_md)), ("Students: size and speed", _md_table_html(speed_md)),
+         ("Leaderboard", _md_table_html(leaderboard_md))],
+        confusions,
+    )
+    return {"efficiency": eff, "figures": [str(p) for p, _ in figures], "html": str(page), "speeds": speeds}
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(base.resolve()))
+    except ValueError:
+        return path.resolve().as_uri()
+
+
+def _speeds(out: Path, rows: Sequence[Mapping[str, str]], roles: Mapping[str, str]) -> dict[str, dict]:
+    """Parameters and measured CPU real-time factor per student label (cached in
+    ``student_speed.json``, keyed by the saved student's config)."""
+    cache_path = out / "student_speed.json"
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (FileNotFoundError, ValueError):
+        cache = {}
+    out_d: dict[str, dict] = {}
+    for r in rows:
+        if r["model"] != "student":
+            continue
+        label = parse_combination(r["combination"])[roles["student"]]
+        if label in out_d:
+            continue
+        student_dir = Path(r["run_dir"]) / "student"
+        cfg_file = student_dir / "config.json"
+        if not cfg_file.is_file():
+            continue
+        cfg = json.loads(cfg_file.read_text())
+        key = json.dumps({"name": cfg.get("name"), "options": cfg.get("options")}, sort_keys=True)
+        if key not in cache:
+            cache[key] = {"params": int(r["num_parameters"]), "rtf": measure_rtf(student_dir)}
+        out_d[label] = cache[key]
+    buf = io.StringIO()
+    json.dump(cache, buf, indent=2)
+    cache_path.write_text(buf.getvalue())
+    return out_d

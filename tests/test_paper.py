@@ -1,0 +1,130 @@
+"""The paper's experiment: label-efficiency grids, toplines, figures, the HTML report, --plan."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from liser_core import load_plugins
+from liser_core.bench import load_grid, run_grid
+from liser_core.cli import main
+from liser_core.testing import TINY_RECIPE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def paper_grid(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
+    grid = {
+        "recipe": "tiny.yaml",
+        "store": True,
+        "repeat": ["seed"],
+        "report": {"fraction": "fraction", "teachers": "teachers", "student": "student"},
+        "overrides": [
+            "data.options={classes: ravdess8, seconds: 0.5, frames: 4, teacher_speakers: 2, labeled_speakers: 0,"
+            " unlabeled_speakers: 4, unlabeled_clips: 1, test_speakers: 1, teacher_clips: 1, test_clips: 1}",
+            "distil.epochs=1", "distil.batch_size=16", "loggers={run_dir: {confusion_png: false}}", "threads=1",
+            "baseline={enabled: false, epochs: 1, batch_size: 8}",
+        ],
+        "axes": {
+            "fraction": {"25": ["data.options.label_fraction=0.25"], "100": ["data.options.label_fraction=1.0"]},
+            "teachers": {
+                "face": ["teachers=[{name: face_cnn, fit: {epochs: 1, batch_size: 16}, options: {channels: [4, 8], hidden: 16}}]",
+                         "baseline.enabled=true"],
+                "both": ["teachers=[{name: face_cnn, fit: {epochs: 1, batch_size: 16}, options: {channels: [4, 8], hidden: 16}},"
+                         " {name: audio_cnn, fit: {epochs: 1, batch_size: 16}, options: {channels: [4, 8], hidden: 16}}]"],
+            },
+            "student": {"small": ["student.options={channels: [4, 8]}"]},
+            "seed": {"0": ["seed=0"], "1": ["seed=1"]},
+        },
+    }
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_a_paper_grid_writes_curves_tables_pareto_and_a_report(paper_grid, tmp_path, capsys):
+    host = load_plugins()
+    out = tmp_path / "out"
+    assert main(["bench", str(paper_grid), "-o", str(out), "--plan"]) == 0
+    plan = capsys.readouterr().out
+    assert "plan: 8 runs (0 done, 0 stale, 8 to run)" in plan
+    assert "teacher fits: 2 face_cnn, 2 audio_cnn" in plan  # one per seed (its corpus): fractions and sets share it
+    assert "estimated wall time" in plan
+    result = run_grid(load_grid(paper_grid, out), host)
+    assert result["ran"] == 8
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert {r["label_fraction"] for r in rows} == {"0.25", "1.0"}
+    assert {r["model"] for r in rows if "teachers=both" in r["combination"]} >= {"targets", "student"}
+    assert not [r for r in rows if r["model"] == "baseline" and "teachers=both" in r["combination"]]
+    for name in ("leaderboard.md", "efficiency.md", "label_efficiency_small.png", "pareto.png", "report.html", "student_speed.json"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 100, name
+    eff = (out / "efficiency.md").read_text()
+    full = [float(r["uar"]) for r in rows if r["model"] == "baseline" and r["label_fraction"] == "1.0"]
+    assert f"| small | face | {sum(full) / len(full):.3f} |" in eff  # fully supervised = labels only at 100 %
+    speed = json.loads((out / "student_speed.json").read_text())
+    assert len(speed) == 1 and next(iter(speed.values()))["rtf"] > 1
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "Label efficiency" in page and "run directory" in page
+    assert "http://" not in page and "https://" not in page  # self-contained
+
+
+def test_the_report_renders_in_a_headless_browser(paper_grid, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs Debian's chromium (.ci/run): it is missing")
+        pytest.skip("no Chromium here (apt-get install chromium); CI installs it")
+    grid = yaml.safe_load(paper_grid.read_text())
+    grid["axes"]["seed"] = {"0": ["seed=0"]}
+    paper_grid.write_text(yaml.safe_dump(grid))
+    out = tmp_path / "out"
+    run_grid(load_grid(paper_grid, out), load_plugins())
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'chrome'}", "--dump-dom", (out / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    # the page's own check, run by the browser on load: every image decoded, the tables there
+    assert 'data-rendered="images 2/2 tables ' in dom, dom[:500]
+    tables = int(dom.split('data-rendered="images 2/2 tables ')[1].split('"')[0])
+    assert tables >= 3 + 4  # efficiency, speeds, leaderboard, and one confusion matrix per combination
+
+
+def test_the_paper_grids_validate_on_fixture_trees(tmp_path, capsys):
+    """ravdess.yaml and cremad.yaml: every combination built and probed (--dry-run) on
+    real-named trees of generated files, with a tiny local WavLM for the hub's."""
+    from liser_plugins.corpora import fixtures
+    from liser_plugins.hf_speech.tiny import save_tiny_model
+
+    tiny = save_tiny_model(tmp_path / "tiny-wavlm")
+    rav = tmp_path / "RAVDESS"
+    for a in (1, 4, 8, 3, 2, 6, 9, 10):  # a test actor in each of the 6 folds, and training actors
+        for e in range(1, 9):
+            name = f"01-01-{e:02d}-01-01-01-{a:02d}.mp4"
+            fixtures.write_video(rav / f"Actor_{a:02d}" / name, seconds=0.6, size=(48, 48), rate=48000, freq=100 + 7 * a + 31 * e)
+    cre = tmp_path / "CREMA-D"
+    for a in range(1001, 1011):  # two actors per fold
+        for j, code in enumerate(("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")):
+            fixtures.write_video(cre / "VideoFlash" / f"{a}_DFA_{code}_XX.mp4", seconds=0.6, size=(48, 48), rate=16000,
+                                 freq=90 + 5 * (a - 1000) + 37 * j)
+    for grid, root in (("ravdess", rav), ("cremad", cre)):
+        # the committed grid, with the hub's WavLM swapped for a tiny local one (nothing downloads here)
+        text = (REPO / "benchmarks" / "paper" / f"{grid}.yaml").read_text().replace("microsoft/wavlm-base-plus", str(tiny))
+        text = text.replace("recipe: ../../recipes/", f"recipe: {REPO / 'recipes'}/")
+        (tmp_path / f"{grid}.yaml").write_text(text)
+        args = ["bench", str(tmp_path / f"{grid}.yaml"), "-o", str(tmp_path / grid), f"data.options.root={root}",
+                "data.options.expect_complete=false", "data.options.min_seconds=0.3", "--dry-run"]
+        assert main(args) == 0, capsys.readouterr().err
+        out = capsys.readouterr().out
+        n = {"ravdess": 6 * 5 * 3 * 3, "cremad": 5 * 5 * 3 * 3}[grid]
+        assert f"{n} combinations validated" in out
