@@ -11,9 +11,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import shutil
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
