@@ -52,7 +52,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from liser_core import ClipDataset, hookimpl, load_plugins
+from liser_core import ClipDataset, hookimpl, load_plugins, stages
 from liser_core.engine import Engine, prepare_config
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "synth_kd.yaml"
@@ -96,8 +96,8 @@ def build_run(args, workdir: Path) -> Engine:
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     engine.prepare()
-    engine.teach()
-    engine.label()
+    stages.teach.run(engine)
+    stages.label.run(engine)
     return engine
 
 
@@ -257,7 +257,7 @@ def main() -> None:
         if state_dir is not None:
             shutil.rmtree(state_dir, ignore_errors=True)
         clock.epochs.clear()
-        wall, cpu, _ = timed(engine.distil)
+        wall, cpu, _ = timed(lambda: stages.distil.run(engine))
         if len(clock.epochs) != args.epochs:
             raise SystemExit(f"LiSER's distil stage ran {len(clock.epochs)} of {args.epochs} epochs: it did not train from scratch")
         return Timing(wall, cpu, sum(e["seconds"] for e in clock.epochs), [e["loss"] for e in clock.epochs])

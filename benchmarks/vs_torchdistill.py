@@ -249,7 +249,7 @@ def write_job(run, cap: _Capture, args, job_dir: Path, teacher_dir: Path) -> dic
 
     from liser_core import ClipDataset
     from liser_core.config import plain
-    from liser_core.engine import _lone
+    from liser_core.stages.common import lone_batch as _lone
 
     cfg, corpus, space = run.config, run.corpus, run.label_space
     if run.teachers[TEACHER].label_space != space:

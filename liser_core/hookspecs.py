@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ._registry import Registry
-    from .engine import EvalResult, RunContext
+    from .context import EvalResult, RunContext
 
 hookspec = pluggy.HookspecMarker("liser")
 

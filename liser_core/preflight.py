@@ -115,7 +115,7 @@ def _probe(engine: Engine) -> None:
             logits={k: o.logits for k, o in teacher_out.items()},
             embeddings={k: o.embedding for k, o in teacher_out.items()},
             label_maps=run.label_maps,
-            weights=engine._teacher_weights(),
+            weights=engine.teacher_weights(),
             combination=Combination(cfg.distil.combination).value,
         )
     if cfg.distil.epochs > 0:

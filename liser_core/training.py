@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import random
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,6 +22,14 @@ from .distributed import SINGLE, DistContext
 from .errors import LiserError
 from .progress import progress
 from .trainstate import Checkpointer, Progress, set_rng_state
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
 
 log = logging.getLogger("liser.train")
 

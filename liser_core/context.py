@@ -1,0 +1,113 @@
+"""What a run has built and found, shared by the engine, its stages and every hook (``run``).
+
+:class:`RunContext` is the run's state: the resolved recipe, the corpus and its splits as the run
+uses them, the teachers, label maps, student and losses, the teachers' targets, the evaluations
+and the report material (warnings, flags, diagnostics). :class:`EvalResult` is one model scored
+on one split; :class:`TargetTable` the teachers' outputs on the distillation set.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from omegaconf import DictConfig
+
+from .components import BatchTargets, Loss, Student, Teacher
+from .data import Clip, Corpus
+from .distributed import SINGLE, DistContext
+from .labels import LabelMap, LabelSpace
+
+if TYPE_CHECKING:
+    from ._plugins import PluginHost
+
+log = logging.getLogger("liser")
+
+
+@dataclass
+class EvalResult:
+    """One model scored on one split, in the student's label space."""
+
+    model: str  # teacher key, "student" or "baseline"
+    role: str  # teacher | student | baseline
+    split: str
+    metrics: dict[str, float]  # accuracy (WA), uar (UA), macro_f1
+    confusion: torch.Tensor  # (C, C) counts, rows = true class
+    label_space: LabelSpace
+    probs: torch.Tensor  # (N, C) predicted distribution per clip
+    clip_ids: list[str]
+    num_parameters: int = 0
+
+
+@dataclass
+class TargetTable:
+    """Every teacher's outputs on the distillation set, row i = clip i of that set."""
+
+    logits: dict[str, torch.Tensor]
+    embeddings: dict[str, torch.Tensor]
+    label_maps: dict[str, LabelMap]
+    weights: dict[str, float]
+    combination: str
+
+    def batch(self, index: torch.Tensor, device: torch.device) -> BatchTargets:
+        idx = index.cpu()
+        return BatchTargets(
+            logits={k: v[idx].to(device) for k, v in self.logits.items()},
+            embeddings={k: v[idx].to(device) for k, v in self.embeddings.items()},
+            label_maps=self.label_maps,
+            weights=self.weights,
+            combination=self.combination,
+        )
+
+
+@dataclass
+class RunContext:
+    """Everything a run has built; hooks receive it as ``run``."""
+
+    config: DictConfig
+    run_dir: Path
+    host: PluginHost
+    device: torch.device
+    dist: DistContext = SINGLE  # this process's rank in a torchrun job
+    resumed: bool = False  # continues an interrupted run from its saved state
+    corpus: Corpus | None = None
+    teachers: dict[str, Teacher] = field(default_factory=dict)
+    teacher_configs: dict[str, Any] = field(default_factory=dict)
+    label_maps: dict[str, LabelMap] = field(default_factory=dict)
+    student: Student | None = None
+    baseline: Student | None = None
+    losses: dict[str, tuple[float, Loss]] = field(default_factory=dict)
+    targets: TargetTable | None = None
+    evaluations: list[EvalResult] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    #: short markers every table shows next to this run's scores (e.g. "test_overlap")
+    flags: list[str] = field(default_factory=list)
+    #: the splits as the run uses them (after the duplicate guard), and each clip's content digests
+    splits: dict[str, list[Clip]] = field(default_factory=dict)
+    digests: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
+    #: per teacher: mapped, merged, dropped and unreachable classes (guards.label_map_report)
+    label_map_report: dict[str, Any] = field(default_factory=dict)
+    #: sha256 of the resolved recipe (less where/how fast it runs) and the code versions
+    fingerprint: str = ""
+
+    @property
+    def label_space(self) -> LabelSpace:
+        return self.corpus.label_space
+
+    def split(self, role: str) -> list[Clip]:
+        """The clips of one split as this run uses them (duplicates left out)."""
+        if role in self.splits:
+            return self.splits[role]
+        return list(self.corpus.split(role))
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        return {e.model: {"role": e.role, **e.metrics} for e in self.evaluations}
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+        log.warning(message)

@@ -1,0 +1,305 @@
+"""Before any stage: build the corpus and every component, and check what can be checked.
+
+:func:`data` builds the corpus and applies the data guards (content digests, duplicates, missing
+speakers and clips, speakers shared with the test split) and sets up the data path (decoded-clip
+cache, decoding workers, threads); :func:`components` builds teachers, label maps, student and
+losses and applies the teacher guards (fit sets that overlap the test split, the label-map
+report). Nothing here writes a file (docs/soundness.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from . import checkpoint, guards, provenance
+from .clipcache import ClipCache
+from .config import Combination, DuplicatePolicy, plain
+from .data import SPLITS, Clip, Corpus
+from .errors import ConfigError, UsageError
+from .identity import digests_of
+from .labels import LabelMap
+from .stages.common import count_params
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+log = logging.getLogger("liser")
+
+
+def build_component(registry, name: str, options: dict, key: str = "", **inject: Any):
+    """Build a registered component and remember how (``liser_spec``) so it can be saved.
+
+    A factory that rejects its options (``TypeError``/``ValueError``) is reported as a
+    :class:`ConfigError` at ``key``, the recipe path of those options.
+    """
+    try:
+        module = registry.build(name, **options, **inject)
+    except ConfigError as exc:  # a composite component validating its parts (e.g. fusion)
+        raise ConfigError(f"{key}.{exc.key}" if key else exc.key, exc.reason, exc.suggestions) from exc
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(key, f"{registry.kind} {name!r} rejected its options: {exc}") from exc
+    if isinstance(module, torch.nn.Module):
+        where = key[: -len(".options")] if key.endswith(".options") else key
+        module.liser_spec = {
+            "name": name, "options": options, "kind": registry.kind, "plugin": registry.get(name).plugin, "key": where,
+        }
+    return module
+
+
+def _teacher_seed(tc) -> int:
+    """The seed of a teacher's initial weights: from its recipe block (its own ``seed`` if set)."""
+    if tc.seed is not None:
+        return int(tc.seed)
+    block = provenance.plain_config(tc)
+    return int(hashlib.sha256(json.dumps({k: block.get(k) for k in ("name", "options")}, sort_keys=True).encode()).hexdigest()[:8], 16)
+
+
+def data(engine: Engine) -> None:
+    """Build the corpus and apply the data guards (digests, duplicates, missing clips, shared
+    speakers); the data path (cache, workers, threads). Nothing is written."""
+    run, cfg = engine.run, engine.cfg
+    t0 = time.perf_counter()
+    run.corpus = build_component(
+        engine.reg.dataset, cfg.data.name, plain(cfg.data.options), "data.options", seed=int(cfg.seed)
+    )
+    if not isinstance(run.corpus, Corpus):
+        raise UsageError(f"dataset {cfg.data.name!r} did not return a Corpus")
+    log.info(
+        "corpus %s (%s): %s  [%.1fs]",
+        run.corpus.name,
+        run.label_space.name,
+        ", ".join(f"{s} {len(run.corpus.split(s))}" for s in SPLITS),
+        time.perf_counter() - t0,
+    )
+    guard_data(engine)
+    setup_data_path(engine)
+    if not run.split(cfg.evaluate.split):
+        raise ConfigError("evaluate.split", f"corpus {run.corpus.name!r} has no {cfg.evaluate.split!r} clips")
+
+def components(engine: Engine) -> None:
+    run, cfg = engine.run, engine.cfg
+    names = [t.name for t in cfg.teachers]
+    for i, tc in enumerate(cfg.teachers):
+        key = tc.name if names.count(tc.name) == 1 else f"{tc.name}.{i}"
+        if tc.checkpoint:
+            teacher = checkpoint.load_component(tc.checkpoint, engine.reg.teacher, kind="teacher")
+            teacher.liser_spec |= {"kind": "teacher", "plugin": engine.reg.teacher.get(teacher.liser_spec["name"]).plugin,
+                                   "key": f"teachers.{i}"}
+        else:  # its initial weights depend on its own recipe block, not on the run's seed
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_teacher_seed(tc))
+                teacher = build_component(
+                    engine.reg.teacher, tc.name, plain(tc.options), f"teachers.{i}.options", label_space=run.label_space
+                )
+        try:
+            run.label_maps[key] = LabelMap(
+                teacher.label_space,
+                run.label_space,
+                merge=plain(tc.label_map.merge),
+                drop=tuple(tc.label_map.drop),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"teachers.{i}.label_map", str(exc)) from None
+        run.teachers[key] = teacher.to(run.device)
+        run.teacher_configs[key] = tc
+    guard_teachers(engine)
+
+    if engine.dist.enabled:  # every rank needs a part of every global batch
+        blocks = {"distil": cfg.distil, "finetune": cfg.finetune, "baseline": cfg.baseline}
+        blocks |= {f"teachers.{i}.fit": tc.fit for i, tc in enumerate(cfg.teachers)}
+        for key, block in blocks.items():
+            if block.batch_size < engine.dist.world_size:
+                raise ConfigError(
+                    f"{key}.batch_size",
+                    f"{block.batch_size} is smaller than the number of processes ({engine.dist.world_size})",
+                )
+    seed = int(cfg.seed)
+    torch.manual_seed(seed + 1)
+    opts = plain(cfg.student.options)
+    run.student = build_component(engine.reg.student, cfg.student.name, opts, "student.options", label_space=run.label_space)
+    run.student.to(run.device)
+    if cfg.baseline.enabled:  # same initial weights as the distilled student
+        torch.manual_seed(seed + 1)
+        run.baseline = build_component(
+            engine.reg.student, cfg.student.name, opts, "student.options", label_space=run.label_space
+        ).to(run.device)
+    for i, lc in enumerate(cfg.distil.losses):
+        loss = build_component(engine.reg.loss, lc.name, plain(lc.options), f"distil.losses.{i}.options")
+        key = lc.name if lc.name not in run.losses else f"{lc.name}.{i}"
+        if loss.needs_teacher and not run.teachers and cfg.distil.epochs > 0:
+            raise ConfigError(f"distil.losses.{i}", f"loss {lc.name!r} needs a teacher; the recipe has none")
+        try:
+            loss.bind(run.student.embedding_dim, {k: t.embedding_dim for k, t in run.teachers.items()})
+        except (KeyError, ValueError) as exc:
+            raise ConfigError(f"distil.losses.{i}.options", str(exc).strip("'\"")) from None
+        run.losses[key] = (float(lc.weight), loss.to(run.device))
+    log.info(
+        "student %s: %s parameters; teachers: %s",
+        cfg.student.name,
+        f"{run.student.num_parameters():,}",
+        ", ".join(f"{k} ({count_params(t):,})" for k, t in run.teachers.items()) or "none",
+    )
+
+# -- soundness guards (liser_core/guards.py, docs/soundness.md) -----------------------------
+def guard_data(engine: Engine) -> None:
+    """Content digests of every clip; duplicates across splits left out of the pool (and test
+    copies out of every training split); missing expected speakers and clips; speakers shared
+    with the test split; an empty pool. Nothing here reads audio but file bytes."""
+    run, cfg = engine.run, engine.cfg
+    corpus = run.corpus
+    t0 = time.perf_counter()
+    raw = {s: list(corpus.split(s)) for s in SPLITS}
+    digests = {s: digests_of(raw[s], corpus) for s in SPLITS}
+    dups = guards.find_duplicates(raw, digests)
+    policy = DuplicatePolicy(cfg.data.duplicates).value
+    splits, engine.dropped = raw, []
+    if dups:
+        run.diagnostics["duplicates"] = [d.__dict__ for d in dups]
+        if policy == "error":
+            raise ConfigError(
+                "data.duplicates",
+                f"{len(dups)} clip(s) repeat another clip's content, e.g. {dups[0].describe()} "
+                "(duplicates: skip leaves them out of training)",
+            )
+        if policy == "skip":
+            splits, engine.dropped = guards.drop_duplicates(raw, dups)
+        dropped = {(d.split, d.clip_id) for d in engine.dropped}
+        if engine.dropped:
+            run.warn(
+                f"{len(engine.dropped)} clip(s) left out as duplicates by content, e.g. {engine.dropped[0].describe()} "
+                "(splits.json lists them)"
+            )
+        for d in dups:
+            if (d.split, d.clip_id) not in dropped:
+                run.warn(f"duplicate content: {d.describe()}")
+        keep = {s: {c.clip_id for c in splits[s]} for s in SPLITS}
+        digests = {s: [d for c, d in zip(raw[s], digests[s]) if c.clip_id in keep[s]] for s in SPLITS}
+    run.splits, run.digests = splits, digests
+    log.info("content digests of %d clips in %.1fs", sum(map(len, digests.values())), time.perf_counter() - t0)
+    missing = getattr(corpus, "missing", None)
+    for w in [*guards.missing_warnings(missing() if callable(missing) else None), *(getattr(corpus, "notes", None) or [])]:
+        run.warn(w)
+    test = {c.speaker for c in run.split(cfg.evaluate.split)}
+    for s in ("labeled", "unlabeled"):  # the teacher split is the fit guard's (_guard_teachers)
+        shared = sorted({c.speaker for c in run.split(s)} & test)
+        if s != cfg.evaluate.split and shared:
+            run.warn(
+                f"speakers {shared[:5]} appear in both {s!r} and the test split: results are NOT speaker-independent"
+            )
+    if cfg.teachers and cfg.distil.epochs > 0 and not run.split("unlabeled"):
+        run.warn(
+            "the unlabeled pool is empty (e.g. label_fraction 1.0 without unlabeled_from): distillation "
+            "learns from the labeled clips only"
+        )
+
+def fits_in_run(engine: Engine, key: str) -> bool:
+    teacher, tc = engine.run.teachers[key], engine.run.teacher_configs[key]
+    return not tc.checkpoint and not teacher.pretrained and teacher.fittable
+
+def fit_clips(engine: Engine, key: str) -> tuple[list[Clip], list[tuple[str, ...]], Counter]:
+    """The teacher split as the teacher ``key`` is fitted on it: each label taken through its
+    label map by name into the teacher's own classes; clips of classes it cannot represent
+    left out (and counted)."""
+    targets = engine.run.label_maps[key].fit_targets()
+    clips, digests, excluded = [], [], Counter()
+    for c, d in zip(engine.run.split("teacher"), engine.run.digests["teacher"]):
+        t = targets.get(c.label) if c.label is not None else None
+        if t is None:
+            excluded[str(c.label)] += 1
+            continue
+        clips.append(dataclasses.replace(c, label=t))
+        digests.append(d)
+    return clips, digests, excluded
+
+def guard_teachers(engine: Engine) -> None:
+    """A teacher fitted on test speakers or clips (in this run, or recorded in its card) is
+    refused unless ``allow_test_overlap``; the label-map report; fit sets that lose classes."""
+    run, cfg = engine.run, engine.cfg
+    split = cfg.evaluate.split
+    test, test_d = run.split(split), run.digests[split]
+    corpus = run.corpus.name
+    for i, (key, teacher) in enumerate(run.teachers.items()):
+        tc = run.teacher_configs[key]
+        fit_sets = list(teacher.card.fit_sets)
+        if fits_in_run(engine, key):
+            clips, digests, excluded = fit_clips(engine, key)
+            if excluded:
+                log.warning(
+                    "teacher %s cannot represent %s: %d clip(s) of the teacher split left out of its fit",
+                    key, ", ".join(f"{c} ({n})" for c, n in sorted(excluded.items())), sum(excluded.values()),
+                )
+                run.diagnostics.setdefault("fit_excluded", {})[key] = dict(sorted(excluded.items()))
+            if run.split("teacher") and not clips:
+                raise ConfigError(
+                    f"teachers.{i}.label_map",
+                    f"teacher {tc.name!r} ({teacher.label_space.name}) can represent no class of the teacher split",
+                )
+            fit_sets.append(guards.FitSet.of(corpus, "teacher", clips, digests).to_dict())
+        speakers, clip_ids = guards.fit_overlap(fit_sets, corpus, test, test_d)
+        if speakers or clip_ids:
+            msg = guards.describe_overlap(key, speakers, clip_ids, split)
+            if not tc.allow_test_overlap:
+                raise ConfigError(
+                    f"teachers.{i}",
+                    f"{msg}: its labels would leak the test split into the student; fit it without them, "
+                    f"or set teachers.{i}.allow_test_overlap=true to go on (flagged in every table)",
+                )
+            run.warn(f"!!! {msg} (allow_test_overlap): this run's scores are NOT a fair estimate")
+            if "test_overlap" not in run.flags:
+                run.flags.append("test_overlap")
+        elif not any(f.get("corpus") == corpus for f in fit_sets):
+            seen = [e for e in teacher.card.trained_on if e.partition("[")[0] == corpus]
+            if seen:  # trained on this corpus, but which speakers is not recorded
+                run.warn(
+                    f"!!! teacher {key!r} was trained on {', '.join(seen)} but its card does not record which "
+                    f"speakers or clips: LiSER cannot check that they are not in the {split} split"
+                )
+    if run.teachers:
+        report, warnings = guards.label_map_report(
+            run.label_maps, engine.teacher_weights(), Combination(cfg.distil.combination).value, run.label_space
+        )
+        run.label_map_report = report
+        for line in guards.describe_label_maps(report):
+            log.info(line)
+        for w in warnings:
+            run.warn(w)
+
+def setup_data_path(engine: Engine) -> None:
+    """Content keys of clips read from files (their file digests and how they are decoded:
+    what the store and the decoded-clip cache key on), the cache, the decoding workers."""
+    run, cfg = engine.run, engine.cfg
+    lazy = any(c.audio is None for s in SPLITS for c in run.split(s)[:1])
+    workers = cfg.data.workers
+    if workers is None:  # leave a core to the model; none when the clips are in memory
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = min(4, max(0, cpus // engine.dist.world_size - 1)) if lazy else 0
+    engine.workers = int(workers)
+    engine.set_threads()
+    if not lazy:
+        return
+    signature = getattr(run.corpus, "decode_signature", None)
+    fallback = {"dataset": cfg.data.name, "options": plain(cfg.data.options)}  # a corpus that cannot say
+    for s in SPLITS:
+        for clip, digests in zip(run.split(s), run.digests[s]):
+            if clip.audio is None:
+                engine.content_keys[clip.clip_id] = ClipCache.key(digests, signature(clip) if signature else fallback)
+    if cfg.data.cache:
+        from .identity import cache_dir
+
+        root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else cache_dir() / "decoded"
+        engine.clip_cache = ClipCache(root, max_bytes=int(cfg.data.cache_max_gb * 2**30))
+    log.info(
+        "decoding: %d worker(s); decoded clips %s", engine.workers,
+        f"cached in {engine.clip_cache.root}" if engine.clip_cache else "not cached (data.cache: off)",
+    )
+

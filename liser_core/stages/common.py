@@ -1,0 +1,38 @@
+"""Small pieces the stages share."""
+
+from __future__ import annotations
+
+import torch
+
+from ..components import Student, Teacher, blame
+from ..data import Batch
+
+
+def teacher_call(teacher: Teacher):
+    def forward(batch: Batch):
+        with blame(teacher, "forward"):
+            return teacher(batch)
+
+    return forward
+
+
+def student_call(student: Student):
+    def forward(batch: Batch):
+        with blame(student, "forward"):
+            return student(batch.audio, batch.lengths)
+
+    return forward
+
+
+def lone_batch(ds, batch_size: int) -> bool:
+    """Drop a final training batch of a single clip: normalisation over a batch of one (e.g.
+    BatchNorm on pooled vectors) cannot train on it; the clip is in another batch next epoch."""
+    return len(ds) > 1 and len(ds) % batch_size == 1
+
+
+def steps(n: int, batch_size: int) -> int:
+    return max(1, -(-n // batch_size))
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

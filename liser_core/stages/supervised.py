@@ -1,0 +1,59 @@
+"""``finetune`` and ``baseline``: the student on the labeled split alone (cross-entropy); the
+baseline is the same student, from the same initial weights, with no teacher at all."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch.nn.functional as F
+
+from ..components import Student, blame
+from ..config import TrainConfig
+from ..data import Batch
+from ..errors import ConfigError
+from ..training import train
+from .common import lone_batch, steps
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+
+def _supervised(engine: Engine, student: Student, cfg: TrainConfig, stage: str, model: str) -> None:
+    labeled = engine.run.split("labeled")
+    if not labeled:
+        raise ConfigError(f"{stage}.epochs", f"corpus {engine.run.corpus.name!r} has no labeled split")
+    ds = engine.dataset(labeled, student.sample_rate)
+
+    def step(batch: Batch):
+        with blame(student, "forward"):
+            out = student(batch.audio, batch.lengths)
+        loss = F.cross_entropy(out.logits, batch.labels)
+        return loss, {"ce": loss.detach()}
+
+    train(
+        [student],
+        step,
+        lambda epoch, skip: ds.loader(
+            cfg.batch_size,
+            shuffle=True,
+            seed=int(engine.cfg.seed) + 2000 + epoch,
+            drop_last=lone_batch(ds, cfg.batch_size),
+            skip_batches=skip,
+            dist=engine.dist,
+        ),
+        steps(len(ds), cfg.batch_size),
+        cfg,
+        device=engine.run.device,
+        name=f"{model} ({stage})",
+        on_epoch_end=engine.epoch_hook(stage, model),
+        **engine.checkpointer(stage, model),
+    )
+
+
+def finetune(engine: Engine) -> None:
+    _supervised(engine, engine.run.student, engine.cfg.finetune, "finetune", "student")
+    engine.save_student()
+
+
+def baseline(engine: Engine) -> None:
+    _supervised(engine, engine.run.baseline, engine.cfg.baseline, "baseline", "baseline")

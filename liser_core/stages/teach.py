@@ -1,0 +1,141 @@
+"""``teach``: every teacher loaded, used as it arrives, or fitted on the corpus's ``teacher`` split.
+
+A teacher fitted here learns each corpus class as its own class of that name (its label map,
+both ways), from a seed drawn from its recipe block and fit set; with a store, a teacher whose
+fit key was fitted before is loaded from ``<store>/fitted/`` instead (docs/store.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import checkpoint, guards, prepare, provenance, rundir
+from ..components import Teacher, blame
+from ..config import TrainConfig
+from ..data import Batch, Clip, ClipDataset
+from ..errors import ConfigError
+from ..store import weights_digest
+from ..training import seed_everything, train
+from .common import count_params, lone_batch, steps
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+log = logging.getLogger("liser")
+
+
+def run(engine: Engine) -> None:
+    run = engine.run
+    teach_clips = run.split("teacher")
+    for i, (key, teacher) in enumerate(run.teachers.items()):
+        tc = run.teacher_configs[key]
+        if tc.checkpoint:
+            log.info("teacher %s: loaded from %s", key, tc.checkpoint)
+            continue
+        if teacher.pretrained:
+            log.info("teacher %s: pretrained (%s), used as is", key, teacher.card.source or teacher.card.backbone)
+            continue
+        if not teacher.fittable:
+            raise ConfigError(f"teachers.{i}.checkpoint", f"teacher {tc.name!r} cannot be fitted in a run; give it a checkpoint")
+        if not teach_clips:
+            raise ConfigError(
+                f"teachers.{i}.checkpoint",
+                f"corpus {run.corpus.name!r} has no teacher split to fit {tc.name!r} on; give a checkpoint",
+            )
+        # labels reach the teacher through its label map, by name, in its own class order
+        fit_clips, fit_digests, excluded = prepare.fit_clips(engine, key)
+        ds = engine.teacher_dataset(teacher, fit_clips, space=teacher.label_space)
+        fit_key = _fit_key(engine, key, fit_clips, ds.sample_rate)
+        seed = int(tc.seed) if tc.seed is not None else int(fit_key[:8], 16)
+        cached = _fitted_dir(engine, fit_key, provenance.code_versions(engine.host))
+        reused = cached is not None and (cached / checkpoint.CONFIG_NAME).is_file()
+        if reused:
+            checkpoint.load_weights(teacher, cached, f"teacher {tc.name!r}")
+            teacher.eval()
+            log.info("teacher %s: fitted on this fit set before: weights reused from %s [%s]", key, cached, fit_key[:12])
+        else:
+            log.info(
+                "teacher %s: fitting on %d clips of the teacher split%s [%s]", key, len(ds),
+                f" ({sum(excluded.values())} of classes it cannot represent left out)" if excluded else "",
+                fit_key[:12],
+            )
+            _fit(engine, key, teacher, ds, seed)
+            if cached is not None and engine.dist.is_main:  # the next run with this fit set reuses it
+                _save_teacher(engine, teacher, cached, {"fit_key": fit_key})
+        run.diagnostics.setdefault("teacher_fits", {})[key] = {"fit_key": fit_key, "reused": reused}
+        teacher.card = dataclasses.replace(
+            teacher.card,
+            trained_on=tuple(dict.fromkeys((*teacher.card.trained_on, f"{run.corpus.name}[teacher]"))),
+            source=f"fitted in run {run.run_dir}",
+            num_parameters=count_params(teacher),
+            fit_sets=(*teacher.card.fit_sets, guards.FitSet.of(run.corpus.name, "teacher", fit_clips, fit_digests).to_dict()),
+        )
+        if engine.dist.is_main:
+            out = rundir.inside(run.run_dir, run.run_dir / "teachers" / rundir.safe_name(key, "teacher"))
+            _save_teacher(engine, teacher, out, {"card": teacher.card.to_dict()})
+
+
+def _fit(engine: Engine, key: str, teacher: Teacher, ds: ClipDataset, seed: int) -> None:
+    """Fit one teacher on its dataset, from its own seed (not the run's)."""
+    fit: TrainConfig = engine.run.teacher_configs[key].fit
+    seed_everything(seed)
+
+    def step(batch: Batch):
+        with blame(teacher, "fit_loss"):
+            return teacher.fit_loss(batch)
+
+    train(
+        [teacher],
+        step,
+        lambda epoch, skip: ds.loader(
+            fit.batch_size, shuffle=True, seed=seed + 100 + epoch, drop_last=lone_batch(ds, fit.batch_size),
+            skip_batches=skip, dist=engine.dist,
+        ),
+        steps(len(ds), fit.batch_size),
+        fit,
+        device=engine.run.device,
+        name=f"teacher {key}",
+        params=teacher.trainable_parameters(),
+        on_epoch_end=engine.epoch_hook("teach", key),
+        **engine.checkpointer("teach", key),
+    )
+
+
+def _save_teacher(engine: Engine, teacher: Teacher, directory: Path, extra: dict) -> None:
+    checkpoint.save_component(
+        teacher, directory, kind="teacher", name=teacher.liser_spec["name"],
+        options=teacher.liser_spec["options"], label_space=teacher.label_space, extra=extra,
+    )
+
+
+def _fit_key(engine: Engine, key: str, clips: list[Clip], rate: int) -> str:
+    """What a fitted teacher is a function of: its recipe block (name, options, label map,
+    fit settings, seed), its initial weights, its inputs (rate, frames, precision), and each
+    fit clip's content and label. Equal keys (and code), equal fitted teachers."""
+    tc, teacher = engine.run.teacher_configs[key], engine.run.teachers[key]
+    block = provenance.plain_config(tc)
+    for k in ("checkpoint", "weight", "allow_test_overlap"):
+        block.pop(k, None)
+    for k in ("checkpoint_every", "nonfinite_patience"):
+        block["fit"].pop(k, None)
+    body = {
+        "block": block,
+        "init": weights_digest(teacher),
+        "inputs": {"rate": rate, "frames": teacher.needs_frames, "precision": engine.precision},
+        "fit_set": sorted(f"{engine.store_key(c)}:{c.label}" for c in clips),
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _fitted_dir(engine: Engine, fit_key: str, versions: dict[str, str]) -> Path | None:
+    """Where teachers fitted in runs are kept for reuse: ``<store>/fitted/<fit key + code>``
+    (another LiSER or plugin version fits again)."""
+    if not engine.cfg.store:
+        return None
+    code = hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(engine.cfg.store).expanduser() / "fitted" / f"{fit_key[:48]}-{code}"
