@@ -13,9 +13,12 @@ hookimpl = pluggy.HookimplMarker("liser")
 from ._plugins import ENTRY_POINT_GROUP, PluginHost, PluginInfo, load_plugins  # noqa: E402
 from ._registry import Registry  # noqa: E402
 from .components import (  # noqa: E402
+    Augmentation,
     BatchTargets,
+    Combiner,
     Loss,
     ModelOutput,
+    Position,
     Student,
     Teacher,
     TeacherCard,
@@ -29,6 +32,8 @@ from .labels import CANONICAL_EMOTIONS, LabelMap, LabelSpace, label_space  # noq
 __version__ = "0.1.0"
 
 __all__ = [
+    "Augmentation",
+    "Combiner",
     "CANONICAL_EMOTIONS",
     "BadClipError",
     "ComponentError",
@@ -48,6 +53,7 @@ __all__ = [
     "ModelOutput",
     "PluginHost",
     "PluginInfo",
+    "Position",
     "Registry",
     "RunContext",
     "Student",

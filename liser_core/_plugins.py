@@ -27,13 +27,15 @@ log = logging.getLogger("liser.plugins")
 ENTRY_POINT_GROUP = "liser"
 FIRST_PARTY = "liser"  # distribution whose plugins load first
 DISABLE_AUTOLOAD_ENV = "LISER_DISABLE_PLUGIN_AUTOLOAD"
-KINDS = ("dataset", "teacher", "student", "loss", "logger")
+KINDS = ("dataset", "teacher", "student", "loss", "logger", "combiner", "augmentation")
 _REGISTRATION_HOOKS = {
     "dataset": "liser_register_datasets",
     "teacher": "liser_register_teachers",
     "student": "liser_register_students",
     "loss": "liser_register_losses",
     "logger": "liser_register_loggers",
+    "combiner": "liser_register_combiners",
+    "augmentation": "liser_register_augmentations",
 }
 
 
@@ -45,14 +47,14 @@ class PluginInfo:
     module: str  # module path the entry point names
     distribution: str = ""  # installed package that declares it
     version: str = ""  # that package's version
-    status: str = "loaded"  # loaded | failed | blocked | not loaded
+    status: str = "loaded"  # loaded | failed | blocked | not loaded | shadowed (its name taken by another package)
     error: str = ""  # why it failed, one line
     traceback: str = ""  # full traceback of the failure
     components: dict[str, list[str]] = field(default_factory=dict)  # kind -> names it registered
 
 
 class Registries:
-    """The five registries of one plugin host, by kind."""
+    """The registries of one plugin host, one per kind (:data:`KINDS`)."""
 
     def __init__(self):
         self.dataset = Registry("dataset")
@@ -60,6 +62,8 @@ class Registries:
         self.student = Registry("student")
         self.loss = Registry("loss")
         self.logger = Registry("logger")
+        self.combiner = Registry("combiner")
+        self.augmentation = Registry("augmentation")
 
     def __getitem__(self, kind: str) -> Registry:
         if kind not in KINDS:
@@ -144,9 +148,15 @@ class PluginHost:
         if autoload is None:
             autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
         block = set(block)
-        eps = {}
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            eps.setdefault(ep.name, ep)  # first on sys.path wins, like importlib
+        declared: dict[str, list] = {}
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):  # one per distribution name
+            declared.setdefault(ep.name, []).append(ep)
+        eps, shadowed = {}, []
+        for name, candidates in declared.items():
+            # LiSER's own keep their names; otherwise the first on sys.path wins, like importlib
+            ranked = sorted(candidates, key=lambda ep: 0 if _dist_name(ep) == FIRST_PARTY else 1)
+            eps[name] = ranked[0]
+            shadowed += [(name, ep, ranked[0]) for ep in ranked[1:]]
         for flag, names in (("", only), ("no:", block)):
             for missing in [n for n in names if n not in eps]:
                 hint = close_matches(missing, eps)
@@ -159,6 +169,13 @@ class PluginHost:
             dist = getattr(item[1], "dist", None)
             return (0 if dist is not None and dist.name == FIRST_PARTY else 1, item[0])
 
+        for name, ep, winner in shadowed:
+            info = PluginInfo(name=name, module=ep.value, distribution=_dist_name(ep),
+                              version=getattr(getattr(ep, "dist", None), "version", "") or "", status="shadowed")
+            info.error = (f"plugin name {name!r} is also declared by {_dist_name(winner) or winner.value}, "
+                          "which is loaded under it; this one is not (rename one of the entry points)")
+            log.warning("plugin %r of %s not loaded: %s", name, info.distribution or ep.value, info.error)
+            self.plugins.append(info)
         for name, ep in sorted(eps.items(), key=order):
             dist = getattr(ep, "dist", None)
             info = PluginInfo(
@@ -209,6 +226,11 @@ class PluginHost:
                     impl.plugin_name, hook_name, type(exc).__name__, exc,
                 )
                 log.debug("traceback", exc_info=True)
+
+
+def _dist_name(ep) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.name if dist is not None else ""
 
 
 def load_plugins(

@@ -41,7 +41,6 @@ from pathlib import Path
 import yaml
 
 from .checkpoint import atomic_write_text
-from .config import Combination
 from .errors import ConfigError, one_line
 from .metrics import mean_std
 from .provenance import plain_config
@@ -158,7 +157,7 @@ def rows_of_run(key: str, ctx) -> list[dict]:
         elif e.role == "baseline":
             components, model = f"student={cfg.student.name} (labels only)", "baseline"
         elif e.role == "targets":
-            components, model = f"teachers={teachers} combined ({Combination(cfg.distil.combination).value})", "targets"
+            components, model = f"teachers={teachers} combined ({cfg.distil.combination})", "targets"
         else:
             components, model = f"teachers={teachers} student={cfg.student.name} losses={losses}", "student"
         rows.append({

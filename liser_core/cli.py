@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from .errors import LiserError, UsageError, plural
+from .errors import LiserError, UsageError, close_matches, plural
 
 
 def _plugin_args(p: argparse.ArgumentParser) -> None:
@@ -97,9 +97,19 @@ def build_parser() -> argparse.ArgumentParser:
         "kind",
         nargs="?",
         default=None,
-        help="teachers | students | losses | datasets | loggers (default: all)",
+        help="teachers | students | losses | datasets | loggers | combiners | augmentations (default: all)",
     )
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'face*'")
+    p.add_argument("-v", "--verbose", action="store_true", help="each component's options, types, defaults and docs")
+    _plugin_args(p)
+
+    p = sub.add_parser(
+        "show",
+        help="a component's options (types, defaults) and documentation",
+        description="Show one registered component: its plugin, options with types and defaults, and its docstring.",
+        epilog="example: liser show dkd",
+    )
+    p.add_argument("name", help="component name, or KIND:NAME where two kinds share a name (e.g. loss:kl)")
     _plugin_args(p)
 
     p = sub.add_parser(
@@ -155,7 +165,7 @@ def _host(args, strict: bool | None = None):
     return load_plugins(only=only, block=block, strict=args.strict_plugins if strict is None else strict)
 
 
-_KINDS = ("teacher", "student", "loss", "dataset", "logger")
+_KINDS = ("teacher", "student", "loss", "dataset", "logger", "combiner", "augmentation")
 _KIND_ALIASES = {plural(k): k for k in _KINDS}
 
 
@@ -171,12 +181,38 @@ def cmd_list(args) -> int:
         print(f"{plural(kind)} ({len(names)}):")
         for name in names:
             e = reg.get(name)
+            if args.verbose:
+                from liser_tools.show import describe
+
+                print("  " + describe(host, kind, name).replace("\n", "\n  ") + "\n")
+                continue
             tags = " ".join(f"[{k}={v}]" for k, v in e.tags.items())
             print(f"  {name:<22} {e.summary}  {tags}  ({e.plugin})".rstrip())
         found = found or bool(names)
     if not found and args.pattern != "*":
         print(f"nothing matches {args.pattern!r}", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_show(args) -> int:
+    from liser_tools.show import describe, find
+
+    host = _host(args)
+    kind, _, name = args.name.rpartition(":")
+    if kind:
+        kind = _KIND_ALIASES.get(kind, kind)
+        if kind not in _KINDS:
+            raise UsageError(f"unknown kind {kind!r} in {args.name!r}; kinds: {', '.join(_KINDS)}")
+        kinds = [kind] if name in host.registries[kind] else []
+    else:
+        kinds = find(host, name, _KINDS)
+    if not kinds:
+        every = sorted({n for k in _KINDS for n in host.registries[k].list()})
+        hint = close_matches(name, every)
+        raise UsageError(f"no component named {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                         + " (liser list shows them all)")
+    print("\n\n".join(describe(host, k, name) for k in kinds))
     return 0
 
 
@@ -395,6 +431,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return {
             "run": cmd_run,
             "list": cmd_list,
+            "show": cmd_show,
             "plugins": cmd_plugins,
             "data": cmd_data_check,
             "predict": cmd_predict,

@@ -19,7 +19,8 @@ from .errors import ComponentError, LiserError, one_line
 from .labels import LabelMap, LabelSpace, combine
 
 if TYPE_CHECKING:
-    from .data import Batch
+    from .config import TrainConfig
+    from .data import Batch, ClipDataset
 
 MODALITIES = ("audio", "face", "audiovisual")
 
@@ -147,8 +148,9 @@ class Teacher(nn.Module):
     """A large model that labels clips. Subclasses set the attributes below and ``forward``.
 
     A teacher without a LiSER checkpoint that is not ``pretrained`` is fitted by the engine on
-    the corpus's ``teacher`` split (cross-entropy on :meth:`trainable_parameters`), provided it
-    is ``fittable``.
+    the corpus's ``teacher`` split, provided it is ``fittable``: by its own :meth:`fit` if it
+    has one (closed-form or scikit-learn heads, feature caches), else by the engine's gradient
+    loop (:meth:`fit_loss` on :meth:`trainable_parameters`).
     """
 
     modality: str = "audio"
@@ -168,6 +170,17 @@ class Teacher(nn.Module):
 
     def trainable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
+
+    def fit(self, dataset: ClipDataset, *, config: TrainConfig, device: torch.device, seed: int) -> dict[str, float] | None:
+        """Optional: fit yourself on ``dataset`` (the teacher split, labels in your own classes).
+
+        Return ``NotImplemented`` (the default) to be fitted by the engine's gradient loop, or
+        fit and return a few metrics to log (or None). ``dataset.loader(batch_size)`` gives
+        :class:`Batch` es; ``config`` is the recipe's ``teachers.N.fit`` block; the engine has
+        seeded every generator from ``seed``. Keep what you fit in parameters or buffers: it is
+        saved (safetensors) and reloaded like any weights, and reused from the store.
+        """
+        return NotImplemented
 
     def fit_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss the engine minimises when it fits this teacher, and its named terms.
@@ -245,7 +258,7 @@ class BatchTargets:
     embeddings: dict[str, torch.Tensor]  # teacher name -> (B, D_teacher)
     label_maps: dict[str, LabelMap]  # teacher name -> map onto the student's label space
     weights: dict[str, float]  # teacher name -> weight (sums to 1)
-    combination: str = "per_class"  # per_class | arithmetic | geometric (labels.combine)
+    combination: Any = "per_class"  # a Combiner, or per_class | arithmetic | geometric (labels.combine)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def probs(self, temperature: float = 1.0) -> torch.Tensor:
@@ -260,10 +273,36 @@ class BatchTargets:
             parts = [
                 self.label_maps[n].project(torch.softmax(self.logits[n].float() / temperature, -1)) for n in names
             ]
-            self._cache[key] = combine(
-                parts, [self.weights[n] for n in names], [self.label_maps[n].reached for n in names], self.combination
-            )
+            weights, reached = [self.weights[n] for n in names], [self.label_maps[n].reached for n in names]
+            if callable(self.combination):  # a registered Combiner
+                self._cache[key] = self.combination(parts, weights, reached)
+            else:
+                self._cache[key] = combine(parts, weights, reached, self.combination)
         return self._cache[key]
+
+
+@dataclass
+class Position:
+    """Where training is, for loss terms with schedules (warm-ups, annealed temperatures).
+
+    The engine gives every loss term of a stage one :class:`Position` (``loss.position``) and
+    moves it before each step; it is restored with the rest of the training state, so a resumed
+    run sees the same positions as an uninterrupted one.
+    """
+
+    step: int = 0  # optimiser steps taken before this one (0 at the first step)
+    epoch: int = 0  # the current epoch, from 0
+    epochs: int = 1  # epochs of the stage
+    steps_per_epoch: int = 1
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, self.epochs * self.steps_per_epoch)
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the stage's steps taken, 0 at the first step, < 1 at the last."""
+        return min(1.0, self.step / self.total_steps)
 
 
 class Loss(nn.Module):
@@ -272,10 +311,19 @@ class Loss(nn.Module):
     ``forward(student, batch, targets)`` returns a scalar. ``targets`` is None when no teacher
     is involved (labels-only training); terms that need it return ``None`` then and are skipped.
     Terms with parameters (e.g. a projection) get them in :meth:`bind`, before the optimiser is
-    built.
+    built. ``self.position`` (:class:`Position`) says where training is: step, epoch and
+    progress (0..1), for schedules.
     """
 
     needs_teacher: bool = False
+
+    @property
+    def position(self) -> Position:
+        return self.__dict__.get("_position") or Position()
+
+    @position.setter
+    def position(self, value: Position) -> None:
+        self.__dict__["_position"] = value
 
     def bind(self, student_dim: int, teacher_dims: dict[str, int]) -> None:
         """Called once with the student's and each teacher's embedding size."""
@@ -284,3 +332,31 @@ class Loss(nn.Module):
         self, student: ModelOutput, batch: Batch, targets: BatchTargets | None
     ) -> torch.Tensor | None:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+class Combiner:
+    """How several teachers' distributions over the student's classes become one target.
+
+    ``__call__(probs, weights, reached)``: ``probs`` one ``(B, C)`` distribution per teacher
+    (already projected onto the student's classes by its label map), ``weights`` theirs (sum 1),
+    ``reached`` one ``(C,)`` bool mask per teacher (the classes its label map can express).
+    Returns ``(B, C)`` rows that sum to 1. First-party: ``per_class``, ``arithmetic``,
+    ``geometric`` (:func:`liser_core.labels.combine`).
+    """
+
+    def __call__(self, probs: list[torch.Tensor], weights: list[float], reached: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover - interface
+
+
+class Augmentation(nn.Module):
+    """A random transform of the student's training audio, applied to whole batches.
+
+    ``forward(audio, lengths) -> (audio, lengths)``: ``audio`` ``(B, N)`` at the student's rate
+    (``sample_rate``, injected), ``lengths`` the valid samples per row; a transform may change
+    the length (speed perturbation). It runs in training only, after the batch reaches the
+    device, and draws from torch's generator (seeded per stage and saved with every checkpoint,
+    so a resumed run draws the same). Teachers always see the clean clip.
+    """
+
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError  # pragma: no cover - interface

@@ -32,12 +32,6 @@ from .data import SPLITS
 from .errors import ConfigError, UnknownComponentError, close_matches, one_line
 
 
-class Combination(str, Enum):
-    per_class = "per_class"  # per class, a mixture of the teachers that can express it
-    arithmetic = "arithmetic"  # mixture of the teachers' distributions
-    geometric = "geometric"  # product of experts (weighted mean of log-probabilities)
-
-
 class StoreDtype(str, Enum):
     float32 = "float32"
     float16 = "float16"
@@ -113,25 +107,41 @@ class LossConfig:
 
 
 @dataclass
+class AugmentConfig:
+    name: str = MISSING  # registered augmentation, e.g. gain
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StudentTrainConfig(TrainConfig):
+    #: applied in order to each training batch of the student's audio (never to a teacher's
+    #: input, never at evaluation), e.g. [{name: gain}, {name: noise, options: {snr_db: [10, 30]}}]
+    augment: list[AugmentConfig] = field(default_factory=list)
+
+
+@dataclass
 class StudentConfig:
     name: str = MISSING  # registered student, e.g. logmel_cnn
     options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
-class DistilConfig(TrainConfig):
+class DistilConfig(StudentTrainConfig):
     losses: list[LossConfig] = field(default_factory=list)
-    combination: Combination = Combination.per_class  # how several teachers' targets combine (labels.combine)
+    #: how several teachers' targets combine: a registered combiner (per_class, arithmetic,
+    #: geometric, or a plugin's), with its options
+    combination: str = "per_class"
+    combination_options: dict[str, Any] = field(default_factory=dict)
     include_labeled: bool = True  # also distil on the labeled split (its labels feed `ce`)
 
 
 @dataclass
-class FinetuneConfig(TrainConfig):
+class FinetuneConfig(StudentTrainConfig):
     epochs: int = 0  # 0 skips the stage
 
 
 @dataclass
-class BaselineConfig(TrainConfig):
+class BaselineConfig(StudentTrainConfig):
     enabled: bool = False  # also train the same student on the labeled split alone
 
 
@@ -168,6 +178,8 @@ INJECTED_OPTIONS = {
     "student": ("label_space",),
     "loss": (),
     "logger": (),
+    "combiner": (),
+    "augmentation": ("sample_rate",),
 }
 
 
@@ -602,6 +614,14 @@ def validate_components(cfg: DictConfig, registries) -> None:
         raise ConfigError("distil.losses", "distillation needs at least one loss (e.g. kl)")
     if cfg.teachers and all(t.weight == 0 for t in cfg.teachers):
         raise ConfigError("teachers", "every teacher has weight 0")
+    if cfg.distil.combination not in registries.combiner:
+        raise ConfigError("distil.combination", f"unknown combiner {cfg.distil.combination!r} (registered: "
+                          f"{', '.join(registries.combiner.list())})", close_matches(str(cfg.distil.combination), registries.combiner.list()))
+    check_options(registries.combiner, cfg.distil.combination, plain(cfg.distil.combination_options),
+                  "distil.combination", "combiner", "distil.combination_options")
+    for stage in ("distil", "finetune", "baseline"):
+        for i, aug in enumerate(cfg[stage].augment):
+            check_options(registries.augmentation, aug.name, plain(aug.options), f"{stage}.augment.{i}", "augmentation")
     for name, opts in cfg.loggers.items():
         check_options(registries.logger, str(name), plain(opts or {}), f"loggers.{name}", "logger", f"loggers.{name}")
     for stage in ("distil", "finetune", "baseline"):

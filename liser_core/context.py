@@ -50,7 +50,7 @@ class TargetTable:
     embeddings: dict[str, torch.Tensor]
     label_maps: dict[str, LabelMap]
     weights: dict[str, float]
-    combination: str
+    combination: Any  # the run's Combiner (or a labels.combine method name)
 
     def batch(self, index: torch.Tensor, device: torch.device) -> BatchTargets:
         idx = index.cpu()
@@ -80,6 +80,8 @@ class RunContext:
     student: Student | None = None
     baseline: Student | None = None
     losses: dict[str, tuple[float, Loss]] = field(default_factory=dict)
+    combiner: Any = None  # the distil.combination Combiner
+    augment: dict[str, list[Any]] = field(default_factory=dict)  # stage -> its Augmentations, in order
     targets: TargetTable | None = None
     evaluations: list[EvalResult] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)

@@ -82,6 +82,18 @@ def liser_register_loggers(registry: Registry) -> None:
     """
 
 
+@hookspec(historic=True)
+def liser_register_combiners(registry: Registry) -> None:
+    """Register target combiners: options -> :class:`liser_core.Combiner` (how several
+    teachers' distributions over the student's classes become one; ``distil.combination``)."""
+
+
+@hookspec(historic=True)
+def liser_register_augmentations(registry: Registry) -> None:
+    """Register training augmentations of the student's audio: options (and the injected
+    ``sample_rate``) -> :class:`liser_core.Augmentation` (``distil.augment`` and the like)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Run-lifecycle hooks: events, every implementation is called, return values are ignored.
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from .components import BatchTargets, Teacher, blame, checked_output, loss_value
-from .config import Combination
 from .data import BadClipError, Batch, Clip, ClipDataset
 from .errors import ComponentError, ConfigError, LiserError
 
@@ -116,7 +115,7 @@ def _probe(engine: Engine) -> None:
             embeddings={k: o.embedding for k, o in teacher_out.items()},
             label_maps=run.label_maps,
             weights=engine.teacher_weights(),
-            combination=Combination(cfg.distil.combination).value,
+            combination=run.combiner,
         )
     if cfg.distil.epochs > 0:
         for i, (name, (_, loss)) in enumerate(run.losses.items()):

@@ -23,7 +23,7 @@ import torch
 
 from . import checkpoint, guards, provenance
 from .clipcache import ClipCache
-from .config import Combination, DuplicatePolicy, plain
+from .config import DuplicatePolicy, plain
 from .data import SPLITS, Clip, Corpus
 from .errors import ConfigError, UsageError
 from .identity import digests_of
@@ -133,6 +133,15 @@ def components(engine: Engine) -> None:
         run.baseline = build_component(
             engine.reg.student, cfg.student.name, opts, "student.options", label_space=run.label_space
         ).to(run.device)
+    for stage in ("distil", "finetune", "baseline"):
+        run.augment[stage] = [
+            build_component(engine.reg.augmentation, a.name, plain(a.options), f"{stage}.augment.{i}.options",
+                            sample_rate=run.student.sample_rate).to(run.device)
+            for i, a in enumerate(cfg[stage].augment)
+        ]
+    run.combiner = build_component(
+        engine.reg.combiner, str(cfg.distil.combination), plain(cfg.distil.combination_options), "distil.combination_options"
+    )
     for i, lc in enumerate(cfg.distil.losses):
         loss = build_component(engine.reg.loss, lc.name, plain(lc.options), f"distil.losses.{i}.options")
         key = lc.name if lc.name not in run.losses else f"{lc.name}.{i}"
@@ -266,7 +275,7 @@ def guard_teachers(engine: Engine) -> None:
                 )
     if run.teachers:
         report, warnings = guards.label_map_report(
-            run.label_maps, engine.teacher_weights(), Combination(cfg.distil.combination).value, run.label_space
+            run.label_maps, engine.teacher_weights(), str(cfg.distil.combination), run.label_space
         )
         run.label_map_report = report
         for line in guards.describe_label_maps(report):

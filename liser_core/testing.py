@@ -72,12 +72,21 @@ def write_dist_info(root: Path, name: str, version: str, entry_points: dict[str,
 
 @pytest.fixture
 def fake_distribution(tmp_path, monkeypatch):
+    made = []
+
     def make(name: str, entry_points: dict[str, str], *, version: str = "0.0.1", path=None):
-        site = tmp_path / f"site-{name}"
+        # a folder of its own: the same package faked twice, or also really installed, is found
+        # first here (importlib.metadata keeps the first distribution of a name on sys.path)
+        made.append(name)
+        site = tmp_path / f"site-{len(made)}-{name}"
         write_dist_info(site, name, version, entry_points)
         monkeypatch.syspath_prepend(str(site))
         if path is not None:
             monkeypatch.syspath_prepend(str(path))
+            # an installed copy of the same modules, imported before, must not answer for these
+            tops = {v.split(":")[0].split(".")[0] for v in entry_points.values()}
+            for mod in [m for m in sys.modules if m.split(".")[0] in tops]:
+                monkeypatch.delitem(sys.modules, mod)
         return site
 
     yield make

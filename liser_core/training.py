@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .components import Position
 from .config import TrainConfig
 from .data import Batch
 from .distributed import SINGLE, DistContext
@@ -113,6 +114,7 @@ def train(
     precision: str = "fp32",
     on_checkpoint: Callable[[Path, Progress], None] | None = None,
     dist: DistContext = SINGLE,
+    position: Position | None = None,
 ) -> list[dict[str, float]]:
     """Minimise ``step``'s total over ``cfg.epochs`` epochs with AdamW and a cosine schedule.
 
@@ -128,6 +130,8 @@ def train(
     the batch, so the averaged gradient, the logged losses, the non-finite checks and Ctrl-C
     are the same on every rank, and equal to one process's with the whole batch (for losses
     that are means over the batch's clips). Only rank 0 writes checkpoints.
+
+    ``position``, if given, is moved to each step before ``step`` runs (loss schedules).
     """
     if params is None:
         params = [p for m in modules for p in m.parameters()]
@@ -186,6 +190,9 @@ def train(
                 if batch is None:  # every clip of the batch was skipped as bad
                     continue
                 batch = batch.to(device)
+                if position is not None:
+                    position.step, position.epoch = prog.step, epoch
+                    position.epochs, position.steps_per_epoch = cfg.epochs, steps_per_epoch
                 with autocast(device, precision):
                     total, terms = forward(batch)
                 if dist.enabled:

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from liser_core.components import Teacher
 from liser_core.config import plain
 from liser_core.data import SPLITS, ClipDataset
 from liser_core.engine import build_component, seed_everything
@@ -151,13 +152,14 @@ def plan_grid(grid, host, items: list[dict]) -> dict:
             fitted = not tc.checkpoint and not teacher.pretrained and teacher.fittable
             block = json.dumps(plain(tc), sort_keys=True, default=str)
             identity = (block + "|" + ",".join(sorted(split["teacher"]))) if fitted else (tkey + "|" + str(tc.checkpoint))
-            n_fit = len(split["teacher"]) * int(tc.fit.epochs) if fitted else 0
+            own_fit = type(teacher).fit is not Teacher.fit  # Teacher.fit: about one pass over its clips
+            n_fit = len(split["teacher"]) * (1 if own_fit else int(tc.fit.epochs)) if fitted else 0
             if fitted:
                 fits_plain += 1
                 new_fit = identity not in fits[tc.name]
                 fits[tc.name].add(identity)
                 if new_fit or not grid.store:
-                    seconds += n_fit * costs.train[tkey]
+                    seconds += n_fit * (costs.forward if own_fit else costs.train)[tkey]
             need = distil_ids + test_ids if cfg.distil.epochs > 0 else test_ids
             labeled_plain[tc.name] += len(need)
             fresh = set(need) - labeled[identity]

@@ -24,6 +24,22 @@ def student_call(student: Student):
     return forward
 
 
+def augmented(engine, stage: str):
+    """The student's input for a training step of ``stage``: ``(audio, lengths)`` of the batch
+    through the stage's augmentations (``<stage>.augment``), in order."""
+    augments = engine.run.augment.get(stage, [])
+
+    def inputs(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        audio, lengths = batch.audio, batch.lengths
+        with torch.no_grad():
+            for aug in augments:
+                with blame(aug, "forward"):
+                    audio, lengths = aug(audio, lengths)
+        return audio, lengths
+
+    return inputs
+
+
 def lone_batch(ds, batch_size: int) -> bool:
     """Drop a final training batch of a single clip: normalisation over a batch of one (e.g.
     BatchNorm on pooled vectors) cannot train on it; the clip is in another batch next epoch."""

@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..components import blame, checked_output, loss_value
+from ..components import Position, blame, checked_output, loss_value
 from ..data import Batch
 from ..errors import UsageError
 from ..training import train
 from . import label
-from .common import lone_batch, steps
+from .common import augmented, lone_batch, steps
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -26,12 +26,16 @@ def run(engine: Engine) -> None:
     clips = label.distil_clips(engine)[0]  # cheap: no audio is read; same order as in label
     ds = engine.dataset(clips, student.sample_rate)
     loss_modules = [m for _, m in run.losses.values()]
+    position = Position()  # where training is, for loss schedules (Loss.position)
+    for m in loss_modules:
+        m.position = position
 
     classes = len(run.label_space)
+    inputs = augmented(engine, "distil")
 
     def step(batch: Batch):
         with blame(student, "forward"):
-            out = student(batch.audio, batch.lengths)
+            out = student(*inputs(batch))
         out = checked_output(student, out, len(batch), classes, student.embedding_dim)
         targets = run.targets.batch(batch.index, run.device) if run.targets else None
         terms, total = {}, 0.0
@@ -57,13 +61,14 @@ def run(engine: Engine) -> None:
             seed=int(cfg.seed) + 1000 + epoch,
             drop_last=lone_batch(ds, cfg.distil.batch_size),
             skip_batches=skip,
-            dist=engine.dist,
+                dist=engine.dist,
         ),
         steps(len(ds), cfg.distil.batch_size),
         cfg.distil,
         device=run.device,
         name="student (distil)",
         on_epoch_end=engine.epoch_hook("distil", "student"),
+        position=position,
         **engine.checkpointer("distil", "student"),
     )
     engine.save_student()

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..components import BatchTargets
-from ..config import Combination
 from ..data import Clip, ClipDataset
 from ..training import collect
 from . import label
@@ -78,7 +77,7 @@ def _record_targets(engine: Engine, scored: dict, clips: list[Clip], split: str)
         labels = lab[rows]
     probs = BatchTargets(
         logits=logits, embeddings={}, label_maps=run.label_maps, weights=engine.teacher_weights(),
-        combination=Combination(engine.cfg.distil.combination).value,
+        combination=run.combiner,
     ).probs(1.0)
     n_params = sum(count_params(t) for t in run.teachers.values())
     engine.record("targets", "targets", split, probs, labels, [clips[i].clip_id for i in common], n_params)

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..config import Combination
 from ..context import TargetTable
 from ..data import Clip
 from ..errors import UsageError
@@ -37,7 +36,7 @@ def distil_clips(engine: Engine) -> tuple[list[Clip], list[str | None]]:
 
 
 def run(engine: Engine) -> None:
-    run, cfg = engine.run, engine.cfg
+    run = engine.run
     clips, truth = distil_clips(engine)
     saved = engine.state_dir / "label"
     restored = None
@@ -58,7 +57,7 @@ def run(engine: Engine) -> None:
         embeddings=embs,
         label_maps=run.label_maps,
         weights=engine.teacher_weights(),
-        combination=Combination(cfg.distil.combination).value,
+        combination=run.combiner,
     )
     # Diagnostic only: how often the combined targets agree with the pool's hidden labels.
     usable = ~torch.isnan(next(iter(logits.values()))).any(1)

@@ -12,7 +12,7 @@ from ..config import TrainConfig
 from ..data import Batch
 from ..errors import ConfigError
 from ..training import train
-from .common import lone_batch, steps
+from .common import augmented, lone_batch, steps
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -23,10 +23,11 @@ def _supervised(engine: Engine, student: Student, cfg: TrainConfig, stage: str, 
     if not labeled:
         raise ConfigError(f"{stage}.epochs", f"corpus {engine.run.corpus.name!r} has no labeled split")
     ds = engine.dataset(labeled, student.sample_rate)
+    inputs = augmented(engine, stage)
 
     def step(batch: Batch):
         with blame(student, "forward"):
-            out = student(batch.audio, batch.lengths)
+            out = student(*inputs(batch))
         loss = F.cross_entropy(out.logits, batch.labels)
         return loss, {"ce": loss.detach()}
 

@@ -84,6 +84,9 @@ def _fit(engine: Engine, key: str, teacher: Teacher, ds: ClipDataset, seed: int)
     """Fit one teacher on its dataset, from its own seed (not the run's)."""
     fit: TrainConfig = engine.run.teacher_configs[key].fit
     seed_everything(seed)
+    if type(teacher).fit is not Teacher.fit:  # it fits itself
+        _self_fit(engine, key, teacher, ds, fit, seed)
+        return
 
     def step(batch: Batch):
         with blame(teacher, "fit_loss"):
@@ -104,6 +107,27 @@ def _fit(engine: Engine, key: str, teacher: Teacher, ds: ClipDataset, seed: int)
         on_epoch_end=engine.epoch_hook("teach", key),
         **engine.checkpointer("teach", key),
     )
+
+
+def _self_fit(engine: Engine, key: str, teacher: Teacher, ds: ClipDataset, fit: TrainConfig, seed: int) -> None:
+    """``Teacher.fit``; its result kept in the run's state, so a resumed run does not fit again."""
+    done = engine.state_dir / "train" / f"teach-{rundir.safe_name(key, 'teacher')}" / "self-fit"
+    if (done / checkpoint.CONFIG_NAME).is_file():
+        checkpoint.load_weights(teacher, done, f"teacher {key!r}")
+        teacher.eval()
+        log.info("teacher %s: its own fit, done before this resume, reloaded", key)
+        return
+    with blame(teacher, "fit"):
+        metrics = teacher.fit(ds, config=fit, device=engine.run.device, seed=seed)
+    if metrics is NotImplemented:  # a subclass that defers to the engine after all
+        raise ConfigError(f"teachers.{key}", "Teacher.fit returned NotImplemented; remove the method to use the engine's loop")
+    teacher.eval()
+    metrics = {k: float(v) for k, v in (metrics or {}).items()}
+    log.info("teacher %s: fitted itself on %d clips%s", key, len(ds),
+             "  (" + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + ")" if metrics else "")
+    engine.epoch_hook("teach", key)(0, metrics)
+    if engine.dist.is_main:
+        _save_teacher(engine, teacher, done, {})
 
 
 def _save_teacher(engine: Engine, teacher: Teacher, directory: Path, extra: dict) -> None:

@@ -1,4 +1,4 @@
-"""First-party loss terms: ``kl``, ``feature_matching``, ``ce``.
+"""First-party loss terms: ``kl``, ``dkd``, ``feature_matching``, ``ce``.
 
 Every term has the same call ``loss(student, batch, targets)`` (see :class:`liser_core.Loss`)
 and returns a scalar, or None when it does not apply to the batch.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -39,6 +40,52 @@ class KLDivergence(Loss):
         p = targets.probs(t)
         log_q = F.log_softmax(student.logits.float() / t, -1)
         return F.kl_div(log_q, p, reduction="batchmean") * t * t
+
+
+class DecoupledKD(Loss):
+    r"""Decoupled knowledge distillation (Zhao et al., CVPR 2022), with its warm-up.
+
+    With ``t`` the target class of a clip, ``p`` the teachers' combined distribution and ``q``
+    the student's, both at temperature T:
+
+    .. math:: \mathcal{L} = w(e) \, T^2 \big[\alpha \, \mathrm{KL}(b^p \| b^q)
+       + \beta \, \mathrm{KL}(\hat p \| \hat q)\big]
+
+    where ``b = (p_t, 1 - p_t)`` is the binary target / non-target split (TCKD), ``\hat p`` the
+    distribution over the non-target classes, ``p_c / (1 - p_t)`` for ``c != t`` (NCKD), each KL a
+    mean over the batch, and ``w(e) = min(e / warmup, 1)`` at epoch ``e`` counted from 1
+    (``self.position``), as in the authors' code. The target class is the clip's label where it
+    has one, else the teachers' most likely class.
+    """
+
+    needs_teacher = True
+    eps = 1e-8
+
+    def __init__(self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup: int = 20):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError("temperature must be > 0")
+        if warmup < 0 or alpha < 0 or beta < 0:
+            raise ValueError("alpha, beta and warmup must be >= 0")
+        self.alpha, self.beta, self.temperature, self.warmup = alpha, beta, temperature, warmup
+
+    def forward(self, student: ModelOutput, batch: Batch, targets: BatchTargets | None):
+        if targets is None:
+            return None
+        t = self.temperature
+        p = targets.probs(t).float()
+        target = torch.where(batch.labels >= 0, batch.labels, targets.probs(1.0).argmax(-1))
+        gt = F.one_hot(target, p.shape[-1]).bool()
+        log_q = F.log_softmax(student.logits.float() / t, -1)
+        p_t = p[gt].clamp(self.eps, 1 - self.eps)
+        log_q_t = log_q[gt]
+        log_q_rest = torch.log1p(-log_q_t.exp().clamp(max=1 - self.eps))
+        tckd = p_t * (p_t.log() - log_q_t) + (1 - p_t) * ((1 - p_t).log() - log_q_rest)
+        p_hat = p.masked_fill(gt, 0.0) / (1 - p_t).unsqueeze(-1)
+        log_q_hat = F.log_softmax((student.logits.float() / t).masked_fill(gt, -torch.inf), -1).masked_fill(gt, 0.0)
+        nckd = (torch.xlogy(p_hat, p_hat) - p_hat * log_q_hat).sum(-1)
+        weight = min((self.position.epoch + 1) / self.warmup, 1.0) if self.warmup else 1.0
+        return weight * t * t * (self.alpha * tckd + self.beta * nckd).mean()
 
 
 class FeatureMatching(Loss):
@@ -105,8 +152,9 @@ class CrossEntropy(Loss):
 @hookimpl
 def liser_register_losses(registry):
     registry.register("kl", KLDivergence, summary="KL to the teachers' soft targets at temperature T, x T^2")
+    registry.register("dkd", DecoupledKD, summary="decoupled KD: target / non-target KL terms, alpha, beta, warm-up")
     registry.register("feature_matching", FeatureMatching, summary="projected student embedding vs a teacher's (MSE or cosine)")
     registry.register("ce", CrossEntropy, summary="cross-entropy on labeled clips")
 
 
-__all__ = ["CrossEntropy", "FeatureMatching", "KLDivergence"]
+__all__ = ["CrossEntropy", "DecoupledKD", "FeatureMatching", "KLDivergence"]

@@ -1,0 +1,255 @@
+"""Plugin API, second edition: self-fitting teachers, combiner and augmentation registries."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from liser_core import Augmentation, Combiner, ModelOutput, Teacher, TeacherCard, load_plugins
+from liser_core.labels import LabelMap, LabelSpace, combine
+
+
+# -- Teacher.fit: a teacher that fits itself ------------------------------------------------------
+class CentroidTeacher(Teacher):
+    """Two hand-made features (log energy, zero-crossing rate), nearest class centroid."""
+
+    modality = "audio"
+    sample_rate = 16000
+    embedding_dim = 2
+    fits = 0  # calls of fit, across instances
+
+    def __init__(self, label_space: LabelSpace):
+        super().__init__()
+        self.label_space = label_space
+        self.register_buffer("centroids", torch.zeros(len(label_space), 2))
+        self.card = TeacherCard(name="centroid", modality="audio", backbone="features", label_space=label_space.name)
+
+    def features(self, batch):
+        valid = torch.arange(batch.audio.shape[1])[None] < batch.lengths[:, None]
+        x = batch.audio * valid
+        energy = (x.pow(2).sum(1) / batch.lengths).clamp_min(1e-10).log()
+        zcr = ((x[:, 1:] * x[:, :-1]) < 0).float().sum(1) / batch.lengths
+        return torch.stack([energy, 100 * zcr], 1)
+
+    def forward(self, batch):
+        f = self.features(batch)
+        return ModelOutput(-torch.cdist(f, self.centroids), f)
+
+    def fit(self, dataset, *, config, device, seed):
+        type(self).fits += 1
+        feats, labels = [], []
+        for batch in dataset.loader(config.batch_size):
+            feats.append(self.features(batch))
+            labels.append(batch.labels)
+        f, y = torch.cat(feats), torch.cat(labels)
+        for c in range(len(self.label_space)):
+            if (y == c).any():
+                self.centroids[c] = f[y == c].mean(0)
+        return {"clips": len(y)}
+
+
+def _host_with(**components):
+    host = load_plugins()
+    for kind, (name, factory) in components.items():
+        host.registries[kind].register(name, factory)
+    return host
+
+
+def test_a_teacher_with_fit_fits_itself_instead_of_the_gradient_loop(run_tiny, tmp_path, caplog):
+    CentroidTeacher.fits = 0
+    host = _host_with(teacher=("centroid", CentroidTeacher))
+    store = tmp_path / "store"
+    over = ["teachers=[{name: centroid, fit: {epochs: 3, batch_size: 8}}]", f"store={store}"]
+    with caplog.at_level("INFO", "liser"):
+        ctx = run_tiny(overrides=over, host=host)
+    assert CentroidTeacher.fits == 1
+    assert "fitted itself on" in caplog.text and "teacher centroid epoch" not in caplog.text
+    teacher = ctx.teachers["centroid"]
+    assert teacher.centroids.abs().sum() > 0  # fitted: the centroids are the class means
+    # its fit is saved with the run (safetensors), reloads to the same centroids
+    from liser_core import checkpoint
+
+    loaded = checkpoint.load_component(ctx.run_dir / "teachers" / "centroid", host.registries.teacher, kind="teacher")
+    torch.testing.assert_close(loaded.centroids, teacher.centroids)
+    # the same fit set again, in another run: reused from the store, not fitted again
+    ctx2 = run_tiny(overrides=[*over, f"run_dir={tmp_path / 'run2'}"], host=host)
+    assert CentroidTeacher.fits == 1
+    assert ctx2.diagnostics["teacher_fits"]["centroid"]["reused"] is True
+    torch.testing.assert_close(ctx2.teachers["centroid"].centroids, teacher.centroids)
+
+
+# -- combiners -----------------------------------------------------------------------------------
+def test_first_party_combiners_are_labels_combine():
+    host = load_plugins()
+    g = torch.Generator().manual_seed(0)
+    probs = [torch.softmax(torch.randn(4, 3, generator=g), -1) for _ in range(2)]
+    reached = [torch.tensor([True, True, True]), torch.tensor([True, False, True])]
+    for name in ("per_class", "arithmetic", "geometric"):
+        got = host.registries.combiner.build(name)(probs, [0.3, 0.7], reached)
+        torch.testing.assert_close(got, combine(probs, [0.3, 0.7], reached, name))
+
+
+class MaxCombiner(Combiner):
+    """Per class, the largest probability any teacher gives it, renormalised."""
+
+    def __init__(self, power: float = 1.0):
+        self.power = power
+
+    def __call__(self, probs, weights, reached):
+        m = torch.stack(probs).amax(0) ** self.power
+        return m / m.sum(-1, keepdim=True)
+
+
+def test_a_plugin_combiner_makes_the_targets_the_student_learns(run_tiny):
+    host = _host_with(combiner=("max", MaxCombiner))
+    ctx = run_tiny(overrides=["distil.combination=max", "distil.combination_options={power: 2.0}"], host=host)
+    t = ctx.targets
+    keys = list(t.logits)
+    probs = [t.label_maps[k].project(torch.softmax(t.logits[k].float(), -1)) for k in keys]
+    m = torch.stack(probs).amax(0) ** 2
+    want = m / m.sum(-1, keepdim=True)
+    got = t.batch(torch.arange(len(want)), torch.device("cpu")).probs(1.0)
+    torch.testing.assert_close(got, want)
+    assert ctx.results()["targets"]  # the targets row is the max combination's
+
+
+def test_an_unknown_combiner_or_option_is_a_usage_error_naming_the_key(tmp_path):
+    from liser_core.cli import main
+
+    rc = main(["run", "--dry-run", "recipes/synth_kd.yaml", "distil.combination=maximum", f"run_dir={tmp_path}/r"])
+    assert rc == 2
+    rc = main(["run", "--dry-run", "recipes/synth_kd.yaml", "distil.combination_options={temperature: 2}", f"run_dir={tmp_path}/r"])
+    assert rc == 2
+
+
+# -- augmentations -------------------------------------------------------------------------------
+def test_gain_scales_by_the_decibels_asked_for():
+    from liser_plugins.augment import Gain
+
+    x = torch.randn(3, 800)
+    y, n = Gain(db=[6.0, 6.0])(x, torch.tensor([800, 400, 100]))
+    torch.testing.assert_close(y, x * 10 ** (6 / 20))
+    assert n.tolist() == [800, 400, 100]
+
+
+def test_noise_is_added_at_the_snr_asked_for_on_valid_samples_only():
+    from liser_plugins.augment import Noise
+
+    torch.manual_seed(0)
+    x = torch.zeros(2, 16000)
+    x[:, :8000] = torch.sin(torch.arange(8000) / 5.0)
+    lengths = torch.tensor([8000, 8000])
+    y, _ = Noise(snr_db=[12.0, 12.0])(x, lengths)
+    noise = y - x
+    assert noise[:, 8000:].abs().max() == 0  # padding untouched
+    snr = 10 * torch.log10(x[:, :8000].pow(2).sum(1) / noise[:, :8000].pow(2).sum(1))
+    torch.testing.assert_close(snr, torch.tensor([12.0, 12.0]), atol=1e-3, rtol=0)
+
+
+def test_speed_changes_lengths_by_the_factor_and_time_mask_zeroes_spans():
+    from liser_plugins.augment import Speed, TimeMask
+
+    x, lengths = torch.randn(2, 16000), torch.tensor([16000, 8000])
+    y, n = Speed(factors=[1.25])(x, lengths)
+    assert n.tolist() == [math.ceil(16000 / 1.25), math.ceil(8000 / 1.25)] and y.shape[1] == n.max()
+    torch.manual_seed(1)
+    z, _ = TimeMask(max_seconds=0.05, masks=2)(torch.ones(4, 16000), torch.full((4,), 16000))
+    zeros = (z == 0).sum(1)
+    assert (zeros <= 2 * 800).all() and zeros.sum() > 0
+
+
+class Counting(Augmentation):
+    calls = 0
+    training_calls = 0
+
+    def __init__(self, sample_rate: int = 16000):
+        super().__init__()
+
+    def forward(self, audio, lengths):
+        type(self).calls += 1
+        return audio * 0.5, lengths
+
+
+def test_augmentations_run_on_student_training_batches_only(run_tiny, caplog):
+    Counting.calls = 0
+    host = _host_with(augmentation=("counting", Counting))
+    with caplog.at_level("INFO", "liser"):
+        ctx = run_tiny(overrides=["distil.augment=[{name: counting}]", "distil.batch_size=4", "distil.epochs=2"], host=host)
+    n_distil = len(ctx.split("unlabeled")) + len(ctx.split("labeled"))
+    steps = 2 * (n_distil // 4 + (1 if n_distil % 4 > 1 else 0))
+    assert Counting.calls == steps  # every distil step, never in labeling or evaluation
+
+
+def test_bad_augmentation_options_are_refused_before_anything_runs(tmp_path):
+    from liser_core.cli import main
+
+    rc = main(["run", "--dry-run", "recipes/synth_kd.yaml", "distil.augment=[{name: gain, options: {db: [6, -6]}}]",
+               f"run_dir={tmp_path}/r"])
+    assert rc == 2
+    rc = main(["run", "--dry-run", "recipes/synth_kd.yaml", "distil.augment=[{name: gian}]", f"run_dir={tmp_path}/r"])
+    assert rc == 2
+
+
+# -- discoverability -----------------------------------------------------------------------------
+def test_show_prints_options_with_types_defaults_and_the_docstring(capsys):
+    from liser_core.cli import main
+
+    assert main(["show", "dkd"]) == 0
+    out = capsys.readouterr().out
+    assert "loss dkd" in out and "plugin: losses" in out
+    assert "warmup       int    = 20" in out and "temperature  float  = 4.0" in out
+    assert "Decoupled knowledge distillation" in out  # the docstring
+    assert main(["show", "augmentation:gain"]) == 0
+    out = capsys.readouterr().out
+    assert "db  Sequence[float]  = (-6.0, 6.0)" in out and "set by LiSER: sample_rate" in out
+    assert main(["show", "dkdd"]) == 2
+    assert "did you mean 'dkd'" in capsys.readouterr().err
+    assert main(["list", "losses", "d*", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert "alpha" in out and "beta" in out and "Zhao et al." in out
+
+
+def _module(src, name: str, loss: str):
+    (src / f"{name}.py").write_text(
+        "from liser_core import hookimpl\nfrom liser_plugins.losses import CrossEntropy\n\n"
+        f"@hookimpl\ndef liser_register_losses(registry):\n    registry.register({loss!r}, CrossEntropy)\n"
+    )
+
+
+def test_a_plugin_name_declared_by_two_packages_is_listed_as_shadowed(fake_distribution, tmp_path, monkeypatch, capsys):
+    from liser_core.cli import main
+
+    monkeypatch.delenv("LISER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    _module(src, "dup_one", "ce_one")
+    _module(src, "dup_two", "ce_two")
+    fake_distribution("pkg-one", {"dup": "dup_one"}, path=src)
+    fake_distribution("pkg-two", {"dup": "dup_two"}, path=src)  # first on sys.path: it wins
+    host = load_plugins()
+    dup = [p for p in host.plugins if p.name == "dup"]
+    assert sorted(p.status for p in dup) == ["loaded", "shadowed"]
+    assert "ce_two" in host.registries.loss and "ce_one" not in host.registries.loss
+    shadowed = next(p for p in dup if p.status == "shadowed")
+    assert shadowed.distribution == "pkg-one" and "pkg-two" in shadowed.error
+    assert main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "shadowed" in out and "pkg-one" in out
+
+
+def test_the_same_package_faked_over_an_installed_copy_loads_the_fake(fake_distribution, tmp_path, monkeypatch):
+    monkeypatch.delenv("LISER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    old, new = tmp_path / "old", tmp_path / "new"
+    for d, loss in ((old, "ce_old"), (new, "ce_new")):
+        d.mkdir()
+        _module(d, "twice_mod", loss)
+    fake_distribution("pkg-twice", {"twice": "twice_mod"}, version="1.0", path=old)  # "installed"
+    assert "ce_old" in load_plugins().registries.loss
+    fake_distribution("pkg-twice", {"twice": "twice_mod"}, version="2.0", path=new)  # the copy under test
+    host = load_plugins()
+    info = next(p for p in host.plugins if p.name == "twice")
+    assert (info.status, info.version) == ("loaded", "2.0")
+    assert "ce_new" in host.registries.loss and "ce_old" not in host.registries.loss
+    assert not [p for p in host.plugins if p.status == "shadowed"]
