@@ -66,6 +66,25 @@ class DataConfig:
     cache_max_gb: float = 50.0  # least recently used entries are removed past this size
 
 
+VALIDATION_METRICS = ("uar", "accuracy", "macro_f1", "loss")
+
+
+@dataclass
+class EarlyStopConfig:
+    #: a validation metric (uar | accuracy | macro_f1 | loss) to keep the best epoch by; None: off
+    metric: str | None = None
+    patience: int = 0  # stop after this many epochs without improvement; 0: run every epoch
+    restore_best: bool = True  # end with the best epoch's weights (else the last epoch's)
+
+
+@dataclass
+class ValidationConfig:
+    #: where validation clips come from: none | labeled | teacher (never the test split): whole
+    #: speakers of that split held out of it, so validation is speaker-disjoint from training
+    source: str = "none"
+    speakers: float = 0.2  # share of the source split's speakers held out (at least one)
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 10
@@ -75,6 +94,7 @@ class TrainConfig:
     grad_clip: float = 5.0  # max gradient norm; 0 disables clipping
     nonfinite_patience: int = 5  # NaN/Inf losses skipped (with a warning) before the run stops
     checkpoint_every: int = 0  # also save a resumable checkpoint every N optimiser steps (0: epoch ends only)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 
 
 @dataclass
@@ -162,6 +182,7 @@ class RecipeConfig:
     store: str | None = None  # teacher-output store folder: each teacher labels each clip once, ever
     store_dtype: StoreDtype = StoreDtype.float32  # precision of stored teacher outputs
     data: DataConfig = field(default_factory=DataConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     teachers: list[TeacherConfig] = field(default_factory=list)
     student: StudentConfig = field(default_factory=StudentConfig)
     distil: DistilConfig = field(default_factory=DistilConfig)
@@ -631,6 +652,7 @@ def validate_components(cfg: DictConfig, registries) -> None:
                 raise ConfigError(f"{stage}.{k}", f"must be {'>= 1' if k == 'batch_size' else '>= 0'}")
         if sc.lr <= 0:
             raise ConfigError(f"{stage}.lr", "must be > 0")
+    _check_validation(cfg)
     if cfg.threads is not None and cfg.threads < 1:
         raise ConfigError("threads", "must be >= 1, or null for automatic")
     if cfg.data.workers is not None and cfg.data.workers < 0:
@@ -644,6 +666,28 @@ def validate_components(cfg: DictConfig, registries) -> None:
         raise ConfigError("device", f"{dev!r} is not cpu, cuda, cuda:N, mps or auto",
                           close_matches(dev, ["cpu", "cuda", "mps", "auto"]))
 
+
+
+def _check_validation(cfg: DictConfig) -> None:
+    v = cfg.validation
+    if v.source not in ("none", "labeled", "teacher"):
+        why = "never the test split: scores on it would no longer be an estimate" if v.source == "test" else "a split"
+        raise ConfigError("validation.source", f"{v.source!r}: choose none, labeled or teacher ({why})",
+                          close_matches(str(v.source), ["none", "labeled", "teacher"]))
+    if not 0 < v.speakers < 1:
+        raise ConfigError("validation.speakers", f"{v.speakers} is not a share in (0, 1)")
+    blocks = {s: cfg[s] for s in ("distil", "finetune", "baseline")} | {f"teachers.{i}.fit": t.fit for i, t in enumerate(cfg.teachers)}
+    for key, block in blocks.items():
+        es = block.early_stop
+        if es.metric is None:
+            continue
+        if es.metric not in VALIDATION_METRICS:
+            raise ConfigError(f"{key}.early_stop.metric", f"{es.metric!r} is not one of {', '.join(VALIDATION_METRICS)}",
+                              close_matches(str(es.metric), VALIDATION_METRICS))
+        if es.patience < 0:
+            raise ConfigError(f"{key}.early_stop.patience", "must be >= 0")
+        if v.source == "none":
+            raise ConfigError(f"{key}.early_stop.metric", "needs a validation split: set validation.source (labeled or teacher)")
 
 
 def plain(node) -> Any:

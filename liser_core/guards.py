@@ -222,7 +222,9 @@ def splits_record(
     """What ``splits.json`` holds: per split, its speakers, and each clip's id, speaker, label
     and content digests; plus the duplicates left out."""
     out: dict[str, Any] = {"corpus": corpus, "splits": {}}
-    for s in SPLITS:
+    for s in (*SPLITS, "validation"):
+        if s == "validation" and not splits.get(s):
+            continue
         clips = list(splits.get(s, ()))
         out["splits"][s] = {
             "speakers": sorted({c.speaker for c in clips}),

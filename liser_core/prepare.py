@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import time
 from collections import Counter
 from pathlib import Path
@@ -83,6 +84,7 @@ def data(engine: Engine) -> None:
     )
     guard_data(engine)
     setup_data_path(engine)
+    carve_validation(engine)
     if not run.split(cfg.evaluate.split):
         raise ConfigError("evaluate.split", f"corpus {run.corpus.name!r} has no {cfg.evaluate.split!r} clips")
 
@@ -215,13 +217,35 @@ def fits_in_run(engine: Engine, key: str) -> bool:
     teacher, tc = engine.run.teachers[key], engine.run.teacher_configs[key]
     return not tc.checkpoint and not teacher.pretrained and teacher.fittable
 
-def fit_clips(engine: Engine, key: str) -> tuple[list[Clip], list[tuple[str, ...]], Counter]:
-    """The teacher split as the teacher ``key`` is fitted on it: each label taken through its
-    label map by name into the teacher's own classes; clips of classes it cannot represent
-    left out (and counted)."""
+def carve_validation(engine: Engine) -> None:
+    """Hold whole speakers of ``validation.source`` out of it as the validation split (drawn
+    from the run's seed); nothing when the source is ``none``."""
+    run, cfg = engine.run, engine.cfg
+    source = cfg.validation.source
+    run.splits["validation"], run.digests["validation"] = [], []
+    if source == "none":
+        return
+    clips, digests = run.split(source), run.digests[source]
+    speakers = sorted({c.speaker for c in clips})
+    if len(speakers) < 2:
+        raise ConfigError("validation.source", f"the {source} split has {len(speakers)} speaker(s): at least 2 are "
+                          "needed to hold whole speakers out for validation (e.g. a larger label_fraction, or source: teacher)")
+    k = min(len(speakers) - 1, max(1, round(cfg.validation.speakers * len(speakers))))
+    held = set(random.Random(f"validation-{int(cfg.seed)}").sample(speakers, k))
+    keep = [i for i, c in enumerate(clips) if c.speaker not in held]
+    out = [i for i, c in enumerate(clips) if c.speaker in held]
+    run.splits[source], run.digests[source] = [clips[i] for i in keep], [digests[i] for i in keep]
+    run.splits["validation"], run.digests["validation"] = [clips[i] for i in out], [digests[i] for i in out]
+    log.info("validation: %d clips of %d speaker(s) (%s) held out of the %s split", len(out), k,
+             ", ".join(sorted(held)[:6]), source)
+
+
+def fit_clips(engine: Engine, key: str, split: str = "teacher") -> tuple[list[Clip], list[tuple[str, ...]], Counter]:
+    """A split as the teacher ``key`` sees it: each label taken through its label map by name
+    into the teacher's own classes; clips of classes it cannot represent left out (and counted)."""
     targets = engine.run.label_maps[key].fit_targets()
     clips, digests, excluded = [], [], Counter()
-    for c, d in zip(engine.run.split("teacher"), engine.run.digests["teacher"]):
+    for c, d in zip(engine.run.split(split), engine.run.digests[split]):
         t = targets.get(c.label) if c.label is not None else None
         if t is None:
             excluded[str(c.label)] += 1

@@ -115,6 +115,7 @@ def train(
     on_checkpoint: Callable[[Path, Progress], None] | None = None,
     dist: DistContext = SINGLE,
     position: Position | None = None,
+    validate: Callable[[], dict[str, float]] | None = None,
 ) -> list[dict[str, float]]:
     """Minimise ``step``'s total over ``cfg.epochs`` epochs with AdamW and a cosine schedule.
 
@@ -132,7 +133,15 @@ def train(
     that are means over the batch's clips). Only rank 0 writes checkpoints.
 
     ``position``, if given, is moved to each step before ``step`` runs (loss schedules).
+
+    ``validate``, if given, scores the modules (in eval mode, without touching the generators)
+    after every epoch; its metrics join the epoch's as ``val_<name>``. With
+    ``cfg.early_stop.metric`` the loop keeps the best epoch's weights (in its checkpoints too),
+    stops after ``patience`` epochs without improvement, and ends with the best weights.
     """
+    stop = getattr(cfg, "early_stop", None)
+    tracking = validate is not None and stop is not None and stop.metric is not None
+    best: dict[str, torch.Tensor] = {}  # the best epoch's changing state (parameters, buffers)
     if params is None:
         params = [p for m in modules for p in m.parameters()]
     params = list(params)
@@ -155,7 +164,8 @@ def train(
     if checkpointer is not None:
         loaded = checkpointer.load(list(modules), opt, sched, scaler)
         if loaded is not None:
-            prog, *rng = loaded
+            prog, *rng, others = loaded
+            best = others.get("best", {})
             if on_epoch_end is not None:  # the epochs done before: reports that missed one catch up
                 for e, m in enumerate(prog.history):
                     on_epoch_end(e, m, replayed=True)
@@ -168,14 +178,14 @@ def train(
     def save() -> Path | None:
         if checkpointer is None:
             return None
-        path = checkpointer.save(prog, list(modules), opt, sched, scaler)
+        path = checkpointer.save(prog, list(modules), opt, sched, scaler, extra={"best": best} if best else None)
         if path is not None and on_checkpoint is not None:
             on_checkpoint(path, prog)
         return path
 
     every = int(getattr(cfg, "checkpoint_every", 0) or 0)
     with _SigintFlag(name) as sigint:
-        while prog.epoch < cfg.epochs:
+        while prog.epoch < cfg.epochs and not prog.stopped:
             epoch = prog.epoch
             for m in modules:
                 m.train()
@@ -236,15 +246,27 @@ def train(
                     save()
             metrics = {k: v / max(prog.n, 1) for k, v in prog.sums.items()}
             metrics["seconds"] = time.perf_counter() - t0
+            if validate is not None:
+                metrics.update(_validate(validate, modules, device))
+                if tracking:
+                    best = _track_best(prog, epoch, metrics[f"val_{stop.metric}"], stop, modules, best, name)
             prog.history.append(metrics)
             prog.epoch, prog.batch, prog.sums, prog.n, prog.seconds = epoch + 1, 0, {}, 0, 0.0
-            prog.finished = prog.epoch >= cfg.epochs
+            prog.finished = prog.epoch >= cfg.epochs or prog.stopped
+            if prog.finished and tracking and stop.restore_best and best:
+                _load_changing(modules, best)  # the checkpoint below then holds the best weights
             log.info(
                 "%s epoch %d/%d  loss %.4f  (%s)  %.1fs",
                 name, epoch + 1, cfg.epochs, metrics.get("loss", float("nan")),
                 ", ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items() if k.startswith("loss/")),
                 metrics["seconds"],
             )
+            if validate is not None:
+                log.info("%s epoch %d/%d  validation: %s", name, epoch + 1, cfg.epochs,
+                         "  ".join(f"{k[4:]} {v:.4f}" for k, v in metrics.items() if k.startswith("val_")))
+            if prog.finished and tracking and best:
+                log.info("%s: best epoch %d (val_%s %.4f): %s", name, prog.best_epoch + 1, stop.metric, prog.best_value,
+                         "its weights kept" if stop.restore_best else "the last epoch's weights kept (restore_best: false)")
             save()
             if on_epoch_end is not None:
                 on_epoch_end(epoch, metrics)
@@ -253,6 +275,53 @@ def train(
     for m in modules:
         m.eval()
     return prog.history
+
+
+def _validate(validate, modules, device) -> dict[str, float]:
+    for m in modules:
+        m.eval()
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():  # the training draws stay as they were
+        out = {f"val_{k}": float(v) for k, v in validate().items()}
+    for m in modules:
+        m.train()
+    return out
+
+
+def _changing(modules) -> dict[str, torch.Tensor]:
+    """What training changes: parameters that require grad, and buffers (e.g. BatchNorm's)."""
+    out = {}
+    for i, m in enumerate(modules):
+        m = getattr(m, "module", m)
+        for k, p in m.named_parameters():
+            if p.requires_grad:
+                out[f"{i}.{k}"] = p.detach().cpu().clone()
+        for k, b in m.named_buffers():
+            out[f"{i}.{k}"] = b.detach().cpu().clone()
+    return out
+
+
+def _load_changing(modules, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for i, m in enumerate(modules):
+            m = getattr(m, "module", m)
+            own = dict(m.named_parameters()) | dict(m.named_buffers())
+            for key, value in state.items():
+                idx, _, k = key.partition(".")
+                if int(idx) == i and k in own:
+                    own[k].copy_(value.to(own[k].device))
+
+
+def _track_best(prog, epoch: int, value: float, stop, modules, best: dict, name: str) -> dict:
+    lower = stop.metric == "loss"
+    if prog.best_value is None or (value < prog.best_value if lower else value > prog.best_value):
+        prog.best_epoch, prog.best_value = epoch, float(value)
+        return _changing(modules)
+    if stop.patience and epoch - prog.best_epoch >= stop.patience:
+        prog.stopped = True
+        log.info("%s: no better val_%s for %d epochs: stopped early after epoch %d", name, stop.metric,
+                 stop.patience, epoch + 1)
+    return best
 
 
 @torch.no_grad()

@@ -58,6 +58,9 @@ class Progress:
     seconds: float = 0.0  # time spent in this epoch before the checkpoint
     history: list[dict[str, float]] = field(default_factory=list)  # finished epochs' metrics
     finished: bool = False
+    best_epoch: int = -1  # the epoch with the best validation metric so far (early_stop)
+    best_value: float | None = None
+    stopped: bool = False  # stopped early: no improvement for `patience` epochs
 
 
 # -- RNG ------------------------------------------------------------------------------------------
@@ -211,7 +214,9 @@ class Checkpointer:
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         scaler: Any = None,
+        extra: dict[str, dict[str, torch.Tensor]] | None = None,
     ) -> Path | None:
+        """``extra``: more named tensor groups to keep with the state (e.g. the best epoch's weights)."""
         if not self.enabled:
             return None
         rng_js, rng_t = rng_state()
@@ -227,7 +232,7 @@ class Checkpointer:
         }
         path = write_complete_dir(
             self.directory / f"step-{progress.step:09d}",
-            {"modules": mods, "optimizer": opt_t, "rng": rng_t},
+            {"modules": mods, "optimizer": opt_t, "rng": rng_t, **(extra or {})},
             meta,
         )
         self._prune(path)
@@ -248,11 +253,12 @@ class Checkpointer:
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         scaler: Any = None,
-    ) -> tuple[Progress, dict[str, Any], dict[str, torch.Tensor]] | None:
+    ) -> tuple[Progress, dict[str, Any], dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]] | None:
         """Restore modules, optimiser, scheduler and scaler from the newest complete checkpoint.
 
-        Returns (progress, RNG JSON part, RNG tensors) — the caller restores the RNG at the
-        moment the interrupted loop had reached — or None when there is no checkpoint.
+        Returns (progress, RNG JSON part, RNG tensors, the other tensor groups) — the caller
+        restores the RNG at the moment the interrupted loop had reached — or None when there is
+        no checkpoint.
         """
         path = self.latest()
         if path is None:
@@ -276,7 +282,8 @@ class Checkpointer:
             log.info("%s: training already finished (step %d); weights restored", path, progress.step)
         else:
             log.info("resuming from %s: epoch %d, batch %d, step %d", path, progress.epoch + 1, progress.batch, progress.step)
-        return progress, meta["rng"], tensors.get("rng", {})
+        others = {k: v for k, v in tensors.items() if k not in ("modules", "optimizer", "rng")}
+        return progress, meta["rng"], tensors.get("rng", {}), others
 
 
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from liser_core import Augmentation, Combiner, ModelOutput, Teacher, TeacherCard, load_plugins
-from liser_core.labels import LabelMap, LabelSpace, combine
+from liser_core.labels import LabelSpace, combine
 
 
 # -- Teacher.fit: a teacher that fits itself ------------------------------------------------------
@@ -253,3 +253,126 @@ def test_the_same_package_faked_over_an_installed_copy_loads_the_fake(fake_distr
     assert (info.status, info.version) == ("loaded", "2.0")
     assert "ce_new" in host.registries.loss and "ce_old" not in host.registries.loss
     assert not [p for p in host.plugins if p.status == "shadowed"]
+
+
+# -- validation and early stopping ---------------------------------------------------------------
+def _toy_loop(tmp_path, scores, *, patience=2, restore=True, stop_at_step=None, epochs=6):
+    """A linear model trained on noise; `validate` returns the scripted UAR of each epoch."""
+    from liser_core.config import EarlyStopConfig, TrainConfig
+    from liser_core.data import Batch
+    from liser_core.training import train
+    from liser_core.trainstate import Checkpointer
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(24, 4), torch.randint(0, 3, (24,))
+    after_epoch, calls = [], {"validate": 0, "step": 0}
+
+    def step(batch):
+        calls["step"] += 1
+        if stop_at_step is not None and calls["step"] == stop_at_step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGINT)
+        loss = torch.nn.functional.cross_entropy(model(batch.audio), batch.labels)
+        return loss, {"ce": loss.detach()}
+
+    def loader(epoch, skip):
+        order = torch.randperm(24, generator=torch.Generator().manual_seed(epoch)).tolist()
+        chunks = [order[i : i + 8] for i in range(0, 24, 8)][skip:]
+        return [Batch(audio=x[c], lengths=torch.full((len(c),), 4), sample_rate=1, labels=y[c], clip_ids=[],
+                      index=torch.tensor(c)) for c in chunks]
+
+    def validate():
+        calls["validate"] += 1
+        torch.rand(5)  # draws inside validation must not change training's draws
+        return {"uar": scores[len(after_epoch)], "loss": 1.0}
+
+    def on_epoch_end(epoch, metrics, replayed=False):  # epochs done before a resume are replayed
+        after_epoch.append(None if replayed else model.weight.detach().clone())
+
+    cfg = TrainConfig(epochs=epochs, batch_size=8, lr=0.05,
+                      early_stop=EarlyStopConfig(metric="uar", patience=patience, restore_best=restore))
+    hist = train([model], step, loader, 3, cfg, device=torch.device("cpu"), name="toy", validate=validate,
+                 on_epoch_end=on_epoch_end, checkpointer=Checkpointer(tmp_path / "ckpt"))
+    return model, hist, after_epoch, calls
+
+
+def test_early_stop_keeps_the_best_epoch_and_stops_after_patience(tmp_path):
+    scores = [0.5, 0.7, 0.6, 0.65, 0.9, 0.95]
+    model, hist, after_epoch, calls = _toy_loop(tmp_path / "a", scores, patience=2)
+    assert len(hist) == 4  # epoch 2 best (0.7); epochs 3 and 4 no better: stop
+    assert [h["val_uar"] for h in hist] == scores[:4]
+    torch.testing.assert_close(model.weight, after_epoch[1], rtol=0, atol=0)  # the best epoch's weights
+    # patience 0: every epoch runs, the best is still kept; restore_best=False keeps the last
+    model, hist, after_epoch, _ = _toy_loop(tmp_path / "b", [0.5, 0.9, 0.6], patience=0, epochs=3)
+    assert len(hist) == 3 and torch.equal(model.weight, after_epoch[1])
+    model, hist, after_epoch, _ = _toy_loop(tmp_path / "c", [0.5, 0.9, 0.6], patience=0, epochs=3, restore=False)
+    assert torch.equal(model.weight, after_epoch[2])
+
+
+def test_validation_does_not_change_the_training_run(tmp_path):
+    """The same loop with the scores never improving after epoch 1 and patience 0 trains like
+    one without validation: validation draws from forked generators only."""
+    from liser_core.config import TrainConfig
+    from liser_core.training import train
+
+    model, _, after_epoch, _ = _toy_loop(tmp_path / "a", [0.9, 0.1, 0.1], patience=0, epochs=3, restore=False)
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(4, 3)
+    x, y = torch.randn(24, 4), torch.randint(0, 3, (24,))
+    from liser_core.data import Batch
+
+    def loader(epoch, skip):
+        order = torch.randperm(24, generator=torch.Generator().manual_seed(epoch)).tolist()
+        return [Batch(audio=x[c], lengths=torch.full((len(c),), 4), sample_rate=1, labels=y[c], clip_ids=[],
+                      index=torch.tensor(c)) for c in [order[i : i + 8] for i in range(0, 24, 8)][skip:]]
+
+    def step(batch):
+        loss = torch.nn.functional.cross_entropy(plain(batch.audio), batch.labels)
+        return loss, {"ce": loss.detach()}
+
+    train([plain], step, loader, 3, TrainConfig(epochs=3, batch_size=8, lr=0.05), device=torch.device("cpu"), name="plain")
+    assert torch.equal(plain.weight, model.weight)
+
+
+def test_early_stop_resumes_exactly_with_its_best_weights(tmp_path):
+    from liser_core.training import TrainingInterrupted
+
+    scores = [0.5, 0.7, 0.6, 0.65, 0.9, 0.95]
+    ref, ref_hist, _, _ = _toy_loop(tmp_path / "ref", scores)
+    with pytest.raises(TrainingInterrupted):
+        _toy_loop(tmp_path / "b", scores, stop_at_step=8)  # in epoch 3, after the best epoch (2)
+    model, hist, _, _ = _toy_loop(tmp_path / "b", scores)  # resumes: the best weights come back from the checkpoint
+    assert torch.equal(model.weight, ref.weight)
+    assert [h["val_uar"] for h in hist] == [h["val_uar"] for h in ref_hist]
+
+
+def test_a_run_with_a_validation_split_and_early_stopping(run_tiny, caplog):
+    over = ["validation={source: teacher, speakers: 0.5}", "distil.epochs=3",
+            "distil.early_stop={metric: uar, patience: 1}", "teachers.0.fit.early_stop={metric: loss}"]
+    with caplog.at_level("INFO", "liser"):
+        ctx = run_tiny(overrides=over)
+    val = ctx.split("validation")
+    assert val and not {c.speaker for c in val} & {c.speaker for c in ctx.split("teacher")}
+    assert not {c.speaker for c in val} & {c.speaker for c in ctx.split("test")}
+    assert "validation: accuracy" in caplog.text and "best epoch" in caplog.text
+    import json
+
+    splits = json.loads((ctx.run_dir / "splits.json").read_text())["splits"]
+    assert sorted(splits["validation"]["speakers"]) == sorted({c.speaker for c in val})
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("validation.source=test", "validation.source"),
+    ("distil.early_stop.metric=uar", "distil.early_stop.metric"),  # no validation split
+    ("validation.source=labeled", "validation.source"),  # one labeled speaker: nothing to hold out
+])
+def test_validation_misconfigurations_are_usage_errors(run_tiny, override, key):
+    from liser_core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        run_tiny(overrides=[override, "distil.early_stop.metric=uar"] if "source" in override and "test" not in override
+                 else [override])
+    assert e.value.key == key

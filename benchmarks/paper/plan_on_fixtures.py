@@ -30,7 +30,7 @@ def rows(name: str) -> list[dict]:
 def build(tree: Path, items: list[tuple[str, str, float, int]], real: set[str]) -> None:
     from liser_plugins.corpora import fixtures
 
-    for i, (rel, speaker, seconds, rate) in enumerate(items):
+    for i, (rel, _speaker, seconds, rate) in enumerate(items):
         path = tree / rel
         if path.exists():
             continue

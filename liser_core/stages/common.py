@@ -40,6 +40,27 @@ def augmented(engine, stage: str):
     return inputs
 
 
+def validator(engine, forward, *, space, clips=None, rate: int, frames: bool = False):
+    """A function scoring ``forward`` on the validation split (labels in ``space``): UAR,
+    accuracy, macro-F1 and cross-entropy; None when the run has no validation split."""
+    from ..metrics import classification_metrics
+    from ..training import collect
+
+    clips = engine.run.split("validation") if clips is None else clips
+    if not clips:
+        return None
+    ds = engine.dataset(clips, rate, frames=frames, space=space)
+
+    def score() -> dict[str, float]:
+        loader = ds.loader(engine.cfg.evaluate.batch_size)  # every rank scores all of it: one decision
+        logits, _, labels, _ = collect(forward, loader, engine.run.device, engine.precision, desc="validation")
+        metrics, _ = classification_metrics(logits, labels, len(space))
+        metrics["loss"] = float(torch.nn.functional.cross_entropy(logits.float(), labels))
+        return metrics
+
+    return score
+
+
 def lone_batch(ds, batch_size: int) -> bool:
     """Drop a final training batch of a single clip: normalisation over a batch of one (e.g.
     BatchNorm on pooled vectors) cannot train on it; the clip is in another batch next epoch."""

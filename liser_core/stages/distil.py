@@ -12,7 +12,7 @@ from ..data import Batch
 from ..errors import UsageError
 from ..training import train
 from . import label
-from .common import augmented, lone_batch, steps
+from .common import augmented, lone_batch, steps, student_call, validator
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -69,6 +69,7 @@ def run(engine: Engine) -> None:
         name="student (distil)",
         on_epoch_end=engine.epoch_hook("distil", "student"),
         position=position,
+        validate=validator(engine, student_call(student), space=run.label_space, rate=student.sample_rate),
         **engine.checkpointer("distil", "student"),
     )
     engine.save_student()

@@ -12,7 +12,7 @@ from ..config import TrainConfig
 from ..data import Batch
 from ..errors import ConfigError
 from ..training import train
-from .common import augmented, lone_batch, steps
+from .common import augmented, lone_batch, steps, student_call, validator
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -47,6 +47,7 @@ def _supervised(engine: Engine, student: Student, cfg: TrainConfig, stage: str, 
         device=engine.run.device,
         name=f"{model} ({stage})",
         on_epoch_end=engine.epoch_hook(stage, model),
+        validate=validator(engine, student_call(student), space=engine.run.label_space, rate=student.sample_rate),
         **engine.checkpointer(stage, model),
     )
 

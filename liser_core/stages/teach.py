@@ -14,6 +14,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from .. import checkpoint, guards, prepare, provenance, rundir
 from ..components import Teacher, blame
 from ..config import TrainConfig
@@ -21,7 +23,7 @@ from ..data import Batch, Clip, ClipDataset
 from ..errors import ConfigError
 from ..store import weights_digest
 from ..training import seed_everything, train
-from .common import count_params, lone_batch, steps
+from .common import count_params, lone_batch, steps, teacher_call, validator
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -105,8 +107,16 @@ def _fit(engine: Engine, key: str, teacher: Teacher, ds: ClipDataset, seed: int)
         name=f"teacher {key}",
         params=teacher.trainable_parameters(),
         on_epoch_end=engine.epoch_hook("teach", key),
+        validate=_teacher_validator(engine, key, teacher, ds.sample_rate),
         **engine.checkpointer("teach", key),
     )
+
+
+def _teacher_validator(engine: Engine, key: str, teacher: Teacher, rate: int):
+    """The validation split in the teacher's own classes (those it cannot represent left out)."""
+    clips = prepare.fit_clips(engine, key, "validation")[0]
+    return validator(engine, teacher_call(teacher), space=teacher.label_space, clips=clips, rate=rate,
+                     frames=teacher.needs_frames) if clips else None
 
 
 def _self_fit(engine: Engine, key: str, teacher: Teacher, ds: ClipDataset, fit: TrainConfig, seed: int) -> None:
@@ -123,6 +133,10 @@ def _self_fit(engine: Engine, key: str, teacher: Teacher, ds: ClipDataset, fit: 
         raise ConfigError(f"teachers.{key}", "Teacher.fit returned NotImplemented; remove the method to use the engine's loop")
     teacher.eval()
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
+    score = _teacher_validator(engine, key, teacher, ds.sample_rate)
+    if score is not None:
+        with torch.no_grad():
+            metrics |= {f"val_{k}": v for k, v in score().items()}
     log.info("teacher %s: fitted itself on %d clips%s", key, len(ds),
              "  (" + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + ")" if metrics else "")
     engine.epoch_hook("teach", key)(0, metrics)
