@@ -25,6 +25,7 @@ from liser_core.config import plain
 from liser_core.data import SPLITS, ClipDataset
 from liser_core.engine import build_component, seed_everything
 from liser_core.identity import digests_of
+from liser_core.stages.teach import fit_block
 
 BATCH = 16  # clips per timing batch: per-clip costs at a realistic batch size
 
@@ -150,7 +151,7 @@ def plan_grid(grid, host, items: list[dict]) -> dict:
                 _measure_teacher(teacher_objs[tkey], clips, costs, tkey)
             teacher = teacher_objs[tkey]
             fitted = not tc.checkpoint and not teacher.pretrained and teacher.fittable
-            block = json.dumps(plain(tc), sort_keys=True, default=str)
+            block = json.dumps(fit_block(tc), sort_keys=True, default=str)  # as the store keys fits
             identity = (block + "|" + ",".join(sorted(split["teacher"]))) if fitted else (tkey + "|" + str(tc.checkpoint))
             own_fit = type(teacher).fit is not Teacher.fit  # Teacher.fit: about one pass over its clips
             n_fit = len(split["teacher"]) * (1 if own_fit else int(tc.fit.epochs)) if fitted else 0

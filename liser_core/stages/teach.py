@@ -156,11 +156,7 @@ def _fit_key(engine: Engine, key: str, clips: list[Clip], rate: int) -> str:
     fit settings, seed), its initial weights, its inputs (rate, frames, precision), and each
     fit clip's content and label. Equal keys (and code), equal fitted teachers."""
     tc, teacher = engine.run.teacher_configs[key], engine.run.teachers[key]
-    block = provenance.plain_config(tc)
-    for k in ("checkpoint", "weight", "allow_test_overlap"):
-        block.pop(k, None)
-    for k in ("checkpoint_every", "nonfinite_patience"):
-        block["fit"].pop(k, None)
+    block = fit_block(tc)
     body = {
         "block": block,
         "init": weights_digest(teacher),
@@ -168,6 +164,17 @@ def _fit_key(engine: Engine, key: str, clips: list[Clip], rate: int) -> str:
         "fit_set": sorted(f"{engine.store_key(c)}:{c.label}" for c in clips),
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fit_block(tc) -> dict:
+    """The part of a teacher's recipe block its fitted weights depend on (not its weight in the
+    mix, not how often it checkpoints)."""
+    block = provenance.plain_config(tc)
+    for k in ("checkpoint", "weight", "allow_test_overlap"):
+        block.pop(k, None)
+    for k in ("checkpoint_every", "nonfinite_patience"):
+        block["fit"].pop(k, None)
+    return block
 
 
 def _fitted_dir(engine: Engine, fit_key: str, versions: dict[str, str]) -> Path | None:
