@@ -204,15 +204,24 @@ def check_loss(name: str, options: dict | None = None, *, host=None, student_dim
     _ensure(isinstance(loss, Loss), what, "is a liser_core.Loss")
     teacher_dims = teacher_dims or {"t": 5}
     loss.bind(student_dim, teacher_dims)
+    requests = list(loss.feature_requests())
+    shapes = {(m, t): (3 + i, int(bins)) for i, (m, t, bins) in enumerate(requests)}
+    for m, _, _ in requests:
+        _ensure(m == "student" or m in teacher_dims, what, f"feature_requests names 'student' or a bound teacher, not {m!r}")
+    if requests:
+        loss.bind_features(shapes)
     space = LabelSpace("three", ("neutral", "happy", "sad"))
     b = _batch(4, 16000, classes=3)
     b.labels = torch.tensor([0, 2, -1, -1])
     g = torch.Generator().manual_seed(1)
+    student_feats = {t: torch.randn(4, *shapes[(m, t)], generator=g, requires_grad=True) for m, t, _ in requests if m == "student"}
+    b.extra["features"] = student_feats
     targets = BatchTargets(
         logits={k: torch.randn(4, 3, generator=g) for k in teacher_dims},
         embeddings={k: torch.randn(4, d, generator=g) for k, d in teacher_dims.items()},
         label_maps={k: LabelMap(space, space) for k in teacher_dims},
         weights={k: 1 / len(teacher_dims) for k in teacher_dims},
+        features={m: {t: torch.randn(4, *shapes[(m, t)], generator=g)} for m, t, _ in requests if m != "student"},
     )
     logits = torch.randn(4, 3, generator=g, requires_grad=True)
     emb = torch.randn(4, student_dim, generator=g, requires_grad=True)
@@ -224,9 +233,9 @@ def check_loss(name: str, options: dict | None = None, *, host=None, student_dim
             continue
         _ensure(torch.is_tensor(value) and value.numel() == 1, what, "returns a one-element tensor or None")
         _ensure(bool(torch.isfinite(value)), what, f"is finite (at {pos})")
-        (grad_l, grad_e) = torch.autograd.grad(value, [logits, emb], allow_unused=True)
-        _ensure(any(g is not None and bool(g.abs().sum() > 0) for g in (grad_l, grad_e)), what,
-                "has a gradient w.r.t. the student's logits or embedding")
+        grads = torch.autograd.grad(value, [logits, emb, *student_feats.values()], allow_unused=True)
+        _ensure(any(g is not None and bool(g.abs().sum() > 0) for g in grads), what,
+                "has a gradient w.r.t. the student's logits, embedding or features")
         again = loss(ModelOutput(logits, emb), b, targets)
         _ensure(bool(torch.allclose(again, value)), what, "gives the same value twice")
     if loss.needs_teacher:

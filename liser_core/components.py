@@ -259,6 +259,7 @@ class BatchTargets:
     label_maps: dict[str, LabelMap]  # teacher name -> map onto the student's label space
     weights: dict[str, float]  # teacher name -> weight (sums to 1)
     combination: Any = "per_class"  # a Combiner, or per_class | arithmetic | geometric (labels.combine)
+    features: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # teacher -> tap -> (B, C, bins)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def probs(self, temperature: float = 1.0) -> torch.Tensor:
@@ -327,6 +328,18 @@ class Loss(nn.Module):
 
     def bind(self, student_dim: int, teacher_dims: dict[str, int]) -> None:
         """Called once with the student's and each teacher's embedding size."""
+
+    def feature_requests(self) -> list[tuple[str, str, int]]:
+        """Intermediate features this term reads, after :meth:`bind`: ``(model, tap, bins)`` with
+        ``model`` ``"student"`` or a teacher's key and ``tap`` a tap or submodule path
+        (:mod:`liser_core.taps`). The student's arrive in ``batch.extra["features"][tap]``, a
+        teacher's in ``targets.features[teacher][tap]``, each ``(B, channels, bins)``."""
+        return []
+
+    def bind_features(self, shapes: dict[tuple[str, str], tuple[int, int]]) -> None:
+        """Called once with each requested tap's ``(channels, bins)``, before the optimiser is
+        built: create adapters (projections) here; they train with the student and are not part
+        of the saved or exported student."""
 
     def forward(
         self, student: ModelOutput, batch: Batch, targets: BatchTargets | None

@@ -51,6 +51,7 @@ class TargetTable:
     label_maps: dict[str, LabelMap]
     weights: dict[str, float]
     combination: Any  # the run's Combiner (or a labels.combine method name)
+    features: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # teacher -> tap -> (N, C, bins)
 
     def batch(self, index: torch.Tensor, device: torch.device) -> BatchTargets:
         idx = index.cpu()
@@ -60,6 +61,7 @@ class TargetTable:
             label_maps=self.label_maps,
             weights=self.weights,
             combination=self.combination,
+            features={k: {t: v[idx].to(device) for t, v in taps.items()} for k, taps in self.features.items()},
         )
 
 
@@ -82,6 +84,9 @@ class RunContext:
     losses: dict[str, tuple[float, Loss]] = field(default_factory=dict)
     combiner: Any = None  # the distil.combination Combiner
     augment: dict[str, list[Any]] = field(default_factory=dict)  # stage -> its Augmentations, in order
+    #: feature taps the losses read: "student" or a teacher key -> {tap: bins}; and their (C, bins)
+    taps: dict[str, dict[str, int]] = field(default_factory=dict)
+    tap_shapes: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     targets: TargetTable | None = None
     evaluations: list[EvalResult] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)

@@ -30,6 +30,7 @@ import torch
 from .components import BatchTargets, Teacher, blame, checked_output, loss_value
 from .data import BadClipError, Batch, Clip, ClipDataset
 from .errors import ComponentError, ConfigError, LiserError
+from .taps import capture
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -77,7 +78,7 @@ def _probe(engine: Engine) -> None:
         log.warning("preflight: no readable clip among the first %d of each split; components not probed", TRIES)
         return
     keys = {key: f"teachers.{i}" for i, key in enumerate(run.teachers)}
-    teacher_out = {}
+    teacher_out, teacher_feats = {}, {}
     for key, teacher in run.teachers.items():
         where = keys[key]
         if teacher.needs_frames and any(c.frames is None for c in clips):
@@ -96,8 +97,9 @@ def _probe(engine: Engine) -> None:
             )
         batch = _batch(clips, space, teacher.sample_rate or native, teacher.needs_frames)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), capture(teacher, run.taps.get(key, {}), batch.lengths) as feats:
                 out = checked_output(teacher, _call(teacher, batch), len(batch), len(teacher.label_space), teacher.embedding_dim)
+            teacher_feats[key] = feats
         except ComponentError as exc:
             raise ConfigError(where, f"preflight: {exc}") from exc
         if not (torch.isfinite(out.logits).all() and torch.isfinite(out.embedding).all()):
@@ -105,7 +107,9 @@ def _probe(engine: Engine) -> None:
         teacher_out[key] = out
     batch = _batch(clips, space, run.student.sample_rate, False)
     try:
-        out = checked_output(run.student, _call(run.student, batch), len(batch), len(space), run.student.embedding_dim)
+        with capture(run.student, run.taps.get("student", {}), batch.lengths) as feats:
+            out = checked_output(run.student, _call(run.student, batch), len(batch), len(space), run.student.embedding_dim)
+        batch.extra["features"] = feats
     except ComponentError as exc:
         raise ConfigError("student", f"preflight: {exc}") from exc
     targets = None
@@ -116,6 +120,7 @@ def _probe(engine: Engine) -> None:
             label_maps=run.label_maps,
             weights=engine.teacher_weights(),
             combination=run.combiner,
+            features={k: v for k, v in teacher_feats.items() if v},
         )
     if cfg.distil.epochs > 0:
         for i, (name, (_, loss)) in enumerate(run.losses.items()):

@@ -154,12 +154,67 @@ def components(engine: Engine) -> None:
         except (KeyError, ValueError) as exc:
             raise ConfigError(f"distil.losses.{i}.options", str(exc).strip("'\"")) from None
         run.losses[key] = (float(lc.weight), loss.to(run.device))
+    bind_taps(engine)
     log.info(
         "student %s: %s parameters; teachers: %s",
         cfg.student.name,
         f"{run.student.num_parameters():,}",
         ", ".join(f"{k} ({count_params(t):,})" for k, t in run.teachers.items()) or "none",
     )
+
+
+def bind_taps(engine: Engine) -> None:
+    """The feature taps the losses ask for: checked to exist, their pooled shapes measured on a
+    short synthetic clip, and given to each loss (``Loss.bind_features``) to build adapters."""
+    from . import taps as taplib
+    from .data import Batch
+
+    run = engine.run
+    models = {"student": run.student, **run.teachers}
+    asked: dict[int, list[tuple[str, str, int]]] = {}
+    for i, (key, (_, loss)) in enumerate(run.losses.items()):
+        asked[i] = list(loss.feature_requests())
+        for model, tap, bins in asked[i]:
+            if model not in models:
+                raise ConfigError(f"distil.losses.{i}.options", f"loss {key!r} reads features of {model!r}, which is "
+                                  f"not in this run (student, {', '.join(run.teachers) or 'no teachers'})")
+            try:
+                taplib.resolve(models[model], tap)
+            except KeyError as exc:
+                raise ConfigError(f"distil.losses.{i}.options", str(exc).strip("'\"")) from None
+            if int(bins) < 1:
+                raise ConfigError(f"distil.losses.{i}.options", f"bins must be >= 1, not {bins}")
+            if run.taps.get(model, {}).get(tap, int(bins)) != int(bins):
+                raise ConfigError(f"distil.losses.{i}.options", f"{model}.{tap} is read with {bins} bins here and "
+                                  f"{run.taps[model][tap]} by another loss: use the same")
+            run.taps.setdefault(model, {})[tap] = int(bins)
+    if not run.taps:
+        return
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        g = torch.Generator().manual_seed(0)
+        for model, wanted in run.taps.items():
+            m = models[model]
+            rate = getattr(m, "sample_rate", None) or 16000
+            audio = 0.1 * torch.randn(2, rate, generator=g).to(run.device)
+            lengths = torch.tensor([rate, rate // 2], device=run.device)
+            was = m.training
+            m.eval()
+            with taplib.capture(m, wanted, lengths) as feats:
+                if model == "student":
+                    m(audio, lengths)
+                else:
+                    frames = torch.rand(2, 4, 64, 64, generator=g).to(run.device) if m.needs_frames else None
+                    m(Batch(audio=audio, lengths=lengths, sample_rate=rate, labels=torch.full((2,), -1),
+                            clip_ids=["a", "b"], index=torch.arange(2), frames=frames))
+            m.train(was)
+            for tap, value in feats.items():
+                run.tap_shapes[(model, tap)] = (int(value.shape[1]), int(value.shape[2]))
+    for i, (_, loss) in enumerate(run.losses.values()):
+        if asked[i]:
+            loss.bind_features({(m, t): run.tap_shapes[(m, t)] for m, t, _ in asked[i]})
+            loss.to(run.device)
+    log.info("feature taps: %s", "; ".join(f"{k}.{t} {c}x{b}" for (k, t), (c, b) in run.tap_shapes.items()))
+
 
 # -- soundness guards (liser_core/guards.py, docs/soundness.md) -----------------------------
 def guard_data(engine: Engine) -> None:

@@ -21,7 +21,7 @@ def test_first_party_students_pass(liser_host, name):
 
 def test_every_registered_student_loss_and_combiner_is_covered(liser_host):
     assert set(liser_host.registries.student.list()) == set(SMALL_STUDENTS)
-    assert set(liser_host.registries.loss.list()) == {"ce", "dkd", "feature_matching", "kl"}
+    assert set(liser_host.registries.loss.list()) == {"ce", "dkd", "feature_matching", "fitnets", "kl"}
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +51,10 @@ def test_first_party_teachers_pass(liser_host, teacher_options):
         check_teacher(name, options, host=liser_host)
 
 
-@pytest.mark.parametrize("name", ["kl", "dkd", "ce", "feature_matching"])
+@pytest.mark.parametrize("name", ["kl", "dkd", "ce", "feature_matching", "fitnets"])
 def test_first_party_losses_pass(liser_host, name):
-    check_loss(name, host=liser_host)
+    options = {"student_tap": "s", "teacher_tap": "t", "bins": 2} if name == "fitnets" else {}
+    check_loss(name, options, host=liser_host)
 
 
 def test_synth_av_passes(liser_host):

@@ -376,3 +376,61 @@ def test_validation_misconfigurations_are_usage_errors(run_tiny, override, key):
         run_tiny(overrides=[override, "distil.early_stop.metric=uar"] if "source" in override and "test" not in override
                  else [override])
     assert e.value.key == key
+
+
+# -- feature taps, adapters and FitNets ------------------------------------------------------------
+def test_pooling_a_tap_averages_each_clips_valid_frames_into_bins():
+    from liser_core.taps import pool
+
+    x = torch.arange(2 * 1 * 8, dtype=torch.float32).reshape(2, 1, 8)  # (B, C, T)
+    out = pool(x, torch.tensor([1.0, 0.5]), -1, 2)
+    # clip 0: frames 0..7 -> means of 0..3 and 4..7; clip 1: its valid half, 8..11 -> 8.5, 10.5
+    torch.testing.assert_close(out, torch.tensor([[[1.5, 5.5]], [[8.5, 10.5]]]))
+    y = x.transpose(1, 2)  # (B, T, C): time on axis 1
+    torch.testing.assert_close(pool(y, torch.tensor([1.0, 0.5]), 1, 2), out)
+
+
+def test_fitnets_matches_a_hand_computed_value():
+    from liser_core import Batch, BatchTargets
+    from liser_plugins.losses import FitNets
+
+    loss = FitNets(student_tap="a", teacher_tap="b", teacher="t", bins=2, normalize=False)
+    loss.bind(4, {"t": 3})
+    loss.bind_features({("student", "a"): (1, 2), ("t", "b"): (2, 2)})
+    with torch.no_grad():
+        loss.regressor.weight.copy_(torch.tensor([[[2.0]], [[-1.0]]]))
+        loss.regressor.bias.copy_(torch.tensor([0.5, 0.0]))
+    s = torch.tensor([[[1.0, 3.0]]])  # (B=1, C_s=1, K=2)
+    t = torch.tensor([[[2.0, 6.0], [0.0, -3.0]]])  # (1, C_t=2, 2)
+    # r(s) = [[2.5, 6.5], [-1, -3]]; squared errors 0.25, 0.25, 1, 0 -> mean 0.375
+    b = Batch(audio=torch.zeros(1, 4), lengths=torch.tensor([4]), sample_rate=1, labels=torch.tensor([-1]),
+              clip_ids=["x"], index=torch.tensor([0]), extra={"features": {"a": s}})
+    tg = BatchTargets(logits={}, embeddings={}, label_maps={}, weights={}, features={"t": {"b": t}})
+    assert loss(ModelOutput(torch.zeros(1, 3), torch.zeros(1, 4)), b, tg).item() == pytest.approx(0.375)
+
+
+def test_fitnets_in_a_run_features_through_the_store_and_not_in_the_saved_student(run_tiny, tmp_path, caplog):
+    from safetensors.torch import load_file
+
+    store = tmp_path / "store"
+    over = ["distil.losses=[{name: kl}, {name: fitnets, weight: 0.5, options: {student_tap: block2, teacher_tap: block2,"
+            " teacher: audio_cnn, bins: 4}}]", f"store={store}"]
+    with caplog.at_level("INFO", "liser"):
+        ctx = run_tiny(overrides=over)
+    c_t = ctx.tap_shapes[("audio_cnn", "block2")]
+    feats = ctx.targets.features["audio_cnn"]["block2"]
+    assert feats.shape[1:] == c_t and c_t[1] == 4
+    assert ctx.diagnostics["store"]["audio_cnn (features)"]["labeled"] == feats.shape[0]
+    weights = load_file(str(ctx.run_dir / "student" / "model.safetensors"))
+    assert not any("regressor" in k for k in weights)  # the adapter trains with the student, is not saved with it
+    again = run_tiny(overrides=[*over, f"run_dir={tmp_path / 'again'}"])
+    assert again.diagnostics["store"]["audio_cnn (features)"]["from_store"] == feats.shape[0]
+    torch.testing.assert_close(again.targets.features["audio_cnn"]["block2"], feats, equal_nan=True)
+
+
+def test_an_unknown_tap_is_a_usage_error_naming_the_loss_options(run_tiny):
+    from liser_core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        run_tiny(overrides=["distil.losses=[{name: fitnets, options: {student_tap: block9, teacher_tap: block2}}]"])
+    assert e.value.key == "distil.losses.0.options" and "block9" in str(e.value) and "block1" in str(e.value)

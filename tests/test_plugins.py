@@ -83,7 +83,7 @@ def test_first_party_plugins_load_through_entry_points(liser_host):
     for name in ("synth_av", "cnn_teachers", "logmel_cnn", "losses", "run_dir", "wandb_logger", "combiners", "augment"):
         assert plugins[name].status == "loaded", plugins[name].error
         assert plugins[name].distribution == "liser"
-    assert plugins["losses"].components == {"loss": ["ce", "dkd", "feature_matching", "kl"]}
+    assert plugins["losses"].components == {"loss": ["ce", "dkd", "feature_matching", "fitnets", "kl"]}
     assert liser_host.registries.student.get("logmel_cnn").plugin == "logmel_cnn"
 
 
@@ -118,7 +118,7 @@ def test_disable_autoload_loads_only_named(monkeypatch):
     p = by_name(host)
     assert p["losses"].status == "loaded"
     assert p["synth_av"].status == "not loaded"
-    assert host.registries.loss.list() == ["ce", "dkd", "feature_matching", "kl"]
+    assert host.registries.loss.list() == ["ce", "dkd", "feature_matching", "fitnets", "kl"]
     assert host.registries.student.list() == []
     with pytest.raises(UsageError, match="did you mean 'losses'"):
         load_plugins(only=["loses"])

@@ -10,6 +10,7 @@ import torch
 from ..components import Position, blame, checked_output, loss_value
 from ..data import Batch
 from ..errors import UsageError
+from ..taps import capture
 from ..training import train
 from . import label
 from .common import augmented, lone_batch, steps, student_call, validator
@@ -33,9 +34,17 @@ def run(engine: Engine) -> None:
     classes = len(run.label_space)
     inputs = augmented(engine, "distil")
 
+    student_taps = run.taps.get("student", {})
+
     def step(batch: Batch):
+        audio, lengths = inputs(batch)
         with blame(student, "forward"):
-            out = student(*inputs(batch))
+            if student_taps:  # intermediate features for the losses that read them
+                with capture(student, student_taps, lengths) as feats:
+                    out = student(audio, lengths)
+                batch.extra["features"] = feats
+            else:
+                out = student(audio, lengths)
         out = checked_output(student, out, len(batch), classes, student.embedding_dim)
         targets = run.targets.batch(batch.index, run.device) if run.targets else None
         terms, total = {}, 0.0

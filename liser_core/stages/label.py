@@ -15,6 +15,7 @@ from ..data import Clip
 from ..errors import UsageError
 from ..progress import progress
 from ..store import teacher_meta
+from ..taps import TapView
 from ..training import collect
 from ..trainstate import read_complete_dir, write_complete_dir
 from .common import teacher_call
@@ -43,7 +44,7 @@ def run(engine: Engine) -> None:
     if "label" in engine.state.get("completed", []) and saved.is_dir():
         try:
             tensors, meta = read_complete_dir(saved)
-            restored = tensors["logits"], tensors["embeddings"]
+            restored = tensors["logits"], tensors["embeddings"], _unflat(tensors.get("features", {}))
             if set(restored[0]) != set(run.teachers) or any(len(v) != len(clips) for v in restored[0].values()):
                 raise ValueError("it does not hold this run's teachers and clips")
             run.diagnostics.update(meta.get("diagnostics", {}))
@@ -51,10 +52,11 @@ def run(engine: Engine) -> None:
         except (UsageError, ValueError, KeyError) as exc:  # damaged (e.g. killed in its rewrite): recompute
             log.warning("%s cannot be used (%s); labeling again", saved, exc)
             restored = None
-    logits, embs = restored if restored is not None else _label_all(engine, clips)
+    logits, embs, features = restored if restored is not None else _label_all(engine, clips)
     run.targets = TargetTable(
         logits=logits,
         embeddings=embs,
+        features=features,
         label_maps=run.label_maps,
         weights=engine.teacher_weights(),
         combination=run.combiner,
@@ -70,13 +72,26 @@ def run(engine: Engine) -> None:
         log.info("combined teacher targets match the pool's hidden labels on %.1f%% of clips", 100 * agree)
     if engine.dist.is_main and restored is None:  # written once, not again on every resume
         write_complete_dir(
-            saved, {"logits": logits, "embeddings": embs}, {"diagnostics": {k: v for k, v in run.diagnostics.items() if k == "store"}}
+            saved, {"logits": logits, "embeddings": embs, **({"features": _flat(features)} if features else {})}, {"diagnostics": {k: v for k, v in run.diagnostics.items() if k == "store"}}
         )
 
 
-def _label_all(engine: Engine, clips: list[Clip]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def _flat(features: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {f"{k}/{tap}": v for k, taps in features.items() for tap, v in taps.items()}
+
+
+def _unflat(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for name, v in tensors.items():
+        k, _, tap = name.rpartition("/")
+        out.setdefault(k, {})[tap] = v
+    return out
+
+
+def _label_all(engine: Engine, clips: list[Clip]):
+    """Every teacher's logits and embeddings on ``clips`` (and the taps the losses read)."""
     run, cfg = engine.run, engine.cfg
-    logits, embs = {}, {}
+    logits, embs, features = {}, {}, {}
     store = engine.store(shared=engine.dist.enabled)  # ranks share their labels through a store
     keys = [engine.store_key(c) for c in clips] if store else None
     for key, teacher in run.teachers.items():
@@ -93,15 +108,25 @@ def _label_all(engine: Engine, clips: list[Clip]) -> tuple[dict[str, torch.Tenso
         # rows of clips skipped as bad stay NaN; those clips are skipped in distil too
         logits[key] = torch.full((len(ds), lo.shape[1]), float("nan")).index_copy_(0, idx, lo)
         embs[key] = torch.full((len(ds), em.shape[1]), float("nan")).index_copy_(0, idx, em)
-    return logits, embs
+        if run.taps.get(key):  # its intermediate features: labeled and stored like its outputs
+            view = TapView(teacher, run.taps[key], {t: run.tap_shapes[(key, t)] for t in run.taps[key]})
+            if store is None:
+                flat, _, _, idx = collect(teacher_call(view), ds.loader(cfg.evaluate.batch_size), run.device,
+                                          engine.precision, f"features ({key})")
+            else:
+                flat, _, idx = label_with_store(engine, store, keys, f"{key} (features)", view, clips, ds.sample_rate,
+                                                extra=view.store_extra)
+            full = torch.full((len(ds), flat.shape[1]), float("nan")).index_copy_(0, idx, flat)
+            features[key] = view.split(full)
+    return logits, embs, features
 
 
-def label_with_store(engine: Engine, store, keys, key, teacher, clips, sample_rate, diagnostic: str = "store"):
+def label_with_store(engine: Engine, store, keys, key, teacher, clips, sample_rate, diagnostic: str = "store", extra=None):
     """Label only the clips the store lacks for this teacher's fingerprint, then read all."""
     run, cfg = engine.run, engine.cfg
     # what a clip's store key leaves out and the outputs depend on: nothing for clips held in
     # memory (keyed by their samples), the decoding for file-based clips (in their key)
-    meta = teacher_meta(teacher, sample_rate=sample_rate)
+    meta = teacher_meta(teacher, sample_rate=sample_rate, extra=extra)
     fp = meta["fingerprint"]
     # rank 0 decides what is missing before any rank writes, so all ranks share one to-do list
     todo = engine.dist.on_main(lambda: store.missing(fp, keys, embeddings=True))

@@ -51,6 +51,7 @@ class AudioCNNTeacher(Teacher):
         self.sample_rate = sample_rate
         self.frontend = LogMel(sample_rate, n_mels)
         self.body = MaskedConvStack(channels)
+        self.taps = {f"block{i + 1}": f"body.blocks.{i}" for i in range(len(channels))}  # feature taps (liser_core.taps)
         self.trunk, self.head = _head(2 * self.body.out_channels, hidden, len(label_space), dropout)
         self.embedding_dim = hidden
         self.card = TeacherCard(

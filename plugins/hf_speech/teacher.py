@@ -76,6 +76,8 @@ class HFSpeechTeacher(Teacher):
             model, with_head=use_model_head, local_files_only=local_files_only, revision=revision
         )
         self.backbone = SpeechBackbone(net, fe, model, with_head=use_model_head)
+        layers = getattr(getattr(net, "encoder", None), "layers", None)  # feature taps: transformer layers (B, T, D)
+        self.taps = {f"layer{i + 1}": (f"backbone.model.encoder.layers.{i}", 1) for i in range(len(layers or []))}
         self.sample_rate = self.backbone.sample_rate
         self.use_model_head = use_model_head
         self.freeze_backbone = freeze_backbone

@@ -37,6 +37,7 @@ class LogMelCNN(Student):
         self.sample_rate = sample_rate
         self.frontend = LogMel(sample_rate, n_mels, norm=norm)
         self.body = MaskedConvStack(channels, norm=norm)
+        self.taps = {f"block{i + 1}": f"body.blocks.{i}" for i in range(len(channels))}  # feature taps (liser_core.taps)
         self.embedding_dim = 2 * self.body.out_channels
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.embedding_dim, len(label_space))

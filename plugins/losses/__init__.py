@@ -1,4 +1,4 @@
-"""First-party loss terms: ``kl``, ``dkd``, ``feature_matching``, ``ce``.
+"""First-party loss terms: ``kl``, ``dkd``, ``feature_matching``, ``fitnets``, ``ce``.
 
 Every term has the same call ``loss(student, batch, targets)`` (see :class:`liser_core.Loss`)
 and returns a scalar, or None when it does not apply to the batch.
@@ -133,6 +133,58 @@ class FeatureMatching(Loss):
         return F.mse_loss(s, t)
 
 
+class FitNets(Loss):
+    r"""FitNets hints (Romero et al., ICLR 2015) between intermediate features.
+
+    A student tap's features ``s`` (channels ``C_s``, time pooled into ``bins`` segments) go
+    through a learned regressor ``r`` (a 1x1 convolution, ``C_s -> C_t``, trained with the student
+    and not part of the saved student) and are matched to a teacher tap's ``t``:
+
+    .. math:: \mathcal{L} = \frac{1}{B \, C_t \, K} \sum_{b,c,k} \big(r(s)_{b,c,k} - t_{b,c,k}\big)^2
+
+    (``K`` = bins; with ``normalize``, ``s`` and ``t`` are first standardised over channels per
+    segment so the teacher's scale does not set the term's). Taps are names a component declares
+    or submodule paths (``liser show`` lists a component's; docs/plugins.md).
+    """
+
+    needs_teacher = True
+
+    def __init__(self, student_tap: str = "", teacher_tap: str = "", teacher: str | None = None, bins: int = 8,
+                 normalize: bool = True):
+        super().__init__()
+        if not student_tap or not teacher_tap:
+            raise ValueError("fitnets needs student_tap and teacher_tap (a tap name or submodule path of each)")
+        if bins < 1:
+            raise ValueError("bins must be >= 1")
+        self.student_tap, self.teacher_tap, self.teacher = student_tap, teacher_tap, teacher
+        self.bins, self.normalize = int(bins), normalize
+        self.regressor: nn.Module | None = None
+
+    def bind(self, student_dim: int, teacher_dims: dict[str, int]) -> None:
+        if not teacher_dims:
+            raise ValueError("fitnets needs a teacher")
+        self.teacher = self.teacher or next(iter(teacher_dims))
+        if self.teacher not in teacher_dims:
+            raise KeyError(f"teacher {self.teacher!r} is not in this recipe (teachers: {', '.join(teacher_dims)})")
+
+    def feature_requests(self):
+        return [("student", self.student_tap, self.bins), (self.teacher, self.teacher_tap, self.bins)]
+
+    def bind_features(self, shapes):
+        c_s, c_t = shapes[("student", self.student_tap)][0], shapes[(self.teacher, self.teacher_tap)][0]
+        self.regressor = nn.Conv1d(c_s, c_t, kernel_size=1)
+
+    def forward(self, student: ModelOutput, batch: Batch, targets: BatchTargets | None):
+        if targets is None:
+            return None
+        s = self.regressor(batch.extra["features"][self.student_tap].float())
+        t = targets.features[self.teacher][self.teacher_tap].float().detach()
+        if self.normalize:
+            s = F.layer_norm(s.transpose(1, 2), s.shape[1:2]).transpose(1, 2)
+            t = F.layer_norm(t.transpose(1, 2), t.shape[1:2]).transpose(1, 2)
+        return F.mse_loss(s, t)
+
+
 class CrossEntropy(Loss):
     """Cross-entropy on the clips that carry a label (unlabeled clips are ignored)."""
 
@@ -153,8 +205,9 @@ class CrossEntropy(Loss):
 def liser_register_losses(registry):
     registry.register("kl", KLDivergence, summary="KL to the teachers' soft targets at temperature T, x T^2")
     registry.register("dkd", DecoupledKD, summary="decoupled KD: target / non-target KL terms, alpha, beta, warm-up")
+    registry.register("fitnets", FitNets, summary="FitNets hints: a student tap, regressed, vs a teacher tap (MSE)")
     registry.register("feature_matching", FeatureMatching, summary="projected student embedding vs a teacher's (MSE or cosine)")
     registry.register("ce", CrossEntropy, summary="cross-entropy on labeled clips")
 
 
-__all__ = ["CrossEntropy", "DecoupledKD", "FeatureMatching", "KLDivergence"]
+__all__ = ["CrossEntropy", "DecoupledKD", "FeatureMatching", "FitNets", "KLDivergence"]
