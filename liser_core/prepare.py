@@ -173,7 +173,7 @@ def bind_taps(engine: Engine) -> None:
     models = {"student": run.student, **run.teachers}
     asked: dict[int, list[tuple[str, str, int]]] = {}
     for i, (key, (_, loss)) in enumerate(run.losses.items()):
-        asked[i] = list(loss.feature_requests())
+        asked[i] = list(getattr(loss, "feature_requests", list)())  # duck-typed losses may lack it
         for model, tap, bins in asked[i]:
             if model not in models:
                 raise ConfigError(f"distil.losses.{i}.options", f"loss {key!r} reads features of {model!r}, which is "
