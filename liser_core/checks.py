@@ -158,7 +158,7 @@ def check_teacher(name: str, options: dict | None = None, *, host=None, label_sp
         _ensure(torch.allclose(t(b).logits, out.logits), what, "eval forward is deterministic")
     if fit and t.fittable and not t.pretrained:
         if type(t).fit is not Teacher.fit:
-            clips = [_clip(b, i) for i in range(len(b))]
+            clips = [_clip(b, i, t.label_space) for i in range(len(b))]
             ds = ClipDataset(clips, t.label_space, rate, with_frames=t.needs_frames)
             t.fit(ds, config=TrainConfig(epochs=1, batch_size=2), device=torch.device("cpu"), seed=0)
         else:
@@ -184,14 +184,14 @@ def check_teacher(name: str, options: dict | None = None, *, host=None, label_sp
     return t
 
 
-def _clip(b: Batch, i: int):
+def _clip(b: Batch, i: int, space: LabelSpace):
     from .data import Clip
 
     frames = None
     if b.frames is not None:
         frames = (b.frames[i].numpy() * 255).astype("uint8")
     return Clip(clip_id=b.clip_ids[i], audio=b.audio[i, : int(b.lengths[i])].numpy(), sample_rate=b.sample_rate,
-                speaker=f"s{i}", label=None, frames=frames, fps=25.0 if frames is not None else None)
+                speaker=f"s{i}", label=space.classes[int(b.labels[i])], frames=frames, fps=25.0 if frames is not None else None)
 
 
 def check_loss(name: str, options: dict | None = None, *, host=None, student_dim: int = 6,

@@ -38,7 +38,7 @@ def host(plugin):
 def test_registers_one_student_and_one_loss(host):
     info = next(p for p in host.plugins if p.name == "example")
     assert info.status == "loaded"
-    assert info.components == {"student": ["example_gru"], "loss": ["symmetric_kl"]}
+    assert info.components == {"student": ["example_gru"], "loss": ["annealed_kl", "attention_transfer", "symmetric_kl"], "teacher": ["prosody"], "combiner": ["confidence"], "augmentation": ["polarity"], "logger": ["epoch_csv"]}
 
 
 def test_student_shapes_and_attributes(host):
@@ -124,3 +124,104 @@ def test_tiny_run(host, run_tiny):
     assert ctx.config.student.name == "example_gru"
     assert list(ctx.losses) == ["symmetric_kl", "ce"]
     assert math.isfinite(ctx.results()["student"]["uar"])
+
+
+# -- the second edition's extension points, one component each ------------------------------------
+def test_every_component_passes_liser_checks(host):
+    from liser_core.testing import check_loss, check_student, check_teacher
+
+    check_student("example_gru", {"hidden": 8}, host=host, export=False)
+    check_teacher("prosody", {}, host=host)
+    check_loss("symmetric_kl", host=host)
+    check_loss("annealed_kl", host=host)
+    check_loss("attention_transfer", {"student_tap": "s", "teacher_tap": "t", "bins": 3}, host=host)
+
+
+def test_prosody_teacher_fits_itself_in_closed_form(plugin):
+    """The fitted head is the ridge solution: the gradient of the penalised squared error is 0."""
+    from liser_core import ClipDataset, Clip
+    from liser_core.config import TrainConfig
+
+    space = label_space(["happy", "sad"])
+    g = torch.Generator().manual_seed(0)
+    clips = []
+    for i in range(12):
+        t = torch.arange(8000) / 16000
+        freq, amp = (300.0, 0.5) if i % 2 == 0 else (120.0, 0.05)  # happy: high and loud
+        audio = amp * torch.sin(2 * math.pi * freq * t) + 0.01 * torch.randn(8000, generator=g)
+        clips.append(Clip(f"c{i}", audio.numpy(), 16000, f"s{i}", ["happy", "sad"][i % 2]))
+    teacher = plugin.ProsodyTeacher(space, ridge=0.5)
+    ds = ClipDataset(clips, space, 16000)
+    out = teacher.fit(ds, config=TrainConfig(batch_size=5), device=torch.device("cpu"), seed=0)
+    assert out["train_accuracy"] == 1.0  # two well separated classes
+    batch = ds.collate([ds[i] for i in range(len(ds))])
+    z = torch.nn.functional.pad(teacher.embed(batch), (0, 1), value=1.0).double()
+    y = torch.nn.functional.one_hot(batch.labels, 2).double()
+    w = teacher.weight.double()
+    penalty = torch.eye(7, dtype=torch.float64)
+    penalty[-1, -1] = 0
+    grad = z.T @ (z @ w - y) + 0.5 * penalty @ w
+    assert grad.abs().max() < 1e-3
+
+
+def test_annealed_kl_temperature_follows_progress(plugin):
+    from liser_core import Position
+
+    loss = plugin.AnnealedKL(t_start=4.0, t_end=1.0)
+    loss.position = Position(step=0, epochs=2, steps_per_epoch=5)
+    assert loss.temperature() == pytest.approx(4.0)
+    loss.position = Position(step=5, epoch=1, epochs=2, steps_per_epoch=5)
+    assert loss.temperature() == pytest.approx(2.5)
+    out, targets = _two_class([[2.0, -1.0]], [[0.5, 0.5]])
+    t = 2.5
+    p = torch.softmax(torch.tensor([2.0, -1.0]) / t, 0)
+    q = torch.softmax(torch.tensor([0.5, 0.5]) / t, 0)
+    assert loss(out, None, targets).item() == pytest.approx(t * t * float((p * (p / q).log()).sum()), rel=1e-5)
+
+
+def test_attention_transfer_by_hand(plugin):
+    from liser_core import Batch
+
+    loss = plugin.AttentionTransfer(student_tap="s", teacher_tap="t", teacher="x", bins=2)
+    s = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])  # energy (1, 0) -> attention (1, 0)
+    t = torch.tensor([[[3.0, 4.0]]])  # energy (9, 16) -> (9, 16) / sqrt(337)
+    b = Batch(audio=torch.zeros(1, 2), lengths=torch.tensor([2]), sample_rate=1, labels=torch.tensor([-1]),
+              clip_ids=["a"], index=torch.tensor([0]), extra={"features": {"s": s}})
+    tg = BatchTargets(logits={}, embeddings={}, label_maps={}, weights={}, features={"x": {"t": t}})
+    n = math.sqrt(81 + 256)
+    want = (1 - 9 / n) ** 2 + (16 / n) ** 2
+    assert loss(ModelOutput(torch.zeros(1, 2), torch.zeros(1, 1)), b, tg).item() == pytest.approx(want, rel=1e-5)
+
+
+def test_confidence_combiner_and_polarity_by_hand(plugin):
+    a, b = torch.tensor([[0.9, 0.1]]), torch.tensor([[0.5, 0.5]])
+    got = plugin.ConfidenceCombiner(sharpness=1.0)([a, b], [0.5, 0.5], [torch.tensor([True, True])] * 2)
+    wa, wb = 0.9 / 1.4, 0.5 / 1.4  # weights 0.5 x confidence, renormalised
+    torch.testing.assert_close(got, torch.tensor([[wa * 0.9 + wb * 0.5, wa * 0.1 + wb * 0.5]]))
+    x = torch.randn(4, 10)
+    y, n = plugin.Polarity(p=1.0)(x, torch.full((4,), 10))
+    torch.testing.assert_close(y, -x)
+    y, _ = plugin.Polarity(p=0.0)(x, n)
+    torch.testing.assert_close(y, x)
+
+
+def test_a_run_with_every_extension_point(host, run_tiny):
+    ctx = run_tiny(
+        overrides=[
+            "validation={source: teacher, speakers: 0.5}",
+            "teachers=[{name: prosody}, {name: audio_cnn, fit: {epochs: 1, batch_size: 16}, options: {channels: [4, 8], hidden: 16}}]",
+            "student.name=example_gru",
+            "student.options={hidden: 8}",
+            "distil.combination=confidence",
+            "distil.augment=[{name: polarity}]",
+            "distil.epochs=2",
+            "distil.early_stop={metric: uar, patience: 1}",
+            "distil.losses=[{name: annealed_kl}, {name: attention_transfer, weight: 0.5, options: {teacher: audio_cnn, bins: 4}}, {name: ce, weight: 0.5}]",
+            "loggers={run_dir: {confusion_png: false}, epoch_csv: {}}",
+        ],
+        host=host,
+    )
+    assert math.isfinite(ctx.results()["student"]["uar"])
+    rows = (ctx.run_dir / "epochs.csv").read_text().splitlines()
+    assert any(",val_uar," in r for r in rows) and any(r.startswith("distil,student,") for r in rows)
+    assert ctx.teachers["prosody"].weight.abs().sum() > 0  # it fitted itself

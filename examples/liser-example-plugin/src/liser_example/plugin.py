@@ -1,16 +1,27 @@
-"""The plugin module named by the ``liser`` entry point: one student, one loss, two hooks.
+"""The plugin module named by the ``liser`` entry point: the hooks that register every component.
 
-LiSER imports this module and registers it with its plugin manager; the two ``@hookimpl``
-functions at the bottom then add ``example_gru`` to the student registry and ``symmetric_kl``
-to the loss registry. A recipe uses them by name::
+LiSER imports this module and registers it with its plugin manager; the ``@hookimpl``
+functions at the bottom then add ``example_gru`` (a student), ``symmetric_kl``,
+``annealed_kl`` and ``attention_transfer`` (losses), ``prosody`` (a teacher that fits itself),
+``confidence`` (a target combiner), ``polarity`` (an augmentation) and ``epoch_csv`` (a
+logger) to LiSER's registries (the last six live in :mod:`liser_example.extras`). A recipe
+uses them by name::
 
+    validation: {source: teacher}
+    teachers:
+      - {name: prosody, options: {ridge: 1.0}}
     student:
       name: example_gru
       options: {hidden: 32}
     distil:
+      combination: confidence
+      augment: [{name: polarity}]
+      early_stop: {metric: uar, patience: 3}
       losses:
-        - {name: symmetric_kl, options: {temperature: 2.0}}
+        - {name: annealed_kl, options: {t_start: 4.0, t_end: 1.0}}
+        - {name: attention_transfer, weight: 0.5, options: {student_tap: gru, teacher_tap: block2, teacher: audio_cnn}}
         - {name: ce, weight: 0.5}
+    loggers: {run_dir: {}, epoch_csv: {}}
 """
 
 from __future__ import annotations
@@ -20,6 +31,15 @@ import torch.nn.functional as F
 from liser_core import Batch, BatchTargets, LabelSpace, Loss, ModelOutput, Student, hookimpl
 from liser_plugins.frontend import LogMel, masked_mean
 from torch import nn
+
+from .extras import (
+    AnnealedKL,
+    AttentionTransfer,
+    ConfidenceCombiner,
+    EpochCSV,
+    Polarity,
+    ProsodyTeacher,
+)
 
 
 class GRUStudent(Student):
@@ -68,6 +88,7 @@ class GRUStudent(Student):
         self.gru = nn.GRU(n_mels, hidden, num_layers=1, batch_first=True)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, len(label_space))
+        self.taps = {"gru": ("gru", 1)}  # its states over time (B, T, hidden): a feature tap
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> ModelOutput:
         x, valid = self.frontend(audio, lengths)  # (B, 1, n_mels, T), (B,)
@@ -134,6 +155,28 @@ def liser_register_students(registry):
 @hookimpl
 def liser_register_losses(registry):
     registry.register("symmetric_kl", SymmetricKL, summary="0.5 (KL(p||q) + KL(q||p)) x T^2 to the teachers' soft targets")
+    registry.register("annealed_kl", AnnealedKL, summary="KL at a temperature annealed over the stage (Loss.position)")
+    registry.register("attention_transfer", AttentionTransfer, summary="energy-over-time maps of two feature taps")
+
+
+@hookimpl
+def liser_register_teachers(registry):
+    registry.register("prosody", ProsodyTeacher, modality="audio", summary="prosodic features + ridge head fitted in closed form")
+
+
+@hookimpl
+def liser_register_combiners(registry):
+    registry.register("confidence", ConfidenceCombiner, summary="teachers weighted per clip by their confidence")
+
+
+@hookimpl
+def liser_register_augmentations(registry):
+    registry.register("polarity", Polarity, summary="random sign flip of the waveform")
+
+
+@hookimpl
+def liser_register_loggers(registry):
+    registry.register("epoch_csv", EpochCSV, summary="every epoch's metrics (val_* included) to a CSV file")
 
 
 __all__ = ["GRUStudent", "SymmetricKL"]
