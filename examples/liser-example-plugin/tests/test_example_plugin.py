@@ -139,7 +139,7 @@ def test_every_component_passes_liser_checks(host):
 
 def test_prosody_teacher_fits_itself_in_closed_form(plugin):
     """The fitted head is the ridge solution: the gradient of the penalised squared error is 0."""
-    from liser_core import ClipDataset, Clip
+    from liser_core import Clip, ClipDataset
     from liser_core.config import TrainConfig
 
     space = label_space(["happy", "sad"])
