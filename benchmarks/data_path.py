@@ -135,11 +135,11 @@ def video_only(root: Path, out: Path) -> Path:
 
 
 def bench_epochs(root: Path, out: Path, epochs: int, host) -> dict:
-    from liser_core.clipcache import ClipCache
+    from liser_cache.clipcache import ClipCache
+    from liser_cache.identity import digests_of
     from liser_core.config import TrainConfig
     from liser_core.data import ClipDataset
     from liser_core.engine import build_component
-    from liser_core.identity import digests_of
     from liser_core.labels import RAVDESS8
     from liser_core.training import train
     from liser_plugins.corpora.ravdess import ravdess

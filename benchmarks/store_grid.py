@@ -122,7 +122,7 @@ def write_grids(out: Path, models: Path, extra_overrides: list[str]) -> dict[str
 def run_bench(grid: Path, log_path: Path) -> tuple[float, float]:
     """`liser bench GRID` in its own process; returns its wall time and CPU time (user + system) in seconds."""
     liser = Path(sys.executable).parent / "liser"
-    cmd = [str(liser)] if liser.exists() else [sys.executable, "-m", "liser_core.cli"]
+    cmd = [str(liser)] if liser.exists() else [sys.executable, "-m", "liser_tools.cli"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "WANDB_MODE": "disabled"}
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -162,7 +162,7 @@ def collect(bench_dir: Path) -> dict[str, dict]:
 
 
 def store_index(store_root: Path) -> dict[str, dict]:
-    from liser_core.store import TeacherStore
+    from liser_cache.store import TeacherStore
 
     store = TeacherStore(store_root)
     return {fp: store.info(fp) for fp in store.fingerprints()}

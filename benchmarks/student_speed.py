@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from liser_core import load_plugins
-from liser_core.deploy import export, median_seconds
 from liser_core.labels import RAVDESS8
+from liser_tools.deploy import export, median_seconds
 
 
 def main() -> None:

@@ -70,7 +70,7 @@ class Corpus(Protocol):
 
     * ``load(clip, frames=True) -> Clip`` -- decode an unloaded clip (see :meth:`split`);
     * ``source_files(clip) -> list[str]`` -- every file a clip is decoded from (audio, video):
-      its identity by content (:mod:`liser_core.identity`; default: ``clip.path``);
+      its identity by content (:mod:`liser_cache.identity`; default: ``clip.path``);
     * ``missing() -> {split: {"speakers": [...], "clips": [...]}}`` -- what the corpus's
       protocol expects and the files lack (a data-check problem, a run warning);
     * ``notes: list[str]`` -- what a run should report about how the splits were made.
@@ -144,7 +144,7 @@ class _Bad(NamedTuple):
 class ClipDataset(torch.utils.data.Dataset):
     """A sequence of clips served to a DataLoader, resampled to one rate, labels as ids.
 
-    With a ``cache`` (:class:`~liser_core.clipcache.ClipCache`) and ``cache_key`` (clip -> its
+    With a ``cache`` (:class:`~liser_cache.clipcache.ClipCache`) and ``cache_key`` (clip -> its
     content key, or None), clips read from files are decoded and resampled once: later epochs,
     stages and runs read the cached arrays (and a broken file's reason). ``loader(workers=N)``
     decodes on N processes; the bad-clip policy is applied in the reading process, so skipped

@@ -26,9 +26,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from liser_cache.clipcache import ClipCache
+from liser_cache.store import TeacherStore, clip_key
+
 from . import checkpoint, guards, prepare, provenance, rundir
 from ._plugins import PluginHost
-from .clipcache import ClipCache
 from .components import Teacher
 from .config import (
     BadClipPolicy,
@@ -46,7 +48,6 @@ from .labels import LabelSpace
 from .metrics import classification_metrics
 from .prepare import build_component  # noqa: F401 - also imported from here
 from .stages import STAGES, Stage
-from .store import TeacherStore, clip_key
 from .training import TrainingInterrupted, seed_everything
 from .trainstate import Checkpointer
 

@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from liser_cache.clipcache import ClipCache
+from liser_cache.identity import digests_of
+
 from . import checkpoint, guards, provenance
-from .clipcache import ClipCache
 from .config import DuplicatePolicy, plain
 from .data import SPLITS, Clip, Corpus
 from .errors import ConfigError, UsageError
-from .identity import digests_of
 from .labels import LabelMap
 from .stages.common import count_params
 
@@ -382,7 +383,7 @@ def setup_data_path(engine: Engine) -> None:
             if clip.audio is None:
                 engine.content_keys[clip.clip_id] = ClipCache.key(digests, signature(clip) if signature else fallback)
     if cfg.data.cache:
-        from .identity import cache_dir
+        from liser_cache.identity import cache_dir
 
         root = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else cache_dir() / "decoded"
         engine.clip_cache = ClipCache(root, max_bytes=int(cfg.data.cache_max_gb * 2**30))

@@ -14,7 +14,7 @@ Fixtures:
     corpus with one epoch per stage (seconds, not minutes) in a temporary run directory and
     returns the :class:`~liser_core.RunContext`.
 
-Conformance checks, one line each (:mod:`liser_core.checks`): ``check_student``,
+Conformance checks, one line each (:mod:`liser_tools.checks`): ``check_student``,
 ``check_teacher``, ``check_loss``, ``check_dataset``.
 
 Example (in a plugin package's own tests)::
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from .checks import CheckFailed, check_dataset, check_loss, check_student, check_teacher  # noqa: F401 - re-exported
+from liser_tools.checks import CheckFailed, check_dataset, check_loss, check_student, check_teacher  # noqa: F401 - re-exported
 
 #: Overrides that shrink recipes/synth_kd.yaml-like runs to a few seconds.
 TINY_OVERRIDES = [

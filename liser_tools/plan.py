@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
+from liser_cache.identity import digests_of
 from liser_core.components import Teacher
 from liser_core.config import plain
 from liser_core.data import SPLITS, ClipDataset
 from liser_core.engine import build_component, seed_everything
-from liser_core.identity import digests_of
 from liser_core.stages.teach import fit_block
 
 BATCH = 16  # clips per timing batch: per-clip costs at a realistic batch size
@@ -192,7 +192,7 @@ def plan_grid(grid, host, items: list[dict]) -> dict:
 
 
 def format_plan(grid, result: dict) -> str:
-    from liser_core.bench import _clock
+    from liser_tools.bench import _clock
 
     r = result["runs"]
     lines = [f"plan: {r['total']} runs ({r['done']} done, {r['stale']} stale, {r['todo']} to run)"]

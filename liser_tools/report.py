@@ -188,7 +188,7 @@ def measure_rtf(student_dir: Path, seconds: float = 4.0, repeats: int = 5) -> fl
     import torch
 
     from liser_core import Student
-    from liser_core.deploy import median_seconds
+    from liser_tools.deploy import median_seconds
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

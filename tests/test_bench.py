@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 from liser_core import load_plugins
-from liser_core.bench import load_grid, run_grid
 from liser_core.errors import ConfigError
 from liser_core.metrics import mean_std
 from liser_core.testing import TINY_OVERRIDES, TINY_RECIPE
+from liser_tools.bench import load_grid, run_grid
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_an_edited_grid_reruns_what_changed_and_says_so(grid_file, tmp_path, cap
     grid = yaml.safe_load(path.read_text())
     grid["axes"]["loss"]["ce"] = ["distil.losses=[{name: ce}]", "distil.epochs=2"]  # one combination changes
     path.write_text(yaml.safe_dump(grid))
-    from liser_core.cli import main
+    from liser_tools.cli import main
 
     assert main(["bench", str(path), "-o", str(out_dir), "--list"]) == 0
     listing = capsys.readouterr().out.split("\n")

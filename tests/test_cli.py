@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from liser_core.cli import main
 from liser_core.testing import TINY_OVERRIDES, TINY_RECIPE
+from liser_tools.cli import main
 
 
 def test_list_students(capsys):
@@ -62,7 +62,7 @@ def test_dry_run_prints_resolved_recipe_and_writes_nothing(capsys, tmp_path):
 def run_cli(*args, cwd=None):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
-        [sys.executable, "-m", "liser_core.cli", *args], capture_output=True, text=True, env=env, cwd=cwd
+        [sys.executable, "-m", "liser_tools.cli", *args], capture_output=True, text=True, env=env, cwd=cwd
     )
 
 

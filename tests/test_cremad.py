@@ -170,9 +170,9 @@ def test_audiovisual_clips_from_videoflash(tmp_path):
 
 
 def test_recipe_validates_on_a_fixture_tree(rows, tmp_path, liser_host, capsys):
-    from liser_core.cli import main
     from liser_core.config import load_recipe, plain
     from liser_plugins.hf_speech.tiny import save_tiny_model
+    from liser_tools.cli import main
 
     tree = tmp_path / "CREMA-D"  # index-only placeholders, videos included (the recipe is audio-visual)
     fixtures.touch_tree(tree, [r["file"] for r in rows])

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import liser_core
-from liser_core.clipcache import ClipCache
+from liser_cache.clipcache import ClipCache
 from liser_core.data import BadClipError, Clip, ClipDataset
 from liser_core.labels import RAVDESS8
 from liser_plugins.corpora import fixtures
@@ -102,7 +102,7 @@ def test_the_dataset_decodes_each_clip_once_and_remembers_bad_files(tree, tmp_pa
         calls.append(clip.clip_id)
         return corpus.load(clip, frames=frames)
 
-    from liser_core.identity import digests_of
+    from liser_cache.identity import digests_of
 
     keys = {c.clip_id: ClipCache.key(d, corpus.decode_signature(c)) for c, d in zip(clips, digests_of(clips, corpus))}
     cache = ClipCache(tmp_path / "cache")

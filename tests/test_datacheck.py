@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from liser_core.cli import main
 from liser_core.data import Clip
-from liser_core.datacheck import check_corpus, check_recipe, reason_kind
 from liser_core.labels import CREMAD6
 from liser_plugins.corpora import fixtures
 from liser_plugins.corpora.cremad import EMOTIONS
+from liser_tools.cli import main
+from liser_tools.datacheck import check_corpus, check_recipe, reason_kind
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "cremad_kd.yaml"

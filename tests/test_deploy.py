@@ -8,8 +8,8 @@ import soundfile as sf
 import torch
 
 from liser_core import Student, load_plugins
-from liser_core.deploy import Predictor, expand_paths, export, read_audio, windows
 from liser_core.errors import UsageError
+from liser_tools.deploy import Predictor, expand_paths, export, read_audio, windows
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_export_frontend_equals_torchaudio_melspectrogram(rate):
 
 
 def test_cli_predict_and_export(trained, tmp_path, capsys):
-    from liser_core.cli import main
+    from liser_tools.cli import main
 
     clip = trained.corpus.split("test")[0]
     sf.write(tmp_path / "one.wav", clip.audio, 16000, subtype="FLOAT")

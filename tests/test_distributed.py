@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from liser_core.store import TeacherStore
+from liser_cache.store import TeacherStore
 from liser_core.testing import TINY_OVERRIDES, TINY_RECIPE, write_dist_info
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ training._reduce_step = _failing
 
 
 def _cli(args, env=None):
-    return subprocess.run([sys.executable, "-m", "liser_core.cli", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "liser_tools.cli", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=600, env={**os.environ, **(env or {})})
 
 

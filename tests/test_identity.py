@@ -6,9 +6,9 @@ import time
 import numpy as np
 import pytest
 
-from liser_core import identity
+from liser_cache.store import clip_key
+from liser_cache import identity
 from liser_core.data import Clip
-from liser_core.store import clip_key
 
 
 @pytest.fixture

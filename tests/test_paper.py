@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from liser_core import load_plugins
-from liser_core.bench import load_grid, run_grid
-from liser_core.cli import main
 from liser_core.testing import TINY_RECIPE
+from liser_tools.bench import load_grid, run_grid
+from liser_tools.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 

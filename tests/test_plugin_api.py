@@ -116,7 +116,7 @@ def test_a_plugin_combiner_makes_the_targets_the_student_learns(run_tiny):
 
 
 def test_an_unknown_combiner_or_option_is_a_usage_error_naming_the_key(tmp_path):
-    from liser_core.cli import main
+    from liser_tools.cli import main
 
     rc = main(["run", "--dry-run", "recipes/synth_kd.yaml", "distil.combination=maximum", f"run_dir={tmp_path}/r"])
     assert rc == 2
@@ -183,7 +183,7 @@ def test_augmentations_run_on_student_training_batches_only(run_tiny, caplog):
 
 
 def test_bad_augmentation_options_are_refused_before_anything_runs(tmp_path):
-    from liser_core.cli import main
+    from liser_tools.cli import main
 
     rc = main(["run", "--dry-run", "recipes/synth_kd.yaml", "distil.augment=[{name: gain, options: {db: [6, -6]}}]",
                f"run_dir={tmp_path}/r"])
@@ -194,7 +194,7 @@ def test_bad_augmentation_options_are_refused_before_anything_runs(tmp_path):
 
 # -- discoverability -----------------------------------------------------------------------------
 def test_show_prints_options_with_types_defaults_and_the_docstring(capsys):
-    from liser_core.cli import main
+    from liser_tools.cli import main
 
     assert main(["show", "dkd"]) == 0
     out = capsys.readouterr().out
@@ -219,7 +219,7 @@ def _module(src, name: str, loss: str):
 
 
 def test_a_plugin_name_declared_by_two_packages_is_listed_as_shadowed(fake_distribution, tmp_path, monkeypatch, capsys):
-    from liser_core.cli import main
+    from liser_tools.cli import main
 
     monkeypatch.delenv("LISER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     src = tmp_path / "src"

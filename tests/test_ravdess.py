@@ -141,8 +141,8 @@ def test_audiovisual_clips_carry_frames(tmp_path):
 
 
 def test_recipe_validates_on_a_fixture_tree(tmp_path, liser_host, capsys):
-    from liser_core.cli import main
     from liser_core.config import load_recipe, plain
+    from liser_tools.cli import main
 
     recipe = REPO / "recipes" / "ravdess_kd.yaml"
     cfg = load_recipe(recipe, [f"data.options.root={tmp_path}"])

@@ -16,13 +16,13 @@ import torch
 
 import liser_core
 from liser_core import BatchTargets, LabelMap, hookimpl, load_plugins
-from liser_core.cli import main
 from liser_core.errors import ComponentError, UnknownComponentError
 from liser_core.guards import Duplicate, drop_duplicates, find_duplicates, fit_overlap
 from liser_core.labels import AFFECTNET8, FER2013_7, RAVDESS8, LabelSpace, combine
 from liser_plugins.cnn_teachers import AudioCNNTeacher
 from liser_plugins.corpora import fixtures
 from liser_plugins.corpora.ravdess import ravdess
+from liser_tools.cli import main
 
 # -- a small RAVDESS-layout tree of real (generated) speech ----------------------------------------
 
@@ -493,8 +493,8 @@ def test_channel_messages(rav, tmp_path):
 
 
 def test_video_folder_problems_have_their_own_kinds(tmp_path):
-    from liser_core.datacheck import check_corpus
     from liser_plugins.corpora.video_folder import video_folder
+    from liser_tools.datacheck import check_corpus
 
     root = tmp_path / "videos"
     fixtures.write_video(root / "a/ok.mp4", seconds=1.2)

@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 import torch
 
+from liser_cache.store import TeacherStore, clip_key, teacher_fingerprint, teacher_meta
 from liser_core import checkpoint
-from liser_core import store as store_mod
+from liser_cache import store as store_mod
 from liser_core.data import Clip, ClipDataset
 from liser_core.labels import RAVDESS8, LabelSpace
-from liser_core.store import TeacherStore, clip_key, teacher_fingerprint, teacher_meta
 
 C, D = 8, 16
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,7 +83,7 @@ def shard_files(root: Path, fp: str = FP) -> list[Path]:
     return sorted((root / fp).glob("shard-*.safetensors"))
 
 
-# a writer child: liser_core as a bare namespace, so that importing liser_core.store runs no
+# a writer child: liser_core as a bare namespace, so that importing liser_cache.store runs no
 # liser_core/__init__ (which loads the engine, plugins and torchmetrics)
 _LIGHT = (
     "import runpy, sys, types; pkg = types.ModuleType('liser_core'); pkg.__path__ = [{pkg!r}]; "

@@ -210,7 +210,7 @@ def test_onnx_export_dynamic_batch_and_length(name, tmp_path):
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
     model = trained(name, **TINY[name])
-    for module in model.modules():  # as liser_core.deploy.export does
+    for module in model.modules():  # as liser_tools.deploy.export does
         if hasattr(module, "prepare_export"):
             module.prepare_export()
     wrapper = _WithLengths(model).eval()

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from liser_core.cli import main
+from liser_tools.cli import main
 
 
 def fake_run(path, fold, student_uar, teacher_uar, status="completed"):

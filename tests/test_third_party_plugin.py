@@ -18,8 +18,8 @@ import yaml
 import liser_core
 from liser_core import BatchTargets, LabelMap, LabelSpace, ModelOutput
 from liser_core.checkpoint import load_component
-from liser_core.cli import main as cli_main
 from liser_core.errors import ConfigError
+from liser_tools.cli import main as cli_main
 
 REPO = Path(__file__).parents[1]
 EXAMPLE_SRC = REPO / "examples" / "liser-example-plugin" / "src"

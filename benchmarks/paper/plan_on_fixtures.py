@@ -82,7 +82,7 @@ def main() -> int:
         text = text.replace("microsoft/wavlm-base-plus", str(wavlm)).replace("recipe: ../../recipes/", f"recipe: {REPO / 'recipes'}/")
         (root / f"{grid}.yaml").write_text(text)
         print(f"== {grid}: {len(items)} clips in {tree} ==", flush=True)
-        cmd = [sys.executable, "-m", "liser_core.cli", "bench", str(root / f"{grid}.yaml"), "-o", str(root / f"out-{grid}"),
+        cmd = [sys.executable, "-m", "liser_tools.cli", "bench", str(root / f"{grid}.yaml"), "-o", str(root / f"out-{grid}"),
                f"data.options.root={tree}", "--plan"]
         rc = subprocess.call(cmd)
         if rc:

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from liser_cache.store import teacher_meta
+
 from ..context import TargetTable
 from ..data import Clip
 from ..errors import UsageError
 from ..progress import progress
-from ..store import teacher_meta
 from ..taps import TapView
 from ..training import collect
 from ..trainstate import read_complete_dir, write_complete_dir

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from liser_cache.store import weights_digest
+
 from .. import checkpoint, guards, prepare, provenance, rundir
 from ..components import Teacher, blame
 from ..config import TrainConfig
 from ..data import Batch, Clip, ClipDataset
 from ..errors import ConfigError
-from ..store import weights_digest
 from ..training import seed_everything, train
 from .common import count_params, lone_batch, steps, teacher_call, validator
 

@@ -75,7 +75,7 @@ trainstate._write_marker = _dying
 def run_cli(
     args: list[str], *, site: Path | None = None, plugin: str | None = None, umask: int | None = None
 ) -> subprocess.CompletedProcess:
-    """``python -m liser_core.cli ARGS`` in a fresh process, with ``plugin`` (module source)
+    """``python -m liser_tools.cli ARGS`` in a fresh process, with ``plugin`` (module source)
     installed as the entry point ``fault`` from the folder ``site`` (and ``umask`` set)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if plugin is not None:
@@ -84,7 +84,7 @@ def run_cli(
         write_dist_info(site, "liser-fault", "0.0.1", {"fault": "liser_fault"})
         env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
     return subprocess.run(
-        [sys.executable, "-m", "liser_core.cli", *args],
+        [sys.executable, "-m", "liser_tools.cli", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
         preexec_fn=None if umask is None else (lambda: os.umask(umask)),
     )

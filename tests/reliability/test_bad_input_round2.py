@@ -16,10 +16,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from liser_core import Student, UsageError, load_plugins
-from liser_core.cli import main
 from liser_core.labels import RAVDESS8
 from liser_core.testing import TINY_OVERRIDES, TINY_RECIPE
 from liser_plugins.corpora import fixtures
+from liser_tools.cli import main
 
 
 def one_line(capsys) -> str:
@@ -169,7 +169,7 @@ def test_predict_window_is_a_usage_error(window, saved_student, tmp_path, capsys
 
 
 def test_long_inputs_are_scored_a_few_windows_at_a_time(saved_student):
-    from liser_core.deploy import Predictor
+    from liser_tools.deploy import Predictor
 
     audio = fixtures.tone(40.0, 16000)
     chunked = Predictor(saved_student, window=1.0, chunk=8)

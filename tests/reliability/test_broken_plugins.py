@@ -44,7 +44,7 @@ def _install(tmp_path):
 
 
 def _cli(args, env):
-    return subprocess.run([sys.executable, "-m", "liser_core.cli", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "liser_tools.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

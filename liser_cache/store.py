@@ -49,7 +49,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from .checkpoint import atomic_write_bytes, atomic_write_json, umask_mode
+from .files import atomic_write_bytes, atomic_write_json, umask_mode
 from .identity import file_digest, stat_signature
 
 log = logging.getLogger("liser.store")

@@ -38,8 +38,9 @@ def add_parsers(sub, plugin_args) -> None:
 
 
 def cmd_predict(args, host) -> int:
+    from liser_core.errors import UsageError
+
     from .deploy import Predictor, check_window, expand_paths
-    from .errors import UsageError
 
     check_window(args.window)  # a usage error before the model is even read
     predictor = Predictor(args.checkpoint, window=args.window, host=host)

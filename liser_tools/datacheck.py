@@ -37,10 +37,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .data import SPLITS, BadClipError, Clip, Corpus
-from .errors import UsageError
-from .guards import find_duplicates
-from .identity import digests_of
+from liser_cache.identity import digests_of
+from liser_core.data import SPLITS, BadClipError, Clip, Corpus
+from liser_core.errors import UsageError
+from liser_core.guards import find_duplicates
 
 log = logging.getLogger("liser.datacheck")
 
@@ -228,9 +228,9 @@ def check_recipe(
 ) -> Report:
     """Build the recipe's corpus (only its ``data`` block is validated: teachers and students
     need not be installed) and check it."""
-    from ._plugins import load_plugins
-    from .config import check_options, load_recipe, plain
-    from .engine import build_component
+    from liser_core._plugins import load_plugins
+    from liser_core.config import check_options, load_recipe, plain
+    from liser_core.engine import build_component
 
     host = host or load_plugins()
     cfg = load_recipe(recipe, list(overrides))

@@ -4,7 +4,7 @@ processes.
 A corpus whose clips live in files (RAVDESS wavs, VoxCeleb2 mp4s) decodes, resamples and samples
 face frames every time a model reads a clip. :class:`ClipCache` keeps the result per
 
-* clip content (the digests of the files it is decoded from, :mod:`liser_core.identity`),
+* clip content (the digests of the files it is decoded from, :mod:`liser_cache.identity`),
 * decoding signature (everything that changes what decoding returns or rejects: the corpus's
   decode options, e.g. its sample rate, frame rate, frame count and size, length limits),
 * and consumer: audio at each sample rate a model asks for; face frames once,

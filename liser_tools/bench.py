@@ -40,10 +40,10 @@ from pathlib import Path
 
 import yaml
 
-from .checkpoint import atomic_write_text
-from .errors import ConfigError, one_line
-from .metrics import mean_std
-from .provenance import plain_config
+from liser_core.checkpoint import atomic_write_text
+from liser_core.errors import ConfigError, one_line
+from liser_core.metrics import mean_std
+from liser_core.provenance import plain_config
 
 log = logging.getLogger("liser.bench")
 
@@ -85,7 +85,7 @@ def load_grid(path: str | Path, output: str | Path | None = None) -> Grid:
     known = {"recipe", "overrides", "axes", "repeat", "store", "output", "plot_axis", "report"}
     for key in raw:
         if key not in known:
-            from .errors import close_matches
+            from liser_core.errors import close_matches
 
             raise ConfigError(str(key), f"unknown grid key (in {path})", close_matches(str(key), known))
     if "recipe" not in raw:
@@ -181,8 +181,8 @@ def run_dir_of(grid: Grid, key: str) -> Path:
 def plan(grid: Grid, host) -> list[dict]:
     """Each combination with its resolved recipe, fingerprint and state: ``done`` (rows with
     this fingerprint), ``stale`` (rows of another recipe) or ``todo``."""
-    from .engine import prepare_config
-    from .provenance import code_versions, fingerprint
+    from liser_core.engine import prepare_config
+    from liser_core.provenance import code_versions, fingerprint
 
     rows = read_results(grid.output / "results.csv")
     versions = code_versions(host)
@@ -201,7 +201,7 @@ def plan(grid: Grid, host) -> list[dict]:
 
 def _changed_keys(run_dir: Path, cfg) -> list[str]:
     """Keys where the recipe a run dir was made with differs from ``cfg`` (empty if unknown)."""
-    from .provenance import RESULT_FREE_KEYS, comparable, diff_keys
+    from liser_core.provenance import RESULT_FREE_KEYS, comparable, diff_keys
 
     saved = run_dir / "config.yaml"
     if not saved.is_file():
@@ -216,7 +216,7 @@ def _changed_keys(run_dir: Path, cfg) -> list[str]:
 def run_grid(grid: Grid, host) -> dict:
     """Run the combinations not done with their current recipe; returns {"ran", "skipped",
     "replaced": [stale combinations rerun], "results"}."""
-    from .engine import Engine
+    from liser_core.engine import Engine
 
     grid.output.mkdir(parents=True, exist_ok=True)
     results_path = grid.output / "results.csv"
@@ -371,7 +371,7 @@ def dry_run(grid: Grid, host) -> tuple[int, int]:
     (teachers, student, training) built and probed once (``Engine.validate``), every other
     distinct data configuration built with its guards (``Engine.prepare_data``). Returns
     (combinations, probes)."""
-    from .engine import Engine
+    from liser_core.engine import Engine
 
     items = plan(grid, host)
     components, data, probed = set(), set(), 0

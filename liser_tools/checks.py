@@ -20,10 +20,18 @@ from typing import Any
 
 import torch
 
-from .components import BatchTargets, Loss, ModelOutput, Position, Student, Teacher, TeacherCard
-from .data import SPLITS, Batch, ClipDataset
-from .labels import LabelMap, LabelSpace
-from .labels import label_space as _space
+from liser_core.components import (
+    BatchTargets,
+    Loss,
+    ModelOutput,
+    Position,
+    Student,
+    Teacher,
+    TeacherCard,
+)
+from liser_core.data import SPLITS, Batch, ClipDataset
+from liser_core.labels import LabelMap, LabelSpace
+from liser_core.labels import label_space as _space
 
 
 class CheckFailed(AssertionError):
@@ -36,13 +44,13 @@ def _ensure(cond: bool, what: str, check: str) -> None:
 
 
 def _host(host):
-    from ._plugins import default_host
+    from liser_core._plugins import default_host
 
     return host or default_host()
 
 
 def _build(host, kind: str, name: str, options: dict, **inject):
-    from .prepare import build_component
+    from liser_core.prepare import build_component
 
     return build_component(host.registries[kind], name, dict(options or {}), f"{kind}.options", **inject)
 
@@ -134,8 +142,8 @@ def check_teacher(name: str, options: dict | None = None, *, host=None, label_sp
                   fit: bool = True, atol: float = 1e-4) -> Teacher:
     """Build ``name`` with ``options`` and check it; returns the teacher. ``fit``: one fit
     step (``fit_loss`` backward, or its own :meth:`Teacher.fit`) on a tiny batch."""
-    from .checkpoint import load_component, save_component
-    from .config import TrainConfig
+    from liser_core.checkpoint import load_component, save_component
+    from liser_core.config import TrainConfig
 
     host = _host(host)
     space = _space(label_space) if isinstance(label_space, str) else label_space
@@ -185,7 +193,7 @@ def check_teacher(name: str, options: dict | None = None, *, host=None, label_sp
 
 
 def _clip(b: Batch, i: int, space: LabelSpace):
-    from .data import Clip
+    from liser_core.data import Clip
 
     frames = None
     if b.frames is not None:

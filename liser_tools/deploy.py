@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_json, read_component_config
-from .components import Student
-from .errors import UsageError
+from liser_core.checkpoint import atomic_write_json, read_component_config
+from liser_core.components import Student
+from liser_core.errors import UsageError
 
 #: The shortest clip (and prediction window) scored: shorter ones are bad files.
 MIN_SECONDS = 0.1
@@ -59,7 +59,7 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         else:
             import soundfile as sf
 
-            from .audio import wav_truncation
+            from liser_core.audio import wav_truncation
 
             if suffix == ".wav" and (reason := wav_truncation(path)):
                 raise UsageError(f"{path}: {reason}")
