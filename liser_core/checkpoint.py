@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,34 @@ from .labels import LabelSpace
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+
+
+def resolve_source(source: str | Path, *, revision: str | None = None) -> Path:
+    """A local folder, or a Hugging Face Hub id (``org/name``) resolved through huggingface_hub's
+    cache: downloaded once, then read from the cache; ``HF_HUB_OFFLINE=1`` reads the cache only.
+    A path that exists always wins over a Hub id of the same spelling."""
+    path = Path(source).expanduser()
+    if path.exists() or not _HUB_ID.fullmatch(str(source)):
+        return path
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        return Path(snapshot_download(repo_id=str(source), revision=revision, repo_type="model"))
+    except LocalEntryNotFoundError:
+        raise UsageError(f"{source}: no such folder, and not in the Hugging Face cache (offline, or the Hub "
+                         "unreachable); download it once online, or give a folder") from None
+    except RepositoryNotFoundError:
+        raise UsageError(f"{source}: no such folder, and no such model on the Hugging Face Hub") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise UsageError(f"{source}: could not be fetched from the Hugging Face Hub: {exc}") from None
 
 
 def save_component(

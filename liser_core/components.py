@@ -236,18 +236,35 @@ class Student(nn.Module):
         )
 
     @classmethod
-    def from_pretrained(cls, directory, host=None) -> Student:
-        """Load a saved student (any registered architecture) in eval mode.
+    def from_pretrained(cls, source, host=None, *, revision: str | None = None) -> Student:
+        """Load a saved student (any registered architecture) in eval mode, from a folder or a
+        Hugging Face Hub id (``org/name``, through huggingface_hub's cache; offline mode honoured).
 
         Example::
 
             >>> student = Student.from_pretrained("runs/synth_kd/student")  # doctest: +SKIP
+            >>> student = Student.from_pretrained("org/liser-ser-student")  # doctest: +SKIP
         """
         from ._plugins import default_host
-        from .checkpoint import load_component
+        from .checkpoint import load_component, resolve_source
 
-        model = load_component(directory, (host or default_host()).registries.student, kind="student")
+        model = load_component(resolve_source(source, revision=revision), (host or default_host()).registries.student,
+                               kind="student")
         return model.eval()
+
+    def push_to_hub(self, repo_id: str, *, run_dir=None, private: bool = False, api=None, onnx: bool = True) -> str:
+        """Upload this student (weights, config, model card, ONNX export) to the Hub as ``repo_id``;
+        see :func:`liser_tools.hub.push`. ``run_dir``: the run it comes from, for its model card."""
+        import tempfile
+        from pathlib import Path
+
+        from liser_tools.hub import push
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(Path(tmp) / "student")
+            if run_dir is not None and (Path(run_dir) / "student" / "README.md").is_file():
+                (Path(tmp) / "student" / "README.md").write_bytes((Path(run_dir) / "student" / "README.md").read_bytes())
+            return push(Path(tmp) / "student", repo_id, private=private, api=api, onnx=onnx)
 
 
 @dataclass

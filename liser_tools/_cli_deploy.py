@@ -1,4 +1,4 @@
-"""``liser predict`` and ``liser export`` (see docs/deploy.md)."""
+"""``liser predict``, ``liser export``, ``liser push`` and ``liser serve`` (see docs/deploy.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def add_parsers(sub, plugin_args) -> None:
         description="Score wav/flac/mp4/... files or folders with a saved student (any sample rate).",
         epilog="example: liser predict runs/synth_kd/student clip.wav folder/ --jsonl",
     )
-    p.add_argument("checkpoint", help="student directory (RUN_DIR/student)")
+    p.add_argument("checkpoint", help="student directory (RUN_DIR/student) or Hugging Face Hub id (org/name)")
     p.add_argument("paths", nargs="+", help="files or folders (searched recursively)")
     p.add_argument("--jsonl", action="store_true", help="one JSON object per file instead of a table")
     p.add_argument(
@@ -31,9 +31,38 @@ def add_parsers(sub, plugin_args) -> None:
         description="Export a saved student (frontend included: waveform in, logits/probs out).",
         epilog="example: liser export runs/synth_kd/student --format onnx -o student.onnx",
     )
-    p.add_argument("checkpoint", help="student directory (RUN_DIR/student)")
+    p.add_argument("checkpoint", help="student directory (RUN_DIR/student) or Hub id")
     p.add_argument("--format", dest="fmt", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("-o", "--output", default=None, help="output file (default: CHECKPOINT/student.onnx|.pt)")
+    plugin_args(p)
+
+    p = sub.add_parser(
+        "push",
+        help="upload a saved student to the Hugging Face Hub (weights, config, model card, ONNX)",
+        description="Upload a saved student to the Hub with huggingface_hub (log in first: hf auth login, or HF_TOKEN).",
+        epilog="example: liser push runs/synth_kd/student my-org/liser-synth-student",
+    )
+    p.add_argument("checkpoint", help="student directory (RUN_DIR/student)")
+    p.add_argument("repo_id", help="Hub repository id, org/name (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--no-onnx", dest="onnx", action="store_false", help="do not add the ONNX export")
+    plugin_args(p)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve a student over HTTP: POST /predict, GET /health, a page to upload or record",
+        description="A small HTTP service for a saved student (Starlette on uvicorn; ONNX runtime when exported).",
+        epilog="example: liser serve runs/synth_kd/student --port 8000",
+    )
+    p.add_argument("checkpoint", help="student directory (RUN_DIR/student) or Hub id")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-mb", type=float, default=20.0, help="largest upload in MiB (413 past it)")
+    p.add_argument("--max-seconds", type=float, default=300.0, help="longest audio in seconds (413 past it)")
+    p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
+                   help="auto: ONNX runtime when CHECKPOINT/student.onnx exists")
+    p.add_argument("--concurrency", type=int, default=2, help="requests scored at the same time")
+    p.add_argument("--window", type=float, default=None, metavar="S", help="window length (default: the training clip length)")
     plugin_args(p)
 
 
@@ -70,13 +99,36 @@ def cmd_predict(args, host) -> int:
     return 1 if failed else 0
 
 
+def cmd_push(args, host) -> int:
+    from .hub import push
+
+    url = push(args.checkpoint, args.repo_id, private=args.private, onnx=args.onnx)
+    print(f"pushed {args.checkpoint} to {args.repo_id}: {url}")
+    return 0
+
+
+def cmd_serve(args, host) -> int:
+    from .deploy import check_window
+    from .serve import serve
+
+    if args.concurrency < 1 or not 0 < args.port < 65536:
+        from liser_core.errors import UsageError
+
+        raise UsageError("--concurrency must be >= 1 and --port in 1..65535")
+    serve(args.checkpoint, host=args.host, port=args.port, concurrency=args.concurrency, max_mb=args.max_mb,
+          max_seconds=args.max_seconds, backend=args.backend, window=check_window(args.window), host_plugins=host)
+    return 0
+
+
 def cmd_export(args, host) -> int:
     from pathlib import Path
 
     from .deploy import export
 
     suffix = ".onnx" if args.fmt == "onnx" else ".pt"
-    output = Path(args.output) if args.output else Path(args.checkpoint) / f"student{suffix}"
+    local = Path(args.checkpoint).is_dir()  # a Hub id: the export lands in the working folder
+    output = Path(args.output) if args.output else (
+        Path(args.checkpoint) / f"student{suffix}" if local else Path(args.checkpoint.replace("/", "--") + suffix))
     meta = export(args.checkpoint, output, args.fmt, host=host)
     print(f"wrote {output} ({meta['format']}, {meta['num_parameters']:,} parameters, {meta['sample_rate']} Hz)")
     print(f"frontend: {meta['frontend']}")

@@ -378,6 +378,18 @@ def cmd_predict(args) -> int:
     return predict(args, _host(args))
 
 
+def cmd_push(args) -> int:
+    from ._cli_deploy import cmd_push as push
+
+    return push(args, _host(args))
+
+
+def cmd_serve(args) -> int:
+    from ._cli_deploy import cmd_serve as serve
+
+    return serve(args, _host(args))
+
+
 def cmd_export(args) -> int:
     from ._cli_deploy import cmd_export as export
 
@@ -436,6 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "data": cmd_data_check,
             "predict": cmd_predict,
             "export": cmd_export,
+            "push": cmd_push,
+            "serve": cmd_serve,
             "summarize": cmd_summarize,
             "bench": cmd_bench,
         }[args.command](args)

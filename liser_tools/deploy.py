@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from liser_core.checkpoint import atomic_write_json, read_component_config
+from liser_core.checkpoint import atomic_write_json, read_component_config, resolve_source
 from liser_core.components import Student
 from liser_core.errors import UsageError
 
@@ -137,7 +137,13 @@ class Prediction:
 class Predictor:
     """Scores files with a saved student."""
 
-    def __init__(self, checkpoint: str | Path, *, window: float | None = None, host=None, chunk: int = 16):
+    def __init__(self, checkpoint: str | Path, *, window: float | None = None, host=None, chunk: int = 16,
+                 backend: str = "torch"):
+        """``backend``: ``torch``, ``onnx`` (the folder's ``student.onnx`` through onnxruntime)
+        or ``auto`` (onnx when the export is there and onnxruntime is installed)."""
+        if backend not in ("torch", "onnx", "auto"):
+            raise UsageError(f"backend {backend!r}: choose torch, onnx or auto")
+        checkpoint = resolve_source(checkpoint)  # a folder, or a Hub id through the HF cache
         self.student = Student.from_pretrained(checkpoint, host=host)
         config = read_component_config(checkpoint, "student")
         if window is None:
@@ -147,25 +153,46 @@ class Predictor:
         self.window = check_window(window)
         self.chunk = chunk  # windows scored per forward pass: memory stays flat on long inputs
         self.classes = list(self.student.label_space.classes)
+        self.session = None
+        onnx = Path(checkpoint) / "student.onnx"
+        if backend in ("onnx", "auto"):
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                if backend == "onnx":
+                    raise UsageError("backend onnx needs onnxruntime: pip install 'liser[export]'") from None
+                ort = None
+            if ort is not None and onnx.is_file():
+                self.session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+            elif backend == "onnx":
+                raise UsageError(f"{onnx}: no ONNX export here (liser export {checkpoint})")
+        self.backend = "onnx" if self.session is not None else "torch"
+
+    def _scores(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.session is not None:
+            return torch.from_numpy(self.session.run(["probs"], {"audio": batch.numpy()})[0])
+        return torch.softmax(self.student(batch, torch.full((len(batch),), batch.shape[1])).logits, -1)
 
     @torch.no_grad()
-    def probs(self, audio: np.ndarray) -> tuple[torch.Tensor, int]:
+    def window_probs(self, audio: np.ndarray) -> tuple[list[tuple[int, int]], torch.Tensor]:
+        """The windows (start, end samples) and each one's probabilities ``(W, C)``."""
         x = torch.from_numpy(audio)
         if not self.window:
             spans = [(0, len(x))]
         else:
             spans = windows(len(x), max(1, int(round(self.window * self.student.sample_rate))))
-        total, n = None, 0
+        out = []
         for i in range(0, len(spans), self.chunk):  # a few windows at a time
             part = spans[i : i + self.chunk]
             if len({b - a for a, b in part}) == 1:
-                batch = torch.stack([x[a:b] for a, b in part])
-                p = torch.softmax(self.student(batch, torch.full((len(part),), batch.shape[1])).logits, -1)
+                out.append(self._scores(torch.stack([x[a:b] for a, b in part])))
             else:
-                p = torch.cat([torch.softmax(self.student(x[a:b][None]).logits, -1) for a, b in part])
-            total = p.sum(0) if total is None else total + p.sum(0)
-            n += len(part)
-        return total / n, len(spans)
+                out += [self._scores(x[a:b][None]) for a, b in part]
+        return spans, torch.cat(out)
+
+    def probs(self, audio: np.ndarray) -> tuple[torch.Tensor, int]:
+        spans, p = self.window_probs(audio)
+        return p.mean(0), len(spans)
 
     def predict(self, path: str | Path) -> Prediction:
         audio = read_audio(path, self.student.sample_rate)
@@ -217,6 +244,7 @@ def export(
     """Export a saved student to ONNX or TorchScript; returns (and writes) the sidecar metadata."""
     if fmt not in ("onnx", "torchscript"):
         raise UsageError(f"--format {fmt!r}: choose onnx or torchscript")
+    checkpoint = resolve_source(checkpoint)
     student = Student.from_pretrained(checkpoint, host=host)
     config = read_component_config(checkpoint, "student")
     wrapper = _Exported(student).eval()

@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from liser_cache.store import clip_key
 from liser_cache import identity
+from liser_cache.store import clip_key
 from liser_core.data import Clip
 
 

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 import torch
 
+from liser_cache import store as store_mod
 from liser_cache.store import TeacherStore, clip_key, teacher_fingerprint, teacher_meta
 from liser_core import checkpoint
-from liser_cache import store as store_mod
 from liser_core.data import Clip, ClipDataset
 from liser_core.labels import RAVDESS8, LabelSpace
 

@@ -74,7 +74,7 @@ class IndexedCorpus:
 
     def source_files(self, clip: Clip) -> list[str]:
         """The files ``clip`` is decoded from (its audio file, and the video of its frames):
-        what identifies it by content (:mod:`liser_core.identity`)."""
+        what identifies it by content (:mod:`liser_cache.identity`)."""
         src = self._sources.get(clip.clip_id)
         if src is None:
             return [clip.path] if clip.path else []

@@ -36,8 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
+from liser_cache.identity import cache_dir as default_cache_dir
 from liser_core.data import Clip
-from liser_core.identity import cache_dir as default_cache_dir
 from liser_core.labels import label_space as get_label_space
 
 from . import decode, protocols

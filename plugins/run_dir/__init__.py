@@ -110,6 +110,10 @@ class RunDirWriter:
             else:
                 payload[e.role] = entry
         atomic_write_json(run.run_dir / "metrics.json", payload)
+        if not error and (run.run_dir / "student" / "config.json").is_file():
+            from liser_tools.card import write_model_card
+
+            write_model_card(run.run_dir)  # the student's model card, from the records just written
 
 
 def _confusion_png(path, result) -> None:

@@ -1,0 +1,262 @@
+"""Sharing and serving a student: model cards, the Hub (through a local stand-in and an offline
+cache), `liser serve` (endpoints, limits, a load on loopback, the page in a real browser)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from liser_core import Student
+from liser_tools.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A student from a small synth_kd run (its reports, splits and model card included)."""
+    from liser_core import run
+
+    out = tmp_path_factory.mktemp("share") / "run"
+    ctx = run("recipes/synth_kd.yaml", [
+        f"run_dir={out}", "data.options={teacher_speakers: 2, labeled_speakers: 2, unlabeled_speakers: 2, test_speakers: 2,"
+        " teacher_clips: 2, labeled_clips: 2, unlabeled_clips: 2, test_clips: 2, seconds: 1.0, frames: 4}",
+        "distil.epochs=1", "finetune.epochs=0", "baseline.enabled=false", "threads=1",
+        "teachers.0.fit.epochs=1", "teachers.1.fit.epochs=1", "loggers={run_dir: {confusion_png: false}}",
+    ])
+    return ctx.run_dir
+
+
+def wav_bytes(seconds=1.5, rate=16000, freq=220.0) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    buf = io.BytesIO()
+    sf.write(buf, (0.3 * np.sin(2 * np.pi * freq * t)).astype("float32"), rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+# -- model cards ---------------------------------------------------------------------------------
+def test_every_saved_student_gets_a_model_card_from_its_run(run_dir):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(run_dir / "student" / "README.md")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    got = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert got["accuracy"] == pytest.approx(metrics["student"]["accuracy"], abs=1e-4)
+    assert got["recall"] == pytest.approx(metrics["student"]["uar"], abs=1e-4)  # UAR = macro recall
+    assert {r.dataset_split for r in card.data.eval_results} == {"test"}
+    assert card.data.library_name == "liser" and "speech-emotion-recognition" in card.data.tags
+    for label in metrics["label_space"]:
+        assert f"`{label}`" in card.text
+    for teacher in metrics["teachers"]:
+        assert f"| {teacher} |" in card.text  # each teacher with its card
+    assert "speaker-independent" in card.text and "Student.from_pretrained" in card.text
+
+
+# -- the Hub -------------------------------------------------------------------------------------
+class LocalHub:
+    """A stand-in for the Hub's upload API: an upload lands as a new revision in a local
+    huggingface_hub cache, exactly where a download would have put it."""
+
+    def __init__(self, cache: Path):
+        self.cache, self.repos, self.uploads = cache, {}, []
+
+    def create_repo(self, repo_id, *, repo_type="model", private=False, exist_ok=False):
+        assert exist_ok or repo_id not in self.repos
+        self.repos[repo_id] = {"private": private}
+
+    def upload_folder(self, *, repo_id, repo_type, folder_path, allow_patterns=None, commit_message=""):
+        assert repo_id in self.repos and repo_type == "model"
+        files = sorted(p for p in Path(folder_path).iterdir() if p.name in (allow_patterns or [p.name]))
+        sha = hashlib.sha1(b"".join(p.read_bytes() for p in files)).hexdigest()
+        repo = self.cache / f"models--{repo_id.replace('/', '--')}"
+        snap = repo / "snapshots" / sha
+        snap.mkdir(parents=True)
+        for p in files:
+            shutil.copy2(p, snap / p.name)
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(sha)
+        self.uploads.append((repo_id, [p.name for p in files], commit_message))
+        return f"local://{repo_id}/commit/{sha}"
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return LocalHub(cache)
+
+
+def test_push_then_load_by_id_gives_the_same_probabilities(run_dir, offline_hub, tmp_path, capsys):
+    from liser_tools.hub import push
+
+    url = push(run_dir / "student", "lab/liser-synth", api=offline_hub)
+    assert url.startswith("local://lab/liser-synth")
+    (repo_id, files, _), = offline_hub.uploads
+    assert set(files) == {"config.json", "model.safetensors", "README.md", "student.onnx", "student.onnx.json"}
+    assert not (run_dir / "student" / "student.onnx").exists()  # staged elsewhere: the run's folder untouched
+    local = Student.from_pretrained(run_dir / "student")
+    hub = Student.from_pretrained("lab/liser-synth")  # offline: from the cache
+    for (k, a), (_, b) in zip(local.state_dict().items(), hub.state_dict().items()):
+        assert torch.equal(a, b), k
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(wav_bytes(2.0))
+    rows = []
+    for source in (str(run_dir / "student"), "lab/liser-synth"):
+        assert main(["predict", source, str(clip), "--jsonl"]) == 0
+        rows.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    assert rows[0]["probs"] == rows[1]["probs"] and rows[0]["label"] == rows[1]["label"]
+    # not in the cache, offline: a clear usage error, exit 2
+    assert main(["predict", "lab/not-there", str(clip)]) == 2
+    assert "not in the Hugging Face cache" in capsys.readouterr().err
+
+
+def test_push_refuses_what_is_not_a_student(run_dir, offline_hub, tmp_path):
+    from liser_core.errors import UsageError
+    from liser_tools.hub import push
+
+    with pytest.raises(UsageError, match="not a saved student"):
+        push(tmp_path, "lab/x", api=offline_hub)
+    with pytest.raises(UsageError, match="not a Hub repository id"):
+        push(run_dir / "student", "no-slash", api=offline_hub)
+    assert offline_hub.uploads == []
+
+
+# -- liser serve ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def service(run_dir):
+    from liser_tools.serve import Service
+
+    return Service(run_dir / "student", max_mb=1.0, max_seconds=10.0, backend="torch")
+
+
+@pytest.fixture(scope="module")
+def client(service):
+    from starlette.testclient import TestClient
+
+    from liser_tools.serve import make_app
+
+    return TestClient(make_app(service))
+
+
+def test_predict_health_and_clear_errors(client, service):
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["labels"] == service.predictor.classes and health["backend"] == "torch"
+    r = client.post("/predict", content=wav_bytes(2.5))
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert sum(out["probs"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert len(out["windows"]) > 1 and all(len(w["probs"]) == len(out["labels"]) for w in out["windows"])
+    overall = np.mean([w["probs"] for w in out["windows"]], 0)
+    np.testing.assert_allclose(list(out["probs"].values()), overall, atol=1e-5)  # overall = mean over windows
+    assert out["label"] == out["labels"][int(np.argmax(overall))]
+    for body, status, words in [
+        (b"", 400, "empty"),
+        (b"this is not audio at all" * 10, 400, "cannot decode"),
+        (wav_bytes(0.2), 400, "too short"),
+        (wav_bytes(12.0), 413, "over the limit"),  # 12 s > max_seconds 10 (and < 1 MiB)
+        (b"\0" * (2**20 + 10), 413, "over the limit"),  # > max_mb 1
+    ]:
+        r = client.post("/predict", content=body)
+        assert r.status_code == status and words in r.json()["error"], (status, r.text)
+    assert client.get("/").status_code == 200 and "<svg id=\"plot\"" in client.get("/").text
+
+
+def test_the_onnx_backend_serves_the_same_probabilities(run_dir, tmp_path):
+    from liser_tools.deploy import export
+    from liser_tools.serve import Service
+
+    student = tmp_path / "student"
+    shutil.copytree(run_dir / "student", student)
+    export(student, student / "student.onnx")
+    data = wav_bytes(2.0)
+    onnx, torch_ = Service(student, backend="auto"), Service(student, backend="torch")
+    assert onnx.predictor.backend == "onnx"
+    np.testing.assert_allclose(list(onnx.predict(data)["probs"].values()), list(torch_.predict(data)["probs"].values()),
+                               atol=1e-4)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(service):
+    import uvicorn
+
+    from liser_tools.serve import make_app
+
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(make_app(service, concurrency=2), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_a_load_on_loopback_gets_no_errors(server):
+    """40 requests, 8 at a time, on a real socket: every one answered 200 (bounded in time)."""
+    import httpx
+
+    data = wav_bytes(2.0)
+
+    async def go():
+        async with httpx.AsyncClient(base_url=server, timeout=60) as c:
+            gate = asyncio.Semaphore(8)
+
+            async def one():
+                async with gate:
+                    return (await c.post("/predict", content=data)).status_code
+
+            return await asyncio.gather(*[one() for _ in range(40)])
+
+    t0 = time.perf_counter()
+    codes = asyncio.run(go())
+    assert codes == [200] * 40
+    assert time.perf_counter() - t0 < 120
+
+
+def test_the_page_scores_a_clip_and_plots_it_in_a_headless_browser(server, service, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if chromium is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs Debian's chromium (.ci/run): it is missing")
+        pytest.skip("no Chromium here (apt-get install chromium); CI installs it")
+    clip = "data:audio/wav;base64," + base64.b64encode(wav_bytes(2.0, rate=8000)).decode()
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--virtual-time-budget=20000", f"--user-data-dir={tmp_path / 'chrome'}", "--dump-dom",
+         f"{server}/?clip={quote(clip, safe='')}"],
+        capture_output=True, text=True, timeout=120,
+    ).stdout
+    windows = int(dom.split('data-windows="')[1].split('"')[0])
+    assert windows >= 1, dom[:1000]
+    svg = dom.split('<svg id="plot"')[1].split("</svg>")[0]
+    assert svg.count('<polyline class="series"') == len(service.predictor.classes)  # one line per class
+    assert 'id="overall" data-label="' in dom and "window(s)" in dom
