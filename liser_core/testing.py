@@ -32,8 +32,6 @@ from pathlib import Path
 
 import pytest
 
-from liser_tools.checks import CheckFailed, check_dataset, check_loss, check_student, check_teacher  # noqa: F401 - re-exported
-
 #: Overrides that shrink recipes/synth_kd.yaml-like runs to a few seconds.
 TINY_OVERRIDES = [
     "data.name=synth_av",
@@ -127,3 +125,16 @@ def run_tiny(tmp_path):
         )
 
     return go
+
+
+_CHECKS = ("CheckFailed", "check_dataset", "check_loss", "check_student", "check_teacher")
+
+
+def __getattr__(name: str):
+    """The conformance checks (liser_tools.checks), imported on first use: this module is a
+    pytest plugin loaded in every test session, and should not import torch for it."""
+    if name in _CHECKS:
+        from liser_tools import checks
+
+        return getattr(checks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
