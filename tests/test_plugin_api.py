@@ -115,13 +115,15 @@ def test_a_plugin_combiner_makes_the_targets_the_student_learns(run_tiny):
     assert ctx.results()["targets"]  # the targets row is the max combination's
 
 
-def test_an_unknown_combiner_or_option_is_a_usage_error_naming_the_key(tmp_path):
-    from liser_tools.cli import main
+def test_an_unknown_combiner_or_option_is_a_usage_error_naming_the_key(run_tiny):
+    from liser_core.errors import ConfigError
 
-    rc = main(["run", "--dry-run", "recipes/synth_kd.yaml", "distil.combination=maximum", f"run_dir={tmp_path}/r"])
-    assert rc == 2
-    rc = main(["run", "--dry-run", "recipes/synth_kd.yaml", "distil.combination_options={temperature: 2}", f"run_dir={tmp_path}/r"])
-    assert rc == 2
+    with pytest.raises(ConfigError) as e:
+        run_tiny(overrides=["distil.combination=maximum"])
+    assert e.value.key == "distil.combination" and "per_class" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        run_tiny(overrides=["distil.combination_options={temperature: 2}"])
+    assert e.value.key == "distil.combination_options.temperature"
 
 
 # -- augmentations -------------------------------------------------------------------------------
@@ -182,14 +184,16 @@ def test_augmentations_run_on_student_training_batches_only(run_tiny, caplog):
     assert Counting.calls == steps  # every distil step, never in labeling or evaluation
 
 
-def test_bad_augmentation_options_are_refused_before_anything_runs(tmp_path):
-    from liser_tools.cli import main
+def test_bad_augmentation_options_are_refused_before_anything_runs(run_tiny, tmp_path):
+    from liser_core.errors import ConfigError
 
-    rc = main(["run", "--dry-run", "recipes/synth_kd.yaml", "distil.augment=[{name: gain, options: {db: [6, -6]}}]",
-               f"run_dir={tmp_path}/r"])
-    assert rc == 2
-    rc = main(["run", "--dry-run", "recipes/synth_kd.yaml", "distil.augment=[{name: gian}]", f"run_dir={tmp_path}/r"])
-    assert rc == 2
+    with pytest.raises(ConfigError) as e:
+        run_tiny(overrides=["distil.augment=[{name: gain, options: {db: [6, -6]}}]"])
+    assert e.value.key == "distil.augment.0.options" and "not a range" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        run_tiny(overrides=["distil.augment=[{name: gian}]"])
+    assert e.value.key == "distil.augment.0.name" and "gain" in str(e.value)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 # -- discoverability -----------------------------------------------------------------------------
