@@ -1,15 +1,10 @@
-"""The engine: builds a run's components from the registries and runs its stages.
+"""The engine: validates a recipe, claims its run directory and runs the stages in order.
 
-Stages, in order (each can be skipped by its recipe block):
-
-``teach``     load each teacher's checkpoint, or fit it on the corpus's ``teacher`` split
-              (never on ``test``);
-``label``     run every teacher once over the unlabeled pool (+ the labeled split) and keep its
-              logits and embeddings; label maps project them onto the student's classes;
-``distil``    train the student on those targets with the recipe's weighted loss terms;
-``finetune``  optionally train it further on the labeled split alone;
-``baseline``  optionally train the same student on the labeled split alone, for comparison;
-``evaluate``  score every teacher, the baseline and the student on the test split.
+Building the corpus and the components is :mod:`liser_core.prepare`; the stages, one module
+each, and their order are :mod:`liser_core.stages`; what they share is
+:class:`liser_core.context.RunContext` (``engine.run``). The engine's public methods
+(``dataset``, ``teacher_dataset``, ``checkpointer``, ``epoch_hook``, ``store``, ``store_key``,
+``record``, ``save_student``, ``teacher_weights``) are the services the stages use.
 """
 
 from __future__ import annotations

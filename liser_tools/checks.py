@@ -55,6 +55,14 @@ def _build(host, kind: str, name: str, options: dict, **inject):
     return build_component(host.registries[kind], name, dict(options or {}), f"{kind}.options", **inject)
 
 
+def _built(host, kind: str, name: str, options, label_space):
+    """(host, label space, "kind 'name'", the component built from seed 0)."""
+    host = _host(host)
+    space = _space(label_space) if isinstance(label_space, str) else label_space
+    torch.manual_seed(0)
+    return host, space, f"{kind} {name!r}", _build(host, kind, name, options, label_space=space)
+
+
 def _batch(n: int, rate: int, seconds=(1.0, 0.6, 0.8), frames: bool = False, classes: int = 2, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
     lengths = torch.tensor([int(seconds[i % len(seconds)] * rate) for i in range(n)])
@@ -81,11 +89,7 @@ def check_student(name: str, options: dict | None = None, *, host=None, label_sp
     """Build ``name`` with ``options`` and check it; returns the student. ``padding``: a row's
     output must not depend on the zeros after its valid samples; ``export``: ONNX export
     through ``liser export`` matches PyTorch (onnxruntime)."""
-    host = _host(host)
-    space = _space(label_space) if isinstance(label_space, str) else label_space
-    what = f"student {name!r}"
-    torch.manual_seed(0)
-    s = _build(host, "student", name, options, label_space=space)
+    host, space, what, s = _built(host, "student", name, options, label_space)
     _ensure(isinstance(s, Student), what, "is a liser_core.Student")
     _ensure(s.label_space == space, what, "keeps the label_space it was given")
     _ensure(isinstance(s.embedding_dim, int) and s.embedding_dim > 0, what, "embedding_dim is a positive int")
@@ -145,11 +149,7 @@ def check_teacher(name: str, options: dict | None = None, *, host=None, label_sp
     from liser_core.checkpoint import load_component, save_component
     from liser_core.config import TrainConfig
 
-    host = _host(host)
-    space = _space(label_space) if isinstance(label_space, str) else label_space
-    what = f"teacher {name!r}"
-    torch.manual_seed(0)
-    t = _build(host, "teacher", name, options, label_space=space)
+    host, space, what, t = _built(host, "teacher", name, options, label_space)
     _ensure(isinstance(t, Teacher), what, "is a liser_core.Teacher")
     _ensure(t.modality in ("audio", "face", "audiovisual"), what, f"modality {t.modality!r} is audio, face or audiovisual")
     _ensure(isinstance(t.label_space, LabelSpace) and len(t.label_space) >= 2, what, "has a label_space of >= 2 classes")
