@@ -122,6 +122,16 @@ def _probe(engine: Engine) -> None:
             combination=run.combiner,
             features={k: v for k, v in teacher_feats.items() if v},
         )
+        try:
+            with blame(run.combiner, "combine"):
+                probs = targets.probs(1.0)
+        except ComponentError as exc:
+            raise ConfigError("distil.combination", f"preflight: {exc}") from exc
+        shape = (len(batch), len(space))
+        if (tuple(probs.shape) != shape or not torch.isfinite(probs).all() or (probs < 0).any()
+                or not torch.allclose(probs.sum(-1), torch.ones(len(batch)), atol=1e-4)):
+            raise ConfigError("distil.combination", f"preflight: combiner {cfg.distil.combination!r} must return "
+                              f"{shape} rows of probabilities that sum to 1; it returned shape {tuple(probs.shape)}")
     if cfg.distil.epochs > 0:
         for i, (name, (_, loss)) in enumerate(run.losses.items()):
             where = f"distil.losses.{i}"

@@ -438,3 +438,17 @@ def test_an_unknown_tap_is_a_usage_error_naming_the_loss_options(run_tiny):
     with pytest.raises(ConfigError) as e:
         run_tiny(overrides=["distil.losses=[{name: fitnets, options: {student_tap: block9, teacher_tap: block2}}]"])
     assert e.value.key == "distil.losses.0.options" and "block9" in str(e.value) and "block1" in str(e.value)
+
+
+class Unnormalised(Combiner):
+    def __call__(self, probs, weights, reached):
+        return sum(probs)  # two teachers: rows sum to 2
+
+
+def test_a_combiner_that_does_not_return_distributions_is_refused_before_training(run_tiny):
+    from liser_core.errors import ConfigError
+
+    host = _host_with(combiner=("unnormalised", Unnormalised))
+    with pytest.raises(ConfigError) as e:
+        run_tiny(overrides=["distil.combination=unnormalised"], host=host)
+    assert e.value.key == "distil.combination" and "sum to 1" in str(e.value)
