@@ -87,9 +87,8 @@ def _fit(engine: Engine, key: str, teacher: Teacher, ds: ClipDataset, seed: int)
     """Fit one teacher on its dataset, from its own seed (not the run's)."""
     fit: TrainConfig = engine.run.teacher_configs[key].fit
     seed_everything(seed)
-    if type(teacher).fit is not Teacher.fit:  # it fits itself
-        _self_fit(engine, key, teacher, ds, fit, seed)
-        return
+    if type(teacher).fit is not Teacher.fit and _self_fit(engine, key, teacher, ds, fit, seed):
+        return  # it fitted itself
 
     def step(batch: Batch):
         with blame(teacher, "fit_loss"):
@@ -120,18 +119,19 @@ def _teacher_validator(engine: Engine, key: str, teacher: Teacher, rate: int):
                      frames=teacher.needs_frames) if clips else None
 
 
-def _self_fit(engine: Engine, key: str, teacher: Teacher, ds: ClipDataset, fit: TrainConfig, seed: int) -> None:
-    """``Teacher.fit``; its result kept in the run's state, so a resumed run does not fit again."""
+def _self_fit(engine: Engine, key: str, teacher: Teacher, ds: ClipDataset, fit: TrainConfig, seed: int) -> bool:
+    """``Teacher.fit``; its result kept in the run's state, so a resumed run does not fit again.
+    False when it returns ``NotImplemented`` (the engine's loop fits it then)."""
     done = engine.state_dir / "train" / f"teach-{rundir.safe_name(key, 'teacher')}" / "self-fit"
     if (done / checkpoint.CONFIG_NAME).is_file():
         checkpoint.load_weights(teacher, done, f"teacher {key!r}")
         teacher.eval()
         log.info("teacher %s: its own fit, done before this resume, reloaded", key)
-        return
+        return True
     with blame(teacher, "fit"):
         metrics = teacher.fit(ds, config=fit, device=engine.run.device, seed=seed)
-    if metrics is NotImplemented:  # a subclass that defers to the engine after all
-        raise ConfigError(f"teachers.{key}", "Teacher.fit returned NotImplemented; remove the method to use the engine's loop")
+    if metrics is NotImplemented:  # e.g. a subclass that fits itself only with some options
+        return False
     teacher.eval()
     metrics = {k: float(v) for k, v in (metrics or {}).items()}
     score = _teacher_validator(engine, key, teacher, ds.sample_rate)
@@ -143,6 +143,7 @@ def _self_fit(engine: Engine, key: str, teacher: Teacher, ds: ClipDataset, fit: 
     engine.epoch_hook("teach", key)(0, metrics)
     if engine.dist.is_main:
         _save_teacher(engine, teacher, done, {})
+    return True
 
 
 def _save_teacher(engine: Engine, teacher: Teacher, directory: Path, extra: dict) -> None:
