@@ -452,3 +452,17 @@ def test_a_combiner_that_does_not_return_distributions_is_refused_before_trainin
     with pytest.raises(ConfigError) as e:
         run_tiny(overrides=["distil.combination=unnormalised"], host=host)
     assert e.value.key == "distil.combination" and "sum to 1" in str(e.value)
+
+
+def test_a_fit_that_returns_notimplemented_leaves_the_teacher_to_the_engine_loop(run_tiny, caplog):
+    from liser_plugins.cnn_teachers import AudioCNNTeacher
+
+    class Deferring(AudioCNNTeacher):
+        def fit(self, dataset, *, config, device, seed):
+            return NotImplemented
+
+    host = _host_with(teacher=("deferring", Deferring))
+    with caplog.at_level("INFO", "liser"):
+        run_tiny(overrides=["teachers=[{name: deferring, fit: {epochs: 1, batch_size: 16}, options: {channels: [4, 8], hidden: 16}}]"],
+                 host=host)
+    assert "teacher deferring epoch 1/1" in caplog.text and "fitted itself" not in caplog.text
