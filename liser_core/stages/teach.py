@@ -20,7 +20,7 @@ from liser_cache.store import weights_digest
 
 from .. import checkpoint, guards, prepare, provenance, rundir
 from ..components import Teacher, blame
-from ..config import TrainConfig
+from ..config import TeacherConfig, TrainConfig
 from ..data import Batch, Clip, ClipDataset
 from ..errors import ConfigError
 from ..training import seed_everything, train
@@ -170,13 +170,25 @@ def _fit_key(engine: Engine, key: str, clips: list[Clip], rate: int) -> str:
 
 def fit_block(tc) -> dict:
     """The part of a teacher's recipe block its fitted weights depend on (not its weight in the
-    mix, not how often it checkpoints)."""
+    mix, not how often it checkpoints), less what is at its default: a setting LiSER adds later
+    with a default that keeps today's behaviour leaves fit keys, and so teacher seeds, as they
+    were."""
     block = provenance.plain_config(tc)
     for k in ("checkpoint", "weight", "allow_test_overlap"):
         block.pop(k, None)
     for k in ("checkpoint_every", "nonfinite_patience"):
         block["fit"].pop(k, None)
-    return block
+    return _changed(block, _DEFAULT_BLOCK)
+
+
+_DEFAULT_BLOCK = dataclasses.asdict(TeacherConfig(name=""))
+
+
+def _changed(value, default):
+    """``value`` without the entries equal to ``default``'s (recursively in mappings)."""
+    if not isinstance(value, dict) or not isinstance(default, dict):
+        return value
+    return {k: _changed(v, default.get(k)) for k, v in value.items() if k not in default or v != default[k]}
 
 
 def _fitted_dir(engine: Engine, fit_key: str, versions: dict[str, str]) -> Path | None:
