@@ -95,6 +95,9 @@ class LocalHub:
 
 @pytest.fixture
 def offline_hub(tmp_path, monkeypatch):
+    """A Hub id resolves from a local huggingface_hub cache only: offline mode on, the cache in
+    a temporary folder, and any connection off this machine refused, so a test that would reach
+    the real Hub fails here instead of downloading (or hanging in CI)."""
     import huggingface_hub.constants as hc
 
     cache = tmp_path / "hf-cache"
@@ -102,6 +105,15 @@ def offline_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    connect = socket.socket.connect
+
+    def loopback_only(sock, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if isinstance(host, str) and host not in ("127.0.0.1", "::1", "localhost") and sock.family != socket.AF_UNIX:
+            raise OSError(f"test attempted a network connection to {address!r}: the Hub must come from the local cache")
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", loopback_only)
     return LocalHub(cache)
 
 
@@ -114,7 +126,7 @@ def test_push_then_load_by_id_gives_the_same_probabilities(run_dir, offline_hub,
     assert set(files) == {"config.json", "model.safetensors", "README.md", "student.onnx", "student.onnx.json"}
     assert not (run_dir / "student" / "student.onnx").exists()  # staged elsewhere: the run's folder untouched
     local = Student.from_pretrained(run_dir / "student")
-    hub = Student.from_pretrained("lab/liser-synth")  # offline: from the cache
+    hub = Student.from_pretrained("lab/liser-synth")  # from the local cache the stand-in filled; no network
     for (k, a), (_, b) in zip(local.state_dict().items(), hub.state_dict().items()):
         assert torch.equal(a, b), k
     clip = tmp_path / "clip.wav"
