@@ -35,7 +35,7 @@ def main() -> None:
     except ImportError:
         ort = None
     try:
-        from liser_core.profile import macs_per_second
+        from liser_common.profile import macs_per_second
     except ImportError:
         macs_per_second = None
     print(f"{'student':<14} {'params':>9} {'disk KB':>8} {'MMAC/s':>8} {'torch ms':>9} {'x RT':>7} {'ORT ms':>8} {'x RT':>7}")

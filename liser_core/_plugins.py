@@ -88,6 +88,14 @@ class PluginHost:
         for kind, hook in _REGISTRATION_HOOKS.items():
             getattr(self.pm.hook, hook).call_historic(kwargs={"registry": self.registries[kind]})
 
+    def code_versions(self) -> dict[str, str]:
+        """LiSER's version and every loaded plugin package's, by package name."""
+        from . import __version__
+
+        return {"liser": __version__} | {
+            p.distribution: p.version or "?" for p in self.plugins if p.distribution and p.status == "loaded"
+        }
+
     # -- loading ------------------------------------------------------------------------------
     def add(self, name: str, plugin: Any, info: PluginInfo | None = None) -> PluginInfo:
         """Register one plugin object/module, isolating its failures."""

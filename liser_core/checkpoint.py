@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from liser_cache.files import (  # noqa: F401 - part of this module's API too
     atomic_write_bytes,
@@ -28,6 +26,7 @@ from liser_cache.files import (  # noqa: F401 - part of this module's API too
     private_tempdir,
     umask_mode,
 )
+from liser_common.weights import read_tensors, resolve_source  # noqa: F401 - part of this module's API too
 
 from .errors import UsageError
 from .labels import LabelSpace
@@ -35,34 +34,6 @@ from .labels import LabelSpace
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
-
-
-def resolve_source(source: str | Path, *, revision: str | None = None) -> Path:
-    """A local folder, or a Hugging Face Hub id (``org/name``) resolved through huggingface_hub's
-    cache: downloaded once, then read from the cache; ``HF_HUB_OFFLINE=1`` reads the cache only.
-    A path that exists always wins over a Hub id of the same spelling."""
-    path = Path(source).expanduser()
-    if path.exists() or not _HUB_ID.fullmatch(str(source)):
-        return path
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-
-    try:
-        return Path(snapshot_download(repo_id=str(source), revision=revision, repo_type="model"))
-    except LocalEntryNotFoundError:
-        raise UsageError(f"{source}: no such folder, and not in the Hugging Face cache (offline, or the Hub "
-                         "unreachable); download it once online, or give a folder") from None
-    except RepositoryNotFoundError:
-        raise UsageError(f"{source}: no such folder, and no such model on the Hugging Face Hub") from None
-    except (HfHubHTTPError, OSError) as exc:
-        raise UsageError(f"{source}: could not be fetched from the Hugging Face Hub: {exc}") from None
 
 
 def save_component(
@@ -116,21 +87,6 @@ def save_component(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
-
-
-def read_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file, refusing anything else (a pickle is never unpickled)."""
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        head = path.read_bytes()[:2] if path.is_file() else b""
-        hint = (
-            " It looks like a pickle (e.g. a torch.save file): LiSER never unpickles checkpoint "
-            "files, since unpickling can run arbitrary code."
-            if head[:1] == b"\x80" or head == b"PK"
-            else ""
-        )
-        raise UsageError(f"{path}: not a valid safetensors file ({exc}).{hint}") from None
 
 
 def read_component_config(directory: str | Path, kind: str | None = None) -> dict:

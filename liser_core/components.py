@@ -211,7 +211,7 @@ class Student(nn.Module):
 
     def macs_per_second(self, seconds: float = 1.0) -> int:
         """Multiply-accumulates per second of audio (convolutions and matrix products)."""
-        from .profile import macs_per_second
+        from liser_common.profile import macs_per_second
 
         return macs_per_second(self, seconds=seconds)
 

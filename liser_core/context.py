@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from omegaconf import DictConfig
 
+from liser_common.distributed import SINGLE, DistContext
+
 from .components import BatchTargets, Loss, Student, Teacher
 from .data import Clip, Corpus
-from .distributed import SINGLE, DistContext
 from .labels import LabelMap, LabelSpace
 
 if TYPE_CHECKING:

@@ -11,7 +11,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from .distributed import DistContext, split_batch
+from liser_common.distributed import DistContext, split_batch
+
 from .errors import LiserError
 from .labels import LabelSpace
 

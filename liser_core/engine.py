@@ -23,8 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from liser_cache.clipcache import ClipCache
 from liser_cache.store import TeacherStore, clip_key
+from liser_common import provenance, rundir
+from liser_common.distributed import from_env
+from liser_common.trainstate import Checkpointer
 
-from . import checkpoint, guards, prepare, provenance, rundir
+from . import checkpoint, guards, prepare
 from ._plugins import PluginHost
 from .components import Teacher
 from .config import (
@@ -37,14 +40,12 @@ from .config import (
 )
 from .context import EvalResult, RunContext
 from .data import Clip, ClipDataset
-from .distributed import from_env
 from .errors import ConfigError, UsageError
 from .labels import LabelSpace
 from .metrics import classification_metrics
 from .prepare import build_component  # noqa: F401 - also imported from here
 from .stages import STAGES, Stage
 from .training import TrainingInterrupted, seed_everything
-from .trainstate import Checkpointer
 
 log = logging.getLogger("liser")
 
@@ -74,7 +75,7 @@ class Engine:
     recipe; ``resume`` requires an unfinished run to continue; ``restart`` discards the saved
     state first; ``overwrite`` moves a run already there aside and starts afresh. A run
     directory that is neither empty nor LiSER's is refused, and one another process runs in is
-    refused naming it (:mod:`liser_core.rundir`).
+    refused naming it (:mod:`liser_common.rundir`).
     """
 
     def __init__(self, config: DictConfig, host: PluginHost, *, resume: str = "auto"):
@@ -196,7 +197,7 @@ class Engine:
         tiny batch of the corpus (:mod:`liser_core.preflight`). Writes nothing: this is
         ``liser run --dry-run``, and how every run starts."""
         seed_everything(int(self.cfg.seed))
-        self.run.fingerprint = provenance.fingerprint(self.cfg, provenance.code_versions(self.host))
+        self.run.fingerprint = provenance.fingerprint(self.cfg, self.host.code_versions())
         self.prepare()
         from .preflight import probe
 

@@ -24,8 +24,9 @@ import torch
 
 from liser_cache.clipcache import ClipCache
 from liser_cache.identity import digests_of
+from liser_common import provenance
 
-from . import checkpoint, guards, provenance
+from . import checkpoint, guards
 from .config import DuplicatePolicy, plain
 from .data import SPLITS, Clip, Corpus
 from .errors import ConfigError, UsageError

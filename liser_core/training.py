@@ -16,13 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from liser_common.distributed import SINGLE, DistContext
+from liser_common.progress import progress
+from liser_common.trainstate import Checkpointer, Progress, set_rng_state
+
 from .components import Position
 from .config import TrainConfig
 from .data import Batch
-from .distributed import SINGLE, DistContext
 from .errors import LiserError
-from .progress import progress
-from .trainstate import Checkpointer, Progress, set_rng_state
 
 
 def seed_everything(seed: int) -> None:

@@ -40,10 +40,10 @@ from pathlib import Path
 
 import yaml
 
+from liser_common.provenance import plain_config
 from liser_core.checkpoint import atomic_write_text
 from liser_core.errors import ConfigError, one_line
 from liser_core.metrics import mean_std
-from liser_core.provenance import plain_config
 
 log = logging.getLogger("liser.bench")
 
@@ -181,11 +181,11 @@ def run_dir_of(grid: Grid, key: str) -> Path:
 def plan(grid: Grid, host) -> list[dict]:
     """Each combination with its resolved recipe, fingerprint and state: ``done`` (rows with
     this fingerprint), ``stale`` (rows of another recipe) or ``todo``."""
+    from liser_common.provenance import fingerprint
     from liser_core.engine import prepare_config
-    from liser_core.provenance import code_versions, fingerprint
 
     rows = read_results(grid.output / "results.csv")
-    versions = code_versions(host)
+    versions = host.code_versions()
     out = []
     for chosen, overrides in grid.combinations():
         key = combination_key(chosen)
@@ -201,7 +201,7 @@ def plan(grid: Grid, host) -> list[dict]:
 
 def _changed_keys(run_dir: Path, cfg) -> list[str]:
     """Keys where the recipe a run dir was made with differs from ``cfg`` (empty if unknown)."""
-    from liser_core.provenance import RESULT_FREE_KEYS, comparable, diff_keys
+    from liser_common.provenance import RESULT_FREE_KEYS, comparable, diff_keys
 
     saved = run_dir / "config.yaml"
     if not saved.is_file():

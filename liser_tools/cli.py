@@ -257,8 +257,8 @@ def _table(run) -> str:
 
 
 def cmd_run(args) -> int:
+    from liser_common.distributed import shutdown
     from liser_core._plugins import load_plugins  # noqa: F401 - imported for its side effect on logging
-    from liser_core.distributed import shutdown
     from liser_core.engine import Engine, config_yaml, prepare_config
 
     if args.nproc < 1 or args.max_restarts < 0:
@@ -355,7 +355,7 @@ def cmd_data_check(args) -> int:
 
     if args.workers < 1:
         raise UsageError("--workers must be >= 1")
-    from liser_core.progress import progress
+    from liser_common.progress import progress
 
     bar = None
 
@@ -420,7 +420,7 @@ def _setup_logging(level: int) -> None:
     for h in root.handlers:
         if getattr(h, "_liser_console", False):
             h.setLevel(level)
-    from liser_core.progress import bars_wanted, configure
+    from liser_common.progress import bars_wanted, configure
 
     configure(bars=bars_wanted(level))
 

@@ -59,7 +59,7 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         else:
             import soundfile as sf
 
-            from liser_core.audio import wav_truncation
+            from liser_common.audio import wav_truncation
 
             if suffix == ".wav" and (reason := wav_truncation(path)):
                 raise UsageError(f"{path}: {reason}")

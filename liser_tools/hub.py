@@ -1,6 +1,6 @@
 """Sharing a student on the Hugging Face Hub (``liser push``, ``Student.push_to_hub``).
 
-Loading is :func:`liser_core.checkpoint.resolve_source`: ``Student.from_pretrained``,
+Loading is :func:`liser_common.weights.resolve_source`: ``Student.from_pretrained``,
 ``liser predict`` and ``liser serve`` take a Hub id wherever they take a folder.
 """
 
@@ -25,13 +25,13 @@ def push(student_dir: str | Path, repo_id: str, *, private: bool = False, api=No
     ONNX export with the sidecar metadata. Nothing is written into ``student_dir``: the upload is
     staged in a temporary folder. ``api``: a ``huggingface_hub.HfApi`` (or a stand-in with
     ``create_repo`` and ``upload_folder``). Returns the commit's URL (or the stand-in's answer)."""
-    from liser_core.checkpoint import _HUB_ID
+    from liser_common.weights import HUB_ID
 
     src = Path(student_dir)
     if not (src / CONFIG_NAME).is_file() or not (src / WEIGHTS_NAME).is_file():
         raise UsageError(f"{src}: not a saved student (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
     read_component_config(src, "student")  # refuses a teacher or a foreign folder, naming why
-    if not _HUB_ID.fullmatch(repo_id):
+    if not HUB_ID.fullmatch(repo_id):
         raise UsageError(f"{repo_id!r} is not a Hub repository id (org/name)")
     if api is None:
         from huggingface_hub import HfApi

@@ -238,7 +238,7 @@ def test_a_run_with_workers_and_the_cache_computes_what_one_without_does(tmp_pat
 
 
 def test_progress_is_plain_lines_off_a_terminal(caplog):
-    from liser_core import progress as prog
+    from liser_common import progress as prog
 
     prog.configure(bars=False)
     with caplog.at_level("INFO", logger="liser.progress"):

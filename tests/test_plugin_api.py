@@ -262,10 +262,10 @@ def test_the_same_package_faked_over_an_installed_copy_loads_the_fake(fake_distr
 # -- validation and early stopping ---------------------------------------------------------------
 def _toy_loop(tmp_path, scores, *, patience=2, restore=True, stop_at_step=None, epochs=6):
     """A linear model trained on noise; `validate` returns the scripted UAR of each epoch."""
+    from liser_common.trainstate import Checkpointer
     from liser_core.config import EarlyStopConfig, TrainConfig
     from liser_core.data import Batch
     from liser_core.training import train
-    from liser_core.trainstate import Checkpointer
 
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)

@@ -1,5 +1,5 @@
 """The extra students (``ecapa_tdnn``: SpeechBrain ECAPA-TDNN, ``timm_mobile``: a timm mobile CNN)
-and :mod:`liser_core.profile`. Generic student behaviour (shapes, exact checkpoint round trip,
+and :mod:`liser_common.profile`. Generic student behaviour (shapes, exact checkpoint round trip,
 learning) is also covered for them by tests/test_components.py through its TINY options."""
 
 import json
@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from test_components import TINY, make_batch
 
+from liser_common.profile import count_parameters, macs_by_module, macs_per_second
 from liser_core import Clip, ClipDataset, Student, UsageError, load_plugins
 from liser_core.checkpoint import load_component, save_component
 from liser_core.labels import RAVDESS8
-from liser_core.profile import count_parameters, macs_by_module, macs_per_second
 
 HOST = load_plugins()
 NEEDS = {"ecapa_tdnn": "speechbrain", "timm_mobile": "timm"}

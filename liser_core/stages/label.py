@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING
 import torch
 
 from liser_cache.store import teacher_meta
+from liser_common.progress import progress
+from liser_common.trainstate import read_complete_dir, write_complete_dir
 
 from ..context import TargetTable
 from ..data import Clip
 from ..errors import UsageError
-from ..progress import progress
 from ..taps import TapView
 from ..training import collect
-from ..trainstate import read_complete_dir, write_complete_dir
 from .common import teacher_call
 
 if TYPE_CHECKING:

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from liser_cache.store import weights_digest
+from liser_common import provenance, rundir
 
-from .. import checkpoint, guards, prepare, provenance, rundir
+from .. import checkpoint, guards, prepare
 from ..components import Teacher, blame
 from ..config import TeacherConfig, TrainConfig
 from ..data import Batch, Clip, ClipDataset
@@ -55,7 +56,7 @@ def run(engine: Engine) -> None:
         ds = engine.teacher_dataset(teacher, fit_clips, space=teacher.label_space)
         fit_key = _fit_key(engine, key, fit_clips, ds.sample_rate)
         seed = int(tc.seed) if tc.seed is not None else int(fit_key[:8], 16)
-        cached = _fitted_dir(engine, fit_key, provenance.code_versions(engine.host))
+        cached = _fitted_dir(engine, fit_key, engine.host.code_versions())
         reused = cached is not None and (cached / checkpoint.CONFIG_NAME).is_file()
         if reused:
             checkpoint.load_weights(teacher, cached, f"teacher {tc.name!r}")

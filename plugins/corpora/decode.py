@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from liser_core.audio import wav_truncation
+from liser_common.audio import wav_truncation
 from liser_core.data import BadClipError, Clip
 
 #: Extensions read with soundfile first (PyAV is the fallback).

@@ -16,9 +16,9 @@ import time
 
 from omegaconf import OmegaConf
 
+from liser_common.rundir import inside, safe_name
 from liser_core import hookimpl
 from liser_core.checkpoint import atomic_write_json, atomic_write_text
-from liser_core.rundir import inside, safe_name
 
 
 class RunDirWriter:

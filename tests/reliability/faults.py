@@ -55,7 +55,7 @@ def liser_checkpoint(stage, model, step, finished):
 DIE_IN_WRITE = '''\
 import os
 
-from liser_core import trainstate
+from liser_common import trainstate
 
 _real = trainstate._write_marker
 _calls = [0]

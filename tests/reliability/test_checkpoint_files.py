@@ -18,10 +18,10 @@ from faults import (
     weights,
 )
 
+from liser_common.trainstate import MARKER, Checkpointer, Progress, check_complete
 from liser_core import checkpoint, load_plugins
 from liser_core.errors import UsageError
 from liser_core.labels import RAVDESS8
-from liser_core.trainstate import MARKER, Checkpointer, Progress, check_complete
 
 
 def test_kill_during_a_checkpoint_write_resumes_from_the_previous_good_one(straight, tiny_recipe, tmp_path):
@@ -103,7 +103,7 @@ def test_a_pickle_in_a_training_checkpoint_is_refused_and_never_run(tmp_path):
     marker = tmp_path / "pwned"
     _evil(d / "modules.safetensors", marker)
     # an attacker can rewrite the completeness marker too
-    from liser_core.trainstate import _sha256
+    from liser_common.trainstate import _sha256
 
     m = json.loads((d / MARKER).read_text())
     m["files"]["modules.safetensors"] = {"bytes": (d / "modules.safetensors").stat().st_size, "sha256": _sha256(d / "modules.safetensors")}

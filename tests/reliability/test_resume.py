@@ -11,9 +11,9 @@ import pytest
 import torch
 from faults import RESUME_OVERRIDES, assert_same_weights, eval_metrics, weights
 
+from liser_common.trainstate import Checkpointer
 from liser_core.config import TrainConfig
 from liser_core.training import TrainingInterrupted, train
-from liser_core.trainstate import Checkpointer
 
 
 def _history(run_dir):

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from faults import RESUME_OVERRIDES, eval_metrics, run_cli
 
+from liser_common.rundir import RunLock, inside, safe_name
 from liser_core import load_plugins
 from liser_core.errors import UsageError
-from liser_core.rundir import RunLock, inside, safe_name
 
 SIGNAL_AT_STAGE_END = '''\
 import os

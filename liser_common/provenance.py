@@ -57,17 +57,6 @@ def fingerprint(cfg: Any, versions: Mapping[str, str] | None = None, drop: Itera
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
-def code_versions(host) -> dict[str, str]:
-    """LiSER's version and every loaded plugin package's, by package name."""
-    from . import __version__
-
-    out = {"liser": __version__}
-    for p in getattr(host, "plugins", ()):
-        if p.distribution and p.status == "loaded":
-            out[p.distribution] = p.version or "?"
-    return out
-
-
 def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     """Dotted key paths where two plain configs differ."""
     if isinstance(a, dict) and isinstance(b, dict):

@@ -68,7 +68,7 @@ def check_claim(path: Path) -> None:
 
 def claim(path: Path, fingerprint: str) -> None:
     """Make ``path`` a run directory (``liser-run.json``), after :func:`check_claim`."""
-    from .checkpoint import atomic_write_json
+    from liser_cache.files import atomic_write_json
 
     check_claim(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,10 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import atomic_write_json, private_tempdir, read_tensors, umask_mode
+from liser_cache.files import atomic_write_json, private_tempdir, umask_mode
+
 from .errors import UsageError
+from .weights import read_tensors
 
 log = logging.getLogger("liser.checkpoint")
 

@@ -12,7 +12,7 @@ Example::
 
     >>> from liser_core import load_plugins
     >>> from liser_core.labels import RAVDESS8
-    >>> from liser_core.profile import count_parameters, macs_per_second
+    >>> from liser_common.profile import count_parameters, macs_per_second
     >>> student = load_plugins().registries.student.build("logmel_cnn", label_space=RAVDESS8)
     >>> count_parameters(student) > 0, macs_per_second(student) > 0
     (True, True)
