@@ -29,8 +29,8 @@ def main(argv=None) -> int:
     p.add_argument("--output", type=Path, default=None, help="run directories (default: a new temporary folder)")
     args = p.parse_args(argv)
     out = args.output or Path(tempfile.mkdtemp(prefix="liser-kd-effect-"))
+    from liser_common.metrics import mean_std
     from liser_core import load_plugins, run
-    from liser_core.metrics import mean_std
 
     host = load_plugins()
     per_seed = {}

@@ -40,7 +40,7 @@ environment (``benchmarks/.envs/torchdistill``, which shares the project venv's 
 * the same loss: torchdistill's ``KDLoss`` (``alpha`` 0.5 on CE, ``beta`` 1.0 on T^2 * KL) with
   ``ignore_index=-1`` so that CE covers the labeled clips only, subclassed for one case KDLoss
   gets wrong here: a batch without any labeled clip (CE is then 0/0 = NaN; LiSER drops the term);
-* the same evaluation: ``liser_core.metrics.classification_metrics`` (torchmetrics) on the test
+* the same evaluation: ``liser_common.metrics.classification_metrics`` (torchmetrics) on the test
   split (8 unseen speakers, 256 clips).
 
 Timed: LiSER's ``run.stage_seconds["distil"]`` (+ ``["label"]`` with ``--teacher online``):
@@ -429,11 +429,11 @@ def worker(job_dir: Path) -> None:
     from torchdistill.losses.registry import register_mid_level_loss
     from torchdistill.misc.log import MetricLogger
 
+    from liser_common.metrics import classification_metrics
     from liser_core import Batch, load_plugins
     from liser_core.checkpoint import load_component
     from liser_core.config import TrainConfig
     from liser_core.labels import LabelSpace
-    from liser_core.metrics import classification_metrics
     from liser_core.training import make_optimizer
 
     logging.getLogger().setLevel(logging.WARNING)  # torchdistill logs to the root logger
@@ -648,7 +648,7 @@ def finish_worker(job_dir: Path, proc: subprocess.Popen) -> dict:
 
 
 def _ms(values) -> str:
-    from liser_core.metrics import mean_std
+    from liser_common.metrics import mean_std
 
     m, s = mean_std(values)
     return f"{m:.3f} ± {s:.3f}"
@@ -659,7 +659,7 @@ def report(rows: list[tuple[int, dict, dict]], args) -> None:
 
     import torch
 
-    from liser_core.metrics import mean_std
+    from liser_common.metrics import mean_std
 
     lw = rows[0][1]
     td_version = rows[0][2]["torchdistill"]

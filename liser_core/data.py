@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, runtime_checkable
@@ -105,6 +106,17 @@ class Batch:
     def __len__(self) -> int:
         return self.audio.shape[0]
 
+    def select(self, rows: list[int]) -> Batch:
+        """The batch of these rows alone (audio trimmed to their longest); itself if all."""
+        if len(rows) == len(self):
+            return self
+        r = torch.tensor(rows)
+        lengths = self.lengths[r]
+        return Batch(audio=self.audio[r, : int(lengths.max())], lengths=lengths, sample_rate=self.sample_rate,
+                     labels=self.labels[r], clip_ids=[self.clip_ids[i] for i in rows], index=self.index[r],
+                     frames=self.frames[r] if self.frames is not None else None,
+                     extra={k: v[r] if isinstance(v, torch.Tensor) else v for k, v in self.extra.items()})
+
     def pin_memory(self) -> Batch:
         """The batch in page-locked memory (DataLoader ``pin_memory``: faster copies to a GPU)."""
         return Batch(
@@ -205,9 +217,10 @@ class ClipDataset(torch.utils.data.Dataset):
             out = AF.resample(out, rate, self.sample_rate)
         return out
 
-    def _decoded(self, clip: Clip) -> tuple[torch.Tensor, np.ndarray | None]:
+    def _decoded(self, clip: Clip, load: Callable[[Clip], Clip] | None = None) -> tuple[torch.Tensor, np.ndarray | None]:
         """Audio at this dataset's rate (and frames, if served) of an unloaded clip: from the
-        cache when it has them, else decoded, resampled and cached."""
+        cache when it has them, else decoded (by ``load``, default :meth:`load`), resampled and
+        cached."""
         key = self.cache_key(clip) if self.cache is not None else None
         if key is not None:
             bad = self.cache.get_bad(key, self.with_frames)
@@ -218,7 +231,7 @@ class ClipDataset(torch.utils.data.Dataset):
             if audio is not None and (not self.with_frames or frames is not None):
                 return torch.from_numpy(audio), (frames[0] if frames is not None else None)
         try:
-            loaded = self.load(clip)
+            loaded = (load or self.load)(clip)
         except BadClipError as exc:
             if key is not None:
                 self.cache.put_bad(key, self.with_frames, exc.reason, exc.path)
@@ -230,12 +243,12 @@ class ClipDataset(torch.utils.data.Dataset):
                 self.cache.put_frames(key, loaded.frames, loaded.fps)
         return audio, loaded.frames
 
-    def _fetch(self, i: int):
+    def _fetch(self, i: int, load: Callable[[Clip], Clip] | None = None):
         """Item ``i``, or a :class:`_Bad` marker for a clip that cannot be used."""
         clip = self.clips[i]
         if clip.audio is None:
             try:
-                audio, frames_arr = self._decoded(clip)
+                audio, frames_arr = self._decoded(clip, load)
             except BadClipError as exc:
                 return _Bad(clip.clip_id, exc.path, exc.reason)
         else:
@@ -294,6 +307,18 @@ class ClipDataset(torch.utils.data.Dataset):
     def _collate_marked(self, items) -> tuple[Batch | None, list[_Bad]]:
         return self.collate(items, frames_float=False), [it for it in items if isinstance(it, _Bad)]
 
+    def _marked(self) -> torch.utils.data.Dataset:
+        return _Marked(self)
+
+    def _deliver(self, got: tuple[Batch | None, list[_Bad]]) -> Batch | None:
+        """A batch as the reading process receives it: the bad-clip policy applied here."""
+        batch, bad = got
+        for b in bad:
+            self._bad(b)
+        if batch is not None and batch.frames is not None and batch.frames.dtype == torch.uint8:
+            batch.frames = batch.frames.float() / 255.0  # sent as uint8: 4x fewer bytes between processes
+        return batch
+
     def loader(
         self,
         batch_size: int,
@@ -334,15 +359,74 @@ class ClipDataset(torch.utils.data.Dataset):
             workers = 0
         workers = min(workers, len(batches))
         dl = torch.utils.data.DataLoader(
-            _Marked(self),
+            self._marked(),
             batch_sampler=batches,
             collate_fn=self._collate_marked,
             generator=g,  # the loader's own seed draw comes from here, not the global RNG
             num_workers=workers,
             prefetch_factor=2 if workers else None,
+            worker_init_fn=_decoding_worker if workers else None,
             pin_memory=pin_memory,
         )
         return ClipLoader(self, dl, len(batches))
+
+
+class JointDataset(torch.utils.data.Dataset):
+    """Several :class:`ClipDataset` over the same clips (each its own rate, frames or not, and
+    bad-clip record), decoding each clip once for all of them: one pass feeds every teacher.
+    Its loader yields one batch (or None) per part; each part's batches are those its own
+    loader would give. A clip whose video fails still serves the parts that need no frames."""
+
+    def __init__(self, parts: Sequence[ClipDataset]):
+        self.parts = list(parts)
+        self.clips = self.parts[0].clips
+        self.workers, self.pin_memory = self.parts[0].workers, self.parts[0].pin_memory
+        self._order = sorted(range(len(self.parts)), key=lambda k: not self.parts[k].with_frames)  # frames first
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int):
+        memo: dict[bool, Clip | BadClipError] = {}
+
+        def once(ds: ClipDataset) -> Callable[[Clip], Clip]:
+            def load(clip: Clip) -> Clip:
+                got = memo.get(ds.with_frames)
+                if got is None and not ds.with_frames and isinstance(memo.get(True), Clip):
+                    got = memo[True]  # the audio of a decode with frames is the audio alone
+                if got is None:
+                    try:
+                        got = ds.load(clip)
+                    except BadClipError as exc:
+                        got = exc
+                    memo[ds.with_frames] = got
+                if isinstance(got, BadClipError):
+                    raise got
+                return got
+
+            return load
+
+        items = [None] * len(self.parts)
+        for k in self._order:
+            items[k] = self.parts[k]._fetch(i, once(self.parts[k]))
+        return tuple(items)
+
+    def _marked(self) -> torch.utils.data.Dataset:
+        return self
+
+    def _collate_marked(self, rows):
+        return tuple(ds._collate_marked([r[k] for r in rows]) for k, ds in enumerate(self.parts))
+
+    def _deliver(self, got) -> tuple[Batch | None, ...]:
+        return tuple(ds._deliver(g) for ds, g in zip(self.parts, got))
+
+    loader = ClipDataset.loader
+
+
+def _decoding_worker(worker_id: int) -> None:
+    """Decoding workers yield the CPU to the process that runs the models: it is the one that
+    sets the pace, and their prefetched batches cover the wait (lower priority, same work)."""
+    os.nice(10)
 
 
 class _Marked(torch.utils.data.Dataset):
@@ -359,19 +443,16 @@ class _Marked(torch.utils.data.Dataset):
 
 
 class ClipLoader:
-    """Iterates a DataLoader over a :class:`ClipDataset`: batches (None when every clip of one
-    was skipped), with the bad-clip policy applied here, in the reading process."""
+    """Iterates a DataLoader over a :class:`ClipDataset` (or :class:`JointDataset`): batches (None
+    when every clip of one was skipped), with the bad-clip policy applied here, in the reading
+    process."""
 
-    def __init__(self, ds: ClipDataset, dl: torch.utils.data.DataLoader, n: int):
+    def __init__(self, ds: ClipDataset | JointDataset, dl: torch.utils.data.DataLoader, n: int):
         self.ds, self.dl, self.n = ds, dl, n
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self):
-        for batch, bad in self.dl:
-            for b in bad:
-                self.ds._bad(b)
-            if batch is not None and batch.frames is not None and batch.frames.dtype == torch.uint8:
-                batch.frames = batch.frames.float() / 255.0  # sent as uint8: 4x fewer bytes between processes
-            yield batch
+        for got in self.dl:
+            yield self.ds._deliver(got)

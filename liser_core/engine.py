@@ -25,6 +25,7 @@ from liser_cache.clipcache import ClipCache
 from liser_cache.store import TeacherStore, clip_key
 from liser_common import provenance, rundir
 from liser_common.distributed import from_env
+from liser_common.metrics import classification_metrics
 from liser_common.trainstate import Checkpointer
 
 from . import checkpoint, guards, prepare
@@ -42,7 +43,6 @@ from .context import EvalResult, RunContext
 from .data import Clip, ClipDataset
 from .errors import ConfigError, UsageError
 from .labels import LabelSpace
-from .metrics import classification_metrics
 from .prepare import build_component  # noqa: F401 - also imported from here
 from .stages import STAGES, Stage
 from .training import TrainingInterrupted, seed_everything

@@ -16,9 +16,9 @@ from typing import Any
 
 import yaml
 
+from liser_common.metrics import summarise
 from liser_common.provenance import RESULT_FREE_KEYS, comparable, diff_keys
 from liser_core.errors import UsageError
-from liser_core.metrics import summarise
 
 KEYS = ("accuracy", "uar", "macro_f1")
 DEFAULT_OVER = ("seed", "data.options.fold")

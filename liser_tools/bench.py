@@ -40,10 +40,10 @@ from pathlib import Path
 
 import yaml
 
+from liser_common.metrics import mean_std
 from liser_common.provenance import plain_config
 from liser_core.checkpoint import atomic_write_text
 from liser_core.errors import ConfigError, one_line
-from liser_core.metrics import mean_std
 
 log = logging.getLogger("liser.bench")
 

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from liser_core.metrics import mean_std
+from liser_common.metrics import mean_std
 
 ROLES = ("fraction", "teachers", "student")
 #: The fraction the headline table reads (the paper's "10 % of the labels") and the share of

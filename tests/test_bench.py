@@ -6,9 +6,9 @@ import json
 import pytest
 import yaml
 
+from liser_common.metrics import mean_std
 from liser_core import load_plugins
 from liser_core.errors import ConfigError
-from liser_core.metrics import mean_std
 from liser_core.testing import TINY_OVERRIDES, TINY_RECIPE
 from liser_tools.bench import load_grid, run_grid
 

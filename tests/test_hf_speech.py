@@ -475,3 +475,13 @@ def test_plugin_loads_without_transformers_and_says_what_to_install(monkeypatch)
     assert [p.status for p in fresh.plugins if p.name == "hf_speech"] == ["loaded"]
     with pytest.raises(UsageError, match=r"pip install 'liser\[speech\]'"):
         build(fresh, "facebook/wav2vec2-base")
+
+
+def test_tiny_models_take_geometry_overrides(tmp_path):
+    pytest.importorskip("transformers")
+    from liser_plugins.hf_speech.tiny import TINY, save_tiny_model
+
+    path = save_tiny_model(tmp_path / "m", hidden_size=48, num_hidden_layers=2, conv_dim=(8, 8))
+    cfg = json.loads((path / "config.json").read_text())
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["conv_dim"]) == (48, 2, [8, 8])
+    assert cfg["intermediate_size"] == TINY["intermediate_size"]  # what is not overridden stays tiny

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from liser_core.metrics import classification_metrics, mean_std
+from liser_common.metrics import classification_metrics, mean_std
 
 
 def test_metrics_by_hand_on_an_imbalanced_example():

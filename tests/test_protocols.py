@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from liser_common.metrics import mean_std
 from liser_core.data import SPLITS, Clip
 from liser_core.labels import RAVDESS8
-from liser_core.metrics import mean_std
 from liser_plugins.corpora import cremad, fixtures, protocols
 from liser_plugins.corpora.ravdess import ravdess
 

@@ -43,7 +43,8 @@ def augmented(engine, stage: str):
 def validator(engine, forward, *, space, clips=None, rate: int, frames: bool = False):
     """A function scoring ``forward`` on the validation split (labels in ``space``): UAR,
     accuracy, macro-F1 and cross-entropy; None when the run has no validation split."""
-    from ..metrics import classification_metrics
+    from liser_common.metrics import classification_metrics
+
     from ..training import collect
 
     clips = engine.run.split("validation") if clips is None else clips

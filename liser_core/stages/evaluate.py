@@ -12,7 +12,7 @@ from ..components import BatchTargets
 from ..data import Clip, ClipDataset
 from ..training import collect
 from . import label
-from .common import count_params, student_call, teacher_call
+from .common import count_params, student_call
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -24,8 +24,6 @@ def run(engine: Engine) -> None:
     run, cfg = engine.run, engine.cfg
     split = cfg.evaluate.split
     clips = run.split(split)
-    store = engine.store()  # teachers' test outputs are kept like their labels of the pool
-    keys = [engine.store_key(c) for c in clips] if store and run.teachers else None
     scored: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # teacher -> (logits, labels, idx)
     for key, teacher in run.teachers.items():
         if teacher.card.overlaps(run.corpus.name, split):
@@ -33,13 +31,11 @@ def run(engine: Engine) -> None:
                 f"!!! teacher {key!r} was trained on {run.corpus.name} ({', '.join(teacher.card.trained_on)}): "
                 f"its {split} scores are NOT a fair estimate"
             )
-        teacher.eval()
-        ds = engine.teacher_dataset(teacher, clips)
-        if store is not None:
-            lo, _, idx = label.label_with_store(engine, store, keys, key, teacher, clips, ds.sample_rate, "store_test")
-            labels = torch.tensor([run.label_space.index(clips[i].label) for i in idx.tolist()])
-        else:
-            lo, labels, idx = _predict(engine, teacher_call(teacher), ds)
+    # teachers' test outputs are kept in the store like their labels of the pool
+    outputs = label.label_clips(engine, clips, [(k, t, None) for k, t in run.teachers.items()], "store_test") if run.teachers else {}
+    for key, teacher in run.teachers.items():
+        lo, _, idx = outputs[key]
+        labels = torch.tensor([run.label_space.index(clips[i].label) for i in idx.tolist()])
         probs = run.label_maps[key].project(torch.softmax(lo, -1))
         engine.record(key, "teacher", split, probs, labels, [clips[i].clip_id for i in idx], count_params(teacher))
         scored[key] = (lo, labels, idx)

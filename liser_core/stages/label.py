@@ -3,6 +3,7 @@ labeled split); with a store, only over the clips it lacks for that teacher (doc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -15,10 +16,10 @@ from liser_common.progress import progress
 from liser_common.trainstate import read_complete_dir, write_complete_dir
 
 from ..context import TargetTable
-from ..data import Clip
+from ..data import Clip, JointDataset
 from ..errors import UsageError
 from ..taps import TapView
-from ..training import collect
+from ..training import autocast
 from .common import teacher_call
 
 if TYPE_CHECKING:
@@ -91,70 +92,91 @@ def _unflat(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tenso
 
 def _label_all(engine: Engine, clips: list[Clip]):
     """Every teacher's logits and embeddings on ``clips`` (and the taps the losses read)."""
-    run, cfg = engine.run, engine.cfg
-    logits, embs, features = {}, {}, {}
-    store = engine.store(shared=engine.dist.enabled)  # ranks share their labels through a store
-    keys = [engine.store_key(c) for c in clips] if store else None
+    run = engine.run
+    models = []
     for key, teacher in run.teachers.items():
-        teacher.eval()
-        ds = engine.teacher_dataset(teacher, clips, labels=False)
-        t0 = time.perf_counter()
-        if store is None:
-            lo, em, _, idx = collect(
-                teacher_call(teacher), ds.loader(cfg.evaluate.batch_size), run.device, engine.precision, f"labeling ({key})"
-            )
-            log.info("teacher %s labeled %d clips in %.1fs", key, len(ds), time.perf_counter() - t0)
-        else:
-            lo, em, idx = label_with_store(engine, store, keys, key, teacher, clips, ds.sample_rate)
-        # rows of clips skipped as bad stay NaN; those clips are skipped in distil too
-        logits[key] = torch.full((len(ds), lo.shape[1]), float("nan")).index_copy_(0, idx, lo)
-        embs[key] = torch.full((len(ds), em.shape[1]), float("nan")).index_copy_(0, idx, em)
+        models.append((key, teacher, None))
         if run.taps.get(key):  # its intermediate features: labeled and stored like its outputs
             view = TapView(teacher, run.taps[key], {t: run.tap_shapes[(key, t)] for t in run.taps[key]})
-            if store is None:
-                flat, _, _, idx = collect(teacher_call(view), ds.loader(cfg.evaluate.batch_size), run.device,
-                                          engine.precision, f"features ({key})")
-            else:
-                flat, _, idx = label_with_store(engine, store, keys, f"{key} (features)", view, clips, ds.sample_rate,
-                                                extra=view.store_extra)
-            full = torch.full((len(ds), flat.shape[1]), float("nan")).index_copy_(0, idx, flat)
-            features[key] = view.split(full)
+            models.append((f"{key} (features)", view, view.store_extra))
+    out = label_clips(engine, clips, models)
+    logits, embs, features = {}, {}, {}
+    for name, model, _ in models:  # rows of clips skipped as bad stay NaN; distil skips them too
+        lo, em, idx = out[name]
+        full = torch.full((len(clips), lo.shape[1]), float("nan")).index_copy_(0, idx, lo)
+        if isinstance(model, TapView):
+            features[name.removesuffix(" (features)")] = model.split(full)
+        else:
+            logits[name] = full
+            embs[name] = torch.full((len(clips), em.shape[1]), float("nan")).index_copy_(0, idx, em)
     return logits, embs, features
 
 
-def label_with_store(engine: Engine, store, keys, key, teacher, clips, sample_rate, diagnostic: str = "store", extra=None):
-    """Label only the clips the store lacks for this teacher's fingerprint, then read all."""
+def label_clips(engine: Engine, clips: list[Clip], models, diagnostic: str = "store") -> dict:
+    """``{name: (logits, embeddings, clip indices)}`` of each ``(name, model, store_extra)`` on
+    ``clips``, in one pass: each clip decoded once (:class:`JointDataset`) for every model. With
+    a store, each model labels only the clips the store lacks for its fingerprint, then all
+    are read from it; several processes share the clips to label (docs/store.md)."""
     run, cfg = engine.run, engine.cfg
-    # what a clip's store key leaves out and the outputs depend on: nothing for clips held in
-    # memory (keyed by their samples), the decoding for file-based clips (in their key)
-    meta = teacher_meta(teacher, sample_rate=sample_rate, extra=extra)
-    fp = meta["fingerprint"]
-    # rank 0 decides what is missing before any rank writes, so all ranks share one to-do list
-    todo = engine.dist.on_main(lambda: store.missing(fp, keys, embeddings=True))
+    store = engine.store(shared=engine.dist.enabled)  # ranks share their labels through a store
+    keys = [engine.store_key(c) for c in clips] if store else None
+    specs: dict[tuple[int, bool], int] = {}  # (rate, frames) -> part of the joint dataset
+    passes = []
+    for name, model, extra in models:
+        model.eval()
+        rate = model.sample_rate or engine.native_rate()
+        part = specs.setdefault((rate, model.needs_frames), len(specs))
+        meta = teacher_meta(model, sample_rate=rate, extra=extra) if store else None
+        # rank 0 decides what is missing before any rank writes, so all ranks share one to-do list
+        todo = engine.dist.on_main(lambda m=meta: store.missing(m["fingerprint"], keys, embeddings=True)) if store else range(len(clips))
+        passes.append((name, teacher_call(model), part, meta, set(todo)))
+    union = sorted(set().union(*(p[4] for p in passes)))
+    mine = engine.dist.shard(union) if store else union  # each rank labels its share into its own shards
+    chunks: dict[str, list] = {p[0]: [] for p in passes}
     t0 = time.perf_counter()
-    mine = engine.dist.shard(todo)  # each rank labels its share into its own shards
     if mine:
-        sub = engine.teacher_dataset(teacher, [clips[i] for i in mine], labels=False)
-        with store.writer(fp, meta=meta) as writer, torch.no_grad():
-            loader = sub.loader(cfg.evaluate.batch_size)
-            for batch in progress(loader, total=len(loader), desc=f"labeling ({key})", unit="batch"):
-                if batch is None:
-                    continue  # bad clips are skipped, never stored
-                out = teacher_call(teacher)(batch.to(run.device))
-                writer.add_many(
-                    [keys[mine[i]] for i in batch.index.tolist()], out.logits.float().cpu(), out.embedding.float().cpu()
-                )
+        sub = [clips[i] for i in mine]
+        joint = JointDataset([engine.dataset(sub, rate, labels=False, frames=fr) for rate, fr in specs])
+        loader = joint.loader(cfg.evaluate.batch_size)
+        with contextlib.ExitStack() as stack, torch.no_grad():
+            writers = {name: stack.enter_context(store.writer(meta["fingerprint"], meta=meta))
+                       for name, _, _, meta, todo in passes if store and todo}
+            for batches in progress(loader, total=len(loader), desc=f"labeling ({', '.join(chunks)})", unit="batch"):
+                for name, forward, part, _, todo in passes:
+                    batch = batches[part]
+                    rows = [r for r, j in enumerate(batch.index.tolist()) if mine[j] in todo] if batch is not None else []
+                    if not rows:
+                        continue  # every clip of the batch bad, or stored for this model
+                    batch = batch.select(rows)
+                    ids = [mine[j] for j in batch.index.tolist()]
+                    with autocast(run.device, engine.precision) if store is None else contextlib.nullcontext():
+                        lo, em = forward(batch.to(run.device))  # (the store keeps full-precision outputs)
+                    lo, em = lo.detach().float().cpu(), em.detach().float().cpu()  # (a view of a parameter needs grad)
+                    if store:
+                        writers[name].add_many([keys[i] for i in ids], lo, em)
+                    else:
+                        chunks[name].append((torch.tensor(ids), lo, em))
+    if store is None:
+        out = {}
+        for name, parts in chunks.items():
+            if not parts:
+                raise ValueError("no clip could be used: every clip was skipped as bad")
+            idx, lo, em = (torch.cat(x) for x in zip(*parts))
+            out[name] = (lo, em, idx)
+            log.info("teacher %s labeled %d clips in %.1fs", name, len(idx), time.perf_counter() - t0)
+        return out
     engine.dist.barrier()  # every rank's shards are complete ...
-    gone = set(engine.dist.on_main(lambda: store.missing(fp, keys, embeddings=True)))  # ... rank 0 indexes them
-    present = [i for i in range(len(clips)) if i not in gone]
-    if not present:
-        raise ValueError("no clip could be used: every clip was skipped as bad")
-    lo, em = store.load(fp, [keys[i] for i in present])
-    reused = len(clips) - len(todo)
-    log.info(
-        "teacher %s: %d clips from the store, %d labeled now%s (%.1fs) [%s]",
-        key, reused, len(todo), f" ({len(mine)} by this rank)" if engine.dist.enabled else "",
-        time.perf_counter() - t0, fp[:12],
-    )
-    run.diagnostics.setdefault(diagnostic, {})[key] = {"fingerprint": fp, "from_store": reused, "labeled": len(todo)}
-    return lo, em, torch.tensor(present)
+    out = {}
+    for name, _, _, meta, todo in passes:
+        fp = meta["fingerprint"]
+        gone = set(engine.dist.on_main(lambda fp=fp: store.missing(fp, keys, embeddings=True)))  # ... rank 0 indexes them
+        present = [i for i in range(len(clips)) if i not in gone]
+        if not present:
+            raise ValueError("no clip could be used: every clip was skipped as bad")
+        lo, em = store.load(fp, [keys[i] for i in present])
+        reused = len(clips) - len(todo)
+        log.info("teacher %s: %d clips from the store, %d labeled now%s (%.1fs) [%s]", name, reused, len(todo),
+                 f" ({len(todo.intersection(mine))} by this rank)" if engine.dist.enabled else "", time.perf_counter() - t0, fp[:12])
+        run.diagnostics.setdefault(diagnostic, {})[name] = {"fingerprint": fp, "from_store": reused, "labeled": len(todo)}
+        out[name] = (lo, em, torch.tensor(present))
+    return out

@@ -45,9 +45,9 @@ from typing import Any
 
 import numpy as np
 
+from liser_common.metrics import format_summary  # noqa: F401 - re-exported: per-fold summaries
+from liser_common.metrics import summarise as summarise_folds  # noqa: F401
 from liser_core.data import SPLITS, Clip
-from liser_core.metrics import format_summary  # noqa: F401 - re-exported: per-fold summaries
-from liser_core.metrics import summarise as summarise_folds  # noqa: F401
 
 log = logging.getLogger("liser.corpora")
 

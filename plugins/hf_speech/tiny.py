@@ -39,7 +39,8 @@ def save_tiny_model(
     hf_logging.disable_progress_bar()
 
     cls, extra = ARCHS[arch]
-    cfg = getattr(tf, cls)(**({**TINY, **extra} if geometry == "tiny" else {}), **config)  # base: the defaults
+    base = {**TINY, **extra} if geometry == "tiny" else {}  # base: the library's defaults
+    cfg = getattr(tf, cls)(**{**base, **config})  # what the caller gives overrides the geometry
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = tf.AutoModel.from_config(cfg)
