@@ -129,3 +129,22 @@ def test_labeling_teachers_together_gives_what_labeling_each_alone_does(tmp_path
         lo, em, idx = together[name]
         assert torch.equal(idx, alone[name][2])
         assert torch.allclose(lo, alone[name][0], atol=1e-5) and torch.allclose(em, alone[name][1], atol=1e-5)
+
+
+def _priority_clip(clip: Clip, frames: bool = True) -> Clip:
+    import os
+
+    return dataclasses.replace(clip, audio=np.full(800, os.getpriority(os.PRIO_PROCESS, 0), np.float32), sample_rate=8000)
+
+
+def test_decoding_workers_yield_the_cpu_to_the_model_process():
+    import os
+
+    clips = unloaded_clips(4)
+    ds = ClipDataset(clips, RAVDESS8, 8000, loader=_priority_clip)
+    here = os.getpriority(os.PRIO_PROCESS, 0)
+    (in_process,) = list(ds.loader(4, workers=0))
+    (from_workers,) = list(ds.loader(4, workers=1))
+    assert torch.all(in_process.audio == here)
+    assert torch.all(from_workers.audio == min(19, here + 10))
+    assert os.getpriority(os.PRIO_PROCESS, 0) == here  # the main process keeps its own
