@@ -163,7 +163,8 @@ def label_clips(engine: Engine, clips: list[Clip], models, diagnostic: str = "st
                 raise ValueError("no clip could be used: every clip was skipped as bad")
             idx, lo, em = (torch.cat(x) for x in zip(*parts))
             out[name] = (lo, em, idx)
-            log.info("teacher %s labeled %d clips in %.1fs", name, len(idx), time.perf_counter() - t0)
+            log.info("teacher %s labeled %d clips (%.1fs%s)", name, len(idx), time.perf_counter() - t0,
+                     f", one pass with {len(passes) - 1} more" if len(passes) > 1 else "")
         return out
     engine.dist.barrier()  # every rank's shards are complete ...
     out = {}
