@@ -137,7 +137,7 @@ def run_bench(grid: Path, log_path: Path) -> tuple[float, float]:
     return wall, cpu
 
 
-_RELABEL_LINE = re.compile(r"teacher (\S+) labeled (\d+) clips in")
+_RELABEL_LINE = re.compile(r"teacher (\S+) labeled (\d+) clips \(")
 
 
 def collect(bench_dir: Path) -> dict[str, dict]:
@@ -156,8 +156,10 @@ def collect(bench_dir: Path) -> dict[str, dict]:
         c["stage_seconds"] = metrics["stage_seconds"]
         c["store"] = metrics["diagnostics"].get("store")
         c["store_test"] = metrics["diagnostics"].get("store_test") or {}
-        # without a store the engine logs "teacher KEY labeled N clips in S s" (metrics.json has no count)
-        c["labeled_logged"] = {m.group(1): int(m.group(2)) for m in _RELABEL_LINE.finditer((run_dir / "log.txt").read_text())}
+        # without a store the engine logs "teacher KEY labeled N clips (S s...)" (metrics.json has no
+        # count); the label stage's lines, not the evaluate stage's (the test clips)
+        stage = (run_dir / "log.txt").read_text().partition("== stage label ==")[2].partition("== stage ")[0]
+        c["labeled_logged"] = {m.group(1): int(m.group(2)) for m in _RELABEL_LINE.finditer(stage)}
     return combos
 
 

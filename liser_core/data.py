@@ -375,10 +375,11 @@ class JointDataset(torch.utils.data.Dataset):
     """Several :class:`ClipDataset` over the same clips (each its own rate, frames or not, and
     bad-clip record), decoding each clip once for all of them: one pass feeds every teacher.
     Its loader yields one batch (or None) per part; each part's batches are those its own
-    loader would give. A clip whose video fails still serves the parts that need no frames."""
+    loader would give. A clip whose video fails still serves the parts that need no frames.
+    ``needs`` (per part, the clip indices it serves; default all): a part skips the others."""
 
-    def __init__(self, parts: Sequence[ClipDataset]):
-        self.parts = list(parts)
+    def __init__(self, parts: Sequence[ClipDataset], needs: Sequence[set[int]] | None = None):
+        self.parts, self.needs = list(parts), needs
         self.clips = self.parts[0].clips
         self.workers, self.pin_memory = self.parts[0].workers, self.parts[0].pin_memory
         self._order = sorted(range(len(self.parts)), key=lambda k: not self.parts[k].with_frames)  # frames first
@@ -408,7 +409,8 @@ class JointDataset(torch.utils.data.Dataset):
 
         items = [None] * len(self.parts)
         for k in self._order:
-            items[k] = self.parts[k]._fetch(i, once(self.parts[k]))
+            if self.needs is None or i in self.needs[k]:
+                items[k] = self.parts[k]._fetch(i, once(self.parts[k]))
         return tuple(items)
 
     def _marked(self) -> torch.utils.data.Dataset:
@@ -426,7 +428,8 @@ class JointDataset(torch.utils.data.Dataset):
 def _decoding_worker(worker_id: int) -> None:
     """Decoding workers yield the CPU to the process that runs the models: it is the one that
     sets the pace, and their prefetched batches cover the wait (lower priority, same work)."""
-    os.nice(10)
+    if hasattr(os, "nice"):  # (not on Windows)
+        os.nice(10)
 
 
 class _Marked(torch.utils.data.Dataset):

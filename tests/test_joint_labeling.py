@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from liser_cache.store import TeacherStore
 from liser_core.data import BadClipError, Clip, ClipDataset, JointDataset
 from liser_core.labels import RAVDESS8
 
@@ -78,6 +79,19 @@ def test_each_clip_is_decoded_once_for_all_parts():
     assert len(separately.calls) == 3 * len(clips)
 
 
+def test_a_part_decodes_only_the_clips_it_needs():
+    clips = unloaded_clips()
+    corpus = CountingCorpus()
+    needs = [set(range(len(clips))), {0, 1, 2}, set()]  # the frames part: three clips; the last: none
+    joint_parts = parts(clips, corpus)
+    rows = list(JointDataset(joint_parts, needs).loader(4))
+    served = [[cid for row in rows if row[k] is not None for cid in row[k].clip_ids] for k in range(3)]
+    assert served[1] == ["c00", "c01", "c02"] and served[2] == []
+    assert served[0] == [c.clip_id for c in clips if c.clip_id != BAD_FILE]
+    assert sorted(c for c, fr in corpus.calls if fr) == ["c00", "c01", "c02"]  # no other video decoded
+    assert joint_parts[1].skipped == {} and joint_parts[2].skipped == {}
+
+
 def test_a_batch_keeps_the_rows_asked_for():
     clips = [c for c in unloaded_clips(8) if c.clip_id not in (BAD_VIDEO, BAD_FILE)]
     batch = next(iter(ClipDataset(clips, RAVDESS8, 16000, loader=CountingCorpus().load, with_frames=True).loader(6)))
@@ -116,13 +130,13 @@ def test_labeling_teachers_together_gives_what_labeling_each_alone_does(tmp_path
     models = [(k, t, None) for k, t in engine.run.teachers.items()]
     alone = {}
     for m in models:  # no store: each teacher on its own
-        alone.update(label.label_clips(engine, clips, [m]))
+        alone.update(label.label_clips(engine, clips, [m], None))
     # a store holding the first teacher's outputs for half the clips: together, the first labels
     # only the rest, the second all, and both read everything back
     first = models[0][0]
-    engine.cfg.store = str(tmp_path / "store")
-    label.label_clips(engine, clips[: len(clips) // 2], [models[0]])
-    together = label.label_clips(engine, clips, models)
+    store = TeacherStore(tmp_path / "store")
+    label.label_clips(engine, clips[: len(clips) // 2], [models[0]], store)
+    together = label.label_clips(engine, clips, models, store)
     assert engine.run.diagnostics["store"][first]["labeled"] == len(clips) - len(clips) // 2
     assert engine.run.diagnostics["store"][models[1][0]]["labeled"] == len(clips)
     for name in alone:

@@ -32,7 +32,7 @@ def run(engine: Engine) -> None:
                 f"its {split} scores are NOT a fair estimate"
             )
     # teachers' test outputs are kept in the store like their labels of the pool
-    outputs = label.label_clips(engine, clips, [(k, t, None) for k, t in run.teachers.items()], "store_test") if run.teachers else {}
+    outputs = label.label_clips(engine, clips, [(k, t, None) for k, t in run.teachers.items()], engine.store(), "store_test") if run.teachers else {}
     for key, teacher in run.teachers.items():
         lo, _, idx = outputs[key]
         labels = torch.tensor([run.label_space.index(clips[i].label) for i in idx.tolist()])

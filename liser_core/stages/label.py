@@ -99,7 +99,7 @@ def _label_all(engine: Engine, clips: list[Clip]):
         if run.taps.get(key):  # its intermediate features: labeled and stored like its outputs
             view = TapView(teacher, run.taps[key], {t: run.tap_shapes[(key, t)] for t in run.taps[key]})
             models.append((f"{key} (features)", view, view.store_extra))
-    out = label_clips(engine, clips, models)
+    out = label_clips(engine, clips, models, engine.store(shared=engine.dist.enabled))  # ranks share labels through a store
     logits, embs, features = {}, {}, {}
     for name, model, _ in models:  # rows of clips skipped as bad stay NaN; distil skips them too
         lo, em, idx = out[name]
@@ -112,38 +112,42 @@ def _label_all(engine: Engine, clips: list[Clip]):
     return logits, embs, features
 
 
-def label_clips(engine: Engine, clips: list[Clip], models, diagnostic: str = "store") -> dict:
+def label_clips(engine: Engine, clips: list[Clip], models, store, diagnostic: str = "store") -> dict:
     """``{name: (logits, embeddings, clip indices)}`` of each ``(name, model, store_extra)`` on
-    ``clips``, in one pass: each clip decoded once (:class:`JointDataset`) for every model. With
-    a store, each model labels only the clips the store lacks for its fingerprint, then all
-    are read from it; several processes share the clips to label (docs/store.md)."""
+    ``clips``, in one pass: each clip decoded once (:class:`JointDataset`) for the models that
+    need it. With a ``store``, each model labels only the clips the store lacks for its
+    fingerprint, then all are read from it; several processes share the clips to label
+    (docs/store.md). Models that decode alike share a batch: a model must not change its input."""
     run, cfg = engine.run, engine.cfg
-    store = engine.store(shared=engine.dist.enabled)  # ranks share their labels through a store
     keys = [engine.store_key(c) for c in clips] if store else None
     specs: dict[tuple[int, bool], int] = {}  # (rate, frames) -> part of the joint dataset
     passes = []
     for name, model, extra in models:
         model.eval()
         rate = model.sample_rate or engine.native_rate()
-        part = specs.setdefault((rate, model.needs_frames), len(specs))
         meta = teacher_meta(model, sample_rate=rate, extra=extra) if store else None
         # rank 0 decides what is missing before any rank writes, so all ranks share one to-do list
         todo = engine.dist.on_main(lambda m=meta: store.missing(m["fingerprint"], keys, embeddings=True)) if store else range(len(clips))
+        part = specs.setdefault((rate, model.needs_frames), len(specs)) if todo else None  # nothing to decode for it
         passes.append((name, teacher_call(model), part, meta, set(todo)))
     union = sorted(set().union(*(p[4] for p in passes)))
     mine = engine.dist.shard(union) if store else union  # each rank labels its share into its own shards
     chunks: dict[str, list] = {p[0]: [] for p in passes}
     t0 = time.perf_counter()
     if mine:
-        sub = [clips[i] for i in mine]
-        joint = JointDataset([engine.dataset(sub, rate, labels=False, frames=fr) for rate, fr in specs])
+        sub, pos = [clips[i] for i in mine], {i: j for j, i in enumerate(mine)}
+        needs = [set() for _ in specs]  # which clips each part decodes: those its models lack
+        for _, _, part, _, todo in passes:
+            if part is not None:
+                needs[part] |= {pos[i] for i in todo if i in pos}
+        joint = JointDataset([engine.dataset(sub, rate, labels=False, frames=fr) for rate, fr in specs], needs)
         loader = joint.loader(cfg.evaluate.batch_size)
         with contextlib.ExitStack() as stack, torch.no_grad():
             writers = {name: stack.enter_context(store.writer(meta["fingerprint"], meta=meta))
                        for name, _, _, meta, todo in passes if store and todo}
             for batches in progress(loader, total=len(loader), desc=f"labeling ({', '.join(chunks)})", unit="batch"):
                 for name, forward, part, _, todo in passes:
-                    batch = batches[part]
+                    batch = batches[part] if part is not None else None
                     rows = [r for r, j in enumerate(batch.index.tolist()) if mine[j] in todo] if batch is not None else []
                     if not rows:
                         continue  # every clip of the batch bad, or stored for this model

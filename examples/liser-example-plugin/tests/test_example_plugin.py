@@ -1,4 +1,4 @@
-"""A plugin author's own tests, written with the fixtures LiSER ships in ``liser_core.testing``
+"""A plugin author's own tests, written with the fixtures of LiSER's pytest plugin (``liser_tools.testing``)
 (a pytest plugin that pytest loads automatically once ``liser`` is installed).
 
 Run them from this folder with ``pytest`` (installed or not: ``fake_distribution`` declares the
