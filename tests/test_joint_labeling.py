@@ -162,3 +162,20 @@ def test_decoding_workers_yield_the_cpu_to_the_model_process():
     assert torch.all(in_process.audio == here)
     assert torch.all(from_workers.audio == min(19, here + 10))
     assert os.getpriority(os.PRIO_PROCESS, 0) == here  # the main process keeps its own
+
+
+def test_one_teacher_under_two_names_labels_once(tmp_path, liser_host):
+    from liser_core.engine import Engine, prepare_config
+    from liser_core.stages import label
+    from liser_tools.testing import TINY_OVERRIDES
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(TWO_TEACHERS)
+    engine = Engine(prepare_config(recipe, [*TINY_OVERRIDES, f"run_dir={tmp_path / 'run'}"], liser_host), liser_host)
+    engine.validate()
+    clips = label.distil_clips(engine)[0]
+    teacher = engine.run.teachers["audio_cnn"]
+    out = label.label_clips(engine, clips, [("a", teacher, None), ("b", teacher, None)], TeacherStore(tmp_path / "s"))
+    counts = {k: v["labeled"] for k, v in engine.run.diagnostics["store"].items()}
+    assert counts == {"a": len(clips), "b": 0}
+    assert all(torch.equal(x, y) for x, y in zip(out["a"], out["b"]))

@@ -128,6 +128,8 @@ def label_clips(engine: Engine, clips: list[Clip], models, store, diagnostic: st
         meta = teacher_meta(model, sample_rate=rate, extra=extra) if store else None
         # rank 0 decides what is missing before any rank writes, so all ranks share one to-do list
         todo = engine.dist.on_main(lambda m=meta: store.missing(m["fingerprint"], keys, embeddings=True)) if store else range(len(clips))
+        if store and any(p[3]["fingerprint"] == meta["fingerprint"] for p in passes):
+            todo = ()  # the same teacher under another name: labeled once, read back for both
         part = specs.setdefault((rate, model.needs_frames), len(specs)) if todo else None  # nothing to decode for it
         passes.append((name, teacher_call(model), part, meta, set(todo)))
     union = sorted(set().union(*(p[4] for p in passes)))
