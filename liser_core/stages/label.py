@@ -7,7 +7,8 @@ import contextlib
 import dataclasses
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -112,6 +113,16 @@ def _label_all(engine: Engine, clips: list[Clip]):
     return logits, embs, features
 
 
+class _Pass(NamedTuple):
+    """One model's share of a labeling pass."""
+
+    name: str
+    forward: Callable
+    part: int | None  # its ClipDataset in the joint dataset; None: nothing to label
+    meta: dict[str, Any] | None  # its store entry's meta (fingerprint), with a store
+    todo: set[int]  # the clips it labels
+
+
 def label_clips(engine: Engine, clips: list[Clip], models, store, diagnostic: str = "store") -> dict:
     """``{name: (logits, embeddings, clip indices)}`` of each ``(name, model, store_extra)`` on
     ``clips``, in one pass: each clip decoded once (:class:`JointDataset`) for the models that
@@ -128,25 +139,25 @@ def label_clips(engine: Engine, clips: list[Clip], models, store, diagnostic: st
         meta = teacher_meta(model, sample_rate=rate, extra=extra) if store else None
         # rank 0 decides what is missing before any rank writes, so all ranks share one to-do list
         todo = engine.dist.on_main(lambda m=meta: store.missing(m["fingerprint"], keys, embeddings=True)) if store else range(len(clips))
-        if store and any(p[3]["fingerprint"] == meta["fingerprint"] for p in passes):
+        if store and any(p.meta["fingerprint"] == meta["fingerprint"] for p in passes):
             todo = ()  # the same teacher under another name: labeled once, read back for both
         part = specs.setdefault((rate, model.needs_frames), len(specs)) if todo else None  # nothing to decode for it
-        passes.append((name, teacher_call(model), part, meta, set(todo)))
-    union = sorted(set().union(*(p[4] for p in passes)))
+        passes.append(_Pass(name, teacher_call(model), part, meta, set(todo)))
+    union = sorted(set().union(*(p.todo for p in passes)))
     mine = engine.dist.shard(union) if store else union  # each rank labels its share into its own shards
-    chunks: dict[str, list] = {p[0]: [] for p in passes}
+    chunks: dict[str, list] = {p.name: [] for p in passes}
     t0 = time.perf_counter()
     if mine:
         sub, pos = [clips[i] for i in mine], {i: j for j, i in enumerate(mine)}
         needs = [set() for _ in specs]  # which clips each part decodes: those its models lack
-        for _, _, part, _, todo in passes:
-            if part is not None:
-                needs[part] |= {pos[i] for i in todo if i in pos}
+        for p in passes:
+            if p.part is not None:
+                needs[p.part] |= {pos[i] for i in p.todo if i in pos}
         joint = JointDataset([engine.dataset(sub, rate, labels=False, frames=fr) for rate, fr in specs], needs)
         loader = joint.loader(cfg.evaluate.batch_size)
         with contextlib.ExitStack() as stack, torch.no_grad():
-            writers = {name: stack.enter_context(store.writer(meta["fingerprint"], meta=meta))
-                       for name, _, _, meta, todo in passes if store and todo}
+            writers = {p.name: stack.enter_context(store.writer(p.meta["fingerprint"], meta=p.meta))
+                       for p in passes if store and p.todo}
             for batches in progress(loader, total=len(loader), desc=f"labeling ({', '.join(chunks)})", unit="batch"):
                 for name, forward, part, _, todo in passes:
                     batch = batches[part] if part is not None else None
