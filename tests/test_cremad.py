@@ -14,7 +14,7 @@ from liser_core.data import SPLITS, BadClipError
 from liser_plugins.corpora import fixtures, protocols
 from liser_plugins.corpora.cremad import EMOTIONS, KNOWN_BAD, cremad, parse_name
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = fixtures.REFERENCE
 REPO = Path(__file__).resolve().parents[1]
 GOOD_ACTORS = (1001, 1076, 1002, 1064, 1003, 1004, 1005)  # 1001/1076: fold 1; 1064: fold 4
 LFS = "1001_ITS_ANG_XX"
@@ -23,8 +23,6 @@ LFS = "1001_ITS_ANG_XX"
 @pytest.fixture(scope="module")
 def rows():
     path = DATA / "cremad_audio.tsv"
-    if not path.is_file():
-        pytest.skip(f"reference metadata {path} is absent (expected ../shared/data next to the repository)")
     return fixtures.read_metadata(path)
 
 
@@ -180,8 +178,7 @@ def test_recipe_validates_on_a_fixture_tree(rows, tmp_path, liser_host, capsys):
     recipe = REPO / "recipes" / "cremad_kd.yaml"
     cfg = load_recipe(recipe, [f"data.options.root={tree}"])
     missing = [t.name for t in cfg.teachers if t.name not in liser_host.registries.teacher]
-    if missing:
-        pytest.skip(f"teacher(s) {missing} named by cremad_kd.yaml are not registered yet")
+    assert not missing, f"teacher(s) {missing} named by cremad_kd.yaml are not registered"
     tiny = save_tiny_model(tmp_path / "tiny-wavlm")  # the dry run builds every teacher: no hub here
     assert main(["run", str(recipe), "--dry-run", f"data.options.root={tree}", f"teachers.0.options.model={tiny}"]) == 0
     assert f"root: {tree}" in capsys.readouterr().out

@@ -15,14 +15,12 @@ from liser_core.labels import RAVDESS8
 from liser_plugins.corpora import cremad, fixtures, protocols
 from liser_plugins.corpora.ravdess import ravdess
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = fixtures.REFERENCE
 FRACTIONS = (0.01, 0.05, 0.1, 0.25, 1.0)
 
 
 def _metadata(name: str) -> list[dict[str, str]]:
     path = DATA / name
-    if not path.is_file():
-        pytest.skip(f"reference metadata {path} is absent (expected ../shared/data next to the repository)")
     return fixtures.read_metadata(path)
 
 

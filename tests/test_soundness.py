@@ -250,9 +250,7 @@ def test_duplicate_rules():
 def full_names(tmp_path_factory):
     import csv
 
-    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess_speech_audio.tsv"
-    if not path.is_file():
-        pytest.skip(f"reference metadata {path} is absent")
+    path = fixtures.REFERENCE / "ravdess_speech_audio.tsv"
     with open(path) as f:
         wavs = [r["file"] for r in csv.DictReader(f, delimiter="\t")]
     return wavs + [w.replace("/03-", "/01-").replace(".wav", ".mp4") for w in wavs]

@@ -1,7 +1,7 @@
 """`liser bench --plan` for the RAVDESS and CREMA-D paper grids, on this machine, without the data.
 
 The real corpora cannot be downloaded here, so this builds trees with their real file names
-(every speech clip in ../shared/data's metadata, as audio-video mp4s), where some clips are real
+(every speech clip in the reference metadata shipped in liser_plugins/corpora/reference, as audio-video mp4s), where some clips are real
 videos of the real clip's duration (a tone and a moving gradient: the probes the plan times) and
 the others distinct stub files (counted, hashed, never decoded). The hub's WavLM-Base+ is replaced
 by a randomly initialised WavLM of the *base* geometry (same size and cost). The counts are the
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-META = REPO.parent / "shared" / "data"
+META = REPO / "plugins" / "corpora" / "reference"  # shipped as liser_plugins.corpora.fixtures.REFERENCE
 
 
 def rows(name: str) -> list[dict]:

@@ -7,7 +7,7 @@ are placeholders (empty, for indexing), short generated signals (soundfile) or t
 
 Example::
 
-    >>> rows = read_metadata("/work/shared/data/cremad_audio.tsv")  # doctest: +SKIP
+    >>> rows = read_metadata(REFERENCE / "cremad_audio.tsv")  # doctest: +SKIP
     >>> touch_tree(tmp / "CREMA-D", [r["file"] for r in rows])  # doctest: +SKIP
 """
 
@@ -36,8 +36,18 @@ _CODECS = {
 }
 
 
+#: The reference metadata shipped with the package (see ``reference/README.md``): every speech
+#: file of the published RAVDESS (1,440) and CREMA-D (7,442) corpora, with labels, actors,
+#: durations and EmoBox's folds. No audio.
+REFERENCE = Path(__file__).resolve().parent / "reference"
+
+
 def read_metadata(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a reference TSV as dicts (``file``, ``emotion``, ``actor``, ...)."""
+    """Rows of a reference TSV as dicts (``file``, ``emotion``, ``actor``, ...). A bare file name
+    (``"ravdess_speech_audio.tsv"``) is read from :data:`REFERENCE`."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists() and (REFERENCE / path).is_file():
+        path = REFERENCE / path
     with open(path, newline="") as f:
         return list(csv.DictReader(f, delimiter="\t"))
 
