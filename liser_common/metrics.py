@@ -43,6 +43,42 @@ def classification_metrics(
     return metrics, confusion
 
 
+def per_group_metrics(
+    preds: torch.Tensor, target: torch.Tensor, groups: Sequence[str], num_classes: int
+) -> dict[str, dict[str, float]]:
+    """WA and UAR of each group of clips (e.g. each test speaker), by torchmetrics.
+
+    A speaker rarely has clips of every class, so a group's ``uar`` is the mean recall over the
+    classes *it has clips of* (a class it lacks has no recall, not a recall of 0); ``classes``
+    says how many those are. ``num_clips`` is the group's size.
+
+    Example::
+
+        >>> p, t = torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 0, 0])
+        >>> per_group_metrics(p, t, ["a", "a", "b", "b"], 3)["b"]
+        {'num_clips': 2, 'classes': 1, 'accuracy': 0.5, 'uar': 0.5}
+    """
+    from torchmetrics.classification import MulticlassRecall
+
+    preds = preds.detach().cpu()
+    target = target.detach().cpu()
+    if preds.ndim == 2:
+        preds = preds.argmax(-1)
+    out: dict[str, dict[str, float]] = {}
+    for g in sorted(set(groups), key=str):
+        rows = torch.tensor([i for i, x in enumerate(groups) if x == g])
+        p, t = preds[rows], target[rows]
+        present = torch.bincount(t, minlength=num_classes) > 0
+        recall = MulticlassRecall(num_classes=num_classes, average=None)(p, t)
+        out[str(g)] = {
+            "num_clips": len(rows),
+            "classes": int(present.sum()),
+            "accuracy": (p == t).float().mean().item(),
+            "uar": recall[present].mean().item(),
+        }
+    return out
+
+
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     values = list(values)

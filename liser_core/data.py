@@ -74,7 +74,9 @@ class Corpus(Protocol):
     * ``source_files(clip) -> list[str]`` -- every file a clip is decoded from (audio, video):
       its identity by content (:mod:`liser_cache.identity`; default: ``clip.path``);
     * ``missing() -> {split: {"speakers": [...], "clips": [...]}}`` -- what the corpus's
-      protocol expects and the files lack (a data-check problem, a run warning);
+      protocol expects and the files lack (a data-check problem, a run flag ``test_incomplete``);
+    * ``subset() -> {split: {"speakers": [...], "expected": [...]}}`` -- a deliberate subset
+      tree's absent speakers (a data-check warning, a run flag ``test_subset``);
     * ``notes: list[str]`` -- what a run should report about how the splits were made.
     """
 

@@ -4,11 +4,17 @@ Runs are averaged only with runs of the same resolved recipe, less the axes bein
 (``--over``: ``seed`` and ``data.options.fold`` by default) and the keys that do not change
 results (run_dir, threads, device, loggers, name, store). Runs of different recipes are
 different groups, one summary each, labelled by the keys where they differ; runs that failed
-or have no metrics are listed as skipped, never averaged, and never stop the others.
+or have no metrics are listed as skipped, never averaged, and never stop the others. Every
+run's flags (``liser_core.guards.FLAGS``) are shown next to its scores and under its group.
+
+Each group's confusion matrices are pooled over its runs (summed counts of every run's
+``confusion_<model>.csv``): ``--confusion`` prints them with the WA and UAR of the pooled
+counts, as SER papers report cross-validation results; ``--json`` always holds them.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +24,9 @@ import yaml
 
 from liser_common.metrics import summarise
 from liser_common.provenance import RESULT_FREE_KEYS, comparable, diff_keys
+from liser_common.rundir import safe_name
 from liser_core.errors import UsageError
+from liser_core.guards import describe_flags
 
 KEYS = ("accuracy", "uar", "macro_f1")
 DEFAULT_OVER = ("seed", "data.options.fold")
@@ -39,6 +47,49 @@ def add_parser(sub, plugin_args) -> None:
         help="comma-separated recipe keys averaged over (default: %(default)s)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument(
+        "--confusion", action="store_true",
+        help="print each model's confusion matrix pooled over the runs of a group (summed counts), "
+        "with the WA and UAR of the pooled counts",
+    )
+
+
+#: Warnings of runs recorded before their condition was a flag, and the flag each stands for.
+_LEGACY_FLAGS = (
+    ("split incomplete:", "test_incomplete"),
+    ("results are NOT speaker-independent", "not_speaker_independent"),
+    ("clips could not be used (bad clips", "bad_test_clips"),
+)
+
+
+def _confusion(path: Path) -> tuple[list[str], list[list[int]]] | None:
+    """A ``confusion_<model>.csv`` (rows = true class): its classes and counts, or None."""
+    try:
+        rows = list(csv.reader(path.read_text().splitlines()))
+        classes = rows[0][1:]
+        matrix = [[int(x) for x in r[1:]] for r in rows[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    if len(matrix) != len(classes) or any(len(r) != len(classes) for r in matrix):
+        return None
+    return classes, matrix
+
+
+def pooled(confusions: Sequence[tuple[list[str], list[list[int]]]]) -> dict[str, Any] | None:
+    """The counts of confusion matrices over the same classes summed, and the WA (trace over
+    total) and UAR (mean over the classes with clips of their row's recall) of the sum."""
+    if not confusions or any(c[0] != confusions[0][0] for c in confusions):
+        return None
+    classes = confusions[0][0]
+    k = len(classes)
+    matrix = [[sum(c[1][i][j] for c in confusions) for j in range(k)] for i in range(k)]
+    total = sum(map(sum, matrix))
+    recalls = [matrix[i][i] / sum(matrix[i]) for i in range(k) if sum(matrix[i])]
+    return {
+        "classes": classes, "matrix": matrix, "runs": len(confusions), "num_clips": total,
+        "accuracy": sum(matrix[i][i] for i in range(k)) / total if total else float("nan"),
+        "uar": sum(recalls) / len(recalls) if recalls else float("nan"),
+    }
 
 
 def load_run(path: Path) -> dict[str, Any]:
@@ -62,10 +113,18 @@ def load_run(path: Path) -> dict[str, Any]:
     for name, t in (m.get("teachers") or {}).items():
         models[f"teacher:{name}"] = t
     opts = ((cfg or {}).get("data") or {}).get("options") or {}
+    flags = list(m.get("flags") or [])
+    for w in m.get("warnings") or []:  # runs recorded before these conditions were flags
+        flags += [f for text, f in _LEGACY_FLAGS if text in w and f not in flags]
+    confusion = {}
+    for name in models:
+        c = _confusion(path / f"confusion_{safe_name(name.removeprefix('teacher:'), 'model')}.csv")
+        if c is not None:
+            confusion[name] = c
     out.update(
         status=m.get("status"), corpus=m.get("corpus"), split=m.get("split"), seed=(cfg or {}).get("seed"),
-        fold=opts.get("fold"), models=models, config=cfg, flags=list(m.get("flags") or []),
-        warnings=list(m.get("warnings") or []),
+        fold=opts.get("fold"), models=models, config=cfg, flags=flags,
+        warnings=list(m.get("warnings") or []), confusion=confusion,
     )
     if m.get("status") != "completed":
         out["skipped"] = f"status {m.get('status')!r}" + (f": {m['error']}" if m.get("error") else "")
@@ -96,6 +155,10 @@ def group_runs(runs: Sequence[dict], over: Sequence[str]) -> list[dict]:
             name: summarise([r["models"][name] for r in g["runs"] if name in r["models"]]) for name in _models(g["runs"])
         }
         g["flags"] = sorted({f for r in g["runs"] for f in r["flags"]})
+        g["confusion"] = {
+            name: pooled([r["confusion"][name] for r in g["runs"] if name in r.get("confusion", {})])
+            for name in _models(g["runs"])
+        }
     return out
 
 
@@ -122,7 +185,7 @@ def cmd_summarize(args) -> int:
     if args.json:
         print(json.dumps({
             "over": over,
-            "runs": [{k: v for k, v in r.items() if k != "config"} for r in usable],
+            "runs": [{k: v for k, v in r.items() if k not in ("config", "confusion")} for r in usable],
             "skipped": [{"run": r["run"], "reason": r["skipped"]} for r in skipped],
             "groups": [{k: v for k, v in g.items() if k not in ("runs", "recipe")} | {"runs": [r["run"] for r in g["runs"]]}
                        for g in groups],
@@ -134,6 +197,8 @@ def cmd_summarize(args) -> int:
               f"(averaged over: {', '.join(over)})")
     for g in groups:
         _print_group(g, len(groups) > 1)
+        if args.confusion:
+            _print_confusion(g)
     for r in skipped:
         print(f"skipped {r['run']}: {r['skipped']}")
     return 0
@@ -159,5 +224,19 @@ def _print_group(g: dict, several: bool) -> None:
         print(f"{name:<22} {n:>3}  " + "  ".join(f"{c:>15}" for c in cells))
     print("(mean ± sample standard deviation over the runs)")
     if g["flags"]:
-        print(f"!!! flagged: {', '.join(g['flags'])} -- some runs used a teacher fitted on test data "
-              "(allow_test_overlap); their scores are NOT a fair estimate")
+        print(f"!!! flagged: {', '.join(g['flags'])} -- these scores are incomplete or not comparable "
+              "(the runs' warnings in metrics.json say why):")
+        for line in describe_flags(g["flags"]):
+            print(f"!!!   {line}")
+
+
+def _print_confusion(g: dict) -> None:
+    for name, c in g["confusion"].items():
+        if c is None:
+            continue
+        print(f"\n{name}: confusion pooled over {c['runs']} run(s), {c['num_clips']} clips "
+              f"(rows = true class): WA {c['accuracy']:.3f}  UAR {c['uar']:.3f}")
+        width = max(6, *(len(x) for x in c["classes"]))
+        print(" " * width + " " + " ".join(f"{x[:width]:>{width}}" for x in c["classes"]))
+        for cls, row in zip(c["classes"], c["matrix"]):
+            print(f"{cls:<{width}} " + " ".join(f"{v:>{width}}" for v in row))

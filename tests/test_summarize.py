@@ -79,4 +79,4 @@ def test_flagged_runs_are_marked(tmp_path, capsys):
     (tmp_path / "a" / "metrics.json").write_text(json.dumps(m))
     assert main(["summarize", a]) == 0
     out = capsys.readouterr().out
-    assert "!test_overlap" in out and "NOT a fair estimate" in out
+    assert "!test_overlap" in out and "test_overlap: a teacher was fitted on test speakers" in out

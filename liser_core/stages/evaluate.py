@@ -52,7 +52,8 @@ def run(engine: Engine) -> None:
         engine.record(role, role, split, torch.softmax(lo, -1), labels, ids, model.num_parameters())
     counts = {len(e.clip_ids) for e in run.evaluations}
     if counts and min(counts) < len(clips):
-        run.warn(
+        run.flag(
+            "bad_test_clips",
             f"{len(clips) - min(counts)} of the {len(clips)} {split} clips could not be used (bad clips: see "
             f"diagnostics.skipped_clips): scores are over {min(counts)} clips"
         )

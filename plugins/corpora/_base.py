@@ -96,6 +96,12 @@ class IndexedCorpus:
         [...], "clips": [...]}}``): ``liser data check`` reports it as problems, a run as warnings."""
         return self.protocol.missing
 
+    def subset(self) -> dict[str, dict[str, list[str]]]:
+        """A deliberate subset tree (``expect_complete: false``): per split, the fold's speakers
+        that have no clip and every speaker the fold names. Said once in a run (flag
+        ``test_subset``) and by ``liser data check``, not a problem."""
+        return self.protocol.subset
+
     def __iter__(self) -> Iterator[Clip]:
         for s in SPLITS:
             yield from self._splits.get(s, [])

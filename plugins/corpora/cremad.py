@@ -184,7 +184,8 @@ def cremad(
     """CREMA-D (6 emotions, 91 actors) from its published layout; 5 folds by actor id.
 
     ``expect_complete``: the tree is the whole corpus, so a fold's test actor or clip that is
-    not there is reported (``liser data check`` fails, a run warns); false for a deliberate subset.
+    not there is reported (``liser data check`` fails, a run warns); false for a deliberate subset
+    (the fold's test speakers that have no clip are still named, once: ``corpus.subset()``).
     """
     if modality not in ("audio", "audiovisual"):
         raise ValueError(f"modality must be audio or audiovisual, not {modality!r}")

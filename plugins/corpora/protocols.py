@@ -127,6 +127,9 @@ class SplitPlan:
     unused: list[Clip] = field(default_factory=list)  # indexed clips in no split (checked all the same)
     #: what the protocol expects and the files lack: split -> {"speakers": [...], "clips": [...]}
     missing: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    #: a deliberate subset (``expect_complete: false``): split -> {"speakers": the fold's speakers
+    #: with no clip, "expected": every speaker the fold names}
+    subset: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -135,6 +138,7 @@ class SplitPlan:
             "speakers": self.speakers,
             "notes": self.notes,
             "missing": self.missing,
+            "subset": self.subset,
         }
 
 
@@ -263,13 +267,15 @@ def fold_plan(
     train = [c for c in clips if c.speaker not in test_set]
     parts, notes = carve(train, opts, fold_salt=opts.fold, normalise_speaker=normalise_speaker, group=group)
     plan = _plan({**parts, "test": test}, _describe(description, opts), notes)
+    present = {c.speaker for c in test}
+    absent = [s for s in test_speakers if s not in present]
     if expected_takes is not None:
-        present = {c.speaker for c in test}
         have = {take(c) for c in test}
         gone = [t for s in test_speakers if s in present for t in sorted(expected_takes(s)) if t not in have]
-        absent = [s for s in test_speakers if s not in present]
         if absent or gone:
             plan.missing["test"] = {"speakers": absent, "clips": gone}
+    elif absent:  # not a problem (the tree is a subset by choice), but never silent
+        plan.subset["test"] = {"speakers": absent, "expected": test_speakers}
     return plan
 
 

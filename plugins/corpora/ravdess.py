@@ -239,7 +239,8 @@ def ravdess(
     """RAVDESS (8 emotions, 24 actors) from its published layout; EmoBox's 6 speaker folds.
 
     ``expect_complete``: the tree is the whole corpus, so a fold's test actor or take that is
-    not there is reported (``liser data check`` fails, a run warns); false for a deliberate subset.
+    not there is reported (``liser data check`` fails, a run warns); false for a deliberate subset
+    (the fold's test speakers that have no clip are still named, once: ``corpus.subset()``).
     """
     if channel not in ("speech", "song", "both"):
         raise ValueError(f"channel must be speech, song or both, not {channel!r}")

@@ -1,0 +1,133 @@
+"""Flags travel: every condition that makes scores incomplete or incomparable is a named flag in
+metrics.json and stands next to the scores wherever they are shown; a deliberate subset tree is
+said, never silent; what an SER researcher expects in a run dir (predictions.csv, per-speaker
+scores, confusion matrices pooled over folds)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from test_soundness import recipe, write_ravdess
+
+import liser_core
+from liser_core.guards import FLAGS
+from liser_plugins.corpora.ravdess import ravdess
+from liser_tools.card import model_card
+from liser_tools.cli import main
+
+# fold 1 tests actors 01, 11, 20, 21: this tree has only 01 of them
+ACTORS = (1, 2, 3, 4, 9)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return write_ravdess(tmp_path_factory.mktemp("flags") / "RAVDESS", ACTORS)
+
+
+@pytest.fixture(scope="module")
+def subset_run(tree, tmp_path_factory):
+    """One finished run on the subset tree (expect_complete: false), shared by the table tests."""
+    tmp = tmp_path_factory.mktemp("subset-run")
+    path = recipe(tmp, tree, "fold: 1, label_fraction: 0.5, teacher_speakers: [9]")
+    liser_core.run(path, [f"run_dir={tmp / 'run'}"])
+    return tmp / "run"
+
+
+def test_a_subset_tree_names_the_missing_test_speakers_once(tree, subset_run, tmp_path, capsys):
+    corpus = ravdess(str(tree), fold=1, expect_complete=False)
+    assert corpus.missing() == {}  # not a problem: the tree is a subset by choice ...
+    assert corpus.subset() == {"test": {"speakers": ["11", "20", "21"], "expected": ["01", "11", "20", "21"]}}
+    said = "test split: 1 of the fold's 4 speakers; missing 11, 20, 21 (expect_complete: false)"
+    metrics = json.loads((subset_run / "metrics.json").read_text())
+    assert metrics["warnings"].count(said) == 1 and "test_subset" in metrics["flags"]  # ... but never silent
+    path = tmp_path / "r.yaml"
+    path.write_text(f"data: {{name: ravdess, options: {{root: {tree}, fold: 1, expect_complete: false, min_seconds: 0.2}}}}\n"
+                    "student: {name: logmel_cnn}\n")
+    assert main(["data", "check", str(path), "--json"]) == 0  # a warning, not a problem
+    assert said in json.loads(capsys.readouterr().out)["warnings"]
+
+
+def test_missing_test_speakers_are_a_flag_in_the_run_summarize_and_card(tree, tmp_path, capsys):
+    path = recipe(tmp_path, tree, "fold: 1, label_fraction: 0.5, teacher_speakers: [9]")
+    path.write_text(path.read_text().replace("expect_complete: false", "expect_complete: true"))
+    run = tmp_path / "run"
+    ctx = liser_core.run(path, [f"run_dir={run}"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "test_incomplete" in metrics["flags"] and ctx.flags == metrics["flags"]
+    assert any(w.startswith("test split incomplete: expected speaker(s) 11, 20, 21 missing") for w in metrics["warnings"])
+    capsys.readouterr()
+    assert main(["summarize", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "!test_incomplete" in out and f"test_incomplete: {FLAGS['test_incomplete']}" in out
+    card = (run / "student" / "README.md").read_text()
+    assert "test_incomplete" in card
+
+
+@pytest.mark.parametrize("flag", sorted(FLAGS))
+def test_every_flag_is_shown_by_summarize_and_the_model_card(flag, subset_run, tmp_path, capsys):
+    """Each named flag, put in a finished run's record, stands next to its scores."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(subset_run, run)
+    m = json.loads((run / "metrics.json").read_text())
+    m["flags"] = [flag]
+    (run / "metrics.json").write_text(json.dumps(m))
+    assert main(["summarize", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"!{flag}" in out and f"{flag}: {FLAGS[flag]}" in out
+    assert flag in model_card(run)
+
+
+def test_per_clip_predictions_and_per_speaker_scores(subset_run):
+    metrics = json.loads((subset_run / "metrics.json").read_text())
+    rows = list(csv.DictReader(open(subset_run / "predictions.csv")))
+    classes = metrics["label_space"]
+    for model, entry in [("student", metrics["student"]), *metrics["teachers"].items()]:
+        mine = [r for r in rows if r["model"] == model]
+        assert len(mine) == entry["num_clips"] == 8  # actor 01's eight clips
+        for r in mine:
+            probs = [float(r[f"p_{c}"]) for c in classes]
+            assert sum(probs) == pytest.approx(1.0, abs=1e-4)
+            assert r["predicted"] == classes[max(range(len(probs)), key=probs.__getitem__)]
+            assert r["speaker"] == "01" and r["label"] in classes
+        wa = sum(r["predicted"] == r["label"] for r in mine) / len(mine)
+        assert entry["accuracy"] == pytest.approx(wa)  # the CSV is what was scored
+        # one speaker with one clip of every class: their UAR is the run's
+        assert entry["per_speaker"]["01"]["accuracy"] == pytest.approx(wa)
+        assert entry["per_speaker"]["01"]["uar"] == pytest.approx(entry["uar"])
+
+
+def test_summarize_pools_confusion_matrices_over_folds(tmp_path, capsys):
+    """Confusion counts summed over runs; WA and UAR of the sum computed by hand."""
+    runs = []
+    mats = ([[3, 1], [0, 2]], [[1, 1], [2, 4]])
+    for fold, mat in enumerate(mats, 1):
+        r = tmp_path / f"f{fold}"
+        r.mkdir()
+        (r / "metrics.json").write_text(json.dumps({
+            "status": "completed", "student": {"accuracy": 0.5, "uar": 0.5, "macro_f1": 0.5}, "teachers": {}}))
+        (r / "config.yaml").write_text(f"seed: 0\ndata:\n  options:\n    fold: {fold}\n")
+        (r / "confusion_student.csv").write_text("true\\pred,a,b\n" + "".join(f"{c},{x},{y}\n" for c, (x, y) in zip("ab", mat)))
+        runs.append(str(r))
+    assert main(["summarize", *runs, "--json"]) == 0
+    pooled = json.loads(capsys.readouterr().out)["groups"][0]["confusion"]["student"]
+    assert pooled["matrix"] == [[4, 2], [2, 6]] and pooled["runs"] == 2 and pooled["num_clips"] == 14
+    assert pooled["accuracy"] == pytest.approx(10 / 14)
+    assert pooled["uar"] == pytest.approx((4 / 6 + 6 / 8) / 2)
+    assert main(["summarize", *runs, "--confusion"]) == 0
+    out = capsys.readouterr().out
+    assert "student: confusion pooled over 2 run(s), 14 clips" in out and f"UAR {(4 / 6 + 6 / 8) / 2:.3f}" in out
+
+
+def test_runs_recorded_before_flags_show_their_conditions(tmp_path, capsys):
+    r = Path(tmp_path / "old")
+    r.mkdir()
+    (r / "metrics.json").write_text(json.dumps({
+        "status": "completed", "student": {"accuracy": 0.5, "uar": 0.5, "macro_f1": 0.5}, "teachers": {},
+        "flags": [], "warnings": ["test split incomplete: expected speaker(s) 11 missing -- scores are over what is present"]}))
+    assert main(["summarize", str(r)]) == 0
+    assert "!test_incomplete" in capsys.readouterr().out
