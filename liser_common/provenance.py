@@ -13,8 +13,10 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -65,3 +67,66 @@ def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
             out += diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
     return [] if a == b else [prefix.rstrip(".") or "(root)"]
+
+
+# -- which code computed a result --------------------------------------------------------------
+#: seconds a ``git`` call may take before the commit is given up as unknown
+GIT_TIMEOUT = 3.0
+
+
+@functools.cache
+def source_state(directory: str) -> dict[str, Any]:
+    """``{"commit": sha or None, "dirty": bool or None}`` of the git checkout that holds
+    ``directory`` (a package's folder); both None when it is not in a checkout, git is missing
+    or slow. Cached per process: a checkout does not change under a running process that counts."""
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", directory, *args], capture_output=True, text=True,
+                                  timeout=GIT_TIMEOUT, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = (git("rev-parse", "HEAD") or "").strip() or None
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    return {"commit": commit, "dirty": None if status is None else bool(status.strip())}
+
+
+def code_version() -> dict[str, Any]:
+    """LiSER's code: ``{"liser": "0.1.0", "commit": sha or None, "dirty": bool or None}``; the
+    commit and dirty flag come from the git checkout LiSER runs from (None when it is installed
+    from a wheel, or git is missing)."""
+    import liser_core
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(liser_core.__file__)))
+    return {"liser": liser_core.__version__, **source_state(root)}
+
+
+def package_code(version: str, directory: str | None) -> dict[str, Any]:
+    """The same for another package (a plugin's): ``{"version", "commit", "dirty"}``."""
+    state = source_state(directory) if directory else {"commit": None, "dirty": None}
+    return {"version": version, **state}
+
+
+def code_label(entry: Mapping[str, Any]) -> str:
+    """``0.1.0@1a2b3c4d5e6f`` (``+dirty`` when the checkout had uncommitted changes; no ``@``
+    when the commit is unknown): how tables and records name one package's code."""
+    version = entry.get("liser") or entry.get("version") or "?"
+    commit = entry.get("commit")
+    return f"{version}@{commit[:12]}{'+dirty' if entry.get('dirty') else ''}" if commit else str(version)
+
+
+def code_string(sources: Mapping[str, Mapping[str, Any]]) -> str:
+    """The ``code`` column of a results row: ``liser=0.1.0@1a2b3c4d5e6f+dirty;pkg=1.2@...``."""
+    return ";".join(f"{name}={code_label(entry)}" for name, entry in sorted(sources.items()))
+
+
+def code_identity(code: str) -> str:
+    """What makes two ``code`` strings *other code* for each other: versions and commits. The
+    dirty flag is shown but not compared -- an uncommitted edit would otherwise make every row
+    stale on every save; commit before a run whose rows should count as a separate version."""
+    return code.replace("+dirty", "")

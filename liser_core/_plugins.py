@@ -96,6 +96,26 @@ class PluginHost:
             p.distribution: p.version or "?" for p in self.plugins if p.distribution and p.status == "loaded"
         }
 
+    def code_sources(self) -> dict[str, dict[str, Any]]:
+        """:meth:`code_versions` with each package's git commit and dirty flag where it runs
+        from a checkout (``liser_common.provenance.code_version``): what run records, results
+        rows and model cards say the code was."""
+        import importlib.util
+
+        from liser_common.provenance import code_version, package_code
+
+        out: dict[str, dict[str, Any]] = {"liser": code_version()}
+        for p in self.plugins:
+            if not p.distribution or p.status != "loaded" or p.distribution in out or p.distribution == FIRST_PARTY:
+                continue
+            try:
+                spec = importlib.util.find_spec(p.module.split(":")[0].split(".")[0])
+            except (ImportError, ValueError):
+                spec = None
+            origin = spec.origin if spec is not None and spec.origin else None
+            out[p.distribution] = package_code(p.version or "?", os.path.dirname(origin) if origin else None)
+        return out
+
     # -- loading ------------------------------------------------------------------------------
     def add(self, name: str, plugin: Any, info: PluginInfo | None = None) -> PluginInfo:
         """Register one plugin object/module, isolating its failures."""

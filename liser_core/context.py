@@ -102,6 +102,9 @@ class RunContext:
     label_map_report: dict[str, Any] = field(default_factory=dict)
     #: sha256 of the resolved recipe (less where/how fast it runs) and the code versions
     fingerprint: str = ""
+    #: the code that ran it: LiSER's and each plugin package's version, git commit and dirty
+    #: flag (``PluginHost.code_sources``); not in the fingerprint (see docs/leaderboard.md)
+    code: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label_space(self) -> LabelSpace:

@@ -198,6 +198,7 @@ class Engine:
         ``liser run --dry-run``, and how every run starts."""
         seed_everything(int(self.cfg.seed))
         self.run.fingerprint = provenance.fingerprint(self.cfg, self.host.code_versions())
+        self.run.code = self.host.code_sources()
         self.prepare()
         from .preflight import probe
 

@@ -25,6 +25,13 @@ skipped, so a grid can be extended and resumed; a combination whose recipe chang
 row was written (the grid's overrides, the base recipe, a plugin upgrade) is *stale*: it is run
 again and its rows replaced, and the log names the keys that changed. Rows of combinations no
 longer in the grid stay in ``results.csv`` but not on the leaderboard.
+
+``key=value`` arguments after the grid apply after its axes (a key an axis sets is refused; an
+element of a list an axis sets is found by name: :func:`after_axes`). Every combination to run
+is validated before the first runs. Each row records the code that produced it (``code``: LiSER's
+and plugin packages' version, git commit, dirty flag); rows of the same recipe from another
+version or commit are ``other code``: rerun (``--rerun-code``) or kept (``--keep-code``, a board
+row averaging different code is flagged ``mixed_code``) by explicit choice.
 """
 
 from __future__ import annotations
@@ -35,21 +42,29 @@ import itertools
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from omegaconf import DictConfig
 
 from liser_common.metrics import mean_std
-from liser_common.provenance import plain_config
+from liser_common.provenance import code_identity, code_string, plain_config
 from liser_core.checkpoint import atomic_write_text
-from liser_core.errors import ConfigError, one_line
+from liser_core.errors import ConfigError, LiserError, UsageError, one_line
 
 log = logging.getLogger("liser.bench")
 
 FIELDS = ["combination", "model", "role", "components", "accuracy", "uar", "macro_f1",
           "num_parameters", "train_seconds", "run_dir", "recipe_fingerprint", "flags",
-          "label_fraction", "labeled_clips"]
+          "label_fraction", "labeled_clips", "code"]
+#: What each flag a table can show means (leaderboard.md, efficiency.md, report.html).
+FLAG_NOTES = {
+    "test_overlap": "a teacher of that run was fitted on test speakers or clips (`allow_test_overlap`); its "
+                    "scores are NOT a fair estimate",
+    "mixed_code": "the row averages runs of different code (LiSER or plugin version or git commit: the `code` "
+                  "column of results.csv); rerun them with `liser bench GRID --rerun-code` to compare like with like",
+}
 
 
 @dataclass
@@ -63,6 +78,9 @@ class Grid:
     plot_axis: str | None = None
     #: the axes that play the paper's roles (fraction, teachers, student): liser_tools.report
     report: dict[str, str] | None = None
+    #: ``key=value`` arguments of ``liser bench GRID key=value``: applied after the axes
+    #: (:func:`check_cli_overrides`, :func:`after_axes`)
+    cli_overrides: list[str] = field(default_factory=list)
 
     def combinations(self) -> list[tuple[dict[str, str], list[str]]]:
         names = list(self.axes)
@@ -170,6 +188,7 @@ def rows_of_run(key: str, ctx) -> list[dict]:
             "flags": ",".join(ctx.flags),
             "label_fraction": (cfg.data.options or {}).get("label_fraction", ""),
             "labeled_clips": len(ctx.split("labeled")),
+            "code": code_string(ctx.code),
         })
     return rows
 
@@ -178,23 +197,137 @@ def run_dir_of(grid: Grid, key: str) -> Path:
     return grid.output / "runs" / key.replace(",", "__").replace("=", "-").replace("/", "_")
 
 
+def _key(text: str) -> str:
+    from liser_common.typedyaml import parse_override
+
+    return parse_override(text)[0]
+
+
+def _axis_keys(grid: Grid) -> dict[str, tuple[str, str]]:
+    """Each key an axis sets -> (axis, label) of the first label that sets it."""
+    out: dict[str, tuple[str, str]] = {}
+    for axis, labels in grid.axes.items():
+        for label, overrides in labels.items():
+            for text in overrides:
+                out.setdefault(_key(text), (axis, label))
+    return out
+
+
+def check_cli_overrides(grid: Grid) -> None:
+    """Refuse a command-line override of a key that an axis sets, or of a key above one (it
+    would make the axis' labels one and the same run); keys *below* one an axis sets are merged
+    into each label's value (:func:`after_axes`)."""
+    axis_keys = _axis_keys(grid)
+    for text in grid.cli_overrides:
+        key = _key(text)
+        for a, (axis, label) in axis_keys.items():
+            if a == key or a.startswith(key + "."):
+                raise ConfigError(key, f"axis {axis!r} of the grid sets {a} (label {label!r}): overriding it would "
+                                  f"make the axis' labels one run; override a key below it (e.g. {a}.KEY=VALUE) or "
+                                  "edit a copy of the grid")
+
+
+def _element_rule(grid: Grid, key: str, before: DictConfig) -> tuple[str, str, str] | None:
+    """``(list key, element name, rest)`` when ``key`` addresses an element of a list by name
+    (``teachers.hf_speech.options.model``) or by position in a list that an axis sets
+    (``teachers.0.options.model``: the element at that position before the axes, by name)."""
+    from omegaconf import ListConfig, OmegaConf
+
+    parts = key.split(".")
+    axis_keys = _axis_keys(grid)
+    for i in range(1, len(parts)):
+        prefix = ".".join(parts[:i])
+        node = OmegaConf.select(before, prefix, default=None, throw_on_missing=False)
+        if not isinstance(node, ListConfig):
+            continue
+        seg, rest = parts[i], ".".join(parts[i + 1:])
+        if not seg.isdigit():
+            return prefix, seg, rest
+        if not any(prefix == a or prefix.startswith(a + ".") for a in axis_keys):
+            return None  # a list no axis sets: the position means the same in every combination
+        if int(seg) >= len(node) or not isinstance(node[int(seg)], DictConfig) or "name" not in node[int(seg)]:
+            raise ConfigError(key, f"an axis sets {prefix}, and the recipe before the axes has no named {prefix}.{seg}: "
+                              f"address the element by its name ({prefix}.NAME.KEY=VALUE)")
+        return prefix, str(node[int(seg)].name), rest
+    return None
+
+
+def after_axes(grid: Grid, combinations: list[tuple[dict[str, str], list[str]]]) -> list[list[str]]:
+    """Each combination's full override list: the grid's, the axes', then the command line's.
+
+    A command-line key that goes through an element of a list (``teachers.0.options.model``)
+    where an axis sets that list is applied to the element *of the same name* as the one at that
+    position before the axes (in the base recipe with the grid's overrides), wherever the axis
+    put it; ``teachers.NAME.KEY=VALUE`` names it directly. Combinations without such an element
+    are left as they are (logged); an override that reaches no combination is refused."""
+    from liser_core.engine import load_recipe
+
+    before = None
+    rules: dict[str, tuple[str, str, str] | None] = {}
+    for text in grid.cli_overrides:
+        key = _key(text)
+        if "." in key:
+            if before is None:
+                before = load_recipe(grid.recipe, list(grid.overrides))
+            rules[text] = _element_rule(grid, key, before)
+    reached = {text: 0 for text, rule in rules.items() if rule is not None}
+    out = []
+    for _chosen, overrides in combinations:
+        full = [*grid.overrides, *overrides]
+        cfg = load_recipe(grid.recipe, full) if reached else None
+        for text in grid.cli_overrides:
+            rule = rules.get(text)
+            if rule is None:
+                full.append(text)
+                continue
+            prefix, name, rest = rule
+            elements = list(_select(cfg, prefix))
+            hits = [j for j, e in enumerate(elements) if isinstance(e, DictConfig) and e.get("name") == name]
+            if len(hits) > 1:
+                raise ConfigError(_key(text), f"{len(hits)} elements of {prefix} are named {name!r} in combination "
+                                  f"{combination_key(_chosen)}: give that combination its own grid")
+            if hits:
+                reached[text] += 1
+                full.append(f"{prefix}.{hits[0]}{'.' + rest if rest else ''}={text.partition('=')[2]}")
+        out.append(full)
+    for text, n in reached.items():
+        prefix, name, _ = rules[text]
+        if n == 0:
+            raise ConfigError(_key(text), f"reaches no combination: no element of {prefix} is named {name!r} after the axes")
+        log.info("%s: applied to %s %r in %d of %d combinations", text, prefix, name, n, len(combinations))
+    return out
+
+
+def _select(cfg: DictConfig, key: str):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(cfg, key, default=None) or []
+
+
 def plan(grid: Grid, host) -> list[dict]:
     """Each combination with its resolved recipe, fingerprint and state: ``done`` (rows with
-    this fingerprint), ``stale`` (rows of another recipe) or ``todo``."""
+    this fingerprint and this code), ``stale`` (rows of another recipe), ``other code`` (rows of
+    this recipe from other code: another LiSER or plugin version or git commit) or ``todo``."""
     from liser_common.provenance import fingerprint
     from liser_core.engine import prepare_config
 
+    check_cli_overrides(grid)
     rows = read_results(grid.output / "results.csv")
     versions = host.code_versions()
+    code = code_identity(code_string(host.code_sources()))
     out = []
-    for chosen, overrides in grid.combinations():
+    combinations = grid.combinations()
+    for (chosen, _), overrides in zip(combinations, after_axes(grid, combinations)):
         key = combination_key(chosen)
         run_dir = run_dir_of(grid, key)
         extra = [f"run_dir={run_dir}"] + ([f"store={grid.output / 'store'}"] if grid.store else [])
-        cfg = prepare_config(grid.recipe, [*grid.overrides, *overrides, *extra], host)
+        cfg = prepare_config(grid.recipe, [*overrides, *extra], host)
         fp = fingerprint(cfg, versions)
-        old = {r.get("recipe_fingerprint") or "" for r in rows if r["combination"] == key}
-        state = "todo" if not old else "done" if old == {fp} else "stale"
+        mine = [r for r in rows if r["combination"] == key]
+        old = {r.get("recipe_fingerprint") or "" for r in mine}
+        state = "todo" if not old else "stale" if old != {fp} else "done"
+        if state == "done" and {code_identity(r.get("code") or "") for r in mine} != {code}:
+            state = "other code"
         out.append({"key": key, "config": cfg, "fingerprint": fp, "state": state, "run_dir": run_dir})
     return out
 
@@ -213,15 +346,34 @@ def _changed_keys(run_dir: Path, cfg) -> list[str]:
     return diff_keys(comparable(before, RESULT_FREE_KEYS), comparable(cfg, RESULT_FREE_KEYS))
 
 
-def run_grid(grid: Grid, host) -> dict:
-    """Run the combinations not done with their current recipe; returns {"ran", "skipped",
-    "replaced": [stale combinations rerun], "results"}."""
+def run_grid(grid: Grid, host, other_code: str | None = None) -> dict:
+    """Run the combinations not done with their current recipe and code; returns {"ran",
+    "skipped", "replaced": [stale combinations rerun], "results"}.
+
+    Every combination to run is validated first (:func:`dry_run`): an invalid one is refused
+    before any runs. Combinations whose rows come from other code need ``other_code``:
+    ``"rerun"`` runs them again, ``"keep"`` keeps their rows (a board row that then averages
+    runs of different code is flagged ``mixed_code``); without a choice they are refused."""
     from liser_core.engine import Engine
 
+    todo = plan(grid, host)
+    other = [it["key"] for it in todo if it["state"] == "other code"]
+    if other and other_code not in ("rerun", "keep"):
+        raise UsageError(
+            f"{len(other)} combination(s) have rows from other code (another LiSER or plugin version or git commit; "
+            f"e.g. {other[0]}): rerun them (--rerun-code) or keep their rows, flagged where they are averaged with "
+            "others (--keep-code)"
+        )
+    for it in todo:
+        if it["state"] == "other code":
+            it["state"] = "stale" if other_code == "rerun" else "done"
+    to_run = [it for it in todo if it["state"] != "done"]
+    if to_run:
+        n, probed = dry_run(grid, host, to_run)
+        log.info("%d combination(s) to run validated (%d built and probed)", n, probed)
     grid.output.mkdir(parents=True, exist_ok=True)
     results_path = grid.output / "results.csv"
     rows = read_results(results_path)
-    todo = plan(grid, host)
     ran = skipped = 0
     spent = 0.0
     replaced = []
@@ -257,6 +409,11 @@ def run_grid(grid: Grid, host) -> dict:
     return {"ran": ran, "skipped": skipped, "replaced": replaced, "results": str(results_path)}
 
 
+def flag_notes(flags: set[str]) -> list[str]:
+    """Markdown lines explaining each flag a table shows."""
+    return [line for f in sorted(flags) for line in ("", f"**!{f}**: {FLAG_NOTES.get(f, 'see the runs warnings')}.")]
+
+
 def _clock(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -270,9 +427,11 @@ def summarise_rows(grid: Grid, rows: list[dict]) -> list[dict]:
         groups.setdefault((",".join(parts), r["model"]), []).append(r)
     out = []
     for (combo, model), rs in groups.items():
+        flags = {f for r in rs for f in (r.get("flags") or "").split(",") if f}
+        if len({code_identity(r.get("code") or "") for r in rs}) > 1:
+            flags.add("mixed_code")
         entry = {"combination": combo or "(all)", "model": model, "components": rs[0]["components"], "n": len(rs),
-                 "num_parameters": int(rs[0]["num_parameters"]),
-                 "flags": sorted({f for r in rs for f in (r.get("flags") or "").split(",") if f})}
+                 "num_parameters": int(rs[0]["num_parameters"]), "flags": sorted(flags)}
         for k in ("accuracy", "uar", "macro_f1"):
             entry[k] = mean_std(float(r[k]) for r in rs)
         out.append(entry)
@@ -298,9 +457,10 @@ def write_leaderboard(grid: Grid, rows: list[dict]) -> None:
         lines.append(f"| {i} | {e['combination']} | {model} | {cell['uar']} | {cell['accuracy']} | "
                      f"{cell['macro_f1']} | {e['num_parameters']:,} | {e['n']} |")
     lines += ["", f"Generated by `liser bench` from `results.csv` ({len(rows)} rows)."]
-    if any(e["flags"] for e in table):
-        lines += ["", "**!test_overlap**: a teacher of that run was fitted on test speakers or clips "
-                  "(`allow_test_overlap`); its scores are NOT a fair estimate."]
+    lines += flag_notes({f for e in table for f in e["flags"]})
+    codes = sorted({r.get("code") or "not recorded" for r in rows})
+    if len(codes) > 1:
+        lines += ["", f"Rows come from {len(codes)} code versions: " + "; ".join(f"`{c}`" for c in codes) + "."]
     board = "\n".join(lines) + "\n"
     atomic_write_text(grid.output / "leaderboard.md", board)
     if grid.plot_axis:
@@ -350,7 +510,9 @@ def add_parser(sub, plugin_args) -> None:
     )
     p.add_argument("grid", help="grid YAML file")
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="recipe overrides applied to every combination, after the grid's (e.g. data.options.root=/data/RAVDESS)")
+                   help="recipe overrides applied to every combination after the grid's axes (e.g. "
+                   "data.options.root=/data/RAVDESS); a key an axis sets is refused; teachers.0.KEY=V, where an axis "
+                   "sets the teachers, reaches the teacher of that name wherever the axis puts it")
     p.add_argument("-o", "--output", default=None, help="output folder (default: the grid's `output` or runs/bench-NAME)")
     p.add_argument("--list", action="store_true", help="list the combinations (done, stale, todo) and exit")
     p.add_argument(
@@ -358,6 +520,12 @@ def add_parser(sub, plugin_args) -> None:
         help="validate every combination's recipe, and build and probe every teacher set x student and every data "
         "configuration once (as liser run --dry-run does); run and write nothing",
     )
+    code = p.add_mutually_exclusive_group()
+    code.add_argument("--rerun-code", dest="other_code", action="store_const", const="rerun",
+                      help="run again the combinations whose rows come from other code (another LiSER or plugin "
+                      "version or git commit)")
+    code.add_argument("--keep-code", dest="other_code", action="store_const", const="keep",
+                      help="keep rows from other code; board rows averaging runs of different code are flagged mixed_code")
     p.add_argument(
         "--plan", action="store_true",
         help="print the runs, teacher fits and labeling passes the grid needs (after store reuse) and an "
@@ -366,24 +534,31 @@ def add_parser(sub, plugin_args) -> None:
     plugin_args(p)
 
 
-def dry_run(grid: Grid, host) -> tuple[int, int]:
+def dry_run(grid: Grid, host, items: list[dict] | None = None) -> tuple[int, int]:
     """Every combination's recipe resolved and validated; every distinct component set
     (teachers, student, training) built and probed once (``Engine.validate``), every other
-    distinct data configuration built with its guards (``Engine.prepare_data``). Returns
-    (combinations, probes)."""
+    distinct data configuration built with its guards (``Engine.prepare_data``). ``items``:
+    :func:`plan`'s entries to check (default: all). An invalid combination raises, named.
+    Returns (combinations, probes)."""
     from liser_core.engine import Engine
 
-    items = plan(grid, host)
+    items = plan(grid, host) if items is None else items
     components, data, probed = set(), set(), 0
     for item in items:
         cfg = plain_config(item["config"])
         comp = json.dumps({k: cfg.get(k) for k in ("teachers", "student", "distil", "finetune", "baseline")}, sort_keys=True)
         dat = json.dumps({"data": cfg.get("data"), "seed": cfg.get("seed")}, sort_keys=True)
-        if comp not in components:  # a new component set: everything built and probed
-            Engine(item["config"], host).validate()
-            probed += 1
-        elif dat not in data:  # known components, new data: the corpus and its guards
-            Engine(item["config"], host).prepare_data()
+        try:
+            if comp not in components:  # a new component set: everything built and probed
+                Engine(item["config"], host).validate()
+                probed += 1
+            elif dat not in data:  # known components, new data: the corpus and its guards
+                Engine(item["config"], host).prepare_data()
+        except ConfigError as exc:
+            raise ConfigError(exc.key, f"{exc.reason} (combination {item['key']}; nothing was run)", exc.suggestions) from None
+        except LiserError:
+            log.error("combination %s is invalid; nothing was run", item["key"])
+            raise
         components.add(comp)
         data.add(dat)
     return len(items), probed
@@ -391,7 +566,8 @@ def dry_run(grid: Grid, host) -> tuple[int, int]:
 
 def cmd_bench(args, host) -> int:
     grid = load_grid(args.grid, args.output)
-    grid.overrides = [*grid.overrides, *args.overrides]
+    grid.cli_overrides = list(args.overrides)
+    check_cli_overrides(grid)
     if args.dry_run:
         n, probed = dry_run(grid, host)
         print(f"{n} combinations validated ({probed} built and probed: every teacher set x student; every "
@@ -399,14 +575,14 @@ def cmd_bench(args, host) -> int:
         return 0
     if args.list:
         for item in plan(grid, host):
-            print(f"{item['state']:<6}{item['key']}")
+            print(f"{item['state']:<6}{item['key']}" if len(item["state"]) < 6 else f"{item['state']} {item['key']}")
         return 0
     if args.plan:
         from liser_tools.plan import format_plan, plan_grid
 
         print(format_plan(grid, plan_grid(grid, host, plan(grid, host))))
         return 0
-    out = run_grid(grid, host)
+    out = run_grid(grid, host, getattr(args, "other_code", None))
     print(json.dumps(out))
     print(f"leaderboard: {grid.output / 'leaderboard.md'}")
     return 0

@@ -100,6 +100,7 @@ any of those shifts.
 - Scores are speaker-independent when no speaker of the test split appears in training
   (LiSER's default; it warns otherwise). WA is accuracy, UAR the mean per-class recall.
 - Recipe fingerprint: `{metrics.get('recipe_fingerprint', '')[:16]}` (the run's `config.yaml` holds the recipe).
+- Code: {_code_line(metrics.get('code'))}.
 
 ## Teachers
 
@@ -127,6 +128,15 @@ liser serve {repo_id or 'PATH_OR_HUB_ID'}                 # HTTP: POST /predict,
 ```
 """
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
+
+
+def _code_line(code: Any) -> str:
+    """The card's code line: each package's version, commit and dirty flag, or "not recorded"."""
+    from liser_common.provenance import code_label
+
+    if not isinstance(code, dict) or not code:
+        return "not recorded (a run from before LiSER recorded its commit)"
+    return ", ".join(f"`{name} {code_label(entry)}`" for name, entry in sorted(code.items()) if isinstance(entry, dict))
 
 
 def write_model_card(run_dir: str | Path, *, repo_id: str | None = None) -> Path:

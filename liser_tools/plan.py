@@ -180,7 +180,8 @@ def plan_grid(grid, host, items: list[dict]) -> dict:
         seconds += len(test_ids) * costs.forward[skey] * (2 if cfg.baseline.enabled else 1)
     return {
         "runs": {"total": len(items), "done": sum(1 for it in items if it["state"] == "done"),
-                 "stale": sum(1 for it in items if it["state"] == "stale"), "todo": len(todo)},
+                 "stale": sum(1 for it in items if it["state"] == "stale"),
+                 "other_code": sum(1 for it in items if it["state"] == "other code"), "todo": len(todo)},
         "store": grid.store,
         "fits": {name: len(v) if grid.store else None for name, v in fits.items()},
         "fits_without_store": fits_plain,
@@ -195,7 +196,8 @@ def format_plan(grid, result: dict) -> str:
     from liser_tools.bench import _clock
 
     r = result["runs"]
-    lines = [f"plan: {r['total']} runs ({r['done']} done, {r['stale']} stale, {r['todo']} to run)"]
+    other = f", {r['other_code']} from other code (--rerun-code or --keep-code)" if r.get("other_code") else ""
+    lines = [f"plan: {r['total']} runs ({r['done']} done, {r['stale']} stale{other}, {r['todo']} to run)"]
     fits = result["fits"]
     if grid.store:
         lines.append("teacher fits: " + (", ".join(f"{n} {k}" for k, n in fits.items()) or "none")

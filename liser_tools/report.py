@@ -70,9 +70,37 @@ def table(rows: Sequence[Mapping[str, str]], roles: Mapping[str, str], repeat: S
     return {k: {f: list(v.values()) for f, v in d.items()} for k, d in out.items()}
 
 
-def efficiency(tab: Mapping, students: Sequence[str], teacher_sets: Sequence[str]) -> list[dict]:
-    """Per (teacher set, student): the fully supervised UAR, UAR at the headline fraction as a
-    share of it, and the smallest fraction reaching :data:`REACH` of it."""
+def table_flags(rows: Sequence[Mapping[str, str]], roles: Mapping[str, str]) -> dict[tuple[str, str, str], set[str]]:
+    """The flags of :func:`table`'s keys: every flag of their rows, and ``mixed_code`` where one
+    point (a fraction, averaged over the repeat axes) mixes runs of different code."""
+    from liser_common.provenance import code_identity
+
+    flags: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    codes: dict[tuple[str, str, str, str], set[str]] = defaultdict(set)
+    for r in rows:
+        parts = parse_combination(r["combination"])
+        model = r["model"]
+        key = (parts[roles["student"]], "-" if model == "baseline" else parts[roles["teachers"]], model)
+        flags[key] |= {f for f in (r.get("flags") or "").split(",") if f}
+        codes[(*key, parts[roles["fraction"]])].add(code_identity(r.get("code") or ""))
+    for (*key, _), seen in codes.items():
+        if len(seen) > 1:
+            flags[tuple(key)].add("mixed_code")
+    return dict(flags)
+
+
+def full_label(fraction: float) -> str:
+    """What the labels-only student at the grid's largest fraction is: "fully supervised" only
+    at 100 % of the labels, otherwise "largest fraction (50 %)"."""
+    return "fully supervised" if fraction >= 1.0 else f"largest fraction ({_pct(fraction)})"
+
+
+def efficiency(tab: Mapping, students: Sequence[str], teacher_sets: Sequence[str],
+               flags: Mapping[tuple[str, str, str], set[str]] | None = None) -> list[dict]:
+    """Per (teacher set, student): the fully supervised UAR (the labels-only student at the
+    largest fraction: :func:`full_label` names it), UAR at the headline fraction as a share of
+    it, the smallest fraction reaching :data:`REACH` of it, and the flags of the rows behind it."""
+    flags = flags or {}
     out = []
     for student in students:
         base = tab.get((student, "-", "baseline"), {})
@@ -93,6 +121,7 @@ def efficiency(tab: Mapping, students: Sequence[str], teacher_sets: Sequence[str
                 "headline_share": means[head] / full if full > 0 else math.nan,
                 "reaches_95": reach[0] if reach else None,
                 "labels_only_at_headline": mean_std(base[head])[0] if head in base else None,
+                "flags": sorted(flags.get((student, teachers, "student"), set()) | flags.get((student, "-", "baseline"), set())),
             })
     return out
 
@@ -102,23 +131,34 @@ def _pct(f: float) -> str:
 
 
 def efficiency_markdown(rows: Sequence[dict]) -> str:
+    from liser_tools.bench import flag_notes
+
+    fulls = sorted({e["full_fraction"] for e in rows})
+    full = full_label(fulls[0]) if len(fulls) == 1 else "largest fraction"
+    what = ("the fully supervised student's UAR (the same student, labels only, at 100 % of the labels)"
+            if full == "fully supervised" else
+            f"the UAR of the same student trained on labels only at the grid's {full} -- the grid has no 100 % "
+            "fraction, so this is NOT the fully supervised score")
     lines = [
         "# Label efficiency",
         "",
-        f"UAR of the distilled student at {_pct(HEADLINE_FRACTION)} of the labels, as a share of the fully "
-        f"supervised student's UAR (the same student, labels only, at the largest fraction); and the smallest "
-        f"labeled fraction at which the distilled student reaches {100 * REACH:g} % of it. Means over the repeat axes.",
+        f"UAR of the distilled student at {_pct(HEADLINE_FRACTION)} of the labels, as a share of {what}; and the "
+        f"smallest labeled fraction at which the distilled student reaches {100 * REACH:g} % of it. Means over the "
+        "repeat axes; flags (explained below the table) name runs whose scores are not comparable.",
         "",
-        "| student | teachers | fully supervised UAR | UAR at 10 % | share | labels only at 10 % | reaches 95 % at |",
-        "|---|---|---|---|---|---|---|",
+        f"| student | teachers | {full} UAR | UAR at 10 % | share | labels only at 10 % | reaches 95 % at | flags |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for e in rows:
         lines.append(
-            f"| {e['student']} | {e['teachers']} | {e['full_uar']:.3f} | {e['headline_uar']:.3f} | "
-            f"{100 * e['headline_share']:.1f} % | "
+            f"| {e['student']} | {e['teachers']} | {e['full_uar']:.3f}"
+            + (f" ({_pct(e['full_fraction'])})" if len(fulls) > 1 else "")
+            + f" | {e['headline_uar']:.3f} | {100 * e['headline_share']:.1f} % | "
             + (f"{e['labels_only_at_headline']:.3f}" if e["labels_only_at_headline"] is not None else "-")
-            + f" | {_pct(e['reaches_95']) if e['reaches_95'] is not None else 'not reached'} |"
+            + f" | {_pct(e['reaches_95']) if e['reaches_95'] is not None else 'not reached'} | "
+            + (" ".join(f"!{f}" for f in e.get("flags", [])) or "-") + " |"
         )
+    lines += flag_notes({f for e in rows for f in e.get("flags", [])})
     return "\n".join(lines) + "\n"
 
 
@@ -158,7 +198,7 @@ def curves(tab: Mapping, student: str, teacher_sets: Sequence[str], path: Path) 
     if base:
         line(base, "labels only", color="black", linestyle="--")
         full = mean_std(base[max(base)])[0]
-        ax.axhline(full, color="grey", linestyle=":", label=f"fully supervised ({full:.3f})")
+        ax.axhline(full, color="grey", linestyle=":", label=f"{full_label(max(base))} ({full:.3f})")
     ax.set_xscale("log")
     ax.set_xlabel("labeled fraction of the training clips")
     ax.set_ylabel("test UAR")
@@ -217,6 +257,11 @@ def _md_table_html(md: str) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c.replace('**', ''))}</td>" for c in r) + "</tr>" for r in cells[1:])
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _notes_html(md: str) -> str:
+    """The flag notes under a Markdown table (lines starting ``**!``) as paragraphs."""
+    return "".join(f"<p>{html.escape(ln.replace('**', ''))}</p>" for ln in md.splitlines() if ln.startswith("**!"))
 
 
 def _confusion_html(csv_path: Path) -> str:
@@ -283,7 +328,7 @@ def write_report(out: Path, title: str, rows: Sequence[Mapping[str, str]], roles
             p = out / f"label_efficiency_{student}.png"
             curves(tab, student, teacher_sets, p)
             figures.append((p, f"Label efficiency of {student}"))
-    eff = efficiency(tab, students, teacher_sets)
+    eff = efficiency(tab, students, teacher_sets, table_flags(rows, roles))
     eff_md = efficiency_markdown(eff)
     (out / "efficiency.md").write_text(eff_md)
     speeds = _speeds(out, rows, roles)
@@ -297,7 +342,8 @@ def write_report(out: Path, title: str, rows: Sequence[Mapping[str, str]], roles
         s = speeds.get(student)
         base = tab.get((student, "-", "baseline"))
         if s is not None and base:
-            points.append({"label": f"{student} (full)", "uar": mean_std(base[max(base)])[0], "kind": "full", **s})
+            full = "full" if max(base) >= 1.0 else _pct(max(base))
+            points.append({"label": f"{student} ({full})", "uar": mean_std(base[max(base)])[0], "kind": "full", **s})
     if points:
         pareto(points, out / "pareto.png")
         figures.append((out / "pareto.png", "UAR against size and CPU speed"))
@@ -314,7 +360,7 @@ def write_report(out: Path, title: str, rows: Sequence[Mapping[str, str]], roles
     )
     page = write_html(
         out, title, figures,
-        [("Label efficiency", _md_table_html(eff_md)), ("Students: size and speed", _md_table_html(speed_md)),
+        [("Label efficiency", _md_table_html(eff_md) + _notes_html(eff_md)), ("Students: size and speed", _md_table_html(speed_md)),
          ("Leaderboard", _md_table_html(leaderboard_md))],
         confusions,
     )

@@ -104,3 +104,82 @@ def test_an_edited_grid_reruns_what_changed_and_says_so(grid_file, tmp_path, cap
     history = [json.loads(line) for line in (out_dir / "runs" / "loss-ce__seed-s0" / "history.jsonl").read_text().splitlines()]
     assert max(h["epoch"] for h in history if h["stage"] == "distil") == 2  # really rerun with the new recipe
     assert run_grid(load_grid(path, out_dir), host)["ran"] == 0  # and now current
+
+
+@pytest.fixture
+def teacher_grid(tmp_path):
+    """A grid whose axis sets `teachers` (the base recipe's teachers.0 is face_cnn), and a
+    second axis whose second label is invalid only once its corpus is built."""
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
+    face = "{name: face_cnn, fit: {epochs: 1, batch_size: 16}, options: {channels: [4, 8], hidden: 16}}"
+    audio = "{name: audio_cnn, fit: {epochs: 1, batch_size: 16}, options: {channels: [4, 8], hidden: 16}}"
+    grid = {
+        "recipe": "tiny.yaml", "overrides": list(TINY_OVERRIDES), "repeat": ["seed"],
+        "axes": {
+            "teachers": {"audio": [f"teachers=[{audio}]"], "face": [f"teachers=[{face}]"],
+                         "both": [f"teachers=[{audio}, {face}]"]},
+            "seed": {"s0": ["seed=0"]},
+        },
+    }
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
+
+
+def test_cli_overrides_apply_after_the_axes_to_the_teacher_of_that_name(teacher_grid, tmp_path, capsys):
+    from liser_tools.bench import plan
+    from liser_tools.cli import main
+
+    grid = load_grid(teacher_grid, tmp_path / "out")
+    grid.cli_overrides = ["teachers.0.options.hidden=12", "distil.epochs=2"]
+    items = plan(grid, load_plugins())
+    hidden = {it["key"]: {t.name: t.options.hidden for t in it["config"].teachers} for it in items}
+    # teachers.0 before the axes is face_cnn: it reaches face_cnn wherever the axis puts it
+    assert hidden == {"teachers=audio,seed=s0": {"audio_cnn": 16}, "teachers=face,seed=s0": {"face_cnn": 12},
+                      "teachers=both,seed=s0": {"audio_cnn": 16, "face_cnn": 12}}
+    assert {it["config"].distil.epochs for it in items} == {2}
+    assert main(["bench", str(teacher_grid), "-o", str(tmp_path / "out"), "teachers.face_cnn.options.hidden=8", "--list"]) == 0
+    # a key an axis sets (or one above it) is refused: it would make the axis' labels one run
+    capsys.readouterr()
+    assert main(["bench", str(teacher_grid), "-o", str(tmp_path / "out"), "seed=3", "--list"]) == 2
+    assert "liser: error: seed: axis 'seed' of the grid sets seed" in capsys.readouterr().err
+    assert main(["bench", str(teacher_grid), "-o", str(tmp_path / "out"), "teachers.fer.options.x=1", "--list"]) == 2
+    assert "reaches no combination" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_invalid_combination_is_refused_before_the_first_run(teacher_grid, tmp_path):
+    grid = yaml.safe_load(teacher_grid.read_text())
+    grid["axes"] = {"teachers": {"face": grid["axes"]["teachers"]["face"]},
+                    "test": {"ok": [], "none": ["data.options.test_speakers=0"]}}  # valid first, then invalid
+    grid["repeat"] = []
+    teacher_grid.write_text(yaml.safe_dump(grid, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"no 'test' clips \(combination teachers=face,test=none; nothing was run\)"):
+        run_grid(load_grid(teacher_grid, tmp_path / "out"), load_plugins())
+    assert not (tmp_path / "out" / "runs").exists() and not (tmp_path / "out" / "results.csv").exists()
+
+
+def test_rows_from_other_code_are_listed_and_never_averaged_silently(teacher_grid, tmp_path, capsys):
+    from liser_common.provenance import code_string
+    from liser_tools.bench import FIELDS, plan, write_results
+    from liser_tools.cli import main
+
+    grid = yaml.safe_load(teacher_grid.read_text())
+    grid["axes"] = {"teachers": {"face": grid["axes"]["teachers"]["face"]}, "seed": {"s0": ["seed=0"], "s1": ["seed=1"]}}
+    teacher_grid.write_text(yaml.safe_dump(grid, sort_keys=False))
+    host, out = load_plugins(), tmp_path / "out"
+    items = plan(load_grid(teacher_grid, out), host)
+    here = code_string(host.code_sources())
+    other = "liser=0.1.0@0123456789ab"  # the same version, another commit
+    rows = [{**dict.fromkeys(FIELDS, ""), "combination": it["key"], "model": "student", "components": "c",
+             "accuracy": "0.5", "uar": uar, "macro_f1": "0.5", "num_parameters": "10",
+             "recipe_fingerprint": it["fingerprint"], "code": code} for it, uar, code in zip(items, ("0.4", "0.6"), (here, other))]
+    out.mkdir()
+    write_results(out / "results.csv", rows)
+    assert main(["bench", str(teacher_grid), "-o", str(out), "--list"]) == 0
+    assert capsys.readouterr().out.split("\n")[:2] == ["done  teachers=face,seed=s0", "other code teachers=face,seed=s1"]
+    assert main(["bench", str(teacher_grid), "-o", str(out)]) == 2  # no choice made: refused, nothing run
+    assert "from other code" in capsys.readouterr().err and not (out / "leaderboard.md").exists()
+    assert run_grid(load_grid(teacher_grid, out), host, "keep")["ran"] == 0
+    board = (out / "leaderboard.md").read_text()
+    assert "| teachers=face | student **!mixed_code** | 0.500 ± 0.141 |" in board and "**!mixed_code**: the row" in board

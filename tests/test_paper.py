@@ -128,3 +128,43 @@ def test_the_paper_grids_validate_on_fixture_trees(tmp_path, capsys):
         out = capsys.readouterr().out
         n = {"ravdess": 6 * 5 * 3 * 3, "cremad": 5 * 5 * 3 * 3}[grid]
         assert f"{n} combinations validated" in out
+
+
+def _report_rows(fractions, flagged_seed="1"):
+    """results.csv rows of a small grid (no runs needed): a student and the labels-only
+    baseline per fraction and seed; seed ``flagged_seed``'s runs carry ``test_overlap``."""
+    rows = []
+    for frac in fractions:
+        for seed in ("0", "1"):
+            for model, uar in (("student", 0.3 + frac / 2), ("baseline", 0.2 + frac / 2)):
+                rows.append({"combination": f"fraction={frac:g},teachers=speech,student=small,seed={seed}", "model": model,
+                             "uar": str(uar), "label_fraction": str(frac), "run_dir": "/nonexistent", "num_parameters": "10",
+                             "flags": "test_overlap" if seed == flagged_seed else "", "code": "liser=0.1.0@abc"})
+    return rows
+
+
+def _write_report(tmp_path, fractions, flagged_seed="1"):
+    from liser_tools.report import write_report
+
+    roles = {"fraction": "fraction", "teachers": "teachers", "student": "student"}
+    axes = {"fraction": {f"{f:g}": [] for f in fractions}, "teachers": {"speech": []}, "student": {"small": []},
+            "seed": {"0": [], "1": []}}
+    write_report(tmp_path, "t", _report_rows(fractions, flagged_seed), roles, ["seed"], axes, "")
+    return (tmp_path / "efficiency.md").read_text(), (tmp_path / "report.html").read_text()
+
+
+def test_efficiency_says_largest_fraction_when_the_grid_has_no_100_percent(tmp_path):
+    eff, page = _write_report(tmp_path, (0.1, 0.5), flagged_seed="")
+    assert "| student | teachers | largest fraction (50 %) UAR |" in eff and "fully supervised UAR" not in eff
+    assert "NOT the fully supervised score" in eff and "<th>largest fraction (50 %) UAR</th>" in page
+    eff_full, _ = _write_report(tmp_path, (0.1, 1.0), flagged_seed="")
+    assert "| student | teachers | fully supervised UAR |" in eff_full
+
+
+def test_a_flagged_run_shows_its_flag_in_efficiency_md_and_report_html(tmp_path):
+    eff, page = _write_report(tmp_path, (0.1, 1.0))
+    assert "| small | speech | 0.700 | 0.350 | 50.0 % | 0.250 | 100 % | !test_overlap |" in eff
+    assert "**!test_overlap**: a teacher of that run was fitted on test speakers" in eff
+    assert "<td>!test_overlap</td>" in page and "!test_overlap: a teacher of that run" in page
+    clean, clean_page = _write_report(tmp_path, (0.1, 1.0), flagged_seed="")
+    assert "test_overlap" not in clean and "test_overlap" not in clean_page

@@ -37,6 +37,7 @@ class RunDirWriter:
             run.run_dir / "manifest.json",
             {
                 "liser": __version__,
+                "code": run.code,  # LiSER's and plugin packages' version, git commit, dirty flag
                 "python": sys.version.split()[0],
                 "platform": platform.platform(),
                 "torch": torch.__version__,
@@ -98,6 +99,7 @@ class RunDirWriter:
             "diagnostics": run.diagnostics,
             "stage_seconds": run.stage_seconds,
             "recipe_fingerprint": run.fingerprint,
+            "code": run.code,
             "flags": run.flags,
             "warnings": run.warnings,
             "label_maps": run.label_map_report,
