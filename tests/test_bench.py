@@ -68,6 +68,31 @@ def test_grid_resumes_and_extends(grid_file, tmp_path):
     assert extended["ran"] == 2 and extended["skipped"] == 2
     rows = list(csv.DictReader(open(out_dir / "results.csv")))
     assert len({r["combination"] for r in rows}) == 4
+    # the code that produced each row, in the row, the run's records and the model card
+    from liser_common.provenance import code_label, code_string
+
+    code = host.code_sources()
+    assert {r["code"] for r in rows} == {code_string(code)} and code["liser"]["liser"] in rows[0]["code"]
+    run_dir = out_dir / "runs" / "loss-kl__seed-s0"
+    for record in ("metrics.json", "manifest.json"):
+        assert json.loads((run_dir / record).read_text())["code"]["liser"] == code["liser"]
+    assert f"- Code: `liser {code_label(code['liser'])}`" in (run_dir / "student" / "README.md").read_text()
+
+
+def test_code_version_reads_the_checkout_and_falls_back_outside_one(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    from liser_common.provenance import code_label, code_version, package_code
+
+    here = code_version()
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:  # a checkout (CI and development): its commit and a dirty flag
+        assert here["commit"] == head.stdout.strip() and isinstance(here["dirty"], bool)
+    assert package_code("1.2", str(tmp_path)) == {"version": "1.2", "commit": None, "dirty": None}
+    assert code_label({"liser": "0.1.0", "commit": "a" * 40, "dirty": True}) == "0.1.0@aaaaaaaaaaaa+dirty"
+    assert code_label({"version": "1.2", "commit": None}) == "1.2"
 
 
 def test_grid_errors_name_the_key(tmp_path):
