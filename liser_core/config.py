@@ -53,6 +53,10 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)  # the dataset factory's options
     bad_clips: BadClipPolicy = BadClipPolicy.skip  # unreadable/silent/broken clips: skip | raise
     duplicates: DuplicatePolicy = DuplicatePolicy.skip  # the same content in two splits: skip | warn | error
+    #: also treat near copies of test clips (re-encoded, resampled, remuxed, trimmed <= 0.5 s,
+    #: gain-changed: an audio fingerprint, docs/soundness.md) as duplicates, by the same policy
+    near_duplicates: bool = True
+    near_threshold: float = 0.72  # fingerprint similarity at or above which a clip is a near copy
     workers: int | None = None  # processes decoding clips read from files; None: from the CPU count; 0: in process
     cache: bool = True  # decode (and resample) each clip read from a file once, across epochs, stages and runs
     cache_dir: str | None = None  # the decoded-clip cache; None: $LISER_CACHE_DIR/decoded

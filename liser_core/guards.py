@@ -7,7 +7,8 @@ never guesses, and ends in a refusal or a warning that stands in ``metrics.json`
 * :func:`fit_overlap` -- a teacher fitted on speakers or clips of the test split (in this run,
   or in another fold and loaded from a checkpoint whose card records its :class:`FitSet`);
 * :func:`find_duplicates` / :func:`drop_duplicates` -- the same recording (by content) in two
-  splits, e.g. a copy of a test clip in a folder of unlabeled videos;
+  splits, e.g. a copy of a test clip in a folder of unlabeled videos; :func:`find_near_duplicates`
+  -- a re-encoded, resampled, remuxed, trimmed or gain-changed copy of a test clip (by ear);
 * :func:`missing_warnings` -- expected speakers or clips of a protocol that are not there;
 * :func:`label_map_report` -- what each teacher's label map does, and the classes a teacher
   (or every teacher) cannot express;
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,9 +111,23 @@ class Duplicate:
     clip_id: str
     of_split: str  # split of the clip it duplicates (earlier in PRIORITY, or the same split)
     of_clip: str
+    kind: str = "content"  # content: a file (or the samples) byte for byte; near: the same recording by ear
+    similarity: float | None = None  # near copies: the fingerprint similarity (liser_cache.fingerprint)
+    shift: float | None = None  # near copies: where the copy starts in the original's time (seconds)
 
     def describe(self) -> str:
+        if self.kind == "near":
+            return (f"{self.split} clip {self.clip_id} is a near copy of {self.of_split} clip {self.of_clip} "
+                    f"(similarity {self.similarity:.2f}, shift {self.shift:+.2f}s)")
         return f"{self.split} clip {self.clip_id} has the same content as {self.of_split} clip {self.of_clip}"
+
+    def record(self) -> dict[str, Any]:
+        """As ``splits.json`` lists it: byte copies as before; near copies with kind and similarity."""
+        out = {"split": self.split, "clip_id": self.clip_id, "of_split": self.of_split, "of_clip": self.of_clip}
+        if self.kind != "content":
+            out |= {"kind": self.kind, "similarity": round(float(self.similarity or 0.0), 4),
+                    "shift": round(float(self.shift or 0.0), 3)}
+        return out
 
 
 def find_duplicates(splits: Mapping[str, Sequence[Clip]], digests: Mapping[str, Sequence[Sequence[str]]]) -> list[Duplicate]:
@@ -128,6 +143,63 @@ def find_duplicates(splits: Mapping[str, Sequence[Clip]], digests: Mapping[str, 
             for d in ds:
                 seen.setdefault(d, (split, clip.clip_id))
     return out
+
+
+def find_near_duplicates(
+    splits: Mapping[str, Sequence[Clip]],
+    fingerprints: Mapping[str, Sequence[Any]],
+    *,
+    threshold: float,
+    max_shift: float | None = None,
+    skip: Collection[tuple[str, str]] = frozenset(),
+) -> list[Duplicate]:
+    """Clips of the other splits that sound like a test clip (re-encoded, resampled, remuxed,
+    trimmed or gain-changed copies: :mod:`liser_cache.fingerprint`), as :class:`Duplicate` of
+    kind ``near`` naming the test clip, its similarity and shift. ``fingerprints`` holds one per
+    clip (None: nothing to compare); ``(split, clip_id)`` in ``skip`` (byte copies already found)
+    are not asked."""
+    from liser_cache import fingerprint as fpm
+
+    test = [(c, f) for c, f in zip(splits.get("test", ()), fingerprints.get("test", ())) if f is not None]
+    index = fpm.NearIndex([f for _, f in test], max_shift=fpm.MAX_SHIFT if max_shift is None else max_shift)
+    out = []
+    for split in PRIORITY[1:]:
+        for clip, fp in zip(splits.get(split, ()), fingerprints.get(split, ())):
+            if fp is None or (split, clip.clip_id) in skip or not index.size:
+                continue
+            ref, sim, shift = index.query(fp)[0]
+            if sim >= threshold:
+                out.append(Duplicate(split, clip.clip_id, "test", test[ref][0].clip_id, "near", round(sim, 4), shift))
+    return out
+
+
+def near_copies(
+    splits: Mapping[str, Sequence[Clip]],
+    digests: Mapping[str, Sequence[Sequence[str]]],
+    corpus: Any,
+    *,
+    threshold: float,
+    found: Sequence[Duplicate] = (),
+    workers: int = 2,
+) -> list[Duplicate]:
+    """:func:`find_near_duplicates` over a corpus's splits: each clip's fingerprint read from
+    the cache by content or decoded and computed once (``liser_cache.fingerprint``); clips
+    already in ``found`` (byte copies) are left alone. ``ValueError`` for a threshold outside
+    (0, 1]."""
+    from liser_cache.fingerprint import fingerprints_of
+
+    if not 0 < float(threshold) <= 1:
+        raise ValueError(f"near_threshold must be in (0, 1], not {threshold}")
+    skip = {(d.split, d.clip_id) for d in found}
+    if not splits.get("test"):
+        return []
+    fps = {
+        s: fingerprints_of(
+            [c for c in splits.get(s, ())], list(digests.get(s, ())), corpus, workers=workers
+        ) if s == "test" or splits.get(s) else []
+        for s in PRIORITY
+    }
+    return find_near_duplicates(splits, fps, threshold=float(threshold), skip=skip)
 
 
 def drop_duplicates(
@@ -234,5 +306,5 @@ def splits_record(
             ],
             "classes": dict(sorted(Counter(c.label or "unlabeled" for c in clips).items())),
         }
-    out["dropped_duplicates"] = [d.__dict__ for d in dropped]
+    out["dropped_duplicates"] = [d.record() for d in dropped]
     return out

@@ -229,6 +229,14 @@ def guard_data(engine: Engine) -> None:
     raw = {s: list(corpus.split(s)) for s in SPLITS}
     digests = {s: digests_of(raw[s], corpus) for s in SPLITS}
     dups = guards.find_duplicates(raw, digests)
+    if cfg.data.near_duplicates:  # re-encoded, resampled, trimmed ... copies of test clips
+        t1 = time.perf_counter()
+        try:
+            dups += guards.near_copies(raw, digests, corpus, threshold=cfg.data.near_threshold, found=dups)
+        except ValueError as exc:
+            raise ConfigError("data.near_threshold", str(exc)) from None
+        log.info("near copies of test clips: fingerprints of %d clips compared in %.1fs",
+                 sum(map(len, raw.values())), time.perf_counter() - t1)
     policy = DuplicatePolicy(cfg.data.duplicates).value
     splits, engine.dropped = raw, []
     if dups:

@@ -14,7 +14,10 @@ reports counts per split, class and speaker, and every problem with its file and
 * test speakers that also appear in another split (results would not be speaker-independent);
 * speakers and clips the corpus's protocol expects that are not there (``corpus.missing()``:
   a deleted actor folder, a take whose video is gone);
-* clips whose content (file bytes) repeats another clip's, across or within splits.
+* clips whose content (file bytes) repeats another clip's, across or within splits
+  (``duplicate_content``), and clips of other splits that are near copies of a test clip
+  (re-encoded, resampled, remuxed, trimmed, gain-changed: ``near_duplicate``, with
+  ``near_duplicates: False`` to leave that out).
 
 Shared speakers between ``labeled`` and ``unlabeled`` are a warning, not a problem: a corpus may
 offer that on purpose (e.g. ``pool: remaining_clips``).
@@ -127,7 +130,8 @@ def _index_problems(corpus: Corpus) -> list[Problem]:
 
 
 def check_corpus(
-    corpus: Corpus, *, workers: int = 4, progress: Callable[[int, int], None] | None = None
+    corpus: Corpus, *, workers: int = 4, progress: Callable[[int, int], None] | None = None,
+    near_duplicates: bool = True, near_threshold: float | None = None,
 ) -> Report:
     """Open every clip of every split once and report (see the module doc)."""
     t0 = time.perf_counter()
@@ -197,8 +201,16 @@ def check_corpus(
             report.problems.append(Problem("missing_clip", f"expected {split} clip {cid} is not there", clip_id=str(cid), split=split))
     splits = {s: list(corpus.split(s)) for s in SPLITS}
     digests = {s: digests_of(splits[s], corpus, workers=workers) for s in SPLITS}
-    for d in find_duplicates(splits, digests):
+    dups = find_duplicates(splits, digests)
+    for d in dups:
         report.problems.append(Problem("duplicate_content", d.describe(), clip_id=d.clip_id, split=d.split))
+    if near_duplicates:
+        from liser_cache.fingerprint import THRESHOLD
+        from liser_core.guards import near_copies
+
+        threshold = THRESHOLD if near_threshold is None else near_threshold
+        for d in near_copies(splits, digests, corpus, threshold=threshold, found=dups, workers=workers):
+            report.problems.append(Problem("near_duplicate", d.describe(), clip_id=d.clip_id, split=d.split))
     speakers = {s: {c.speaker for c in corpus.split(s)} for s in SPLITS}
     for s in ("teacher", "labeled", "unlabeled"):
         shared = sorted(speakers[s] & speakers["test"])
@@ -239,7 +251,8 @@ def check_recipe(
     corpus = build_component(host.registries.dataset, cfg.data.name, options, "data.options", seed=int(cfg.seed))
     if not isinstance(corpus, Corpus):
         raise UsageError(f"dataset {cfg.data.name!r} did not return a Corpus")
-    return check_corpus(corpus, workers=workers, progress=progress)
+    return check_corpus(corpus, workers=workers, progress=progress, near_duplicates=bool(cfg.data.near_duplicates),
+                        near_threshold=float(cfg.data.near_threshold))
 
 
 def format_report(report: Report, *, max_speakers: int = 12) -> str:
