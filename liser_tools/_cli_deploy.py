@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 
@@ -23,6 +24,8 @@ def add_parsers(sub, plugin_args) -> None:
         metavar="S",
         help="window length in seconds for long clips (default: the training clip length; 0: whole clip)",
     )
+    p.add_argument("--max-seconds", type=float, default=3600.0, metavar="S",
+                   help="refuse longer files, from their header before decoding (default: 3600)")
     plugin_args(p)
 
     p = sub.add_parser(
@@ -72,7 +75,9 @@ def cmd_predict(args, host) -> int:
     from .deploy import Predictor, check_window, expand_paths
 
     check_window(args.window)  # a usage error before the model is even read
-    predictor = Predictor(args.checkpoint, window=args.window, host=host)
+    if not (math.isfinite(args.max_seconds) and args.max_seconds > 0):
+        raise UsageError(f"--max-seconds {args.max_seconds}: give a duration in seconds > 0")
+    predictor = Predictor(args.checkpoint, window=args.window, host=host, max_seconds=args.max_seconds)
     files = expand_paths(args.paths)
     if not files:
         raise UsageError("no audio or video files found in " + ", ".join(args.paths))

@@ -30,6 +30,9 @@ from liser_core.errors import UsageError
 
 #: The shortest clip (and prediction window) scored: shorter ones are bad files.
 MIN_SECONDS = 0.1
+#: The longest file ``liser predict`` scores unless ``--max-seconds`` says otherwise (the ONNX
+#: export's length limit too); longer ones are refused from their header, before decoding.
+DEFAULT_MAX_SECONDS = 3600.0
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
 
 
@@ -43,28 +46,38 @@ def check_window(window: float | None) -> float | None:
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".flv", ".mov", ".m4a"}
 
 
-def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+class TooLarge(UsageError):
+    """An input past a size or duration limit (``liser serve`` answers 413)."""
+
+
+#: What one file may decode to when the caller sets no ``max_samples`` (float32 mono: 1 GiB).
+MAX_DECODED_SAMPLES = 2**28
+
+
+def read_audio(path: str | Path, sample_rate: int, *, max_seconds: float | None = None,
+               max_samples: int | None = MAX_DECODED_SAMPLES) -> np.ndarray:
     """Mono float32 waveform of an audio or video file, resampled to ``sample_rate``.
 
-    Audio files are read with soundfile, the audio stream of video files with PyAV.
-    Any decoder failure is a :class:`UsageError` naming the file and the reason.
+    Audio files are read with soundfile, the audio stream of video files with PyAV. Before a
+    sample is decoded, the header's sample rate must lie in
+    [``MIN_SAMPLE_RATE``, ``MAX_SAMPLE_RATE``] and its duration within ``max_seconds`` and
+    ``max_samples`` (:class:`TooLarge`); decoding reads blocks and stops at the limits whatever
+    the header said, so memory stays bounded. NaN or Inf samples are refused; finite samples
+    outside [-1, 1] (a float file's full scale) are clipped to it. Any decoder failure is a
+    :class:`UsageError` naming the file and the reason.
     """
+    from liser_common.audio import resample_rate
+
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"{path}: no such file")
     suffix = path.suffix.lower()
+    limits = {"max_seconds": max_seconds, "max_samples": max_samples}
     try:
         if suffix in VIDEO_SUFFIXES:
-            audio, rate = _read_av(path)
+            audio, rate = _read_av(path, **limits)
         else:
-            import soundfile as sf
-
-            from liser_common.audio import wav_truncation
-
-            if suffix == ".wav" and (reason := wav_truncation(path)):
-                raise UsageError(f"{path}: {reason}")
-            audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-            audio = audio.mean(1)
+            audio, rate = _read_sf(path, **limits)
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - decoder errors become one clear message
@@ -73,14 +86,51 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
         raise UsageError(f"{path}: no audio samples")
     if not np.isfinite(audio).all():
         raise UsageError(f"{path}: audio contains NaN or Inf samples")
+    np.clip(audio, -1.0, 1.0, out=audio)
     if rate != sample_rate:
         import torchaudio.functional as AF
 
-        audio = AF.resample(torch.from_numpy(np.ascontiguousarray(audio)), rate, sample_rate).numpy()
+        source = resample_rate(rate, sample_rate)  # an odd rate: its filter would be huge
+        audio = AF.resample(torch.from_numpy(np.ascontiguousarray(audio)), source, sample_rate).numpy()
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
-def _read_av(path: Path) -> tuple[np.ndarray, int]:
+def _refuse(path: Path, frames: int, rate: int, channels: int, max_seconds: float | None,
+            max_samples: int | None) -> None:
+    """Refuse a header (or what has been decoded so far) before reading further."""
+    from liser_common.audio import Declared, check_declared, too_long
+
+    if reason := check_declared(Declared(frames, rate, channels)):
+        raise UsageError(f"{path}: {reason}")
+    if reason := too_long(frames, rate, max_seconds=max_seconds, max_samples=max_samples):
+        raise TooLarge(f"{path}: {reason}")
+
+
+def _read_sf(path: Path, *, max_seconds: float | None, max_samples: int | None) -> tuple[np.ndarray, int]:
+    """Mono samples and rate of a soundfile-readable file, its header checked first."""
+    import soundfile as sf
+
+    from liser_common.audio import wav_truncation
+
+    if path.suffix.lower() == ".wav" and (reason := wav_truncation(path)):
+        raise UsageError(f"{path}: {reason}")
+    with sf.SoundFile(str(path)) as f:
+        rate, channels = int(f.samplerate), int(f.channels)
+        _refuse(path, int(f.frames), rate, channels, max_seconds, max_samples)
+        block = max(1024, 2**20 // channels)  # a few MiB per block, whatever the channel count
+        chunks, total = [], 0
+        while True:
+            data = f.read(block, dtype="float32", always_2d=True)
+            if not len(data):
+                break
+            chunks.append(data.mean(1) if channels > 1 else data[:, 0].copy())
+            total += len(data)
+            _refuse(path, total, rate, channels, max_seconds, max_samples)  # a header that lied
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), rate
+
+
+def _read_av(path: Path, *, max_seconds: float | None = None,
+             max_samples: int | None = None) -> tuple[np.ndarray, int]:
     try:
         import av
     except ImportError:
@@ -89,14 +139,23 @@ def _read_av(path: Path) -> tuple[np.ndarray, int]:
         if not container.streams.audio:
             raise UsageError(f"{path}: the file has no audio stream")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate)
-        chunks = []
+        rate = int(stream.rate or 0)
+        declared = 0
+        if stream.duration is not None and stream.time_base is not None:
+            declared = int(stream.duration * stream.time_base * rate)
+        elif container.duration is not None:
+            declared = int(container.duration / 1_000_000 * rate)
+        _refuse(path, max(declared, 1), rate, 1, max_seconds, max_samples)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        chunks, total = [], 0
         for frame in container.decode(stream):
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1))
+                total += len(chunks[-1])
+            _refuse(path, max(total, 1), rate, 1, max_seconds, max_samples)  # whatever it declared
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(-1))
-        return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), stream.rate
+        return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), rate
 
 
 def expand_paths(paths: list[str | Path]) -> list[Path]:
@@ -138,11 +197,15 @@ class Predictor:
     """Scores files with a saved student."""
 
     def __init__(self, checkpoint: str | Path, *, window: float | None = None, host=None, chunk: int = 16,
-                 backend: str = "torch"):
+                 backend: str = "torch", max_seconds: float = DEFAULT_MAX_SECONDS):
         """``backend``: ``torch``, ``onnx`` (the folder's ``student.onnx`` through onnxruntime)
-        or ``auto`` (onnx when the export is there and onnxruntime is installed)."""
+        or ``auto`` (onnx when the export is there and onnxruntime is installed).
+        ``max_seconds``: longer files are refused from their header, before decoding."""
         if backend not in ("torch", "onnx", "auto"):
             raise UsageError(f"backend {backend!r}: choose torch, onnx or auto")
+        if not (isinstance(max_seconds, (int, float)) and math.isfinite(max_seconds) and max_seconds > 0):
+            raise UsageError(f"--max-seconds {max_seconds}: give a duration in seconds > 0")
+        self.max_seconds = float(max_seconds)
         checkpoint = resolve_source(checkpoint)  # a folder, or a Hub id through the HF cache
         self.student = Student.from_pretrained(checkpoint, host=host)
         config = read_component_config(checkpoint, "student")
@@ -195,7 +258,7 @@ class Predictor:
         return p.mean(0), len(spans)
 
     def predict(self, path: str | Path) -> Prediction:
-        audio = read_audio(path, self.student.sample_rate)
+        audio = read_audio(path, self.student.sample_rate, max_seconds=self.max_seconds)
         if len(audio) < MIN_SECONDS * self.student.sample_rate:
             raise UsageError(f"{path}: too short ({len(audio) / self.student.sample_rate:.3g} s < {MIN_SECONDS} s)")
         try:
@@ -317,4 +380,4 @@ def median_seconds(fn, repeats: int) -> float:
     return times[mid] if len(times) % 2 else 0.5 * (times[mid - 1] + times[mid])
 
 
-__all__ = ["Prediction", "Predictor", "export", "expand_paths", "read_audio", "windows", "median_seconds"]
+__all__ = ["Prediction", "Predictor", "TooLarge", "export", "expand_paths", "read_audio", "windows", "median_seconds"]

@@ -3,10 +3,18 @@
 ``POST /predict``  the request body is one audio or video file (wav, flac, ogg, mp3, webm, mp4,
                    ...; what a browser records works): JSON with the overall probabilities
                    (mean over windows), the label, and each window's start, end and
-                   probabilities. 413 past ``max_mb`` or ``max_seconds``, 400 for what is not
-                   decodable audio or is too short, each with ``{"error": "..."}``.
+                   probabilities.
 ``GET /health``    model, labels, sample rate, backend, limits.
 ``GET /``          one page: upload or record a clip, see the probabilities over time.
+
+Every error is JSON, ``{"error": "<one line: what and what to do>", "status": <code>}``: 400 a
+file that is broken, empty, too short or has an absurd sample rate; 404 / 405 an unknown path or
+method; 413 a body over ``max_mb`` or audio over ``max_seconds`` (or ``max_samples`` decoded
+samples), judged from the file's header before decoding; 415 a body that is not an audio or
+video file, or a Content-Type that is not audio, video or octet-stream; 500 a failure of the
+service itself (logged with its traceback). Memory for one request is bounded: the body by
+``max_mb``, the decoded samples by ``max_samples`` (read in blocks, whatever the header says),
+the model's windows scored a few at a time.
 
 ONNX runtime serves when the student's folder holds ``student.onnx`` (``liser export``),
 PyTorch otherwise. Requests are scored on worker threads, at most ``concurrency`` at a time.
@@ -15,6 +23,8 @@ PyTorch otherwise. Requests are scored on worker threads, at most ``concurrency`
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +32,9 @@ from pathlib import Path
 from liser_core.errors import UsageError
 
 from .deploy import MIN_SECONDS, Predictor, read_audio
+from .deploy import TooLarge as DeployTooLarge
+
+log = logging.getLogger(__name__)
 
 _MAGIC = ((b"RIFF", ".wav"), (b"fLaC", ".flac"), (b"OggS", ".ogg"), (b"\x1a\x45\xdf\xa3", ".webm"), (b"ID3", ".mp3"),
           (b"\xff\xfb", ".mp3"), (b"\xff\xf3", ".mp3"))
@@ -37,42 +50,78 @@ def sniff_suffix(data: bytes) -> str:
     return ".bin"
 
 
+#: Decoded samples one request may hold (float32 mono, at the file's own rate: 256 MiB).
+MAX_SAMPLES = 2**26
+
+#: Content-Types ``/predict`` takes: a file's own type, none, or what ``curl --data-binary`` sends.
+_ACCEPTED_TYPES = ("audio/", "video/", "application/octet-stream", "application/ogg",
+                   "application/x-www-form-urlencoded")
+
+
+class TooLarge(UsageError):
+    """An upload past a limit (HTTP 413)."""
+
+
+class NotAudio(UsageError):
+    """A body that is not an audio or video file (HTTP 415)."""
+
+
+class ServiceError(Exception):
+    """The service failed on an acceptable input (HTTP 500)."""
+
+
+def _positive(name: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise UsageError(f"{name} {value}: give a finite number > 0")
+    return float(value)
+
+
 class Service:
     """The model side of the service, usable without HTTP (tests, notebooks)."""
 
     def __init__(self, source: str | Path, *, max_mb: float = 20.0, max_seconds: float = 300.0,
-                 backend: str = "auto", window: float | None = None, host=None):
-        if max_mb <= 0 or max_seconds <= 0:
-            raise UsageError("--max-mb and --max-seconds must be > 0")
-        self.predictor = Predictor(source, window=window, host=host, backend=backend)
-        self.source, self.max_bytes, self.max_seconds = str(source), int(max_mb * 2**20), float(max_seconds)
+                 backend: str = "auto", window: float | None = None, host=None, max_samples: int = MAX_SAMPLES):
+        max_mb, max_seconds = _positive("--max-mb", max_mb), _positive("--max-seconds", max_seconds)
+        self.predictor = Predictor(source, window=window, host=host, backend=backend, max_seconds=max_seconds)
+        self.source, self.max_bytes, self.max_seconds = str(source), int(max_mb * 2**20), max_seconds
+        self.max_samples = int(_positive("max_samples", max_samples))
 
     def health(self) -> dict:
         s = self.predictor.student
         return {"status": "ok", "model": self.source, "labels": self.predictor.classes, "sample_rate": s.sample_rate,
                 "backend": self.predictor.backend, "window_seconds": self.predictor.window,
-                "max_bytes": self.max_bytes, "max_seconds": self.max_seconds}
+                "max_bytes": self.max_bytes, "max_seconds": self.max_seconds, "max_samples": self.max_samples}
 
     def predict(self, data: bytes) -> dict:
-        """Probabilities of one file's bytes; a :class:`UsageError` (HTTP 400/413) says why not."""
+        """Probabilities of one file's bytes. :class:`TooLarge` (413), :class:`NotAudio` (415),
+        :class:`UsageError` (400) say why not; :class:`ServiceError` (500) is the service's fault."""
         if not data:
             raise UsageError("empty request body: send the audio file as the body")
         if len(data) > self.max_bytes:
             raise TooLarge(f"{len(data)} bytes is over the limit of {self.max_bytes}")
         rate = self.predictor.student.sample_rate
-        with tempfile.NamedTemporaryFile(suffix=sniff_suffix(data)) as f:
+        suffix = sniff_suffix(data)
+        with tempfile.NamedTemporaryFile(suffix=suffix) as f:
             f.write(data)
             f.flush()
             try:
-                audio = read_audio(f.name, rate)
+                audio = read_audio(f.name, rate, max_seconds=self.max_seconds, max_samples=self.max_samples)
             except UsageError as exc:
-                raise UsageError(str(exc).replace(f.name, "the upload")) from None
+                message = str(exc).replace(f.name, "the upload")
+                if isinstance(exc, DeployTooLarge):
+                    raise TooLarge(message) from None
+                if suffix == ".bin" and "cannot decode" in message:
+                    raise NotAudio("the body is not an audio or video file that can be read (wav, flac, ogg, "
+                                   "mp3, webm, mp4): " + message.removeprefix("the upload: ")) from None
+                raise UsageError(message) from None
         seconds = len(audio) / rate
         if seconds > self.max_seconds:
             raise TooLarge(f"{seconds:.1f} s of audio is over the limit of {self.max_seconds:g} s")
         if seconds < max(MIN_SECONDS, 0.5):
             raise UsageError(f"too short: {seconds:.3g} s (at least 0.5 s)")
         spans, p = self.predictor.window_probs(audio)
+        if not bool(p.isfinite().all()):
+            raise ServiceError("the student's probabilities are not finite for this input")
         overall = p.mean(0)
         classes = self.predictor.classes
         return {
@@ -86,13 +135,27 @@ class Service:
         }
 
 
-class TooLarge(UsageError):
-    """An upload past a limit (HTTP 413)."""
+def error_response(status: int, message: str):
+    """Every error of the service: ``{"error": message, "status": status}`` with that status."""
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": message, "status": status}, status_code=status)
+
+
+def content_type_error(content_type: str | None) -> str | None:
+    """Why ``/predict`` refuses a Content-Type (415), or None."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if not kind or kind.startswith(_ACCEPTED_TYPES):
+        return None
+    hint = " (not a form: send the raw file, curl --data-binary @clip.wav)" if kind.startswith("multipart/") else ""
+    return (f"Content-Type {kind} is not audio: send the file itself as the body, with its audio/* or video/* "
+            f"type or application/octet-stream{hint}")
 
 
 def make_app(service: Service, *, concurrency: int = 2):
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Route
@@ -107,26 +170,46 @@ def make_app(service: Service, *, concurrency: int = 2):
         return HTMLResponse(page)
 
     async def predict(request: Request):
+        if reason := content_type_error(request.headers.get("content-type")):
+            return error_response(415, reason)
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > service.max_bytes:
-            return JSONResponse({"error": f"{declared} bytes is over the limit of {service.max_bytes}"}, status_code=413)
+            return error_response(413, f"{declared} bytes is over the limit of {service.max_bytes}")
         body = bytearray()
         async for chunk in request.stream():  # never more than the limit in memory
             body += chunk
             if len(body) > service.max_bytes:
-                return JSONResponse({"error": f"over the limit of {service.max_bytes} bytes"}, status_code=413)
+                return error_response(413, f"over the limit of {service.max_bytes} bytes")
         t0 = time.perf_counter()
         try:
             async with gate:
                 result = await run_in_threadpool(service.predict, bytes(body))
         except TooLarge as exc:
-            return JSONResponse({"error": str(exc)}, status_code=413)
+            return error_response(413, str(exc))
+        except NotAudio as exc:
+            return error_response(415, str(exc))
         except UsageError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return error_response(400, str(exc))
+        except ServiceError as exc:
+            return error_response(500, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the service's own failure: logged, answered in JSON
+            log.exception("POST /predict failed")
+            return error_response(500, f"the service failed on this request ({type(exc).__name__}); "
+                                       "its log has the details")
         result["ms"] = round(1000 * (time.perf_counter() - t0), 1)
         return JSONResponse(result)
 
-    return Starlette(routes=[Route("/", index), Route("/health", health), Route("/predict", predict, methods=["POST"])])
+    async def http_error(request: Request, exc: HTTPException):
+        message = {404: f"no such path: {request.url.path} (POST /predict, GET /health, GET /)",
+                   405: f"{request.method} is not allowed on {request.url.path} (POST /predict, GET /health, GET /)",
+                   }.get(exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, message)
+
+    async def server_error(request: Request, exc: Exception):
+        return error_response(500, f"the service failed on this request ({type(exc).__name__}); its log has the details")
+
+    return Starlette(routes=[Route("/", index), Route("/health", health), Route("/predict", predict, methods=["POST"])],
+                     exception_handlers={HTTPException: http_error, Exception: server_error})
 
 
 def serve(source: str | Path, *, host: str = "127.0.0.1", port: int = 8000, concurrency: int = 2, host_plugins=None,

@@ -187,13 +187,14 @@ def test_predict_health_and_clear_errors(client, service):
     assert out["label"] == out["labels"][int(np.argmax(overall))]
     for body, status, words in [
         (b"", 400, "empty"),
-        (b"this is not audio at all" * 10, 400, "cannot decode"),
+        (b"this is not audio at all" * 10, 415, "not an audio or video file"),
         (wav_bytes(0.2), 400, "too short"),
         (wav_bytes(12.0), 413, "over the limit"),  # 12 s > max_seconds 10 (and < 1 MiB)
         (b"\0" * (2**20 + 10), 413, "over the limit"),  # > max_mb 1
     ]:
         r = client.post("/predict", content=body)
         assert r.status_code == status and words in r.json()["error"], (status, r.text)
+        assert r.json()["status"] == status  # every error: {"error": ..., "status": ...}
     assert client.get("/").status_code == 200 and "<svg id=\"plot\"" in client.get("/").text
 
 
