@@ -34,6 +34,11 @@ from .labels import LabelSpace
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: The safetensors header entry that marks weights LiSER wrote: JSON with the format version, the
+#: component's kind and name and, for a teacher, whether it was saved with its card and that
+#: card's fit sets (in full), plus where it was fitted (or reused from) when a run saved it. It
+#: travels with ``model.safetensors`` wherever the file is copied or renamed (docs/store.md).
+MARKER_KEY = "liser"
 
 
 def save_component(
@@ -45,9 +50,18 @@ def save_component(
     options: dict,
     label_space: LabelSpace,
     extra: dict | None = None,
+    provenance: dict | None = None,
 ) -> Path:
-    """Save ``module`` into ``directory`` atomically (built in a temporary sibling, then renamed)."""
+    """Save ``module`` into ``directory`` atomically (built in a temporary sibling, then renamed).
+
+    The weights' header carries LiSER's marker (:data:`MARKER_KEY`): for a teacher, the fit sets
+    of the card in ``extra["card"]`` and ``provenance`` (e.g. ``fitted_in``, ``reused_from``)."""
     directory = Path(directory)
+    marker = {"format_version": FORMAT_VERSION, "kind": kind, "name": name}
+    if kind == "teacher":
+        card = (extra or {}).get("card")
+        marker |= {"card": isinstance(card, dict), "fit_sets": list((card or {}).get("fit_sets") or [])}
+    marker |= provenance or {}
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = private_tempdir(directory.parent, f".{directory.name}.")
     try:
@@ -57,7 +71,7 @@ def save_component(
             for k, v in module.state_dict().items()
             if not (exclude and k.startswith(exclude))
         }
-        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", MARKER_KEY: json.dumps(marker, sort_keys=True)})
         os.chmod(tmp / WEIGHTS_NAME, umask_mode())  # safetensors writes 0600 whatever the umask
         config = {
             "format_version": FORMAT_VERSION,
@@ -105,6 +119,28 @@ def read_component_config(directory: str | Path, kind: str | None = None) -> dic
     if kind is not None and config.get("kind") != kind:
         raise UsageError(f"{directory}: holds a {config.get('kind')!r}, expected a {kind!r}")
     return config
+
+
+def read_marker(directory: str | Path) -> dict | None:
+    """LiSER's marker in a checkpoint's ``model.safetensors`` header (:data:`MARKER_KEY`), or
+    None for weights LiSER did not write (or wrote before it marked them). Reads no tensor."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(directory) / WEIGHTS_NAME
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get(MARKER_KEY)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UsageError(f"{path}: not a valid safetensors file ({exc})") from None
+    if text is None:
+        return None
+    try:
+        marker = json.loads(text)
+    except ValueError:
+        marker = None
+    if not isinstance(marker, dict):
+        raise UsageError(f"{path}: its {MARKER_KEY!r} header entry (LiSER's provenance) is not a JSON object: damaged")
+    return marker
 
 
 def load_weights(module: torch.nn.Module, directory: str | Path, what: str = "") -> None:

@@ -23,7 +23,7 @@ from .. import checkpoint, guards, prepare
 from ..components import Teacher, blame
 from ..config import TeacherConfig, TrainConfig
 from ..data import Batch, Clip, ClipDataset
-from ..errors import ConfigError
+from ..errors import ConfigError, UsageError
 from ..training import seed_everything, train
 from .common import count_params, lone_batch, steps, teacher_call, validator
 
@@ -56,11 +56,14 @@ def run(engine: Engine) -> None:
         ds = engine.teacher_dataset(teacher, fit_clips, space=teacher.label_space)
         fit_key = _fit_key(engine, key, fit_clips, ds.sample_rate)
         seed = int(tc.seed) if tc.seed is not None else int(fit_key[:8], 16)
-        cached = _fitted_dir(engine, fit_key, engine.host.code_versions())
-        reused = cached is not None and (cached / checkpoint.CONFIG_NAME).is_file()
+        code = _code_hash(engine.host.code_versions())
+        cached = _fitted_dir(engine, fit_key, code)
+        stored = _stored_fit(engine, cached, fit_key, code) if cached is not None else None
+        reused = stored is not None and stored is not _FOREIGN
         if reused:
             checkpoint.load_weights(teacher, cached, f"teacher {tc.name!r}")
             teacher.eval()
+            fitted_in = str(stored.get("fitted_in") or "unknown")
             log.info("teacher %s: fitted on this fit set before: weights reused from %s [%s]", key, cached, fit_key[:12])
         else:
             log.info(
@@ -69,20 +72,28 @@ def run(engine: Engine) -> None:
                 fit_key[:12],
             )
             _fit(engine, key, teacher, ds, seed)
-            if cached is not None and engine.dist.is_main:  # the next run with this fit set reuses it
-                _save_teacher(engine, teacher, cached, {"fit_key": fit_key})
-        run.diagnostics.setdefault("teacher_fits", {})[key] = {"fit_key": fit_key, "reused": reused}
-        teacher.card = dataclasses.replace(
+            fitted_in = str(run.run_dir)
+        card = dataclasses.replace(
             teacher.card,
             trained_on=tuple(dict.fromkeys((*teacher.card.trained_on, f"{run.corpus.name}[teacher]"))),
-            source=f"fitted in run {run.run_dir}",
+            source=f"fitted in run {fitted_in}",
             num_parameters=count_params(teacher),
             fit_sets=(*teacher.card.fit_sets, guards.FitSet.of(run.corpus.name, "teacher", fit_clips, fit_digests).to_dict()),
         )
+        fit = {"fit_key": fit_key, "code": code, "fitted_in": fitted_in}
+        if not reused and cached is not None and engine.dist.is_main and stored is not _FOREIGN:
+            # the next run with this fit set reuses it; its card and fit sets go with it
+            _save_teacher(engine, teacher, cached, {"card": card.to_dict(), **fit}, provenance=fit)
+        if reused:  # where the weights were fitted, and where this run took them from
+            card = dataclasses.replace(card, source=f"reused from {cached} (fitted in run {fitted_in})")
+            fit["reused_from"] = str(cached)
+        teacher.card = card
+        run.diagnostics.setdefault("teacher_fits", {})[key] = {"fit_key": fit_key, "reused": reused} | (
+            {"reused_from": str(cached), "fitted_in": fitted_in} if reused else {}
+        )
         if engine.dist.is_main:
             out = rundir.inside(run.run_dir, run.run_dir / "teachers" / rundir.safe_name(key, "teacher"))
-            _save_teacher(engine, teacher, out, {"card": teacher.card.to_dict()})
-
+            _save_teacher(engine, teacher, out, {"card": teacher.card.to_dict()}, provenance=fit)
 
 def _fit(engine: Engine, key: str, teacher: Teacher, ds: ClipDataset, seed: int) -> None:
     """Fit one teacher on its dataset, from its own seed (not the run's)."""
@@ -147,10 +158,10 @@ def _self_fit(engine: Engine, key: str, teacher: Teacher, ds: ClipDataset, fit: 
     return True
 
 
-def _save_teacher(engine: Engine, teacher: Teacher, directory: Path, extra: dict) -> None:
+def _save_teacher(engine: Engine, teacher: Teacher, directory: Path, extra: dict, provenance: dict | None = None) -> None:
     checkpoint.save_component(
         teacher, directory, kind="teacher", name=teacher.liser_spec["name"],
-        options=teacher.liser_spec["options"], label_space=teacher.label_space, extra=extra,
+        options=teacher.liser_spec["options"], label_space=teacher.label_space, extra=extra, provenance=provenance,
     )
 
 
@@ -192,10 +203,45 @@ def _changed(value, default):
     return {k: _changed(v, default.get(k)) for k, v in value.items() if k not in default or v != default[k]}
 
 
-def _fitted_dir(engine: Engine, fit_key: str, versions: dict[str, str]) -> Path | None:
-    """Where teachers fitted in runs are kept for reuse: ``<store>/fitted/<fit key + code>``
-    (another LiSER or plugin version fits again)."""
+def _code_hash(versions: dict[str, str]) -> str:
+    """16 hex digits naming the LiSER and plugin versions (another version fits again)."""
+    return hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _fitted_dir(engine: Engine, fit_key: str, code: str) -> Path | None:
+    """Where teachers fitted in runs are kept for reuse: ``<store>/fitted/<fit key + code>``."""
     if not engine.cfg.store:
         return None
-    code = hashlib.sha256(json.dumps(versions, sort_keys=True).encode()).hexdigest()[:16]
     return Path(engine.cfg.store).expanduser() / "fitted" / f"{fit_key[:48]}-{code}"
+
+
+#: :func:`_stored_fit`'s answer for a folder LiSER did not write: neither used nor overwritten.
+_FOREIGN: dict = {}
+
+
+def _stored_fit(engine: Engine, entry: Path, fit_key: str, code: str) -> dict | None:
+    """The provenance of the store's fitted teacher ``entry`` if it can be reused for this fit
+    (its weights record the full fit key and code version it was written for, and it has its
+    card), else None: a miss, with one warning naming the entry when something is there.
+    :data:`_FOREIGN` when the folder is not one LiSER wrote (it is then left alone)."""
+    if not (entry / checkpoint.CONFIG_NAME).is_file():
+        return None
+    try:
+        config = checkpoint.read_component_config(entry, "teacher")
+        marker = checkpoint.read_marker(entry)
+    except UsageError as exc:
+        engine.run.warn(f"fitted-teacher store entry {entry} not used: {exc}; fitting again")
+        return None
+    if marker is None and "fit_key" not in config:
+        engine.run.warn(f"fitted-teacher store entry {entry} was not written by LiSER: not used, not overwritten")
+        return _FOREIGN
+    if marker is None:
+        why = "its weights carry no LiSER provenance (written before LiSER recorded it)"
+    elif (marker.get("fit_key"), marker.get("code")) != (fit_key, code) or config.get("fit_key") != fit_key:
+        why = f"it was written for fit key {str(marker.get('fit_key'))[:12]} (code {marker.get('code')}), not this one"
+    elif not marker.get("card") or not isinstance(config.get("card"), dict):
+        why = "it has no teacher card"
+    else:
+        return marker
+    engine.run.warn(f"fitted-teacher store entry {entry} not used: {why}; fitting again [{fit_key[:12]}]")
+    return None

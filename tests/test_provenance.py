@@ -1,0 +1,102 @@
+"""Every fitted teacher carries its provenance wherever it is stored (run dir, store, a copy).
+
+A teacher fitted on fold 1's teacher speaker (09) must not reach a fold-3 run (which tests 08 and
+09) unflagged by any path: its store folder, a renamed copy, a copy without its card. Weights
+LiSER did not write are a loud warning and the flag ``unverified_teacher`` (docs/soundness.md).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from safetensors.torch import load_file, save_file
+from test_soundness import one_line_error, rav, recipe  # noqa: F401 - rav is a fixture
+
+from liser_core import checkpoint
+from liser_tools.cli import main
+
+FOLD1 = "fold: 1, label_fraction: 0.5, teacher_speakers: [9]"  # tests 01; the teacher fits on 09
+FOLD3 = "fold: 3, label_fraction: 0.5"  # tests 08 and 09
+
+
+def fold1_store(tmp_path, rav, store):  # noqa: F811
+    """A fold-1 run with a store: its teacher, fitted on speaker 09, kept under ``fitted/``."""
+    assert main(["run", str(recipe(tmp_path, rav, FOLD1, "f1.yaml")), f"run_dir={tmp_path / 'f1'}", f"store={store}"]) == 0
+    (entry,) = (store / "fitted").iterdir()
+    return entry
+
+
+def test_a_store_entry_fitted_on_test_speakers_is_refused_wherever_it_is_copied(rav, tmp_path, capsys):  # noqa: F811
+    entry = fold1_store(tmp_path, rav, tmp_path / "store")
+    card = json.loads((entry / "config.json").read_text())["card"]
+    assert card["source"] == f"fitted in run {tmp_path / 'f1'}" and card["fit_sets"][0]["speakers"] == ["09"]
+    third = recipe(tmp_path, rav, FOLD3, "f3.yaml")
+    renamed = tmp_path / "renamed"
+    shutil.copytree(entry, renamed)
+    for source in (entry, renamed):
+        capsys.readouterr()
+        assert main(["run", str(third), f"teachers.0.checkpoint={source}", f"run_dir={tmp_path / 'f3'}"]) == 2
+        line = one_line_error(capsys)
+        assert "teachers.0: teacher 'audio_cnn' was fitted on test speaker(s) 09" in line and "allow_test_overlap" in line
+        assert not (tmp_path / "f3").exists()
+
+    # the card stripped (or replaced by another's): the weights still say they are LiSER's
+    config = json.loads((renamed / "config.json").read_text())
+    (renamed / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "card"}))
+    assert main(["run", str(third), f"teachers.0.checkpoint={renamed}", f"run_dir={tmp_path / 'f3'}"]) == 2
+    line = one_line_error(capsys)
+    assert f"teachers.0.checkpoint: {renamed}: weights written by LiSER without their teacher card" in line
+    (renamed / "config.json").write_text(json.dumps(config | {"card": card | {"fit_sets": []}}))
+    assert main(["run", str(third), f"teachers.0.checkpoint={renamed}", f"run_dir={tmp_path / 'f3'}"]) == 2
+    assert "its card's fit sets are not the ones its weights record" in one_line_error(capsys)
+
+    assert main(["run", str(third), f"teachers.0.checkpoint={entry}", "teachers.0.allow_test_overlap=true",
+                 f"run_dir={tmp_path / 'f3'}"]) == 0
+    assert "test_overlap" in json.loads((tmp_path / "f3" / "metrics.json").read_text())["flags"]
+
+
+def test_a_run_that_reuses_store_weights_says_where_they_were_fitted(rav, tmp_path):  # noqa: F811
+    store = tmp_path / "store"
+    entry = fold1_store(tmp_path, rav, store)
+    again = tmp_path / "again"
+    assert main(["run", str(tmp_path / "f1.yaml"), f"run_dir={again}", f"store={store}"]) == 0
+    metrics = json.loads((again / "metrics.json").read_text())
+    assert metrics["diagnostics"]["teacher_fits"]["audio_cnn"] == {
+        "fit_key": metrics["diagnostics"]["teacher_fits"]["audio_cnn"]["fit_key"], "reused": True,
+        "reused_from": str(entry), "fitted_in": str(tmp_path / "f1"),
+    }
+    saved = again / "teachers" / "audio_cnn"
+    card = json.loads((saved / "config.json").read_text())["card"]
+    assert card["source"] == f"reused from {entry} (fitted in run {tmp_path / 'f1'})"
+    assert f"fitted in run {again}" not in json.dumps(card)
+    marker = checkpoint.read_marker(saved)
+    assert marker["fitted_in"] == str(tmp_path / "f1") and marker["reused_from"] == str(entry)
+    assert [f["speakers"] for f in marker["fit_sets"]] == [["09"]]
+    # the first run's own copy says it was fitted there
+    first = json.loads((tmp_path / "f1" / "teachers" / "audio_cnn" / "config.json").read_text())["card"]
+    assert first["source"] == f"fitted in run {tmp_path / 'f1'}"
+
+
+def test_weights_liser_did_not_write_are_a_loud_warning_and_a_flag(rav, tmp_path, capsys):  # noqa: F811
+    first = recipe(tmp_path, rav, FOLD1, "f1.yaml")
+    assert main(["run", str(first), f"run_dir={tmp_path / 'f1'}"]) == 0
+    foreign = tmp_path / "foreign"
+    shutil.copytree(tmp_path / "f1" / "teachers" / "audio_cnn", foreign)
+    save_file(load_file(str(foreign / "model.safetensors")), str(foreign / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((foreign / "config.json").read_text())
+    (foreign / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "card"}))
+    assert checkpoint.read_marker(foreign) is None
+    capsys.readouterr()
+    assert main(["run", str(first), f"teachers.0.checkpoint={foreign}", f"run_dir={tmp_path / 'run'}"]) == 0
+    assert any(ln.startswith("!!! flagged: ") and "unverified_teacher" in ln for ln in capsys.readouterr().out.splitlines())
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "unverified_teacher" in metrics["flags"]
+    assert any(f"{foreign} is not marked as written by LiSER" in w and "cannot check which speakers or clips" in w
+               for w in metrics["warnings"])
+
+    # with a card but unmarked weights: the card is checked (the leak is caught), the rest flagged
+    (foreign / "config.json").write_text(json.dumps(config))
+    third = recipe(tmp_path, rav, FOLD3, "f3.yaml")
+    assert main(["run", str(third), f"teachers.0.checkpoint={foreign}", f"run_dir={tmp_path / 'f3'}"]) == 2
+    assert "was fitted on test speaker(s) 09" in one_line_error(capsys)
