@@ -95,6 +95,44 @@ def fit_overlap(
     return sorted(speakers), clips
 
 
+def checkpoint_fit_sets(
+    where: str, marker: Mapping[str, Any] | None, card: Mapping[str, Any] | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The fit sets the leak guard checks for a teacher loaded from the checkpoint ``where``,
+    from LiSER's marker in its weights (``checkpoint.read_marker``) and its card (``config.json``),
+    and what cannot be checked (None when everything can).
+
+    * weights LiSER wrote carry their fit sets in their own header: those are checked (a renamed
+      folder or a copied file keeps them); such a checkpoint without its card, or with a card
+      whose fit sets are not the ones its weights record, is refused (``ValueError``);
+    * weights without LiSER's marker (another tool's, or a LiSER before markers) cannot be tied
+      to any card: the card's fit sets, if any, are checked, and the second value says what
+      remains unchecked (the run is flagged ``unverified_teacher``)."""
+    card_sets = [dict(f) for f in (card or {}).get("fit_sets") or ()]
+    if marker is not None:
+        if not isinstance(card, Mapping):
+            raise ValueError(
+                f"{where}: weights written by LiSER without their teacher card (config.json has no 'card'): "
+                "the card records what the teacher was fitted on; use the whole folder LiSER wrote, or fit again"
+            )
+        own = [dict(f) for f in marker.get("fit_sets") or ()]
+        if sorted(str(f.get("digest")) for f in own) != sorted(str(f.get("digest")) for f in card_sets):
+            raise ValueError(
+                f"{where}: its card's fit sets are not the ones its weights record (a card of other weights?): "
+                "use the whole folder LiSER wrote, or fit again"
+            )
+        return own, None
+    if card_sets:
+        return card_sets, (
+            f"{where} is not marked as written by LiSER: the fit sets its card records are checked, but "
+            "LiSER cannot tell that they belong to these weights"
+        )
+    return [], (
+        f"{where} is not marked as written by LiSER and its card records no fit set: LiSER cannot check "
+        "which speakers or clips it was fitted on"
+    )
+
+
 def describe_overlap(teacher: str, speakers: Sequence[str], clips: Sequence[str], split: str) -> str:
     parts = []
     if speakers:

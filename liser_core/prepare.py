@@ -329,6 +329,18 @@ def guard_teachers(engine: Engine) -> None:
     for i, (key, teacher) in enumerate(run.teachers.items()):
         tc = run.teacher_configs[key]
         fit_sets = list(teacher.card.fit_sets)
+        if tc.checkpoint:  # its fit sets as its weights record them (docs/soundness.md)
+            try:
+                fit_sets, unchecked = guards.checkpoint_fit_sets(
+                    str(tc.checkpoint), checkpoint.read_marker(tc.checkpoint),
+                    checkpoint.read_component_config(tc.checkpoint).get("card"),
+                )
+            except ValueError as exc:
+                raise ConfigError(f"teachers.{i}.checkpoint", str(exc)) from None
+            if unchecked:
+                run.warn(f"!!! teacher {key!r}: {unchecked} (flagged unverified_teacher)")
+                if "unverified_teacher" not in run.flags:
+                    run.flags.append("unverified_teacher")
         if fits_in_run(engine, key):
             clips, digests, excluded = fit_clips(engine, key)
             if excluded:
