@@ -15,7 +15,10 @@ cannot be decoded is remembered too (its reason), so a broken file is not decode
 Files (``root/<2 hex>/<key>-a16000.safetensors``, ``-frames``, ``-bad<flags>.json``) are
 written under a temporary name and renamed, so a reader sees a whole entry or none; each array
 carries a CRC-32 of its bytes, checked on every read: a damaged entry is deleted and decoded
-again, never used. Each hit refreshes the entry's modification time; when the folder grows past
+again, never used. Each entry also records the key and consumer it was written for (``key``,
+``entry``: ``a16000``, ``frames``, ``bad1``), checked against the ones it is read for: an entry
+found under another clip's name (two files swapped or copied on disk) is a miss, with one warning
+naming it, and the clip is decoded again. Each hit refreshes the entry's modification time; when the folder grows past
 ``max_bytes`` the least recently used entries are removed (LRU). Everything under ``root`` may
 be deleted at any time.
 
@@ -60,7 +63,7 @@ class ClipCache:
     def __init__(self, root: str | os.PathLike, max_bytes: int = 50 * 2**30):
         self.root = Path(root).expanduser()
         self.max_bytes = int(max_bytes)
-        self.hits = self.misses = self.damaged = 0
+        self.hits = self.misses = self.damaged = self.mismatched = 0
         self._written = 0  # bytes written since the last size check
         self._lock = threading.Lock()
 
@@ -78,20 +81,22 @@ class ClipCache:
         return self.root / key[:2] / f"{key}-{suffix}"
 
     def get_audio(self, key: str, rate: int) -> np.ndarray | None:
-        return self._get_array(self._path(key, f"a{int(rate)}.safetensors"))
+        return self._get_array(self._path(key, f"a{int(rate)}.safetensors"), key, f"a{int(rate)}")
 
     def put_audio(self, key: str, rate: int, audio: np.ndarray) -> None:
-        self._put_array(self._path(key, f"a{int(rate)}.safetensors"), np.ascontiguousarray(audio, dtype=np.float32), {"rate": int(rate)})
+        self._put_array(self._path(key, f"a{int(rate)}.safetensors"), np.ascontiguousarray(audio, dtype=np.float32),
+                        {"rate": int(rate), "key": key, "entry": f"a{int(rate)}"})
 
     def get_frames(self, key: str) -> tuple[np.ndarray, float | None] | None:
         path = self._path(key, "frames.safetensors")
-        arr = self._get_array(path, meta := {})
+        arr = self._get_array(path, key, "frames", meta := {})
         if arr is None:
             return None
         return arr, (float(meta["fps"]) if meta.get("fps") not in (None, "") else None)
 
     def put_frames(self, key: str, frames: np.ndarray, fps: float | None) -> None:
-        self._put_array(self._path(key, "frames.safetensors"), np.ascontiguousarray(frames), {"fps": "" if fps is None else repr(fps)})
+        self._put_array(self._path(key, "frames.safetensors"), np.ascontiguousarray(frames),
+                        {"fps": "" if fps is None else repr(fps), "key": key, "entry": "frames"})
 
     def get_bad(self, key: str, frames: bool) -> CachedBadClip | None:
         path = self._path(key, f"bad{int(frames)}.json")
@@ -105,15 +110,18 @@ class ClipCache:
         if d.get("format") != FORMAT or not isinstance(d.get("reason"), str):
             self._discard(path)
             return None
+        if not self._written_for(path, d, key, f"bad{int(frames)}"):
+            return None
         self.hits += 1
         return CachedBadClip(d["reason"], d.get("path"))
 
     def put_bad(self, key: str, frames: bool, reason: str, path: str | None) -> None:
-        data = json.dumps({"format": FORMAT, "reason": reason, "path": path}).encode()
+        entry = f"bad{int(frames)}"
+        data = json.dumps({"format": FORMAT, "reason": reason, "path": path, "key": key, "entry": entry}).encode()
         self._write(self._path(key, f"bad{int(frames)}.json"), data)
 
     # -- files -----------------------------------------------------------------------------------
-    def _get_array(self, path: Path, meta_out: dict | None = None) -> np.ndarray | None:
+    def _get_array(self, path: Path, key: str, entry: str, meta_out: dict | None = None) -> np.ndarray | None:
         from safetensors import SafetensorError, safe_open
 
         try:
@@ -128,6 +136,8 @@ class ClipCache:
             return None
         if meta.get("format") != str(FORMAT) or meta.get("crc32") != str(zlib.crc32(memoryview(arr).cast("B"))):
             self._damaged(path, "checksum mismatch")
+            return None
+        if not self._written_for(path, meta, key, entry):
             return None
         self.hits += 1
         try:  # least recently used first when the folder is trimmed
@@ -162,6 +172,23 @@ class ClipCache:
                 self._written = 0
         if due:
             self.trim()
+
+    def _written_for(self, path: Path, meta: Mapping[str, Any], key: str, entry: str) -> bool:
+        """True when the entry at ``path`` records the key and consumer it is read for; else a
+        miss (the entry removed, so the clip is decoded again and written in its place): an
+        entry of another clip with one warning, one of a LiSER that did not record them
+        silently."""
+        if meta.get("key") == key and meta.get("entry") == entry:
+            return True
+        self.misses += 1
+        if meta.get("key") is not None:
+            self.mismatched += 1
+            log.warning(
+                "decoded-clip cache: %s was written for %s of clip %s, not for this one: not used; decoding the clip again",
+                path, meta.get("entry"), str(meta.get("key"))[:16],
+            )
+        self._discard(path)
+        return False
 
     def _damaged(self, path: Path, why: str) -> None:
         self.damaged += 1

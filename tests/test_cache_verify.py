@@ -1,0 +1,144 @@
+"""Caches verify what they return: each entry records the key it was written for and is checked
+against the key it is read for; an entry under another key is a miss, with one warning naming
+it (docs/reliability.md, docs/store.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import zlib
+
+import numpy as np
+import torch
+from test_soundness import recipe, write_ravdess
+from test_store import FP, expected, label_pass, make_keys, shard_files
+
+from liser_cache.clipcache import ClipCache
+from liser_cache.identity import digests_of, file_digests
+from liser_cache.store import TeacherStore
+from liser_core import checkpoint
+from liser_core.data import ClipDataset
+from liser_core.labels import RAVDESS8
+from liser_plugins.corpora.ravdess import ravdess
+from liser_tools.cli import main
+
+
+def test_two_swapped_decoded_clip_entries_are_misses_and_the_right_audio_is_used(tmp_path, caplog):
+    corpus = ravdess(str(write_ravdess(tmp_path / "RAVDESS", (1, 2))), expect_complete=False, min_seconds=0.2)
+    clips = list(corpus.split("test"))[:4]
+    keys = {c.clip_id: ClipCache.key(d, corpus.decode_signature(c)) for c, d in zip(clips, digests_of(clips, corpus))}
+    cache, decoded = ClipCache(tmp_path / "cache"), []
+
+    def load(clip, frames=True):
+        decoded.append(clip.clip_id)
+        return corpus.load(clip, frames=frames)
+
+    def audio():
+        ds = ClipDataset(clips, RAVDESS8, 16000, loader=load, cache=cache, cache_key=lambda c: keys[c.clip_id])
+        return {c.clip_id: ds[i][2] for i, c in enumerate(clips)}
+
+    truth = audio()
+    a, b = (cache._path(keys[c.clip_id], "a16000.safetensors") for c in clips[:2])
+    swap = a.with_name("swap")
+    os.replace(a, swap), os.replace(b, a), os.replace(swap, b)  # each still passes its own checksum
+    decoded.clear()
+    with caplog.at_level(logging.WARNING, logger="liser.clipcache"):
+        again = audio()
+    assert sorted(decoded) == sorted(c.clip_id for c in clips[:2])  # the two decoded again, no other
+    for c in clips:
+        assert torch.equal(again[c.clip_id], truth[c.clip_id])
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and cache.mismatched == 2
+    for path, other in ((a, b), (b, a)):
+        assert any(str(path) in ln and f"of clip {other.name[:16]}, not for this one" in ln for ln in lines)
+    audio()
+    assert len(decoded) == 2  # written again in their places: hits now
+
+
+def test_an_entry_of_another_rate_or_a_bad_clip_record_of_another_clip_is_a_miss(tmp_path, caplog):
+    cache = ClipCache(tmp_path)
+    k1, k2 = "1" * 64, "2" * 64
+    cache.put_audio(k1, 16000, np.ones(8, np.float32))
+    cache._path(k1, "a8000.safetensors").write_bytes(cache._path(k1, "a16000.safetensors").read_bytes())
+    cache.put_bad(k1, False, "silent", "/x.wav")
+    cache._path(k2, "bad0.json").parent.mkdir(parents=True, exist_ok=True)
+    cache._path(k2, "bad0.json").write_bytes(cache._path(k1, "bad0.json").read_bytes())
+    with caplog.at_level(logging.WARNING, logger="liser.clipcache"):
+        assert cache.get_audio(k1, 8000) is None and cache.get_bad(k2, False) is None
+    assert cache.mismatched == 2 and "written for a16000 of clip 1111111111111111" in caplog.text
+    assert np.array_equal(cache.get_audio(k1, 16000), np.ones(8, np.float32)) and cache.get_bad(k1, False).reason == "silent"
+
+
+def test_an_entry_that_records_no_key_is_a_silent_miss(tmp_path, caplog):
+    """Entries of a LiSER that did not record their key are decoded again once, without noise."""
+    from safetensors.numpy import save
+
+    cache = ClipCache(tmp_path)
+    arr = np.ones(4, np.float32)
+    old = save({"data": arr}, metadata={"format": "1", "crc32": str(zlib.crc32(memoryview(arr).cast("B"))), "rate": "16000"})
+    cache._path("3" * 64, "a16000.safetensors").parent.mkdir(parents=True)
+    cache._path("3" * 64, "a16000.safetensors").write_bytes(old)
+    with caplog.at_level(logging.WARNING, logger="liser.clipcache"):
+        assert cache.get_audio("3" * 64, 16000) is None
+    assert caplog.text == "" and cache.mismatched == 0 and cache.misses == 1
+
+
+def test_a_store_shard_moved_under_another_teacher_is_not_trusted(tmp_path, caplog):
+    store, keys = TeacherStore(tmp_path), make_keys(4)
+    label_pass(store, keys)
+    (shard,) = shard_files(tmp_path)
+    other = "e" * 64
+    (tmp_path / other).mkdir()
+    shutil.copy2(shard, tmp_path / other / shard.name)
+    with caplog.at_level(logging.WARNING, logger="liser.store"):
+        assert TeacherStore(tmp_path).missing(other, keys) == [0, 1, 2, 3]
+    assert shard.name in caplog.text and f"not this folder's {other[:16]}" in caplog.text
+    assert torch.equal(TeacherStore(tmp_path).load(FP, keys)[0], expected(keys)[0])  # where it belongs: used
+
+
+def test_a_fitted_teacher_folder_moved_under_another_fit_key_is_not_trusted(tmp_path):
+    rav = write_ravdess(tmp_path / "RAVDESS", (1, 2, 3, 9))
+    path, store = recipe(tmp_path, rav, "fold: 1, label_fraction: 0.5, teacher_speakers: [9]"), tmp_path / "store"
+
+    def run(name, *more):
+        assert main(["run", str(path), f"run_dir={tmp_path / name}", f"store={store}", *more]) == 0
+        return json.loads((tmp_path / name / "metrics.json").read_text())
+
+    run("a")
+    (a,) = (store / "fitted").iterdir()
+    b_metrics = run("b", "teachers.0.fit.epochs=2")  # another fit key
+    (b,) = set((store / "fitted").iterdir()) - {a}
+    shutil.rmtree(b)
+    shutil.copytree(a, b)  # a's weights under b's name
+    again = run("c", "teachers.0.fit.epochs=2")
+    fit = again["diagnostics"]["teacher_fits"]["audio_cnn"]
+    assert fit["reused"] is False and fit["fit_key"] == b_metrics["diagnostics"]["teacher_fits"]["audio_cnn"]["fit_key"]
+    assert any(f"fitted-teacher store entry {b} not used: it was written for fit key" in w and "fitting again" in w
+               for w in again["warnings"])
+    assert checkpoint.read_marker(b)["fit_key"] == fit["fit_key"]  # rewritten for its own key
+    assert checkpoint.read_marker(a)["fit_key"] != fit["fit_key"]
+
+
+def test_swapped_files_are_hashed_again_not_read_from_the_digest_database(tmp_path, monkeypatch):
+    """digests.sqlite3 keys each digest by path and stat signature (device, inode, size, mtime,
+    ctime): two files swapped by renames keep their inodes, so neither's remembered digest is
+    returned for the other."""
+    from liser_cache import identity
+
+    monkeypatch.setattr(identity, "RACY_NS", 0)  # remember files written just now
+    monkeypatch.setattr(identity, "_CACHE", identity._DigestCache())
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"A" * 100), b.write_bytes(b"B" * 100)
+    old = 1_000_000_000
+    os.utime(a, ns=(old, old)), os.utime(b, ns=(old, old))  # same size and mtime
+    assert len(identity._CACHE.get_many({str(p): identity.stat_signature(p.stat()) for p in (a, b)})) == 0
+    file_digests([a, b])
+    assert len(identity._CACHE.get_many({str(p): identity.stat_signature(p.stat()) for p in (a, b)})) == 2
+    swap = tmp_path / "swap"
+    os.replace(a, swap), os.replace(b, a), os.replace(swap, b)
+    got = file_digests([a, b])
+    assert got[str(a)] == hashlib.sha256(b"B" * 100).hexdigest() and got[str(b)] == hashlib.sha256(b"A" * 100).hexdigest()
+
