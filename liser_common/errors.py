@@ -10,7 +10,8 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = [
-    "ComponentError", "ConfigError", "DuplicateComponentError", "LiserError", "PluginLoadError",
+    "AmbiguousComponentError", "ComponentError", "ConfigError", "DuplicateComponentError", "EnvironmentFault",
+    "LiserError", "PluginLoadError",
     "UnknownComponentError", "UsageError", "close_matches", "one_line", "plural",
 ]
 
@@ -56,9 +57,25 @@ class UnknownComponentError(UsageError, KeyError):
         return self.args[0]
 
 
+class AmbiguousComponentError(UnknownComponentError):
+    """A bare name that several plugins register; the message lists the qualified choices."""
+
+    def __init__(self, kind: str, name: str, choices: Iterable[str]):
+        self.kind, self.name = kind, name
+        self.suggestions = self.choices = tuple(sorted(choices))
+        msg = (f"{kind} {name!r} is registered by {len(self.choices)} plugins; name one of: "
+               + ", ".join(self.choices))
+        UsageError.__init__(self, msg)
+
+
 class ComponentError(LiserError):
     """A component (teacher, student, loss, dataset...) raised, or returned something it must
     not, while LiSER called it; the message names the component, its plugin and recipe key."""
+
+
+class EnvironmentFault(LiserError):
+    """The machine, not the recipe: a full or read-only disk, a killed worker process. The
+    message names the path or process and what to do; the CLI prints it in one line (status 1)."""
 
 
 class DuplicateComponentError(LiserError):

@@ -19,8 +19,8 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from ._registry import Registry
-from .errors import PluginLoadError, UsageError, close_matches
+from ._registry import Registry, bare_name
+from .errors import PluginLoadError, UnknownComponentError, UsageError, close_matches
 
 log = logging.getLogger("liser.plugins")
 
@@ -120,9 +120,10 @@ class PluginHost:
     def add(self, name: str, plugin: Any, info: PluginInfo | None = None) -> PluginInfo:
         """Register one plugin object/module, isolating its failures."""
         info = info or PluginInfo(name=name, module=getattr(plugin, "__name__", repr(plugin)))
-        before = {r.kind: set(r.list()) for r in self.registries}
+        before = {r.kind: r.qualified_names() for r in self.registries}
         for r in self.registries:
             r._current_plugin = name
+            r._current_first_party = info.distribution == FIRST_PARTY
         try:
             self.pm.register(plugin, name=name)
             self._check_hook_names(name, plugin)
@@ -133,19 +134,36 @@ class PluginHost:
             if self.pm.is_registered(plugin):
                 self.pm.unregister(plugin)
             for r in self.registries:  # drop what it registered before failing
-                for n in set(r.list()) - before[r.kind]:
-                    del r._entries[n]
+                r.remove(r.qualified_names() - before[r.kind])
         finally:
             for r in self.registries:
                 r._current_plugin = ""
+                r._current_first_party = False
         if info.status == "loaded":
-            info.components = {
-                r.kind: sorted(set(r.list()) - before[r.kind])
-                for r in self.registries
-                if set(r.list()) - before[r.kind]
-            }
+            added = {r.kind: r.qualified_names() - before[r.kind] for r in self.registries}
+            info.components = {kind: sorted(bare_name(q) for q in qs) for kind, qs in added.items() if qs}
+            for kind, qs in added.items():
+                for q in sorted(qs):
+                    entry = self.registries[kind].get(q)
+                    if entry.override and any(e.first_party for e in self.registries[kind].candidates(entry.name)):
+                        log.warning("plugin %r declares it overrides the first-party %s %r: the bare name means "
+                                    "%s unless another plugin does too (docs/plugins.md, Names)", name, kind, entry.name, q)
         self.plugins.append(info)
         return info
+
+    def clashes(self) -> list[dict[str, Any]]:
+        """Bare names that several loaded plugins register: ``{"kind", "name", "choices"
+        (qualified names), "resolves_to" (the override a bare name means, else None)}``."""
+        out = []
+        for reg in self.registries:
+            for bare, entries in reg.clashes().items():
+                try:
+                    chosen = reg.get(bare).qualified
+                except UnknownComponentError:  # ambiguous: a recipe must qualify it
+                    chosen = None
+                out.append({"kind": reg.kind, "name": bare, "choices": [e.qualified for e in entries],
+                            "resolves_to": chosen})
+        return out
 
     def _check_hook_names(self, name: str, plugin: Any) -> None:
         known = {n for n in dir(hookspecs) if n.startswith("liser_")}
@@ -193,7 +211,7 @@ class PluginHost:
                     + (f"; did you mean {hint[0]!r}?" if hint else "")
                 )
 
-        def order(item):  # LiSER's own plugins first: a third party cannot take their names
+        def order(item):  # LiSER's own plugins first, then by name (a stable order)
             dist = getattr(item[1], "dist", None)
             return (0 if dist is not None and dist.name == FIRST_PARTY else 1, item[0])
 

@@ -179,7 +179,7 @@ def load_component(directory: str | Path, registry, *, kind: str, **inject: Any)
     except (TypeError, KeyError, ValueError) as exc:
         raise UsageError(f"{cfg_path}: 'label_space' is not a label space ({exc})") from None
     try:
-        module = registry.build(name, label_space=label_space, **options, **inject)
+        module = registry.get_recorded(name).factory(label_space=label_space, **options, **inject)
     except UsageError:
         raise
     except (TypeError, ValueError) as exc:

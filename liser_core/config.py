@@ -257,8 +257,109 @@ def _check_values(cfg: DictConfig) -> None:
         seen[block] = i
 
 
+def component_sites(cfg: DictConfig) -> list[tuple[str, str, str]]:
+    """``(recipe key of the name, kind, name)`` of every component a recipe names:
+    ``("distil.losses.0.name", "loss", "dkd")``; a logger's key is ``loggers.<name>``."""
+    sites = [("data.name", "dataset", str(cfg.data.name))]
+    sites += [(f"teachers.{i}.name", "teacher", str(t.name)) for i, t in enumerate(cfg.teachers)]
+    sites.append(("student.name", "student", str(cfg.student.name)))
+    sites += [(f"distil.losses.{i}.name", "loss", str(lc.name)) for i, lc in enumerate(cfg.distil.losses)]
+    sites.append(("distil.combination", "combiner", str(cfg.distil.combination)))
+    for stage in ("distil", "finetune", "baseline"):
+        sites += [(f"{stage}.augment.{i}.name", "augmentation", str(a.name)) for i, a in enumerate(cfg[stage].augment)]
+    sites += [(f"loggers.{name}", "logger", str(name)) for name in cfg.loggers]
+    return sites
+
+
+def _rename(cfg: DictConfig, key: str, new: str) -> None:
+    """Set the component name at ``key`` (a logger's name is its key in ``loggers``)."""
+    if key.startswith("loggers."):
+        old = key[len("loggers."):]
+        if old != new:
+            cfg.loggers = {(new if k == old else k): v for k, v in cfg.loggers.items()}
+        return
+    parent, _, leaf = key.rpartition(".")
+    node = cfg
+    for part in parent.split("."):
+        node = node[int(part)] if part.isdigit() else node[part]
+    node[leaf] = new
+
+
+def canonicalise_names(cfg: DictConfig, registries) -> None:
+    """Rewrite each (valid) component name in place to the form fingerprints hash
+    (:meth:`Registry.canonical <liser_core._registry.Registry.canonical>`): ``losses:dkd`` and a
+    unique ``dkd`` become ``dkd``, ``acme:dkd`` stays ``acme:dkd``."""
+    for key, kind, name in component_sites(cfg):
+        _rename(cfg, key, registries[kind].canonical(name))
+
+
+def qualified_config(cfg: DictConfig, registries) -> DictConfig:
+    """A copy of a validated recipe with every component as ``PLUGIN:NAME``: what run records
+    store, so that what they name cannot change with what is installed later."""
+    out = cfg.copy()
+    for key, kind, name in component_sites(out):
+        _rename(out, key, registries[kind].get_recorded(name).qualified)
+    return out
+
+
+def components_record(cfg: DictConfig, registries) -> dict[str, str]:
+    """Recipe key of each component (``student``, ``distil.losses.0``, ``loggers.run_dir``) ->
+    its qualified name: what ``manifest.json`` records and :func:`qualify_recorded` reads."""
+    out = {}
+    for key, kind, name in component_sites(cfg):
+        try:
+            out[key[: -len(".name")] if key.endswith(".name") else key] = registries[kind].get_recorded(name).qualified
+        except UnknownComponentError:  # a component the run could not build is not recorded
+            continue
+    return out
+
+
+def qualify_recorded(cfg: DictConfig, registries, plugins=None, components=None) -> None:
+    """Read a recipe saved with a run (``state/recipe.yaml``, ``config.yaml``) as the run
+    meant it: each bare name becomes the qualified name the run recorded for that key
+    (``components``, from its ``manifest.json``), else the candidate of a plugin the run
+    loaded (``plugins``), else the first-party one (:meth:`Registry.get_recorded`). A name
+    that is still ambiguous or unknown is left for validation to refuse."""
+    components = components or {}
+    for key, kind, name in component_sites(cfg):
+        if ":" in name:
+            continue
+        recorded = components.get(key[: -len(".name")] if key.endswith(".name") else key)
+        try:
+            if recorded and recorded.rpartition(":")[2] == name and registries[kind].is_registered(recorded):
+                _rename(cfg, key, recorded)
+            else:
+                _rename(cfg, key, registries[kind].get_recorded(name, plugins).qualified)
+        except UnknownComponentError:
+            continue
+
+
+def run_record(recipe: str | Path | None) -> tuple[list[str], dict[str, str]] | None:
+    """``(plugins loaded, component key -> qualified name)`` from the ``manifest.json`` of the
+    run directory a recipe was saved in (``RUN/state/recipe.yaml`` or ``RUN/config.yaml``);
+    None for a recipe that is not a run's."""
+    if recipe is None:
+        return None
+    path = Path(recipe)
+    run_dir = path.parent.parent if path.parent.name == "state" else path.parent
+    manifest = run_dir / "manifest.json"
+    if path.name not in ("recipe.yaml", "config.yaml") or not manifest.is_file():
+        return None
+    try:
+        record = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return None
+    plugins = [p.get("name") for p in record.get("plugins", []) if isinstance(p, dict) and p.get("status") == "loaded"]
+    components = record.get("components") if isinstance(record.get("components"), dict) else {}
+    return plugins, components
+
+
 def validate_components(cfg: DictConfig, registries) -> None:
-    """Every component named in the recipe exists and accepts its options; paths exist."""
+    """Every component named in the recipe exists and accepts its options; paths exist.
+
+    Names are then rewritten to the form fingerprints hash (:func:`canonicalise_names`); an
+    ambiguous bare name (two plugins register it) is refused with the qualified choices.
+    """
     check_options(registries.dataset, cfg.data.name, plain(cfg.data.options), "data", "dataset")
     for i, t in enumerate(cfg.teachers):
         check_options(registries.teacher, t.name, plain(t.options), f"teachers.{i}", "teacher")
@@ -276,6 +377,10 @@ def validate_components(cfg: DictConfig, registries) -> None:
     if cfg.distil.combination not in registries.combiner:
         raise ConfigError("distil.combination", f"unknown combiner {cfg.distil.combination!r} (registered: "
                           f"{', '.join(registries.combiner.list())})", close_matches(str(cfg.distil.combination), registries.combiner.list()))
+    try:
+        registries.combiner.get(str(cfg.distil.combination))
+    except UnknownComponentError as exc:
+        raise ConfigError("distil.combination", str(exc)) from None
     check_options(registries.combiner, cfg.distil.combination, plain(cfg.distil.combination_options),
                   "distil.combination", "combiner", "distil.combination_options")
     for stage in ("distil", "finetune", "baseline"):
@@ -303,6 +408,7 @@ def validate_components(cfg: DictConfig, registries) -> None:
     if not (dev in ("cpu", "cuda", "mps", "auto") or dev.startswith("cuda:")):
         raise ConfigError("device", f"{dev!r} is not cpu, cuda, cuda:N, mps or auto",
                           close_matches(dev, ["cpu", "cuda", "mps", "auto"]))
+    canonicalise_names(cfg, registries)
 
 
 

@@ -37,6 +37,8 @@ from .config import (
     StoreDtype,
     load_recipe,
     plain,
+    qualify_recorded,
+    run_record,
     validate_components,
 )
 from .context import EvalResult, RunContext
@@ -423,8 +425,12 @@ class Engine:
 
 
 def prepare_config(recipe: str | os.PathLike | None, overrides: list[str], host: PluginHost) -> DictConfig:
-    """Load, override and fully validate a recipe against the host's registries."""
+    """Load, override and fully validate a recipe against the host's registries. A recipe saved
+    in a run directory (``--resume``) names its components as that run did (``run_record``)."""
     cfg = load_recipe(recipe, list(overrides))
+    record = run_record(recipe)
+    if record is not None:
+        qualify_recorded(cfg, host.registries, *record)
     validate_components(cfg, host.registries)
     return cfg
 

@@ -27,6 +27,7 @@ from liser_cache.identity import digests_of
 from liser_common import provenance
 
 from . import checkpoint, guards
+from ._registry import bare_name
 from .config import DuplicatePolicy, plain
 from .data import SPLITS, Clip, Corpus
 from .errors import ConfigError, UsageError
@@ -45,8 +46,9 @@ def build_component(registry, name: str, options: dict, key: str = "", **inject:
     A factory that rejects its options (``TypeError``/``ValueError``) is reported as a
     :class:`ConfigError` at ``key``, the recipe path of those options.
     """
+    entry = registry.get_recorded(name)  # a validated recipe's names (docs/plugins.md, Names)
     try:
-        module = registry.build(name, **options, **inject)
+        module = entry.factory(**options, **inject)
     except ConfigError as exc:  # a composite component validating its parts (e.g. fusion)
         raise ConfigError(f"{key}.{exc.key}" if key else exc.key, exc.reason, exc.suggestions) from exc
     except (TypeError, ValueError) as exc:
@@ -54,7 +56,7 @@ def build_component(registry, name: str, options: dict, key: str = "", **inject:
     if isinstance(module, torch.nn.Module):
         where = key[: -len(".options")] if key.endswith(".options") else key
         module.liser_spec = {
-            "name": name, "options": options, "kind": registry.kind, "plugin": registry.get(name).plugin, "key": where,
+            "name": name, "options": options, "kind": registry.kind, "plugin": entry.plugin, "key": where,
         }
     return module
 
@@ -92,12 +94,12 @@ def data(engine: Engine) -> None:
 
 def components(engine: Engine) -> None:
     run, cfg = engine.run, engine.cfg
-    names = [t.name for t in cfg.teachers]
+    names = [bare_name(t.name) for t in cfg.teachers]  # keys name files: never PLUGIN:NAME
     for i, tc in enumerate(cfg.teachers):
-        key = tc.name if names.count(tc.name) == 1 else f"{tc.name}.{i}"
+        key = names[i] if names.count(names[i]) == 1 else f"{names[i]}.{i}"
         if tc.checkpoint:
             teacher = checkpoint.load_component(tc.checkpoint, engine.reg.teacher, kind="teacher")
-            teacher.liser_spec |= {"kind": "teacher", "plugin": engine.reg.teacher.get(teacher.liser_spec["name"]).plugin,
+            teacher.liser_spec |= {"kind": "teacher", "plugin": engine.reg.teacher.get_recorded(teacher.liser_spec["name"]).plugin,
                                    "key": f"teachers.{i}"}
         else:  # its initial weights depend on its own recipe block, not on the run's seed
             with torch.random.fork_rng(devices=[]):
@@ -148,7 +150,7 @@ def components(engine: Engine) -> None:
     )
     for i, lc in enumerate(cfg.distil.losses):
         loss = build_component(engine.reg.loss, lc.name, plain(lc.options), f"distil.losses.{i}.options")
-        key = lc.name if lc.name not in run.losses else f"{lc.name}.{i}"
+        key = bare_name(lc.name) if bare_name(lc.name) not in run.losses else f"{bare_name(lc.name)}.{i}"
         if loss.needs_teacher and not run.teachers and cfg.distil.epochs > 0:
             raise ConfigError(f"distil.losses.{i}", f"loss {lc.name!r} needs a teacher; the recipe has none")
         try:

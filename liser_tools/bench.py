@@ -165,19 +165,24 @@ def write_results(path: Path, rows: list[dict]) -> None:
 def rows_of_run(key: str, ctx) -> list[dict]:
     """results.csv rows of one finished run: each model it evaluated."""
     cfg = ctx.config
-    teachers = "+".join(t.name for t in cfg.teachers) or "-"
-    losses = "+".join(loss.name for loss in cfg.distil.losses) or "-"
+
+    def q(kind: str, name: str) -> str:  # rows name components as PLUGIN:NAME (docs/plugins.md)
+        return ctx.host.registries[kind].get_recorded(str(name)).qualified
+
+    teachers = "+".join(q("teacher", t.name) for t in cfg.teachers) or "-"
+    losses = "+".join(q("loss", loss.name) for loss in cfg.distil.losses) or "-"
+    student = q("student", cfg.student.name)
     train_seconds = sum(v for k, v in ctx.stage_seconds.items() if k in ("teach", "label", "distil", "finetune"))
     rows = []
     for e in ctx.evaluations:
         if e.role == "teacher":
-            components, model = f"teacher={cfg.teachers[list(ctx.teachers).index(e.model)].name}", f"teacher:{e.model}"
+            components, model = f"teacher={q('teacher', cfg.teachers[list(ctx.teachers).index(e.model)].name)}", f"teacher:{e.model}"
         elif e.role == "baseline":
-            components, model = f"student={cfg.student.name} (labels only)", "baseline"
+            components, model = f"student={student} (labels only)", "baseline"
         elif e.role == "targets":
-            components, model = f"teachers={teachers} combined ({cfg.distil.combination})", "targets"
+            components, model = f"teachers={teachers} combined ({q('combiner', cfg.distil.combination)})", "targets"
         else:
-            components, model = f"teachers={teachers} student={cfg.student.name} losses={losses}", "student"
+            components, model = f"teachers={teachers} student={student} losses={losses}", "student"
         rows.append({
             "combination": key, "model": model, "role": e.role, "components": components,
             **{k: f"{e.metrics[k]:.6f}" for k in ("accuracy", "uar", "macro_f1")},

@@ -45,7 +45,10 @@ def model_card(run_dir: str | Path, *, repo_id: str | None = None) -> str:
     labels = list((student_cfg.get("label_space") or {}).get("classes") or metrics.get("label_space") or [])
     split = metrics.get("split", "test")
     protocol = _protocol(config)
-    name = repo_id or f"liser-{student_cfg.get('name', 'student')}-{corpus}"
+    # the student as PLUGIN:NAME from the run's recipe; ids and tags take the bare name
+    qualified = (config.get("student") or {}).get("name") or student_cfg.get("name", "student")
+    bare = str(qualified).rpartition(":")[2]
+    name = repo_id or f"liser-{bare}-{corpus}"
     results = [
         EvalResult(task_type="audio-classification", task_name="Speech emotion recognition", dataset_type=corpus,
                    dataset_name=corpus, dataset_split=split, dataset_config=protocol, metric_type=mtype,
@@ -56,7 +59,7 @@ def model_card(run_dir: str | Path, *, repo_id: str | None = None) -> str:
     data = ModelCardData(
         library_name="liser", pipeline_tag="audio-classification", license="other", model_name=name,
         tags=["audio-classification", "speech-emotion-recognition", "knowledge-distillation", "liser",
-              f"student-{student_cfg.get('name', 'unknown')}"],
+              f"student-{bare}"],
         datasets=[corpus], metrics=["accuracy", "recall", "f1"], eval_results=results or None,
     )
     teachers = metrics.get("teachers") or {}
@@ -76,7 +79,7 @@ def model_card(run_dir: str | Path, *, repo_id: str | None = None) -> str:
     body = f"""
 # {name}
 
-A lightweight audio-only speech emotion recognition model ({student_cfg.get('name', '?')},
+A lightweight audio-only speech emotion recognition model ({qualified},
 {student_cfg.get('num_parameters', 0):,} parameters, {student_cfg.get('sample_rate', '?')} Hz mono input), trained
 with LiSER (Leveraging unlabeled audio-visual data in SER) by knowledge distillation from large
 teachers on unlabeled audio-visual clips. Its test score: {score}.

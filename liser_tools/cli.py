@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from liser_core.errors import LiserError, UsageError, close_matches, plural
+from liser_core.errors import LiserError, UnknownComponentError, UsageError, close_matches, plural
 
 
 def _plugin_args(p: argparse.ArgumentParser) -> None:
@@ -187,7 +187,7 @@ def cmd_list(args) -> int:
                 print("  " + describe(host, kind, name).replace("\n", "\n  ") + "\n")
                 continue
             tags = " ".join(f"[{k}={v}]" for k, v in e.tags.items())
-            print(f"  {name:<22} {e.summary}  {tags}  ({e.plugin})".rstrip())
+            print(f"  {name:<22} {e.summary}  {tags}  ({e.plugin})".rstrip() + _clash_note(reg, e))
         found = found or bool(names)
     if not found and args.pattern != "*":
         print(f"nothing matches {args.pattern!r}", file=sys.stderr)
@@ -195,24 +195,36 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _clash_note(reg, entry) -> str:
+    """`liser list`'s mark on a component whose bare name another plugin registers too."""
+    others = [e.qualified for e in reg.candidates(entry.name) if e is not entry]
+    if not others:
+        return ""
+    try:
+        chosen = reg.get(entry.name)
+    except UnknownComponentError:
+        return f"  [clash: also {', '.join(others)}; a recipe names one as PLUGIN:NAME]"
+    if chosen is entry:
+        return f"  [overrides {', '.join(others)}: the bare name {entry.name!r} means this one]"
+    return f"  [overridden by {chosen.qualified}: name this one as {entry.qualified}]"
+
+
 def cmd_show(args) -> int:
     from liser_tools.show import describe, find
 
     host = _host(args)
-    kind, _, name = args.name.rpartition(":")
-    if kind:
-        kind = _KIND_ALIASES.get(kind, kind)
-        if kind not in _KINDS:
-            raise UsageError(f"unknown kind {kind!r} in {args.name!r}; kinds: {', '.join(_KINDS)}")
+    head, _, rest = args.name.partition(":")
+    kind, name = (_KIND_ALIASES.get(head, head), rest) if rest and _KIND_ALIASES.get(head, head) in _KINDS else ("", args.name)
+    if kind:  # KIND:NAME (NAME may be PLUGIN:NAME)
         kinds = [kind] if name in host.registries[kind] else []
-    else:
+    else:  # NAME or PLUGIN:NAME
         kinds = find(host, name, _KINDS)
     if not kinds:
         every = sorted({n for k in _KINDS for n in host.registries[k].list()})
         hint = close_matches(name, every)
         raise UsageError(f"no component named {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
                          + " (liser list shows them all)")
-    print("\n\n".join(describe(host, k, name) for k in kinds))
+    print("\n\n".join(describe(host, k, host.registries[k].display_name(e)) for k in kinds for e in host.registries[k].candidates(name)))
     return 0
 
 
@@ -226,10 +238,21 @@ def cmd_plugins(args) -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
         if p.components:
             print("    provides: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in p.components.items()))
+            overrides = [f"{k} {e.name}" for k in p.components for e in host.registries[k]
+                         if e.plugin == p.name and e.override and len(host.registries[k].candidates(e.name)) > 1]
+            if overrides:
+                print("    overrides first-party: " + ", ".join(overrides))
         if p.error:
             print(f"    error: {p.error}")
             if args.verbose:
                 print("    " + p.traceback.replace("\n", "\n    "))
+    clashes = host.clashes()
+    if clashes:  # names several plugins register: nothing is disabled, a recipe must choose
+        print("\nname clashes (both load; a recipe names one as PLUGIN:NAME):")
+        for c in clashes:
+            how = (f"the bare name means {c['resolves_to']} (override)" if c["resolves_to"]
+                   else "the bare name is refused")
+            print(f"  {c['kind']} {c['name']}: {', '.join(c['choices'])}; {how}")
     if host.failed and args.strict_plugins:
         print(f"liser: error: {len(host.failed)} plugin(s) failed to load (--strict-plugins)", file=sys.stderr)
         return 1

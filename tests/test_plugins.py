@@ -3,7 +3,7 @@ import textwrap
 import pytest
 
 from liser_core import hookimpl, load_plugins
-from liser_core.errors import PluginLoadError, UsageError
+from liser_core.errors import AmbiguousComponentError, PluginLoadError, UsageError
 
 GOOD = """
 from liser_core import hookimpl
@@ -43,6 +43,15 @@ def liser_register_students(registry):
     registry.register("logmel_cnn", lambda: None)
 """
 
+TWICE = """
+from liser_core import hookimpl
+
+@hookimpl
+def liser_register_students(registry):
+    registry.register("twice", lambda: None)
+    registry.register("twice", lambda: None)
+"""
+
 
 @pytest.fixture
 def third_party(tmp_path, fake_distribution):
@@ -55,6 +64,7 @@ def third_party(tmp_path, fake_distribution):
         "tp_misspelt": MISSPELT,
         "tp_duplicate": DUPLICATE,
         "aaa_duplicate": DUPLICATE,
+        "tp_twice": TWICE,
     }
     for name, code in modules.items():
         (src / f"{name}.py").write_text(textwrap.dedent(code))
@@ -67,6 +77,7 @@ def third_party(tmp_path, fake_distribution):
             "tp_misspelt": "tp_misspelt",
             "tp_duplicate": "tp_duplicate",
             "aaa_duplicate": "aaa_duplicate",  # sorts before first-party names
+            "tp_twice": "tp_twice",
         },
         version="1.2.3",
         path=src,
@@ -99,11 +110,17 @@ def test_broken_plugins_are_isolated_and_reported(third_party):
     assert "half_registered" not in host.registries.student  # partial registrations rolled back
     assert p["tp_misspelt"].status == "failed"
     assert "liser_register_student" in p["tp_misspelt"].error and "liser_register_students" in p["tp_misspelt"].error
-    assert p["tp_duplicate"].status == "failed" and "already registered" in p["tp_duplicate"].error
-    assert p["aaa_duplicate"].status == "failed"  # LiSER's own plugins load first
-    # first-party plugins unaffected
+    # a name another plugin registers too disables nothing: all three load, the bare name is ambiguous
+    assert p["tp_duplicate"].status == "loaded" and p["aaa_duplicate"].status == "loaded"
+    with pytest.raises(AmbiguousComponentError) as e:
+        host.registries.student.get("logmel_cnn")
+    assert e.value.choices == ("aaa_duplicate:logmel_cnn", "logmel_cnn:logmel_cnn", "tp_duplicate:logmel_cnn")
+    # one plugin registering a name twice still fails (alone), and what it registered is rolled back
+    assert p["tp_twice"].status == "failed" and "already registered" in p["tp_twice"].error
+    assert "twice" not in host.registries.student
+    # first-party plugins unaffected, reachable by their qualified name
     assert p["logmel_cnn"].status == "loaded"
-    assert host.registries.student.get("logmel_cnn").plugin == "logmel_cnn"
+    assert host.registries.student.get("logmel_cnn:logmel_cnn").plugin == "logmel_cnn"
 
 
 def test_strict_mode_turns_failures_into_an_error(third_party):

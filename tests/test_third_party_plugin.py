@@ -84,8 +84,9 @@ def test_tiny_run_with_example_components(host, run_tiny):
     assert distil and all(math.isfinite(h["loss/symmetric_kl"]) for h in distil)
 
     config = yaml.safe_load((ctx.run_dir / "config.yaml").read_text())
-    assert config["student"] == {"name": "example_gru", "options": {"hidden": 16}}
-    assert [loss["name"] for loss in config["distil"]["losses"]] == ["symmetric_kl", "ce"]
+    # the run's record names each component as PLUGIN:NAME (docs/plugins.md, Names)
+    assert config["student"] == {"name": "example:example_gru", "options": {"hidden": 16}}
+    assert [loss["name"] for loss in config["distil"]["losses"]] == ["example:symmetric_kl", "losses:ce"]
 
     manifest = json.loads((ctx.run_dir / "manifest.json").read_text())
     assert {"name": PLUGIN, "package": DIST, "version": VERSION, "status": "loaded"} in manifest["plugins"]

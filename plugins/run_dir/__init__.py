@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from liser_common.rundir import inside, safe_name
 from liser_core import hookimpl
 from liser_core.checkpoint import atomic_write_json, atomic_write_text
+from liser_core.config import components_record, qualified_config
 
 
 class RunDirWriter:
@@ -32,7 +33,7 @@ class RunDirWriter:
 
         from liser_core import __version__
 
-        atomic_write_text(run.run_dir / "config.yaml", OmegaConf.to_yaml(run.config, resolve=True))
+        atomic_write_text(run.run_dir / "config.yaml", OmegaConf.to_yaml(qualified_config(run.config, run.host.registries), resolve=True))
         atomic_write_json(
             run.run_dir / "manifest.json",
             {
@@ -47,6 +48,8 @@ class RunDirWriter:
                     {"name": p.name, "package": p.distribution, "version": p.version, "status": p.status}
                     for p in run.host.plugins
                 ],
+                # each component's qualified name by recipe key: `--resume` builds these again
+                "components": components_record(run.config, run.host.registries),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             },
         )

@@ -1,0 +1,221 @@
+"""Names no package can lose, and the compatibility promise (issue 24, items 1 and 4).
+
+``tests/fixtures/acme_v1`` is a copy of a package written against the first plugin API that
+registers its own ``dkd`` -- a name LiSER's ``losses`` plugin also registers. It must load
+next to LiSER and the example package, unchanged; the bare ``dkd`` is refused with the
+qualified choices; ``acme:dkd`` runs acme's loss; a run started before acme was installed
+resumes with LiSER's ``dkd``. An API change that breaks such a package fails here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+import liser_core
+from liser_common import provenance
+from liser_core.engine import Engine, prepare_config
+from liser_core.errors import AmbiguousComponentError, ConfigError
+from liser_tools.bench import rows_of_run
+from liser_tools.cli import main as cli_main
+from liser_tools.testing import TINY_OVERRIDES, TINY_RECIPE
+
+REPO = Path(__file__).parents[1]
+ACME_SRC = REPO / "tests" / "fixtures" / "acme_v1"
+EXAMPLE_SRC = REPO / "examples" / "liser-example-plugin" / "src"
+#: the tiny run with one teacher and a single loss, to be as quick as a run can be
+ONE_TEACHER = [
+    "teachers=[{name: audio_cnn, fit: {epochs: 1, batch_size: 16}, options: {channels: [4], hidden: 8}}]",
+    "student.options={channels: [4]}",
+]
+
+
+def _forget(prefix: str) -> None:
+    for name in [m for m in sys.modules if m == prefix or m.startswith(prefix + ".")]:
+        del sys.modules[name]
+
+
+@pytest.fixture
+def acme(fake_distribution, monkeypatch):
+    """acme-kd 1.0.0 (the first-edition package) installed, auto-loading on."""
+    monkeypatch.delenv("LISER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    fake_distribution("acme-kd", {"acme": "acme_v1.plugin"}, version="1.0.0", path=ACME_SRC)
+    yield
+    _forget("acme_v1")  # imported from the repository, not the fixture's temporary folder
+
+
+@pytest.fixture
+def example(fake_distribution):
+    fake_distribution("liser-example-plugin", {"example": "liser_example.plugin"}, version="0.1.0", path=EXAMPLE_SRC)
+    yield
+    _forget("liser_example")
+
+
+@pytest.fixture
+def recipe(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_RECIPE)
+    return path
+
+
+def _losses(name: str, options: str = "{}") -> str:
+    return f"distil.losses=[{{name: {name}, options: {options}}}]"
+
+
+# -- item 4: the compatibility promise ------------------------------------------------------------
+def test_a_first_edition_package_and_the_example_load_unchanged_next_to_liser(acme, example):
+    host = liser_core.load_plugins(strict=True)  # any plugin failing to load fails the test
+    plugins = {p.name: p for p in host.plugins}
+    assert (plugins["acme"].status, plugins["acme"].distribution) == ("loaded", "acme-kd")
+    assert plugins["acme"].components == {"dataset": ["acme_tones"], "student": ["acme_mlp"],
+                                          "loss": ["dkd"], "logger": ["acme_events"]}
+    assert plugins["example"].status == "loaded" and "example_gru" in plugins["example"].components["student"]
+    assert plugins["losses"].components["loss"] == ["ce", "dkd", "feature_matching", "fitnets", "kl"]
+    # nothing of either package vanished, and LiSER's own dkd is still there
+    for kind, name in (("student", "acme_mlp"), ("dataset", "acme_tones"), ("logger", "acme_events"),
+                       ("student", "example_gru"), ("loss", "symmetric_kl")):
+        assert name in host.registries[kind]
+    assert host.registries.loss.get("losses:dkd").factory.__name__ == "DecoupledKD"
+    assert host.registries.loss.get("acme:dkd").factory.__name__ == "AcmeDKD"
+
+
+@pytest.mark.slow
+def test_a_tiny_run_with_every_acme_component_and_acme_dkd(acme, recipe, tmp_path):
+    host = liser_core.load_plugins(strict=True)
+    run_dir = tmp_path / "run"
+    ctx = liser_core.run(recipe, [*TINY_OVERRIDES, *ONE_TEACHER, f"run_dir={run_dir}",
+                                  "data.name=acme_tones", "data.options={}", "student={name: acme_mlp, options: {hidden: 8}}",
+                                  _losses("acme:dkd", "{gamma: 0.5}"), "loggers={run_dir: {}, acme_events: {}}"],
+                         host=host)
+    weight, loss = ctx.losses["dkd"]  # keys stay bare: they name files
+    assert type(loss).__name__ == "AcmeDKD" and loss.gamma == 0.5
+    assert type(ctx.student).__name__ == "MeanPoolMLP"
+    assert ctx.results()["student"]["uar"] >= 0
+    events = [json.loads(line)["event"] for line in (run_dir / "acme_events.jsonl").read_text().splitlines()]
+    assert events == ["run_start", "run_end"]
+    # the run's records hold qualified names
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["distil"]["losses"][0]["name"] == "acme:dkd"
+    assert (config["student"]["name"], config["data"]["name"]) == ("acme:acme_mlp", "acme:acme_tones")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["components"]["distil.losses.0"] == "acme:dkd"
+    assert manifest["components"]["teachers.0"] == "cnn_teachers:audio_cnn"
+    # ... and so do bench rows and the model card (whose ids and tags take the bare name)
+    (row,) = [r for r in rows_of_run("k", ctx) if r["model"] == "student"]
+    assert row["components"] == "teachers=cnn_teachers:audio_cnn student=acme:acme_mlp losses=acme:dkd"
+    card = (run_dir / "student" / "README.md").read_text()
+    assert "(acme:acme_mlp," in card and "student-acme_mlp" in card
+
+
+# -- item 1: names that cannot be taken from under a package ---------------------------------------
+def test_the_ambiguous_bare_name_is_refused_before_any_work_with_the_choices(acme, recipe, tmp_path):
+    host = liser_core.load_plugins()
+    with pytest.raises(ConfigError) as e:
+        liser_core.run(recipe, [*TINY_OVERRIDES, f"run_dir={tmp_path / 'run'}", _losses("dkd")], host=host)
+    assert e.value.key == "distil.losses.0.name"
+    assert "acme:dkd, losses:dkd" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(AmbiguousComponentError):
+        host.registries.loss.get("dkd")
+
+
+def test_the_cli_refuses_the_bare_name_in_one_line_with_exit_2(acme, recipe, tmp_path, capsys):
+    code = cli_main(["run", str(recipe), "--dry-run", *TINY_OVERRIDES, f"run_dir={tmp_path / 'run'}", _losses("dkd")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0 and "distil.losses.0.name" in err and "acme:dkd, losses:dkd" in err
+
+
+def test_list_and_plugins_show_the_clash(acme, capsys):
+    assert cli_main(["list", "losses"]) == 0
+    out = capsys.readouterr().out
+    assert "acme:dkd" in out and "losses:dkd" in out and "clash" in out
+    assert cli_main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "loss dkd: acme:dkd, losses:dkd; the bare name is refused" in out
+    assert cli_main(["show", "acme:dkd"]) == 0
+    assert "gamma" in capsys.readouterr().out
+
+
+def test_fingerprints_treat_a_unique_bare_name_and_the_first_party_qualified_one_alike(acme, recipe):
+    host = liser_core.load_plugins()
+    versions = host.code_versions()
+
+    def fp(name):
+        cfg = prepare_config(recipe, [*TINY_OVERRIDES, _losses(name)], host)
+        return cfg.distil.losses[0].name, provenance.fingerprint(cfg, versions)
+
+    first_party, ours = fp("losses:dkd"), fp("acme:dkd")
+    assert first_party[0] == "dkd"  # what runs before the clash hashed: old runs and rows stay current
+    assert ours[0] == "acme:dkd" and ours[1] != first_party[1]
+    without_acme = liser_core.load_plugins(block=["acme"])
+    cfg = prepare_config(recipe, [*TINY_OVERRIDES, _losses("dkd")], without_acme)
+    assert provenance.fingerprint(cfg, versions) == first_party[1]
+
+
+@pytest.mark.slow
+def test_an_old_run_dir_resumes_with_the_component_it_was_started_with(fake_distribution, recipe, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    before = liser_core.load_plugins()  # acme not installed yet: `dkd` is LiSER's
+    liser_core.run(recipe, [*TINY_OVERRIDES, *ONE_TEACHER, f"run_dir={run_dir}", _losses("dkd")], host=before)
+    saved = (run_dir / "state" / "recipe.yaml").read_text()
+    assert "name: dkd\n" in saved  # bare, as runs of the first edition saved it
+    # make it an old, unfinished run: a first-edition manifest (no component record), not complete
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    del manifest["components"]
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    state = json.loads((run_dir / "state" / "run.json").read_text())
+    (run_dir / "state" / "run.json").write_text(json.dumps(state | {"status": "interrupted"}))
+
+    monkeypatch.delenv("LISER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    fake_distribution("acme-kd", {"acme": "acme_v1.plugin"}, version="1.0.0", path=ACME_SRC)
+    try:
+        after = liser_core.load_plugins()
+        assert "acme:dkd" in after.registries.loss
+        cfg = prepare_config(run_dir / "state" / "recipe.yaml", [f"run_dir={run_dir}"], after)
+        assert cfg.distil.losses[0].name == "dkd"  # LiSER's, in the form its fingerprint hashed
+        ctx = Engine(cfg, after, resume="resume").execute()
+    finally:
+        _forget("acme_v1")
+    assert ctx.resumed
+    assert type(ctx.losses["dkd"][1]).__name__ == "DecoupledKD"
+
+
+# -- the override policy ----------------------------------------------------------------------------
+OVERRIDER = """
+from liser_core import hookimpl
+from liser_plugins.losses import KLDivergence
+
+class LoudKL(KLDivergence):
+    '''KL, overriding the first-party one on purpose.'''
+
+@hookimpl
+def liser_register_losses(registry):
+    registry.register("kl", LoudKL, override=True)
+"""
+
+
+def test_a_declared_override_takes_the_bare_name_and_is_shown(fake_distribution, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LISER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "loudkl.py").write_text(textwrap.dedent(OVERRIDER))
+    (src / "loudkl_too.py").write_text(textwrap.dedent(OVERRIDER))
+    fake_distribution("loudkl", {"loud": "loudkl"}, path=src)
+    host = liser_core.load_plugins()
+    reg = host.registries.loss
+    assert reg.get("kl").qualified == "loud:kl"  # the declared override wins the bare name
+    assert reg.get("losses:kl").factory.__name__ == "KLDivergence"  # the first-party one stays reachable
+    assert reg.canonical("loud:kl") == "loud:kl" and reg.canonical("losses:kl") == "kl"
+    assert cli_main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "overrides first-party: loss kl" in out and "the bare name means loud:kl (override)" in out
+    # a second package overriding the same name: neither wins, the bare name is refused again
+    fake_distribution("loudkl-too", {"loud_too": "loudkl_too"}, path=src)
+    with pytest.raises(AmbiguousComponentError, match="losses:kl, loud:kl, loud_too:kl"):
+        liser_core.load_plugins().registries.loss.get("kl")
