@@ -1,4 +1,6 @@
-"""``liser summarize RUN_DIR...``: per-run scores and mean ± std over the runs of one recipe.
+"""``liser summarize RUN_DIR...``: per-run scores and mean ± std with a 95 % t-interval over the
+runs of one recipe, n always shown (a warning below 3), and the student against the baseline
+and each teacher, paired over the same runs (``liser_common.stats``).
 
 Runs are averaged only with runs of the same resolved recipe, less the axes being averaged
 (``--over``: ``seed`` and ``data.options.fold`` by default) and the keys that do not change
@@ -25,6 +27,7 @@ import yaml
 from liser_common.metrics import summarise
 from liser_common.provenance import RESULT_FREE_KEYS, comparable, diff_keys
 from liser_common.rundir import safe_name
+from liser_common.stats import MIN_REPEATS, paired_comparison, t_interval
 from liser_core.errors import UsageError
 from liser_core.guards import describe_flags
 
@@ -154,11 +157,29 @@ def group_runs(runs: Sequence[dict], over: Sequence[str]) -> list[dict]:
         g["summary"] = {
             name: summarise([r["models"][name] for r in g["runs"] if name in r["models"]]) for name in _models(g["runs"])
         }
+        for name, summ in g["summary"].items():  # a 95 % t-interval over the runs beside each mean
+            for k, v in summ.items():
+                iv = t_interval([r["models"][name][k] for r in g["runs"] if name in r["models"]])
+                v["ci"] = [iv.low, iv.high]
+        g["comparisons"] = _paired(g["runs"])
         g["flags"] = sorted({f for r in g["runs"] for f in r["flags"]})
         g["confusion"] = {
             name: pooled([r["confusion"][name] for r in g["runs"] if name in r.get("confusion", {})])
             for name in _models(g["runs"])
         }
+    return out
+
+
+def _paired(runs: Sequence[dict]) -> dict[str, dict]:
+    """The student against the labels-only baseline (and against each teacher), UAR, paired
+    over the runs that scored both (the same seed/fold)."""
+    out = {}
+    models = _models(runs)
+    for other in [m for m in models if m != "student"]:
+        both = [r for r in runs if "student" in r["models"] and other in r["models"]]
+        if len(both) >= 2:
+            c = paired_comparison([r["models"]["student"]["uar"] for r in both], [r["models"][other]["uar"] for r in both])
+            out[f"student - {other}"] = c.to_dict()
     return out
 
 
@@ -216,18 +237,32 @@ def _print_group(g: dict, several: bool) -> None:
         fold = "-" if r["fold"] is None else str(r["fold"])
         print(f"{Path(r['run']).name[:28]:<28} {fold:>4} {str(r['seed']):>4}  " + "  ".join(cells) + mark)
     print()
-    print(f"{'model':<22} {'n':>3}  " + "  ".join(f"{k:>15}" for k in ("WA (accuracy)", "UAR", "macro-F1")))
+    print(f"{'model':<22} {'n':>3}  " + "  ".join(f"{k:>31}" for k in ("WA (accuracy)", "UAR", "macro-F1")))
     for name in models:
         s = g["summary"][name]
-        cells = [f"{s[k]['mean']:.3f} ± {s[k]['std']:.3f}" if k in s else "-" for k in KEYS]
+        cells = [_cell(s[k]) if k in s else "-" for k in KEYS]
         n = s.get("uar", {}).get("n", 0)
-        print(f"{name:<22} {n:>3}  " + "  ".join(f"{c:>15}" for c in cells))
-    print("(mean ± sample standard deviation over the runs)")
+        print(f"{name:<22} {n:>3}  " + "  ".join(f"{c:>31}" for c in cells))
+    print("(mean ± sample standard deviation [95 % t-interval of the mean] over the runs)")
+    n_min = min((s.get("uar", {}).get("n", 0) for s in g["summary"].values()), default=0)
+    if n_min < MIN_REPEATS:
+        print(f"!!! n = {n_min} run(s): fewer than {MIN_REPEATS} repeats give no interval worth the name; "
+              "run more seeds or folds before drawing conclusions")
+    for what, c in g.get("comparisons", {}).items():
+        wil = "" if c["wilcoxon_p"] is None else f", Wilcoxon p = {c['wilcoxon_p']:.3g}"
+        print(f"{what} (UAR, paired over {c['n']} runs): {c['mean_diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}], "
+              f"paired t p = {c['t_p']:.3g}{wil}")
     if g["flags"]:
         print(f"!!! flagged: {', '.join(g['flags'])} -- these scores are incomplete or not comparable "
               "(the runs' warnings in metrics.json say why):")
         for line in describe_flags(g["flags"]):
             print(f"!!!   {line}")
+
+
+def _cell(v: dict) -> str:
+    lo, hi = v.get("ci", [float("nan")] * 2)
+    ci = "" if lo != lo else f" [{lo:.3f}, {hi:.3f}]"  # NaN: one run, no interval
+    return f"{v['mean']:.3f} ± {v['std']:.3f}{ci}"
 
 
 def _print_confusion(g: dict) -> None:
