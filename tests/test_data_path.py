@@ -194,7 +194,8 @@ def test_a_grid_fits_each_teacher_once_per_fit_set_and_labels_each_clip_once(tmp
     assert first["store"]["audio_cnn"]["from_store"] == 0
     caplog.clear()
     second, b = run("b", "data.options.label_fraction=0.25", "seed=3")  # other fraction and seed, same fit set
-    assert second["teacher_fits"]["audio_cnn"] == {**first["teacher_fits"]["audio_cnn"], "reused": True}
+    assert second["teacher_fits"]["audio_cnn"] == {**first["teacher_fits"]["audio_cnn"], "reused": True,
+                                                   "fitted_in": str(tmp_path / "a"), "reused_from": str(next(store.glob("fitted/*")))}
     assert "fitted on this fit set before: weights reused" in caplog.text
     for k, v in a.teachers["audio_cnn"].state_dict().items():
         assert torch.equal(v, b.teachers["audio_cnn"].state_dict()[k]), k
