@@ -49,6 +49,9 @@ def add_parsers(sub, plugin_args) -> None:
     p.add_argument("repo_id", help="Hub repository id, org/name (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.add_argument("--no-onnx", dest="onnx", action="store_false", help="do not add the ONNX export")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="seconds to wait for the Hub to connect, answer or take data (default: "
+                        "LISER_HUB_TIMEOUT or 60)")
     plugin_args(p)
 
     p = sub.add_parser(
@@ -107,7 +110,7 @@ def cmd_predict(args, host) -> int:
 def cmd_push(args, host) -> int:
     from .hub import push
 
-    url = push(args.checkpoint, args.repo_id, private=args.private, onnx=args.onnx)
+    url = push(args.checkpoint, args.repo_id, private=args.private, onnx=args.onnx, timeout=args.timeout)
     print(f"pushed {args.checkpoint} to {args.repo_id}: {url}")
     return 0
 
