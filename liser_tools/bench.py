@@ -273,13 +273,14 @@ def after_axes(grid: Grid, combinations: list[tuple[dict[str, str], list[str]]])
         key = _key(text)
         if "." in key:
             if before is None:
-                before = load_recipe(grid.recipe, list(grid.overrides))
+                before = _before_axes(grid)
             rules[text] = _element_rule(grid, key, before)
     reached = {text: 0 for text, rule in rules.items() if rule is not None}
+    plain = [t for t in grid.cli_overrides if rules.get(t) is None]
     out = []
     for _chosen, overrides in combinations:
         full = [*grid.overrides, *overrides]
-        cfg = load_recipe(grid.recipe, full) if reached else None
+        cfg = load_recipe(grid.recipe, [*full, *plain]) if reached else None
         for text in grid.cli_overrides:
             rule = rules.get(text)
             if rule is None:
@@ -301,6 +302,24 @@ def after_axes(grid: Grid, combinations: list[tuple[dict[str, str], list[str]]])
             raise ConfigError(_key(text), f"reaches no combination: no element of {prefix} is named {name!r} after the axes")
         log.info("%s: applied to %s %r in %d of %d combinations", text, prefix, name, n, len(combinations))
     return out
+
+
+def _before_axes(grid: Grid) -> DictConfig:
+    """The recipe before the axes: the base recipe, the grid's overrides and those command-line
+    overrides that load there (``data.options.root=...`` may be required; an element addressed
+    by position or name is resolved later, per combination)."""
+    from liser_core.engine import load_recipe
+
+    extra = [t for t in grid.cli_overrides if not any(seg.isdigit() for seg in _key(t).split("."))]
+    while True:
+        try:
+            return load_recipe(grid.recipe, [*grid.overrides, *extra])
+        except ConfigError as exc:
+            culprit = [t for t in extra if exc.key and (exc.key == _key(t) or exc.key.startswith(_key(t) + ".")
+                                                        or _key(t).startswith(exc.key + "."))]
+            if not culprit:
+                raise
+            extra.remove(culprit[0])
 
 
 def _select(cfg: DictConfig, key: str):
