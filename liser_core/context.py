@@ -41,6 +41,10 @@ class EvalResult:
     probs: torch.Tensor  # (N, C) predicted distribution per clip
     clip_ids: list[str]
     num_parameters: int = 0
+    labels: torch.Tensor | None = None  # (N,) true class ids, row i = clip_ids[i]
+    speakers: list[str] = field(default_factory=list)  # speaker of each clip
+    #: WA/UAR per test speaker (``liser_common.metrics.per_group_metrics``)
+    per_speaker: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -122,3 +126,10 @@ class RunContext:
     def warn(self, message: str) -> None:
         self.warnings.append(message)
         log.warning(message)
+
+    def flag(self, name: str, message: str) -> None:
+        """A condition that makes this run's scores incomplete or incomparable: a warning, and
+        the named flag (``guards.FLAGS``) every table, report and card shows next to the scores."""
+        if name not in self.flags:
+            self.flags.append(name)
+        self.warn(message)

@@ -25,7 +25,7 @@ from liser_cache.clipcache import ClipCache
 from liser_cache.store import TeacherStore, clip_key
 from liser_common import provenance, rundir
 from liser_common.distributed import from_env
-from liser_common.metrics import classification_metrics
+from liser_common.metrics import classification_metrics, per_group_metrics
 from liser_common.trainstate import Checkpointer
 
 from . import checkpoint, guards, prepare
@@ -388,6 +388,8 @@ class Engine:
 
     def record(self, model, role, split, probs, labels, clip_ids, n_params) -> None:
         metrics, confusion = classification_metrics(probs, labels, len(self.run.label_space))
+        by_id = {c.clip_id: c for c in self.run.split(split)}
+        speakers = [str(by_id[c].speaker) if c in by_id else "" for c in clip_ids]
         result = EvalResult(
             model=model,
             role=role,
@@ -398,6 +400,9 @@ class Engine:
             probs=probs,
             clip_ids=clip_ids,
             num_parameters=n_params,
+            labels=labels,
+            speakers=speakers,
+            per_speaker=per_group_metrics(probs, labels, speakers, len(self.run.label_space)),
         )
         self.run.evaluations.append(result)
         log.info(

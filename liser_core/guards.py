@@ -39,6 +39,27 @@ CONTENT_PREFIX = 16
 PRIORITY = ("test", "teacher", "labeled", "unlabeled")
 DUPLICATE_POLICIES = ("skip", "warn", "error")
 
+#: Every condition that makes a run's scores incomplete or incomparable, by the name that stands
+#: in ``metrics.json``'s ``flags`` and next to the scores in every table (``liser summarize``,
+#: ``results.csv``, ``leaderboard.md``, ``efficiency.md``, ``report.html``, the model card).
+FLAGS: dict[str, str] = {
+    "test_overlap": "a teacher was fitted on test speakers or clips (allow_test_overlap)",
+    "unverified_teacher": "a teacher checkpoint LiSER did not write: what it was fitted on cannot be fully checked",
+    "test_incomplete": "expected test speakers or clips of the protocol are missing",
+    "test_subset": "the test split holds only part of the fold's speakers (expect_complete: false)",
+    "bad_test_clips": "test clips that could not be decoded were left out of the scores",
+    "duplicates_dropped": "clips repeating another clip's content were left out",
+    "test_duplicates": "clips of the test split repeat each other or a training clip (kept)",
+    "not_speaker_independent": "labeled or pool speakers are also in the test split",
+    "unreachable_classes": "a class no teacher can express (its targets come from labels only)",
+    "mixed_code": "the scores averaged come from different code (commits or versions)",
+}
+
+
+def describe_flags(flags: Sequence[str]) -> list[str]:
+    """``name: what it means`` for each flag (unknown names, e.g. a plugin's, as they are)."""
+    return [f"{f}: {FLAGS[f]}" if f in FLAGS else f for f in flags]
+
 
 # -- what a teacher was fitted on -----------------------------------------------------------------
 @dataclass(frozen=True)
@@ -271,6 +292,20 @@ def missing_warnings(missing: Mapping[str, Mapping[str, Sequence[str]]] | None) 
         if clips:
             parts.append(f"{len(clips)} expected clip(s) missing (e.g. {', '.join(map(str, clips[:3]))})")
         out.append(f"{split} split incomplete: " + "; ".join(parts) + " -- scores are over what is present")
+    return out
+
+
+def subset_notes(subset: Mapping[str, Mapping[str, Sequence[str]]] | None) -> list[str]:
+    """One line per split of a deliberate subset tree (``expect_complete: false``): how many of
+    the fold's speakers the split holds and which are absent -- said once, never silent."""
+    out = []
+    for split, what in (subset or {}).items():
+        absent, expected = list(what.get("speakers") or ()), list(what.get("expected") or ())
+        if absent:
+            out.append(
+                f"{split} split: {len(expected) - len(absent)} of the fold's {len(expected)} speakers; "
+                f"missing {', '.join(map(str, absent))} (expect_complete: false)"
+            )
     return out
 
 

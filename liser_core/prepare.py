@@ -253,26 +253,35 @@ def guard_data(engine: Engine) -> None:
             splits, engine.dropped = guards.drop_duplicates(raw, dups)
         dropped = {(d.split, d.clip_id) for d in engine.dropped}
         if engine.dropped:
-            run.warn(
+            run.flag(
+                "duplicates_dropped",
                 f"{len(engine.dropped)} clip(s) left out as duplicates by content, e.g. {engine.dropped[0].describe()} "
-                "(splits.json lists them)"
+                "(splits.json lists them)",
             )
         for d in dups:
             if (d.split, d.clip_id) not in dropped:
-                run.warn(f"duplicate content: {d.describe()}")
+                if "test" in (d.split, d.of_split):  # a test clip repeated, and kept
+                    run.flag("test_duplicates", f"duplicate content: {d.describe()}")
+                else:
+                    run.warn(f"duplicate content: {d.describe()}")
         keep = {s: {c.clip_id for c in splits[s]} for s in SPLITS}
         digests = {s: [d for c, d in zip(raw[s], digests[s]) if c.clip_id in keep[s]] for s in SPLITS}
     run.splits, run.digests = splits, digests
     log.info("content digests of %d clips in %.1fs", sum(map(len, digests.values())), time.perf_counter() - t0)
-    missing = getattr(corpus, "missing", None)
-    for w in [*guards.missing_warnings(missing() if callable(missing) else None), *(getattr(corpus, "notes", None) or [])]:
+    missing, subset = getattr(corpus, "missing", None), getattr(corpus, "subset", None)
+    for w in guards.missing_warnings(missing() if callable(missing) else None):
+        run.flag("test_incomplete", w)
+    for w in guards.subset_notes(subset() if callable(subset) else None):
+        run.flag("test_subset", w)
+    for w in getattr(corpus, "notes", None) or []:
         run.warn(w)
     test = {c.speaker for c in run.split(cfg.evaluate.split)}
     for s in ("labeled", "unlabeled"):  # the teacher split is the fit guard's (_guard_teachers)
         shared = sorted({c.speaker for c in run.split(s)} & test)
         if s != cfg.evaluate.split and shared:
-            run.warn(
-                f"speakers {shared[:5]} appear in both {s!r} and the test split: results are NOT speaker-independent"
+            run.flag(
+                "not_speaker_independent",
+                f"speakers {shared[:5]} appear in both {s!r} and the test split: results are NOT speaker-independent",
             )
     if cfg.teachers and cfg.distil.epochs > 0 and not run.split("unlabeled"):
         run.warn(
@@ -384,7 +393,12 @@ def guard_teachers(engine: Engine) -> None:
         for line in guards.describe_label_maps(report):
             log.info(line)
         for w in warnings:
-            run.warn(w)
+            if report.get("unreachable_by_all") and any(c in w for c in report["unreachable_by_all"]):
+                run.flag("unreachable_classes", w)
+            else:
+                run.warn(w)
+        if report.get("unreachable_by_all") and "unreachable_classes" not in run.flags:
+            run.flags.append("unreachable_classes")
 
 def setup_data_path(engine: Engine) -> None:
     """Content keys of clips read from files (their file digests and how they are decoded:

@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from liser_common.metrics import summarise
-from liser_common.provenance import RESULT_FREE_KEYS, comparable, diff_keys
+from liser_common.provenance import RESULT_FREE_KEYS, code_identity, code_string, comparable, diff_keys
 from liser_common.rundir import safe_name
 from liser_common.stats import MIN_REPEATS, paired_comparison, t_interval
 from liser_core.errors import UsageError
@@ -128,6 +128,7 @@ def load_run(path: Path) -> dict[str, Any]:
         status=m.get("status"), corpus=m.get("corpus"), split=m.get("split"), seed=(cfg or {}).get("seed"),
         fold=opts.get("fold"), models=models, config=cfg, flags=flags,
         warnings=list(m.get("warnings") or []), confusion=confusion,
+        code=code_string(m["code"]) if isinstance(m.get("code"), dict) and m["code"] else "",
     )
     if m.get("status") != "completed":
         out["skipped"] = f"status {m.get('status')!r}" + (f": {m['error']}" if m.get("error") else "")
@@ -163,6 +164,9 @@ def group_runs(runs: Sequence[dict], over: Sequence[str]) -> list[dict]:
                 v["ci"] = [iv.low, iv.high]
         g["comparisons"] = _paired(g["runs"])
         g["flags"] = sorted({f for r in g["runs"] for f in r["flags"]})
+        g["code"] = sorted({r.get("code", "") for r in g["runs"]})
+        if len({code_identity(c) for c in g["code"]}) > 1:  # a mean over different code: said, never silent
+            g["flags"].append("mixed_code")
         g["confusion"] = {
             name: pooled([r["confusion"][name] for r in g["runs"] if name in r.get("confusion", {})])
             for name in _models(g["runs"])
@@ -252,6 +256,8 @@ def _print_group(g: dict, several: bool) -> None:
         wil = "" if c["wilcoxon_p"] is None else f", Wilcoxon p = {c['wilcoxon_p']:.3g}"
         print(f"{what} (UAR, paired over {c['n']} runs): {c['mean_diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}], "
               f"paired t p = {c['t_p']:.3g}{wil}")
+    if "mixed_code" in g["flags"]:
+        print("!!! these runs come from different code: " + "; ".join(c or "(not recorded)" for c in g["code"]))
     if g["flags"]:
         print(f"!!! flagged: {', '.join(g['flags'])} -- these scores are incomplete or not comparable "
               "(the runs' warnings in metrics.json say why):")

@@ -74,8 +74,9 @@ def model_card(run_dir: str | Path, *, repo_id: str | None = None) -> str:
     clips = {s: len(v.get("clips", [])) for s, v in splits.items()}
     flags = metrics.get("flags") or []
     warnings = metrics.get("warnings") or []
-    score = (f"UAR {student['uar']:.3f}, WA {student['accuracy']:.3f}, macro-F1 {student['macro_f1']:.3f} on the "
-             f"{split} split ({student.get('num_clips', '?')} clips)") if student else "no test score recorded"
+    score = (f"UAR {student['uar']:.3f}{_ci(student, 'uar')}, WA {student['accuracy']:.3f}{_ci(student, 'accuracy')}, "
+             f"macro-F1 {student['macro_f1']:.3f} on the {split} split ({student.get('num_clips', '?')} clips"
+             f"{_ci_note(student)})") if student else "no test score recorded"
     body = f"""
 # {name}
 
@@ -83,7 +84,7 @@ A lightweight audio-only speech emotion recognition model ({qualified},
 {student_cfg.get('num_parameters', 0):,} parameters, {student_cfg.get('sample_rate', '?')} Hz mono input), trained
 with LiSER (Leveraging unlabeled audio-visual data in SER) by knowledge distillation from large
 teachers on unlabeled audio-visual clips. Its test score: {score}.
-{"**Flagged: " + ", ".join(flags) + " -- these scores are NOT a fair estimate (see warnings).**" if flags else ""}
+{_flag_lines(flags)}
 
 ## Intended use
 
@@ -140,6 +141,29 @@ def _code_line(code: Any) -> str:
     if not isinstance(code, dict) or not code:
         return "not recorded (a run from before LiSER recorded its commit)"
     return ", ".join(f"`{name} {code_label(entry)}`" for name, entry in sorted(code.items()) if isinstance(entry, dict))
+
+
+def _ci(entry: dict, metric: str) -> str:
+    iv = (entry.get("intervals") or {}).get(metric) or {}
+    return f" [{iv['low']:.3f}, {iv['high']:.3f}]" if iv.get("low") is not None else ""
+
+
+def _ci_note(entry: dict) -> str:
+    iv = (entry.get("intervals") or {}).get("uar") or {}
+    if iv.get("low") is None:
+        return ""
+    return f"; 95 % intervals by a bootstrap over its {iv.get('speakers')} test speakers"
+
+
+def _flag_lines(flags: list[str]) -> str:
+    """The run's flags, each with its meaning: these scores are incomplete or not comparable."""
+    if not flags:
+        return ""
+    from liser_core.guards import describe_flags
+
+    lines = [f"**Flagged: {', '.join(flags)} -- these scores are incomplete or NOT a fair estimate (see the run's warnings):**", ""]
+    return "\n".join(lines + [f"- `{line.split(':', 1)[0]}`:{line.split(':', 1)[1]}" if ":" in line else f"- `{line}`"
+                               for line in describe_flags(flags)])
 
 
 def write_model_card(run_dir: str | Path, *, repo_id: str | None = None) -> Path:

@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from liser_cache.identity import digests_of
+from liser_core import guards
 from liser_core.data import SPLITS, BadClipError, Clip, Corpus
 from liser_core.errors import UsageError
 from liser_core.guards import find_duplicates
@@ -199,6 +200,8 @@ def check_corpus(
             report.problems.append(Problem("missing_speaker", f"expected {split} speaker {spk} has no clip", split=split))
         for cid in what.get("clips") or ():
             report.problems.append(Problem("missing_clip", f"expected {split} clip {cid} is not there", clip_id=str(cid), split=split))
+    subset = getattr(corpus, "subset", None)  # expect_complete: false -- said, not a problem
+    report.warnings += guards.subset_notes(subset() if callable(subset) else None)
     splits = {s: list(corpus.split(s)) for s in SPLITS}
     digests = {s: digests_of(splits[s], corpus, workers=workers) for s in SPLITS}
     dups = find_duplicates(splits, digests)

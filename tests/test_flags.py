@@ -99,6 +99,7 @@ def test_per_clip_predictions_and_per_speaker_scores(subset_run):
         # one speaker with one clip of every class: their UAR is the run's
         assert entry["per_speaker"]["01"]["accuracy"] == pytest.approx(wa)
         assert entry["per_speaker"]["01"]["uar"] == pytest.approx(entry["uar"])
+        assert entry["intervals"]["uar"]["speakers"] == 1 and entry["intervals"]["uar"]["low"] is None  # one speaker
 
 
 def test_summarize_pools_confusion_matrices_over_folds(tmp_path, capsys):
@@ -131,3 +132,20 @@ def test_runs_recorded_before_flags_show_their_conditions(tmp_path, capsys):
         "flags": [], "warnings": ["test split incomplete: expected speaker(s) 11 missing -- scores are over what is present"]}))
     assert main(["summarize", str(r)]) == 0
     assert "!test_incomplete" in capsys.readouterr().out
+
+
+def test_summarize_flags_a_mean_over_different_code(tmp_path, capsys):
+    runs = []
+    for seed, commit in enumerate(("a" * 40, "b" * 40, "b" * 40)):
+        r = tmp_path / f"s{seed}"
+        r.mkdir()
+        (r / "metrics.json").write_text(json.dumps({
+            "status": "completed", "student": {"accuracy": 0.5, "uar": 0.5 + seed / 100, "macro_f1": 0.5}, "teachers": {},
+            "code": {"liser": {"liser": "0.1.0", "commit": commit, "dirty": seed == 2}}}))
+        (r / "config.yaml").write_text(f"seed: {seed}\n")
+        runs.append(str(r))
+    assert main(["summarize", *runs]) == 0
+    out = capsys.readouterr().out
+    assert "!!! flagged: mixed_code" in out and "aaaaaaaaaaaa" in out and "bbbbbbbbbbbb" in out
+    assert main(["summarize", *runs[1:]]) == 0  # same commit (one of them dirty): one code
+    assert "mixed_code" not in capsys.readouterr().out

@@ -1,7 +1,9 @@
 """``run_dir`` logger: the run directory's own files.
 
 ``config.yaml`` (the resolved recipe), ``manifest.json`` (versions, plugins, seed),
-``history.jsonl`` (one line per epoch), ``confusion_<model>.csv/.png`` and ``metrics.json``.
+``history.jsonl`` (one line per epoch), ``confusion_<model>.csv/.png``, ``predictions.csv``
+(every evaluated model's class and probabilities per test clip) and ``metrics.json`` (with WA/UAR
+per test speaker).
 Every file is written atomically (temporary name, then rename).
 """
 
@@ -108,17 +110,57 @@ class RunDirWriter:
             "label_maps": run.label_map_report,
         }
         for e in run.evaluations:
-            entry = {**e.metrics, "num_parameters": e.num_parameters, "num_clips": len(e.clip_ids)}
+            entry = {**e.metrics, "num_parameters": e.num_parameters, "num_clips": len(e.clip_ids),
+                     "per_speaker": e.per_speaker, "intervals": _speaker_intervals(e)}
             if e.role == "teacher":
                 entry["card"] = run.teachers[e.model].card.to_dict(content=False)
                 payload["teachers"][e.model] = entry
             else:
                 payload[e.role] = entry
+        if run.evaluations:
+            atomic_write_text(run.run_dir / "predictions.csv", predictions_csv(run.evaluations))
         atomic_write_json(run.run_dir / "metrics.json", payload)
         if not error and (run.run_dir / "student" / "config.json").is_file():
             from liser_tools.card import write_model_card
 
             write_model_card(run.run_dir)  # the student's model card, from the records just written
+
+
+def _speaker_intervals(e) -> dict:
+    """95 % intervals of WA and UAR by a bootstrap over the run's test speakers (whole speakers
+    resampled: their clips are not independent); empty without labels or speakers."""
+    if e.labels is None or not e.speakers:
+        return {}
+    from liser_common.stats import speaker_bootstrap
+
+    preds, k = e.probs.argmax(-1).tolist(), e.probs.shape[-1]
+    out = {}
+    for metric in ("accuracy", "uar"):
+        iv = speaker_bootstrap(e.labels.tolist(), preds, e.speakers, metric=metric, num_classes=k, n_resamples=1000)
+        finite = iv.low == iv.low  # NaN (one speaker): no interval, null in the JSON
+        out[metric] = {"low": iv.low if finite else None, "high": iv.high if finite else None,
+                       "speakers": iv.n, "method": iv.method,
+                       "confidence": iv.confidence}
+    return out
+
+
+def predictions_csv(evaluations) -> str:
+    """Every evaluated model's prediction for every clip it scored: ``model, role, split, clip,
+    speaker, label, predicted`` and the probability of each class (``p_<class>``), in the
+    student's label space -- what per-clip analyses and significance tests start from."""
+    classes = list(evaluations[0].label_space.classes)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["model", "role", "split", "clip", "speaker", "label", "predicted", *(f"p_{c}" for c in classes)])
+    for e in evaluations:
+        probs = e.probs.detach().float().cpu()
+        labels = e.labels.tolist() if e.labels is not None else [None] * len(e.clip_ids)
+        speakers = e.speakers or [""] * len(e.clip_ids)
+        for clip, speaker, y, p in zip(e.clip_ids, speakers, labels, probs.tolist()):
+            pred = max(range(len(p)), key=p.__getitem__)
+            w.writerow([e.model, e.role, e.split, clip, speaker, "" if y is None else classes[y], classes[pred],
+                        *(f"{x:.6g}" for x in p)])
+    return buf.getvalue()
 
 
 def _confusion_png(path, result) -> None:
