@@ -356,8 +356,10 @@ def plan(grid: Grid, host) -> list[dict]:
     return out
 
 
-def _changed_keys(run_dir: Path, cfg) -> list[str]:
-    """Keys where the recipe a run dir was made with differs from ``cfg`` (empty if unknown)."""
+def _changed_keys(run_dir: Path, cfg, registries=None) -> list[str]:
+    """Keys where the recipe a run dir was made with differs from ``cfg`` (empty if unknown).
+    With ``registries``, component names compare in canonical form on both sides (a run's
+    ``config.yaml`` says ``losses:kl``, or ``kl`` when older; docs/plugins.md, Names)."""
     from liser_common.provenance import RESULT_FREE_KEYS, comparable, diff_keys
 
     saved = run_dir / "config.yaml"
@@ -367,7 +369,30 @@ def _changed_keys(run_dir: Path, cfg) -> list[str]:
         before = yaml.safe_load(saved.read_text())
     except yaml.YAMLError:
         return []
+    if registries is not None:
+        before, cfg = _canonical_names(before, registries), _canonical_names(cfg, registries)
     return diff_keys(comparable(before, RESULT_FREE_KEYS), comparable(cfg, RESULT_FREE_KEYS))
+
+
+def _canonical_names(cfg, registries):
+    """A recipe (mapping or DictConfig) with each component name in canonical form; as it was
+    when a name is unknown here or the recipe lacks a component block."""
+    from omegaconf import OmegaConf
+
+    from liser_core.config import component_sites
+
+    out = OmegaConf.create(OmegaConf.to_container(cfg) if OmegaConf.is_config(cfg) else cfg)
+    try:
+        for key, kind, name in component_sites(out):
+            reg = registries[kind]
+            new = reg.canonical(reg.get_recorded(name))
+            if key.startswith("loggers."):
+                out.loggers = {(new if k == name else k): v for k, v in out.loggers.items()}
+            else:
+                OmegaConf.update(out, key, new)
+    except Exception:  # noqa: BLE001 - an explanation only: the fingerprint decides staleness
+        return cfg
+    return out
 
 
 def run_grid(grid: Grid, host, other_code: str | None = None) -> dict:
@@ -407,7 +432,7 @@ def run_grid(grid: Grid, host, other_code: str | None = None) -> dict:
             skipped += 1
             continue
         if item["state"] == "stale":
-            changed = _changed_keys(item["run_dir"], item["config"])
+            changed = _changed_keys(item["run_dir"], item["config"], host.registries)
             log.warning(
                 "[%d/%d] %s: its rows are stale (the recipe changed%s); running it again",
                 i, len(todo), key, f" at {', '.join(changed[:6])}" if changed else ", or LiSER or a plugin was upgraded",
