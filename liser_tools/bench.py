@@ -52,14 +52,17 @@ from liser_common.metrics import mean_std
 from liser_common.provenance import code_identity, code_string, plain_config
 from liser_core.checkpoint import atomic_write_text
 from liser_core.errors import ConfigError, LiserError, UsageError, one_line
+from liser_core.guards import FLAGS
 
 log = logging.getLogger("liser.bench")
 
 FIELDS = ["combination", "model", "role", "components", "accuracy", "uar", "macro_f1",
           "num_parameters", "train_seconds", "run_dir", "recipe_fingerprint", "flags",
           "label_fraction", "labeled_clips", "code"]
-#: What each flag a table can show means (leaderboard.md, efficiency.md, report.html).
+#: What each flag a table can show means (leaderboard.md, efficiency.md, report.html): the
+#: run-level flags of ``liser_core.guards.FLAGS``, with what a board adds to them.
 FLAG_NOTES = {
+    **FLAGS,
     "test_overlap": "a teacher of that run was fitted on test speakers or clips (`allow_test_overlap`); its "
                     "scores are NOT a fair estimate",
     "mixed_code": "the row averages runs of different code (LiSER or plugin version or git commit: the `code` "

@@ -149,3 +149,17 @@ def test_summarize_flags_a_mean_over_different_code(tmp_path, capsys):
     assert "!!! flagged: mixed_code" in out and "aaaaaaaaaaaa" in out and "bbbbbbbbbbbb" in out
     assert main(["summarize", *runs[1:]]) == 0  # same commit (one of them dirty): one code
     assert "mixed_code" not in capsys.readouterr().out
+
+
+def test_a_missing_test_speaker_is_flagged_in_results_csv_and_the_leaderboard(tree, tmp_path):
+    import yaml
+
+    path = recipe(tmp_path, tree, "fold: 1, label_fraction: 0.5, teacher_speakers: [9]")
+    path.write_text(path.read_text().replace("expect_complete: false", "expect_complete: true"))
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"recipe": str(path), "repeat": ["seed"], "axes": {"seed": {"s0": ["seed=0"]}}}))
+    assert main(["bench", str(grid), "--output", str(tmp_path / "out")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
+    assert rows and all("test_incomplete" in r["flags"].split(",") for r in rows)
+    board = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "!test_incomplete" in board and f"**!test_incomplete**: {FLAGS['test_incomplete']}" in board

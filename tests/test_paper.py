@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from liser_core import load_plugins
+from liser_core.guards import FLAGS
 from liser_core.testing import TINY_RECIPE
 from liser_tools.bench import load_grid, run_grid
 from liser_tools.cli import main
@@ -132,7 +133,7 @@ def test_the_paper_grids_validate_on_fixture_trees(tmp_path, capsys):
         assert f"{n} combinations validated" in out
 
 
-def _report_rows(fractions, flagged_seed="1"):
+def _report_rows(fractions, flagged_seed="1", flag="test_overlap"):
     """results.csv rows of a small grid (no runs needed): a student and the labels-only
     baseline per fraction and seed; seed ``flagged_seed``'s runs carry ``test_overlap``."""
     rows = []
@@ -141,17 +142,17 @@ def _report_rows(fractions, flagged_seed="1"):
             for model, uar in (("student", 0.3 + frac / 2), ("baseline", 0.2 + frac / 2)):
                 rows.append({"combination": f"fraction={frac:g},teachers=speech,student=small,seed={seed}", "model": model,
                              "uar": str(uar), "label_fraction": str(frac), "run_dir": "/nonexistent", "num_parameters": "10",
-                             "flags": "test_overlap" if seed == flagged_seed else "", "code": "liser=0.1.0@abc"})
+                             "flags": flag if seed == flagged_seed else "", "code": "liser=0.1.0@abc"})
     return rows
 
 
-def _write_report(tmp_path, fractions, flagged_seed="1"):
+def _write_report(tmp_path, fractions, flagged_seed="1", flag="test_overlap"):
     from liser_tools.report import write_report
 
     roles = {"fraction": "fraction", "teachers": "teachers", "student": "student"}
     axes = {"fraction": {f"{f:g}": [] for f in fractions}, "teachers": {"speech": []}, "student": {"small": []},
             "seed": {"0": [], "1": []}}
-    write_report(tmp_path, "t", _report_rows(fractions, flagged_seed), roles, ["seed"], axes, "")
+    write_report(tmp_path, "t", _report_rows(fractions, flagged_seed, flag), roles, ["seed"], axes, "")
     return (tmp_path / "efficiency.md").read_text(), (tmp_path / "report.html").read_text()
 
 
@@ -170,3 +171,19 @@ def test_a_flagged_run_shows_its_flag_in_efficiency_md_and_report_html(tmp_path)
     assert "<td>!test_overlap</td>" in page and "!test_overlap: a teacher of that run" in page
     clean, clean_page = _write_report(tmp_path, (0.1, 1.0), flagged_seed="")
     assert "test_overlap" not in clean and "test_overlap" not in clean_page
+
+
+@pytest.mark.parametrize("flag", sorted(FLAGS))
+def test_every_flag_stands_in_efficiency_md_report_html_and_the_leaderboard(flag, tmp_path):
+    from liser_tools.bench import Grid, write_leaderboard
+
+    eff, page = _write_report(tmp_path, (0.1, 1.0), flag=flag)
+    assert f"!{flag}" in eff and f"**!{flag}**: " in eff  # in its row, and explained under the table
+    assert f"<td>!{flag}</td>" in page and f"!{flag}: " in page
+    grid = Grid(recipe="r.yaml", overrides=[], axes={"fraction": {"0.1": [], "1": []}, "seed": {"0": [], "1": []}},
+                repeat=["seed"], store=False, output=tmp_path)
+    rows = [{**r, "components": r["model"], "accuracy": r["uar"], "macro_f1": r["uar"]}
+            for r in _report_rows((0.1, 1.0), "1", flag)]
+    write_leaderboard(grid, rows)
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert f"!{flag}" in board and f"**!{flag}**: " in board
