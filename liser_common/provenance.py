@@ -20,13 +20,15 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-#: Recipe keys that change where a run goes and what it reports to, not what it computes.
-#: (``threads`` is not one of them: CPU kernels split their sums by thread, so a run resumed
-#: with another thread count would not compute what the uninterrupted one does.)
-RESUME_FREE_KEYS = ("run_dir", "device", "loggers")
-#: Keys that do not change results beyond the last bits: also the run's name, where teacher
-#: outputs are cached, and the thread count (what results are grouped and compared by).
-RESULT_FREE_KEYS = (*RESUME_FREE_KEYS, "threads", "name", "store", "store_dtype")
+#: Recipe keys a resumed run may change: where it runs and reports to and how many CPU threads
+#: and decoding workers it uses, not what it computes. A resume that changes them is recorded
+#: per stage in ``state/run.json`` (``stage_settings``), never into the recorded recipe. (On CPU
+#: another thread count changes the last bits of sums: bit-exact resume needs the same count.)
+RESUME_FREE_KEYS = ("run_dir", "device", "loggers", "threads", "data.workers")
+#: Keys that do not change results beyond the last bits: where a run goes and reports to, the
+#: thread count, the run's name and where teacher outputs are cached (what results are grouped
+#: and compared by).
+RESULT_FREE_KEYS = ("run_dir", "device", "loggers", "threads", "name", "store", "store_dtype")
 
 
 def plain_config(cfg: Any) -> dict[str, Any]:

@@ -11,6 +11,12 @@
   ``<run_dir>/.liser.lock`` (pid, host and start time inside, for the message) while a run goes;
   a second ``liser run`` on the folder is refused naming the holder. The kernel releases the
   lock when the process dies, so a killed run leaves no stale lock.
+* **Files a user may edit are written once.** :func:`write_editable` (model cards) records the
+  SHA-256 of what LiSER wrote in ``<run_dir>/.liser-written.json``; a file changed since then,
+  or one LiSER has no record of, is kept, and the new version goes beside it
+  (``README.liser-new.md``) with a line saying so.
+* **Room to write, checked first.** :func:`check_writable` and :func:`check_free` refuse a
+  read-only or full run directory, store or cache before any work, in one line naming the path.
 * **Paths stay inside.** :func:`safe_name` checks a name before it becomes a path segment
   (a teacher called ``../../evil`` writes nowhere), and :func:`inside` that a path is under its
   root.
@@ -18,11 +24,15 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,6 +40,8 @@ from .errors import UsageError
 
 MARKER = "liser-run.json"
 LOCK = ".liser.lock"
+#: what LiSER wrote of the files a user may edit: relative path -> sha256 of the bytes
+WRITTEN = ".liser-written.json"
 #: What LiSER itself creates in ``state/``: a fresh start removes these and nothing else.
 STATE_ENTRIES = ("run.json", "recipe.yaml", "label", "train", "store")
 #: Component and file names that may become path segments.
@@ -85,6 +97,90 @@ def clear_state(state_dir: Path) -> None:
             shutil.rmtree(p)
         elif p.exists() or p.is_symlink():
             p.unlink()
+
+
+def _existing(path: Path) -> Path:
+    """``path`` or its nearest existing parent (the folder a new ``path`` would be made in)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_writable(path: Path, what: str, hint: str) -> None:
+    """Refuse a folder LiSER cannot write in (read-only file system, permissions), or, when
+    ``path`` does not exist yet, one it cannot be made in; one line naming the path and
+    ``hint`` (what to do). A probe file is made and removed at once: nothing is left."""
+    base = _existing(path)
+    if not base.is_dir():
+        return  # a file where a folder should be: check_claim and the config checks say so
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".liser-probe-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        why = "is on a read-only file system" if exc.errno == errno.EROFS else (
+            "is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"cannot be written ({exc.strerror})"
+        )
+        where = f"{path}" if base == Path(path).absolute() else f"{path} (in {base})"
+        raise UsageError(f"{what} {where} {why}: {hint}") from None
+
+
+def check_free(path: Path, need: int, what: str, hint: str) -> None:
+    """Refuse a folder whose file system has less than ``need`` bytes free (one line)."""
+    base = _existing(path)
+    try:
+        free = shutil.disk_usage(base).free
+    except OSError:
+        return  # no figure to go by: the writes themselves will say
+    if free < need:
+        raise UsageError(
+            f"{what} {path}: only {_size(free)} free on its file system, about {_size(need)} needed; {hint}"
+        )
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_editable(root: Path, rel: str, text: str) -> Path:
+    """Write ``root/rel``, a file a user may edit (a model card), unless it changed since LiSER
+    wrote it: then it is kept, the new version is written beside it (``README.liser-new.md``)
+    and a warning says so. Returns the path written. What LiSER wrote is recorded by SHA-256
+    in ``root/.liser-written.json``; a file with no record there is a user's."""
+    from liser_cache.files import atomic_write_json, atomic_write_text
+
+    root, path = Path(root), Path(root) / rel
+    record_path = root / WRITTEN
+    try:
+        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        if not isinstance(record, dict):
+            record = {}
+    except (OSError, ValueError):
+        record = {}
+    data = text.encode()
+    target = path
+    if path.exists() or path.is_symlink():
+        current = _sha256(path.read_bytes()) if path.is_file() and not path.is_symlink() else None
+        if current != _sha256(data) and (current is None or record.get(rel) != current):
+            target = path.with_name(f"{path.stem}.liser-new{path.suffix}")
+            logging.getLogger("liser").warning(
+                "%s was changed since LiSER wrote it (or not written by LiSER): kept as it is; "
+                "the new version is %s", path, target,
+            )
+    atomic_write_text(target, text)
+    if target == path:
+        record[rel] = _sha256(data)
+        atomic_write_json(record_path, record)
+    return target
 
 
 def move_aside(path: Path) -> Path:

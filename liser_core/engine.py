@@ -9,10 +9,13 @@ each, and their order are :mod:`liser_core.stages`; what they share is
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import logging.handlers
 import os
+import signal
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -43,7 +46,7 @@ from .config import (
 )
 from .context import EvalResult, RunContext
 from .data import Clip, ClipDataset
-from .errors import ConfigError, UsageError
+from .errors import ComponentError, ConfigError, EnvironmentFault, LiserError, UsageError
 from .labels import LabelSpace
 from .prepare import build_component  # noqa: F401 - also imported from here
 from .stages import STAGES, Stage
@@ -73,11 +76,15 @@ class Engine:
     """Runs one validated recipe. Use :func:`run` unless you need the stages one by one.
 
     ``resume``: ``auto`` continues an unfinished run found in the run directory if its recipe
-    is the same, runs a finished one of the same recipe again, and refuses a run of a different
-    recipe; ``resume`` requires an unfinished run to continue; ``restart`` discards the saved
-    state first; ``overwrite`` moves a run already there aside and starts afresh. A run
+    is the same, leaves a finished one of the same recipe alone (:attr:`already_complete`;
+    nothing is run) and refuses a run of a different recipe; ``resume`` requires an unfinished
+    run of the same recipe to continue (only :data:`~liser_common.provenance.RESUME_FREE_KEYS`
+    may differ, recorded per stage, never into the recorded recipe); ``restart`` discards the
+    saved state first; ``overwrite`` moves a run already there aside and starts afresh. A run
     directory that is neither empty nor LiSER's is refused, and one another process runs in is
-    refused naming it (:mod:`liser_common.rundir`).
+    refused naming it (:mod:`liser_common.rundir`). What can be checked without the corpus
+    (the run directory, the resume target, room to write) is checked before it is built
+    (:meth:`check_start`).
     """
 
     def __init__(self, config: DictConfig, host: PluginHost, *, resume: str = "auto"):
@@ -105,6 +112,8 @@ class Engine:
         self.threads = torch.get_num_threads()
         self._lock: rundir.RunLock | None = None
         self._finished = False  # liser_run_end sent
+        #: the run directory already holds a finished run of this recipe: nothing was run
+        self.already_complete = False
 
     # -- run state: what lets an interrupted run continue ---------------------------------------
     def _comparable_config(self) -> dict[str, Any]:
@@ -117,63 +126,165 @@ class Engine:
     def _open_state(self) -> None:
         self.state = self.dist.on_main(self._decide_state)
         self.run.resumed = self.state["resumed"] > 0
-        if self.state["threads"] != self.threads:  # threads: null, resumed where another count is chosen
+        if self.state["threads"] != self.threads:  # threads: null, resumed: the count it started with
             log.warning(
                 "continuing with the %d thread(s) the run started with (here the choice would be %d): "
                 "CPU results depend on the thread count", self.state["threads"], self.threads,
             )
             self.set_threads(self.state["threads"])
 
-    def _decide_state(self) -> dict[str, Any]:
-        """Decide between a fresh start and continuing the run saved in ``run_dir/state``
-        (rank 0, holding the run directory's lock; nothing else LiSER did not write is touched)."""
-        run_dir = self.run.run_dir
+    def _saved_state(self) -> dict[str, Any] | None:
+        """``state/run.json`` of the run in the run directory, or None (read only)."""
         status_file = self.state_dir / "run.json"
-        prev = None
-        if status_file.is_file():
-            try:
-                prev = json.loads(status_file.read_text())
-            except ValueError as exc:
-                raise UsageError(f"{status_file}: unreadable run state ({exc}); use --restart to discard it") from None
-        config = self._comparable_config()
-        unfinished = prev is not None and prev.get("status") != "complete"
-        differ = sorted(provenance.diff_keys(prev.get("config", {}), config)) if prev is not None else []
+        if not status_file.is_file():
+            return None
+        try:
+            prev = json.loads(status_file.read_text())
+            if not isinstance(prev, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{status_file}: unreadable run state ({exc}); use --restart to discard it") from None
+        return prev
+
+    def _verdict(self, prev: dict[str, Any] | None) -> str:
+        """What to do with the run saved in the run directory: ``fresh`` (none, or discard
+        it), ``continue`` (an unfinished run of this recipe) or ``complete`` (a finished run of
+        this recipe: nothing to do); refuses (UsageError) a different recipe, exactly alike for
+        ``--resume`` and a rerun, naming the keys that differ."""
+        run_dir = self.run.run_dir
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0  # torchrun --max-restarts
-        if self.resume == "resume":
-            if not unfinished:
-                why = "has no saved run state" if prev is None else "holds a run that already completed"
-                raise UsageError(f"--resume: {run_dir} {why}; nothing to resume")
-        elif self.resume == "restart" and not restarted:
-            prev = None  # discard this run's saved state (LiSER's own files only)
-        elif differ:
+        unfinished = prev is not None and prev.get("status") != "complete"
+        if self.resume == "resume" and not unfinished:
+            why = "has no saved run state" if prev is None else "holds a run that already completed"
+            raise UsageError(f"--resume: {run_dir} {why}; nothing to resume")
+        if self.resume == "overwrite" and not restarted:
+            return "fresh"  # the run there is moved aside first
+        if prev is None or (self.resume == "restart" and not restarted):
+            return "fresh"  # discard this run's saved state (LiSER's own files only)
+        # both sides less the keys a resume may change (older runs recorded some of them)
+        differ = sorted(provenance.diff_keys(provenance.comparable(prev.get("config", {})), self._comparable_config()))
+        if differ:
             what = "an unfinished" if unfinished else "a finished"
+            free = ", ".join(provenance.RESUME_FREE_KEYS)
             advice = (
-                f"continue it with `liser run --resume {run_dir}`, discard its state with --restart"
+                f"continue it with `liser run --resume {run_dir}` (its own recipe; only {free} may be "
+                "given anew), discard its state with --restart"
                 if unfinished else "run it again with its own recipe, or --overwrite to move it aside (nothing is deleted)"
             )
             raise UsageError(
-                f"{run_dir} holds {what} run of a different recipe (differs at: {', '.join(differ[:6])}); "
-                f"{advice}, or choose another run_dir"
+                f"{run_dir} holds {what} run of a different recipe (differs at: {', '.join(differ[:6])}"
+                f"{', ...' if len(differ) > 6 else ''}); {advice}, or choose another run_dir"
             )
-        elif not unfinished:
-            prev = None  # the same recipe, finished: run it again in place
-        if prev is None:
+        return "continue" if unfinished else "complete"
+
+    def settings(self) -> dict[str, Any]:
+        """This session's values of the keys a resume may change (recorded per stage)."""
+        cfg = self.cfg
+        return {
+            "device": str(self.run.device),
+            "threads": self.threads,
+            "data.workers": self.workers,
+            "loggers": sorted(str(k) for k in (cfg.loggers or {})),
+            "run_dir": str(self.run.run_dir),
+        }
+
+    def check_start(self) -> str:
+        """The checks that need no corpus, before it is built (read only, nothing written): the
+        run directory (a file, someone else's folder), the resume target, a finished run of this
+        recipe, a different recipe, and whether the run directory, store and cache can be
+        written. Returns the verdict (see :meth:`_verdict`)."""
+        run_dir = self.run.run_dir
+        if self.resume == "resume" and not (run_dir / "state" / "run.json").is_file():
+            why = "does not exist" if not run_dir.exists() else "has no saved run state (state/run.json)"
+            raise UsageError(f"--resume: {run_dir} {why}; nothing to resume")
+        rundir.check_claim(run_dir)
+        verdict = self._verdict(self._saved_state())
+        if verdict == "complete":
+            return verdict
+        for path, what, hint in self._write_targets():
+            rundir.check_writable(path, what, hint)
+        self._check_free(0, 0)  # the reports' share; the models' once they are built (check_room)
+        return verdict
+
+    def _check_free(self, models: int, store: int) -> None:
+        """Room for ``models`` bytes of checkpoints and weights plus the reports in the run
+        directory, and ``store`` bytes plus a margin in the teacher store."""
+        rundir.check_free(self.run.run_dir, models + (8 << 20), "run_dir", "free space there or choose another run_dir")
+        if self.cfg.store:
+            rundir.check_free(Path(str(self.cfg.store)), store + (1 << 20), "store",
+                              "free space there, or set store=PATH elsewhere")
+
+    def _write_targets(self) -> list[tuple[Path, str, str]]:
+        """The folders a run writes in: (path, what, what to do if it cannot)."""
+        cfg = self.cfg
+        out = [(self.run.run_dir, "run_dir", "choose another run_dir (run_dir=PATH) or make room / fix its permissions")]
+        if cfg.store:
+            out.append((Path(str(cfg.store)), "store", "set store=PATH to a writable folder, or store=null"))
+        cache_dir = cfg.data.get("cache_dir") if "data" in cfg else None
+        if cache_dir and cfg.data.get("cache", True):
+            out.append((Path(str(cache_dir)), "data.cache_dir", "set data.cache_dir to a writable folder, or data.cache=false"))
+        return out
+
+    def check_room(self) -> None:
+        """A free-space estimate for the checkpoints and reports (run directory) and the teacher
+        store, checked once the components are built and before anything is written."""
+        run = self.run
+        floats = sum(p.numel() for t in run.teachers.values() for p in t.parameters())
+        floats += sum(p.numel() for m in (run.student, run.baseline) if m is not None for p in m.parameters())
+        # weights + two Adam moments, two checkpoints kept per loop, and the saved weights
+        models = floats * 4 * 3 * 2 + floats * 4
+        n = sum(len(run.split(s)) for s in ("teacher", "labeled", "unlabeled", "test"))
+        store = n * max(1, len(run.label_space)) * 4 * max(1, len(run.teachers))  # float32 targets
+        self._check_free(models, store)
+
+    def _decide_state(self) -> dict[str, Any]:
+        """Decide between a fresh start and continuing the run saved in ``run_dir/state``
+        (rank 0, holding the run directory's lock; nothing else LiSER did not write is touched).
+        A resumed run keeps the recipe it was started with (``config``, ``state/recipe.yaml``);
+        what it changes of :data:`~liser_common.provenance.RESUME_FREE_KEYS` is recorded per
+        stage (``stage_settings``)."""
+        run_dir = self.run.run_dir
+        prev = self._saved_state()
+        verdict = self._verdict(prev)
+        if verdict == "complete":  # finished while this process was building the corpus
+            raise UsageError(
+                f"{run_dir} holds a finished run of this recipe; nothing to do (--restart runs it again, "
+                "--overwrite moves it aside first)"
+            )
+        if verdict == "fresh":
+            prev = None
             rundir.clear_state(self.state_dir)
         rundir.claim(run_dir, self.run.fingerprint)
+        threads = self.threads
+        if prev is not None and self.cfg.threads is None and prev.get("threads"):
+            threads = int(prev["threads"])  # threads: null continues with the count it started with
         self.state = {
             "status": "running",
-            "config": config,
-            "threads": int(prev.get("threads") or self.threads) if prev else self.threads,
+            "config": prev.get("config", self._comparable_config()) if prev else self._comparable_config(),
+            "threads": threads,
             "completed": list(prev.get("completed", [])) if prev else [],
             "resumed": (prev.get("resumed", 0) + 1) if prev else 0,
             "world_size": self.dist.world_size,
+            "stage_settings": dict(prev.get("stage_settings", {})) if prev else {},
+            "sessions": [*(prev.get("sessions", []) if prev else []), {**self.settings(), "threads": threads}],
         }
         if prev is not None:
             log.warning(
                 "resuming the unfinished run in %s (status %s; stages done: %s)",
                 run_dir, prev.get("status"), ", ".join(self.state["completed"]) or "none",
             )
-        checkpoint.atomic_write_text(self.state_dir / "recipe.yaml", config_yaml(self.cfg))
+            changed = {
+                k: v for k, v in self.state["sessions"][-1].items()
+                if k != "run_dir" and prev.get("sessions") and prev["sessions"][-1].get(k) != v
+            }
+            if changed:
+                log.warning(
+                    "resumed with %s (recorded per stage in state/run.json; the recipe stays as it was started)",
+                    ", ".join(f"{k}={v}" for k, v in changed.items()),
+                )
+        recipe_file = self.state_dir / "recipe.yaml"
+        if prev is None or not recipe_file.is_file():  # the recipe as started: never rewritten on resume
+            checkpoint.atomic_write_text(recipe_file, config_yaml(self.cfg))
         self._save_state()
         return self.state
 
@@ -209,11 +320,22 @@ class Engine:
 
     def execute(self) -> RunContext:
         """Validate, claim the run directory, run the stages in order, write the reports."""
-        run, runlog = self.run, _RunLog()
+        run = self.run
+        if self.dist.on_main(self.check_start) == "complete":  # before the corpus is built
+            self.already_complete = True
+            log.warning(
+                "%s holds a finished run of this recipe: nothing to do (--restart runs it again in place, "
+                "--overwrite moves it aside first)", run.run_dir,
+            )
+            return run
+        runlog = _RunLog()
         error: BaseException | None = None
         started = False
+        old_term = _sigterm_as_interrupt()
         try:
             self.validate()
+            if self.dist.is_main:
+                self.check_room()
             self._claim_run_dir()
             self._open_state()  # refuses a different recipe before it writes anything
             if self._lock is not None:
@@ -239,8 +361,14 @@ class Engine:
         except BaseException as exc:
             error = exc
             self._interrupted(exc)
+            fault = environment_fault(exc, run.run_dir)
+            if fault is not None:
+                error = fault
+                raise fault from exc
             raise
         finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
             if started and not self._finished:
                 self._finish(error)
             if started:
@@ -268,7 +396,10 @@ class Engine:
     def _interrupted(self, exc: BaseException) -> None:
         if not self.state:
             return
-        self._save_state(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        try:
+            self._save_state(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        except OSError as err:  # a full or read-only disk: the error that follows says so
+            log.warning("could not record the run state (%s): %s", self.state_dir / "run.json", err)
         if isinstance(exc, KeyboardInterrupt):
             log.warning(
                 "interrupted: continue with `liser run --resume %s`%s", self.run.run_dir,
@@ -295,8 +426,9 @@ class Engine:
         t0 = time.perf_counter()
         stage.run(self)
         seconds = time.perf_counter() - t0
-        if name not in self.state.get("completed", []):
-            self._save_state(completed=[*self.state.get("completed", []), name])
+        if name not in self.state.get("completed", []):  # what it ran with: threads, device...
+            settings = {**self.state.get("stage_settings", {}), name: self.settings()}
+            self._save_state(completed=[*self.state.get("completed", []), name], stage_settings=settings)
         self.run.stage_seconds[name] = seconds
         log.info("stage %s done in %.1fs", name, seconds)
         self.notify("liser_stage_end", run=self.run, stage=name, seconds=seconds)
@@ -427,6 +559,60 @@ class Engine:
             )
 
         return hook
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop): handled like Ctrl-C -- the training loop saves a
+    checkpoint after its step, the run is recorded ``interrupted`` -- and the CLI exits 143."""
+
+    signum = signal.SIGTERM
+
+
+def _sigterm_as_interrupt():
+    """While a run goes (main thread only): SIGTERM raises :class:`Terminated` where it is
+    not handled more gently (the training loop's flag). Returns the handler to restore."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminated(signum, frame):
+        raise Terminated("terminated (SIGTERM)")
+
+    return signal.signal(signal.SIGTERM, terminated)
+
+
+#: OSError numbers that are the machine's, not LiSER's: what to do about each
+_ENV_ERRNOS = {
+    errno.ENOSPC: "no space left on the device: free space there, then continue with `liser run --resume {run_dir}`",
+    errno.EDQUOT: "disk quota exceeded: free space there, then continue with `liser run --resume {run_dir}`",
+    errno.EROFS: "read-only file system: point the path at a writable folder (run_dir, store, data.cache_dir)",
+    errno.EACCES: "permission denied: fix its permissions or point the path elsewhere",
+}
+
+
+def environment_fault(exc: BaseException, run_dir: Path) -> EnvironmentFault | None:
+    """An exception (or one it was raised from) that is the environment's fault -- a full or
+    read-only disk, a killed decoding worker -- as one line naming the path and what to do;
+    None for anything else."""
+    if isinstance(exc, (LiserError, KeyboardInterrupt)) and not isinstance(exc, ComponentError):
+        return None
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e)
+        if isinstance(e, RuntimeError) and "DataLoader worker" in text:
+            first = text.strip().splitlines()[0] if text.strip() else "DataLoader worker died"
+            return EnvironmentFault(
+                f"a decoding worker died ({first.rstrip('. ')}): out of memory, or killed? Try fewer "
+                f"data.workers (or data.workers=0); continue with `liser run --resume {run_dir}`"
+            )
+        if isinstance(e, OSError) and e.errno in _ENV_ERRNOS:
+            where = e.filename or run_dir
+            return EnvironmentFault(f"{where}: {_ENV_ERRNOS[e.errno].format(run_dir=run_dir)}")
+        if "No space left on device" in text:  # safetensors and others that lose the errno
+            return EnvironmentFault(f"{run_dir}: {_ENV_ERRNOS[errno.ENOSPC].format(run_dir=run_dir)}")
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def prepare_config(recipe: str | os.PathLike | None, overrides: list[str], host: PluginHost) -> DictConfig:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,35 +61,48 @@ def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig, total_steps
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C (SIGINT) during training: a resumable checkpoint was saved first."""
+    """Ctrl-C (SIGINT) or SIGTERM during training: a resumable checkpoint was saved first.
+    ``signum`` is the signal that asked (the CLI exits 130 for SIGINT, 143 for SIGTERM)."""
 
-    def __init__(self, checkpoint: Path | None):
+    def __init__(self, checkpoint: Path | None, signum: int = signal.SIGINT):
         super().__init__(f"interrupted; resumable checkpoint: {checkpoint}" if checkpoint else "interrupted")
         self.checkpoint = checkpoint
+        self.signum = signum
 
 
 class _SigintFlag:
-    """While active (main thread only): the first Ctrl-C sets a flag the loop checks after each
-    step; a second one interrupts at once (Python's default behaviour is restored)."""
+    """While active (main thread only): the first Ctrl-C or SIGTERM sets a flag the loop checks
+    after each step; a second one interrupts at once (the handlers from before are restored)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, name: str):
         self.name = name
         self.raised = False
-        self._old = None
+        self.signum = signal.SIGINT
+        self._old: dict[int, Any] = {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame):
         self.raised = True
-        signal.signal(signal.SIGINT, self._old or signal.default_int_handler)
-        log.warning("%s: Ctrl-C: saving a resumable checkpoint after this step (Ctrl-C again to stop at once)", self.name)
+        self.signum = signum
+        self._restore()
+        what = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        log.warning("%s: %s: saving a resumable checkpoint after this step (%s again to stop at once)", self.name, what, what)
+
+    def _restore(self) -> None:
+        for sig, old in self._old.items():
+            fallback = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+            signal.signal(sig, old if old is not None else fallback)
+        self._old = {}
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        self._restore()
         return False
 
 
@@ -241,7 +255,7 @@ def train(
                     prog.sums[f"loss/{k}"] = prog.sums.get(f"loss/{k}", 0.0) + float(v)
                 if sigint.raised:
                     prog.seconds = time.perf_counter() - t0
-                    raise TrainingInterrupted(save())
+                    raise TrainingInterrupted(save(), sigint.signum)
                 if every and prog.step % every == 0:
                     prog.seconds = time.perf_counter() - t0
                     save()
@@ -272,7 +286,7 @@ def train(
             if on_epoch_end is not None:
                 on_epoch_end(epoch, metrics)
             if sigint.raised and not prog.finished:
-                raise TrainingInterrupted(checkpointer.latest() if checkpointer else None)
+                raise TrainingInterrupted(checkpointer.latest() if checkpointer else None, sigint.signum)
     for m in modules:
         m.eval()
     return prog.history

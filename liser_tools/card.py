@@ -167,9 +167,9 @@ def _flag_lines(flags: list[str]) -> str:
 
 
 def write_model_card(run_dir: str | Path, *, repo_id: str | None = None) -> Path:
-    """Write ``run_dir/student/README.md`` (atomically); returns its path."""
-    from liser_cache.files import atomic_write_text
+    """Write ``run_dir/student/README.md`` (atomically) and return the path written. A card
+    edited since LiSER wrote it (or one LiSER has no record of) is kept, and the new card goes
+    to ``student/README.liser-new.md`` with a warning (:func:`liser_common.rundir.write_editable`)."""
+    from liser_common.rundir import write_editable
 
-    path = Path(run_dir) / "student" / "README.md"
-    atomic_write_text(path, model_card(run_dir, repo_id=repo_id))
-    return path
+    return write_editable(Path(run_dir), "student/README.md", model_card(run_dir, repo_id=repo_id))

@@ -322,6 +322,8 @@ def cmd_run(args) -> int:
     shutdown()  # every rank, in order: see distributed.shutdown
     if not run.dist.is_main:
         return 0
+    if engine.already_complete:  # said so in one line (the log); nothing was run
+        return 0
     print()
     print(_table(run))
     print(f"run directory: {run.run_dir}")
@@ -487,9 +489,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = " (--debug shows where)" if exc.__cause__ is not None else ""
         print(f"liser: error: {exc}{hint}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("liser: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (handled alike while a run goes)
+        import signal
+
+        term = getattr(exc, "signum", signal.SIGINT) == signal.SIGTERM
+        print("liser: terminated (SIGTERM)" if term else "liser: interrupted", file=sys.stderr)
+        return 143 if term else 130
 
 
 def _worker_main() -> int:

@@ -1,10 +1,12 @@
 """``run_dir`` logger: the run directory's own files.
 
-``config.yaml`` (the resolved recipe), ``manifest.json`` (versions, plugins, seed),
-``history.jsonl`` (one line per epoch), ``confusion_<model>.csv/.png``, ``predictions.csv``
-(every evaluated model's class and probabilities per test clip) and ``metrics.json`` (with WA/UAR
-per test speaker).
-Every file is written atomically (temporary name, then rename).
+``config.yaml`` (the resolved recipe, as the run started: a resume leaves it), ``manifest.json``
+(versions, plugins, seed), ``history.jsonl`` (one line per epoch), ``confusion_<model>.csv/.png``,
+``predictions.csv`` (every evaluated model's class and probabilities per test clip) and
+``metrics.json`` (with WA/UAR per test speaker).
+Every file is written atomically (temporary name, then rename). The student's model card
+(``student/README.md``) is a user's to edit: one changed since LiSER wrote it is kept and the new
+card goes beside it (:func:`liser_common.rundir.write_editable`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ class RunDirWriter:
 
         from liser_core import __version__
 
-        atomic_write_text(run.run_dir / "config.yaml", OmegaConf.to_yaml(qualified_config(run.config, run.host.registries), resolve=True))
+        config_file = run.run_dir / "config.yaml"
+        if not run.resumed or not config_file.is_file():  # the recipe as started: a resume keeps it
+            # components as PLUGIN:NAME: what this file names cannot change with later installs
+            atomic_write_text(config_file, OmegaConf.to_yaml(qualified_config(run.config, run.host.registries), resolve=True))
         atomic_write_json(
             run.run_dir / "manifest.json",
             {

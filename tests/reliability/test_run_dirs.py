@@ -1,5 +1,6 @@
 """Run directories: never delete a user's files, one process at a time, paths inside, the last
-writes durable, a damaged state recomputed, the thread count kept, the umask respected."""
+writes durable, a damaged state recomputed, the umask respected (the thread count on resume:
+``test_lifecycle.py``)."""
 
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ def test_the_same_recipe_again_keeps_files_liser_did_not_write(recipe, tmp_path)
     mine = {"state/important.txt": "a", "student/thesis.tex": "b", "teachers/face_cnn/mydata.csv": "c", "notes.md": "d"}
     for rel, text in mine.items():
         (run_dir / rel).write_text(text)
-    assert run(recipe, run_dir).returncode == 0  # run again in place: LiSER's files replaced, only those
+    assert run(recipe, run_dir, "--restart").returncode == 0  # run again in place: LiSER's files replaced, only those
     for rel, text in mine.items():
         assert (run_dir / rel).read_text() == text, rel
     assert (run_dir / "student" / "model.safetensors").is_file()
@@ -174,18 +175,6 @@ def test_a_damaged_label_state_is_recomputed_not_fatal(recipe, tmp_path, straigh
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "cannot be used" in resumed.stderr and "labeling again" in resumed.stderr
     assert eval_metrics(run_dir) == eval_metrics(straight)
-
-
-def test_the_thread_count_is_part_of_the_run(recipe, tmp_path):
-    from faults import SIGNAL_AT
-
-    run_dir = tmp_path / "run"
-    plugin = SIGNAL_AT.format(stage="distil", model="student", step=2, signal="SIGKILL")
-    killed = run(recipe, run_dir, "threads=2", site=tmp_path / "site", plugin=plugin)
-    assert killed.returncode == -9
-    p = run(recipe, run_dir, "threads=1")
-    assert p.returncode == 2 and "differs at: threads" in p.stderr
-    assert run(recipe, run_dir, "threads=2").returncode == 0
 
 
 def test_files_and_folders_respect_the_umask(recipe, tmp_path):
