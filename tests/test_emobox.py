@@ -1,0 +1,162 @@
+"""The ``emobox`` dataset on name-true fixture trees built from EmoBox's own metadata (IEMOCAP,
+SAVEE whole; MELD, MSP-Podcast excerpts): folds, classes by name, speakers, durations, data check
+(counts, a missing speaker, a broken file), usage errors, video and a tiny run."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from liser_plugins.corpora import emobox_fixtures as ef
+from liser_plugins.corpora.emobox import CLASS_NAMES, CORPORA, emobox
+from liser_tools.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "emobox_kd.yaml"
+FOUR = ("iemocap", "msppodcast", "meld", "savee")
+
+
+def label_of(corpus: str, emo: str) -> str | None:
+    """A record's LiSER class, from the committed label map (by name)."""
+    lm = json.loads((ef.EMOBOX_META / corpus / "label_map.json").read_text())
+    return CLASS_NAMES.get(lm[emo])
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory):
+    """Placeholder trees (empty files at the records' paths) of the four corpora."""
+    base = tmp_path_factory.mktemp("emobox")
+    for c in FOUR:
+        recs = ef.records(c)
+        ef.write_metadata(base / "data", c, recs)
+        ef.touch_audio(base / c, c, recs)
+    return base
+
+
+def build(trees: Path, corpus: str, **kw):
+    kw.setdefault("valid", "train" if corpus == "msppodcast" else "unused")
+    return emobox(corpus, str(trees / "data"), str(trees / corpus), **kw)
+
+
+def test_the_32_corpora_are_known():
+    assert len(CORPORA) == 32 and {"iemocap", "msppodcast", "meld", "savee", "emodb", "mead"} <= set(CORPORA)
+    assert sum(i.video for i in CORPORA.values()) == 6  # RAVDESS, CREMA-D, MELD, MEAD, SAVEE, eNTERFACE
+
+
+@pytest.mark.parametrize("corpus", FOUR)
+def test_every_fold_matches_the_metadata(trees, corpus):
+    recs = ef.records(corpus)
+    folds = sorted({int(k) for r in recs for k in r["folds"]})
+    assert folds == list(range(1, CORPORA[corpus].folds + 1))
+    for k in folds:
+        c = build(trees, corpus, fold=k, label_fraction=0.5, teacher_fraction=0.25)
+        kept = [r for r in recs if label_of(corpus, r["emo"])]
+        test = {r["key"]: label_of(corpus, r["emo"]) for r in kept if r["folds"][str(k)] == "test"}
+        train_parts = ("train", "valid") if corpus == "msppodcast" else ("train",)
+        train = {r["key"] for r in kept if r["folds"][str(k)] in train_parts}
+        assert {x.clip_id: x.label for x in c.split("test")} == test
+        carved = [x for s in ("teacher", "labeled", "unlabeled") for x in c.split(s)]
+        carved += [x for x in c.unused if x.clip_id in train]
+        assert sorted(x.clip_id for x in carved) == sorted(train)
+        assert all(x.seconds_hint and x.audio is None for x in c.split("test"))  # no decoding
+        roles = {s: {x.speaker for x in c.split(s)} for s in ("teacher", "labeled", "unlabeled", "test")}
+        assert not roles["teacher"] & roles["labeled"] and not roles["labeled"] & roles["unlabeled"]
+        if corpus != "meld":  # speaker-independent folds
+            assert not roles["test"] & (roles["teacher"] | roles["labeled"] | roles["unlabeled"])
+        assert c.missing() == {} and c.index_problems == []
+
+
+def test_iemocap_sessions_classes_and_speakers(trees):
+    recs = ef.records("iemocap")
+    assert len(recs) == 5531
+    assert Counter(r["emo"] for r in recs) == {"neu": 1708, "exc": 1041, "ang": 1103, "sad": 1084, "hap": 595}
+    for k in range(1, 6):
+        c = build(trees, "iemocap", fold=k)
+        assert c.protocol.speakers["test"] == [f"Ses0{k}F", f"Ses0{k}M"]  # the session, both actors
+    c = build(trees, "iemocap", fold=1)
+    happy = sum(1 for x in c.split("test") if x.label == "happy")
+    assert happy == sum(1 for r in recs if r["folds"]["1"] == "test" and r["emo"] in ("hap", "exc"))
+    assert c.label_space.classes == ("neutral", "happy", "sad", "angry")
+    assert next(x for x in c.split("test") if x.clip_id == "iemocap-Ses01F_impro04_M000").speaker == "Ses01M"
+    assert c.options["speakers_from"] == "naming rule"
+
+
+def test_meld_is_flagged_not_speaker_independent_and_msp_drops_unnamed_classes(trees):
+    meld = build(trees, "meld")
+    assert any("not speaker-independent" in n and "Chandler" in n for n in meld.notes)
+    msp = build(trees, "msppodcast")
+    n_x = sum(1 for r in ef.records("msppodcast") if r["emo"] == "X")
+    assert any(f"No-agreement ({n_x} records)" in n for n in msp.notes)
+    assert msp.options["speakers_from"] == "podcast id (proxy)"
+    assert {x.speaker for x in msp.split("test")} == {f"podcast_{p}" for p in ("0037", "0071", "0113", "0115", "0120", "0181")}
+
+
+def subset_tree(base: Path, corpus: str, every: int) -> tuple[Path, list[dict]]:
+    """Metadata of every ``every``-th record and decodable audio for each."""
+    recs = ef.records(corpus)[::every]
+    ef.write_metadata(base / "data", corpus, recs)
+    ef.write_stub_audio(ef.audio_paths(base / corpus, corpus, recs).values())
+    return base, recs
+
+
+@pytest.mark.parametrize("corpus,every", [("iemocap", 40), ("msppodcast", 1), ("meld", 5), ("savee", 4)])
+def test_data_check_counts_per_split_and_class_equal_the_metadata(tmp_path, capsys, corpus, every):
+    base, recs = subset_tree(tmp_path, corpus, every)
+    args = ["data", "check", str(RECIPE), "--json", f"data.options.metadata={base / 'data'}",
+            f"data.options.root={base / corpus}", f"data.options.corpus={corpus}", "data.options.label_fraction=0.5",
+            "data.options.teacher_fraction=0", "data.options.pool=remaining_clips",
+            f"data.options.valid={'train' if corpus == 'msppodcast' else 'unused'}"]
+    rc = main(args)
+    report = json.loads(capsys.readouterr().out)
+    if corpus == "meld":  # MELD's characters speak in train and test: said, never silent
+        assert rc == 1 and {p["kind"] for p in report["problems"]} == {"speaker_overlap"}
+    else:
+        assert rc == 0, report["problems"][:3]
+    test = Counter(label_of(corpus, r["emo"]) for r in recs if r["folds"]["1"] == "test")
+    test.pop(None, None)
+    assert report["splits"]["test"]["classes"] == dict(test)
+    train_parts = ("train", "valid") if corpus == "msppodcast" else ("train",)
+    train = Counter(label_of(corpus, r["emo"]) for r in recs if r["folds"]["1"] in train_parts)
+    train.pop(None, None)
+    got = Counter()
+    for s in ("labeled", "unlabeled"):
+        got.update(report["splits"][s]["classes"])
+    assert got == train
+
+
+def test_data_check_names_a_missing_speaker_and_a_broken_file(tmp_path, capsys):
+    base, recs = subset_tree(tmp_path, "savee", 4)
+    test = [r for r in recs if r["folds"]["1"] == "test"]
+    gone = {r["spk"] for r in test}
+    assert len(gone) == 1  # SAVEE fold 1 tests one speaker
+    for p in ef.audio_paths(base / "savee", "savee", test).values():
+        p.unlink()
+    broken = ef.audio_paths(base / "savee", "savee", recs[:1])[recs[0]["key"]]
+    broken.write_bytes(b"RIFF not really a wav")
+    rc = main(["data", "check", str(RECIPE), "--json", f"data.options.metadata={base / 'data'}",
+               f"data.options.root={base / 'savee'}", "data.options.corpus=savee", "data.options.fold=1"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 1
+    kinds = {(p["kind"], p.get("path") or p.get("reason")) for p in report["problems"]}
+    assert any(k == "missing_speaker" and "".join(gone) in str(v) for k, v in kinds), kinds
+    assert any(p["kind"] == "unreadable" and p["path"] == str(broken) for p in report["problems"])
+
+
+def test_bad_metadata_and_options_are_one_line_usage_errors(tmp_path, capsys):
+    base = tmp_path
+    recs = ef.records("savee")[::12]
+    ef.write_metadata(base / "data", "savee", recs)
+    ef.touch_audio(base / "savee", "savee", recs)
+    common = [f"data.options.metadata={base / 'data'}", f"data.options.root={base / 'savee'}"]
+    assert main(["data", "check", str(RECIPE), *common, "data.options.corpus=iemocapp"]) == 2
+    assert "'iemocapp' is not an EmoBox corpus" in capsys.readouterr().err
+    assert main(["data", "check", str(RECIPE), *common, "data.options.corpus=savee", "data.options.fold=9"]) == 2
+    assert "fold must be one of [1, 2, 3, 4]" in capsys.readouterr().err
+    f = base / "data/savee/fold_1/savee_test_fold_1.jsonl"
+    f.write_text(f.read_text() + "{not json\n")
+    assert main(["data", "check", str(RECIPE), *common, "data.options.corpus=savee"]) == 2
+    err = capsys.readouterr().err
+    assert "savee_test_fold_1.jsonl:" in err and "not a JSON line" in err and len(err.strip().splitlines()) == 1
