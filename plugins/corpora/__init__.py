@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from liser_core import hookimpl
 
-from . import cremad, emobox, ravdess, video_folder
+from . import cremad, cross, emobox, ravdess, video_folder
 
-__all__ = ["cremad", "emobox", "ravdess", "video_folder"]  # modules; each holds its factory of the same name
+__all__ = ["cremad", "cross", "emobox", "ravdess", "video_folder"]  # modules; each holds its factory of the same name
 
 
 @hookimpl
@@ -23,3 +23,4 @@ def liser_register_datasets(registry):
     registry.register("cremad", cremad.cremad, summary="CREMA-D (6 emotions, 91 actors): published layout, 5 actor folds")
     registry.register("video_folder", video_folder.video_folder, summary="any folder of videos with sound, as an unlabeled pool")
     registry.register("emobox", emobox.emobox, summary="any of EmoBox's 32 corpora (corpus: iemocap, ...): its metadata, folds and label maps")
+    registry.register("cross_corpus", cross.cross_corpus, summary="each split from another corpus (ravdess, cremad, emobox, video_folder), classes aligned by name")
