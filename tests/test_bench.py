@@ -48,7 +48,7 @@ def test_grid_runs_every_combination_and_writes_the_leaderboard(grid_file, tmp_p
     student_kl = [float(r["uar"]) for r in rows if r["model"] == "student" and r["combination"].startswith("loss=kl")]
     m, s = mean_std(student_kl)
     board = (tmp_path / "out" / "leaderboard.md").read_text()
-    assert f"| loss=kl | student | {m:.3f} ± {s:.3f} |" in board
+    assert f"| loss=kl | student | {m:.3f} ± {s:.3f}" in board  # [95 % interval] follows
     uars = [float(line.split("|")[4].split("±")[0]) for line in board.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert uars == sorted(uars, reverse=True)  # best first
     assert (tmp_path / "out" / "uar_by_loss.png").stat().st_size > 1000
@@ -207,4 +207,4 @@ def test_rows_from_other_code_are_listed_and_never_averaged_silently(teacher_gri
     assert "from other code" in capsys.readouterr().err and not (out / "leaderboard.md").exists()
     assert run_grid(load_grid(teacher_grid, out), host, "keep")["ran"] == 0
     board = (out / "leaderboard.md").read_text()
-    assert "| teachers=face | student **!mixed_code** | 0.500 ± 0.141 |" in board and "**!mixed_code**: the row" in board
+    assert "| teachers=face | student **!mixed_code** | 0.500 ± 0.141 [" in board and "**!mixed_code**: the row" in board

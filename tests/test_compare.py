@@ -1,0 +1,78 @@
+"""liser_tools.compare: a readable board, paired comparisons with Holm's correction, power."""
+
+from __future__ import annotations
+
+import pytest
+from scipy import stats as st
+
+from liser_common.stats import holm
+from liser_tools.compare import board_entries, comparisons, comparisons_markdown, power_lines
+
+SEEDS = range(6)
+# per seed: the best student, one far below it, one inside its noise; the baseline lower still
+BEST = [0.60, 0.62, 0.58, 0.61, 0.63, 0.59]
+FAR = [0.40, 0.43, 0.41, 0.38, 0.42, 0.40]
+NEAR = [0.61, 0.60, 0.59, 0.62, 0.61, 0.60]
+BASE = [0.30, 0.32, 0.29, 0.31, 0.33, 0.30]
+TEACHER = [0.70, 0.71, 0.69, 0.72, 0.70, 0.71]
+
+
+def _rows():
+    rows = []
+    for student, values in (("a", BEST), ("b", FAR), ("c", NEAR)):
+        for s in SEEDS:
+            combo = f"student={student},seed={s}"
+            for model, uar in (("student", values[s]), ("baseline", BASE[s]), ("teacher:t", TEACHER[s])):
+                rows.append({"combination": combo, "model": model, "uar": str(uar), "accuracy": str(uar),
+                             "macro_f1": str(uar), "components": model, "num_parameters": "10", "flags": "", "code": "x"})
+    return rows
+
+
+def test_a_teacher_scored_the_same_for_every_student_is_one_row():
+    entries = board_entries(_rows(), ["seed"])
+    teacher = [e for e in entries if e["model"] == "teacher:t"]
+    assert len(teacher) == 1 and teacher[0]["combination"] == "student=*" and teacher[0]["same_in"] == 3
+    assert len([e for e in entries if e["model"] == "student"]) == 3
+    # the baseline differs per student in a real grid; here it is identical too but is a student
+    # model, so it is never merged (only teachers and targets are)
+    assert len([e for e in entries if e["model"] == "baseline"]) == 3
+
+
+def test_rows_significantly_below_the_best_are_marked_and_noise_is_not():
+    entries = board_entries(_rows(), ["seed"])
+    by = {(e["combination"], e["model"]): e for e in entries}
+    assert entries[0]["model"] == "teacher:t"  # best UAR first
+    far, near = by[("student=b", "student")], by[("student=c", "student")]
+    assert far["below_best"] and far["n"] == 6
+    low, high = far["uar_ci"]
+    assert low < sum(FAR) / 6 < high
+    # every row compared with the best, Holm over the board: recompute by hand from scipy
+    others = [e for e in entries[1:] if "vs_best" in e]
+    raw = [st.ttest_rel([e["values"][r] for r in e["values"]], [entries[0]["values"][r] for r in e["values"]]).pvalue
+           for e in others]
+    assert [e["vs_best"]["holm_p"] for e in others] == pytest.approx(holm(raw))
+    # against the best *student*, c is inside the noise: no mark between them
+    students = board_entries([r for r in _rows() if r["model"] == "student" and "student=b" not in r["combination"]], ["seed"])
+    assert not any(e.get("below_best") for e in students)
+
+
+def test_comparisons_pair_over_seeds_and_correct_for_the_family():
+    comps = comparisons(_rows(), ["seed"])
+    kinds = {c["kind"] for c in comps}
+    assert kinds == {"distilled vs labels only", "student: a vs b", "student: a vs c", "student: b vs c"}
+    ab = next(c for c in comps if c["kind"] == "student: a vs b")
+    assert ab["n"] == 6 and ab["mean_diff"] == pytest.approx(sum(BEST) / 6 - sum(FAR) / 6)
+    assert ab["t_p"] == pytest.approx(st.ttest_rel(BEST, FAR).pvalue)
+    assert [c["holm_p"] for c in comps] == pytest.approx(holm([c["t_p"] for c in comps]))
+    ac = next(c for c in comps if c["kind"] == "student: a vs c")
+    assert ab["significant"] and not ac["significant"]  # a difference inside the noise is not marked
+    text = comparisons_markdown(comps, "g")
+    assert "corrected for the 6 comparisons of this table by Holm's method" in text
+    assert "| (all): student=a - student=b (student) | 6 | +0.198 [" in text and "**significant** |" in text
+    assert power_lines(comps) and "to detect 0.05 UAR" in power_lines(comps)[0]
+
+
+def test_few_repeats_are_said():
+    rows = [r for r in _rows() if r["combination"].endswith(("seed=0", "seed=1"))]
+    text = comparisons_markdown(comparisons(rows, ["seed"]), "g")
+    assert "**n below 3**" in text
