@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import threading
 import zlib
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+_HOST = socket.gethostname().replace("/", "_").replace(".", "_")
 log = logging.getLogger("liser.clipcache")
 
 FORMAT = 1
@@ -158,7 +160,9 @@ class ClipCache:
     def _write(self, path: Path, data: bytes) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+            # unique per machine, process and thread: writers on one shared (NFS) folder never
+            # share a temporary file; the rename is atomic and equal keys hold equal content
+            tmp = path.with_name(f".{path.name}.{_HOST}.{os.getpid()}.{threading.get_ident()}.tmp")
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)

@@ -83,7 +83,7 @@ def run(engine: Engine) -> None:
         fit = {"fit_key": fit_key, "code": code, "fitted_in": fitted_in}
         if not reused and cached is not None and engine.dist.is_main and stored is not _FOREIGN:
             # the next run with this fit set reuses it; its card and fit sets go with it
-            _save_teacher(engine, teacher, cached, {"card": card.to_dict(), **fit}, provenance=fit)
+            _publish_fit(engine, teacher, cached, {"card": card.to_dict(), **fit}, provenance=fit)
         if reused:  # where the weights were fitted, and where this run took them from
             card = dataclasses.replace(card, source=f"reused from {cached} (fitted in run {fitted_in})")
             fit["reused_from"] = str(cached)
@@ -163,6 +163,29 @@ def _save_teacher(engine: Engine, teacher: Teacher, directory: Path, extra: dict
         teacher, directory, kind="teacher", name=teacher.liser_spec["name"],
         options=teacher.liser_spec["options"], label_space=teacher.label_space, extra=extra, provenance=provenance,
     )
+
+
+def _publish_fit(engine: Engine, teacher: Teacher, cached: Path, extra: dict, provenance: dict) -> None:
+    """Into the store's ``fitted/`` folder, safe with concurrent writers on a shared filesystem:
+    a new entry is written whole under a name private to this machine and process, then renamed
+    into place; if another process published the same fit key first, its entry stays and ours
+    is dropped (equal fit keys and code, equal teachers). An entry found unusable before the fit
+    (stale or damaged: :func:`_stored_fit`) is replaced."""
+    import os
+    import shutil
+    import socket
+
+    if cached.exists():
+        _save_teacher(engine, teacher, cached, extra, provenance=provenance)
+        return
+    tmp = cached.with_name(f".{cached.name}.{socket.gethostname()}.{os.getpid()}.new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    _save_teacher(engine, teacher, tmp, extra, provenance=provenance)
+    try:
+        os.rename(tmp, cached)
+    except OSError:  # another process published it first: one entry, whole, theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        log.info("fitted teacher %s was published by another process meanwhile: its entry kept", cached.name)
 
 
 def _fit_key(engine: Engine, key: str, clips: list[Clip], rate: int) -> str:

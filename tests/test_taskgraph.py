@@ -1,0 +1,213 @@
+"""liser bench as a task graph (issue 25): local workers, Ray, submitit; faults, the lock, --status."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from liser_cache.store import TeacherStore
+from liser_core import load_plugins
+from liser_core.errors import UsageError
+from liser_core.testing import TINY_OVERRIDES, TINY_RECIPE
+from liser_tools.bench import load_grid, run_dir_of
+from liser_tools.executors import LocalExecutor, RayExecutor, SlurmExecutor
+from liser_tools.gridtasks import FAIL_ENV, KILL_ENV
+from liser_tools.taskgraph import STATUS_NAME, GridLock, format_status, run_graph
+
+LOSSES = {"kl": ["distil.losses=[{name: kl}, {name: ce, weight: 0.5}]"], "ce": ["distil.losses=[{name: ce}]"]}
+
+
+def write_grid(folder, *, store=True, epochs=2):
+    """Two combinations (one seed, two losses) of the tiny recipe: two teachers to fit."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tiny.yaml").write_text(TINY_RECIPE)
+    grid = {"recipe": "tiny.yaml", "overrides": [*TINY_OVERRIDES, f"distil.epochs={epochs}"], "store": store,
+            "repeat": ["seed"], "axes": {"loss": LOSSES, "seed": {"s0": ["seed=0"]}}}
+    (folder / "grid.yaml").write_text(yaml.safe_dump(grid))
+    return folder / "grid.yaml"
+
+
+def scores(out):
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    return {(r["combination"], r["model"]): (r["uar"], r["accuracy"], r["macro_f1"]) for r in rows}
+
+
+def status(out):
+    return {t["id"]: t for t in json.loads((out / STATUS_NAME).read_text())["tasks"]}
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    """The tiny grid on 2 local workers, undisturbed (shared by the tests that compare with it)."""
+    base = tmp_path_factory.mktemp("graph")
+    grid = load_grid(write_grid(base), base / "out")
+    out = run_graph(grid, load_plugins(), LocalExecutor(workers=2), progress=False, poll_s=0.5)
+    return base / "out", out
+
+
+def test_two_local_workers_fit_and_label_once_with_dependencies_respected(two_workers):
+    out, result = two_workers
+    assert result["failed"] == {} and result["ran"] == 2
+    assert result["tasks"] == {"fit": 2, "label": 2, "run": 2}  # two teachers, one fit set, one clip set
+    tasks = status(out)
+    for t in tasks.values():  # every task started after each task it needs had ended
+        assert t["state"] == "done" and t["attempts"] == 1
+        for dep in t["deps"]:
+            assert tasks[dep]["ended"] <= t["started"], (t["id"], dep)
+    assert {t["kind"] for t in tasks.values() if not t["deps"]} == {"fit"}
+    # each teacher fitted once (in its fit task), reused by both runs; each clip labeled once per teacher
+    fitted = [p for p in (out / "store" / "fitted").iterdir() if not p.name.startswith(".")]
+    assert len(fitted) == 2
+    for key in ("loss=kl,seed=s0", "loss=ce,seed=s0"):
+        diag = json.loads((run_dir_of(load_grid(out.parent / "grid.yaml", out), key) / "metrics.json").read_text())["diagnostics"]
+        assert all(f["reused"] and "/tasks/fit-" in f["fitted_in"] for f in diag["teacher_fits"].values())
+        assert all(s["labeled"] == 0 for s in diag["store"].values())  # the labeling tasks did it
+    store = TeacherStore(out / "store")
+    infos = [store.info(fp) for fp in store.fingerprints() if fp != "fitted"]
+    assert len(infos) == 2 and all(i["rows"] == i["clips"] > 0 for i in infos)  # no clip twice
+    assert len(scores(out)) == 2 * 4  # per run: the student, two teachers, their combined targets
+    assert (out / "leaderboard.md").is_file()
+    assert all((out / "tasks" / "logs" / f"{t}.log").stat().st_size > 0 for t in tasks)
+
+
+def test_a_killed_worker_is_retried_and_resumes_with_the_same_scores(two_workers, tmp_path, monkeypatch):
+    base = tmp_path
+    grid = load_grid(write_grid(base), base / "out")
+    victim = "run-" + __import__("hashlib").sha256(b"loss=kl,seed=s0").hexdigest()[:12]
+    marker = tmp_path / "killed.txt"
+    monkeypatch.setenv(KILL_ENV, f"{victim}:{marker}")  # SIGKILL after its first distil checkpoint
+    out = run_graph(grid, load_plugins(), LocalExecutor(workers=2), progress=False, poll_s=0.5)
+    assert marker.is_file() and "at distil" in marker.read_text()
+    assert out["failed"] == {} and out["ran"] == 2
+    tasks = status(base / "out")
+    assert tasks[victim]["attempts"] == 2 and tasks[victim]["state"] == "done"
+    log = (run_dir_of(grid, "loss=kl,seed=s0") / "log.txt").read_text()
+    assert "resum" in log.lower()  # the second attempt continued the run from its checkpoint
+    assert scores(base / "out") == scores(two_workers[0])  # as if nothing had happened
+
+
+def test_a_task_that_fails_marks_its_combination_failed_and_the_others_go_on(tmp_path, monkeypatch):
+    grid = load_grid(write_grid(tmp_path, store=False, epochs=1), tmp_path / "out")
+    victim = "run-" + __import__("hashlib").sha256(b"loss=ce,seed=s0").hexdigest()[:12]
+    monkeypatch.setenv(FAIL_ENV, victim)
+    out = run_graph(grid, load_plugins(), LocalExecutor(workers=2), progress=False, poll_s=0.5)
+    assert out["tasks"] == {"fit": 0, "label": 0, "run": 2}  # no store: nothing to share
+    assert out["failed"] == {"loss=ce,seed=s0": f"injected failure of task {victim} ({FAIL_ENV})"}
+    assert {c for c, _ in scores(tmp_path / "out")} == {"loss=kl,seed=s0"}
+    text = format_status(tmp_path / "out")
+    assert "not running (last driver: finished with failures" in text
+    assert f"failed   loss=ce,seed=s0: injected failure of task {victim}" in text
+    # the same command again runs only what failed
+    monkeypatch.delenv(FAIL_ENV)
+    again = run_graph(grid, load_plugins(), LocalExecutor(workers=2), progress=False, poll_s=0.5)
+    assert again["ran"] == 1 and again["skipped"] == 1 and again["failed"] == {}
+
+
+def test_ray_executor_on_a_real_local_cluster(two_workers, tmp_path):
+    pytest.importorskip("ray")
+    grid = load_grid(write_grid(tmp_path), tmp_path / "out")
+    out = run_graph(grid, load_plugins(), RayExecutor(address="local", cpus=2, cpus_per_task=1), progress=False,
+                    poll_s=0.5)
+    assert out["failed"] == {} and out["tasks"] == {"fit": 2, "label": 2, "run": 2}
+    assert {t["where"] for t in status(tmp_path / "out").values()} == {"ray"}
+    assert scores(tmp_path / "out") == scores(two_workers[0])  # one thread per task in both
+
+
+def test_submitit_executor_with_its_local_executor(tmp_path):
+    pytest.importorskip("submitit")
+    grid = load_grid(write_grid(tmp_path, store=False, epochs=1), tmp_path / "out")
+    ex = SlurmExecutor(folder=tmp_path / "out" / "slurm", cluster="local", workers=2, timeout_min=10, poll_s=0.3)
+    out = run_graph(grid, load_plugins(), ex, progress=False, poll_s=0.5)
+    assert out["failed"] == {} and out["ran"] == 2
+    tasks = status(tmp_path / "out")
+    assert all(t["where"].startswith("slurm job ") for t in tasks.values())
+    jobs = {t["where"].split()[-1] for t in tasks.values()}
+    assert all((tmp_path / "out" / "slurm" / j).is_dir() for j in jobs)  # submitit's own job folders
+    assert len(scores(tmp_path / "out")) == 2 * 4
+
+
+def liser(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "liser_tools.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_two_drivers_on_one_output_folder_are_refused(tmp_path):
+    path = write_grid(tmp_path)
+    out = tmp_path / "out"
+    with GridLock(out):  # another driver holds the folder
+        with pytest.raises(UsageError, match="in use by another liser bench"):
+            run_graph(load_grid(path, out), load_plugins(), LocalExecutor(workers=2), progress=False)
+        for extra in ([], ["--workers", "2"]):  # sequential or task graph: refused alike, exit 2, one line
+            r = liser("bench", str(path), "-o", str(out), *extra, cwd=tmp_path)
+            assert r.returncode == 2, r.stderr
+            assert r.stderr.count("\n") == 1 and "in use by another liser bench (pid" in r.stderr
+        running = liser("bench", str(path), "-o", str(out), "--status", cwd=tmp_path)
+        assert running.returncode == 0 and f"{out}: running (pid {os.getpid()}" in running.stdout
+    assert not (out / "results.csv").exists() and not (out / "runs").exists()  # nothing written
+
+
+def test_status_reads_the_grid_from_another_process(two_workers):
+    out = two_workers[0]
+    r = liser("bench", str(out.parent / "grid.yaml"), "-o", str(out), "--status", cwd=out.parent)
+    assert r.returncode == 0, r.stderr
+    assert f"{out}: not running (last driver: finished" in r.stdout
+    assert "tasks: 6 (2 fits, 2 labeling passes, 2 runs" in r.stdout
+    assert "done 6, running 0, failed 0, to do 0" in r.stdout
+
+
+@pytest.mark.parametrize("args, key", [(["--workers", "0"], "--workers"), (["--retries", "-1"], "--retries")])
+def test_bad_executor_options_are_one_line_and_exit_2(tmp_path, args, key):
+    path = write_grid(tmp_path)
+    r = liser("bench", str(path), "-o", str(tmp_path / "out"), *args, cwd=tmp_path)
+    assert r.returncode == 2 and key in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_grid_executor_block_with_an_unknown_key_is_refused(tmp_path):
+    path = write_grid(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["executor"] = {"partiton": "gpu"}
+    path.write_text(yaml.safe_dump(raw))
+    r = liser("bench", str(path), "-o", str(tmp_path / "out"), "--workers", "2", cwd=tmp_path)
+    assert r.returncode == 2 and "executor.partiton" in r.stderr and "partition" in r.stderr, r.stderr
+
+
+def test_concurrent_writers_of_one_fitted_teacher_leave_one_whole_entry(tmp_path):
+    """Processes publishing the same fit at once (as workers on a shared filesystem could): one
+    entry, whole and loadable, no error, no leftover temporary folder."""
+    code = r"""
+import sys, time, torch
+from pathlib import Path
+from liser_core import load_plugins
+from liser_core.engine import build_component
+from liser_core.labels import LabelSpace
+from liser_core.stages.teach import _publish_fit
+host = load_plugins()
+torch.manual_seed(int(sys.argv[2]))
+t = build_component(host.registries.teacher, "audio_cnn", {"channels": [4, 8], "hidden": 16},
+                    label_space=LabelSpace("two", ("neutral", "happy")))
+barrier = Path(sys.argv[3])
+Path(f"{barrier}.ready{sys.argv[2]}").write_text("ready")
+while not barrier.exists():
+    time.sleep(0.01)
+_publish_fit(None, t, Path(sys.argv[1]), {"writer": sys.argv[2]}, {"fit_key": "k", "code": "c"})
+"""
+    target = tmp_path / "store" / "fitted" / "k-c"
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(target), str(i), str(go)]) for i in range(3)]
+    while not all((tmp_path / f"go.ready{i}").exists() for i in range(3)):  # all imported, waiting
+        assert all(p.poll() is None for p in procs)
+        time.sleep(0.05)
+    go.write_text("go")  # all three publish at once
+    assert [p.wait(120) for p in procs] == [0, 0, 0]
+    from liser_core import checkpoint
+
+    config = checkpoint.read_component_config(target, "teacher")
+    assert config["writer"] in {"0", "1", "2"}
+    assert checkpoint.read_marker(target)["fit_key"] == "k"
+    assert [p.name for p in target.parent.iterdir()] == ["k-c"]
