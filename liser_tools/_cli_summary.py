@@ -25,7 +25,13 @@ from typing import Any
 import yaml
 
 from liser_common.metrics import summarise
-from liser_common.provenance import RESULT_FREE_KEYS, code_identity, code_string, comparable, diff_keys
+from liser_common.provenance import (
+    RESULT_FREE_KEYS,
+    code_identity,
+    code_string,
+    comparable,
+    diff_keys,
+)
 from liser_common.rundir import safe_name
 from liser_common.stats import MIN_REPEATS, paired_comparison, t_interval
 from liser_core.errors import UsageError
@@ -137,13 +143,39 @@ def load_run(path: Path) -> dict[str, Any]:
     return out
 
 
+def _first_party_plugins() -> set[str]:
+    """Entry-point names of LiSER's own plugins (read from the installed metadata, nothing imported)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name for ep in entry_points(group="liser") if ep.value.startswith("liser_plugins")}
+
+
+def _bare_first_party(cfg: Any) -> Any:
+    """The recipe with first-party components named bare (``losses:kl`` -> ``kl``), as a
+    fingerprint names them: runs recorded before names were qualified group with newer ones."""
+    from omegaconf import OmegaConf
+
+    from liser_core.config import _rename, component_sites
+
+    try:
+        node = OmegaConf.create(cfg)
+        ours = _first_party_plugins()
+        for key, _kind, name in component_sites(node):
+            plugin, sep, bare = name.rpartition(":")
+            if sep and plugin in ours:
+                _rename(node, key, bare)
+        return OmegaConf.to_container(node)
+    except Exception:  # a partial or foreign config.yaml: grouped as it is
+        return cfg
+
+
 def group_runs(runs: Sequence[dict], over: Sequence[str]) -> list[dict]:
     """Runs grouped by their recipe less ``over`` and the result-free keys, in first-seen order;
     each group names the keys where its recipe differs from the others'."""
     drop = (*RESULT_FREE_KEYS, *over)
     groups: dict[str, dict] = {}
     for r in runs:
-        recipe = comparable(r["config"], drop) if r["config"] is not None else None
+        recipe = comparable(_bare_first_party(r["config"]), drop) if r["config"] is not None else None
         key = json.dumps(recipe, sort_keys=True, default=str)
         groups.setdefault(key, {"recipe": recipe, "runs": []})["runs"].append(r)
     out = list(groups.values())

@@ -163,3 +163,16 @@ def test_a_missing_test_speaker_is_flagged_in_results_csv_and_the_leaderboard(tr
     assert rows and all("test_incomplete" in r["flags"].split(",") for r in rows)
     board = (tmp_path / "out" / "leaderboard.md").read_text()
     assert "!test_incomplete" in board and f"**!test_incomplete**: {FLAGS['test_incomplete']}" in board
+
+
+def test_runs_naming_components_bare_or_qualified_are_one_recipe(subset_run, tmp_path, capsys):
+    """A run recorded before names were qualified (``kl``) and one after (``losses:kl``) group."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(subset_run, old)
+    text = (old / "config.yaml").read_text()
+    assert "losses:kl" in text  # this run records qualified names
+    (old / "config.yaml").write_text(text.replace("losses:kl", "kl").replace("logmel_cnn:logmel_cnn", "logmel_cnn"))
+    assert main(["summarize", str(subset_run), str(old), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["groups"]) == 1
