@@ -68,6 +68,40 @@ trainstate._write_marker = _full
 '''
 
 
+#: every decoding worker is killed (as by the OOM killer) when it is handed its first clip
+KILL_DECODING_WORKER = '''\
+import os
+import signal
+
+import torch
+
+from liser_core import data
+
+_real = data._Marked.__getitem__
+
+
+def _dying(self, i):
+    if torch.utils.data.get_worker_info() is not None:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _real(self, i)
+
+
+data._Marked.__getitem__ = _dying
+'''
+
+#: a corpus of files (clips in memory never start decoding workers)
+FILE_RECIPE = """\
+name: files
+threads: 1
+data: {{name: ravdess, options: {{root: {root}, min_seconds: 0.2, expect_complete: false, teacher_speakers: [9],
+  label_fraction: 0.5}}, cache: false}}
+teachers: [{{name: audio_cnn, fit: {{epochs: 1, batch_size: 8}}, options: {{channels: [4, 8], hidden: 16}}}}]
+student: {{name: logmel_cnn, options: {{channels: [4, 8]}}}}
+distil: {{epochs: 1, batch_size: 8, losses: [{{name: kl}}, {{name: ce, weight: 0.5}}]}}
+loggers: {{run_dir: {{confusion_png: false}}}}
+"""
+
+
 def run(recipe, run_dir, *extra, **kw):
     return run_cli(["run", str(recipe), *RESUME_OVERRIDES, f"run_dir={run_dir}", *extra], **kw)
 
@@ -235,7 +269,30 @@ def test_the_disk_filling_up_during_a_run_is_one_line_with_the_resume_hint(tiny_
     assert json.loads((run_dir / "state" / "run.json").read_text())["status"] == "failed"
 
 
-def test_a_killed_decoding_worker_is_one_line_with_the_resume_hint(tmp_path):
+def test_a_killed_decoding_worker_is_one_line_with_the_resume_hint_and_resume_works(tmp_path):
+    from liser_plugins.corpora import fixtures
+
+    root = tmp_path / "RAVDESS"
+    for a in (1, 2, 3, 9):
+        for e in range(1, 9):
+            fixtures.write_wav(root / f"Actor_{a:02d}/03-01-{e:02d}-01-01-01-{a:02d}.wav", rate=16000, seconds=0.4,
+                               freq=110 + 23 * e + 3 * a, seed=100 * a + e)
+    recipe, run_dir = tmp_path / "files.yaml", tmp_path / "run"
+    recipe.write_text(FILE_RECIPE.format(root=root))
+    p = run_cli(["run", str(recipe), f"run_dir={run_dir}", "data.workers=1"], site=tmp_path / "site-worker",
+                plugin=KILL_DECODING_WORKER)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    last = lines(p)[-1]
+    assert last.startswith("liser: error: a decoding worker died (DataLoader worker (pid") and "data.workers" in last
+    assert f"liser run --resume {run_dir}" in last
+    assert json.loads((run_dir / "state" / "run.json").read_text())["status"] == "failed"
+    resumed = run_cli(["run", "--resume", str(run_dir), "data.workers=0"])  # the hint, with no workers
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    state = json.loads((run_dir / "state" / "run.json").read_text())
+    assert state["status"] == "complete" and state["stage_settings"]["teach"]["data.workers"] == 0
+
+
+def test_a_dead_worker_wrapped_as_a_teachers_failure_is_still_one_line(tmp_path):
     """What the DataLoader raises when a worker dies, under the teacher's wrapper as it reaches
     the engine from a teacher's forward pass: one line naming it, what to do, the resume hint."""
     from liser_core.engine import environment_fault
