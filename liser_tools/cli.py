@@ -293,6 +293,8 @@ def cmd_run(args) -> int:
         _setup_logging(logging.WARNING)
     host = _host(args)
     recipe, overrides = args.recipe, list(args.overrides)
+    if args.resume and not os.path.exists(recipe) and not recipe.endswith((".yaml", ".yml")):
+        raise UsageError(f"--resume: {recipe} does not exist; nothing to resume (give a run directory)")
     if os.path.isdir(recipe):  # liser run --resume RUN_DIR: the recipe the run was started with
         if not args.resume:
             raise UsageError(f"{recipe} is a directory: give a recipe file, or --resume to continue the run in it")

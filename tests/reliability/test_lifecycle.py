@@ -321,4 +321,7 @@ def test_a_bad_run_dir_or_resume_target_is_refused_before_the_corpus_is_built(ti
     p = run(tiny_recipe, missing, "--resume")
     assert p.returncode == 2 and len(lines(p)) == 1, p.stderr
     assert f"--resume: {missing} does not exist; nothing to resume" in lines(p)[0]
+    p = run_cli(["run", "--resume", str(missing)])  # the run directory alone
+    assert p.returncode == 2 and len(lines(p)) == 1, p.stderr
+    assert f"--resume: {missing} does not exist; nothing to resume" in lines(p)[0]
     assert not missing.exists()
