@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .components import BatchTargets, Teacher, blame, checked_output, loss_value
+from .components import BatchTargets, Teacher, blame, checked_output, component_label, loss_value
 from .data import BadClipError, Batch, Clip, ClipDataset
 from .errors import ComponentError, ConfigError, LiserError
 from .taps import capture
@@ -128,10 +128,15 @@ def _probe(engine: Engine) -> None:
         except ComponentError as exc:
             raise ConfigError("distil.combination", f"preflight: {exc}") from exc
         shape = (len(batch), len(space))
-        if (tuple(probs.shape) != shape or not torch.isfinite(probs).all() or (probs < 0).any()
-                or not torch.allclose(probs.sum(-1), torch.ones(len(batch)), atol=1e-4)):
-            raise ConfigError("distil.combination", f"preflight: combiner {cfg.distil.combination!r} must return "
-                              f"{shape} rows of probabilities that sum to 1; it returned shape {tuple(probs.shape)}")
+        what = component_label(run.combiner, "combiner")
+        if tuple(probs.shape) != shape:
+            raise ConfigError("distil.combination", f"preflight: {what} must return {shape} rows of probabilities "
+                              f"that sum to 1; it returned shape {tuple(probs.shape)}")
+        sums = probs.sum(-1)
+        if not torch.isfinite(probs).all() or (probs < 0).any() or not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
+            raise ConfigError("distil.combination", f"preflight: {what} must return rows of finite, non-negative "
+                              f"probabilities that sum to 1; its rows sum to "
+                              f"{', '.join(f'{v:.4g}' for v in sums.tolist())} (min {float(probs.min()):.4g})")
     if cfg.distil.epochs > 0:
         for i, (name, (_, loss)) in enumerate(run.losses.items()):
             where = f"distil.losses.{i}"
@@ -140,7 +145,8 @@ def _probe(engine: Engine) -> None:
             except ComponentError as exc:
                 raise ConfigError(where, f"preflight: {exc}") from exc
             if value is not None and not torch.isfinite(value.detach()).all():
-                raise ConfigError(where, f"preflight: loss {name!r} is {value.item()} on a batch of real clips")
+                raise ConfigError(where, f"preflight: {component_label(loss, 'loss')} is {value.item()} on a batch "
+                                  "of real clips")
     log.info(
         "preflight: %d clip(s) through %d teacher(s), the student and %d loss term(s): shapes and values fine",
         len(clips), len(run.teachers), len(run.losses),

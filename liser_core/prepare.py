@@ -53,12 +53,20 @@ def build_component(registry, name: str, options: dict, key: str = "", **inject:
         raise ConfigError(f"{key}.{exc.key}" if key else exc.key, exc.reason, exc.suggestions) from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(key, f"{registry.kind} {name!r} rejected its options: {exc}") from exc
-    if isinstance(module, torch.nn.Module):
+    if isinstance(module, torch.nn.Module) or registry.kind in _NAMED_KINDS:
         where = key[: -len(".options")] if key.endswith(".options") else key
-        module.liser_spec = {
-            "name": name, "options": options, "kind": registry.kind, "plugin": entry.plugin, "key": where,
-        }
+        where = where[: -len("_options")] if where.endswith("_options") else where  # distil.combination_options
+        try:
+            module.liser_spec = {
+                "name": name, "options": options, "kind": registry.kind, "plugin": entry.plugin, "key": where,
+            }
+        except AttributeError:  # an object without a __dict__ (slots): errors then name its class
+            pass
     return module
+
+
+#: Kinds whose components need not be modules but are still named in errors by registry name.
+_NAMED_KINDS = ("combiner", "optimizer", "scheduler", "sampler")
 
 
 def _teacher_seed(tc) -> int:

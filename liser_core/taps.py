@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .components import ModelOutput
+from .components import ModelOutput, component_label
 
 
 def resolve(model: nn.Module, tap: str) -> tuple[nn.Module, int]:
@@ -37,8 +37,9 @@ def resolve(model: nn.Module, tap: str) -> tuple[nn.Module, int]:
         return model.get_submodule(path), time_dim
     except AttributeError:
         names = sorted(declared) or [n for n, _ in model.named_children()]
-        raise KeyError(f"{type(model).__name__} has no tap or submodule {tap!r} (declared taps or top-level "
-                       f"modules: {', '.join(names) or 'none'})") from None
+        raise KeyError(f"{component_label(model, type(model).__name__)} has no tap or submodule {tap!r} "
+                       f"({'declared taps' if declared else 'no declared taps; top-level modules'}: "
+                       f"{', '.join(names) or 'none'})") from None
 
 
 def pool(x: torch.Tensor, fraction: torch.Tensor, time_dim: int, bins: int) -> torch.Tensor:

@@ -21,7 +21,9 @@ from typing import Any
 import torch
 
 from liser_core.components import (
+    Augmentation,
     BatchTargets,
+    Combiner,
     Loss,
     ModelOutput,
     Position,
@@ -204,7 +206,13 @@ def _clip(b: Batch, i: int, space: LabelSpace):
 
 def check_loss(name: str, options: dict | None = None, *, host=None, student_dim: int = 6,
                teacher_dims: dict[str, int] | None = None) -> Loss:
-    """Build ``name`` with ``options`` and check it on a labeled + unlabeled batch; returns it."""
+    """Build ``name`` with ``options`` and check it on a labeled + unlabeled batch; returns it.
+
+    ``teacher_dims`` maps each teacher key to its embedding size, as :meth:`Loss.bind` receives
+    them; default ``{"t": 5}``: one teacher under the key ``"t"``. A loss with a ``teacher``
+    option (``fitnets``, ``attention_transfer``) must name a key of ``teacher_dims``, e.g.
+    ``check_loss("fitnets", {"teacher": "t", ...})``, or pass ``teacher_dims`` with its own.
+    """
     host = _host(host)
     what = f"loss {name!r}"
     torch.manual_seed(0)
@@ -251,6 +259,96 @@ def check_loss(name: str, options: dict | None = None, *, host=None, student_dim
     return loss
 
 
+def check_combiner(name: str, options: dict | None = None, *, host=None, classes: int = 4,
+                   atol: float = 1e-5) -> Combiner:
+    """Build the target combiner ``name`` with ``options`` and check it; returns it.
+
+    On three teachers (one that cannot express the last class) and two: ``(B, C)`` rows that
+    are finite, non-negative and sum to 1, floating point; the same output twice; inputs not
+    modified in place; teachers that agree (and express every class) give their common
+    distribution back; a single teacher's distribution is returned unchanged.
+    """
+    host = _host(host)
+    what = f"combiner {name!r}"
+    torch.manual_seed(0)
+    comb = _build(host, "combiner", name, options)
+    _ensure(callable(comb), what, "is callable (a liser_core.Combiner)")
+    g = torch.Generator().manual_seed(2)
+    n = 5
+    every = torch.ones(classes, dtype=torch.bool)
+    partial = every.clone()
+    partial[-1] = False
+
+    def dist(mask):
+        p = torch.softmax(torch.randn(n, classes, generator=g) * 2, -1) * mask
+        return p / p.sum(-1, keepdim=True)
+
+    cases = {
+        "three teachers, one without the last class": ([dist(every), dist(every), dist(partial)], [0.5, 0.3, 0.2],
+                                                       [every, every, partial]),
+        "two teachers": ([dist(every), dist(every)], [0.6, 0.4], [every, every]),
+    }
+    for case, (probs, weights, reached) in cases.items():
+        before = [p.clone() for p in probs]
+        out = comb(probs, weights, reached)
+        _ensure(torch.is_tensor(out) and tuple(out.shape) == (n, classes), what,
+                f"{case}: returns a ({n}, {classes}) tensor, not "
+                f"{tuple(out.shape) if torch.is_tensor(out) else type(out).__name__}")
+        _ensure(out.dtype.is_floating_point and bool(torch.isfinite(out).all()), what, f"{case}: rows are finite floats")
+        _ensure(bool((out >= 0).all()), what, f"{case}: probabilities are >= 0")
+        sums = out.sum(-1)
+        _ensure(bool(torch.allclose(sums, torch.ones(n), atol=1e-4)), what,
+                f"{case}: rows sum to 1 (sums: {', '.join(f'{v:.4g}' for v in sums.tolist())})")
+        _ensure(all(torch.equal(a, b) for a, b in zip(probs, before)), what, f"{case}: inputs are not modified in place")
+        _ensure(torch.allclose(comb(probs, weights, reached), out), what, f"{case}: gives the same output twice")
+    p = dist(every)
+    agree = comb([p, p.clone()], [0.7, 0.3], [every, every])
+    _ensure(torch.allclose(agree, p, atol=atol), what, "teachers that agree give their common distribution")
+    alone = comb([p], [1.0], [every])
+    _ensure(torch.allclose(alone, p, atol=atol), what, "a single teacher's distribution is returned unchanged")
+    return comb
+
+
+def check_augmentation(name: str, options: dict | None = None, *, host=None, sample_rate: int = 16000) -> Augmentation:
+    """Build the training augmentation ``name`` with ``options`` (and ``sample_rate``, as the
+    engine injects it) and check it on a padded batch; returns it.
+
+    ``forward(audio, lengths)`` returns ``(audio, lengths)``: ``(B, N')`` floating point audio
+    of the input's dtype, finite, lengths ``(B,)`` in ``[1, N']``; the input is not modified in
+    place; the same torch seed gives the same output (it draws from torch's generator, which
+    the engine seeds and checkpoints); it runs under ``torch.no_grad`` as in training.
+    """
+    host = _host(host)
+    what = f"augmentation {name!r}"
+    torch.manual_seed(0)
+    aug = _build(host, "augmentation", name, options, sample_rate=sample_rate)
+    _ensure(isinstance(aug, Augmentation), what, "is a liser_core.Augmentation")
+    b = _batch(4, sample_rate)
+    audio, lengths = b.audio.clone(), b.lengths.clone()
+
+    def apply(seed: int):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return aug(audio, lengths)
+
+    aug.train()
+    got = apply(1)
+    _ensure(isinstance(got, tuple) and len(got) == 2 and all(torch.is_tensor(t) for t in got), what,
+            "forward returns (audio, lengths)")
+    out, new = got
+    _ensure(torch.equal(audio, b.audio) and torch.equal(lengths, b.lengths), what, "the input is not modified in place")
+    _ensure(out.ndim == 2 and out.shape[0] == 4, what, f"audio stays (B, N): got shape {tuple(out.shape)}")
+    _ensure(out.dtype == audio.dtype, what, f"audio keeps its dtype ({audio.dtype}, got {out.dtype})")
+    _ensure(bool(torch.isfinite(out).all()), what, "audio is finite")
+    _ensure(tuple(new.shape) == (4,) and not new.dtype.is_floating_point, what, "lengths are (B,) integers")
+    _ensure(bool((new >= 1).all() and (new <= out.shape[1]).all()), what,
+            f"lengths lie in [1, {out.shape[1]}] (got {new.tolist()})")
+    again = apply(1)
+    _ensure(torch.equal(again[0], out) and torch.equal(again[1], new), what,
+            "the same torch seed gives the same output (draw from torch's generator only)")
+    return aug
+
+
 def check_dataset(name: str, options: dict | None = None, *, host=None, seed: int = 0, load: int = 4) -> Any:
     """Build the corpus ``name`` with ``options`` and check it; returns it. ``load``: clips per
     split decoded (``Corpus.load`` or in memory)."""
@@ -286,4 +384,5 @@ def check_dataset(name: str, options: dict | None = None, *, host=None, seed: in
     return c
 
 
-__all__ = ["CheckFailed", "check_dataset", "check_loss", "check_student", "check_teacher"]
+__all__ = ["CheckFailed", "check_augmentation", "check_combiner", "check_dataset", "check_loss", "check_student",
+           "check_teacher"]

@@ -52,11 +52,35 @@ def describe(host, kind: str, name: str) -> str:
             lines.append(f"    {r[0]:<{w[0]}}  {r[1]:<{w[1]}}  = {r[2]}")
     if injected:
         lines.append(f"  set by LiSER: {', '.join(injected)}")
+    if kind in ("student", "teacher"):
+        lines.append(f"  taps: {taps_line(entry, kind)}")
     doc = inspect.getdoc(target) or ""
     if doc:
         lines.append("")
         lines += ["  " + line if line else "" for line in doc.splitlines()]
     return "\n".join(lines)
+
+
+def taps_line(entry, kind: str) -> str:
+    """The feature taps a student or teacher declares (``taps``, :mod:`liser_core.taps`), as
+    built with its default options; any submodule path works as a tap too."""
+    declared = getattr(entry.factory, "taps", None)
+    if not isinstance(declared, dict):
+        required = [n for n, _, d in options(entry, kind) if d == "(required)"]
+        if required:
+            return f"declared when built (depends on its options; required: {', '.join(required)}); any submodule path"
+        import torch
+
+        from liser_core.labels import label_space
+
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                inject = {"label_space": label_space("ravdess8")} if "label_space" in entry.signature().parameters else {}
+                declared = getattr(entry.factory(**inject), "taps", None)
+        except Exception as exc:  # noqa: BLE001 - a component that cannot be built bare says why
+            return f"unknown (building it with default options failed: {type(exc).__name__}); any submodule path"
+    names = ", ".join(declared or {})
+    return f"{names} (default options); any submodule path too" if names else "none declared; any submodule path"
 
 
 def find(host, name: str, kinds) -> list[str]:

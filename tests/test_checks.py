@@ -6,9 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from liser_core import Loss, ModelOutput, Student, Teacher, TeacherCard, load_plugins
+from liser_core import Augmentation, Combiner, Loss, ModelOutput, Student, Teacher, TeacherCard, load_plugins
 from liser_core.labels import LabelSpace
-from liser_core.testing import CheckFailed, check_dataset, check_loss, check_student, check_teacher
+from liser_core.testing import (
+    CheckFailed,
+    check_augmentation,
+    check_combiner,
+    check_dataset,
+    check_loss,
+    check_student,
+    check_teacher,
+)
 
 SMALL_STUDENTS = {"logmel_cnn": {"channels": [4, 8]}, "ecapa_tdnn": {}, "timm_mobile": {}}
 
@@ -55,6 +63,62 @@ def test_first_party_teachers_pass(liser_host, teacher_options):
 def test_first_party_losses_pass(liser_host, name):
     options = {"student_tap": "s", "teacher_tap": "t", "bins": 2} if name == "fitnets" else {}
     check_loss(name, options, host=liser_host)
+
+
+@pytest.mark.parametrize("name", ["per_class", "arithmetic", "geometric"])
+def test_first_party_combiners_pass(liser_host, name):
+    check_combiner(name, host=liser_host)
+
+
+@pytest.mark.parametrize("name", ["gain", "noise", "speed", "time_mask"])
+def test_first_party_augmentations_pass(liser_host, name):
+    check_augmentation(name, host=liser_host)
+
+
+class HalfCombiner(Combiner):
+    def __call__(self, probs, weights, reached):
+        return 0.5 * sum(w * p for w, p in zip(weights, probs))  # rows sum to 0.5
+
+
+class InPlaceCombiner(Combiner):
+    def __call__(self, probs, weights, reached):
+        probs[0].mul_(1.0)  # harmless value, but writes into the teacher's tensor
+        probs[0] /= probs[0].sum(-1, keepdim=True)
+        return probs[0]
+
+
+class Crop(Augmentation):
+    def __init__(self, sample_rate: int = 16000):
+        super().__init__()
+
+    def forward(self, audio, lengths):
+        return audio[:, : audio.shape[1] // 2], lengths  # lengths now exceed the audio
+
+
+class Unseeded(Augmentation):
+    def __init__(self, sample_rate: int = 16000):
+        super().__init__()
+
+    def forward(self, audio, lengths):
+        import random
+
+        return audio * random.random(), lengths  # Python's generator: not seeded or checkpointed
+
+
+def test_check_combiner_and_check_augmentation_catch_broken_components():
+    host = load_plugins()
+    host.registries.combiner.register("half", HalfCombiner)
+    host.registries.combiner.register("inplace", InPlaceCombiner)
+    host.registries.augmentation.register("crop", Crop)
+    host.registries.augmentation.register("unseeded", Unseeded)
+    with pytest.raises(CheckFailed, match=r"rows sum to 1 \(sums: 0.5, 0.5"):
+        check_combiner("half", host=host)
+    with pytest.raises(CheckFailed, match="not modified in place"):
+        check_combiner("inplace", host=host)
+    with pytest.raises(CheckFailed, match=r"lengths lie in \[1, 8000\]"):
+        check_augmentation("crop", host=host)
+    with pytest.raises(CheckFailed, match="same torch seed"):
+        check_augmentation("unseeded", host=host)
 
 
 def test_synth_av_passes(liser_host):

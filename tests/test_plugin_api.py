@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from liser_core import Augmentation, Combiner, ModelOutput, Teacher, TeacherCard, load_plugins
+from liser_core import Augmentation, Combiner, Loss, ModelOutput, Teacher, TeacherCard, hookimpl, load_plugins
 from liser_core.labels import LabelSpace, combine
 
 
@@ -452,6 +452,46 @@ def test_a_combiner_that_does_not_return_distributions_is_refused_before_trainin
     with pytest.raises(ConfigError) as e:
         run_tiny(overrides=["distil.combination=unnormalised"], host=host)
     assert e.value.key == "distil.combination" and "sum to 1" in str(e.value)
+    # the sums are printed (two teachers, each row summing to 1: every row sums to 2), not the shape twice
+    assert "rows sum to 2, 2" in str(e.value) and "combiner 'unnormalised'" in str(e.value)
+
+
+class NaNLoss(Loss):
+    def forward(self, student, batch, targets):
+        return student.logits.sum() * float("nan")
+
+
+def test_a_nan_loss_in_the_preflight_names_its_plugin_and_key(run_tiny):
+    from liser_core.errors import ConfigError
+
+    class NaNPlugin:
+        @hookimpl
+        def liser_register_losses(self, registry):
+            registry.register("nan_loss", NaNLoss)
+
+    host = load_plugins(extra=[("nanplug", NaNPlugin())])
+    with pytest.raises(ConfigError) as e:
+        run_tiny(overrides=["distil.losses=[{name: kl}, {name: nan_loss}]"], host=host)
+    assert e.value.key == "distil.losses.1"
+    assert "loss 'nan_loss' (plugin nanplug, recipe key distil.losses.1) is nan" in str(e.value)
+
+
+def test_an_unknown_tap_names_the_registry_name_and_plugin(run_tiny):
+    from liser_core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        run_tiny(overrides=["distil.losses=[{name: fitnets, options: {student_tap: block9, teacher_tap: block2}}]"])
+    assert "student 'logmel_cnn' (plugin logmel_cnn, recipe key student) has no tap" in str(e.value)
+    assert "declared taps: block1, block2" in str(e.value)
+
+
+def test_show_lists_the_declared_taps(capsys):
+    from liser_tools.cli import main
+
+    assert main(["show", "logmel_cnn"]) == 0
+    assert "taps: block1, block2, block3 (default options)" in capsys.readouterr().out
+    assert main(["show", "hf_speech"]) == 0  # its taps depend on its required option
+    assert "taps: declared when built (depends on its options; required: model)" in capsys.readouterr().out
 
 
 def test_a_fit_that_returns_notimplemented_leaves_the_teacher_to_the_engine_loop(run_tiny, caplog):

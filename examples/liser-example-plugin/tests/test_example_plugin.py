@@ -128,13 +128,15 @@ def test_tiny_run(host, run_tiny):
 
 # -- the second edition's extension points, one component each ------------------------------------
 def test_every_component_passes_liser_checks(host):
-    from liser_core.testing import check_loss, check_student, check_teacher
+    from liser_core.testing import check_augmentation, check_combiner, check_loss, check_student, check_teacher
 
     check_student("example_gru", {"hidden": 8}, host=host, export=False)
     check_teacher("prosody", {}, host=host)
     check_loss("symmetric_kl", host=host)
     check_loss("annealed_kl", host=host)
     check_loss("attention_transfer", {"student_tap": "s", "teacher_tap": "t", "bins": 3}, host=host)
+    check_combiner("confidence", {"sharpness": 2.0}, host=host)
+    check_augmentation("polarity", host=host)
 
 
 def test_prosody_teacher_fits_itself_in_closed_form(plugin):
