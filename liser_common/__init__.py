@@ -7,3 +7,7 @@ metrics (``metrics``), model size and compute (``profile``) and audio-file check
 Nothing here knows what a teacher, a student or a clip is, and it imports nothing of
 ``liser_core``: the engine builds on it, and so can other tools.
 """
+
+#: LiSER's version (pyproject.toml's), here so that run records below the engine can name it;
+#: ``liser_core.__version__`` is this.
+__version__ = "0.1.0"

@@ -102,10 +102,10 @@ def code_version() -> dict[str, Any]:
     """LiSER's code: ``{"liser": "0.1.0", "commit": sha or None, "dirty": bool or None}``; the
     commit and dirty flag come from the git checkout LiSER runs from (None when it is installed
     from a wheel, or git is missing)."""
-    import liser_core
+    import liser_common  # every LiSER package lives in one checkout; liser_core is above this layer
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(liser_core.__file__)))
-    return {"liser": liser_core.__version__, **source_state(root)}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(liser_common.__file__)))
+    return {"liser": liser_common.__version__, **source_state(root)}
 
 
 def package_code(version: str, directory: str | None) -> dict[str, Any]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pluggy
 
+from liser_common import __version__ as __version__  # one version for every package
+
 hookimpl = pluggy.HookimplMarker("liser")
 
 from ._plugins import ENTRY_POINT_GROUP, PluginHost, PluginInfo, load_plugins  # noqa: E402
@@ -28,8 +30,6 @@ from .data import SPLITS, BadClipError, Batch, Clip, ClipDataset, Corpus  # noqa
 from .engine import run  # noqa: E402
 from .errors import ComponentError, ConfigError, LiserError, UnknownComponentError, UsageError  # noqa: E402
 from .labels import CANONICAL_EMOTIONS, LabelMap, LabelSpace, label_space  # noqa: E402
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Augmentation",

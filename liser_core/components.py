@@ -254,11 +254,11 @@ class Student(nn.Module):
 
     def push_to_hub(self, repo_id: str, *, run_dir=None, private: bool = False, api=None, onnx: bool = True) -> str:
         """Upload this student (weights, config, model card, ONNX export) to the Hub as ``repo_id``;
-        see :func:`liser_tools.hub.push`. ``run_dir``: the run it comes from, for its model card."""
+        see :func:`liser_core.hub.push`. ``run_dir``: the run it comes from, for its model card."""
         import tempfile
         from pathlib import Path
 
-        from liser_tools.hub import push
+        from .hub import push
 
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(Path(tmp) / "student")

@@ -126,7 +126,7 @@ class RunDirWriter:
             atomic_write_text(run.run_dir / "predictions.csv", predictions_csv(run.evaluations))
         atomic_write_json(run.run_dir / "metrics.json", payload)
         if not error and (run.run_dir / "student" / "config.json").is_file():
-            from liser_tools.card import write_model_card
+            from liser_core.card import write_model_card
 
             write_model_card(run.run_dir)  # the student's model card, from the records just written
 

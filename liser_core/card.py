@@ -1,0 +1,180 @@
+"""Model cards for saved students: ``student/README.md`` in the Hugging Face Hub's format.
+
+Written from the run's own records (``metrics.json``, ``config.yaml``, ``splits.json`` and the
+student's ``config.json``), never by hand: YAML metadata made by huggingface_hub's
+``ModelCardData`` (library, tags, labels, ``model-index`` results with dataset, split and
+protocol), then the prose a reader needs: intended use, training data and teachers with their
+cards, the label space, limitations, how to load it.
+
+This module is in ``liser_core`` (the layer of the saved-component formats) so that the
+``run_dir`` plugin, which writes the card at the end of a run, and :mod:`liser_core.hub`, which
+pushes it, need nothing from ``liser_tools`` (docs/architecture.md, "Where things live").
+``liser_tools.card`` re-exports it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METRICS = (("accuracy", "accuracy", "WA (accuracy)", None), ("uar", "recall", "UAR (mean per-class recall)", "macro"),
+           ("macro_f1", "f1", "macro-F1", "macro"))
+
+
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+
+
+def _protocol(config: dict) -> str:
+    opts = (config.get("data") or {}).get("options") or {}
+    parts = [f"{k}={opts[k]}" for k in ("protocol", "fold", "label_fraction", "pool") if k in opts]
+    return ", ".join(parts) or "the corpus's default splits"
+
+
+def model_card(run_dir: str | Path, *, repo_id: str | None = None) -> str:
+    """The model card of ``run_dir/student`` as text (YAML front matter + Markdown)."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    run_dir = Path(run_dir)
+    metrics = _read(run_dir / "metrics.json") or {}
+    config = _read(run_dir / "config.yaml") or {}
+    student_cfg = _read(run_dir / "student" / "config.json") or {}
+    splits = (_read(run_dir / "splits.json") or {}).get("splits", {})
+    student = metrics.get("student") or {}
+    corpus = metrics.get("corpus") or (config.get("data") or {}).get("name", "unknown")
+    labels = list((student_cfg.get("label_space") or {}).get("classes") or metrics.get("label_space") or [])
+    split = metrics.get("split", "test")
+    protocol = _protocol(config)
+    # the student as PLUGIN:NAME from the run's recipe; ids and tags take the bare name
+    qualified = (config.get("student") or {}).get("name") or student_cfg.get("name", "student")
+    bare = str(qualified).rpartition(":")[2]
+    name = repo_id or f"liser-{bare}-{corpus}"
+    results = [
+        EvalResult(task_type="audio-classification", task_name="Speech emotion recognition", dataset_type=corpus,
+                   dataset_name=corpus, dataset_split=split, dataset_config=protocol, metric_type=mtype,
+                   metric_value=round(float(student[key]), 4), metric_name=label,
+                   metric_args={"average": avg} if avg else None)
+        for key, mtype, label, avg in METRICS if key in student
+    ]
+    data = ModelCardData(
+        library_name="liser", pipeline_tag="audio-classification", license="other", model_name=name,
+        tags=["audio-classification", "speech-emotion-recognition", "knowledge-distillation", "liser",
+              f"student-{bare}"],
+        datasets=[corpus], metrics=["accuracy", "recall", "f1"], eval_results=results or None,
+    )
+    teachers = metrics.get("teachers") or {}
+    t_rows = []
+    for key, t in teachers.items():
+        card = t.get("card") or {}
+        fits = card.get("fit_sets") or []
+        fitted = "; ".join(f"{f['corpus']}[{f['split']}], {f['clips']} clips of {len(f['speakers'])} speakers" for f in fits)
+        t_rows.append(f"| {key} | {card.get('modality', '?')} | {card.get('backbone', '?')} | {card.get('licence', '?')} | "
+                      f"{fitted or ', '.join(card.get('trained_on') or []) or 'unknown'} | {t.get('uar', float('nan')):.3f} |")
+    speakers = {s: len(v.get("speakers", [])) for s, v in splits.items()}
+    clips = {s: len(v.get("clips", [])) for s, v in splits.items()}
+    flags = metrics.get("flags") or []
+    warnings = metrics.get("warnings") or []
+    score = (f"UAR {student['uar']:.3f}{_ci(student, 'uar')}, WA {student['accuracy']:.3f}{_ci(student, 'accuracy')}, "
+             f"macro-F1 {student['macro_f1']:.3f} on the {split} split ({student.get('num_clips', '?')} clips"
+             f"{_ci_note(student)})") if student else "no test score recorded"
+    body = f"""
+# {name}
+
+A lightweight audio-only speech emotion recognition model ({qualified},
+{student_cfg.get('num_parameters', 0):,} parameters, {student_cfg.get('sample_rate', '?')} Hz mono input), trained
+with LiSER (Leveraging unlabeled audio-visual data in SER) by knowledge distillation from large
+teachers on unlabeled audio-visual clips. Its test score: {score}.
+{_flag_lines(flags)}
+
+## Intended use
+
+Research on speech emotion recognition: one of {len(labels)} emotion labels for a short utterance
+of speech. Not for decisions about people: emotion recognition from speech is unreliable across
+speakers, languages, recording conditions and cultures, and this model has not been evaluated on
+any of those shifts.
+
+## Labels
+
+{", ".join(f"`{c}`" for c in labels)}
+
+## Training data and protocol
+
+- Corpus: `{corpus}`, protocol: {protocol}. Splits as used (speakers / clips):
+  {"; ".join(f"{s} {speakers[s]} / {clips[s]}" for s in speakers) or "not recorded"}.
+- Scores are speaker-independent when no speaker of the test split appears in training
+  (LiSER's default; it warns otherwise). WA is accuracy, UAR the mean per-class recall.
+- Recipe fingerprint: `{metrics.get('recipe_fingerprint', '')[:16]}` (the run's `config.yaml` holds the recipe).
+- Code: {_code_line(metrics.get('code'))}.
+
+## Teachers
+
+| teacher | modality | backbone | licence | fitted on | test UAR |
+|---|---|---|---|---|---|
+{chr(10).join(t_rows) or "| none | | | | | |"}
+
+## Limitations
+
+- Acted emotions (RAVDESS, CREMA-D) or synthetic data (`synth_av`) differ from spontaneous speech.
+- The score above is from one run (one seed, one fold); compare runs as mean ± std
+  (`liser summarize`).
+{chr(10).join("- Run warning: " + w for w in warnings[:5])}
+
+## How to use
+
+```python
+from liser_core import Student
+student = Student.from_pretrained("{repo_id or 'PATH_OR_HUB_ID'}")  # a folder or a Hub id
+```
+
+```bash
+liser predict {repo_id or 'PATH_OR_HUB_ID'} clip.wav      # per-window and overall probabilities
+liser serve {repo_id or 'PATH_OR_HUB_ID'}                 # HTTP: POST /predict, GET /health, a demo page
+```
+"""
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
+
+
+def _code_line(code: Any) -> str:
+    """The card's code line: each package's version, commit and dirty flag, or "not recorded"."""
+    from liser_common.provenance import code_label
+
+    if not isinstance(code, dict) or not code:
+        return "not recorded (a run from before LiSER recorded its commit)"
+    return ", ".join(f"`{name} {code_label(entry)}`" for name, entry in sorted(code.items()) if isinstance(entry, dict))
+
+
+def _ci(entry: dict, metric: str) -> str:
+    iv = (entry.get("intervals") or {}).get(metric) or {}
+    return f" [{iv['low']:.3f}, {iv['high']:.3f}]" if iv.get("low") is not None else ""
+
+
+def _ci_note(entry: dict) -> str:
+    iv = (entry.get("intervals") or {}).get("uar") or {}
+    if iv.get("low") is None:
+        return ""
+    return f"; 95 % intervals by a bootstrap over its {iv.get('speakers')} test speakers"
+
+
+def _flag_lines(flags: list[str]) -> str:
+    """The run's flags, each with its meaning: these scores are incomplete or not comparable."""
+    if not flags:
+        return ""
+    from liser_core.guards import describe_flags
+
+    lines = [f"**Flagged: {', '.join(flags)} -- these scores are incomplete or NOT a fair estimate (see the run's warnings):**", ""]
+    return "\n".join(lines + [f"- `{line.split(':', 1)[0]}`:{line.split(':', 1)[1]}" if ":" in line else f"- `{line}`"
+                               for line in describe_flags(flags)])
+
+
+def write_model_card(run_dir: str | Path, *, repo_id: str | None = None) -> Path:
+    """Write ``run_dir/student/README.md`` (atomically) and return the path written. A card
+    edited since LiSER wrote it (or one LiSER has no record of) is kept, and the new card goes
+    to ``student/README.liser-new.md`` with a warning (:func:`liser_common.rundir.write_editable`)."""
+    from liser_common.rundir import write_editable
+
+    return write_editable(Path(run_dir), "student/README.md", model_card(run_dir, repo_id=repo_id))
