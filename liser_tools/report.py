@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from liser_common.metrics import mean_std
+from liser_common.stats import MIN_REPEATS, t_interval
 
 ROLES = ("fraction", "teachers", "student")
 #: The fraction the headline table reads (the paper's "10 % of the labels") and the share of
@@ -114,10 +115,12 @@ def efficiency(tab: Mapping, students: Sequence[str], teacher_sets: Sequence[str
                 continue
             means = {f: mean_std(v)[0] for f, v in curve.items()}
             head = min(means, key=lambda f: abs(f - HEADLINE_FRACTION))
+            head_iv = t_interval(curve[head])
             reach = [f for f in sorted(means) if means[f] >= REACH * full]
             out.append({
                 "student": student, "teachers": teachers, "full_fraction": full_frac, "full_uar": full,
                 "headline_fraction": head, "headline_uar": means[head],
+                "headline_ci": (head_iv.low, head_iv.high), "n": head_iv.n,
                 "headline_share": means[head] / full if full > 0 else math.nan,
                 "reaches_95": reach[0] if reach else None,
                 "labels_only_at_headline": mean_std(base[head])[0] if head in base else None,
@@ -146,20 +149,29 @@ def efficiency_markdown(rows: Sequence[dict]) -> str:
         f"smallest labeled fraction at which the distilled student reaches {100 * REACH:g} % of it. Means over the "
         "repeat axes; flags (explained below the table) name runs whose scores are not comparable.",
         "",
-        f"| student | teachers | {full} UAR | UAR at 10 % | share | labels only at 10 % | reaches 95 % at | flags |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| student | teachers | {full} UAR | UAR at 10 % [95 % CI] | n | share | labels only at 10 % | reaches 95 % at | flags |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for e in rows:
         lines.append(
             f"| {e['student']} | {e['teachers']} | {e['full_uar']:.3f}"
             + (f" ({_pct(e['full_fraction'])})" if len(fulls) > 1 else "")
-            + f" | {e['headline_uar']:.3f} | {100 * e['headline_share']:.1f} % | "
+            + f" | {e['headline_uar']:.3f}{_ci_text(e.get('headline_ci'))} | {e.get('n', '-')} | {100 * e['headline_share']:.1f} % | "
             + (f"{e['labels_only_at_headline']:.3f}" if e["labels_only_at_headline"] is not None else "-")
             + f" | {_pct(e['reaches_95']) if e['reaches_95'] is not None else 'not reached'} | "
             + (" ".join(f"!{f}" for f in e.get("flags", [])) or "-") + " |"
         )
+    small = min((e.get("n", 0) for e in rows), default=0)
+    if rows and small < MIN_REPEATS:
+        lines += ["", f"**n = {small}** in some rows: fewer than {MIN_REPEATS} repeats give no interval worth the name."]
     lines += flag_notes({f for e in rows for f in e.get("flags", [])})
     return "\n".join(lines) + "\n"
+
+
+def _ci_text(ci) -> str:
+    if not ci or ci[0] != ci[0]:
+        return ""
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 # -- figures -----------------------------------------------------------------------------------------
@@ -183,13 +195,17 @@ def curves(tab: Mapping, student: str, teacher_sets: Sequence[str], path: Path) 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
 
+    ns = set()
+
     def line(curve, label, **kw):
         xs = sorted(curve)
-        ms = [mean_std(curve[x]) for x in xs]
-        m = [a for a, _ in ms]
-        s = [b if b == b else 0.0 for _, b in ms]
+        ivs = [t_interval(curve[x]) for x in xs]
+        ns.update(iv.n for iv in ivs)
+        m = [iv.mean for iv in ivs]
+        lo = [iv.low if iv.low == iv.low else iv.mean for iv in ivs]  # n = 1: no band
+        hi = [iv.high if iv.high == iv.high else iv.mean for iv in ivs]
         ax.plot(xs, m, marker="o", label=label, **kw)
-        ax.fill_between(xs, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], alpha=0.15, **kw)
+        ax.fill_between(xs, lo, hi, alpha=0.15, **kw)
 
     for teachers in teacher_sets:
         if (student, teachers, "student") in tab:
@@ -202,24 +218,73 @@ def curves(tab: Mapping, student: str, teacher_sets: Sequence[str], path: Path) 
     ax.set_xscale("log")
     ax.set_xlabel("labeled fraction of the training clips")
     ax.set_ylabel("test UAR")
-    ax.set_title(f"Label efficiency: {student}")
+    n_text = "/".join(str(n) for n in sorted(ns))
+    ax.set_title(f"Label efficiency: {student}\n(lines: mean over n = {n_text} repeats; bands: 95 % t-interval of the mean)",
+                 fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
 
 
+def pareto_front(points: Sequence[dict], key: str) -> list[dict]:
+    """The points no other point beats on both ``key`` (smaller is better: parameters, or the
+    inverse of the real-time factor) and UAR (larger is better), ordered by ``key``."""
+    better = (lambda a, b: a <= b) if key == "params" else (lambda a, b: a >= b)  # rtf: larger is faster
+    front = [p for p in points if not any(
+        q is not p and better(q[key], p[key]) and q["uar"] >= p["uar"] and (q[key] != p[key] or q["uar"] != p["uar"])
+        for q in points)]
+    return sorted(front, key=lambda p: p[key])
+
+
+def _place_labels(ax, fig, items: Sequence[tuple[float, float, str]]) -> None:
+    """Annotate points without overlapping labels: each label goes to the first of a few offsets
+    around its point whose box (in pixels) meets no label placed before it."""
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    offsets = [(4, 4), (4, -10), (-4, 4), (-4, -10), (4, 14), (4, -20), (-4, 14), (-4, -20), (4, 24), (4, -30)]
+    for x, y, text in sorted(items, key=lambda t: (-t[1], t[0])):
+        for dx, dy in offsets:
+            ann = ax.annotate(text, (x, y), fontsize=7, xytext=(dx, dy), textcoords="offset points",
+                              ha="left" if dx > 0 else "right")
+            box = ann.get_window_extent(renderer)
+            if not any(box.overlaps(b) for b in placed):
+                placed.append(box)
+                break
+            ann.remove()
+        else:  # nowhere free: the last try stays, drawn faintly
+            ann = ax.annotate(text, (x, y), fontsize=6, xytext=offsets[-1], textcoords="offset points", alpha=0.6)
+            placed.append(ann.get_window_extent(renderer))
+
+
 def pareto(points: Sequence[dict], path: Path) -> None:
+    """UAR against parameters and against CPU speed: every point, the Pareto front drawn as a
+    line, labels placed so they do not overprint each other, readable log-axis ticks."""
+    from matplotlib.ticker import LogLocator, NullFormatter
+
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
-    for ax, key, label in ((axes[0], "params", "student parameters"), (axes[1], "rtf", "CPU real-time factor (x real time, 1 thread)")):
-        for p in points:
-            ax.scatter(p[key], p["uar"], marker="o" if p["kind"] == "distilled" else "s")
-            ax.annotate(p["label"], (p[key], p["uar"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    for ax, key, label in ((axes[0], "params", "student parameters (log)"),
+                           (axes[1], "rtf", "CPU real-time factor (x real time, 1 thread, log)")):
+        for kind, marker in (("distilled", "o"), ("full", "s")):
+            ps = [p for p in points if p["kind"] == kind]
+            ax.scatter([p[key] for p in ps], [p["uar"] for p in ps], marker=marker, s=28, zorder=3,
+                       label="distilled" if kind == "distilled" else "labels only, largest fraction")
+        front = pareto_front(points, key)
+        ax.plot([p[key] for p in front], [p["uar"] for p in front], color="tab:red", lw=1.2, zorder=2,
+                label="Pareto front")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=6))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor ticks unlabelled: no colliding labels
         ax.set_xlabel(label)
         ax.set_ylabel("test UAR")
-    fig.suptitle(f"Size and speed against UAR (o: distilled at {_pct(HEADLINE_FRACTION)} labels, s: fully supervised)", fontsize=9)
-    fig.tight_layout()
+        ax.margins(x=0.15, y=0.12)
+        fig.canvas.draw()
+        _place_labels(ax, fig, [(p[key], p["uar"], p["label"]) for p in points])
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)  # off the data
+    fig.suptitle(f"Size and speed against UAR (distilled at {_pct(HEADLINE_FRACTION)} of the labels)",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     _save(fig, path)
 
 
@@ -257,6 +322,16 @@ def _md_table_html(md: str) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cells[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c.replace('**', ''))}</td>" for c in r) + "</tr>" for r in cells[1:])
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _comparisons_html(out: Path) -> str:
+    """``comparisons.md`` (written with the leaderboard) as a table and its explanation."""
+    path = out / "comparisons.md"
+    if not path.is_file():
+        return "<p>(no comparisons.md)</p>"
+    md = path.read_text()
+    intro = next((ln for ln in md.splitlines() if ln.startswith("Test UAR")), "")
+    return f"<p>{html.escape(intro.replace('**', ''))}</p>" + _md_table_html(md)
 
 
 def _notes_html(md: str) -> str:
@@ -361,7 +436,8 @@ def write_report(out: Path, title: str, rows: Sequence[Mapping[str, str]], roles
     page = write_html(
         out, title, figures,
         [("Label efficiency", _md_table_html(eff_md) + _notes_html(eff_md)), ("Students: size and speed", _md_table_html(speed_md)),
-         ("Leaderboard", _md_table_html(leaderboard_md))],
+         ("Leaderboard", _md_table_html(leaderboard_md) + _notes_html(leaderboard_md)),
+         ("Paired comparisons (Holm-corrected)", _comparisons_html(out))],
         confusions,
     )
     return {"efficiency": eff, "figures": [str(p) for p, _ in figures], "html": str(page), "speeds": speeds}

@@ -166,7 +166,7 @@ def test_efficiency_says_largest_fraction_when_the_grid_has_no_100_percent(tmp_p
 
 def test_a_flagged_run_shows_its_flag_in_efficiency_md_and_report_html(tmp_path):
     eff, page = _write_report(tmp_path, (0.1, 1.0))
-    assert "| small | speech | 0.700 | 0.350 | 50.0 % | 0.250 | 100 % | !test_overlap |" in eff
+    assert "| small | speech | 0.700 | 0.350 [0.350, 0.350] | 2 | 50.0 % | 0.250 | 100 % | !test_overlap |" in eff
     assert "**!test_overlap**: a teacher of that run was fitted on test speakers" in eff
     assert "<td>!test_overlap</td>" in page and "!test_overlap: a teacher of that run" in page
     clean, clean_page = _write_report(tmp_path, (0.1, 1.0), flagged_seed="")
@@ -187,3 +187,27 @@ def test_every_flag_stands_in_efficiency_md_report_html_and_the_leaderboard(flag
     write_leaderboard(grid, rows)
     board = (tmp_path / "leaderboard.md").read_text()
     assert f"!{flag}" in board and f"**!{flag}**: " in board
+
+
+def test_the_pareto_front_and_labels_that_do_not_overprint():
+    from liser_tools.report import _plt, _place_labels, pareto_front
+
+    pts = [{"params": 1e4, "rtf": 900, "uar": 0.40, "label": "a"}, {"params": 2e4, "rtf": 800, "uar": 0.50, "label": "b"},
+           {"params": 3e4, "rtf": 950, "uar": 0.45, "label": "c"}, {"params": 1e5, "rtf": 100, "uar": 0.60, "label": "d"},
+           {"params": 2e5, "rtf": 50, "uar": 0.55, "label": "e"}]
+    # by size: a (smallest), b (beats c), d (best UAR); c and e are dominated
+    assert [p["label"] for p in pareto_front(pts, "params")] == ["a", "b", "d"]
+    # by speed (faster is better): c is the fastest and beats a; b and d are not beaten on both
+    assert [p["label"] for p in pareto_front(pts, "rtf")] == ["d", "b", "c"]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4, 3))
+    crowd = [(1e4 * (1 + 0.01 * i), 0.5 + 0.001 * i, f"student-{i} (speech+face)") for i in range(8)]
+    ax.scatter([x for x, _, _ in crowd], [y for _, y, _ in crowd])
+    ax.set_xscale("log")
+    fig.canvas.draw()
+    _place_labels(ax, fig, crowd)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts if t.get_alpha() is None]
+    assert len(ax.texts) == 8 and len(boxes) >= 6  # nearly all find a free place
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    plt.close(fig)
