@@ -12,7 +12,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from liser_core.errors import LiserError, UnknownComponentError, UsageError, close_matches, plural
+from liser_core.errors import (
+    LiserError,
+    PluginLoadError,
+    UnknownComponentError,
+    UsageError,
+    close_matches,
+    plural,
+)
 
 
 def _plugin_args(p: argparse.ArgumentParser) -> None:
@@ -255,7 +262,7 @@ def cmd_plugins(args) -> int:
             print(f"  {c['kind']} {c['name']}: {', '.join(c['choices'])}; {how}")
     if host.failed and args.strict_plugins:
         print(f"liser: error: {len(host.failed)} plugin(s) failed to load (--strict-plugins)", file=sys.stderr)
-        return 1
+        return PluginLoadError.exit_code  # 2, as `liser run`/`liser list --strict-plugins` refuse
     return 0
 
 

@@ -1,10 +1,18 @@
-"""Audio frontends shared by first-party students and teachers (part of each saved model)."""
+"""Audio frontends shared by first-party students and teachers (part of each saved model).
+
+A public module: plugins may build on the names in ``__all__`` (the example plugin's
+``example_gru`` uses ``LogMel`` and ``masked_mean``; docs/plugins.md, section 3). They keep their
+names and signatures across releases, and a changed computation would change every saved model
+that holds them, so it is treated as a breaking change. The other names here are LiSER's own.
+"""
 
 from __future__ import annotations
 
 import torch
 import torchaudio
 from torch import nn
+
+__all__ = ["LogMel", "MaskedConvStack", "masked_mean", "mean_max_pool", "time_mask"]
 
 
 class LogMel(nn.Module):
