@@ -97,11 +97,14 @@ def write_video(
     audio: bool = True,
     video: bool = True,
     freq: float = 330.0,
+    seed: int = 0,
+    noise: float = 0.0,
 ) -> Path:
     """A tiny video (moving gradient; a tone for sound) in the container of ``path``'s extension.
 
     Frame ``i`` has red channel ``(8 * i) % 256`` at its top-left pixel, so tests can tell which
-    frames were sampled.
+    frames were sampled. ``seed`` and ``noise`` (the standard deviation of white noise added to
+    the tone) make clips that are not near copies of each other by content.
     """
     import av
 
@@ -132,7 +135,9 @@ def write_video(
                 c.mux(pkt)
         if st is not None:
             ctx = st.codec_context
-            x = tone(seconds, rate, freq)
+            x = tone(seconds, rate, freq, seed=seed)
+            if noise:
+                x = x + noise * np.random.default_rng(seed).standard_normal(x.size).astype(np.float32)
             step = ctx.frame_size or 1024
             sample_fmt = ctx.format.name
             for pts in range(0, x.size, step):
