@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from liser_plugins.corpora import emobox_fixtures as ef
-from liser_plugins.corpora.emobox import CLASS_NAMES, CORPORA, emobox
+from liser_plugins.corpora.emobox import CLASS_NAMES, CORPORA, VIDEO_RULES, emobox
 from liser_tools.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,3 +160,121 @@ def test_bad_metadata_and_options_are_one_line_usage_errors(tmp_path, capsys):
     assert main(["data", "check", str(RECIPE), *common, "data.options.corpus=savee"]) == 2
     err = capsys.readouterr().err
     assert "savee_test_fold_1.jsonl:" in err and "not a JSON line" in err and len(err.strip().splitlines()) == 1
+
+
+# -- video (modality: audiovisual) -----------------------------------------------------------------
+
+
+def savee_av_tree(base: Path, every: int = 20, without_video: int = 1) -> tuple[list[dict], set[str]]:
+    """SAVEE as EmoBox lays out its audio (``<speaker>_<code>.wav``, decodable) with the published
+    corpus's videos (``AudioVisualClip/<speaker>/<code>.avi``) under ``base/video``, except for
+    the first ``without_video`` test records. Returns the records and the keys without video."""
+    from liser_plugins.corpora import fixtures
+
+    recs = ef.records("savee")[::every]
+    ef.write_metadata(base / "data", "savee", recs)
+    paths = ef.audio_paths(base / "savee", "savee", recs)
+    ef.write_stub_audio(paths.values(), seconds=0.8, rate=16000)
+    bare = {r["key"] for r in recs if r["folds"]["1"] == "test"}
+    bare = set(sorted(bare)[:without_video])
+    for i, (key, p) in enumerate(paths.items()):
+        if key not in bare:
+            spk, _, code = p.stem.partition("_")
+            # a sound track of its own, so no two videos are equal by content (the clip's audio is the wav)
+            fixtures.write_video(base / "video" / "AudioVisualClip" / spk / f"{code}.avi", seconds=0.8,
+                                 size=(64, 48), rate=16000, freq=150 + 7 * i, seed=1000 + i, noise=0.05)
+    return recs, bare
+
+
+def test_savee_audiovisual_gives_frames_and_a_record_without_video_is_missing_video(tmp_path):
+    pytest.importorskip("av")
+    recs, bare = savee_av_tree(tmp_path)
+    c = emobox("savee", str(tmp_path / "data"), str(tmp_path / "savee"), modality="audiovisual",
+               video_root=str(tmp_path / "video"), num_frames=4, frame_size=32, min_seconds=0.2)
+    indexed = {x.clip_id for s in ("teacher", "labeled", "unlabeled", "test") for x in c.split(s)}
+    indexed |= {x.clip_id for x in c.unused}
+    assert indexed == {r["key"] for r in recs} - bare
+    (key,) = bare
+    (problem,) = c.index_problems
+    assert problem.kind == "missing_video" and key in problem.reason and problem.path.endswith(".wav")
+    x = c.split("test")[0]
+    src = c.source(x.clip_id)
+    spk, _, code = Path(src.audio).stem.partition("_")
+    assert src.video == str(tmp_path / "video" / "AudioVisualClip" / spk / f"{code}.avi")
+    loaded = c.load(x)
+    assert loaded.frames.shape == (4, 32, 32, 3) and loaded.frames.dtype.name == "uint8"
+    assert loaded.audio.size == 12800  # the wav's 0.8 s at 16 kHz
+    assert src.audio == str(tmp_path / "savee" / f"{spk}_{code}.wav")  # EmoBox's flat audio, not the avi's track
+    assert c.load(x, frames=False).frames is None
+    audio = emobox("savee", str(tmp_path / "data"), str(tmp_path / "savee"), min_seconds=0.2)
+    assert audio.index_problems == [] and audio.source(x.clip_id).video is None  # audio: no video needed
+
+
+def test_meld_audiovisual_reads_frames_and_sound_from_the_record_itself(tmp_path):
+    pytest.importorskip("av")
+    from liser_plugins.corpora import fixtures
+
+    recs = ef.records("meld")[::60]
+    ef.write_metadata(tmp_path / "data", "meld", recs)
+    paths = ef.audio_paths(tmp_path / "meld", "meld", recs)
+    gone = sorted(r["key"] for r in recs if r["folds"]["1"] == "train")[0]  # its mp4 is not there
+    for i, (key, p) in enumerate(paths.items()):
+        if key != gone:
+            fixtures.write_video(p, seconds=0.8, size=(64, 48), rate=16000, freq=150 + 13 * i, seed=i, noise=0.05)
+    c = emobox("meld", str(tmp_path / "data"), str(tmp_path / "meld"), modality="audiovisual", num_frames=3,
+               frame_size=24, min_seconds=0.2, expect_complete=False)
+    clips = [x for s in ("teacher", "labeled", "unlabeled", "test") for x in c.split(s)] + list(c.unused)
+    assert {x.clip_id for x in clips} == set(paths) - {gone}
+    for x in clips[:2]:
+        src = c.source(x.clip_id)
+        assert src.audio == src.video == str(paths[x.clip_id])  # MELD's record is the mp4
+        loaded = c.load(x)
+        assert loaded.frames.shape == (3, 24, 24, 3) and 12000 < loaded.audio.size < 14000
+    assert [(p.kind, p.path) for p in c.index_problems] == [("missing_audio", str(paths[gone]))]  # not missing_video
+
+
+def test_audiovisual_on_a_corpus_without_video_is_a_one_line_usage_error(trees, capsys):
+    assert "iemocap" not in VIDEO_RULES and set(VIDEO_RULES) == {n for n, i in CORPORA.items() if i.video}
+    rc = main(["data", "check", str(RECIPE), f"data.options.metadata={trees / 'data'}",
+               f"data.options.root={trees / 'iemocap'}", "data.options.corpus=iemocap",
+               "data.options.modality=audiovisual"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "LiSER knows no video of 'iemocap'" in err and "modality: audio" in err
+
+
+@pytest.mark.slow
+def test_a_tiny_audiovisual_run_feeds_savee_frames_to_a_face_teacher(tmp_path):
+    pytest.importorskip("av")
+    from liser_core import run
+
+    recs, _ = savee_av_tree(tmp_path, every=4, without_video=0)
+    train_speakers = sorted({r["spk"] for r in recs if r["folds"]["1"] == "train"})
+    assert len(train_speakers) == 3  # SAVEE's fold 1 tests one of its four actors
+    opts = {"corpus": "savee", "metadata": str(tmp_path / "data"), "root": str(tmp_path / "savee"),
+            "video_root": str(tmp_path / "video"), "modality": "audiovisual", "fold": 1,
+            "label_fraction": 0.5, "teacher_speakers": [train_speakers[0]], "num_frames": 4, "frame_size": 48,
+            "min_seconds": 0.2}
+    recipe = tmp_path / "av.yaml"
+    recipe.write_text(json.dumps({
+        "name": "emobox_av", "threads": 1,
+        "data": {"name": "emobox", "options": opts},
+        "teachers": [
+            {"name": "face_cnn", "weight": 0.5, "fit": {"epochs": 1, "batch_size": 8},
+             "options": {"channels": [4, 8], "hidden": 16}},
+            {"name": "audio_cnn", "weight": 0.5, "fit": {"epochs": 1, "batch_size": 8},
+             "options": {"channels": [4, 8], "hidden": 16}},
+        ],
+        "student": {"name": "logmel_cnn", "options": {"channels": [4, 8]}},
+        "distil": {"epochs": 1, "batch_size": 8, "losses": [{"name": "kl"}, {"name": "ce", "weight": 0.5}]},
+        "baseline": {"enabled": False},
+        "loggers": {"run_dir": {"confusion_png": False}},
+    }))
+    ctx = run(recipe, [f"run_dir={tmp_path / 'run'}"])
+    metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
+    n_test = sum(1 for r in recs if r["folds"]["1"] == "test")
+    assert metrics["status"] == "completed" and "skipped_clips" not in metrics["diagnostics"]
+    assert len(ctx.corpus.split("test")) == n_test
+    assert {x.speaker for x in ctx.corpus.split("teacher")} == {train_speakers[0]}
+    assert metrics["teachers"]["face_cnn"]["num_clips"] > 0 and ctx.corpus.load(ctx.corpus.split("test")[0]).frames is not None
+    assert metrics["teachers"]["face_cnn"]["num_clips"] == n_test and metrics["student"]["num_clips"] == n_test
