@@ -278,3 +278,85 @@ def test_a_tiny_audiovisual_run_feeds_savee_frames_to_a_face_teacher(tmp_path):
     assert {x.speaker for x in ctx.corpus.split("teacher")} == {train_speakers[0]}
     assert metrics["teachers"]["face_cnn"]["num_clips"] > 0 and ctx.corpus.load(ctx.corpus.split("test")[0]).frames is not None
     assert metrics["teachers"]["face_cnn"]["num_clips"] == n_test and metrics["student"]["num_clips"] == n_test
+
+
+#: Records' paths as EmoBox's metadata spells them (fold 1 test files of its data/ folder) -> the
+#: first video path each rule tries, as the published corpora lay their videos out.
+EMOBOX_WAVS = {
+    "ravdess": ("downloads/ravdess/audio/Audio_Speech_Actors_01-24/Actor_11/03-01-07-02-02-02-11.wav",
+                "Actor_11/01-01-07-02-02-02-11.mp4"),
+    "cremad": ("downloads/cremad/AudioWAV/1052_WSI_ANG_XX.wav", "VideoFlash/1052_WSI_ANG_XX.flv"),
+    "savee": ("downloads/savee/JE_n23.wav", "AudioVisualClip/JE/n23.avi"),
+    "mead": ("downloads/mead/W019/audio/neutral/level_1/020.m4a", "W019/video/front/neutral/level_1/020.mp4"),
+    "meld": ("downloads/meld/output_repeated_splits_test/dia0_utt0.mp4", "output_repeated_splits_test/dia0_utt0.mp4"),
+    "enterface": ("downloads/enterface/subject 14/anger/sentence 3/s14_an_3.avi",
+                  "subject 14/anger/sentence 3/s14_an_3.avi"),
+}
+
+
+def test_video_rules_follow_the_published_layouts():
+    assert set(EMOBOX_WAVS) == set(VIDEO_RULES)
+    for corpus, (wav, video) in EMOBOX_WAVS.items():
+        rel = ef.resolve(Path("/r"), corpus, wav).relative_to("/r").as_posix()
+        assert VIDEO_RULES[corpus](rel)[0] == video, corpus
+    rav = VIDEO_RULES["ravdess"]("Actor_11/03-01-07-02-02-02-11.wav")
+    assert rav[1] == "Actor_11/02-01-07-02-02-02-11.mp4"  # the video-only take, paired with the wav
+    assert VIDEO_RULES["ravdess"]("Actor_11/02-01-07-02-02-02-11.mp4") == []  # not a speech wav: no rule
+    assert VIDEO_RULES["mead"]("W019/video/front/neutral/level_1/020.mp4") == []
+
+
+#: Hand-written EmoBox metadata (fold 1; EmoBox's label maps and path spelling) of two corpora
+#: whose metadata is not among the committed excerpts.
+HAND = {
+    "mead": {
+        "label_map": {"neutral": "Neutral", "angry": "Angry", "contempt": "Contempt", "disgusted": "Disgust",
+                      "fear": "Fear", "happy": "Happy", "sad": "Sad", "surprised": "Surprise"},
+        "records": [(f"mead-{spk}-{emo}-level-1-00{i}", f"downloads/mead/{spk}/audio/{emo}/level_1/00{i}.m4a",
+                     emo, spk, "test" if spk == "W019" else "train")
+                    for spk in ("M003", "M005", "W019") for emo in ("angry", "happy") for i in (1, 2)],
+        "video": lambda rel: rel.replace("/audio/", "/video/front/").replace(".m4a", ".mp4"),
+    },
+    "ravdess": {
+        "label_map": {"Angry": "Angry", "Surprised": "Surprise", "Sad": "Sad", "Disgust": "Disgust",
+                      "Happy": "Happy", "Calm": "Calm", "Neutral": "Neutral", "Fearful": "Fear"},
+        "records": [(f"ravdess-03-01-0{e}-01-01-01-{a:02d}",
+                     f"downloads/ravdess/audio/Audio_Speech_Actors_01-24/Actor_{a:02d}/03-01-0{e}-01-01-01-{a:02d}.wav",
+                     emo, f"{a:02d}", "test" if a in (1, 11) else "train")
+                    for a in (1, 2, 3, 11) for e, emo in ((5, "Angry"), (3, "Happy"))],
+        # RAVDESS's Video_Speech_Actor_XX.zip: Actor_XX/01-...mp4 (audio-visual), under video_root
+        "video": lambda rel: "Actor_" + rel.split("Actor_")[1].replace("/03-", "/01-").replace(".wav", ".mp4"),
+    },
+}
+
+
+@pytest.mark.parametrize("corpus", sorted(HAND))
+def test_mead_and_ravdess_records_find_their_videos(tmp_path, corpus):
+    pytest.importorskip("av")
+    from liser_plugins.corpora import fixtures
+
+    spec = HAND[corpus]
+    folder = tmp_path / "data" / corpus
+    (folder / "fold_1").mkdir(parents=True)
+    (folder / "label_map.json").write_text(json.dumps(spec["label_map"]))
+    for part in ("train", "test"):
+        (folder / "fold_1" / f"{corpus}_{part}_fold_1.jsonl").write_text("".join(
+            json.dumps({"key": k, "wav": w, "emo": e, "sample_rate": 16000, "length": 0.8}) + "\n"
+            for k, w, e, _, p in spec["records"] if p == part))
+    (folder / "data.seg.wrd.stm").write_text("".join(f"{k} 1 {s} 0 0.8 <> {e}\n" for k, _, e, s, _ in spec["records"]))
+    root, vroot = tmp_path / corpus, tmp_path / "video"
+    recs = [{"key": k, "wav": w} for k, w, *_ in spec["records"]]
+    paths = ef.audio_paths(root, corpus, recs)
+    ef.write_stub_audio(paths.values(), seconds=0.8, rate=16000)
+    bare = spec["records"][0][0]  # a training record whose video is not there
+    for i, (key, p) in enumerate(paths.items()):
+        if key != bare:
+            fixtures.write_video(vroot / spec["video"](p.relative_to(root).as_posix()), seconds=0.8, size=(64, 48),
+                                 rate=16000, freq=170 + 9 * i, seed=500 + i, noise=0.05)
+    c = emobox(corpus, str(tmp_path / "data"), str(root), modality="audiovisual", video_root=str(vroot),
+               pool="remaining_clips", num_frames=2, frame_size=16, min_seconds=0.2)
+    clips = [x for s in ("teacher", "labeled", "unlabeled", "test") for x in c.split(s)] + list(c.unused)
+    assert {x.clip_id for x in clips} == set(paths) - {bare}
+    assert [(p.kind, p.path) for p in c.index_problems] == [("missing_video", str(paths[bare]))]
+    x = c.split("test")[0]
+    assert c.source(x.clip_id).video == str(vroot / spec["video"](paths[x.clip_id].relative_to(root).as_posix()))
+    assert c.load(x).frames.shape == (2, 16, 16, 3)
