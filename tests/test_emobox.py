@@ -360,3 +360,21 @@ def test_mead_and_ravdess_records_find_their_videos(tmp_path, corpus):
     x = c.split("test")[0]
     assert c.source(x.clip_id).video == str(vroot / spec["video"](paths[x.clip_id].relative_to(root).as_posix()))
     assert c.load(x).frames.shape == (2, 16, 16, 3)
+
+
+@pytest.mark.slow
+def test_the_recipe_dry_runs_on_an_iemocap_fixture_tree(tmp_path, capsys):
+    from liser_plugins.hf_speech.tiny import save_tiny_model
+
+    base, recs = subset_tree(tmp_path, "iemocap", 40)
+    tiny = save_tiny_model(tmp_path / "tiny-wavlm")  # the dry run builds every teacher: no hub here
+    capsys.readouterr()
+    rc = main(["run", str(RECIPE), "--dry-run", f"data.options.metadata={base / 'data'}",
+               f"data.options.root={base / 'iemocap'}", f"teachers.0.options.model={tiny}",
+               f"run_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert rc == 0, err[-2000:]
+    n_test = sum(1 for r in recs if r["folds"]["1"] == "test")
+    line = next(ln for ln in err.splitlines() if ln.startswith("dry run: corpus emobox_iemocap"))
+    assert f"test {n_test})" in line and "1 teacher(s)" in line
+    assert not (tmp_path / "run").exists()
