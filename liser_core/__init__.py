@@ -26,7 +26,7 @@ from .components import (  # noqa: E402
     TeacherCard,
 )
 from .context import EvalResult, RunContext  # noqa: E402
-from .data import SPLITS, BadClipError, Batch, Clip, ClipDataset, Corpus  # noqa: E402
+from .data import SPLITS, BadClipError, Batch, Clip, ClipDataset, Corpus, Sampler  # noqa: E402
 from .engine import run  # noqa: E402
 from .errors import ComponentError, ConfigError, LiserError, UnknownComponentError, UsageError  # noqa: E402
 from .labels import CANONICAL_EMOTIONS, LabelMap, LabelSpace, label_space  # noqa: E402
@@ -56,6 +56,7 @@ __all__ = [
     "Position",
     "Registry",
     "RunContext",
+    "Sampler",
     "Student",
     "Teacher",
     "TeacherCard",

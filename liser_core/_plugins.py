@@ -27,7 +27,8 @@ log = logging.getLogger("liser.plugins")
 ENTRY_POINT_GROUP = "liser"
 FIRST_PARTY = "liser"  # distribution whose plugins load first
 DISABLE_AUTOLOAD_ENV = "LISER_DISABLE_PLUGIN_AUTOLOAD"
-KINDS = ("dataset", "teacher", "student", "loss", "logger", "combiner", "augmentation")
+KINDS = ("dataset", "teacher", "student", "loss", "logger", "combiner", "augmentation", "optimizer", "scheduler",
+         "sampler")
 _REGISTRATION_HOOKS = {
     "dataset": "liser_register_datasets",
     "teacher": "liser_register_teachers",
@@ -36,6 +37,9 @@ _REGISTRATION_HOOKS = {
     "logger": "liser_register_loggers",
     "combiner": "liser_register_combiners",
     "augmentation": "liser_register_augmentations",
+    "optimizer": "liser_register_optimizers",
+    "scheduler": "liser_register_schedulers",
+    "sampler": "liser_register_samplers",
 }
 
 
@@ -64,6 +68,9 @@ class Registries:
         self.logger = Registry("logger")
         self.combiner = Registry("combiner")
         self.augmentation = Registry("augmentation")
+        self.optimizer = Registry("optimizer")
+        self.scheduler = Registry("scheduler")
+        self.sampler = Registry("sampler")
 
     def __getitem__(self, kind: str) -> Registry:
         if kind not in KINDS:

@@ -277,6 +277,8 @@ class BatchTargets:
     weights: dict[str, float]  # teacher name -> weight (sums to 1)
     combination: Any = "per_class"  # a Combiner, or per_class | arithmetic | geometric (labels.combine)
     features: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # teacher -> tap -> (B, C, bins)
+    #: online teacher -> tap -> valid frames (B,) of the taps read at full time resolution (B, C, T)
+    feature_frames: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     _cache: dict = field(default_factory=dict, repr=False)
 
     def probs(self, temperature: float = 1.0) -> torch.Tensor:
@@ -330,7 +332,8 @@ class Loss(nn.Module):
     is involved (labels-only training); terms that need it return ``None`` then and are skipped.
     Terms with parameters (e.g. a projection) get them in :meth:`bind`, before the optimiser is
     built. ``self.position`` (:class:`Position`) says where training is: step, epoch and
-    progress (0..1), for schedules.
+    progress (0..1), for schedules. :meth:`log` reports a scalar of the term's own (its current
+    temperature, a weight) into each epoch's metrics.
     """
 
     needs_teacher: bool = False
@@ -342,6 +345,29 @@ class Loss(nn.Module):
     @position.setter
     def position(self, value: Position) -> None:
         self.__dict__["_position"] = value
+
+    def log(self, name: str, value: float | torch.Tensor) -> None:
+        """Report a scalar of this term during ``forward`` (e.g. its current temperature). Its mean
+        over the epoch's steps joins the epoch's metrics as ``<term key>/<name>``
+        (``annealed_kl/temperature``): in the epoch event, ``history.jsonl``, wandb and the log
+        line. The last value of a step counts; the preflight probe's calls are not recorded.
+
+        Example::
+
+            >>> def forward(self, student, batch, targets):  # doctest: +SKIP
+            ...     t = self.temperature()
+            ...     self.log("temperature", t)
+        """
+        from .preflight import probing
+
+        if probing():
+            return
+        value = float(value.detach()) if torch.is_tensor(value) else float(value)
+        self.__dict__.setdefault("_logged", {})[str(name)] = value
+
+    def take_logged(self) -> dict[str, float]:
+        """The scalars :meth:`log` recorded since the last call (the engine reads them each step)."""
+        return self.__dict__.pop("_logged", None) or {}
 
     def bind(self, student_dim: int, teacher_dims: dict[str, int]) -> None:
         """Called once with the student's and each teacher's embedding size."""

@@ -92,6 +92,12 @@ class TrainConfig:
     nonfinite_patience: int = 5  # NaN/Inf losses skipped (with a warning) before the run stops
     checkpoint_every: int = 0  # also save a resumable checkpoint every N optimiser steps (0: epoch ends only)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    #: a registered optimizer (adamw, sgd, or a plugin's), given lr and weight_decay above
+    optimizer: str = "adamw"
+    optimizer_options: dict[str, Any] = field(default_factory=dict)
+    #: a registered learning-rate schedule (warmup_cosine, constant, or a plugin's), stepped per step
+    scheduler: str = "warmup_cosine"
+    scheduler_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,6 +120,10 @@ class TeacherConfig:
     #: seed of its initial weights and fit; None: drawn from its recipe block and its fit set, so
     #: that it is fitted once per fit set and reused across a grid (runs with a store)
     seed: int | None = None
+    #: run it on every distillation batch (eval mode, no gradient), on the student's augmented
+    #: view, instead of labeling each clip once into the store (the default); its feature taps
+    #: may then be read at full time resolution
+    online: bool = False
 
 
 @dataclass
@@ -121,6 +131,9 @@ class LossConfig:
     name: str = MISSING  # registered loss, e.g. kl
     weight: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
+    #: learning rate of this term's own parameters (adapters) in a parameter group of their own;
+    #: None: the stage's lr, in the student's group
+    lr: float | None = None
 
 
 @dataclass
@@ -134,6 +147,10 @@ class StudentTrainConfig(TrainConfig):
     #: applied in order to each training batch of the student's audio (never to a teacher's
     #: input, never at evaluation), e.g. [{name: gain}, {name: noise, options: {snr_db: [10, 30]}}]
     augment: list[AugmentConfig] = field(default_factory=list)
+    #: how the training clips are cut into each epoch's batches: a registered sampler (random,
+    #: class_balanced, duration_buckets, dynamic, or a plugin's), with its options
+    sampler: str = "random"
+    sampler_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -198,7 +215,14 @@ INJECTED_OPTIONS = {
     "logger": (),
     "combiner": (),
     "augmentation": ("sample_rate",),
+    "optimizer": ("params", "lr", "weight_decay"),
+    "scheduler": ("optimizer", "total_steps"),
+    "sampler": (),
 }
+
+#: The default components of a training block; a block that names them behaves as before they
+#: were components (the engine's order of batches, AdamW with a warm-up and a cosine decay).
+DEFAULT_SAMPLER = "random"
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = (), *, fast: bool = True) -> DictConfig:
@@ -249,6 +273,8 @@ def _check_values(cfg: DictConfig) -> None:
     for i, loss in enumerate(cfg.distil.losses):
         if not math.isfinite(loss.weight) or loss.weight < 0:
             raise ConfigError(f"distil.losses.{i}.weight", f"{loss.weight} must be a finite number >= 0")
+        if loss.lr is not None and (not math.isfinite(loss.lr) or loss.lr <= 0):
+            raise ConfigError(f"distil.losses.{i}.lr", f"{loss.lr} must be a finite number > 0 (or null: the stage's lr)")
     seen = {}
     for i, t in enumerate(cfg.teachers):
         block = json.dumps(plain(t), sort_keys=True, default=str)
@@ -267,8 +293,29 @@ def component_sites(cfg: DictConfig) -> list[tuple[str, str, str]]:
     sites.append(("distil.combination", "combiner", str(cfg.distil.combination)))
     for stage in ("distil", "finetune", "baseline"):
         sites += [(f"{stage}.augment.{i}.name", "augmentation", str(a.name)) for i, a in enumerate(cfg[stage].augment)]
+    for key, block in training_blocks(cfg).items():
+        sites += [(f"{key}.optimizer", "optimizer", str(block.optimizer)),
+                  (f"{key}.scheduler", "scheduler", str(block.scheduler))]
+    for stage in ("distil", "finetune", "baseline"):
+        sites.append((f"{stage}.sampler", "sampler", str(cfg[stage].sampler)))
     sites += [(f"loggers.{name}", "logger", str(name)) for name in cfg.loggers]
     return sites
+
+
+def training_blocks(cfg: DictConfig) -> dict[str, Any]:
+    """Recipe key -> every training block (``distil``, ``finetune``, ``baseline``,
+    ``teachers.N.fit``)."""
+    blocks = {s: cfg[s] for s in ("distil", "finetune", "baseline")}
+    return blocks | {f"teachers.{i}.fit": t.fit for i, t in enumerate(cfg.teachers)}
+
+
+def _check_named(registries, kind: str, name: str, options: dict, key: str) -> None:
+    """A component named by a plain ``key`` (``distil.optimizer``) with options at ``key_options``."""
+    try:
+        registries[kind].get(name)
+    except UnknownComponentError as exc:
+        raise ConfigError(key, str(exc)) from None
+    check_options(registries[kind], name, options, key, kind, f"{key}_options")
 
 
 def _rename(cfg: DictConfig, key: str, new: str) -> None:
@@ -386,6 +433,11 @@ def validate_components(cfg: DictConfig, registries) -> None:
     for stage in ("distil", "finetune", "baseline"):
         for i, aug in enumerate(cfg[stage].augment):
             check_options(registries.augmentation, aug.name, plain(aug.options), f"{stage}.augment.{i}", "augmentation")
+    for key, block in training_blocks(cfg).items():
+        _check_named(registries, "optimizer", str(block.optimizer), plain(block.optimizer_options), f"{key}.optimizer")
+        _check_named(registries, "scheduler", str(block.scheduler), plain(block.scheduler_options), f"{key}.scheduler")
+    for stage in ("distil", "finetune", "baseline"):
+        _check_named(registries, "sampler", str(cfg[stage].sampler), plain(cfg[stage].sampler_options), f"{stage}.sampler")
     for name, opts in cfg.loggers.items():
         check_options(registries.logger, str(name), plain(opts or {}), f"loggers.{name}", "logger", f"loggers.{name}")
     for stage in ("distil", "finetune", "baseline"):

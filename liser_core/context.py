@@ -89,6 +89,7 @@ class RunContext:
     losses: dict[str, tuple[float, Loss]] = field(default_factory=dict)
     combiner: Any = None  # the distil.combination Combiner
     augment: dict[str, list[Any]] = field(default_factory=dict)  # stage -> its Augmentations, in order
+    samplers: dict[str, Any] = field(default_factory=dict)  # stage -> its Sampler (None: the default order)
     #: feature taps the losses read: "student" or a teacher key -> {tap: bins}; and their (C, bins)
     taps: dict[str, dict[str, int]] = field(default_factory=dict)
     tap_shapes: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)

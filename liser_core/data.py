@@ -332,6 +332,7 @@ class ClipDataset(torch.utils.data.Dataset):
         dist: DistContext | None = None,
         workers: int | None = None,
         pin_memory: bool | None = None,
+        sampler: Sampler | None = None,
     ) -> ClipLoader:
         """Batches of this dataset. Shuffled, the order is ``torch.randperm`` drawn from ``seed``
         alone; ``skip_batches`` leaves out the first batches of that order without reading
@@ -347,12 +348,20 @@ class ClipDataset(torch.utils.data.Dataset):
         model, two batches each; the batches are the same, in the same order, as with
         ``workers=0``. Clips already in memory are never worth a worker: the loader then reads
         them in-process. ``pin_memory`` (default: the dataset's) for fast copies to a GPU.
+
+        ``sampler`` (a :class:`Sampler`) replaces the shuffled order and ``batch_size``: its
+        :meth:`Sampler.epoch` batches, drawn from ``seed``, are used as they are (batches of
+        a single clip left out when ``drop_last``).
         """
         workers = self.workers if workers is None else workers
         pin_memory = self.pin_memory if pin_memory is None else pin_memory
         g = torch.Generator().manual_seed(seed)
-        order = torch.randperm(len(self), generator=g).tolist() if shuffle else list(range(len(self)))
-        batches = list(torch.utils.data.BatchSampler(order, batch_size, drop_last))[skip_batches:]
+        if sampler is not None:
+            batches = sampler_batches(sampler, self, batch_size, seed, drop_last)[skip_batches:]
+            shuffle = True  # a training order: dist leaves out batches smaller than its ranks
+        else:
+            order = torch.randperm(len(self), generator=g).tolist() if shuffle else list(range(len(self)))
+            batches = list(torch.utils.data.BatchSampler(order, batch_size, drop_last))[skip_batches:]
         if dist is not None and dist.enabled:
             if shuffle:
                 batches = [b for b in batches if len(b) >= dist.world_size]
@@ -371,6 +380,49 @@ class ClipDataset(torch.utils.data.Dataset):
             pin_memory=pin_memory,
         )
         return ClipLoader(self, dl, len(batches))
+
+
+class Sampler:
+    """How a stage's training clips are cut into the batches of each epoch (``distil.sampler``).
+
+    :meth:`epoch` gets what is known of every clip before it is decoded: ``seconds`` (``(N,)``
+    float, NaN where a corpus does not know a clip's duration before loading it), ``labels``
+    (``(N,)`` class indices, -1 for unlabeled clips), ``speakers`` (``N`` ids), the block's
+    ``batch_size`` and a ``torch.Generator`` seeded for the epoch (draw from it alone, so the order
+    depends on the epoch and seed only: a resumed epoch skips the batches already seen). It
+    returns lists of clip indices; a clip may appear in several batches or in none (class
+    balancing). The number of batches of epoch 0 sets the stage's steps per epoch (the
+    learning-rate schedule); it should not change much between epochs. First-party: ``random``
+    (the default order), ``class_balanced``, ``duration_buckets``, ``dynamic``.
+    """
+
+    def epoch(self, seconds: torch.Tensor, labels: torch.Tensor, speakers: Sequence[str], batch_size: int,
+              generator: torch.Generator) -> list[list[int]]:
+        raise NotImplementedError  # pragma: no cover - interface
+
+
+def sampler_batches(sampler: Sampler, ds: ClipDataset, batch_size: int, seed: int, drop_last: bool) -> list[list[int]]:
+    """``sampler``'s batches of ``ds`` for the epoch seeded with ``seed``, checked: non-empty lists
+    of valid clip indices (a :class:`~liser_core.errors.ComponentError` naming the sampler)."""
+    from .components import blame, component_label
+    from .errors import ComponentError
+
+    seconds = torch.tensor([c.seconds if c.audio is not None or c.seconds_hint is not None else float("nan")
+                            for c in ds.clips], dtype=torch.float64)
+    space = ds.label_space
+    labels = torch.tensor([space.index(c.label) if c.label is not None and c.label in space.classes else -1
+                           for c in ds.clips], dtype=torch.long)
+    with blame(sampler, "epoch"):
+        got = sampler.epoch(seconds, labels, [c.speaker for c in ds.clips], batch_size,
+                            torch.Generator().manual_seed(seed))
+    batches = [[int(i) for i in b] for b in got]
+    n = len(ds)
+    if not batches or any(not b or min(b) < 0 or max(b) >= n for b in batches):
+        raise ComponentError(f"{component_label(sampler, 'sampler')} must return non-empty batches of clip indices "
+                             f"in [0, {n}); it returned {len(batches)} batch(es)")
+    if drop_last:
+        batches = [b for b in batches if len(b) > 1] or batches
+    return batches
 
 
 class JointDataset(torch.utils.data.Dataset):

@@ -94,6 +94,27 @@ def liser_register_augmentations(registry: Registry) -> None:
     ``sample_rate``) -> :class:`liser_core.Augmentation` (``distil.augment`` and the like)."""
 
 
+@hookspec(historic=True)
+def liser_register_optimizers(registry: Registry) -> None:
+    """Register optimizers: options plus the injected ``params`` (a list of parameter groups,
+    ``[{"params": [...]}, {"params": [...], "lr": 0.01}]``), ``lr`` and ``weight_decay`` (the
+    stage block's) -> a ``torch.optim.Optimizer`` (``distil.optimizer`` and the like; default
+    ``adamw``). A group's own ``lr`` (a loss's adapters, ``distil.losses.N.lr``) must be kept."""
+
+
+@hookspec(historic=True)
+def liser_register_schedulers(registry: Registry) -> None:
+    """Register learning-rate schedules: options plus the injected ``optimizer`` and
+    ``total_steps`` (the stage's optimiser steps) -> a ``torch.optim.lr_scheduler.LRScheduler``,
+    stepped once per optimiser step (``distil.scheduler``; default ``warmup_cosine``)."""
+
+
+@hookspec(historic=True)
+def liser_register_samplers(registry: Registry) -> None:
+    """Register batch samplers: options -> :class:`liser_core.Sampler`, which cuts a stage's
+    training clips into the batches of each epoch (``distil.sampler``; default ``random``)."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Run-lifecycle hooks: events, every implementation is called, return values are ignored.
 # ---------------------------------------------------------------------------------------------
@@ -125,7 +146,8 @@ def liser_epoch_end(
     """After each training epoch of ``model`` (a teacher's name, ``student`` or ``baseline``).
 
     ``epoch`` counts from 0.
-    ``metrics`` holds at least ``loss`` and the mean of each loss term (``loss/kl``...).
+    ``metrics`` holds at least ``loss`` and the mean of each loss term (``loss/kl``...), and the
+    epoch means of the scalars loss terms report with ``Loss.log`` (``annealed_kl/temperature``).
     ``replayed`` is True when a resumed run reports again the epochs its checkpoint had done
     (a report that lost an epoch to a kill catches up; one that has it ignores it).
     """

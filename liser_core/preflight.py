@@ -110,6 +110,8 @@ def _probe(engine: Engine) -> None:
         with capture(run.student, run.taps.get("student", {}), batch.lengths) as feats:
             out = checked_output(run.student, _call(run.student, batch), len(batch), len(space), run.student.embedding_dim)
         batch.extra["features"] = feats
+        if feats.frames:  # taps at full time resolution
+            batch.extra["feature_frames"] = feats.frames
     except ComponentError as exc:
         raise ConfigError("student", f"preflight: {exc}") from exc
     targets = None
@@ -121,6 +123,7 @@ def _probe(engine: Engine) -> None:
             weights=engine.teacher_weights(),
             combination=run.combiner,
             features={k: v for k, v in teacher_feats.items() if v},
+            feature_frames={k: v.frames for k, v in teacher_feats.items() if v.frames},
         )
         try:
             with blame(run.combiner, "combine"):
@@ -138,7 +141,7 @@ def _probe(engine: Engine) -> None:
                               f"probabilities that sum to 1; its rows sum to "
                               f"{', '.join(f'{v:.4g}' for v in sums.tolist())} (min {float(probs.min()):.4g})")
     if cfg.distil.epochs > 0:
-        for i, (name, (_, loss)) in enumerate(run.losses.items()):
+        for i, (_, loss) in enumerate(run.losses.values()):
             where = f"distil.losses.{i}"
             try:
                 value = loss_value(loss, out, batch, targets)

@@ -28,7 +28,7 @@ from liser_common import provenance
 
 from . import checkpoint, guards
 from ._registry import bare_name
-from .config import DuplicatePolicy, plain
+from .config import DEFAULT_SAMPLER, DuplicatePolicy, plain, training_blocks
 from .data import SPLITS, Clip, Corpus
 from .errors import ConfigError, UsageError
 from .labels import LabelMap
@@ -124,6 +124,9 @@ def components(engine: Engine) -> None:
             )
         except ValueError as exc:
             raise ConfigError(f"teachers.{i}.label_map", str(exc)) from None
+        if tc.online and teacher.needs_frames:
+            raise ConfigError(f"teachers.{i}.online", f"teacher {tc.name!r} reads face frames, which distillation "
+                              "batches do not carry: it cannot run online (leave it to the store)")
         run.teachers[key] = teacher.to(run.device)
         run.teacher_configs[key] = tc
     guard_teachers(engine)
@@ -153,6 +156,12 @@ def components(engine: Engine) -> None:
                             sample_rate=run.student.sample_rate).to(run.device)
             for i, a in enumerate(cfg[stage].augment)
         ]
+    for stage in ("distil", "finetune", "baseline"):  # the default order needs no component
+        name = str(cfg[stage].sampler)
+        default = engine.reg.sampler.get_recorded(name).qualified == f"samplers:{DEFAULT_SAMPLER}"
+        run.samplers[stage] = None if default else build_component(
+            engine.reg.sampler, name, plain(cfg[stage].sampler_options), f"{stage}.sampler_options")
+    check_optimizers(engine)
     run.combiner = build_component(
         engine.reg.combiner, str(cfg.distil.combination), plain(cfg.distil.combination_options), "distil.combination_options"
     )
@@ -175,6 +184,30 @@ def components(engine: Engine) -> None:
     )
 
 
+def build_optimizer(engine: Engine, block, key: str, groups: list[dict], total_steps: int):
+    """The optimizer and learning-rate schedule a training block names (``key``: its recipe key,
+    e.g. ``distil``), over ``groups`` (parameter groups), for ``total_steps`` steps."""
+    opt = build_component(engine.reg.optimizer, str(block.optimizer), plain(block.optimizer_options),
+                          f"{key}.optimizer_options", params=groups, lr=float(block.lr),
+                          weight_decay=float(block.weight_decay))
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise ConfigError(f"{key}.optimizer", f"optimizer {block.optimizer!r} returned a {type(opt).__name__}, "
+                          "not a torch.optim.Optimizer")
+    sched = build_component(engine.reg.scheduler, str(block.scheduler), plain(block.scheduler_options),
+                            f"{key}.scheduler_options", optimizer=opt, total_steps=int(total_steps))
+    if not callable(getattr(sched, "step", None)) or not callable(getattr(sched, "state_dict", None)):
+        raise ConfigError(f"{key}.scheduler", f"scheduler {block.scheduler!r} returned a {type(sched).__name__}, "
+                          "not a learning-rate scheduler (step, state_dict)")
+    return opt, sched
+
+
+def check_optimizers(engine: Engine) -> None:
+    """Every training block's optimizer and schedule built once on a stand-in parameter, so that
+    options they reject are refused before any work (at ``<block>.optimizer_options``)."""
+    for key, block in training_blocks(engine.cfg).items():
+        build_optimizer(engine, block, key, [{"params": [torch.nn.Parameter(torch.zeros(1))]}], 10)
+
+
 def bind_taps(engine: Engine) -> None:
     """The feature taps the losses ask for: checked to exist, their pooled shapes measured on a
     short synthetic clip, and given to each loss (``Loss.bind_features``) to build adapters."""
@@ -194,12 +227,19 @@ def bind_taps(engine: Engine) -> None:
                 taplib.resolve(models[model], tap)
             except KeyError as exc:
                 raise ConfigError(f"distil.losses.{i}.options", str(exc).strip("'\"")) from None
-            if int(bins) < 1:
-                raise ConfigError(f"distil.losses.{i}.options", f"bins must be >= 1, not {bins}")
-            if run.taps.get(model, {}).get(tap, int(bins)) != int(bins):
+            if bins is not None and int(bins) < 1:
+                raise ConfigError(f"distil.losses.{i}.options", f"bins must be >= 1 (or None: full time resolution), "
+                                  f"not {bins}")
+            bins = None if bins is None else int(bins)
+            if bins is None and model != "student" and not run.teacher_configs[model].online:
+                n = list(run.teachers).index(model)
+                raise ConfigError(f"distil.losses.{i}.options", f"loss {key!r} reads {model}.{tap} at full time "
+                                  f"resolution (bins None): the store keeps pooled features only; set "
+                                  f"teachers.{n}.online=true to run that teacher on each batch")
+            if tap in run.taps.get(model, {}) and run.taps[model][tap] != bins:
                 raise ConfigError(f"distil.losses.{i}.options", f"{model}.{tap} is read with {bins} bins here and "
                                   f"{run.taps[model][tap]} by another loss: use the same")
-            run.taps.setdefault(model, {})[tap] = int(bins)
+            run.taps.setdefault(model, {})[tap] = bins
     if not run.taps:
         return
     with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -219,13 +259,13 @@ def bind_taps(engine: Engine) -> None:
                     m(Batch(audio=audio, lengths=lengths, sample_rate=rate, labels=torch.full((2,), -1),
                             clip_ids=["a", "b"], index=torch.arange(2), frames=frames))
             m.train(was)
-            for tap, value in feats.items():
-                run.tap_shapes[(model, tap)] = (int(value.shape[1]), int(value.shape[2]))
+            for tap, value in feats.items():  # (channels, bins), or (channels, None) at full resolution
+                run.tap_shapes[(model, tap)] = (int(value.shape[1]), None if wanted[tap] is None else int(value.shape[2]))
     for i, (_, loss) in enumerate(run.losses.values()):
         if asked[i]:
             loss.bind_features({(m, t): run.tap_shapes[(m, t)] for m, t, _ in asked[i]})
             loss.to(run.device)
-    log.info("feature taps: %s", "; ".join(f"{k}.{t} {c}x{b}" for (k, t), (c, b) in run.tap_shapes.items()))
+    log.info("feature taps: %s", "; ".join(f"{k}.{t} {c}x{b or 'T'}" for (k, t), (c, b) in run.tap_shapes.items()))
 
 
 # -- soundness guards (liser_core/guards.py, docs/soundness.md) -----------------------------

@@ -10,6 +10,13 @@ A caught output (the first tensor of a tuple) is reduced to a fixed shape per cl
 then each clip's valid frames (its share of the batch's longest clip) averaged into ``bins``
 equal segments. Fixed shapes let teacher features go through the store like logits
 (:class:`TapView`) and be compared with a student's whatever the clip length.
+
+A tap prefixed ``input:`` (``"input:block2"``, ``"input:body.blocks.1@1"``) catches the
+module's *input* (its first positional tensor argument) instead of its output. ``bins`` None
+keeps full time resolution: ``(B, channels, T)`` with each clip's frames past its valid count
+zeroed, and the valid counts in :attr:`Features.frames` (the student's in
+``batch.extra["feature_frames"]``, an online teacher's in ``targets.feature_frames``); the store
+cannot hold those, so a teacher's full-resolution taps need an online teacher.
 """
 
 from __future__ import annotations
@@ -24,10 +31,23 @@ from torch import nn
 
 from .components import ModelOutput, component_label
 
+INPUT = "input:"  # prefix of a tap that catches a module's input
+
+
+class Features(dict):
+    """Tap name -> features; ``frames``: tap name -> valid frames per clip ``(B,)`` of the taps
+    kept at full time resolution (``bins`` None)."""
+
+    def __init__(self):
+        super().__init__()
+        self.frames: dict[str, torch.Tensor] = {}
+
 
 def resolve(model: nn.Module, tap: str) -> tuple[nn.Module, int]:
     """The submodule a tap names and its time axis; ``KeyError`` naming the taps there are."""
     declared = dict(getattr(model, "taps", None) or {})
+    if tap.startswith(INPUT):
+        tap = tap[len(INPUT):]
     spec = declared.get(tap, tap)
     path, time_dim = (spec, -1) if isinstance(spec, str) else (spec[0], int(spec[1]))
     if isinstance(spec, str) and "@" in spec:
@@ -55,20 +75,46 @@ def pool(x: torch.Tensor, fraction: torch.Tensor, time_dim: int, bins: int) -> t
     return torch.cat(rows)
 
 
+def full(x: torch.Tensor, fraction: torch.Tensor, time_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, ..., T, ...)`` -> ``(B, C, T)`` at full time resolution, each row's frames past its
+    valid count (``fraction`` of T, as :func:`pool` counts them) zeroed; and those counts."""
+    x = x.movedim(time_dim, -1).float()
+    b, t = x.shape[0], x.shape[-1]
+    x = x.reshape(b, -1, t)
+    valid = torch.tensor([max(1, min(t, math.ceil(float(f) * t - 1e-6))) for f in fraction], device=x.device)
+    mask = torch.arange(t, device=x.device)[None, :] < valid[:, None]
+    return x * mask[:, None, :], valid
+
+
+def _first_tensor(args, kwargs):
+    for v in [*args, *kwargs.values()]:
+        if torch.is_tensor(v):
+            return v
+    return None
+
+
 @contextlib.contextmanager
-def capture(model: nn.Module, taps: Mapping[str, int], lengths: torch.Tensor) -> Iterator[dict[str, torch.Tensor]]:
-    """Catch the outputs of ``taps`` (name -> bins) during ``model``'s forward passes inside the
-    block; on leaving it, the dict holds each tap pooled to ``(B, C, bins)``."""
+def capture(model: nn.Module, taps: Mapping[str, int | None], lengths: torch.Tensor) -> Iterator[Features]:
+    """Catch the outputs (or, for ``input:`` taps, the inputs) of ``taps`` (name -> bins, None:
+    full resolution) during ``model``'s forward passes inside the block; on leaving it, the
+    dict holds each tap pooled to ``(B, C, bins)``, or ``(B, C, T)`` with its valid frames in
+    :attr:`Features.frames`."""
     caught: dict[str, torch.Tensor] = {}
     handles, axes = [], {}
     for name in taps:
         module, axes[name] = resolve(model, name)
+        if name.startswith(INPUT):
+            def pre_hook(_m, args, kwargs, name=name):
+                caught[name] = _first_tensor(args, kwargs)
+
+            handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            continue
 
         def hook(_m, _inp, out, name=name):
             caught[name] = out[0] if isinstance(out, (tuple, list)) else out
 
         handles.append(module.register_forward_hook(hook))
-    result: dict[str, torch.Tensor] = {}
+    result = Features()
     try:
         yield result
     finally:
@@ -76,9 +122,13 @@ def capture(model: nn.Module, taps: Mapping[str, int], lengths: torch.Tensor) ->
             h.remove()
     fraction = lengths.float() / lengths.max().clamp_min(1).float()
     for name, bins in taps.items():
-        if name not in caught:
-            raise RuntimeError(f"tap {name!r} of {type(model).__name__} produced no output in its forward pass")
-        result[name] = pool(caught[name], fraction.to(caught[name].device), axes[name], bins)
+        if caught.get(name) is None:
+            raise RuntimeError(f"tap {name!r} of {component_label(model, type(model).__name__)} produced no "
+                               f"{'tensor input' if name.startswith(INPUT) else 'output'} in its forward pass")
+        if bins is None:
+            result[name], result.frames[name] = full(caught[name], fraction, axes[name])
+        else:
+            result[name] = pool(caught[name], fraction.to(caught[name].device), axes[name], bins)
 
 
 class TapView(nn.Module):

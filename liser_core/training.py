@@ -45,10 +45,17 @@ StepFn = Callable[[Batch], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
 
 
 def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig, total_steps: int):
+    """AdamW at ``cfg.lr`` and ``cfg.weight_decay`` with :func:`default_schedule`: what a loop
+    without a ``build_optimizer`` uses (the first-party ``adamw`` and ``warmup_cosine``)."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter requires grad")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return opt, default_schedule(opt, total_steps)
+
+
+def default_schedule(opt, total_steps: int):
+    """Linear warm-up over 5 % of the steps (1 to 50), then cosine decay to 5 % of the rate."""
     warmup = max(1, min(total_steps // 20, 50))
 
     def schedule(step: int) -> float:  # linear warm-up, then cosine decay to 5 %
@@ -57,7 +64,7 @@ def make_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig, total_steps
         progress = (step - warmup) / max(1, total_steps - warmup)
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    return torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -131,6 +138,8 @@ def train(
     dist: DistContext = SINGLE,
     position: Position | None = None,
     validate: Callable[[], dict[str, float]] | None = None,
+    build_optimizer: Callable[[list[nn.Parameter], int], tuple[Any, Any]] | None = None,
+    scalars: Callable[[], dict[str, float]] | None = None,
 ) -> list[dict[str, float]]:
     """Minimise ``step``'s total over ``cfg.epochs`` epochs with AdamW and a cosine schedule.
 
@@ -149,6 +158,11 @@ def train(
 
     ``position``, if given, is moved to each step before ``step`` runs (loss schedules).
 
+    ``build_optimizer(params, total_steps) -> (optimizer, scheduler)`` replaces
+    :func:`make_optimizer` (the recipe's optimizer and schedule components, parameter groups).
+    ``scalars()``, if given, is read after every optimiser step: each value is averaged over the
+    steps that reported it and joins the epoch's metrics under its own name (losses' scalars).
+
     ``validate``, if given, scores the modules (in eval mode, without touching the generators)
     after every epoch; its metrics join the epoch's as ``val_<name>``. With
     ``cfg.early_stop.metric`` the loop keeps the best epoch's weights (in its checkpoints too),
@@ -160,7 +174,8 @@ def train(
     if params is None:
         params = [p for m in modules for p in m.parameters()]
     params = list(params)
-    opt, sched = make_optimizer(params, cfg, max(1, cfg.epochs * steps_per_epoch))
+    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    opt, sched = make_optimizer(params, cfg, total_steps) if build_optimizer is None else build_optimizer(params, total_steps)
     forward: Callable[[Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]] = step
     if dist.enabled:
         holder = _StepModule(modules, step)
@@ -253,13 +268,17 @@ def train(
                 prog.sums["loss"] = prog.sums.get("loss", 0.0) + total.item()
                 for k, v in terms.items():
                     prog.sums[f"loss/{k}"] = prog.sums.get(f"loss/{k}", 0.0) + float(v)
+                if scalars is not None:
+                    for k, v in scalars().items():  # averaged over the steps that report them
+                        prog.sums[k] = prog.sums.get(k, 0.0) + float(v)
+                        prog.sums[k + _COUNT] = prog.sums.get(k + _COUNT, 0.0) + 1.0
                 if sigint.raised:
                     prog.seconds = time.perf_counter() - t0
                     raise TrainingInterrupted(save(), sigint.signum)
                 if every and prog.step % every == 0:
                     prog.seconds = time.perf_counter() - t0
                     save()
-            metrics = {k: v / max(prog.n, 1) for k, v in prog.sums.items()}
+            metrics = _means(prog)
             metrics["seconds"] = time.perf_counter() - t0
             if validate is not None:
                 metrics.update(_validate(validate, modules, device))
@@ -290,6 +309,21 @@ def train(
     for m in modules:
         m.eval()
     return prog.history
+
+
+_COUNT = "#steps"  # suffix of the step count of a scalar in Progress.sums
+
+
+def _means(prog: Progress) -> dict[str, float]:
+    """The epoch's means: loss terms over its optimiser steps, scalars over the steps that
+    reported them."""
+    out = {}
+    for k, v in prog.sums.items():
+        if k.endswith(_COUNT):
+            continue
+        count = prog.sums.get(k + _COUNT)
+        out[k] = v / max(prog.n, 1) if count is None else v / max(count, 1.0)
+    return out
 
 
 def _validate(validate, modules, device) -> dict[str, float]:

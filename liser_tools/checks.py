@@ -221,7 +221,7 @@ def check_loss(name: str, options: dict | None = None, *, host=None, student_dim
     teacher_dims = teacher_dims or {"t": 5}
     loss.bind(student_dim, teacher_dims)
     requests = list(loss.feature_requests())
-    shapes = {(m, t): (3 + i, int(bins)) for i, (m, t, bins) in enumerate(requests)}
+    shapes = {(m, t): (3 + i, None if bins is None else int(bins)) for i, (m, t, bins) in enumerate(requests)}
     for m, _, _ in requests:
         _ensure(m == "student" or m in teacher_dims, what, f"feature_requests names 'student' or a bound teacher, not {m!r}")
     if requests:
@@ -230,14 +230,29 @@ def check_loss(name: str, options: dict | None = None, *, host=None, student_dim
     b = _batch(4, 16000, classes=3)
     b.labels = torch.tensor([0, 2, -1, -1])
     g = torch.Generator().manual_seed(1)
-    student_feats = {t: torch.randn(4, *shapes[(m, t)], generator=g, requires_grad=True) for m, t, _ in requests if m == "student"}
+    frames = torch.tensor([7, 5, 6, 3])  # valid frames per clip of full-resolution taps (bins None)
+
+    def feats(m, t, grad=False):
+        c, bins = shapes[(m, t)]
+        x = torch.randn(4, c, bins or 7, generator=g)
+        if bins is None:
+            x = x * (torch.arange(7)[None, :] < frames[:, None])[:, None, :]
+        return x.requires_grad_(grad)
+
+    student_feats = {t: feats(m, t, True) for m, t, _ in requests if m == "student"}
     b.extra["features"] = student_feats
+    b.extra["feature_frames"] = {t: frames for m, t, bins in requests if m == "student" and bins is None}
+    teacher_feats: dict = {}
+    for m, t, _ in requests:
+        if m != "student":
+            teacher_feats.setdefault(m, {})[t] = feats(m, t)
     targets = BatchTargets(
         logits={k: torch.randn(4, 3, generator=g) for k in teacher_dims},
         embeddings={k: torch.randn(4, d, generator=g) for k, d in teacher_dims.items()},
         label_maps={k: LabelMap(space, space) for k in teacher_dims},
         weights={k: 1 / len(teacher_dims) for k in teacher_dims},
-        features={m: {t: torch.randn(4, *shapes[(m, t)], generator=g)} for m, t, _ in requests if m != "student"},
+        features=teacher_feats,
+        feature_frames={m: {t: frames} for m, t, bins in requests if m != "student" and bins is None},
     )
     logits = torch.randn(4, 3, generator=g, requires_grad=True)
     emb = torch.randn(4, student_dim, generator=g, requires_grad=True)
@@ -349,6 +364,50 @@ def check_augmentation(name: str, options: dict | None = None, *, host=None, sam
     return aug
 
 
+def check_sampler(name: str, options: dict | None = None, *, host=None, batch_size: int = 4) -> Any:
+    """Build the batch sampler ``name`` with ``options`` and check it on 23 clips (labeled in three
+    classes and unlabeled, durations 0.5-4 s, one unknown); returns it.
+
+    ``epoch(...)`` returns non-empty lists of valid clip indices; the same seed gives the same
+    batches and another seed (usually) others; every labeled class is drawn; the global RNGs are
+    not used (torch's, Python's, NumPy's stay as they were); the same holds when no duration is
+    known (a corpus indexed without them).
+    """
+    import random
+
+    import numpy as np
+
+    from liser_core.data import Sampler
+
+    host = _host(host)
+    what = f"sampler {name!r}"
+    sampler = _build(host, "sampler", name, options)
+    _ensure(isinstance(sampler, Sampler), what, "is a liser_core.Sampler")
+    n = 23
+    seconds = torch.linspace(0.5, 4.0, n, dtype=torch.float64)
+    seconds[5] = float("nan")
+    labels = torch.tensor([i % 3 if i % 2 == 0 else -1 for i in range(n)])
+    speakers = [f"s{i % 5}" for i in range(n)]
+
+    def epoch(seed: int, secs=seconds):
+        return [[int(i) for i in b] for b in sampler.epoch(secs, labels, speakers, batch_size, torch.Generator().manual_seed(seed))]
+
+    state = (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy())
+    first = epoch(3)
+    _ensure(bool(first) and all(len(b) > 0 for b in first), what, "returns non-empty batches")
+    _ensure(all(0 <= i < n for b in first for i in b), what, f"indices lie in [0, {n})")
+    _ensure(torch.equal(torch.get_rng_state(), state[0]) and random.getstate() == state[1]
+            and bool((np.random.get_state()[1] == state[2]).all()), what,
+            "draws from the generator it is given only (the global RNGs are untouched)")
+    _ensure(epoch(3) == first, what, "the same seed gives the same batches")
+    seen = {int(labels[i]) for b in first for i in b}
+    _ensure({0, 1, 2} <= seen, what, "every labeled class is drawn in an epoch")
+    unknown = epoch(3, torch.full((n,), float("nan"), dtype=torch.float64))
+    _ensure(bool(unknown) and all(len(b) > 0 and all(0 <= i < n for i in b) for b in unknown), what,
+            "works when no clip's duration is known (NaN)")
+    return sampler
+
+
 def check_dataset(name: str, options: dict | None = None, *, host=None, seed: int = 0, load: int = 4) -> Any:
     """Build the corpus ``name`` with ``options`` and check it; returns it. ``load``: clips per
     split decoded (``Corpus.load`` or in memory)."""
@@ -384,5 +443,5 @@ def check_dataset(name: str, options: dict | None = None, *, host=None, seed: in
     return c
 
 
-__all__ = ["CheckFailed", "check_augmentation", "check_combiner", "check_dataset", "check_loss", "check_student",
-           "check_teacher"]
+__all__ = ["CheckFailed", "check_augmentation", "check_combiner", "check_dataset", "check_loss", "check_sampler",
+           "check_student", "check_teacher"]

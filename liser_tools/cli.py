@@ -104,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
         "kind",
         nargs="?",
         default=None,
-        help="teachers | students | losses | datasets | loggers | combiners | augmentations (default: all)",
+        help="teachers | students | losses | datasets | loggers | combiners | augmentations | optimizers | "
+        "schedulers | samplers (default: all)",
     )
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'face*'")
     p.add_argument("-v", "--verbose", action="store_true", help="each component's options, types, defaults and docs")
@@ -172,7 +173,8 @@ def _host(args, strict: bool | None = None):
     return load_plugins(only=only, block=block, strict=args.strict_plugins if strict is None else strict)
 
 
-_KINDS = ("teacher", "student", "loss", "dataset", "logger", "combiner", "augmentation")
+_KINDS = ("teacher", "student", "loss", "dataset", "logger", "combiner", "augmentation", "optimizer", "scheduler",
+          "sampler")
 _KIND_ALIASES = {plural(k): k for k in _KINDS}
 
 

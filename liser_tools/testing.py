@@ -15,7 +15,8 @@ Fixtures:
     returns the :class:`~liser_core.RunContext`.
 
 Conformance checks, one line each (:mod:`liser_tools.checks`): ``check_student``,
-``check_teacher``, ``check_loss``, ``check_dataset``, ``check_combiner``, ``check_augmentation``.
+``check_teacher``, ``check_loss``, ``check_dataset``, ``check_combiner``, ``check_augmentation``,
+``check_sampler``.
 
 Example (in a plugin package's own tests)::
 
@@ -127,8 +128,8 @@ def run_tiny(tmp_path):
     return go
 
 
-_CHECKS = ("CheckFailed", "check_augmentation", "check_combiner", "check_dataset", "check_loss", "check_student",
-           "check_teacher")
+_CHECKS = ("CheckFailed", "check_augmentation", "check_combiner", "check_dataset", "check_loss", "check_sampler",
+           "check_student", "check_teacher")
 
 
 def __getattr__(name: str):

@@ -6,7 +6,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from liser_core import Augmentation, Combiner, Loss, ModelOutput, Student, Teacher, TeacherCard, load_plugins
+from liser_core import (
+    Augmentation,
+    Combiner,
+    Loss,
+    ModelOutput,
+    Student,
+    Teacher,
+    TeacherCard,
+    load_plugins,
+)
 from liser_core.labels import LabelSpace
 from liser_core.testing import (
     CheckFailed,

@@ -7,7 +7,16 @@ import math
 import pytest
 import torch
 
-from liser_core import Augmentation, Combiner, Loss, ModelOutput, Teacher, TeacherCard, hookimpl, load_plugins
+from liser_core import (
+    Augmentation,
+    Combiner,
+    Loss,
+    ModelOutput,
+    Teacher,
+    TeacherCard,
+    hookimpl,
+    load_plugins,
+)
 from liser_core.labels import LabelSpace, combine
 
 

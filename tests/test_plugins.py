@@ -91,7 +91,8 @@ def by_name(host):
 
 def test_first_party_plugins_load_through_entry_points(liser_host):
     plugins = by_name(liser_host)
-    for name in ("synth_av", "cnn_teachers", "logmel_cnn", "losses", "run_dir", "wandb_logger", "combiners", "augment"):
+    for name in ("synth_av", "cnn_teachers", "logmel_cnn", "losses", "run_dir", "wandb_logger", "combiners", "augment",
+                 "optim", "samplers"):
         assert plugins[name].status == "loaded", plugins[name].error
         assert plugins[name].distribution == "liser"
     assert plugins["losses"].components == {"loss": ["ce", "dkd", "feature_matching", "fitnets", "kl"]}

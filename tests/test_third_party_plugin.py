@@ -51,7 +51,8 @@ def host(example_installed):
 def test_discovered_through_entry_point(host):
     info = {p.name: p for p in host.plugins}[PLUGIN]
     assert (info.status, info.distribution, info.version, info.module) == ("loaded", DIST, VERSION, MODULE)
-    assert info.components == {"student": ["example_gru"], "loss": ["annealed_kl", "attention_transfer", "symmetric_kl"], "teacher": ["prosody"], "combiner": ["confidence"], "augmentation": ["polarity"], "logger": ["epoch_csv"]}
+    assert info.components == {"student": ["example_gru"], "loss": ["annealed_kl", "attention_transfer", "energy_contour", "symmetric_kl"], "teacher": ["prosody"], "combiner": ["confidence"], "augmentation": ["polarity"], "logger": ["epoch_csv"],
+                               "optimizer": ["sign_sgd"], "scheduler": ["linear_decay"], "sampler": ["speaker_mix"]}
     assert "example_gru" in host.registries.student
     assert "symmetric_kl" in host.registries.loss
     assert host.registries.student.get("example_gru").plugin == PLUGIN

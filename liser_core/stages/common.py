@@ -40,6 +40,40 @@ def augmented(engine, stage: str):
     return inputs
 
 
+def optimizer_for(engine, key: str, block, groups: list[dict] | None = None):
+    """``build_optimizer`` for :func:`liser_core.training.train`: the block's optimizer and
+    schedule components over ``groups`` (default: one group of every trained parameter)."""
+    from ..prepare import build_optimizer
+
+    def build(params, total_steps: int):
+        if groups is None:
+            trained = [p for p in params if p.requires_grad]
+            if not trained:
+                raise ValueError("nothing to train: no parameter requires grad")
+            return build_optimizer(engine, block, key, [{"params": trained}], total_steps)
+        return build_optimizer(engine, block, key, groups, total_steps)
+
+    return build
+
+
+def loader_for(engine, stage: str, ds, block, seed: int):
+    """``loader_for_epoch`` of a student stage: the stage's sampler (``<stage>.sampler``) or the
+    default shuffled order, from ``seed + epoch``; and its steps per epoch."""
+    sampler = engine.run.samplers.get(stage)
+    # batches of one clip cannot train normalisation layers: left out (a sampler's, all of them)
+    drop = lone_batch(ds, block.batch_size) if sampler is None else len(ds) > 1
+
+    def load(epoch: int, skip: int):
+        return ds.loader(block.batch_size, shuffle=True, seed=seed + epoch, drop_last=drop, skip_batches=skip,
+                         dist=engine.dist, sampler=sampler)
+
+    if sampler is None:
+        return load, steps(len(ds), block.batch_size)
+    from ..data import sampler_batches
+
+    return load, len(sampler_batches(sampler, ds, block.batch_size, seed, drop))
+
+
 def validator(engine, forward, *, space, clips=None, rate: int, frames: bool = False):
     """A function scoring ``forward`` on the validation split (labels in ``space``): UAR,
     accuracy, macro-F1 and cross-entropy; None when the run has no validation split."""

@@ -39,16 +39,25 @@ def distil_clips(engine: Engine) -> tuple[list[Clip], list[str | None]]:
     return clips, truth
 
 
+def stored_teachers(engine: Engine) -> list[str]:
+    """The teachers whose outputs are labeled once (into the store): all but the online ones."""
+    return [k for k in engine.run.teachers if not engine.run.teacher_configs[k].online]
+
+
 def run(engine: Engine) -> None:
     run = engine.run
     clips, truth = distil_clips(engine)
+    if not stored_teachers(engine):  # every teacher runs on the distillation batches instead
+        log.info("every teacher is online: nothing to label before distillation")
+        run.targets = None
+        return
     saved = engine.state_dir / "label"
     restored = None
     if "label" in engine.state.get("completed", []) and saved.is_dir():
         try:
             tensors, meta = read_complete_dir(saved)
             restored = tensors["logits"], tensors["embeddings"], _unflat(tensors.get("features", {}))
-            if set(restored[0]) != set(run.teachers) or any(len(v) != len(clips) for v in restored[0].values()):
+            if set(restored[0]) != set(stored_teachers(engine)) or any(len(v) != len(clips) for v in restored[0].values()):
                 raise ValueError("it does not hold this run's teachers and clips")
             run.diagnostics.update(meta.get("diagnostics", {}))
             log.info("teacher targets of %d clips restored from %s", len(clips), saved)
@@ -96,6 +105,8 @@ def _label_all(engine: Engine, clips: list[Clip]):
     run = engine.run
     models = []
     for key, teacher in run.teachers.items():
+        if run.teacher_configs[key].online:  # run on each distillation batch (distil.py)
+            continue
         models.append((key, teacher, None))
         if run.taps.get(key):  # its intermediate features: labeled and stored like its outputs
             view = TapView(teacher, run.taps[key], {t: run.tap_shapes[(key, t)] for t in run.taps[key]})

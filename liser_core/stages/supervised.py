@@ -12,7 +12,7 @@ from ..config import TrainConfig
 from ..data import Batch
 from ..errors import ConfigError
 from ..training import train
-from .common import augmented, lone_batch, steps, student_call, validator
+from .common import augmented, loader_for, optimizer_for, student_call, validator
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -31,23 +31,18 @@ def _supervised(engine: Engine, student: Student, cfg: TrainConfig, stage: str, 
         loss = F.cross_entropy(out.logits, batch.labels)
         return loss, {"ce": loss.detach()}
 
+    load, steps_per_epoch = loader_for(engine, stage, ds, cfg, int(engine.cfg.seed) + 2000)
     train(
         [student],
         step,
-        lambda epoch, skip: ds.loader(
-            cfg.batch_size,
-            shuffle=True,
-            seed=int(engine.cfg.seed) + 2000 + epoch,
-            drop_last=lone_batch(ds, cfg.batch_size),
-            skip_batches=skip,
-            dist=engine.dist,
-        ),
-        steps(len(ds), cfg.batch_size),
+        load,
+        steps_per_epoch,
         cfg,
         device=engine.run.device,
         name=f"{model} ({stage})",
         on_epoch_end=engine.epoch_hook(stage, model),
         validate=validator(engine, student_call(student), space=engine.run.label_space, rate=student.sample_rate),
+        build_optimizer=optimizer_for(engine, stage, cfg),
         **engine.checkpointer(stage, model),
     )
 

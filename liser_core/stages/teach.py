@@ -25,7 +25,7 @@ from ..config import TeacherConfig, TrainConfig
 from ..data import Batch, Clip, ClipDataset
 from ..errors import ConfigError, UsageError
 from ..training import seed_everything, train
-from .common import count_params, lone_batch, steps, teacher_call, validator
+from .common import count_params, lone_batch, optimizer_for, steps, teacher_call, validator
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -120,6 +120,7 @@ def _fit(engine: Engine, key: str, teacher: Teacher, ds: ClipDataset, seed: int)
         params=teacher.trainable_parameters(),
         on_epoch_end=engine.epoch_hook("teach", key),
         validate=_teacher_validator(engine, key, teacher, ds.sample_rate),
+        build_optimizer=optimizer_for(engine, f"teachers.{list(engine.run.teachers).index(key)}.fit", fit),
         **engine.checkpointer("teach", key),
     )
 
@@ -209,7 +210,7 @@ def fit_block(tc) -> dict:
     with a default that keeps today's behaviour leaves fit keys, and so teacher seeds, as they
     were."""
     block = provenance.plain_config(tc)
-    for k in ("checkpoint", "weight", "allow_test_overlap"):
+    for k in ("checkpoint", "weight", "allow_test_overlap", "online"):
         block.pop(k, None)
     for k in ("checkpoint_every", "nonfinite_patience"):
         block["fit"].pop(k, None)

@@ -7,6 +7,7 @@ entry point and puts ``src`` on ``sys.path``).
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -38,7 +39,8 @@ def host(plugin):
 def test_registers_one_student_and_one_loss(host):
     info = next(p for p in host.plugins if p.name == "example")
     assert info.status == "loaded"
-    assert info.components == {"student": ["example_gru"], "loss": ["annealed_kl", "attention_transfer", "symmetric_kl"], "teacher": ["prosody"], "combiner": ["confidence"], "augmentation": ["polarity"], "logger": ["epoch_csv"]}
+    assert info.components == {"student": ["example_gru"], "loss": ["annealed_kl", "attention_transfer", "energy_contour", "symmetric_kl"], "teacher": ["prosody"], "combiner": ["confidence"], "augmentation": ["polarity"], "logger": ["epoch_csv"],
+                               "optimizer": ["sign_sgd"], "scheduler": ["linear_decay"], "sampler": ["speaker_mix"]}
 
 
 def test_student_shapes_and_attributes(host):
@@ -128,7 +130,14 @@ def test_tiny_run(host, run_tiny):
 
 # -- the second edition's extension points, one component each ------------------------------------
 def test_every_component_passes_liser_checks(host):
-    from liser_core.testing import check_augmentation, check_combiner, check_loss, check_student, check_teacher
+    from liser_core.testing import (
+        check_augmentation,
+        check_combiner,
+        check_loss,
+        check_sampler,
+        check_student,
+        check_teacher,
+    )
 
     check_student("example_gru", {"hidden": 8}, host=host, export=False)
     check_teacher("prosody", {}, host=host)
@@ -137,6 +146,8 @@ def test_every_component_passes_liser_checks(host):
     check_loss("attention_transfer", {"student_tap": "s", "teacher_tap": "t", "bins": 3}, host=host)
     check_combiner("confidence", {"sharpness": 2.0}, host=host)
     check_augmentation("polarity", host=host)
+    check_sampler("speaker_mix", host=host)
+    check_loss("energy_contour", {"student_tap": "s", "teacher_tap": "t"}, host=host)
 
 
 def test_prosody_teacher_fits_itself_in_closed_form(plugin):
@@ -207,18 +218,56 @@ def test_confidence_combiner_and_polarity_by_hand(plugin):
     torch.testing.assert_close(y, x)
 
 
+def test_energy_contour_by_hand(plugin):
+    from liser_core import Batch
+
+    loss = plugin.EnergyContour(student_tap="s", teacher_tap="t", teacher="x")
+    fs = torch.tensor([[[1.0, 1.0, 0.0, 0.0]]])  # (B=1, C=1, T=4); 2 valid frames: energy [1, 1]
+    ft = torch.tensor([[[0.0, 2.0, 2.0]], ])  # its teacher: 3 valid frames, energy [0, 4, 4]
+    b = Batch(audio=torch.zeros(1, 8), lengths=torch.tensor([8]), sample_rate=1, labels=torch.tensor([-1]),
+              clip_ids=["a"], index=torch.tensor([0]),
+              extra={"features": {"s": fs}, "feature_frames": {"s": torch.tensor([2])}})
+    tg = BatchTargets(logits={}, embeddings={}, label_maps={}, weights={}, features={"x": {"t": ft}},
+                      feature_frames={"x": {"t": torch.tensor([3])}})
+    # the teacher's contour [0, 4, 4] resampled linearly to 2 frames: [1, 4]; normalised [1, 4] / sqrt(17)
+    a = torch.tensor([1.0, 1.0]) / 2**0.5
+    t = torch.tensor([1.0, 4.0]) / 17**0.5
+    got = loss(ModelOutput(torch.zeros(1, 2), torch.zeros(1, 2)), b, tg)
+    assert got.item() == pytest.approx(float((a - t).pow(2).sum()), rel=1e-5)
+
+
+def test_sign_sgd_linear_decay_and_speaker_mix_by_hand(plugin):
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = plugin.SignSGD([{"params": [w]}], lr=0.1, weight_decay=0.5, beta=0.0)
+    sched = plugin.linear_decay(opt, total_steps=4, end=0.5)
+    w.grad = torch.tensor([3.0, -0.01])
+    opt.step()  # w - 0.1 (sign(g) + 0.5 w) = [1 - 0.1 * 1.5, -2 - 0.1 * (-1 - 1)]
+    torch.testing.assert_close(w.detach(), torch.tensor([0.85, -1.8]))
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * (1 - 0.5 * 1 / 4))
+    speakers = ["a", "a", "a", "b", "b", "c"]
+    batches = plugin.SpeakerMix().epoch(torch.ones(6), torch.full((6,), -1), speakers, 3, torch.Generator().manual_seed(0))
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert len({speakers[i] for i in batches[0]}) == 3  # the first batch: one clip of each speaker
+
+
 def test_a_run_with_every_extension_point(host, run_tiny):
     ctx = run_tiny(
         overrides=[
             "validation={source: teacher, speakers: 0.5}",
-            "teachers=[{name: prosody}, {name: audio_cnn, fit: {epochs: 1, batch_size: 16}, options: {channels: [4, 8], hidden: 16}}]",
+            "teachers=[{name: prosody}, {name: audio_cnn, online: true, fit: {epochs: 1, batch_size: 16}, options: {channels: [4, 8], hidden: 16}}]",
             "student.name=example_gru",
             "student.options={hidden: 8}",
             "distil.combination=confidence",
             "distil.augment=[{name: polarity}]",
             "distil.epochs=2",
-            "distil.early_stop={metric: uar, patience: 1}",
-            "distil.losses=[{name: annealed_kl}, {name: attention_transfer, weight: 0.5, options: {teacher: audio_cnn, bins: 4}}, {name: ce, weight: 0.5}]",
+            "distil.early_stop={metric: uar, patience: 2}",
+            "distil.optimizer=sign_sgd",
+            "distil.optimizer_options={beta: 0.8}",
+            "distil.lr=0.0005",
+            "distil.scheduler=linear_decay",
+            "distil.sampler=speaker_mix",
+            "distil.losses=[{name: annealed_kl}, {name: attention_transfer, weight: 0.5, options: {teacher: audio_cnn, bins: 4}}, {name: ce, weight: 0.5}, {name: energy_contour, weight: 0.5, options: {teacher: audio_cnn, teacher_tap: block1}}]",
             "loggers={run_dir: {confusion_png: false}, epoch_csv: {}}",
         ],
         host=host,
@@ -227,3 +276,9 @@ def test_a_run_with_every_extension_point(host, run_tiny):
     rows = (ctx.run_dir / "epochs.csv").read_text().splitlines()
     assert any(",val_uar," in r for r in rows) and any(r.startswith("distil,student,") for r in rows)
     assert ctx.teachers["prosody"].weight.abs().sum() > 0  # it fitted itself
+    manifest = json.loads((ctx.run_dir / "manifest.json").read_text())["components"]
+    assert manifest["distil.optimizer"] == "example:sign_sgd" and manifest["distil.sampler"] == "example:speaker_mix"
+    assert manifest["distil.scheduler"] == "example:linear_decay"
+    history = [json.loads(line) for line in (ctx.run_dir / "history.jsonl").read_text().splitlines()]
+    temps = [r["annealed_kl/temperature"] for r in history if r["stage"] == "distil"]
+    assert len(temps) == 2 and 4.0 >= temps[0] > temps[1] >= 1.0  # annealed from t_start 4 towards t_end 1

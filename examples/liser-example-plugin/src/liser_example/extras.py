@@ -10,6 +10,15 @@
   CSV file: validation and early stopping made visible.
 * :class:`ConfidenceCombiner` (a target combiner) and :class:`Polarity` (a training
   augmentation) fill the two new registries.
+
+Third edition:
+
+* :class:`SignSGD` (an optimizer, ``distil.optimizer: sign_sgd``) and :func:`linear_decay` (a
+  learning-rate schedule) are training components; :class:`AnnealedKL` logs its temperature
+  (``Loss.log``) into every epoch's metrics.
+* :class:`SpeakerMix` (a batch sampler) spreads each batch over as many speakers as it can.
+* :class:`EnergyContour` compares frame-level energy contours at full time resolution (taps with
+  ``bins`` None), reading the student's GRU *input* (``input:gru``) and an online teacher's tap.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from liser_core import (
     LabelSpace,
     Loss,
     ModelOutput,
+    Sampler,
     Teacher,
     TeacherCard,
     hookimpl,
@@ -122,6 +132,7 @@ class AnnealedKL(Loss):
         if targets is None:
             return None
         t = self.temperature()
+        self.log("temperature", t)  # its mean over each epoch: `annealed_kl/temperature` in the metrics
         log_q = F.log_softmax(student.logits.float() / t, -1)
         return F.kl_div(log_q, targets.probs(t), reduction="batchmean") * t * t
 
@@ -206,5 +217,96 @@ class Polarity(Augmentation):
         return torch.where(flip[:, None], -audio, audio), lengths
 
 
-__all__ = ["AnnealedKL", "AttentionTransfer", "ConfidenceCombiner", "EpochCSV", "Polarity", "ProsodyTeacher",
-           "prosody_features"]
+class EnergyContour(Loss):
+    r"""Frame-level energy contours, unpooled: per clip, each tap's energy per frame
+    ``e_k = sum_c f_{c,k}^2`` over its valid frames, the teacher's linearly resampled to the
+    student's frame count, both L2-normalised; the loss is ``mean_b ||e^s_b - e^t_b||^2``. Reads
+    the student's tap at full time resolution (``bins`` None) -- by default the *input* of its
+    GRU, the log-mel frames -- and the teacher's, which must run online (``teachers.N.online``)."""
+
+    needs_teacher = True
+
+    def __init__(self, student_tap: str = "input:gru", teacher_tap: str = "block2", teacher: str | None = None):
+        super().__init__()
+        self.student_tap, self.teacher_tap, self.teacher = student_tap, teacher_tap, teacher
+
+    def bind(self, student_dim, teacher_dims):
+        self.teacher = self.teacher or next(iter(teacher_dims))
+
+    def feature_requests(self):
+        return [("student", self.student_tap, None), (self.teacher, self.teacher_tap, None)]
+
+    @staticmethod
+    def contour(f: torch.Tensor, frames: int, size: int) -> torch.Tensor:
+        e = f[:, :frames].float().pow(2).sum(0)
+        if frames != size:
+            e = F.interpolate(e[None, None], size=size, mode="linear", align_corners=False)[0, 0]
+        return F.normalize(e, dim=0)
+
+    def forward(self, student: ModelOutput, batch: Batch, targets: BatchTargets | None):
+        if targets is None:
+            return None
+        fs, ns = batch.extra["features"][self.student_tap], batch.extra["feature_frames"][self.student_tap]
+        ft = targets.features[self.teacher][self.teacher_tap]
+        nt = targets.feature_frames[self.teacher][self.teacher_tap]
+        rows = []
+        for i in range(fs.shape[0]):
+            n = int(ns[i])
+            a = self.contour(fs[i], n, n)
+            b = self.contour(ft[i], int(nt[i]), n).detach()
+            rows.append((a - b).pow(2).sum())
+        return torch.stack(rows).mean()
+
+
+class SignSGD(torch.optim.Optimizer):
+    """signSGD with momentum (Bernstein et al. 2018, "signum"): ``m = beta m + (1 - beta) g``,
+    ``w -= lr (sign(m) + weight_decay w)``. Every parameter group keeps its own ``lr``."""
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0, beta: float = 0.9):
+        if not 0 <= beta < 1:
+            raise ValueError("beta must be in [0, 1)")
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "beta": beta})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                m = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                m.mul_(group["beta"]).add_(p.grad, alpha=1 - group["beta"])
+                p.add_(torch.sign(m) + group["weight_decay"] * p, alpha=-group["lr"])
+        return loss
+
+
+def linear_decay(optimizer, total_steps: int, end: float = 0.0):
+    """The learning rate falls linearly from its value at the first step to ``end`` times it at
+    the last: the multiplier at step ``s`` is ``1 - (1 - end) s / total_steps``."""
+    if not 0 <= end <= 1:
+        raise ValueError("end must be in [0, 1]")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1 - (1 - end) * min(s, total_steps) / total_steps)
+
+
+class SpeakerMix(Sampler):
+    """Batches that mix speakers: the clips of each speaker shuffled, then dealt round-robin over
+    the speakers (in a random order) and cut into batches, so that a batch holds as many
+    speakers as there are. Every clip once per epoch."""
+
+    def epoch(self, seconds, labels, speakers, batch_size, generator):
+        groups: dict[str, list[int]] = {}
+        for i, s in enumerate(speakers):
+            groups.setdefault(s, []).append(i)
+        names = sorted(groups)
+        names = [names[k] for k in torch.randperm(len(names), generator=generator).tolist()]
+        queues = [[groups[n][k] for k in torch.randperm(len(groups[n]), generator=generator).tolist()] for n in names]
+        order = []
+        while any(queues):
+            for q in queues:
+                if q:
+                    order.append(q.pop(0))
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+__all__ = ["AnnealedKL", "AttentionTransfer", "ConfidenceCombiner", "EnergyContour", "EpochCSV", "Polarity", "ProsodyTeacher",
+           "SignSGD", "SpeakerMix", "linear_decay", "prosody_features"]

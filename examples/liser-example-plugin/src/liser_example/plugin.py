@@ -36,9 +36,13 @@ from .extras import (
     AnnealedKL,
     AttentionTransfer,
     ConfidenceCombiner,
+    EnergyContour,
     EpochCSV,
     Polarity,
     ProsodyTeacher,
+    SignSGD,
+    SpeakerMix,
+    linear_decay,
 )
 
 
@@ -157,6 +161,7 @@ def liser_register_losses(registry):
     registry.register("symmetric_kl", SymmetricKL, summary="0.5 (KL(p||q) + KL(q||p)) x T^2 to the teachers' soft targets")
     registry.register("annealed_kl", AnnealedKL, summary="KL at a temperature annealed over the stage (Loss.position)")
     registry.register("attention_transfer", AttentionTransfer, summary="energy-over-time maps of two feature taps")
+    registry.register("energy_contour", EnergyContour, summary="frame-level energy contours, unpooled (online teacher)")
 
 
 @hookimpl
@@ -172,6 +177,21 @@ def liser_register_combiners(registry):
 @hookimpl
 def liser_register_augmentations(registry):
     registry.register("polarity", Polarity, summary="random sign flip of the waveform")
+
+
+@hookimpl
+def liser_register_optimizers(registry):
+    registry.register("sign_sgd", SignSGD, summary="signSGD with momentum (signum)")
+
+
+@hookimpl
+def liser_register_schedulers(registry):
+    registry.register("linear_decay", linear_decay, summary="learning rate falling linearly to a fraction of it")
+
+
+@hookimpl
+def liser_register_samplers(registry):
+    registry.register("speaker_mix", SpeakerMix, summary="batches dealt round-robin over the speakers")
 
 
 @hookimpl
