@@ -325,7 +325,24 @@ class RayExecutor(Executor):
                      configure_logging=False)
             self._started_here = True
         else:
-            ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+            if ":" in self.address and not self.address.startswith(("ray://", "http")):  # HOST:PORT: fail fast
+                import socket
+
+                host, _, port = self.address.rpartition(":")
+                try:
+                    socket.create_connection((host, int(port)), timeout=10).close()
+                except (OSError, ValueError) as exc:
+                    from liser_core.errors import UsageError
+
+                    raise UsageError(f"--executor ray: no Ray cluster at {self.address!r} ({exc}); start one (ray start "
+                                     "--head) or use --address local for a private one on this machine") from None
+            try:
+                ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                from liser_core.errors import UsageError
+
+                raise UsageError(f"--executor ray: no Ray cluster at {self.address!r} ({_first_line(exc)}); start one "
+                                 "(ray start --head) or use --address local for a private one on this machine") from None
         total = ray.cluster_resources()
         by_cpu = int(total.get("CPU", 1) // self.cpus_per_task)
         by_gpu = int(total.get("GPU", 0) // self.gpus_per_task) if self.gpus_per_task else by_cpu

@@ -108,7 +108,7 @@ def _run(spec: dict) -> tuple[list[dict], dict]:
                                "the driver: install the same LiSER and plugin versions everywhere")
     if spec.get("teacher") is not None:
         OmegaConf.set_readonly(cfg, False)
-        cfg.teachers = [cfg.teachers[int(spec["teacher"])]]
+        restrict_to_teacher(cfg, int(spec["teacher"]))
     with _stages(spec["kind"]), _kill_once(spec, host):
         engine = Engine(cfg, host, resume=spec.get("resume", "auto"))
         ctx = engine.execute()
@@ -124,6 +124,20 @@ def _run(spec: dict) -> tuple[list[dict], dict]:
     from liser_tools.bench import rows_of_run
 
     return rows_of_run(spec["key"], ctx), info
+
+
+def restrict_to_teacher(cfg, index: int) -> None:
+    """A fit or labeling task's recipe: the combination's, with teacher ``index`` alone, and
+    without the loss terms bound to another teacher (``options.teacher``: they could not bind;
+    the taps they read are then labeled by the runs, through the store)."""
+    keep = cfg.teachers[index]
+    gone = {t.name for j, t in enumerate(cfg.teachers) if j != index} - {keep.name}
+    cfg.teachers = [keep]
+    losses = [lc for lc in cfg.distil.losses if (lc.get("options") or {}).get("teacher") not in gone]
+    if len(losses) != len(cfg.distil.losses):
+        from liser_core.config import LossConfig
+
+        cfg.distil.losses = losses or [LossConfig(name="ce")]
 
 
 def _label_task_stage(engine) -> None:

@@ -347,6 +347,11 @@ def run_graph(grid, host, executor: Executor, *, other_code: str | None = None, 
     lock = GridLock(grid.output)
     lock.acquire()  # before anything is checked or written: a second driver is refused at once
     try:
+        executor.start()  # a cluster that cannot be reached is refused before any work
+    except BaseException:
+        lock.release()
+        raise
+    try:
         todo = plan(grid, host)
         other = [it["key"] for it in todo if it["state"] == "other code"]
         if other and other_code not in ("rerun", "keep"):
@@ -364,18 +369,19 @@ def run_graph(grid, host, executor: Executor, *, other_code: str | None = None, 
             log.info("%d combination(s) to run validated (%d built and probed)", n, probed)
         combos = grid.combinations()
         overrides = {combination_key(chosen): ovr for (chosen, _), ovr in zip(combos, after_axes(grid, combos))}
-        executor.start()
-        try:
-            threads = None if any(o.startswith("threads=") for o in grid.cli_overrides) else getattr(executor, "task_threads", lambda: None)()
-            if executor.name == "local" and executor.capacity == 1:
-                threads = None  # one worker: the recipe's threads, as the sequential runner
-            tasks = build_graph(grid, host, todo, overrides, threads=threads, plugins=plugins)
-            return _drive(grid, executor, tasks, todo, retries=retries, progress=progress, poll_s=poll_s,
-                          read_results=read_results, write_results=write_results, write_leaderboard=write_leaderboard)
-        finally:
-            executor.close()
+        # torch threads per task: the executor's share (a threads= on the command line wins; one
+        # local worker keeps the recipe's, as the sequential runner)
+        threads = getattr(executor, "task_threads", lambda: None)()
+        if any(o.startswith("threads=") for o in grid.cli_overrides) or (executor.name == "local" and executor.capacity == 1):
+            threads = None
+        tasks = build_graph(grid, host, todo, overrides, threads=threads, plugins=plugins)
+        return _drive(grid, executor, tasks, todo, retries=retries, progress=progress, poll_s=poll_s,
+                      read_results=read_results, write_results=write_results, write_leaderboard=write_leaderboard)
     finally:
-        lock.release()
+        try:
+            executor.close()
+        finally:
+            lock.release()
 
 
 def threads_of(task: Task) -> int:

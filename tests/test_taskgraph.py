@@ -211,3 +211,55 @@ _publish_fit(None, t, Path(sys.argv[1]), {"writer": sys.argv[2]}, {"fit_key": "k
     assert config["writer"] in {"0", "1", "2"}
     assert checkpoint.read_marker(target)["fit_key"] == "k"
     assert [p.name for p in target.parent.iterdir()] == ["k-c"]
+
+
+def test_ctrl_c_on_the_driver_cancels_and_the_same_command_resumes(two_workers, tmp_path):
+    import signal
+
+    path = write_grid(tmp_path)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "liser_tools.cli", "bench", str(path), "-o", str(out), "--workers", "2"]
+    driver = subprocess.Popen(cmd, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    deadline = time.monotonic() + 240
+    while True:  # until a student run is under way
+        assert driver.poll() is None and time.monotonic() < deadline
+        try:
+            tasks = json.loads((out / STATUS_NAME).read_text())["tasks"]
+        except (FileNotFoundError, ValueError):
+            tasks = []
+        if any(t["kind"] == "run" and t["state"] == "running" for t in tasks):
+            break
+        time.sleep(0.1)
+    os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C in its terminal: the driver and its workers
+    _, err = driver.communicate(timeout=180)
+    assert driver.returncode == 130 and "liser: interrupted" in err
+    state = json.loads((out / STATUS_NAME).read_text())
+    assert state["state"] == "interrupted" and state["counts"]["running"] == 0
+    assert state["counts"]["todo"] >= 1  # what ran is left to do ...
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert scores(out) == scores(two_workers[0])  # ... and the same command finishes it, same scores
+
+
+def test_a_fit_or_label_task_keeps_one_teacher_and_drops_losses_bound_to_the_others(tmp_path):
+    from omegaconf import OmegaConf
+
+    from liser_core.engine import prepare_config
+    from liser_tools.gridtasks import restrict_to_teacher
+
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
+    host = load_plugins()
+    losses = "distil.losses=[{name: kl}, {name: feature_matching, options: {teacher: face_cnn}}]"
+    cfg = prepare_config(tmp_path / "tiny.yaml", [*TINY_OVERRIDES, losses], host)
+    OmegaConf.set_readonly(cfg, False)
+    restrict_to_teacher(cfg, 1)
+    assert [t.name for t in cfg.teachers] == ["audio_cnn"] and [lc.name for lc in cfg.distil.losses] == ["kl"]
+    cfg = prepare_config(tmp_path / "tiny.yaml", [*TINY_OVERRIDES, losses.replace("{name: kl}, ", "")], host)
+    OmegaConf.set_readonly(cfg, False)
+    restrict_to_teacher(cfg, 1)  # nothing left: a plain ce term, so the recipe still binds
+    assert [lc.name for lc in cfg.distil.losses] == ["ce"]
+    cfg = prepare_config(tmp_path / "tiny.yaml", [*TINY_OVERRIDES, losses], host)
+    OmegaConf.set_readonly(cfg, False)
+    restrict_to_teacher(cfg, 0)  # the face teacher's own loss stays
+    assert [t.name for t in cfg.teachers] == ["face_cnn"] and len(cfg.distil.losses) == 2
