@@ -36,6 +36,20 @@ def liser_stage_end(stage):
         os.kill(os.getpid(), signal.SIGKILL)
 '''
 
+#: SIGTERM when a stage starts (outside any training loop)
+TERM_AT_STAGE_START = '''\
+import os
+import signal
+
+from liser_core import hookimpl
+
+
+@hookimpl
+def liser_stage_start(stage):
+    if stage == {stage!r}:
+        os.kill(os.getpid(), signal.SIGTERM)
+'''
+
 #: the file system of every path under {where} reports {free} bytes free
 DISK_FULL = '''\
 import collections
@@ -211,6 +225,18 @@ def test_sigterm_saves_a_checkpoint_records_interrupted_and_resume_continues(str
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_weights(weights(straight, "student"), weights(run_dir, "student"))
     assert eval_metrics(run_dir) == eval_metrics(straight)
+
+
+def test_sigterm_outside_training_records_interrupted_and_resume_continues(tiny_recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    stopped = run(tiny_recipe, run_dir, site=tmp_path / "site-term", plugin=TERM_AT_STAGE_START.format(stage="label"))
+    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    assert "Traceback" not in stopped.stderr and f"liser run --resume {run_dir}" in stopped.stderr
+    state = json.loads((run_dir / "state" / "run.json").read_text())
+    assert state["status"] == "interrupted" and state["completed"] == ["teach"]
+    resumed = run_cli(["run", "--resume", str(run_dir)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run_dir / "state" / "run.json").read_text())["status"] == "complete"
 
 
 def _as_unprivileged(args: list[str]) -> subprocess.CompletedProcess:
