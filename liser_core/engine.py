@@ -334,8 +334,7 @@ class Engine:
         old_term = _sigterm_as_interrupt()
         try:
             self.validate()
-            if self.dist.is_main:
-                self.check_room()
+            self.dist.on_main(self.check_room)  # every rank gets its refusal: none waits for rank 0
             self._claim_run_dir()
             self._open_state()  # refuses a different recipe before it writes anything
             if self._lock is not None:

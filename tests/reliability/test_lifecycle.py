@@ -284,6 +284,12 @@ def test_a_full_run_dir_or_store_is_one_line_before_any_work(tiny_recipe, tmp_pa
     assert p.returncode == 2 and len(lines(p)) == 1, p.stderr[-2000:]
     assert f"store {store}: only 1000 B free on its file system" in lines(p)[0] and "store=PATH" in lines(p)[0]
     assert not run_dir.exists() and list(store.iterdir()) == []
+    # room for the reports (8 MB) but not for the models' checkpoints: found once they are built
+    full = DISK_FULL.format(free=(8 << 20) + 1000, where=str(tmp_path))
+    p = run(tiny_recipe, run_dir, site=tmp_path / "site-full3", plugin=full)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert f"run_dir {run_dir}: only 8.0 MB free on its file system, about 8.1 MB needed" in lines(p)[-1]
+    assert not run_dir.exists()
 
 
 def test_the_disk_filling_up_during_a_run_is_one_line_with_the_resume_hint(tiny_recipe, tmp_path):
