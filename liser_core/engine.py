@@ -134,7 +134,8 @@ class Engine:
             self.set_threads(self.state["threads"])
 
     def _saved_state(self) -> dict[str, Any] | None:
-        """``state/run.json`` of the run in the run directory, or None (read only)."""
+        """``state/run.json`` of the run in the run directory, or None (read only). Unreadable,
+        it is refused, except under --restart and --overwrite, which discard it anyway."""
         status_file = self.state_dir / "run.json"
         if not status_file.is_file():
             return None
@@ -143,6 +144,8 @@ class Engine:
             if not isinstance(prev, dict):
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as exc:
+            if self.resume in ("restart", "overwrite"):
+                return None
             raise UsageError(f"{status_file}: unreadable run state ({exc}); use --restart to discard it") from None
         return prev
 

@@ -357,3 +357,16 @@ def test_a_bad_run_dir_or_resume_target_is_refused_before_the_corpus_is_built(ti
     assert p.returncode == 2 and len(lines(p)) == 1, p.stderr
     assert f"--resume: {missing} does not exist; nothing to resume" in lines(p)[0]
     assert not missing.exists()
+
+
+def test_an_unreadable_run_state_is_refused_and_restart_discards_it(tiny_recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "state").mkdir(parents=True)
+    (run_dir / "liser-run.json").write_text('{"liser_run": 1}')
+    (run_dir / "state" / "run.json").write_text("garbage{")  # what a broken disk or a hand edit leaves
+    p = run(tiny_recipe, run_dir)
+    assert p.returncode == 2 and len(lines(p)) == 1 and "unreadable run state" in lines(p)[0], p.stderr
+    assert "use --restart to discard it" in lines(p)[0]
+    p = run(tiny_recipe, run_dir, "--restart")  # was refused with the same line
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads((run_dir / "state" / "run.json").read_text())["status"] == "complete"
