@@ -263,3 +263,34 @@ def test_a_fit_or_label_task_keeps_one_teacher_and_drops_losses_bound_to_the_oth
     OmegaConf.set_readonly(cfg, False)
     restrict_to_teacher(cfg, 0)  # the face teacher's own loss stays
     assert [t.name for t in cfg.teachers] == ["face_cnn"] and len(cfg.distil.losses) == 2
+
+
+def test_executors_are_a_registry_a_plugin_can_add_to():
+    from liser_core.errors import ConfigError
+    from liser_tools import executors
+
+    class Inline(executors.Executor):
+        name = "inline"
+
+        def __init__(self, workers: int = 1):
+            self.capacity = workers
+
+        def submit(self, tasks):
+            self.done = [executors.Outcome(task_id, result={"id": task_id, "ok": True}) for task_id, _, _ in tasks]
+
+        def wait(self, timeout):
+            return self.done
+
+        def cancel(self):
+            pass
+
+    executors.register_executor("inline", Inline)
+    try:
+        ex = executors.make_executor("inline", workers=3, address="ignored")  # options it does not take: dropped
+        assert isinstance(ex, Inline) and ex.capacity == 3 and "inline" in executors.executor_names()
+    finally:
+        del executors.EXECUTORS["inline"]
+    with pytest.raises(ConfigError, match="unknown executor 'rey'.*ray"):
+        executors.make_executor("rey")
+    local = executors.make_executor("local", workers=2, threads=None)
+    assert local.capacity == 2 and local.threads == max(1, len(os.sched_getaffinity(0)) // 2)
