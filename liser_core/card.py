@@ -116,7 +116,7 @@ any of those shifts.
 | teacher | modality | backbone | licence | fitted on | test UAR |
 |---|---|---|---|---|---|
 {chr(10).join(t_rows) or "| none | | | | | |"}
-
+{quantization_section(run_dir / "student")}
 ## Limitations
 
 - Acted emotions (RAVDESS, CREMA-D) or synthetic data (`synth_av`) differ from spontaneous speech.
@@ -137,6 +137,38 @@ liser serve {repo_id or 'PATH_OR_HUB_ID'}                 # HTTP: POST /predict,
 ```
 """
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
+
+
+def quantization_section(student_dir: Path) -> str:
+    """The card's "Quantization" section from ``student/quantization.json`` (written by
+    ``liser export --quantize int8``, :mod:`liser_tools.quantize`): float32 against int8 side by
+    side, and every operator left in float with its reason; empty when never quantized."""
+    record = _read(Path(student_dir) / "quantization.json")
+    if not isinstance(record, dict) or "int8" not in record:
+        return ""
+    f, q = record["float32"], record["int8"]
+    test = "uar" in f
+    rows = [f"| {k} | `{r['file']}` | {r['bytes'] / 1024:,.0f} KB | {r['ms_3s_1thread']:.2f} | "
+            + (f"{r['uar']:.3f} | {r['accuracy']:.3f} |" if test else "n/a | n/a |") for k, r in (("float32", f), ("int8", q))]
+    ops = record.get("ops") or {}
+    lines = ["int8: " + (", ".join(f"{op} x{n}" for op, n in sorted((ops.get("int8") or {}).items())) or "nothing")]
+    lines += [f"left in float: {o['op']} {o['name']} ({o['scope'] or 'top level'}): {o['why']}" for o in ops.get("float", [])]
+    drop = (f", UAR {-record['uar_drop_points']:+.1f} points, WA {-record['wa_drop_points']:+.1f} points"
+            if test else "")
+    return f"""
+## Quantization
+
+`liser export --quantize int8` (onnxruntime, {record['mode']}; weights {record['weights']}; activations
+{record['activations']}; calibration: {record['calibration']}). Speed: {record['speed']}.
+Test: {record['test']}.
+
+| model | file | size | ms / 3 s | UAR | WA |
+|---|---|---|---|---|---|
+{chr(10).join(rows)}
+
+int8 against float32: size {record['size_ratio']:.2f}x, speed {record['speedup']:.2f}x{drop}.
+{chr(10).join("- " + line for line in lines)}
+"""
 
 
 def _code_line(code: Any) -> str:

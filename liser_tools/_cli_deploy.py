@@ -26,6 +26,15 @@ def add_parsers(sub, plugin_args) -> None:
     )
     p.add_argument("--max-seconds", type=float, default=3600.0, metavar="S",
                    help="refuse longer files, from their header before decoding (default: 3600)")
+    p.add_argument("--stream", action="store_true",
+                   help="streaming recognition: probabilities every --hop over windows of --window "
+                        "(default 1 s) with timestamps; the path 'mic' records from the microphone "
+                        "(needs sounddevice)")
+    p.add_argument("--hop", type=float, default=0.25, metavar="S", help="--stream: seconds between windows (0.25)")
+    p.add_argument("--smoothing", type=float, default=0.5, metavar="A",
+                   help="--stream: exponential smoothing of the probabilities over hops, in [0, 1) (0.5)")
+    p.add_argument("--mic-seconds", type=float, default=None, metavar="S",
+                   help="--stream mic: stop after S seconds (default: Ctrl-C)")
     plugin_args(p)
 
     p = sub.add_parser(
@@ -37,6 +46,16 @@ def add_parsers(sub, plugin_args) -> None:
     p.add_argument("checkpoint", help="student directory (RUN_DIR/student) or Hub id")
     p.add_argument("--format", dest="fmt", choices=["onnx", "torchscript"], default="onnx")
     p.add_argument("-o", "--output", default=None, help="output file (default: CHECKPOINT/student.onnx|.pt)")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="also write an int8 copy (OUTPUT.int8.onnx) and compare it with float32: size, "
+                        "speed, test UAR/WA (stored in quantization.json and the model card)")
+    p.add_argument("--quantize-mode", choices=["static", "dynamic"], default="static",
+                   help="static: activation ranges calibrated on the run's labeled/unlabeled clips "
+                        "(default); dynamic: computed per call")
+    p.add_argument("--quantize-frontend", action="store_true",
+                   help="quantize the audio frontend too (default: its weights stored int8, computed in float)")
+    p.add_argument("--calibrate", default=None, metavar="FOLDER",
+                   help="calibration audio files (default: the run's labeled and unlabeled clips)")
     plugin_args(p)
 
     p = sub.add_parser(
@@ -80,6 +99,8 @@ def cmd_predict(args, host) -> int:
     check_window(args.window)  # a usage error before the model is even read
     if not (math.isfinite(args.max_seconds) and args.max_seconds > 0):
         raise UsageError(f"--max-seconds {args.max_seconds}: give a duration in seconds > 0")
+    if getattr(args, "stream", False):
+        return _stream(args, host)
     predictor = Predictor(args.checkpoint, window=args.window, host=host, max_seconds=args.max_seconds)
     files = expand_paths(args.paths)
     if not files:
@@ -105,6 +126,80 @@ def cmd_predict(args, host) -> int:
     if not args.jsonl and predictor.window:
         print(f"(clips longer than {predictor.window:g} s: mean of window probabilities, half-window hop)")
     return 1 if failed else 0
+
+
+def _stream(args, host) -> int:
+    """``liser predict --stream``: per hop, the window's time span, label and smoothed
+    probabilities (or JSON lines); then latency per hop (p50/p95) and the real-time factor."""
+    from liser_core.errors import UsageError
+    from liser_core.streaming import check_stream, latency_summary
+
+    from .deploy import Predictor, expand_paths, read_audio
+
+    window = args.window or 1.0
+    check_stream(window, args.hop, args.smoothing)
+    mic = [p for p in args.paths if p == "mic"]
+    files = expand_paths([p for p in args.paths if p != "mic"]) if len(mic) < len(args.paths) else []
+    predictor = Predictor(args.checkpoint, window=window, host=host, max_seconds=args.max_seconds)
+    rate, classes = predictor.student.sample_rate, predictor.classes
+    hop_samples = max(1, int(round(args.hop * rate)))
+    if not args.jsonl:
+        print(f"{'source':<24} {'start':>7} {'end':>7} {'label':<10} " + " ".join(f"{c[:8]:>8}" for c in classes))
+    failed = 0
+    sources = [("mic", None)] * len(mic) + [(str(f), f) for f in files]
+    for name, path in sources:
+        if path is None:
+            chunks, seconds = _microphone(rate, hop_samples, args.mic_seconds), None
+        else:
+            try:
+                audio = read_audio(path, rate, max_seconds=args.max_seconds)
+            except UsageError as exc:
+                failed += 1
+                print(f"liser: error: {exc}", file=sys.stderr)
+                continue
+            seconds = len(audio) / rate
+            chunks = (audio[i: i + hop_samples] for i in range(0, len(audio), hop_samples))
+        hops = []
+        try:
+            for h in predictor.stream(chunks, hop=args.hop, smoothing=args.smoothing):
+                hops.append(h)
+                if args.jsonl:
+                    print(json.dumps({"source": name, **h.to_dict(classes)}), flush=True)
+                else:
+                    label = classes[int(h.smoothed.argmax())]
+                    short = name if len(name) <= 24 else "…" + name[-23:]
+                    print(f"{short:<24} {h.start:>7.2f} {h.end:>7.2f} {label:<10} "
+                          + " ".join(f"{v:>8.3f}" for v in h.smoothed), flush=True)
+        except KeyboardInterrupt:
+            pass
+        seconds = seconds if seconds is not None else (hops[-1].end if hops else 0.0)
+        s = latency_summary(hops, seconds)
+        print(f"{name}: {s['hops']} hops (window {window:g} s, hop {args.hop:g} s, smoothing {args.smoothing:g}); "
+              f"latency per hop p50 {s['p50_ms']:.2f} ms, p95 {s['p95_ms']:.2f} ms; real-time factor {s['rtf']:.4f} "
+              f"({predictor.backend}, {torch_threads()} thread(s))", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _microphone(rate: int, block: int, seconds: float | None):
+    """Blocks of mono float32 samples from the default input device (sounddevice)."""
+    from liser_core.errors import UsageError
+
+    try:
+        import sounddevice as sd
+    except (ImportError, OSError) as exc:
+        raise UsageError(f"--stream mic needs sounddevice and PortAudio: pip install sounddevice ({exc})") from None
+    total = 0
+    with sd.InputStream(samplerate=rate, channels=1, dtype="float32", blocksize=block) as stream:
+        while seconds is None or total < seconds * rate:
+            data, _ = stream.read(block)
+            total += len(data)
+            yield data[:, 0].copy()
 
 
 def cmd_push(args, host) -> int:
@@ -137,8 +232,36 @@ def cmd_export(args, host) -> int:
     local = Path(args.checkpoint).is_dir()  # a Hub id: the export lands in the working folder
     output = Path(args.output) if args.output else (
         Path(args.checkpoint) / f"student{suffix}" if local else Path(args.checkpoint.replace("/", "--") + suffix))
+    if args.quantize and args.fmt != "onnx":
+        from liser_core.errors import UsageError
+
+        raise UsageError(f"--quantize {args.quantize} needs --format onnx (not {args.fmt})")
     meta = export(args.checkpoint, output, args.fmt, host=host)
     print(f"wrote {output} ({meta['format']}, {meta['num_parameters']:,} parameters, {meta['sample_rate']} Hz)")
     print(f"frontend: {meta['frontend']}")
     print(f"metadata: {output.name}.json")
+    if args.quantize:
+        _quantize(args, output, meta, host)
     return 0
+
+
+def _quantize(args, output, meta: dict, host) -> None:
+    """``--quantize int8``: the int8 copy, its comparison with float32, the card updated."""
+    from pathlib import Path
+
+    from liser_core.checkpoint import atomic_write_json
+
+    from .quantize import quantize_student, run_dir_of, summary_lines
+
+    int8 = output.with_name(output.name.removesuffix(".onnx") + ".int8.onnx")
+    record = quantize_student(args.checkpoint, output, int8, mode=args.quantize_mode, frontend=args.quantize_frontend,
+                              calibrate=args.calibrate, host=host)
+    atomic_write_json(int8.with_name(int8.name + ".json"),
+                      {**meta, "quantization": {k: record[k] for k in ("mode", "weights", "activations", "frontend")}})
+    print(f"wrote {int8} (int8 {args.quantize_mode}; calibration: {record['calibration']})")
+    print("\n".join(summary_lines(record)))
+    run_dir = run_dir_of(args.checkpoint) if Path(args.checkpoint).is_dir() else None
+    if run_dir is not None:
+        from .card import write_model_card
+
+        print(f"recorded in {Path(args.checkpoint) / 'quantization.json'} and {write_model_card(run_dir)}")

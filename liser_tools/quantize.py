@@ -1,0 +1,388 @@
+"""int8 students: onnxruntime quantization of an exported student, and what it costs.
+
+``liser export STUDENT --format onnx --quantize int8`` writes the float32 export, then an int8
+copy beside it (``student.int8.onnx``):
+
+* **static** (default): onnxruntime's ``quantize_static`` in QDQ format, per-channel int8
+  weights, uint8 activations whose ranges are calibrated (min/max) on clips of the run's
+  ``labeled`` and ``unlabeled`` splits (rebuilt from the run's ``config.yaml`` and the clip ids
+  in ``splits.json``; never the test split);
+* **dynamic** (``--quantize-mode dynamic``): ``quantize_dynamic``, int8 weights, activation
+  ranges computed per call (no calibration clips needed).
+
+By default the audio frontend (the STFT-as-convolution and the mel matrix product, before the
+log) stays in float: 8-bit audio and power spectra lose most of their dynamic range
+(``--quantize-frontend`` quantizes it too). Every matrix product or convolution left in float
+is listed by name with the reason, never silently.
+
+Then both models are measured on the same inputs: file size, median time of one 3 s clip on
+one thread, and WA/UAR on the run's test split (each clip scored whole, like the run's own
+evaluation). The result goes to ``student/quantization.json`` and into the model card
+(:func:`liser_tools.card.quantization_section`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from liser_core.errors import UsageError
+
+#: Operators that carry weights onnxruntime can quantize: they are the ones accounted for.
+WEIGHT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+#: Operators that are integer versions of those (QOperator format or dynamic quantization).
+INT_OPS = ("QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul",
+           "MatMulIntegerToFloat", "QGemm")
+#: Calibration clips used at most (enough for min/max ranges; more only costs time).
+CALIBRATION_CLIPS = 64
+
+
+@dataclass
+class OpReport:
+    """Which weight-carrying operators of a quantized graph run in int8 and which in float."""
+
+    int8: dict[str, int] = field(default_factory=dict)  # op type -> count
+    float: list[dict[str, str]] = field(default_factory=list)  # {"op", "name", "scope", "why"}
+
+    def lines(self) -> list[str]:
+        """Human-readable: what is int8, and each operator left in float with its reason."""
+        done = ", ".join(f"{op} x{n}" for op, n in sorted(self.int8.items())) or "nothing"
+        out = [f"int8: {done}"]
+        for f in self.float:
+            out.append(f"left in float: {f['op']} {f['name']} ({f['scope'] or 'top level'}): {f['why']}")
+        return out
+
+
+def _scope(node) -> str:
+    """The module path a node came from (torch's ONNX exporter records it), or ''."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = json.loads(prop.value.replace("'", '"'))
+            except ValueError:
+                return ""
+            mods = [s for s in scopes if s.startswith("student")]
+            return mods[-1] if mods else ""
+    return ""
+
+
+def _is_frontend(node) -> bool:
+    return ".frontend" in _scope(node)
+
+
+def op_report(model, *, frontend_float: bool) -> OpReport:
+    """Account for every weight-carrying operator of a quantized ONNX ``model`` (an
+    ``onnx.ModelProto``): int8 when it is an integer operator or its weight comes through a
+    ``DequantizeLinear`` (QDQ format); float otherwise, with the reason."""
+    producers = {out: n for n in model.graph.node for out in n.output}
+    initializers = {i.name for i in model.graph.initializer}
+    report = OpReport()
+    int8: Counter = Counter()
+    for node in model.graph.node:
+        if node.op_type in INT_OPS:
+            int8[node.op_type] += 1
+            continue
+        if node.op_type not in WEIGHT_OPS:
+            continue
+        act, weight = (producers.get(i) for i in node.input[:2])
+        act_q = act is not None and act.op_type == "DequantizeLinear"
+        if act_q or (weight is not None and weight.op_type == "DequantizeLinear" and not _is_frontend(node)):
+            int8[node.op_type] += 1
+            continue
+        if weight is not None and weight.op_type == "DequantizeLinear":
+            why = "the audio frontend: weights stored in int8, computed in float (--quantize-frontend for int8)"
+        elif _is_frontend(node) and frontend_float:
+            why = "the audio frontend is kept in float (--quantize-frontend to quantize it)"
+        elif not any(i in initializers or (producers.get(i) is not None and producers[i].op_type == "Constant")
+                     for i in node.input[:2]):
+            why = "no constant weight (a product of two activations); onnxruntime left it in float"
+        else:
+            why = "onnxruntime did not quantize it (operator or shape not supported in this mode)"
+        report.float.append({"op": node.op_type, "name": node.name, "scope": _scope(node), "why": why})
+    report.int8 = dict(int8)
+    return report
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader over waveforms, one clip per batch."""
+
+    def __init__(self, clips: Sequence[np.ndarray]):
+        self._it: Iterator[np.ndarray] = iter(clips)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        clip = next(self._it, None)
+        return None if clip is None else {"audio": clip[None].astype(np.float32)}
+
+
+def quantize_onnx(float_path: str | Path, output: str | Path, *, mode: str = "static",
+                  calibration: Sequence[np.ndarray] = (), per_channel: bool = True,
+                  frontend: bool = False) -> OpReport:
+    """Write an int8 copy of the float ONNX export ``float_path`` to ``output``; returns which
+    operators became int8 and which stayed float (and why). ``mode``: ``static`` (needs
+    ``calibration`` waveforms at the student's rate) or ``dynamic``; ``frontend``: quantize the
+    audio frontend too."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    if mode not in ("static", "dynamic"):
+        raise UsageError(f"--quantize-mode {mode!r}: choose static or dynamic")
+    float_path, output = Path(float_path), Path(output)
+    model = onnx.load(str(float_path))
+    excluded = [] if frontend else [n.name for n in model.graph.node if _is_frontend(n)]
+    tmp = output.with_name(f".{output.name}.tmp")
+    if mode == "static":
+        if not calibration:
+            raise UsageError(f"{float_path}: static int8 needs calibration clips (the run's labeled/unlabeled "
+                             "split, or --calibrate FOLDER); or use --quantize-mode dynamic")
+        quantize_static(str(float_path), str(tmp), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(WEIGHT_OPS),
+                        nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+    else:
+        quantize_dynamic(str(float_path), str(tmp), per_channel=per_channel, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=list(WEIGHT_OPS), nodes_to_exclude=excluded)
+    quantized = onnx.load(str(tmp))
+    if excluded:
+        _int8_weights_only(quantized, set(excluded))
+        onnx.save(quantized, str(tmp))
+    tmp.replace(output)
+    return op_report(quantized, frontend_float=not frontend)
+
+
+def _int8_weights_only(model, names: set[str]) -> None:
+    """Store the constant weights of the named Conv/MatMul nodes as int8 (symmetric, per output
+    channel) behind a ``DequantizeLinear``: the file shrinks, the operator still computes in float
+    (onnxruntime folds the dequantization into a float constant when the session starts)."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    new_nodes = []
+    for node in model.graph.node:
+        if node.name not in names or node.op_type not in ("Conv", "MatMul") or node.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        axis = 0 if node.op_type == "Conv" else w.ndim - 1  # Conv: output channels first; MatMul: last
+        reduce = tuple(a for a in range(w.ndim) if a != axis)
+        scale = np.abs(w).max(axis=reduce) / 127.0
+        scale[scale == 0] = 1.0
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        base = node.input[1]
+        model.graph.initializer.remove(inits[base])
+        model.graph.initializer.extend([numpy_helper.from_array(q, f"{base}_i8"),
+                                        numpy_helper.from_array(scale.astype(np.float32), f"{base}_i8_scale"),
+                                        numpy_helper.from_array(np.zeros_like(scale, np.int8), f"{base}_i8_zero")])
+        new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}_i8", f"{base}_i8_scale", f"{base}_i8_zero"],
+                                          [base], name=f"{node.name}_weight_dq", axis=axis))
+    for n in reversed(new_nodes):  # before every consumer: a topologically sorted graph stays sorted
+        model.graph.node.insert(0, n)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run's clips
+# ---------------------------------------------------------------------------------------------
+
+
+def run_dir_of(checkpoint: str | Path) -> Path | None:
+    """The run a student folder belongs to (``RUN_DIR/student`` with the run's ``config.yaml``
+    and ``splits.json`` one level up), or None."""
+    parent = Path(checkpoint).resolve().parent
+    return parent if (parent / "config.yaml").is_file() and (parent / "splits.json").is_file() else None
+
+
+def run_clips(run_dir: str | Path, splits: Sequence[str], sample_rate: int, *, host=None,
+              limit: int | None = None) -> list[tuple[np.ndarray, str | None]]:
+    """Waveforms (at ``sample_rate``) and labels of the clips the run's ``splits.json`` lists in
+    ``splits``, from the corpus its ``config.yaml`` rebuilds. ``limit``: at most that many, spread
+    evenly over the list. Clips the corpus no longer has are an error naming them."""
+    import torch
+    import torchaudio.functional as AF
+
+    from liser_core._plugins import load_plugins
+    from liser_core.config import load_recipe, plain
+    from liser_core.engine import build_component
+
+    run_dir = Path(run_dir)
+    record = json.loads((run_dir / "splits.json").read_text()).get("splits", {})
+    wanted = [(s, c["id"]) for s in splits for c in (record.get(s) or {}).get("clips", [])]
+    if not wanted:
+        raise UsageError(f"{run_dir}/splits.json: no clips in the {' or '.join(splits)} split")
+    if limit is not None and len(wanted) > limit:
+        step = len(wanted) / limit
+        wanted = [wanted[int(i * step)] for i in range(limit)]
+    host = host or load_plugins()
+    cfg = load_recipe(run_dir / "config.yaml", [])
+    corpus = build_component(host.registries.dataset, cfg.data.name, plain(cfg.data.options), "data.options",
+                             seed=int(cfg.seed))
+    by_split = {s: {c.clip_id: c for c in corpus.split(s)} for s in {s for s, _ in wanted}}
+    missing = [cid for s, cid in wanted if cid not in by_split[s]]
+    if missing:
+        raise UsageError(f"{run_dir}/config.yaml rebuilds a corpus without {len(missing)} of the run's clips "
+                         f"(e.g. {missing[0]}): the data changed since the run")
+    out = []
+    for s, cid in wanted:
+        clip = by_split[s][cid]
+        if clip.audio is None:
+            clip = corpus.load(clip)
+        audio = torch.from_numpy(np.ascontiguousarray(clip.audio, dtype=np.float32))
+        if clip.sample_rate != sample_rate:
+            audio = AF.resample(audio, clip.sample_rate, sample_rate)
+        out.append((audio.numpy(), clip.label))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# float vs int8
+# ---------------------------------------------------------------------------------------------
+
+
+def session(path: str | Path, threads: int = 1):
+    """An onnxruntime CPU session with ``threads`` intra-op threads (one inter-op thread)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def score(sess, clips: Sequence[tuple[np.ndarray, str | None]], classes: Sequence[str]) -> dict[str, float]:
+    """WA, UAR and macro-F1 of an ONNX student session on labeled clips, each scored whole."""
+    import torch
+
+    from liser_common.metrics import classification_metrics
+
+    preds, target = [], []
+    for audio, label in clips:
+        if label not in classes:
+            continue
+        probs = sess.run(["probs"], {"audio": audio[None]})[0][0]
+        preds.append(int(np.argmax(probs)))
+        target.append(list(classes).index(label))
+    if not target:
+        raise UsageError("the test split has no clip with a label of the student's label space")
+    metrics, _ = classification_metrics(torch.tensor(preds), torch.tensor(target), len(classes))
+    return {**{k: round(v, 4) for k, v in metrics.items()}, "clips": len(target)}
+
+
+def speed_ms(sessions: Sequence[Any], sample_rate: int, *, seconds: float = 3.0, repeats: int = 30) -> list[float]:
+    """Median CPU milliseconds of one ``seconds`` clip through each session, the sessions taking
+    turns (after a warm-up). CPU time of the calling thread: a one-thread onnxruntime session
+    runs there, and CPU time is far less disturbed than wall time by other work on the machine."""
+    import time
+
+    x = {"audio": (0.1 * np.random.default_rng(0).standard_normal((1, int(seconds * sample_rate)))).astype(np.float32)}
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(3):
+        for s in sessions:
+            s.run(None, x)
+    for _ in range(repeats):
+        for i, s in enumerate(sessions):
+            t0 = time.thread_time()
+            s.run(None, x)
+            times[i].append(time.thread_time() - t0)
+    return [1e3 * float(np.median(t)) for t in times]
+
+
+def compare(float_path: str | Path, int8_path: str | Path, *, classes: Sequence[str], sample_rate: int,
+            test: Sequence[tuple[np.ndarray, str | None]] = (), repeats: int = 30) -> dict[str, Any]:
+    """Size, one-thread speed and (with ``test`` clips) WA/UAR of the float and int8 models."""
+    rows: dict[str, Any] = {}
+    paths = {"float32": Path(float_path), "int8": Path(int8_path)}
+    ms = speed_ms([session(p, threads=1) for p in paths.values()], sample_rate, repeats=repeats)
+    for (key, path), t in zip(paths.items(), ms):
+        rows[key] = {"file": path.name, "bytes": path.stat().st_size, "ms_3s_1thread": round(t, 3)}
+        if test:
+            rows[key].update(score(session(path, threads=2), test, classes))
+    f, q = rows["float32"], rows["int8"]
+    rows["size_ratio"] = round(q["bytes"] / f["bytes"], 3)
+    rows["speedup"] = round(f["ms_3s_1thread"] / q["ms_3s_1thread"], 3)
+    if test:
+        rows["uar_drop_points"] = round(100 * (f["uar"] - q["uar"]), 2)
+        rows["wa_drop_points"] = round(100 * (f["accuracy"] - q["accuracy"]), 2)
+    return rows
+
+
+def quantize_student(checkpoint: str | Path, float_path: str | Path, output: str | Path, *, mode: str = "static",
+                     frontend: bool = False, calibrate: str | Path | None = None, host=None,
+                     repeats: int = 30) -> dict[str, Any]:
+    """The whole ``--quantize int8`` step for a saved student whose float ONNX export is
+    ``float_path``: calibration clips (``calibrate`` folder, else the run's labeled/unlabeled
+    clips), the int8 file, the comparison on the run's test split; written to
+    ``CHECKPOINT/quantization.json`` when the checkpoint is a folder. Returns the record."""
+    from liser_core.checkpoint import atomic_write_json, read_component_config
+
+    from .deploy import expand_paths, read_audio
+
+    config = read_component_config(checkpoint, "student")
+    rate, classes = int(config["sample_rate"]), list(config["label_space"]["classes"])
+    run_dir = run_dir_of(checkpoint) if Path(checkpoint).is_dir() else None
+    calibration: list[np.ndarray] = []
+    source = "none (dynamic: ranges computed per call)"
+    if mode == "static":
+        if calibrate is not None:
+            files = expand_paths([calibrate])[:CALIBRATION_CLIPS]
+            if not files:
+                raise UsageError(f"--calibrate {calibrate}: no audio files there")
+            calibration = [read_audio(f, rate) for f in files]
+            source = f"{len(calibration)} files of {calibrate}"
+        elif run_dir is not None:
+            clips = run_clips(run_dir, ["labeled", "unlabeled"], rate, host=host, limit=CALIBRATION_CLIPS)
+            calibration = [a for a, _ in clips]
+            source = f"{len(calibration)} clips of the run's labeled and unlabeled splits"
+        else:
+            raise UsageError(f"{checkpoint}: static int8 needs calibration clips: the student of a run folder "
+                             "(RUN_DIR/student with the run's config.yaml and splits.json), or --calibrate "
+                             "FOLDER of audio files; or --quantize-mode dynamic")
+        calibration = [a for a in calibration if len(a) >= rate // 2]  # the export's shortest input
+    ops = quantize_onnx(float_path, output, mode=mode, calibration=calibration, frontend=frontend)
+    test = run_clips(run_dir, ["test"], rate, host=host) if run_dir is not None else []
+    record = {
+        "format": "onnx", "mode": mode, "weights": "int8, per channel, symmetric",
+        "activations": "uint8, per tensor, min/max calibrated" if mode == "static" else "uint8, dynamic per call",
+        "calibration": source, "frontend": "int8" if frontend else "float (kept)",
+        "ops": {"int8": ops.int8, "float": ops.float},
+        "test": f"the run's test split ({len(test)} clips, each scored whole)" if test else
+                "not measured (no run records: pass the student folder of a run)",
+        "speed": "median CPU ms of one 3 s clip on 1 thread, onnxruntime, the two models taking turns",
+        **compare(float_path, output, classes=classes, sample_rate=rate, test=test, repeats=repeats),
+    }
+    if Path(checkpoint).is_dir():
+        atomic_write_json(Path(checkpoint) / "quantization.json", record)
+    return record
+
+
+def summary_lines(record: dict[str, Any]) -> list[str]:
+    """What ``liser export --quantize`` prints: the side-by-side table and the operator report."""
+    f, q = record["float32"], record["int8"]
+    has_test = "uar" in f
+    head = f"{'':<8} {'size KB':>9} {'ms (3 s, 1 thread)':>19}" + (f" {'UAR':>7} {'WA':>7}" if has_test else "")
+    lines = [head]
+    for key, row in (("float32", f), ("int8", q)):
+        line = f"{key:<8} {row['bytes'] / 1024:>9.1f} {row['ms_3s_1thread']:>19.2f}"
+        if has_test:
+            line += f" {row['uar']:>7.3f} {row['accuracy']:>7.3f}"
+        lines.append(line)
+    lines.append(f"int8/float32: size {record['size_ratio']:.2f}x, speed {record['speedup']:.2f}x"
+                 + (f", UAR {-record['uar_drop_points']:+.1f} points, WA {-record['wa_drop_points']:+.1f} points"
+                    if has_test else "") + f"  (test: {record['test']})")
+    ops = OpReport(int8=record["ops"]["int8"], float=record["ops"]["float"])
+    return lines + ops.lines()
+
+
+__all__ = ["OpReport", "compare", "op_report", "quantize_onnx", "quantize_student", "run_clips", "run_dir_of",
+           "summary_lines"]

@@ -1,0 +1,299 @@
+"""On the device (issue 28): int8 students, streaming recognition, the WebSocket endpoint and a
+mobile runtime, each against PyTorch or onnxruntime float32 outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from liser_core import Student, load_plugins
+from liser_core.labels import RAVDESS8
+
+HOST = load_plugins()
+NEEDS = {"ecapa_tdnn": "speechbrain", "timm_mobile": "timm"}
+SMALL = {  # small but of the same kinds of layers as the defaults
+    "logmel_cnn": {"channels": [4, 8]},
+    "ecapa_tdnn": {"channels": [16, 16, 48], "kernel_sizes": [5, 3, 1], "dilations": [1, 2, 1], "res2net_scale": 2,
+                   "attention_channels": 8, "se_channels": 8, "lin_neurons": 16},
+    "timm_mobile": {"n_mels": 32},  # mobilenetv3_small_050, the default network
+}
+
+
+def saved_student(name: str, folder, seed: int = 0):
+    """A first-party student after a few training steps (BatchNorm statistics not the
+    identity), saved like a run saves it."""
+    if name in NEEDS:
+        pytest.importorskip(NEEDS[name])
+    torch.manual_seed(seed)
+    student = HOST.registries.student.build(name, label_space=RAVDESS8, **SMALL[name])
+    student.liser_spec = {"name": name, "options": SMALL[name]}
+    opt = torch.optim.SGD(student.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(3):
+        x = 0.1 * torch.randn(8, 16000, generator=g)
+        loss = torch.nn.functional.cross_entropy(student(x).logits, torch.arange(8) % 8)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    student.eval().save_pretrained(folder)
+    return Student.from_pretrained(folder, host=HOST)
+
+
+def clips(n: int, seconds: float = 1.0, seed: int = 1) -> list[np.ndarray]:
+    """Tones in noise: speech-like levels, different lengths."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        t = np.arange(int((seconds + 0.1 * i) * 16000)) / 16000
+        out.append((0.2 * np.sin(2 * np.pi * (150 + 40 * i) * t) + 0.02 * rng.standard_normal(len(t))).astype(np.float32))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# item 1: int8
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["logmel_cnn", "ecapa_tdnn", "timm_mobile"])
+def test_int8_export_of_every_first_party_student(name, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from liser_tools.deploy import export
+    from liser_tools.quantize import WEIGHT_OPS, quantize_onnx, session
+
+    saved_student(name, tmp_path / "student")
+    export(tmp_path / "student", tmp_path / "s.onnx")
+    ops = quantize_onnx(tmp_path / "s.onnx", tmp_path / "s.int8.onnx", calibration=clips(8))
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "s.onnx")).graph
+    weight_ops = [n for n in graph.node if n.op_type in WEIGHT_OPS]
+    # every weight-carrying operator is accounted for: int8, or float with its reason
+    assert sum(ops.int8.values()) + len(ops.float) == len(weight_ops)
+    assert sum(ops.int8.values()) >= len(weight_ops) - 2  # all but the frontend's two
+    assert {(f["op"], f["scope"]) for f in ops.float} == {("Conv", "student.frontend"), ("MatMul", "student.frontend")}
+    assert all("weights stored in int8, computed in float" in f["why"] for f in ops.float)
+    assert (tmp_path / "s.int8.onnx").stat().st_size < 0.6 * (tmp_path / "s.onnx").stat().st_size
+    f32, i8 = session(tmp_path / "s.onnx"), session(tmp_path / "s.int8.onnx")
+    for audio in clips(4, seconds=1.5, seed=7):
+        p32 = f32.run(["probs"], {"audio": audio[None]})[0]
+        p8 = i8.run(["probs"], {"audio": audio[None]})[0]
+        assert np.isclose(p8.sum(), 1, atol=1e-4)
+        assert np.abs(p8 - p32).max() < 0.1  # int8 rounding of a briefly trained student
+
+
+def test_dynamic_int8_and_quantized_frontend(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from liser_tools.deploy import export
+    from liser_tools.quantize import quantize_onnx, session
+
+    saved_student("logmel_cnn", tmp_path / "student")
+    export(tmp_path / "student", tmp_path / "s.onnx")
+    dyn = quantize_onnx(tmp_path / "s.onnx", tmp_path / "d.onnx", mode="dynamic")
+    assert dyn.int8 == {"ConvInteger": 2, "MatMulInteger": 1}  # two conv blocks and the head
+    whole = quantize_onnx(tmp_path / "s.onnx", tmp_path / "w.onnx", calibration=clips(8), frontend=True)
+    assert not whole.float and whole.int8 == {"Conv": 3, "Gemm": 1, "MatMul": 1}
+    audio = clips(1, seconds=2.0, seed=3)[0][None]
+    ref = session(tmp_path / "s.onnx").run(["probs"], {"audio": audio})[0]
+    dyn_probs = session(tmp_path / "d.onnx").run(["probs"], {"audio": audio})[0]
+    # dynamic ranges (per call, per tensor) cost more than calibrated ones: 0.33 seen here
+    assert np.isclose(dyn_probs.sum(), 1, atol=1e-4) and np.abs(dyn_probs - ref).max() < 0.5
+    assert np.abs(session(tmp_path / "w.onnx").run(["probs"], {"audio": audio})[0] - ref).max() < 0.2
+
+
+def test_operators_left_in_float_are_named_with_the_reason():
+    """A hand-made graph: a Conv whose weight is dequantized (int8), a MatMul of two
+    activations and a Gemm with a float weight (both float, each with its reason)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from liser_tools.quantize import op_report
+
+    w = numpy_helper.from_array(np.ones((2, 1, 3), np.int8), "w_q")
+    s = numpy_helper.from_array(np.ones(2, np.float32), "w_s")
+    g = numpy_helper.from_array(np.ones((2, 2), np.float32), "g")
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w_q", "w_s"], ["w"], name="dq", axis=0),
+        helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+        helper.make_node("MatMul", ["y", "y2"], ["z"], name="attention"),
+        helper.make_node("Gemm", ["z", "g"], ["out"], name="head"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], [w, s, g])
+    report = op_report(helper.make_model(graph), frontend_float=True)
+    assert report.int8 == {"Conv": 1}
+    assert [(f["name"], f["why"].split(";")[0]) for f in report.float] == [
+        ("attention", "no constant weight (a product of two activations)"), ("head", "onnxruntime did not "
+                                                                              "quantize it (operator or shape not supported in this mode)")]
+    assert any(line.startswith("left in float: MatMul attention") for line in report.lines())
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A tiny distilled run (module-scoped: trained once)."""
+    from liser_core import run
+    from liser_core.testing import TINY_OVERRIDES, TINY_RECIPE
+
+    tmp = tmp_path_factory.mktemp("ondevice")
+    recipe = tmp / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE)
+    return run(recipe, [*TINY_OVERRIDES, f"run_dir={tmp / 'run'}"], host=HOST)
+
+
+def test_cli_export_int8_measures_the_runs_test_split(tiny_run, capsys):
+    pytest.importorskip("onnxruntime")
+    from liser_tools.cli import main
+
+    ckpt = tiny_run.run_dir / "student"
+    assert main(["export", str(ckpt), "--format", "onnx", "--quantize", "int8"]) == 0
+    out = capsys.readouterr().out
+    assert "int8/float32: size" in out and "left in float: Conv" in out
+    record = json.loads((ckpt / "quantization.json").read_text())
+    metrics = json.loads((tiny_run.run_dir / "metrics.json").read_text())["student"]
+    # the float32 export scored on the rebuilt test split reproduces the run's own evaluation
+    assert record["float32"]["clips"] == metrics["num_clips"]
+    assert record["float32"]["uar"] == pytest.approx(metrics["uar"], abs=1e-4)
+    assert record["float32"]["accuracy"] == pytest.approx(metrics["accuracy"], abs=1e-4)
+    assert 0 <= record["int8"]["uar"] <= 1 and record["size_ratio"] < 0.6
+    assert record["uar_drop_points"] == pytest.approx(100 * (record["float32"]["uar"] - record["int8"]["uar"]), abs=0.01)
+    assert "labeled and unlabeled" in record["calibration"]
+    assert (ckpt / "student.int8.onnx").is_file() and (ckpt / "student.int8.onnx.json").is_file()
+    card = (ckpt / "README.md").read_text()
+    assert "## Quantization" in card and f"{record['int8']['uar']:.3f}" in card and "left in float" in card
+    assert main(["export", str(ckpt), "--format", "torchscript", "--quantize", "int8"]) == 2
+    assert "--quantize int8 needs --format onnx" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# item 2: streaming
+# ---------------------------------------------------------------------------------------------
+
+
+def test_stream_state_by_hand():
+    """A scorer that returns the window's (first sample, length): which samples each hop saw."""
+    from liser_core.streaming import StreamRecognizer
+
+    seen = []
+
+    def score(x):
+        seen.append((float(x[0, 0]), x.shape[1]))
+        return np.array([0.0, 1.0]) if len(seen) % 2 else np.array([1.0, 0.0])
+
+    rec = StreamRecognizer(score, 10, window=1.0, hop=0.3, smoothing=0.5)  # 10 samples, hop 3
+    audio = np.arange(17, dtype=np.float32)
+    hops = [h for part in np.split(audio, [4, 5, 13]) for h in rec.push(part)] + rec.flush()
+    assert [(h.start, h.end) for h in hops] == [(0, 1), (0.3, 1.3), (0.6, 1.6), (0.7, 1.7)]
+    assert seen == [(0, 10), (3, 10), (6, 10), (7, 10)]  # the end-aligned window last
+    assert len(rec._buffer) <= 10  # the state: one window of samples at most
+    assert np.allclose([h.smoothed[1] for h in hops], [1, 0.5, 0.75, 0.375])  # 0.5 prev + 0.5 new
+    assert rec.flush() == []
+
+
+@pytest.mark.parametrize("chunk", [160, 4000, 7919])
+def test_stream_equals_offline_windowed_prediction(chunk, tmp_path):
+    from liser_tools.deploy import Predictor
+
+    saved_student("logmel_cnn", tmp_path / "student")
+    audio = np.concatenate(clips(3, seconds=1.0, seed=5))  # 3.3 s
+    predictor = Predictor(tmp_path / "student", window=1.0, hop=0.25)
+    spans, offline = predictor.window_probs(audio)
+    student = predictor.student
+    hops = list(student.stream((audio[i: i + chunk] for i in range(0, len(audio), chunk)), window=1.0, hop=0.25,
+                               smoothing=0.0))
+    assert [(round(h.start * 16000), round(h.end * 16000)) for h in hops] == spans
+    assert np.abs(np.stack([h.probs for h in hops]) - offline.numpy()).max() < 1e-6
+    assert all(np.array_equal(h.probs, h.smoothed) for h in hops)  # smoothing 0: none
+    again = list(predictor.stream([audio], hop=0.25, smoothing=0.0))  # one chunk, the Predictor's path
+    assert np.array_equal(np.stack([h.probs for h in again]), np.stack([h.probs for h in hops]))
+
+
+def test_cli_predict_stream(tmp_path, capsys):
+    import soundfile as sf
+
+    from liser_tools.cli import main
+
+    saved_student("logmel_cnn", tmp_path / "student")
+    audio = np.concatenate(clips(2, seconds=1.0, seed=5))  # 2.1 s: hops end at 1, 1.25, ..., 2, then 2.1
+    sf.write(tmp_path / "long.wav", audio, 16000, subtype="FLOAT")
+    ckpt = str(tmp_path / "student")
+    assert main(["predict", ckpt, str(tmp_path / "long.wav"), "--stream", "--jsonl", "--smoothing", "0"]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert [(r["start"], r["end"]) for r in rows] == [(0, 1), (0.25, 1.25), (0.5, 1.5), (0.75, 1.75), (1.0, 2.0),
+                                                       (1.1, 2.1)]
+    student = Student.from_pretrained(ckpt)
+    with torch.no_grad():
+        ref = torch.softmax(student(torch.from_numpy(audio[4000:20000])[None]).logits, -1)[0]
+    assert np.allclose(list(rows[1]["probs"].values()), ref.numpy(), atol=1e-5)
+    assert "latency per hop p50" in captured.err and "real-time factor" in captured.err
+    assert main(["predict", ckpt, str(tmp_path / "long.wav"), "--stream", "--hop", "2"]) == 2
+    assert "--hop 2.0: give a hop in seconds > 0 and at most the window (1 s)" in capsys.readouterr().err
+
+
+def test_websocket_stream_on_a_real_socket(tmp_path):
+    """uvicorn on a loopback port, the websockets client: hops as offline, then the summary;
+    s16 samples; a bad parameter and a bad message answered with the error and a close code."""
+    pytest.importorskip("starlette")
+    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("websockets")
+    import socket
+    import threading
+    import time
+
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from liser_tools.serve import Service, make_app
+
+    saved_student("logmel_cnn", tmp_path / "student")
+    service = Service(tmp_path / "student", backend="torch")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(make_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started
+    audio = np.concatenate(clips(2, seconds=1.0, seed=5))  # 2.1 s
+    _, offline = service.predictor.__class__(tmp_path / "student", window=1.0, hop=0.25).window_probs(audio)
+    try:
+        url = f"ws://127.0.0.1:{port}/stream?hop=0.25&window=1&smoothing=0"
+        with connect(url, open_timeout=20) as ws:
+            for i in range(0, len(audio), 3000):
+                ws.send(audio[i: i + 3000].astype("<f4").tobytes())
+            ws.send("end")
+            messages = []
+            while True:
+                m = json.loads(ws.recv(timeout=30))
+                messages.append(m)
+                if m.get("done"):
+                    break
+        hops, done = messages[:-1], messages[-1]
+        assert [(h["start"], h["end"]) for h in hops] == [(0, 1), (0.25, 1.25), (0.5, 1.5), (0.75, 1.75),
+                                                          (1.0, 2.0), (1.1, 2.1)]
+        got = np.array([[h["probs"][c] for c in service.predictor.classes] for h in hops])
+        assert np.abs(got - offline.numpy()).max() < 1e-5
+        assert done["hops"] == 6 and done["seconds"] == pytest.approx(2.1) and done["p95_ms"] >= done["p50_ms"] > 0
+        with connect(url.replace("f32", "s16") + "&format=s16", open_timeout=20) as ws:
+            ws.send((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+            first = json.loads(ws.recv(timeout=30))
+        assert np.abs(np.array([first["probs"][c] for c in service.predictor.classes]) - offline[0].numpy()).max() < 0.02
+        with connect(f"ws://127.0.0.1:{port}/stream?hop=5", open_timeout=20) as ws:
+            assert json.loads(ws.recv(timeout=30)) == {
+                "error": "--hop 5.0: give a hop in seconds > 0 and at most the window (1 s)", "status": 400}
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=30)
+            assert closed.value.rcvd.code == 1008
+        with connect(f"ws://127.0.0.1:{port}/stream", open_timeout=20) as ws:
+            ws.send(b"abc")  # 3 bytes: not whole float32 samples
+            assert json.loads(ws.recv(timeout=30))["status"] == 400
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=30)
+            assert closed.value.rcvd.code == 1003
+    finally:
+        srv.should_exit = True
+        thread.join(10)
