@@ -67,6 +67,7 @@ class GridLock:
     def acquire(self) -> None:
         import fcntl
 
+        self._made = not self.path.parent.exists()  # then a refusal leaves no folder behind
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -110,6 +111,9 @@ class GridLock:
         if self._fd is not None:
             import fcntl
 
+            if getattr(self, "_made", False) and [p.name for p in self.path.parent.iterdir()] == [LOCK_NAME]:
+                self.path.unlink()  # nothing was written (refused before any work): no folder left
+                self.path.parent.rmdir()
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

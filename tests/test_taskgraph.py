@@ -160,7 +160,8 @@ def test_status_reads_the_grid_from_another_process(two_workers):
     assert "done 6, running 0, failed 0, to do 0" in r.stdout
 
 
-@pytest.mark.parametrize("args, key", [(["--workers", "0"], "--workers"), (["--retries", "-1"], "--retries")])
+@pytest.mark.parametrize("args, key", [(["--workers", "0"], "--workers"), (["--retries", "-1"], "--retries"),
+                                       (["--executor", "ray", "--address", "127.0.0.1:1"], "--executor ray: no Ray cluster")])
 def test_bad_executor_options_are_one_line_and_exit_2(tmp_path, args, key):
     path = write_grid(tmp_path)
     r = liser("bench", str(path), "-o", str(tmp_path / "out"), *args, cwd=tmp_path)
