@@ -215,6 +215,20 @@ class Student(nn.Module):
 
         return macs_per_second(self, seconds=seconds)
 
+    def stream(self, chunks, *, window: float = 1.0, hop: float = 0.25, smoothing: float = 0.5):
+        """Streaming recognition: yields a :class:`liser_core.streaming.Hop` (start, end,
+        probabilities, smoothed probabilities, milliseconds) each time ``hop`` seconds of the
+        ``chunks`` (mono float32 arrays at ``sample_rate``, any sizes) complete a ``window``
+        seconds window, then the window aligned to the stream's end; the same windows and
+        probabilities as offline windowed prediction (see :mod:`liser_core.streaming`)."""
+        from .streaming import StreamRecognizer
+
+        @torch.no_grad()
+        def score(audio):
+            return torch.softmax(self(torch.from_numpy(audio)).logits, -1)[0].numpy()
+
+        return StreamRecognizer(score, self.sample_rate, window=window, hop=hop, smoothing=smoothing).run(chunks)
+
     def save_pretrained(self, directory, **extra) -> None:
         """Save as ``model.safetensors`` + ``config.json`` (see :mod:`liser_core.checkpoint`).
 

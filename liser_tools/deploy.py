@@ -174,11 +174,12 @@ def expand_paths(paths: list[str | Path]) -> list[Path]:
     return out
 
 
-def windows(n: int, size: int) -> list[tuple[int, int]]:
-    """Start/end sample pairs covering ``n`` samples with windows of ``size`` and a half hop."""
+def windows(n: int, size: int, hop: int | None = None) -> list[tuple[int, int]]:
+    """Start/end sample pairs covering ``n`` samples with windows of ``size`` and a hop of
+    ``hop`` samples (default: half a window), the last window aligned to the end."""
     if n <= size:
         return [(0, n)]
-    hop = max(1, size // 2)
+    hop = max(1, size // 2) if hop is None else max(1, hop)
     starts = list(range(0, n - size + 1, hop))
     if starts[-1] + size < n:
         starts.append(n - size)  # align the last window to the end
@@ -198,8 +199,8 @@ class Predictor:
     """Scores files with a saved student."""
 
     def __init__(self, checkpoint: str | Path, *, window: float | None = None, host=None, chunk: int = 16,
-                 backend: str = "torch", max_seconds: float = DEFAULT_MAX_SECONDS):
-        """``backend``: ``torch``, ``onnx`` (the folder's ``student.onnx`` through onnxruntime)
+                 backend: str = "torch", max_seconds: float = DEFAULT_MAX_SECONDS, hop: float | None = None):
+        """``hop``: seconds between windows (default: half a window). ``backend``: ``torch``, ``onnx`` (the folder's ``student.onnx`` through onnxruntime)
         or ``auto`` (onnx when the export is there and onnxruntime is installed).
         ``max_seconds``: longer files are refused from their header, before decoding."""
         if backend not in ("torch", "onnx", "auto"):
@@ -215,6 +216,9 @@ class Predictor:
             if window is not None and not (isinstance(window, (int, float)) and math.isfinite(window) and window >= MIN_SECONDS):
                 raise UsageError(f"{checkpoint}/config.json: train_seconds {window!r} is not a window length in seconds")
         self.window = check_window(window)
+        if hop is not None and not (math.isfinite(hop) and hop > 0):
+            raise UsageError(f"--hop {hop}: give a hop in seconds > 0")
+        self.hop = hop
         self.chunk = chunk  # windows scored per forward pass: memory stays flat on long inputs
         self.classes = list(self.student.label_space.classes)
         self.session = None
@@ -244,7 +248,9 @@ class Predictor:
         if not self.window:
             spans = [(0, len(x))]
         else:
-            spans = windows(len(x), max(1, int(round(self.window * self.student.sample_rate))))
+            rate = self.student.sample_rate
+            spans = windows(len(x), max(1, int(round(self.window * rate))),
+                            None if self.hop is None else int(round(self.hop * rate)))
         out = []
         for i in range(0, len(spans), self.chunk):  # a few windows at a time
             part = spans[i : i + self.chunk]
@@ -253,6 +259,20 @@ class Predictor:
             else:
                 out += [self._scores(x[a:b][None]) for a, b in part]
         return spans, torch.cat(out)
+
+    def stream(self, chunks, *, hop: float = 0.25, smoothing: float = 0.5):
+        """Streaming recognition with this predictor's student and backend over ``chunks`` (mono
+        float32 at the student's rate): yields :class:`liser_core.streaming.Hop` per hop; windows
+        of ``self.window`` seconds (1 s when unset), the end-aligned window last."""
+        from liser_core.streaming import StreamRecognizer
+
+        def score(audio: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return self._scores(torch.from_numpy(audio))[0].numpy()
+
+        recognizer = StreamRecognizer(score, self.student.sample_rate, window=self.window or 1.0, hop=hop,
+                                      smoothing=smoothing)
+        return recognizer.run(chunks)
 
     def probs(self, audio: np.ndarray) -> tuple[torch.Tensor, int]:
         spans, p = self.window_probs(audio)

@@ -5,7 +5,17 @@
                    (mean over windows), the label, and each window's start, end and
                    probabilities.
 ``GET /health``    model, labels, sample rate, backend, limits.
-``GET /``          one page: upload or record a clip, see the probabilities over time.
+``GET /``          one page: upload or record a clip, see the probabilities over time; or a live
+                   microphone mode over ``/stream``.
+``WS /stream``     streaming recognition: the client sends binary messages of raw mono PCM at the
+                   student's sample rate (``?format=f32``, little-endian float32, default; or
+                   ``s16``), any sizes; the service answers a JSON text message per hop
+                   (``start``, ``end``, ``label``, ``probs``, ``smoothed``, ``ms``; windows of
+                   ``?window=`` seconds (default 1) every ``?hop=`` seconds (0.25), smoothing
+                   ``?smoothing=`` (0.5)); the text message ``end`` scores the window aligned to the
+                   stream's end and answers ``{"done": true, "hops", "seconds", "p50_ms",
+                   "p95_ms", "rtf"}``. Errors are ``{"error", "status"}`` then a close (code 1003
+                   unsupported data, 1008 policy: a parameter or limit; 1011 the service's fault).
 
 Every error is JSON, ``{"error": "<one line: what and what to do>", "status": <code>}``: 400 a
 file that is broken, empty, too short or has an absurd sample rate; 404 / 405 an unknown path or
@@ -152,13 +162,36 @@ def content_type_error(content_type: str | None) -> str | None:
             f"type or application/octet-stream{hint}")
 
 
+STREAM_FORMATS = {"f32": "<f4", "s16": "<i2"}
+
+
+def stream_options(query) -> dict:
+    """Window, hop, smoothing and sample format of a ``/stream`` connection from its query
+    string; a :class:`UsageError` naming the parameter otherwise."""
+    from liser_core.streaming import check_stream
+
+    def number(key: str, default: float) -> float:
+        try:
+            return float(query.get(key, default))
+        except ValueError:
+            raise UsageError(f"?{key}={query.get(key)!r}: give a number") from None
+
+    fmt = query.get("format", "f32")
+    if fmt not in STREAM_FORMATS:
+        raise UsageError(f"?format={fmt!r}: choose f32 (little-endian float32) or s16 (little-endian int16)")
+    opts = {"window": number("window", 1.0), "hop": number("hop", 0.25), "smoothing": number("smoothing", 0.5)}
+    check_stream(opts["window"], opts["hop"], opts["smoothing"])
+    return {**opts, "format": fmt}
+
+
 def make_app(service: Service, *, concurrency: int = 2):
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse
-    from starlette.routing import Route
+    from starlette.routing import Route, WebSocketRoute
+    from starlette.websockets import WebSocket, WebSocketDisconnect
 
     gate = asyncio.Semaphore(max(1, concurrency))
     page = (Path(__file__).parent / "serve_page.html").read_text()
@@ -199,6 +232,78 @@ def make_app(service: Service, *, concurrency: int = 2):
         result["ms"] = round(1000 * (time.perf_counter() - t0), 1)
         return JSONResponse(result)
 
+    async def stream(ws: WebSocket):
+        """``/stream``: raw PCM chunks in, one JSON message per hop out (see the module doc)."""
+        import numpy as np
+
+        from liser_core.streaming import StreamRecognizer, latency_summary
+
+        await ws.accept()
+
+        async def fail(status: int, message: str, code: int) -> None:
+            await ws.send_json({"error": message, "status": status})
+            await ws.close(code)
+
+        try:
+            opts = stream_options(ws.query_params)
+        except UsageError as exc:
+            return await fail(400, str(exc), 1008)
+        predictor, classes = service.predictor, service.predictor.classes
+        rate = predictor.student.sample_rate
+
+        def score(audio):
+            import torch
+
+            with torch.no_grad():
+                return predictor._scores(torch.from_numpy(audio))[0].numpy()
+
+        recognizer = StreamRecognizer(score, rate, window=opts["window"], hop=opts["hop"],
+                                      smoothing=opts["smoothing"])
+        dtype, hops = STREAM_FORMATS[opts["format"]], []
+
+        async def answer(new) -> None:
+            for h in new:
+                hops.append(h)
+                await ws.send_json(h.to_dict(classes))
+
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if message.get("text") is not None:
+                    if message["text"].strip() != "end":
+                        return await fail(400, "text messages: only 'end' (send audio as binary messages)", 1003)
+                    async with gate:
+                        await answer(await run_in_threadpool(recognizer.flush))
+                    seconds = recognizer.samples / rate
+                    await ws.send_json({"done": True, "seconds": round(seconds, 4), **latency_summary(hops, seconds)})
+                    return await ws.close(1000)
+                data = message.get("bytes") or b""
+                if len(data) % np.dtype(dtype).itemsize:
+                    return await fail(400, f"a binary message of {len(data)} bytes is not whole {opts['format']} "
+                                           "samples", 1003)
+                if len(data) > service.max_bytes:
+                    return await fail(413, f"{len(data)} bytes in one message is over the limit of "
+                                           f"{service.max_bytes}", 1008)
+                chunk = np.frombuffer(data, dtype=dtype).astype(np.float32)
+                if opts["format"] == "s16":
+                    chunk /= 32768.0
+                if not np.isfinite(chunk).all():
+                    return await fail(400, "the audio contains NaN or Inf samples", 1003)
+                if (recognizer.samples + len(chunk)) / rate > service.max_seconds:
+                    return await fail(413, f"the stream is over the limit of {service.max_seconds:g} s "
+                                           "(liser serve --max-seconds)", 1008)
+                np.clip(chunk, -1.0, 1.0, out=chunk)
+                async with gate:
+                    await answer(await run_in_threadpool(recognizer.push, chunk))
+        except WebSocketDisconnect:
+            return
+        except Exception as exc:  # noqa: BLE001 - the service's own failure: logged, answered
+            log.exception("WS /stream failed")
+            return await fail(500, f"the service failed on this stream ({type(exc).__name__}); its log has the "
+                                   "details", 1011)
+
     async def http_error(request: Request, exc: HTTPException):
         message = {404: f"no such path: {request.url.path} (POST /predict, GET /health, GET /)",
                    405: f"{request.method} is not allowed on {request.url.path} (POST /predict, GET /health, GET /)",
@@ -208,7 +313,8 @@ def make_app(service: Service, *, concurrency: int = 2):
     async def server_error(request: Request, exc: Exception):
         return error_response(500, f"the service failed on this request ({type(exc).__name__}); its log has the details")
 
-    return Starlette(routes=[Route("/", index), Route("/health", health), Route("/predict", predict, methods=["POST"])],
+    return Starlette(routes=[Route("/", index), Route("/health", health), Route("/predict", predict, methods=["POST"]),
+                             WebSocketRoute("/stream", stream)],
                      exception_handlers={HTTPException: http_error, Exception: server_error})
 
 
