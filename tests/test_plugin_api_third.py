@@ -331,3 +331,61 @@ def test_a_face_teacher_cannot_run_online(run_tiny):
     with pytest.raises(ConfigError) as e:
         run_tiny(overrides=["teachers.0.online=true"])  # the tiny recipe's first teacher is face_cnn
     assert e.value.key == "teachers.0.online" and "face frames" in str(e.value)
+
+
+# -- resuming keeps it exact -------------------------------------------------------------------------
+def _groups_loop(tmp_path, stop_after=None):
+    """A training loop with two parameter groups (SGD + warmup_cosine from the registry) and a
+    logged scalar, optionally Ctrl-C'ed at step ``stop_after`` (mid-epoch)."""
+    import os
+    import signal
+
+    from liser_common.trainstate import Checkpointer
+    from liser_core.config import TrainConfig
+    from liser_core.data import Batch
+    from liser_core.training import train
+    from liser_plugins.optim import sgd, warmup_cosine
+
+    torch.manual_seed(0)
+    body, head = torch.nn.Linear(4, 8), torch.nn.Linear(8, 3)
+    x, y = torch.randn(40, 4), torch.randint(0, 3, (40,))
+    calls = {"n": 0}
+    logged = {}
+
+    def step(batch):
+        calls["n"] += 1
+        if stop_after is not None and calls["n"] == stop_after:
+            os.kill(os.getpid(), signal.SIGINT)
+        loss = torch.nn.functional.cross_entropy(head(torch.relu(body(batch.audio))), batch.labels)
+        logged["norm"] = float(head.weight.norm())
+        return loss, {"ce": loss.detach()}
+
+    def loader(epoch, skip):
+        order = torch.randperm(40, generator=torch.Generator().manual_seed(epoch)).tolist()
+        chunks = [order[i : i + 8] for i in range(0, 40, 8)][skip:]
+        return [Batch(audio=x[c], lengths=torch.full((len(c),), 4), sample_rate=1, labels=y[c], clip_ids=[],
+                      index=torch.tensor(c)) for c in chunks]
+
+    def build(params, total):
+        opt = sgd([{"params": list(body.parameters())}, {"params": list(head.parameters()), "lr": 0.3}],
+                  lr=0.05, weight_decay=0.0, momentum=0.9)
+        return opt, warmup_cosine(opt, total, warmup=2, floor=0.1)
+
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05, checkpoint_every=2)
+    hist = train([body, head], step, loader, 5, cfg, device=torch.device("cpu"), name="groups",
+                 checkpointer=Checkpointer(tmp_path / "ckpt"), build_optimizer=build,
+                 scalars=lambda: {"head/norm": logged.pop("norm")})
+    return [*body.parameters(), *head.parameters()], hist
+
+
+def test_parameter_groups_and_scalars_resume_bit_exactly(tmp_path):
+    from liser_core.training import TrainingInterrupted
+
+    ref, ref_hist = _groups_loop(tmp_path / "a")
+    with pytest.raises(TrainingInterrupted):
+        _groups_loop(tmp_path / "b", stop_after=8)  # epoch 2, mid-epoch, off a checkpoint boundary
+    got, hist = _groups_loop(tmp_path / "b")
+    assert all(torch.equal(a, b) for a, b in zip(ref, got))
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in ref_hist]
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in hist] == strip
+    assert all("head/norm" in h and "head/norm#steps" not in h for h in strip)
