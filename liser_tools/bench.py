@@ -447,7 +447,11 @@ def run_grid(grid: Grid, host, other_code: str | None = None) -> dict:
         else:
             log.info("[%d/%d] %s", i, len(todo), key)
         t0 = time.perf_counter()
-        ctx = Engine(item["config"], host, resume="restart" if item["state"] == "stale" else "auto").execute()
+        engine = Engine(item["config"], host, resume="restart" if item["state"] == "stale" else "auto")
+        ctx = engine.execute()
+        if engine.already_complete:  # finished earlier, but its rows never reached results.csv
+            log.warning("%s: a finished run whose rows are missing; running it again for its rows", ctx.run_dir)
+            ctx = Engine(item["config"], host, resume="restart").execute()
         rows = [r for r in rows if r["combination"] != key] + rows_of_run(key, ctx)
         write_results(results_path, rows)  # after every run: an interrupted grid keeps what it has
         took = time.perf_counter() - t0
@@ -462,6 +466,24 @@ def run_grid(grid: Grid, host, other_code: str | None = None) -> dict:
         log.info("%d combination(s) in results.csv are no longer in the grid and stay off the leaderboard", len(gone))
     write_leaderboard(grid, [r for r in rows if r["combination"] in current])
     return {"ran": ran, "skipped": skipped, "replaced": replaced, "results": str(results_path)}
+
+
+def repeats_advice(grid: Grid) -> list[str]:
+    """What ``--plan`` says about repeats: the grid's n per row (a warning below 3) and, from the
+    spread of the paired differences in its ``results.csv`` so far, the repeats a difference of
+    0.02 and 0.05 UAR needs (:func:`liser_tools.compare.power_lines`)."""
+    from liser_tools import compare
+
+    n = 1
+    for axis in grid.repeat:
+        n *= len(grid.axes.get(axis, {})) or 1
+    out = [f"repeats: {n} run(s) per row ({' x '.join(grid.repeat) or 'no repeat axis'})"]
+    if n < compare.MIN_REPEATS:
+        out[0] += f" -- fewer than {compare.MIN_REPEATS}: intervals and paired tests will have almost no power"
+    rows = read_results(grid.output / "results.csv") if (grid.output / "results.csv").is_file() else []
+    power = compare.power_lines(compare.comparisons(rows, grid.repeat)) if rows else []
+    out += power or ["repeats needed: no finished runs to estimate the spread from yet (rerun --plan after some)"]
+    return out
 
 
 def flag_notes(flags: set[str]) -> list[str]:
@@ -663,6 +685,8 @@ def cmd_bench(args, host) -> int:
         from liser_tools.plan import format_plan, plan_grid
 
         print(format_plan(grid, plan_grid(grid, host, plan(grid, host))))
+        for line in repeats_advice(grid):
+            print(line)
         return 0
     from liser_tools import taskgraph
 

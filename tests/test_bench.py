@@ -208,3 +208,18 @@ def test_rows_from_other_code_are_listed_and_never_averaged_silently(teacher_gri
     assert run_grid(load_grid(teacher_grid, out), host, "keep")["ran"] == 0
     board = (out / "leaderboard.md").read_text()
     assert "| teachers=face | student **!mixed_code** | 0.500 ± 0.141 [" in board and "**!mixed_code**: the row" in board
+
+
+def test_a_finished_run_whose_rows_were_lost_is_run_again_for_them(grid_file, tmp_path):
+    """Killed between a run's end and its rows reaching results.csv: the engine leaves a finished
+    run alone, so the grid runs it again (restart) rather than writing no rows."""
+    host = load_plugins()
+    grid = load_grid(grid_file(seeds=("s0",)), tmp_path / "out")
+    grid.axes["loss"] = {"ce": grid.axes["loss"]["ce"]}
+    assert run_grid(grid, host)["ran"] == 1
+    results = tmp_path / "out" / "results.csv"
+    before = list(csv.DictReader(open(results)))
+    results.unlink()
+    assert run_grid(grid, host)["ran"] == 1
+    after = list(csv.DictReader(open(results)))
+    assert [(r["model"], r["uar"]) for r in after] == [(r["model"], r["uar"]) for r in before] and after

@@ -60,8 +60,12 @@ def test_a_paper_grid_writes_curves_tables_pareto_and_a_report(paper_grid, tmp_p
     assert "plan: 8 runs (0 done, 0 stale, 8 to run)" in plan
     assert "teacher fits: 2 face_cnn, 2 audio_cnn" in plan  # one per seed (its corpus): fractions and sets share it
     assert "estimated wall time" in plan
+    assert "repeats: 2 run(s) per row (seed) -- fewer than 3" in plan and "no finished runs" in plan
     result = run_grid(load_grid(paper_grid, out), host)
     assert result["ran"] == 8
+    assert main(["bench", str(paper_grid), "-o", str(out), "--plan"]) == 0
+    assert "Repeats needed (80 % power" in capsys.readouterr().out  # from the spread of the runs just made
+    assert (out / "comparisons.md").is_file() and "Holm" in (out / "comparisons.md").read_text()
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert {r["label_fraction"] for r in rows} == {"0.25", "1.0"}
     assert {r["model"] for r in rows if "teachers=both" in r["combination"]} >= {"targets", "student"}
