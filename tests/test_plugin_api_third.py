@@ -389,3 +389,41 @@ def test_parameter_groups_and_scalars_resume_bit_exactly(tmp_path):
     strip = [{k: v for k, v in h.items() if k != "seconds"} for h in ref_hist]
     assert [{k: v for k, v in h.items() if k != "seconds"} for h in hist] == strip
     assert all("head/norm" in h and "head/norm#steps" not in h for h in strip)
+
+
+def test_an_online_teacher_at_another_rate_gets_the_view_resampled(run_tiny, monkeypatch):
+    import torchaudio.functional as AF
+
+    from liser_plugins.cnn_teachers import AudioCNNTeacher
+
+    pairs, active = [], []
+
+    class Half(AudioCNNTeacher):
+        def forward(self, batch):
+            from liser_core.preflight import probing
+
+            if active and not probing():  # called from the distillation step
+                pairs.append((batch.audio.clone(), batch.lengths.clone()))
+            return super().forward(batch)
+
+    seen = []
+    host = _host_with(teacher=("half", Half))
+    from liser_core.stages import distil
+
+    real = distil.online_targets
+
+    def spy(engine, online, batch, audio, lengths, stored):
+        seen.append((audio.clone(), lengths.clone()))  # the student's view of the batch
+        active.append(True)
+        try:
+            return real(engine, online, batch, audio, lengths, stored)
+        finally:
+            active.clear()
+
+    monkeypatch.setattr(distil, "online_targets", spy)
+    run_tiny(overrides=["teachers=[{name: half, online: true, fit: {epochs: 1, batch_size: 16}, "
+                        "options: {channels: [4, 8], hidden: 16, sample_rate: 8000}}]"], host=host)
+    assert seen and len(pairs) == len(seen)
+    for (audio, lengths), (teacher_audio, teacher_lengths) in zip(seen, pairs):
+        torch.testing.assert_close(teacher_audio, AF.resample(audio, 16000, 8000))  # no augmentation: the clean view
+        assert teacher_lengths.tolist() == [-(-int(n) // 2) for n in lengths]  # ceil(n * 8000 / 16000)
