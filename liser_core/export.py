@@ -47,11 +47,14 @@ def export(
     fmt: str = "onnx",
     *,
     example_seconds: float = 3.0,
+    window_seconds: float | None = None,
     host=None,
 ) -> dict:
-    """Export a saved student to ONNX or TorchScript; returns (and writes) the sidecar metadata."""
-    if fmt not in ("onnx", "torchscript"):
-        raise UsageError(f"--format {fmt!r}: choose onnx or torchscript")
+    """Export a saved student to ONNX, TorchScript or ExecuTorch (``.pte``, the XNNPACK backend;
+    fixed input of one ``window_seconds`` window, default 1 s); returns (and writes) the sidecar
+    metadata."""
+    if fmt not in ("onnx", "torchscript", "executorch"):
+        raise UsageError(f"--format {fmt!r}: choose onnx, torchscript or executorch")
     checkpoint = resolve_source(checkpoint)
     student = Student.from_pretrained(checkpoint, host=host)
     config = read_component_config(checkpoint, "student")
@@ -74,6 +77,9 @@ def export(
         )
         program.save(str(tmp))
         _check_dynamic(tmp, output)
+    elif fmt == "executorch":
+        window = int(round((window_seconds or 1.0) * student.sample_rate))
+        not_delegated = _executorch(wrapper, torch.zeros(1, window), tmp)
     else:
         with torch.no_grad():
             traced = torch.jit.trace(wrapper, (example,), check_trace=False)
@@ -92,8 +98,37 @@ def export(
         "aggregation": "mean of window probabilities, windows of window_seconds with half-window hop",
         "num_parameters": student.num_parameters(),
     }
+    if fmt == "executorch":
+        meta.update({
+            "runtime": "ExecuTorch (executorch.runtime / the C++ Module API), XNNPACK delegate",
+            "inputs": {"audio": f"float32 (1, {window}): exactly one window of {window / student.sample_rate:g} s"},
+            "window_seconds": window / student.sample_rate,
+            "aggregation": "one window per call: stream with a hop (liser predict --stream) or average windows",
+            "not_delegated": not_delegated,
+        })
     atomic_write_json(output.with_name(output.name + ".json"), meta)
     return meta
+
+
+def _executorch(wrapper: torch.nn.Module, example: torch.Tensor, path: Path) -> list[str]:
+    """Lower ``wrapper`` for ExecuTorch with the XNNPACK partitioner and write the ``.pte``;
+    returns the operators left outside the delegate (run by ExecuTorch's portable kernels)."""
+    try:
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+    except ImportError:
+        raise UsageError("--format executorch needs ExecuTorch: pip install 'liser[mobile]'") from None
+    for module in wrapper.modules():  # XNNPACK's passes refuse non-persistent buffers (the DFT kernels)
+        module._non_persistent_buffers_set.clear()
+    with torch.no_grad():
+        program = torch.export.export(wrapper, (example,))
+    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    left = sorted({str(n.target).split(".")[-2] if "." in str(n.target) else str(n.target)
+                   for n in edge.exported_program().graph.nodes
+                   if n.op == "call_function" and "executorch_call_delegate" not in str(n.target)
+                   and "getitem" not in str(n.target)})
+    path.write_bytes(edge.to_executorch().buffer)
+    return left
 
 
 def _check_dynamic(path: Path, output: Path) -> None:

@@ -39,12 +39,14 @@ def add_parsers(sub, plugin_args) -> None:
 
     p = sub.add_parser(
         "export",
-        help="export a saved student to ONNX or TorchScript",
+        help="export a saved student to ONNX, TorchScript or ExecuTorch (.pte); --quantize int8",
         description="Export a saved student (frontend included: waveform in, logits/probs out).",
         epilog="example: liser export runs/synth_kd/student --format onnx -o student.onnx",
     )
     p.add_argument("checkpoint", help="student directory (RUN_DIR/student) or Hub id")
-    p.add_argument("--format", dest="fmt", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--format", dest="fmt", choices=["onnx", "torchscript", "executorch"], default="onnx")
+    p.add_argument("--window", type=float, default=None, metavar="S",
+                   help="--format executorch: the fixed input length in seconds (default 1)")
     p.add_argument("-o", "--output", default=None, help="output file (default: CHECKPOINT/student.onnx|.pt)")
     p.add_argument("--quantize", choices=["int8"], default=None,
                    help="also write an int8 copy (OUTPUT.int8.onnx) and compare it with float32: size, "
@@ -228,7 +230,11 @@ def cmd_export(args, host) -> int:
 
     from .deploy import export
 
-    suffix = ".onnx" if args.fmt == "onnx" else ".pt"
+    suffix = {"onnx": ".onnx", "torchscript": ".pt", "executorch": ".pte"}[args.fmt]
+    if args.window is not None and (args.fmt != "executorch" or not (math.isfinite(args.window) and args.window >= 0.5)):
+        from liser_core.errors import UsageError
+
+        raise UsageError(f"--window {args.window}: only with --format executorch, a length in seconds >= 0.5")
     local = Path(args.checkpoint).is_dir()  # a Hub id: the export lands in the working folder
     output = Path(args.output) if args.output else (
         Path(args.checkpoint) / f"student{suffix}" if local else Path(args.checkpoint.replace("/", "--") + suffix))
@@ -236,7 +242,9 @@ def cmd_export(args, host) -> int:
         from liser_core.errors import UsageError
 
         raise UsageError(f"--quantize {args.quantize} needs --format onnx (not {args.fmt})")
-    meta = export(args.checkpoint, output, args.fmt, host=host)
+    meta = export(args.checkpoint, output, args.fmt, host=host, window_seconds=args.window)
+    if meta.get("not_delegated"):
+        print(f"run outside the XNNPACK delegate (ExecuTorch's portable kernels): {', '.join(meta['not_delegated'])}")
     print(f"wrote {output} ({meta['format']}, {meta['num_parameters']:,} parameters, {meta['sample_rate']} Hz)")
     print(f"frontend: {meta['frontend']}")
     print(f"metadata: {output.name}.json")

@@ -297,3 +297,33 @@ def test_websocket_stream_on_a_real_socket(tmp_path):
     finally:
         srv.should_exit = True
         thread.join(10)
+
+
+# ---------------------------------------------------------------------------------------------
+# item 3: a mobile runtime (ExecuTorch)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["logmel_cnn"])  # ecapa_tdnn and timm_mobile: benchmarks/student_speed.py
+def test_executorch_export_runs_in_the_executorch_runtime(name, tmp_path, capsys):
+    pytest.importorskip("executorch")
+    from executorch.runtime import Runtime
+
+    from liser_tools.cli import main
+
+    student = saved_student(name, tmp_path / "student")
+    out = tmp_path / "s.pte"
+    assert main(["export", str(tmp_path / "student"), "--format", "executorch", "--window", "1", "-o", str(out)]) == 0
+    meta = json.loads((tmp_path / "s.pte.json").read_text())
+    assert meta["format"] == "executorch" and meta["window_seconds"] == 1.0 and "XNNPACK" in meta["runtime"]
+    assert isinstance(meta["not_delegated"], list)
+    method = Runtime.get().load_program(str(out)).load_method("forward")
+    for audio in clips(2, seconds=1.0, seed=9):
+        x = torch.from_numpy(audio[:16000])[None]
+        logits, probs = method.execute([x])
+        with torch.no_grad():
+            ref = student(x).logits
+        assert (logits - ref).abs().max() < 1e-4
+        assert (probs - torch.softmax(ref, -1)).abs().max() < 1e-5
+    assert main(["export", str(tmp_path / "student"), "--format", "onnx", "--window", "1"]) == 2
+    assert "--window 1.0: only with --format executorch" in capsys.readouterr().err
