@@ -357,7 +357,7 @@ def _groups_loop(tmp_path, stop_after=None):
         if stop_after is not None and calls["n"] == stop_after:
             os.kill(os.getpid(), signal.SIGINT)
         loss = torch.nn.functional.cross_entropy(head(torch.relu(body(batch.audio))), batch.labels)
-        logged["norm"] = float(head.weight.norm())
+        logged["norm"] = float(head.weight.detach().norm())
         return loss, {"ce": loss.detach()}
 
     def loader(epoch, skip):
