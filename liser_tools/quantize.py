@@ -319,11 +319,12 @@ def compare(float_path: str | Path, int8_path: str | Path, *, classes: Sequence[
 
 def quantize_student(checkpoint: str | Path, float_path: str | Path, output: str | Path, *, mode: str = "static",
                      frontend: bool = False, calibrate: str | Path | None = None, host=None,
-                     repeats: int = 30) -> dict[str, Any]:
+                     repeats: int = 30, record: bool = True) -> dict[str, Any]:
     """The whole ``--quantize int8`` step for a saved student whose float ONNX export is
     ``float_path``: calibration clips (``calibrate`` folder, else the run's labeled/unlabeled
     clips), the int8 file, the comparison on the run's test split; written to
-    ``CHECKPOINT/quantization.json`` when the checkpoint is a folder. Returns the record."""
+    ``CHECKPOINT/quantization.json`` when the checkpoint is a folder (and ``record``). Returns
+    the record."""
     from liser_core.checkpoint import atomic_write_json, read_component_config
 
     from .deploy import expand_paths, read_audio
@@ -351,7 +352,7 @@ def quantize_student(checkpoint: str | Path, float_path: str | Path, output: str
         calibration = [a for a in calibration if len(a) >= rate // 2]  # the export's shortest input
     ops = quantize_onnx(float_path, output, mode=mode, calibration=calibration, frontend=frontend)
     test = run_clips(run_dir, ["test"], rate, host=host) if run_dir is not None else []
-    record = {
+    record_to, result = record, {
         "format": "onnx", "mode": mode, "weights": "int8, per channel, symmetric",
         "activations": "uint8, per tensor, min/max calibrated" if mode == "static" else "uint8, dynamic per call",
         "calibration": source, "frontend": "int8" if frontend else "float (kept)",
@@ -361,9 +362,9 @@ def quantize_student(checkpoint: str | Path, float_path: str | Path, output: str
         "speed": "median CPU ms of one 3 s clip on 1 thread, onnxruntime, the two models taking turns",
         **compare(float_path, output, classes=classes, sample_rate=rate, test=test, repeats=repeats),
     }
-    if Path(checkpoint).is_dir():
-        atomic_write_json(Path(checkpoint) / "quantization.json", record)
-    return record
+    if record_to and Path(checkpoint).is_dir():
+        atomic_write_json(Path(checkpoint) / "quantization.json", result)
+    return result
 
 
 def summary_lines(record: dict[str, Any]) -> list[str]:

@@ -433,6 +433,10 @@ def write_report(out: Path, title: str, rows: Sequence[Mapping[str, str]], roles
     speed_md = "| student | parameters | CPU real-time factor |\n|---|---|---|\n" + "".join(
         f"| {k} | {v['params']:,} | {v['rtf']:.0f}x |\n" for k, v in speeds.items()
     )
+    quantized = _quantized(out, rows, roles)
+    if quantized:
+        speed_md += "\n" + quantized_markdown(quantized)
+        (out / "quantized.md").write_text(quantized_markdown(quantized))
     page = write_html(
         out, title, figures,
         [("Label efficiency", _md_table_html(eff_md) + _notes_html(eff_md)), ("Students: size and speed", _md_table_html(speed_md)),
@@ -440,7 +444,69 @@ def write_report(out: Path, title: str, rows: Sequence[Mapping[str, str]], roles
          ("Paired comparisons (Holm-corrected)", _comparisons_html(out))],
         confusions,
     )
-    return {"efficiency": eff, "figures": [str(p) for p, _ in figures], "html": str(page), "speeds": speeds}
+    return {"efficiency": eff, "figures": [str(p) for p, _ in figures], "html": str(page), "speeds": speeds,
+            "quantized": quantized}
+
+
+def quantized_markdown(quantized: Mapping[str, dict]) -> str:
+    """Per student: float32 against int8 (onnxruntime static) test UAR, size and speed, from
+    each student's ``quantization.json`` record (:mod:`liser_tools.quantize`)."""
+    lines = ["| student | UAR float32 | UAR int8 | UAR drop (points) | size float32 | size int8 | int8/float32 size "
+             "| int8 speed-up (1 thread) |", "|---|---|---|---|---|---|---|---|"]
+    for label, r in quantized.items():
+        f, q = r["float32"], r["int8"]
+        lines.append(f"| {label} | {f.get('uar', float('nan')):.3f} | {q.get('uar', float('nan')):.3f} | "
+                     f"{r.get('uar_drop_points', float('nan')):+.1f} | {f['bytes'] / 1024:,.0f} KB | "
+                     f"{q['bytes'] / 1024:,.0f} KB | {r['size_ratio']:.2f}x | {r['speedup']:.2f}x |")
+    return "\n".join(lines) + ("\n\nint8: onnxruntime static quantization of each student's first run, calibrated on "
+                              "its labeled and unlabeled clips, scored on its test split (`liser export --quantize "
+                              "int8` gives the same per run).\n")
+
+
+def _quantized(out: Path, rows: Sequence[Mapping[str, str]], roles: Mapping[str, str]) -> dict[str, dict]:
+    """float32 against int8 per student label: the first run's ``student/quantization.json``, or
+    measured now (cached in ``quantized.json``); empty without onnxruntime."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return {}
+    import tempfile
+
+    from liser_core.errors import UsageError
+
+    from .deploy import export
+    from .quantize import quantize_student
+
+    cache_path = out / "quantized.json"
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (FileNotFoundError, ValueError):
+        cache = {}
+    result: dict[str, dict] = {}
+    for r in rows:
+        if r["model"] != "student":
+            continue
+        label = parse_combination(r["combination"])[roles["student"]]
+        student_dir = Path(r["run_dir"]) / "student"
+        if label in result or not (student_dir / "config.json").is_file():
+            continue
+        if (student_dir / "quantization.json").is_file():
+            result[label] = json.loads((student_dir / "quantization.json").read_text())
+            continue
+        if str(student_dir) not in cache:
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    export(student_dir, Path(tmp) / "s.onnx")
+                    cache[str(student_dir)] = quantize_student(student_dir, Path(tmp) / "s.onnx",
+                                                               Path(tmp) / "s.int8.onnx", record=False, repeats=10)
+            except UsageError as exc:  # said, not silently left out
+                import logging
+
+                logging.getLogger(__name__).warning("int8 of %s: %s", label, exc)
+                continue
+        result[label] = cache[str(student_dir)]
+    cache_path.write_text(json.dumps(cache, indent=2))
+    return result
 
 
 def _relative(path: Path, base: Path) -> str:

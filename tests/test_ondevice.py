@@ -327,3 +327,28 @@ def test_executorch_export_runs_in_the_executorch_runtime(name, tmp_path, capsys
         assert (probs - torch.softmax(ref, -1)).abs().max() < 1e-5
     assert main(["export", str(tmp_path / "student"), "--format", "onnx", "--window", "1"]) == 2
     assert "--window 1.0: only with --format executorch" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# item 4: float vs int8 in the bench report
+# ---------------------------------------------------------------------------------------------
+
+
+def test_bench_report_shows_float_and_int8_per_student(tiny_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from liser_tools.report import _quantized, quantized_markdown
+
+    student_dir = tiny_run.run_dir / "student"
+    (student_dir / "quantization.json").unlink(missing_ok=True)  # measured by the report itself
+    rows = [{"model": "student", "combination": "student=logmel_cnn,teachers=both", "run_dir": str(tiny_run.run_dir)},
+            {"model": "face_cnn", "combination": "student=logmel_cnn,teachers=both", "run_dir": str(tiny_run.run_dir)}]
+    got = _quantized(tmp_path, rows, {"student": "student"})
+    assert list(got) == ["logmel_cnn"] and not (student_dir / "quantization.json").exists()
+    record = got["logmel_cnn"]
+    metrics = json.loads((tiny_run.run_dir / "metrics.json").read_text())["student"]
+    assert record["float32"]["uar"] == pytest.approx(metrics["uar"], abs=1e-4)
+    table = quantized_markdown(got)
+    row = next(line for line in table.splitlines() if line.startswith("| logmel_cnn"))
+    assert f"| {record['float32']['uar']:.3f} | {record['int8']['uar']:.3f} |" in row
+    assert f"{record['size_ratio']:.2f}x" in row
+    assert json.loads((tmp_path / "quantized.json").read_text())[str(student_dir)] == record  # cached
