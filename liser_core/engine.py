@@ -340,6 +340,7 @@ class Engine:
             self.dist.on_main(self.check_room)  # every rank gets its refusal: none waits for rank 0
             self._claim_run_dir()
             self._open_state()  # refuses a different recipe before it writes anything
+            runlog.gate.pass_on()  # valid: what validation said goes to the console now
             if self._lock is not None:
                 self._lock.announce()
             runlog.to_file(run.run_dir / ("log.txt" if self.dist.is_main else f"log.rank{self.dist.rank}.txt"))
@@ -652,9 +653,60 @@ def config_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
+class ConsoleGate(logging.Handler):
+    """Holds what validation logs to the console: a recipe refused during validation prints
+    only its error line (the CLI's), not the lines that led to it. Released -- the held lines
+    printed, the console handlers back in place -- when validation passes, or once it has run
+    for ``patience`` seconds (a long corpus scan is not left silent; ``LISER_LOG_PATIENCE``,
+    default 5)."""
+
+    def __init__(self, patience: float | None = None) -> None:
+        super().__init__(logging.INFO)
+        if patience is None:
+            try:
+                patience = float(os.environ.get("LISER_LOG_PATIENCE", "5"))
+            except ValueError:
+                patience = 5.0
+        self.patience = patience
+        self.root = logging.getLogger("liser")
+        self.console = [h for h in self.root.handlers if getattr(h, "_liser_console", False)]
+        self.held: list[logging.LogRecord] = []
+        self.t0 = time.perf_counter()
+        self.open = not self.console
+        for h in self.console:
+            self.root.removeHandler(h)
+        if not self.open:
+            self.root.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.held.append(record)
+        if time.perf_counter() - self.t0 > self.patience:
+            self.pass_on()
+
+    def pass_on(self) -> None:
+        """Print what was held and give the console back. (Not ``release``: logging.Handler's
+        own ``release`` frees its lock after every record.)"""
+        if self.open:
+            return
+        self.open = True
+        self.root.removeHandler(self)
+        for h in self.console:
+            self.root.addHandler(h)
+            for record in self.held:
+                if record.levelno >= h.level:
+                    h.handle(record)
+        self.held = []
+
+    def drop(self) -> None:
+        """Validation refused: drop what was held, give the console back."""
+        self.held = []
+        self.pass_on()
+
+
 class _RunLog:
     """The run's log: INFO and up, held in memory from validation on (nothing may be written
-    yet), then into the run directory's log file with everything held."""
+    yet), then into the run directory's log file with everything held. The console's share is
+    held by a :class:`ConsoleGate` until validation passes."""
 
     def __init__(self) -> None:
         self.root = logging.getLogger("liser")
@@ -665,6 +717,7 @@ class _RunLog:
         self.early.setLevel(logging.INFO)
         self.root.addHandler(self.early)
         self.handler: logging.Handler | None = None
+        self.gate = ConsoleGate()
 
     def to_file(self, path: Path) -> None:
         self.handler = logging.FileHandler(path, mode="a")
@@ -676,6 +729,7 @@ class _RunLog:
         self.root.addHandler(self.handler)
 
     def close(self) -> None:
+        self.gate.drop()  # a run that never got as far as its log file: only its error is said
         for h in (self.early, self.handler):
             if h is not None:
                 self.root.removeHandler(h)

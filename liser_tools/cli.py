@@ -315,7 +315,15 @@ def cmd_run(args) -> int:
     mode = "resume" if args.resume else "restart" if args.restart else "overwrite" if args.overwrite else "auto"
     engine = Engine(cfg, host, resume=mode)
     if args.dry_run:
-        run = engine.validate()
+        from liser_core.engine import ConsoleGate
+
+        gate = ConsoleGate()
+        try:
+            run = engine.validate()
+        except BaseException:
+            gate.drop()  # a refused recipe: only its error line
+            raise
+        gate.pass_on()
         shutdown()
         if not run.dist.is_main:
             return 0

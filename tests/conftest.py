@@ -7,6 +7,11 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# what validation logs reaches the console only once it passes (or after this many seconds):
+# tests that check a refusal prints one line must not depend on how loaded the machine is
+os.environ.setdefault("LISER_LOG_PATIENCE", "3600")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _cache_dir(tmp_path_factory):
     """LiSER's cache (file digests, video manifests) in a temporary folder, never the home's."""
