@@ -295,3 +295,16 @@ def test_executors_are_a_registry_a_plugin_can_add_to():
         executors.make_executor("rey")
     local = executors.make_executor("local", workers=2, threads=None)
     assert local.capacity == 2 and local.threads == max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+def test_the_sequential_runner_and_two_workers_give_identical_scores(two_workers, tmp_path):
+    """The same grid at one torch thread per run (TINY_OVERRIDES: threads=1), sequentially in one
+    process (teachers fitted and labels stored inside the runs) and as a task graph on 2 workers
+    (fit and labeling tasks with one teacher each): the same fitted teachers, the same scores."""
+    from liser_tools.bench import run_grid
+
+    grid = load_grid(write_grid(tmp_path), tmp_path / "out")
+    assert run_grid(grid, load_plugins())["ran"] == 2
+    assert scores(tmp_path / "out") == scores(two_workers[0])
+    fitted = sorted(p.name for p in (tmp_path / "out" / "store" / "fitted").iterdir() if not p.name.startswith("."))
+    assert fitted == sorted(p.name for p in (two_workers[0] / "store" / "fitted").iterdir() if not p.name.startswith("."))
