@@ -3,6 +3,9 @@
 ``liser export STUDENT --format onnx --quantize int8`` writes the float32 export, then an int8
 copy beside it (``student.int8.onnx``):
 
+The float graph first goes through onnxruntime's ``quant_pre_process`` (shape inference and
+graph fusions; a failure is logged and the export is quantized as it is). Then:
+
 * **static** (default): onnxruntime's ``quantize_static`` in QDQ format, per-channel int8
   weights, uint8 activations whose ranges are calibrated (min/max) on clips of the run's
   ``labeled`` and ``unlabeled`` splits (rebuilt from the run's ``config.yaml`` and the clip ids
@@ -24,6 +27,7 @@ evaluation). The result goes to ``student/quantization.json`` and into the model
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +37,8 @@ from typing import Any
 import numpy as np
 
 from liser_core.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 #: Operators that carry weights onnxruntime can quantize: they are the ones accounted for.
 WEIGHT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -72,17 +78,17 @@ def _scope(node) -> str:
     return ""
 
 
-def _is_frontend(node) -> bool:
-    return ".frontend" in _scope(node)
-
-
-def op_report(model, *, frontend_float: bool) -> OpReport:
+def op_report(model, *, frontend_float: bool, scopes: dict[str, str] | None = None) -> OpReport:
     """Account for every weight-carrying operator of a quantized ONNX ``model`` (an
     ``onnx.ModelProto``): int8 when it is an integer operator or its weight comes through a
     ``DequantizeLinear`` (QDQ format); float otherwise, with the reason."""
     producers = {out: n for n in model.graph.node for out in n.output}
     initializers = {i.name for i in model.graph.initializer}
     report = OpReport()
+    scopes = scopes if scopes is not None else {n.name: _scope(n) for n in model.graph.node}
+
+    def frontend(node) -> bool:
+        return ".frontend" in scopes.get(node.name, "")
     int8: Counter = Counter()
     for node in model.graph.node:
         if node.op_type in INT_OPS:
@@ -92,19 +98,19 @@ def op_report(model, *, frontend_float: bool) -> OpReport:
             continue
         act, weight = (producers.get(i) for i in node.input[:2])
         act_q = act is not None and act.op_type == "DequantizeLinear"
-        if act_q or (weight is not None and weight.op_type == "DequantizeLinear" and not _is_frontend(node)):
+        if act_q or (weight is not None and weight.op_type == "DequantizeLinear" and not frontend(node)):
             int8[node.op_type] += 1
             continue
         if weight is not None and weight.op_type == "DequantizeLinear":
             why = "the audio frontend: weights stored in int8, computed in float (--quantize-frontend for int8)"
-        elif _is_frontend(node) and frontend_float:
+        elif frontend(node) and frontend_float:
             why = "the audio frontend is kept in float (--quantize-frontend to quantize it)"
         elif not any(i in initializers or (producers.get(i) is not None and producers[i].op_type == "Constant")
                      for i in node.input[:2]):
             why = "no constant weight (a product of two activations); onnxruntime left it in float"
         else:
             why = "onnxruntime did not quantize it (operator or shape not supported in this mode)"
-        report.float.append({"op": node.op_type, "name": node.name, "scope": _scope(node), "why": why})
+        report.float.append({"op": node.op_type, "name": node.name, "scope": scopes.get(node.name, ""), "why": why})
     report.int8 = dict(int8)
     return report
 
@@ -139,9 +145,20 @@ def quantize_onnx(float_path: str | Path, output: str | Path, *, mode: str = "st
     if mode not in ("static", "dynamic"):
         raise UsageError(f"--quantize-mode {mode!r}: choose static or dynamic")
     float_path, output = Path(float_path), Path(output)
-    model = onnx.load(str(float_path))
-    excluded = [] if frontend else [n.name for n in model.graph.node if _is_frontend(n)]
+    # module scopes by node name from the export (the pre-processing below may drop the metadata)
+    scopes = {n.name: _scope(n) for n in onnx.load(str(float_path), load_external_data=False).graph.node}
     tmp = output.with_name(f".{output.name}.tmp")
+    pre = output.with_name(f".{output.name}.pre.onnx")
+    try:  # onnxruntime's recommended step: shape inference and graph optimisation (fusions) first
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(str(float_path), str(pre), skip_symbolic_shape=True)
+        float_path = pre
+    except Exception as exc:  # noqa: BLE001 - said, then the export is quantized as it is
+        log.warning("%s: onnxruntime's quantization pre-processing failed (%s: %s); quantizing the graph "
+                    "as exported", float_path, type(exc).__name__, exc)
+    model = onnx.load(str(float_path))
+    excluded = [] if frontend else [n.name for n in model.graph.node if ".frontend" in scopes.get(n.name, "")]
     if mode == "static":
         if not calibration:
             raise UsageError(f"{float_path}: static int8 needs calibration clips (the run's labeled/unlabeled "
@@ -159,7 +176,8 @@ def quantize_onnx(float_path: str | Path, output: str | Path, *, mode: str = "st
         _int8_weights_only(quantized, set(excluded))
         onnx.save(quantized, str(tmp))
     tmp.replace(output)
-    return op_report(quantized, frontend_float=not frontend)
+    pre.unlink(missing_ok=True)
+    return op_report(quantized, frontend_float=not frontend, scopes=scopes)
 
 
 def _int8_weights_only(model, names: set[str]) -> None:
