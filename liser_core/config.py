@@ -42,9 +42,12 @@ class DuplicatePolicy(str, Enum):
     error = "error"  # refuse to run
 
 
-class BadClipPolicy(str, Enum):
-    skip = "skip"  # log the file and reason, count it in the report, go on
-    raise_ = "raise"  # stop the run naming the file and reason
+#: What to do with unreadable/silent/broken clips: ``skip`` logs the file and reason, counts it in
+#: the report and goes on; ``raise`` stops the run naming the file and reason. Built with the
+#: functional API so that the member *name* is ``raise`` (a keyword in class syntax): OmegaConf
+#: before 2.4 accepts an enum's names only, not its values (hydra-core, which some packages pull
+#: in, pins omegaconf < 2.4).
+BadClipPolicy = Enum("BadClipPolicy", {"skip": "skip", "raise": "raise"}, type=str)
 
 
 @dataclass
