@@ -114,7 +114,7 @@ def test_plugins_strict_prints_table_then_fails(fake_distribution, tmp_path, cap
     src.mkdir()
     (src / "tp_bad.py").write_text("raise ImportError('nope')\n")
     fake_distribution("tp-bad", {"tp_bad": "tp_bad"}, path=src)
-    assert main(["plugins", "--strict-plugins"]) == 1
+    assert main(["plugins", "--strict-plugins"]) == 2  # a broken plugin environment is a usage error (docs/plugins.md)
     captured = capsys.readouterr()
     assert "tp_bad" in captured.out and "failed" in captured.out and "nope" in captured.out
     assert "--strict-plugins" in captured.err

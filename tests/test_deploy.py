@@ -139,7 +139,7 @@ def test_torchscript_export_matches_pytorch(trained, tmp_path):
         x = 0.1 * torch.randn(2, n)
         with torch.no_grad():
             assert torch.allclose(scripted(x)[0], student(x).logits, atol=1e-4)
-    with pytest.raises(UsageError, match="choose onnx or torchscript"):
+    with pytest.raises(UsageError, match="choose onnx, torchscript or executorch"):
         export(trained.run_dir / "student", tmp_path / "x", "tflite")
 
 
