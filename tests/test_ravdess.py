@@ -170,7 +170,8 @@ def test_audiovisual_run_feeds_frames_to_a_face_teacher(tmp_path):
     for a in (1, 2, 3, 4, 6):  # fold 1: actor 1 is the test speaker
         for e in range(1, 9):
             fixtures.write_video(root / f"Actor_{a:02d}/01-01-0{e}-01-01-01-{a:02d}.mp4", seconds=0.8,
-                                 size=(64, 48), rate=48000, freq=120 + 30 * e + 3 * a)  # distinct files
+                                 size=(64, 48), rate=48000, freq=120 + 30 * e + 3 * a,
+                                 seed=100 * a + e, noise=0.05)  # distinct recordings, not near copies
     recipe = tmp_path / "av.yaml"
     recipe.write_text(f"""\
 name: av
