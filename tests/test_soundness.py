@@ -63,12 +63,16 @@ def rav(tmp_path_factory):
     return write_ravdess(tmp_path_factory.mktemp("rav") / "RAVDESS", (1, 2, 3, 4, 8, 9))
 
 
-def one_line_error(capsys) -> str:
-    """The error: the one line on stderr -- what validation logged before refusing is held back
-    (liser_core.engine.ConsoleGate), so a refusal prints only its error line."""
+def one_line_error(capsys, refused: bool = True) -> str:
+    """The error: one line, last, no traceback. A recipe ``refused`` before any work prints only
+    that line (what validation logged is held back: liser_core.engine.ConsoleGate); an error
+    during the run follows the run's own progress lines."""
     err = capsys.readouterr().err.strip().splitlines()
     errors = [ln for ln in err if ln.startswith("liser: error: ")]
-    assert len(errors) == 1 and err == errors, err
+    assert len(errors) == 1 and err[-1] == errors[0], err
+    assert not any("Traceback" in ln for ln in err)
+    if refused:
+        assert err == errors, err
     return errors[0]
 
 
@@ -470,7 +474,7 @@ def test_a_plugin_error_during_training_names_the_component(soundness_plugin, tm
     args = ["run", str(tmp_path / "tiny.yaml"), *TINY_OVERRIDES, TEACHERS,
             "distil.losses=[{name: kl}, {name: vector_loss, options: {late: true}}]", f"run_dir={tmp_path / 'run'}"]
     assert main(args) == 1  # the probe sees a scalar; training sees (B,)
-    line = one_line_error(capsys)
+    line = one_line_error(capsys, refused=False)  # raised in training, after the run started
     assert "loss 'vector_loss' (plugin soundness, recipe key distil.losses.1) returned a tensor of shape (16,)" in line
     with pytest.raises(ComponentError):
         main([*args, "--debug", "--restart"])
