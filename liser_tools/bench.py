@@ -401,16 +401,10 @@ def _canonical_names(cfg, registries):
     return out
 
 
-def run_grid(grid: Grid, host, other_code: str | None = None) -> dict:
-    """Run the combinations not done with their current recipe and code; returns {"ran",
-    "skipped", "replaced": [stale combinations rerun], "results"}.
-
-    Every combination to run is validated first (:func:`dry_run`): an invalid one is refused
-    before any runs. Combinations whose rows come from other code need ``other_code``:
-    ``"rerun"`` runs them again, ``"keep"`` keeps their rows (a board row that then averages
-    runs of different code is flagged ``mixed_code``); without a choice they are refused."""
-    from liser_core.engine import Engine
-
+def validated_plan(grid: Grid, host, other_code: str | None) -> list[dict]:
+    """The grid's plan with rows from other code resolved by ``other_code`` (``rerun``: stale;
+    ``keep``: done; no choice: refused), every combination to run validated before any runs
+    (:func:`dry_run`). Shared by the sequential runner and the task graph."""
     todo = plan(grid, host)
     other = [it["key"] for it in todo if it["state"] == "other code"]
     if other and other_code not in ("rerun", "keep"):
@@ -426,6 +420,20 @@ def run_grid(grid: Grid, host, other_code: str | None = None) -> dict:
     if to_run:
         n, probed = dry_run(grid, host, to_run)
         log.info("%d combination(s) to run validated (%d built and probed)", n, probed)
+    return todo
+
+
+def run_grid(grid: Grid, host, other_code: str | None = None) -> dict:
+    """Run the combinations not done with their current recipe and code; returns {"ran",
+    "skipped", "replaced": [stale combinations rerun], "results"}.
+
+    Every combination to run is validated first (:func:`dry_run`): an invalid one is refused
+    before any runs. Combinations whose rows come from other code need ``other_code``:
+    ``"rerun"`` runs them again, ``"keep"`` keeps their rows (a board row that then averages
+    runs of different code is flagged ``mixed_code``); without a choice they are refused."""
+    from liser_core.engine import Engine
+
+    todo = validated_plan(grid, host, other_code)
     grid.output.mkdir(parents=True, exist_ok=True)
     results_path = grid.output / "results.csv"
     rows = read_results(results_path)

@@ -339,8 +339,6 @@ def run_graph(grid, host, executor: Executor, *, other_code: str | None = None, 
     from liser_tools.bench import (
         after_axes,
         combination_key,
-        dry_run,
-        plan,
         read_results,
         write_leaderboard,
         write_results,
@@ -356,21 +354,9 @@ def run_graph(grid, host, executor: Executor, *, other_code: str | None = None, 
         lock.release()
         raise
     try:
-        todo = plan(grid, host)
-        other = [it["key"] for it in todo if it["state"] == "other code"]
-        if other and other_code not in ("rerun", "keep"):
-            raise UsageError(
-                f"{len(other)} combination(s) have rows from other code (another LiSER or plugin version or git commit; "
-                f"e.g. {other[0]}): rerun them (--rerun-code) or keep their rows, flagged where they are averaged with "
-                "others (--keep-code)"
-            )
-        for it in todo:
-            if it["state"] == "other code":
-                it["state"] = "stale" if other_code == "rerun" else "done"
-        to_run = [it for it in todo if it["state"] != "done"]
-        if to_run:
-            n, probed = dry_run(grid, host, to_run)
-            log.info("%d combination(s) to run validated (%d built and probed)", n, probed)
+        from liser_tools.bench import validated_plan
+
+        todo = validated_plan(grid, host, other_code)
         combos = grid.combinations()
         overrides = {combination_key(chosen): ovr for (chosen, _), ovr in zip(combos, after_axes(grid, combos))}
         # torch threads per task: the executor's share (a threads= on the command line wins; one
