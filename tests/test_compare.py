@@ -44,6 +44,7 @@ def test_rows_significantly_below_the_best_are_marked_and_noise_is_not():
     assert entries[0]["model"] == "teacher:t"  # best UAR first
     far, near = by[("student=b", "student")], by[("student=c", "student")]
     assert far["below_best"] and far["n"] == 6
+    assert near["uar_ci"][0] < near["uar"][0] < near["uar_ci"][1]  # its interval holds its mean
     low, high = far["uar_ci"]
     assert low < sum(FAR) / 6 < high
     # every row compared with the best, Holm over the board: recompute by hand from scipy

@@ -194,7 +194,7 @@ def test_every_flag_stands_in_efficiency_md_report_html_and_the_leaderboard(flag
 
 
 def test_the_pareto_front_and_labels_that_do_not_overprint():
-    from liser_tools.report import _plt, _place_labels, pareto_front
+    from liser_tools.report import _place_labels, _plt, pareto_front
 
     pts = [{"params": 1e4, "rtf": 900, "uar": 0.40, "label": "a"}, {"params": 2e4, "rtf": 800, "uar": 0.50, "label": "b"},
            {"params": 3e4, "rtf": 950, "uar": 0.45, "label": "c"}, {"params": 1e5, "rtf": 100, "uar": 0.60, "label": "d"},
