@@ -100,6 +100,17 @@ class ClipCache:
         self._put_array(self._path(key, "frames.safetensors"), np.ascontiguousarray(frames),
                         {"fps": "" if fps is None else repr(fps), "key": key, "entry": "frames"})
 
+    def get_array(self, key: str, entry: str) -> np.ndarray | None:
+        """Another consumer's array of this clip (e.g. ``f<digest>``: a frontend's features,
+        :mod:`liser_core.features`), verified like decoded audio."""
+        return self._get_array(self._path(key, f"{entry}.safetensors"), key, entry)
+
+    def put_array(self, key: str, entry: str, arr: np.ndarray) -> None:
+        if not entry.isalnum():
+            raise ValueError(f"cache entry names are letters and digits, not {entry!r}")
+        self._put_array(self._path(key, f"{entry}.safetensors"), np.ascontiguousarray(arr),
+                        {"key": key, "entry": entry})
+
     def get_bad(self, key: str, frames: bool) -> CachedBadClip | None:
         path = self._path(key, f"bad{int(frames)}.json")
         try:

@@ -24,11 +24,12 @@ from typing import Any
 #: and decoding workers it uses, not what it computes. A resume that changes them is recorded
 #: per stage in ``state/run.json`` (``stage_settings``), never into the recorded recipe. (On CPU
 #: another thread count changes the last bits of sums: bit-exact resume needs the same count.)
-RESUME_FREE_KEYS = ("run_dir", "device", "loggers", "threads", "data.workers")
+RESUME_FREE_KEYS = ("run_dir", "device", "loggers", "threads", "data.workers", "data.feature_cache")
 #: Keys that do not change results beyond the last bits: where a run goes and reports to, the
-#: thread count, the run's name and where teacher outputs are cached (what results are grouped
-#: and compared by).
-RESULT_FREE_KEYS = ("run_dir", "device", "loggers", "threads", "name", "store", "store_dtype")
+#: thread count, the run's name, where teacher outputs are cached and whether fixed frontends'
+#: features are (bit-identical either way, tests/test_feature_cache.py); what results are
+#: grouped and compared by.
+RESULT_FREE_KEYS = ("run_dir", "device", "loggers", "threads", "name", "store", "store_dtype", "data.feature_cache")
 
 
 def plain_config(cfg: Any) -> dict[str, Any]:

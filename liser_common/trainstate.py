@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,14 +125,24 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_complete_dir(directory: Path, tensors: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any]) -> Path:
+def snapshot(tensors: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+    """Copies on the CPU of every tensor: what a write may take while training goes on."""
+    return {name: {k: v.detach().to("cpu", copy=True).contiguous() for k, v in group.items()}
+            for name, group in tensors.items()}
+
+
+def write_complete_dir(directory: Path, tensors: dict[str, dict[str, torch.Tensor]], meta: dict[str, Any], *,
+                       copied: bool = False) -> Path:
     """Write ``<name>.safetensors`` per entry of ``tensors`` and ``state.json`` into a temporary
-    sibling of ``directory``, then the marker, then rename it into place."""
+    sibling of ``directory``, then the marker, then rename it into place. ``copied``: the tensors
+    are a :func:`snapshot` already (nothing else holds them)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = private_tempdir(directory.parent, f".{directory.name}.", ".tmp")
+    if not copied:
+        tensors = snapshot(tensors)
     try:
         for name, group in tensors.items():
-            save_file({k: v.detach().cpu().contiguous().clone() for k, v in group.items()}, str(tmp / f"{name}.safetensors"))
+            save_file(group, str(tmp / f"{name}.safetensors"))
             os.chmod(tmp / f"{name}.safetensors", umask_mode())  # safetensors writes 0600 whatever the umask
         atomic_write_json(tmp / "state.json", meta)
         files = sorted(p.name for p in tmp.iterdir())
@@ -187,12 +198,36 @@ class Checkpointer:
 
     Keeps the newest ``keep`` complete checkpoints. ``enabled=False`` (e.g. ranks other than 0 in
     a distributed run) loads but never writes.
+
+    ``save(..., background=True)`` copies the state (on the caller's thread: training may change
+    it right after) and writes it on a writer thread while training goes on; one write at a
+    time (the next save, :meth:`latest`, :meth:`load` and :meth:`wait` wait for it), and a write
+    that failed raises its error on the training thread at the next of those. ``done`` callbacks
+    run on the training thread once their checkpoint is complete (:meth:`poll`, :meth:`wait`).
     """
 
     def __init__(self, directory: str | Path, *, keep: int = 2, enabled: bool = True):
         self.directory = Path(directory)
         self.keep = max(1, keep)
         self.enabled = enabled
+        self._pending: tuple[threading.Thread, dict[str, Any], Path, Any] | None = None
+
+    def poll(self) -> None:
+        """Finish a background write that has ended (its error raised, its callback run)."""
+        if self._pending is not None and not self._pending[0].is_alive():
+            self.wait()
+
+    def wait(self) -> None:
+        """Wait for the background write, if any; raise its error or run its callback."""
+        if self._pending is None:
+            return
+        thread, box, path, done = self._pending
+        thread.join()
+        self._pending = None
+        if "error" in box:
+            raise box["error"]
+        if done is not None:
+            done(path)
 
     def candidates(self) -> list[Path]:
         if not self.directory.is_dir():
@@ -202,6 +237,7 @@ class Checkpointer:
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint; incomplete newer ones are reported and passed over."""
+        self.wait()
         for d in self.candidates():
             reason = check_complete(d)
             if reason is None:
@@ -217,8 +253,13 @@ class Checkpointer:
         scheduler: Any,
         scaler: Any = None,
         extra: dict[str, dict[str, torch.Tensor]] | None = None,
+        *,
+        background: bool = False,
+        done=None,
     ) -> Path | None:
-        """``extra``: more named tensor groups to keep with the state (e.g. the best epoch's weights)."""
+        """``extra``: more named tensor groups to keep with the state (e.g. the best epoch's
+        weights); ``background``: write on the writer thread (see the class); ``done(path)``: run
+        once the checkpoint is complete."""
         if not self.enabled:
             return None
         rng_js, rng_t = rng_state()
@@ -232,13 +273,33 @@ class Checkpointer:
             "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
             "rng": rng_js,
         }
-        path = write_complete_dir(
-            self.directory / f"step-{progress.step:09d}",
-            {"modules": mods, "optimizer": opt_t, "rng": rng_t, **(extra or {})},
-            meta,
-        )
-        self._prune(path)
-        return path
+        tensors = snapshot({"modules": mods, "optimizer": opt_t, "rng": rng_t, **(extra or {})})
+        meta = json.loads(json.dumps(meta))  # a copy: the progress goes on changing
+        directory = self.directory / f"step-{progress.step:09d}"
+        self.wait()
+
+        def write() -> Path:
+            path = write_complete_dir(directory, tensors, meta, copied=True)
+            self._prune(path)
+            return path
+
+        if not background:
+            path = write()
+            if done is not None:
+                done(path)
+            return path
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                write()
+            except BaseException as exc:  # raised on the training thread by wait()
+                box["error"] = exc
+
+        thread = threading.Thread(target=run, name=f"liser-checkpoint {directory.name}", daemon=True)
+        self._pending = (thread, box, directory, done)
+        thread.start()
+        return directory
 
     def _prune(self, newest: Path) -> None:
         # checkpoints this loop wrote got their marker last; its presence suffices here (a full

@@ -64,6 +64,7 @@ class DataConfig:
     cache: bool = True  # decode (and resample) each clip read from a file once, across epochs, stages and runs
     cache_dir: str | None = None  # the decoded-clip cache; None: $LISER_CACHE_DIR/decoded
     cache_max_gb: float = 50.0  # least recently used entries are removed past this size
+    feature_cache: bool = True  # fixed frontends (log-mel) computed once per clip (liser_core.features); bit-identical
 
 
 VALIDATION_METRICS = ("uar", "accuracy", "macro_f1", "loss")

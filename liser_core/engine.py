@@ -31,7 +31,7 @@ from liser_common.distributed import from_env
 from liser_common.metrics import classification_metrics, per_group_metrics
 from liser_common.trainstate import Checkpointer
 
-from . import checkpoint, guards, prepare
+from . import checkpoint, features, guards, prepare
 from ._plugins import PluginHost
 from .components import Teacher
 from .config import (
@@ -45,8 +45,9 @@ from .config import (
     validate_components,
 )
 from .context import EvalResult, RunContext
-from .data import Clip, ClipDataset
+from .data import Batch, Clip, ClipDataset
 from .errors import ComponentError, ConfigError, EnvironmentFault, LiserError, UsageError
+from .features import FeatureCache
 from .labels import LabelSpace
 from .prepare import build_component  # noqa: F401 - also imported from here
 from .stages import STAGES, Stage
@@ -108,6 +109,8 @@ class Engine:
         self.dropped: list[guards.Duplicate] = []  # clips the duplicate guard left out
         self.clip_cache: ClipCache | None = None  # decoded clips of file-based corpora
         self.content_keys: dict[str, str] = {}  # clip id -> content + decoding key (file-based corpora)
+        self.feature_cache: FeatureCache | None = None  # fixed frontends' features (liser_core.features)
+        self._feature_keys: dict[int, list[str]] = {}  # id(dataset) -> store key of each of its clips
         self.workers = 0
         self.threads = torch.get_num_threads()
         self._lock: rundir.RunLock | None = None
@@ -419,6 +422,10 @@ class Engine:
         if skipped:
             run.diagnostics["skipped_clips"] = skipped
             log.warning("%d clip(s) skipped as bad (data.bad_clips=skip): see metrics.json", len(skipped))
+        fc = self.feature_cache
+        if fc is not None and fc.hits + fc.misses:
+            run.diagnostics["feature_cache"] = {"hits": fc.hits, "misses": fc.misses}
+            log.info("fixed frontend features: %d computed, %d from the cache", fc.misses, fc.hits)
         self.notify("liser_run_end", run=run, results=run.results(), error=error)
 
     def _stage(self, stage: Stage) -> None:
@@ -497,6 +504,18 @@ class Engine:
     def _content_key(self, clip: Clip) -> str | None:
         """A file-based clip's key in the decoded-clip cache and the teacher store."""
         return self.content_keys.get(clip.clip_id)
+
+    def feature_clips(self, ds: ClipDataset, batch: Batch):
+        """Around a training or validation forward: the batch's clips named to the feature
+        cache, so a fixed frontend run on ``batch.audio`` itself computes each clip once
+        (liser_core.features); a no-op without the cache."""
+        if self.feature_cache is None:
+            return features.clips(None, None, batch.audio, batch.sample_rate)
+        keys = self._feature_keys.get(id(ds))
+        if keys is None:
+            keys = self._feature_keys[id(ds)] = [self.store_key(c) for c in ds.clips]
+        return features.clips(self.feature_cache, [keys[i] for i in batch.index.tolist()], batch.audio,
+                              batch.sample_rate)
 
     def store_key(self, clip: Clip) -> str:
         """A clip's key in the teacher store: by content (and decoding) only, never by its

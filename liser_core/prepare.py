@@ -448,6 +448,24 @@ def guard_teachers(engine: Engine) -> None:
         if report.get("unreachable_by_all") and "unreachable_classes" not in run.flags:
             run.flags.append("unreachable_classes")
 
+def feature_cache(cfg):
+    """The run's cache of fixed frontends' features (liser_core.features): in memory, and on disk
+    on disk unless ``data.cache`` is off: ``$LISER_CACHE_DIR/features``, or ``features/`` inside
+    ``data.cache_dir`` (where the decoded-clip cache, which keeps to its two-letter folders,
+    leaves it alone)."""
+    from .features import FeatureCache
+
+    if not cfg.data.feature_cache:
+        return None
+    disk = None
+    if cfg.data.cache:
+        from liser_cache.identity import cache_dir
+
+        base = Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else cache_dir()
+        disk = ClipCache(base / "features", max_bytes=int(cfg.data.cache_max_gb * 2**30))
+    return FeatureCache(disk)
+
+
 def setup_data_path(engine: Engine) -> None:
     """Content keys of clips read from files (their file digests and how they are decoded:
     what the store and the decoded-clip cache key on), the cache, the decoding workers."""
@@ -459,6 +477,7 @@ def setup_data_path(engine: Engine) -> None:
         workers = min(4, max(0, cpus // engine.dist.world_size - 1)) if lazy else 0
     engine.workers = int(workers)
     engine.set_threads()
+    engine.feature_cache = feature_cache(cfg)
     if not lazy:
         return
     signature = getattr(run.corpus, "decode_signature", None)

@@ -53,30 +53,78 @@ class LogMel(nn.Module):
         self.register_buffer("dft_kernels", kernels[:, None, :], persistent=False)
         self.dft_conv = True
 
-    def _power_spectrogram_conv(self, audio: torch.Tensor) -> torch.Tensor:
-        pad = self.n_fft // 2
-        x = torch.nn.functional.pad(audio[:, None, :], (pad, pad), mode="reflect")
-        spec = torch.nn.functional.conv1d(x, self.dft_kernels, stride=self.hop)
+    def _power_spectrogram_conv(self, padded: torch.Tensor) -> torch.Tensor:
+        spec = torch.nn.functional.conv1d(padded[:, None, :], self.dft_kernels, stride=self.hop)
         re, im = spec.chunk(2, dim=1)
         return re * re + im * im  # (B, n_fft // 2 + 1, frames)
 
-    def frames(self, lengths: torch.Tensor) -> torch.Tensor:
+    def frames(self, lengths):
         return lengths // self.hop + 1
 
-    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None):
+    def _padded(self, audio: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """Each row extended by half a window on both sides by reflection at *its own* ends (what
+        ``center=True`` does to a whole clip), whatever padding follows it in the batch."""
+        pad = self.n_fft // 2
+        n = audio.shape[-1]
+        if lengths is None:
+            if n > pad or torch.jit.is_tracing():
+                return torch.nn.functional.pad(audio[:, None, :], (pad, pad), mode="reflect")[:, 0]
+            lengths = torch.full((audio.shape[0],), n, device=audio.device)  # too short to reflect whole
+        last = (lengths.to(audio.device)[:, None] - 1).clamp(min=0)
+        i = (torch.arange(n + 2 * pad, device=audio.device) - pad).abs()[None, :]
+        i = torch.where(i > last, 2 * last - i, i)  # reflected at the clip's last sample
+        i = torch.minimum(i.clamp(min=0), last)  # (a clip shorter than half a window)
+        return audio.gather(1, i)
+
+    def log_mel(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """The fixed part: ``log(mel + 1e-6)`` (B, n_mels, frames) of a zero-padded batch (B, N);
+        each row's first ``frames(lengths[i])`` frames from that clip alone, then the log of
+        silence (:data:`SILENCE`). For a whole clip, what ``MelSpectrogram(center=True)`` gives."""
         with torch.autocast(audio.device.type, enabled=False):
+            x = self._padded(audio.float(), lengths)
             if self.dft_conv:
-                power = self._power_spectrogram_conv(audio.float())
-                mel = torch.matmul(power.transpose(1, 2), self.mel.mel_scale.fb).transpose(1, 2)
+                power = self._power_spectrogram_conv(x)
             else:
-                mel = self.mel(audio.float())
-            x = torch.log(mel + 1e-6).unsqueeze(1)
+                spec = self.mel.spectrogram
+                power = torchaudio.functional.spectrogram(
+                    x, pad=0, window=spec.window, n_fft=spec.n_fft, hop_length=spec.hop_length,
+                    win_length=spec.win_length, power=spec.power, normalized=False, center=False,
+                )
+            out = torch.log(self.mel.mel_scale(power) + 1e-6).contiguous()  # one layout in every path
+        if lengths is None:
+            return out
+        keep = torch.arange(out.shape[-1], device=out.device)[None, None, :] < self.frames(lengths.to(out.device))[:, None, None]
+        return torch.where(keep, out, torch.full_like(out[:1, :1, :1], SILENCE))
+
+    def fixed_config(self) -> dict | None:
+        """What the log-mel of a clip depends on (for the feature cache, liser_core.features):
+        the settings and the window and filterbank themselves; None when it is not fixed (a
+        learnable part)."""
+        if any(p.requires_grad for p in self.mel.parameters()):
+            return None
+        spec = self.mel.spectrogram
+        return {"frontend": "liser.LogMel/2", "n_fft": spec.n_fft, "hop": spec.hop_length, "win": spec.win_length,
+                "power": spec.power, "window": spec.window, "fb": self.mel.mel_scale.fb, "floor": 1e-6,
+                "dft_conv": self.dft_conv}
+
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None):
+        """Log-mel of each clip as if it were alone (reflection at its own end, silence after
+        it), so a clip's features do not depend on the batch it is in and match inference; from
+        the feature cache where the engine allows it (:func:`liser_core.features.per_clip`)."""
+        from liser_core.features import per_clip
+
+        x = per_clip(audio, lengths, self.log_mel, self.frames, config=self.fixed_config(),
+                     pad_value=SILENCE).unsqueeze(1)
         n = x.shape[-1]
         if lengths is None:
             valid = torch.full((x.shape[0],), n, device=x.device)
         else:
             valid = self.frames(lengths).clamp(max=n)
         return self.norm(x), valid
+
+
+#: log(1e-6) in float32: the log-mel of silence, what frames after a clip's end hold
+SILENCE = float(torch.log(torch.tensor(1e-6)))
 
 
 def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

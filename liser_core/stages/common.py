@@ -86,9 +86,13 @@ def validator(engine, forward, *, space, clips=None, rate: int, frames: bool = F
         return None
     ds = engine.dataset(clips, rate, frames=frames, space=space)
 
+    def cached(batch: Batch):  # the same clips every epoch: fixed frontends computed once
+        with engine.feature_clips(ds, batch):
+            return forward(batch)
+
     def score() -> dict[str, float]:
         loader = ds.loader(engine.cfg.evaluate.batch_size)  # every rank scores all of it: one decision
-        logits, _, labels, _ = collect(forward, loader, engine.run.device, engine.precision, desc="validation")
+        logits, _, labels, _ = collect(cached, loader, engine.run.device, engine.precision, desc="validation")
         metrics, _ = classification_metrics(logits, labels, len(space))
         metrics["loss"] = float(torch.nn.functional.cross_entropy(logits.float(), labels))
         return metrics

@@ -39,7 +39,7 @@ def run(engine: Engine) -> None:
 
     def step(batch: Batch):
         audio, lengths = inputs(batch)
-        with blame(student, "forward"):
+        with blame(student, "forward"), engine.feature_clips(ds, batch):
             if student_taps:  # intermediate features for the losses that read them
                 with capture(student, student_taps, lengths) as feats:
                     out = student(audio, lengths)

@@ -26,7 +26,7 @@ def _supervised(engine: Engine, student: Student, cfg: TrainConfig, stage: str, 
     inputs = augmented(engine, stage)
 
     def step(batch: Batch):
-        with blame(student, "forward"):
+        with blame(student, "forward"), engine.feature_clips(ds, batch):
             out = student(*inputs(batch))
         loss = F.cross_entropy(out.logits, batch.labels)
         return loss, {"ce": loss.detach()}

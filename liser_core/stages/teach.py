@@ -103,7 +103,7 @@ def _fit(engine: Engine, key: str, teacher: Teacher, ds: ClipDataset, seed: int)
         return  # it fitted itself
 
     def step(batch: Batch):
-        with blame(teacher, "fit_loss"):
+        with blame(teacher, "fit_loss"), engine.feature_clips(ds, batch):
             return teacher.fit_loss(batch)
 
     train(
