@@ -259,7 +259,7 @@ def _place_labels(ax, fig, items: Sequence[tuple[float, float, str]]) -> None:
 def pareto(points: Sequence[dict], path: Path) -> None:
     """UAR against parameters and against CPU speed: every point, the Pareto front drawn as a
     line, labels placed so they do not overprint each other, readable log-axis ticks."""
-    from matplotlib.ticker import LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
@@ -273,8 +273,11 @@ def pareto(points: Sequence[dict], path: Path) -> None:
         ax.plot([p[key] for p in front], [p["uar"] for p in front], color="tab:red", lw=1.2, zorder=2,
                 label="Pareto front")
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=6))
-        ax.xaxis.set_minor_formatter(NullFormatter())  # minor ticks unlabelled: no colliding labels
+        # labels at 1, 2 and 5 x 10^k, written out: a range within one decade still gets some,
+        # and they never collide (minor ticks unlabelled)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel("test UAR")
         ax.margins(x=0.15, y=0.12)
