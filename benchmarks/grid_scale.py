@@ -2,7 +2,8 @@
 
 A 24-run slice of ``benchmarks/paper/synth.yaml`` (seed 0; fractions 5, 10, 25, 100 %; the three
 teacher sets; students logmel_cnn and timm_mobile: two fitted teachers, audio_cnn and face_cnn)
-runs, each mode from an empty output folder and store, through the CLI as a user would:
+runs, each mode from an empty output folder, store and cache folder (``LISER_CACHE_DIR``: the
+frontend features), through the CLI as a user would:
 
 ``seq``       ``liser bench SLICE``: today's default, the combinations one after another in one
               process at the recipe's threads (2);
@@ -74,6 +75,9 @@ def run_mode(mode: str, grid: Path, work: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     env = dict(os.environ)
     env.pop("LISER_TEST_KILL_TASK", None)
+    cache = work / f"{mode}.cache"  # decoded clips and frontend features: from nothing in every mode too
+    shutil.rmtree(cache, ignore_errors=True)
+    env["LISER_CACHE_DIR"] = str(cache)
     if mode == "killed":
         victim = "run-" + hashlib.sha256(VICTIM.encode()).hexdigest()[:12]
         env["LISER_TEST_KILL_TASK"] = f"{victim}:{work / 'killed.marker'}"
