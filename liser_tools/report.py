@@ -256,13 +256,18 @@ def _place_labels(ax, fig, items: Sequence[tuple[float, float, str]]) -> None:
             placed.append(ann.get_window_extent(renderer))
 
 
-def pareto(points: Sequence[dict], path: Path) -> None:
+def pareto(points: Sequence[dict], path: Path, quantized: Mapping[str, dict] | None = None) -> None:
     """UAR against parameters and against CPU speed: every point, the Pareto front drawn as a
-    line, labels placed so they do not overprint each other, readable log-axis ticks."""
+    line, labels placed so they do not overprint each other, readable log-axis ticks. With
+    ``quantized`` (per student, its ``quantization.json`` record), a third panel: test UAR
+    against the ONNX file size, float32 and int8 of the same run joined by a line."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    panels = 3 if quantized else 2
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.6))
+    if quantized:
+        _quantized_panel(axes[2], fig, quantized)
     for ax, key, label in ((axes[0], "params", "student parameters (log)"),
                            (axes[1], "rtf", "CPU real-time factor (x real time, 1 thread, log)")):
         for kind, marker in (("distilled", "o"), ("full", "s")):
@@ -289,6 +294,31 @@ def pareto(points: Sequence[dict], path: Path) -> None:
                  fontsize=9)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     _save(fig, path)
+
+
+def _quantized_panel(ax, fig, quantized: Mapping[str, dict]) -> None:
+    """Test UAR against the ONNX file size, per student: its float32 and int8 models (one run:
+    the student's first), joined by a line, the int8 speed-up in the label."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    items = []
+    for i, (label, r) in enumerate(quantized.items()):
+        f, q = r["float32"], r["int8"]
+        xs, ys = [f["bytes"] / 1024, q["bytes"] / 1024], [f["uar"], q["uar"]]
+        ax.plot(xs, ys, color="0.6", lw=0.8, zorder=1)
+        ax.scatter(xs[:1], ys[:1], marker="o", facecolors="none", edgecolors=f"C{i}", s=36, zorder=3)
+        ax.scatter(xs[1:], ys[1:], marker="^", color=f"C{i}", s=36, zorder=3)
+        items.append((xs[1], ys[1], f"{label} int8 ({r['speedup']:.2f}x speed)"))
+        items.append((xs[0], ys[0], f"{label} float32"))
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=8))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("ONNX file size (KB, log): float32 (o) and int8 (^)")
+    ax.set_ylabel("test UAR (one run per student)")
+    ax.margins(x=0.25, y=0.15)
+    fig.canvas.draw()
+    _place_labels(ax, fig, items)
 
 
 def measure_rtf(student_dir: Path, seconds: float = 4.0, repeats: int = 5) -> float:
@@ -422,9 +452,10 @@ def write_report(out: Path, title: str, rows: Sequence[Mapping[str, str]], roles
         if s is not None and base:
             full = "full" if max(base) >= 1.0 else _pct(max(base))
             points.append({"label": f"{student} ({full})", "uar": mean_std(base[max(base)])[0], "kind": "full", **s})
+    quantized = _quantized(out, rows, roles)
     if points:
-        pareto(points, out / "pareto.png")
-        figures.append((out / "pareto.png", "UAR against size and CPU speed"))
+        pareto(points, out / "pareto.png", quantized)
+        figures.append((out / "pareto.png", "UAR against size and CPU speed" + (", float32 and int8" if quantized else "")))
     confusions = []
     seen = set()
     for r in rows:
@@ -436,7 +467,6 @@ def write_report(out: Path, title: str, rows: Sequence[Mapping[str, str]], roles
     speed_md = "| student | parameters | CPU real-time factor |\n|---|---|---|\n" + "".join(
         f"| {k} | {v['params']:,} | {v['rtf']:.0f}x |\n" for k, v in speeds.items()
     )
-    quantized = _quantized(out, rows, roles)
     if quantized:
         speed_md += "\n" + quantized_markdown(quantized)
         (out / "quantized.md").write_text(quantized_markdown(quantized))

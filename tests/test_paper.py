@@ -236,3 +236,28 @@ def test_the_pareto_axes_are_labelled_even_within_one_decade(tmp_path, monkeypat
         boxes = [t.label1.get_window_extent(renderer) for t in ticks]
         assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     report._plt().close(fig)
+
+
+def test_the_pareto_view_draws_float32_against_int8(tmp_path, monkeypatch):
+    from liser_tools import report
+
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+    pts = [{"params": 24_442, "rtf": 1_900, "uar": 0.40, "label": "a (speech)", "kind": "distilled"},
+           {"params": 193_698, "rtf": 880, "uar": 0.47, "label": "b (speech)", "kind": "distilled"}]
+    quantized = {name: {"float32": {"bytes": fb, "uar": fu}, "int8": {"bytes": qb, "uar": qu}, "speedup": sp}
+                 for name, fb, fu, qb, qu, sp in (("a", 892_873, 0.432, 827_854, 0.422, 0.97),
+                                                  ("b", 1_956_984, 0.432, 1_477_573, 0.401, 1.04))}
+    report.pareto(pts, tmp_path / "pareto.png", quantized)
+    fig = figures[0]
+    assert len(fig.axes) == 3
+    ax = fig.axes[2]
+    # one line per student from its float32 to its int8 model: (KB, UAR) as recorded
+    lines = [list(zip(*line.get_data())) for line in ax.lines]
+    assert lines == [[(892_873 / 1024, 0.432), (827_854 / 1024, 0.422)],
+                     [(1_956_984 / 1024, 0.432), (1_477_573 / 1024, 0.401)]]
+    assert {t.get_text() for t in ax.texts} >= {"a int8 (0.97x speed)", "b float32"}
+    report._plt().close(fig)
+    # without int8 records: the two panels as before
+    report.pareto(pts, tmp_path / "pareto2.png")
+    assert len(figures[1].axes) == 2
