@@ -259,12 +259,21 @@ def test_a_load_on_loopback_gets_no_errors(server):
     assert time.perf_counter() - t0 < 120
 
 
-def test_the_page_scores_a_clip_and_plots_it_in_a_headless_browser(server, service, tmp_path):
+def _chromium() -> str:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     if chromium is None:
         if os.environ.get("CI"):
             pytest.fail("CI installs Debian's chromium (.ci/run): it is missing")
         pytest.skip("no Chromium here (apt-get install chromium); CI installs it")
+    return chromium
+
+
+HEADLESS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def test_the_page_scores_a_clip_and_plots_it_in_a_headless_browser(server, service, tmp_path):
+    chromium = _chromium()
     clip = "data:audio/wav;base64," + base64.b64encode(wav_bytes(2.0, rate=8000)).decode()
     dom = subprocess.run(
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -278,3 +287,58 @@ def test_the_page_scores_a_clip_and_plots_it_in_a_headless_browser(server, servi
     svg = dom.split('<svg id="plot"')[1].split("</svg>")[0]
     assert svg.count('<polyline class="series"') == len(service.predictor.classes)  # one line per class
     assert 'id="overall" data-label="' in dom and "window(s)" in dom
+
+
+def test_the_pages_live_mode_streams_a_microphone_in_a_headless_browser(server, service, tmp_path):
+    """The page's Live mode in a real browser: Chromium's fake microphone (a tone) at the
+    model's rate, float32 PCM over the WebSocket /stream, a hop every 250 ms drawn, then the
+    server's summary when the page stops (``?live=3``: Live, then Stop live after 3 s). Driven
+    and read through the DevTools protocol, in real time."""
+    import httpx
+    import websockets
+
+    chromium = _chromium()
+    port = _free_port()
+    browser = subprocess.Popen(
+        [chromium, *HEADLESS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+         "--autoplay-policy=no-user-gesture-required", f"--remote-debugging-port={port}",
+         f"--user-data-dir={tmp_path / 'chrome'}", f"{server}/?live=3"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+    async def watch() -> dict:
+        deadline = time.time() + 30
+        while True:  # the DevTools endpoint, once the browser is up
+            try:
+                pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json", timeout=2).json() if t["type"] == "page"]
+                if pages:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.time() < deadline, "Chromium's DevTools endpoint did not come up"
+            await asyncio.sleep(0.2)
+        async with websockets.connect(pages[0]["webSocketDebuggerUrl"], max_size=None) as ws:
+            state: dict = {}
+            for i in range(400):  # up to about 80 s on a busy machine
+                await ws.send(json.dumps({"id": i, "method": "Runtime.evaluate",
+                                          "params": {"expression": "JSON.stringify(document.body.dataset)"}}))
+                while True:
+                    reply = json.loads(await ws.recv())
+                    if reply.get("id") == i:
+                        break
+                state = json.loads(reply["result"]["result"].get("value") or "{}")
+                if state.get("live") in ("done", "error"):
+                    return state
+                await asyncio.sleep(0.2)
+            return state
+
+    try:
+        state = asyncio.run(watch())
+    finally:
+        browser.kill()
+        browser.wait(10)
+    assert state.get("live") == "done", state
+    hops = int(state["hops"])
+    assert hops >= 4  # 3 s of microphone: a first 1 s window, then a hop every 250 ms
+    assert int(state["doneHops"]) >= hops  # the server's count includes the end-aligned last window
+    assert state["hopLabel"] in service.predictor.classes
