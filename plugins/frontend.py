@@ -67,7 +67,7 @@ class LogMel(nn.Module):
         pad = self.n_fft // 2
         n = audio.shape[-1]
         if lengths is None:
-            if n > pad or torch.jit.is_tracing():
+            if torch.jit.is_tracing() or n > pad:  # (a traced graph takes whole clips of any length)
                 return torch.nn.functional.pad(audio[:, None, :], (pad, pad), mode="reflect")[:, 0]
             lengths = torch.full((audio.shape[0],), n, device=audio.device)  # too short to reflect whole
         last = (lengths.to(audio.device)[:, None] - 1).clamp(min=0)
