@@ -115,9 +115,7 @@ def config_digest(config: dict[str, Any]) -> str:
 
     def plain(v):
         if isinstance(v, torch.Tensor):
-            t = v.detach().to("cpu").contiguous()
-            return {"dtype": str(t.dtype), "shape": list(t.shape),
-                    "sha256": hashlib.sha256(t.numpy().tobytes()).hexdigest()}
+            return _tensor_digest(v)
         if isinstance(v, dict):
             return {str(k): plain(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
@@ -125,6 +123,19 @@ def config_digest(config: dict[str, Any]) -> str:
         return v if isinstance(v, (str, int, float, bool, type(None))) else repr(v)
 
     return hashlib.sha256(json.dumps(plain(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _tensor_digest(v: torch.Tensor) -> dict[str, Any]:
+    """A tensor's dtype, shape and sha256, kept on the tensor with its version counter: a
+    frontend's buffers are hashed again only when they change (``load_state_dict`` copies in
+    place, which moves the counter), not at every step."""
+    seen = getattr(v, "_liser_digest", None)
+    if seen is not None and seen[0] == v._version:
+        return seen[1]
+    t = v.detach().to("cpu").contiguous()
+    digest = {"dtype": str(t.dtype), "shape": list(t.shape), "sha256": hashlib.sha256(t.numpy().tobytes()).hexdigest()}
+    v._liser_digest = (v._version, digest)
+    return digest
 
 
 def per_clip(
@@ -140,8 +151,9 @@ def per_clip(
 
     ``compute(audio, lengths)`` maps a zero-padded batch (B, N) to (B, ..., frames(N)), each
     row's first ``frames(lengths[i])`` frames from that clip's samples alone (``lengths`` None:
-    every row whole). Here it is called on one whole clip at a time (a view of its own samples): batched FFTs and matrix products round a
-    row differently depending on its neighbours, so only one clip per call makes a clip's
+    every row whole). Here it is called on one whole clip at a time (a view of its own
+    samples): batched FFTs and matrix products round a row differently depending on its
+    neighbours, so only one clip per call makes a clip's
     features the same bits in every batch, cached or not. The batch is those rows followed by
     ``pad_value``. ``config`` describes the computation (every setting and buffer that changes
     its output; None: not cacheable). Without ``lengths``, and while traced or exported, the

@@ -450,7 +450,7 @@ def guard_teachers(engine: Engine) -> None:
 
 def feature_cache(cfg):
     """The run's cache of fixed frontends' features (liser_core.features): in memory, and on disk
-    on disk unless ``data.cache`` is off: ``$LISER_CACHE_DIR/features``, or ``features/`` inside
+    unless ``data.cache`` is off: ``$LISER_CACHE_DIR/features``, or ``features/`` inside
     ``data.cache_dir`` (where the decoded-clip cache, which keeps to its two-letter folders,
     leaves it alone)."""
     from .features import FeatureCache

@@ -78,6 +78,23 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+@contextlib.contextmanager
+def _writes_finished(checkpointer: Checkpointer | None, name: str):
+    """The loop's background checkpoint write is finished when the loop ends: raised on a
+    normal end, only logged when the loop is already raising (that error is the one to report)."""
+    try:
+        yield
+    except BaseException:
+        if checkpointer is not None:
+            try:
+                checkpointer.wait()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("%s: the last checkpoint could not be written: %s", name, exc)
+        raise
+    if checkpointer is not None:
+        checkpointer.wait()
+
+
 class _SigintFlag:
     """While active (main thread only): the first Ctrl-C or SIGTERM sets a flag the loop checks
     after each step; a second one interrupts at once (the handlers from before are restored)."""
@@ -217,110 +234,100 @@ def train(
                                  background=background, done=done)
 
     every = int(getattr(cfg, "checkpoint_every", 0) or 0)
-    try:
-        with _SigintFlag(name) as sigint:
-            while prog.epoch < cfg.epochs and not prog.stopped:
-                epoch = prog.epoch
-                for m in modules:
-                    m.train()
-                batches = loader_for_epoch(epoch, prog.batch)
-                if rng is not None:  # resumed: the RNG as the interrupted loop left it
-                    set_rng_state(*rng)
-                    rng = None
-                t0 = time.perf_counter() - prog.seconds
-                total = len(batches) if hasattr(batches, "__len__") else None
-                for batch in progress(batches, total=total, desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", unit="batch"):
-                    prog.batch += 1
-                    if batch is None:  # every clip of the batch was skipped as bad
-                        continue
-                    batch = batch.to(device)
-                    if position is not None:
-                        position.step, position.epoch = prog.step, epoch
-                        position.epochs, position.steps_per_epoch = cfg.epochs, steps_per_epoch
-                    with autocast(device, precision):
-                        total, terms = forward(batch)
-                    if dist.enabled:
-                        total, terms, scale = _reduce_step(total, terms, len(batch.index), sigint, dist, term_names)
-                    if not torch.isfinite(total):
-                        prog.nonfinite += 1
-                        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items()) or "no terms"
-                        if prog.nonfinite > cfg.nonfinite_patience:
-                            raise NonFiniteLossError(
-                                f"{name}: loss is {total.item()} at epoch {epoch + 1}, step {prog.batch} ({detail}); "
-                                f"{prog.nonfinite} non-finite losses so far (patience {cfg.nonfinite_patience}). "
-                                "To debug: lower the learning rate or the temperature, check the inputs for "
-                                "NaN/Inf (liser data check) and the loss terms named above, or run with "
-                                "torch.autograd.set_detect_anomaly(True)"
-                            )
-                        log.warning(
-                            "%s: non-finite loss at epoch %d step %d (%s): step skipped", name, epoch + 1, prog.batch, detail
+    with _SigintFlag(name) as sigint, _writes_finished(checkpointer, name):
+        while prog.epoch < cfg.epochs and not prog.stopped:
+            epoch = prog.epoch
+            for m in modules:
+                m.train()
+            batches = loader_for_epoch(epoch, prog.batch)
+            if rng is not None:  # resumed: the RNG as the interrupted loop left it
+                set_rng_state(*rng)
+                rng = None
+            t0 = time.perf_counter() - prog.seconds
+            total = len(batches) if hasattr(batches, "__len__") else None
+            for batch in progress(batches, total=total, desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", unit="batch"):
+                prog.batch += 1
+                if batch is None:  # every clip of the batch was skipped as bad
+                    continue
+                batch = batch.to(device)
+                if position is not None:
+                    position.step, position.epoch = prog.step, epoch
+                    position.epochs, position.steps_per_epoch = cfg.epochs, steps_per_epoch
+                with autocast(device, precision):
+                    total, terms = forward(batch)
+                if dist.enabled:
+                    total, terms, scale = _reduce_step(total, terms, len(batch.index), sigint, dist, term_names)
+                if not torch.isfinite(total):
+                    prog.nonfinite += 1
+                    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items()) or "no terms"
+                    if prog.nonfinite > cfg.nonfinite_patience:
+                        raise NonFiniteLossError(
+                            f"{name}: loss is {total.item()} at epoch {epoch + 1}, step {prog.batch} ({detail}); "
+                            f"{prog.nonfinite} non-finite losses so far (patience {cfg.nonfinite_patience}). "
+                            "To debug: lower the learning rate or the temperature, check the inputs for "
+                            "NaN/Inf (liser data check) and the loss terms named above, or run with "
+                            "torch.autograd.set_detect_anomaly(True)"
                         )
-                        if dist.enabled:  # every rank runs the backward it prepared, then drops it
-                            (scale * 0.0).backward()
-                        opt.zero_grad(set_to_none=True)
-                        continue
+                    log.warning(
+                        "%s: non-finite loss at epoch %d step %d (%s): step skipped", name, epoch + 1, prog.batch, detail
+                    )
+                    if dist.enabled:  # every rank runs the backward it prepared, then drops it
+                        (scale * 0.0).backward()
                     opt.zero_grad(set_to_none=True)
-                    scaler.scale(scale if dist.enabled else total).backward()
-                    if cfg.grad_clip > 0:
-                        scaler.unscale_(opt)
-                        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                    scaler.step(opt)
-                    scaler.update()
-                    sched.step()
-                    prog.step += 1
-                    prog.n += 1
-                    prog.sums["loss"] = prog.sums.get("loss", 0.0) + total.item()
-                    for k, v in terms.items():
-                        prog.sums[f"loss/{k}"] = prog.sums.get(f"loss/{k}", 0.0) + float(v)
-                    if scalars is not None:
-                        for k, v in scalars().items():  # averaged over the steps that report them
-                            prog.sums[k] = prog.sums.get(k, 0.0) + float(v)
-                            prog.sums[k + _COUNT] = prog.sums.get(k + _COUNT, 0.0) + 1.0
-                    if sigint.raised:
-                        prog.seconds = time.perf_counter() - t0
-                        raise TrainingInterrupted(save(), sigint.signum)
-                    if every and prog.step % every == 0:
-                        prog.seconds = time.perf_counter() - t0
-                        save(background=True)
-                    elif checkpointer is not None:
-                        checkpointer.poll()  # a background write that ended: its hook runs now
-                metrics = _means(prog)
-                metrics["seconds"] = time.perf_counter() - t0
-                if validate is not None:
-                    metrics.update(_validate(validate, modules, device))
-                    if tracking:
-                        best = _track_best(prog, epoch, metrics[f"val_{stop.metric}"], stop, modules, best, name)
-                prog.history.append(metrics)
-                prog.epoch, prog.batch, prog.sums, prog.n, prog.seconds = epoch + 1, 0, {}, 0, 0.0
-                prog.finished = prog.epoch >= cfg.epochs or prog.stopped
-                if prog.finished and tracking and stop.restore_best and best:
-                    _load_changing(modules, best)  # the checkpoint below then holds the best weights
-                log.info(
-                    "%s epoch %d/%d  loss %.4f  (%s)  %.1fs",
-                    name, epoch + 1, cfg.epochs, metrics.get("loss", float("nan")),
-                    ", ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items() if k.startswith("loss/")),
-                    metrics["seconds"],
-                )
-                if validate is not None:
-                    log.info("%s epoch %d/%d  validation: %s", name, epoch + 1, cfg.epochs,
-                             "  ".join(f"{k[4:]} {v:.4f}" for k, v in metrics.items() if k.startswith("val_")))
-                if prog.finished and tracking and best:
-                    log.info("%s: best epoch %d (val_%s %.4f): %s", name, prog.best_epoch + 1, stop.metric, prog.best_value,
-                             "its weights kept" if stop.restore_best else "the last epoch's weights kept (restore_best: false)")
-                save(background=not prog.finished)  # the epoch's, written during the next one
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, metrics)
-                if sigint.raised and not prog.finished:
-                    raise TrainingInterrupted(checkpointer.latest() if checkpointer else None, sigint.signum)
-    except BaseException:
-        if checkpointer is not None:  # a background write still going: let it end (its error, if any, logged)
-            try:
-                checkpointer.wait()
-            except Exception as exc:  # noqa: BLE001 - the error being raised is the one to report
-                log.warning("%s: the last checkpoint could not be written: %s", name, exc)
-        raise
-    if checkpointer is not None:
-        checkpointer.wait()
+                    continue
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(scale if dist.enabled else total).backward()
+                if cfg.grad_clip > 0:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                prog.step += 1
+                prog.n += 1
+                prog.sums["loss"] = prog.sums.get("loss", 0.0) + total.item()
+                for k, v in terms.items():
+                    prog.sums[f"loss/{k}"] = prog.sums.get(f"loss/{k}", 0.0) + float(v)
+                if scalars is not None:
+                    for k, v in scalars().items():  # averaged over the steps that report them
+                        prog.sums[k] = prog.sums.get(k, 0.0) + float(v)
+                        prog.sums[k + _COUNT] = prog.sums.get(k + _COUNT, 0.0) + 1.0
+                if sigint.raised:
+                    prog.seconds = time.perf_counter() - t0
+                    raise TrainingInterrupted(save(), sigint.signum)
+                if every and prog.step % every == 0:
+                    prog.seconds = time.perf_counter() - t0
+                    save(background=True)
+                elif checkpointer is not None:
+                    checkpointer.poll()  # a background write that ended: its hook runs now
+            metrics = _means(prog)
+            metrics["seconds"] = time.perf_counter() - t0
+            if validate is not None:
+                metrics.update(_validate(validate, modules, device))
+                if tracking:
+                    best = _track_best(prog, epoch, metrics[f"val_{stop.metric}"], stop, modules, best, name)
+            prog.history.append(metrics)
+            prog.epoch, prog.batch, prog.sums, prog.n, prog.seconds = epoch + 1, 0, {}, 0, 0.0
+            prog.finished = prog.epoch >= cfg.epochs or prog.stopped
+            if prog.finished and tracking and stop.restore_best and best:
+                _load_changing(modules, best)  # the checkpoint below then holds the best weights
+            log.info(
+                "%s epoch %d/%d  loss %.4f  (%s)  %.1fs",
+                name, epoch + 1, cfg.epochs, metrics.get("loss", float("nan")),
+                ", ".join(f"{k[5:]} {v:.4f}" for k, v in metrics.items() if k.startswith("loss/")),
+                metrics["seconds"],
+            )
+            if validate is not None:
+                log.info("%s epoch %d/%d  validation: %s", name, epoch + 1, cfg.epochs,
+                         "  ".join(f"{k[4:]} {v:.4f}" for k, v in metrics.items() if k.startswith("val_")))
+            if prog.finished and tracking and best:
+                log.info("%s: best epoch %d (val_%s %.4f): %s", name, prog.best_epoch + 1, stop.metric, prog.best_value,
+                         "its weights kept" if stop.restore_best else "the last epoch's weights kept (restore_best: false)")
+            save(background=not prog.finished)  # the epoch's, written during the next one
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, metrics)
+            if sigint.raised and not prog.finished:
+                raise TrainingInterrupted(checkpointer.latest() if checkpointer else None, sigint.signum)
     for m in modules:
         m.eval()
     return prog.history

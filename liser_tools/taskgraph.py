@@ -340,6 +340,7 @@ def run_graph(grid, host, executor: Executor, *, other_code: str | None = None, 
         after_axes,
         combination_key,
         read_results,
+        validated_plan,
         write_leaderboard,
         write_results,
     )
@@ -354,8 +355,6 @@ def run_graph(grid, host, executor: Executor, *, other_code: str | None = None, 
         lock.release()
         raise
     try:
-        from liser_tools.bench import validated_plan
-
         todo = validated_plan(grid, host, other_code)
         combos = grid.combinations()
         overrides = {combination_key(chosen): ovr for (chosen, _), ovr in zip(combos, after_axes(grid, combos))}

@@ -93,7 +93,8 @@ class LogMel(nn.Module):
             out = torch.log(self.mel.mel_scale(power) + 1e-6).contiguous()  # one layout in every path
         if lengths is None:
             return out
-        keep = torch.arange(out.shape[-1], device=out.device)[None, None, :] < self.frames(lengths.to(out.device))[:, None, None]
+        frame = torch.arange(out.shape[-1], device=out.device)[None, None, :]
+        keep = frame < self.frames(lengths.to(out.device))[:, None, None]
         return torch.where(keep, out, torch.full_like(out[:1, :1, :1], SILENCE))
 
     def fixed_config(self) -> dict | None:
