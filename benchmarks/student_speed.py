@@ -4,6 +4,10 @@ then float32 against int8 (onnxruntime static quantization) and ExecuTorch, side
 
     python benchmarks/student_speed.py [--repeats 30] [--students logmel_cnn ecapa_tdnn ...] [--no-int8]
 
+A last table times the exported log-mel frontend alone (waveform -> log-mel) in onnxruntime
+with each of its export methods (``LogMel.prepare_export``): the direct DFT as one strided
+convolution and the two-stage DFT that exports use by default; file sizes beside.
+
 "x real time" = clip duration / median inference time (higher is faster; goal for the default
 student: >= 500). Randomly initialised weights (speed does not depend on their values); the int8
 models are calibrated on 16 synthetic clips (tones in noise). The second table's times are CPU
@@ -97,12 +101,57 @@ def main() -> None:
             f"{1e3 * t_torch:>9.2f} {args.seconds / t_torch:>7.0f} {1e3 * t_ort:>8.2f} {args.seconds / t_ort:>7.0f}"
         )
     print(f"(1 CPU thread, {args.seconds:.0f} s clip, median of {args.repeats}; torch {torch.__version__}, numpy {np.__version__})")
+    if ort is not None:
+        print("\n" + frontend_methods(ort, args))
     if second:
         print(f"\nfloat32 vs int8 (onnxruntime static, per-channel) vs ExecuTorch (XNNPACK): CPU ms of one "
               f"{args.seconds:g} s clip, 1 thread, taking turns; sizes of the files")
         print(f"{'student':<14} {'torch':>7} {'ORT f32':>8} {'ORT int8':>9} {'int8 x':>7} {'ET f32':>7} "
               f"{'f32 KB':>8} {'int8 KB':>8} {'int8/f32':>9} {'pte KB':>8}")
         print("\n".join(second))
+
+
+class _Frontend(torch.nn.Module):
+    """Waveform -> log-mel (no normalisation): the part every first-party student shares."""
+
+    def __init__(self, method: str):
+        super().__init__()
+        from liser_plugins.frontend import LogMel
+
+        self.mel = LogMel(16000, 40).eval()
+        self.mel.prepare_export(method)
+
+    def forward(self, audio):
+        return self.mel.log_mel(audio)
+
+
+def frontend_methods(ort, args) -> str:
+    """The exported frontend alone, per export method: CPU ms of one clip (1 thread, taking
+    turns), the ONNX file's size, and the largest difference from torchaudio's log-mel."""
+    import torchaudio
+
+    x = 0.1 * torch.randn(1, int(args.seconds * 16000))
+    reference = torch.log(torchaudio.transforms.MelSpectrogram(16000, n_fft=400, hop_length=160, n_mels=40)(x) + 1e-6)
+    fns, kb, err = {}, {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for method in ("dft", "factored"):
+            path = Path(tmp) / f"{method}.onnx"
+            samples = torch.export.Dim("samples", min=8000, max=16000 * 3600)
+            torch.onnx.export(_Frontend(method), (x,), input_names=["audio"], dynamic_shapes={"audio": {1: samples}},
+                              dynamo=True, verbose=False).save(str(path))
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            feed = {"audio": x.numpy()}
+            fns[method] = lambda s=sess, f=feed: s.run(None, f)
+            kb[method] = path.stat().st_size / 1024
+            err[method] = float(np.abs(sess.run(None, feed)[0] - reference.numpy()).max())
+        ms = {k: 1e3 * v for k, v in cpu_medians(fns, args.repeats).items()}
+    rows = [f"log-mel frontend alone, exported (onnxruntime, 1 thread, {args.seconds:g} s clip, CPU ms, taking turns)",
+            f"{'method':<10} {'ms':>7} {'x RT':>7} {'KB':>7} {'max |diff| vs torchaudio':>26}"]
+    rows += [f"{k:<10} {ms[k]:>7.3f} {args.seconds * 1e3 / ms[k]:>7.0f} {kb[k]:>7.0f} {err[k]:>26.1e}" for k in ms]
+    rows.append(f"two-stage / direct: {ms['dft'] / ms['factored']:.2f}x faster, {kb['factored'] / kb['dft']:.2f}x the size")
+    return "\n".join(rows)
 
 
 def compare_formats(name: str, student, ckpt: Path, tmp: Path, x: torch.Tensor, args) -> str:

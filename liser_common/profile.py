@@ -4,8 +4,8 @@ MACs are counted with :class:`torch.utils.flop_counter.FlopCounterMode` on one f
 (batch of one clip, eval mode, no gradients) and halved (one MAC = two FLOPs). What it counts:
 matrix products and convolutions (``mm``, ``addmm``, ``bmm``, ``convolution``, attention), so
 linear and conv layers and the mel filterbank projection (a matmul). What it leaves out:
-``torch.stft``'s FFT (the log-mel frontend's spectrogram; a frontend that computes it as a
-strided convolution after ``prepare_export()`` is counted) and element-wise work (activations,
+``torch.stft``'s FFT (the log-mel frontend's spectrogram; a frontend that computes it with
+convolutions and matrix products after ``prepare_export()`` is counted) and element-wise work (activations,
 normalisation, pooling, masking), which the usual MAC figures for CNNs leave out too.
 
 Example::

@@ -1,8 +1,10 @@
 """Exporting a saved student to ONNX or TorchScript, frontend included.
 
 Before exporting, every submodule with a ``prepare_export()`` method is asked to switch to
-export-friendly operators (the first-party log-mel frontend computes its STFT as a strided
-convolution then, which ONNX runtimes execute much faster than their STFT operator).
+export-friendly operators (the first-party log-mel frontend computes its STFT as a two-stage
+DFT of convolutions and matrix products then, which ONNX runtimes execute much faster than
+their STFT operator). The exporter's per-node debug metadata is stripped from ONNX files
+(:func:`strip_debug_metadata`).
 
 Exports take a mono waveform at the student's sample rate and contain the audio frontend
 (log-mel + normalisation): ``audio`` (batch, samples) float32 -> ``logits``, ``probs``
@@ -24,7 +26,7 @@ from .checkpoint import atomic_write_json, read_component_config, resolve_source
 from .components import Student
 from .errors import UsageError
 
-__all__ = ["export"]
+__all__ = ["export", "strip_debug_metadata"]
 
 class _Exported(torch.nn.Module):
     """Waveform in, logits and probabilities out: the whole student including its frontend."""
@@ -77,6 +79,7 @@ def export(
         )
         program.save(str(tmp))
         _check_dynamic(tmp, output)
+        strip_debug_metadata(tmp)
     elif fmt == "executorch":
         window = int(round((window_seconds or 1.0) * student.sample_rate))
         not_delegated = _executorch(wrapper, torch.zeros(1, window), tmp)
@@ -129,6 +132,27 @@ def _executorch(wrapper: torch.nn.Module, example: torch.Tensor, path: Path) -> 
                    and "getitem" not in str(n.target)})
     path.write_bytes(edge.to_executorch().buffer)
     return left
+
+
+#: Per-node metadata torch's ONNX exporter writes for debugging: Python stack traces (with this
+#: machine's file paths), FX node text, class hierarchies. A shipped model needs none of it, and
+#: it was 15-20 % of a small student's file. ``name_scopes`` (the module each node came from)
+#: stays: ``liser export --quantize`` uses it to find the frontend.
+DEBUG_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node", "pkg.torch.onnx.class_hierarchy",
+                  "namespace")
+
+
+def strip_debug_metadata(path: Path, keep: tuple[str, ...] = ("pkg.torch.onnx.name_scopes",)) -> None:
+    """Rewrite the ONNX file ``path`` (one LiSER just wrote) without the exporter's per-node
+    debug metadata: every key but ``keep``."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        kept = [p for p in node.metadata_props if p.key in keep]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    onnx.save(model, str(path))
 
 
 def _check_dynamic(path: Path, output: Path) -> None:

@@ -6,8 +6,9 @@ of half a window (the last window is aligned to the clip's end); the clip's dist
 **mean of the windows' probabilities**. Shorter clips are scored whole.
 
 Before exporting, every submodule with a ``prepare_export()`` method is asked to switch to
-export-friendly operators (the first-party log-mel frontend computes its STFT as a strided
-convolution then, which ONNX runtimes execute much faster than their STFT operator).
+export-friendly operators (the first-party log-mel frontend computes its STFT as a two-stage
+DFT of convolutions and matrix products then, which ONNX runtimes execute much faster than
+their STFT operator).
 
 Exports take a mono waveform at the student's sample rate and contain the audio frontend
 (log-mel + normalisation): ``audio`` (batch, samples) float32 -> ``logits``, ``probs``

@@ -13,7 +13,7 @@ graph fusions; a failure is logged and the export is quantized as it is). Then:
 * **dynamic** (``--quantize-mode dynamic``): ``quantize_dynamic``, int8 weights, activation
   ranges computed per call (no calibration clips needed).
 
-By default the audio frontend (the STFT-as-convolution and the mel matrix product, before the
+By default the audio frontend (the two-stage DFT and the mel matrix product, before the
 log) stays in float32, weights included: its int8 weights alone (per channel, computed in float)
 raise the spectral floor that the log amplifies and cost 21 UAR points on the synth_kd run
 (``--quantize-frontend`` quantizes it like the rest). Every matrix product or convolution left in float
@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from liser_core.errors import UsageError
+from liser_core.export import strip_debug_metadata
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +174,11 @@ def quantize_onnx(float_path: str | Path, output: str | Path, *, mode: str = "st
         quantize_dynamic(str(float_path), str(tmp), per_channel=per_channel, weight_type=QuantType.QInt8,
                          op_types_to_quantize=list(WEIGHT_OPS), nodes_to_exclude=excluded)
     quantized = onnx.load(str(tmp))
+    report = op_report(quantized, frontend_float=not frontend, scopes=scopes)
+    strip_debug_metadata(tmp, keep=())  # (the scopes were read from the float export above)
     tmp.replace(output)
     pre.unlink(missing_ok=True)
-    return op_report(quantized, frontend_float=not frontend, scopes=scopes)
+    return report
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,25 +38,72 @@ class LogMel(nn.Module):
             center=True,
         )
         self.norm = norm_layer(norm, 1)
-        self.dft_conv = False  # set by prepare_export(): STFT as a strided convolution
+        self.export_path: str | None = None  # set by prepare_export(): "factored" or "dft"
 
-    def prepare_export(self) -> None:
-        """Compute the spectrogram with a strided conv over windowed DFT kernels instead of
-        ``torch.stft``: the same numbers (to float rounding), but ONNX runtimes run convolutions
-        far faster than their STFT operator (see docs/performance.md)."""
+    def prepare_export(self, method: str = "auto") -> None:
+        """Compute the mel power spectrum with convolutions and matrix products instead of
+        ``torch.stft``: the same numbers (to float rounding), but ONNX runtimes and ExecuTorch
+        run these far faster than their STFT operators (see docs/performance.md).
+
+        Where ``n_fft = P * Q`` with ``Q`` dividing the hop (every rate that is a multiple of
+        8 kHz: 400 = 20 x 20 at 16 kHz), a two-stage (Cooley-Tukey) DFT: a grouped strided
+        convolution does the P-point DFTs with the window and twiddle factors folded in, one
+        matrix product the Q-point DFTs, a second the mel filterbank: about a quarter of the
+        multiply-adds of a direct DFT, and a fifth of its kernels. Elsewhere (e.g. 22.05 kHz: n_fft 551, hop 220), the direct
+        DFT as one strided convolution over windowed kernels. ``method``: ``"auto"`` (that
+        choice), ``"factored"`` or ``"dft"`` (for comparisons, benchmarks/student_speed.py)."""
+        if method not in ("auto", "factored", "dft"):
+            raise ValueError(f"method must be 'auto', 'factored' or 'dft', not {method!r}")
         n = self.n_fft
-        window = self.mel.spectrogram.window.float()
-        freqs = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
-        t = torch.arange(n, dtype=torch.float64)[None, :]
-        angle = 2 * torch.pi * freqs * t / n
-        kernels = torch.cat([torch.cos(angle), -torch.sin(angle)]).float() * window
-        self.register_buffer("dft_kernels", kernels[:, None, :], persistent=False)
-        self.dft_conv = True
+        window = self.mel.spectrogram.window.double()
+        fb = self.mel.mel_scale.fb.double()
+        factors = None if method == "dft" else _dft_factors(n, self.hop)
+        if factors is None and method == "factored":
+            raise ValueError(f"n_fft {n} and hop {self.hop} have no two-stage split (Q dividing both)")
+        if factors is None:
+            freqs = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
+            t = torch.arange(n, dtype=torch.float64)[None, :]
+            angle = 2 * torch.pi * freqs * t / n
+            kernels = torch.cat([torch.cos(angle), -torch.sin(angle)]) * window
+            self.register_buffer("dft_kernels", kernels[:, None, :].float(), persistent=False)
+            self.export_path = "dft"
+            return
+        # x[n], n = Q p + q. Stage 1 for each q: Z[q, k1] = w^(q k1) sum_p W_P^(p k1) win[n] x[n]
+        # (w = exp(-2 pi i / n_fft), W_P = w^Q); stage 2: X[k1 + P k2] = sum_q W_Q^(q k2) Z[q, k1].
+        P, Q = factors
+        K2 = (n // 2) // P + 1  # k2 values that reach bins up to n_fft / 2
+        p = torch.arange(P, dtype=torch.float64)
+        q = torch.arange(Q, dtype=torch.float64)
+        angle = -2 * torch.pi * (p[None, :, None] * p[None, None, :] / P + q[:, None, None] * p[None, :, None] / n)
+        win = window.reshape(P, Q).T[:, None, None, :]  # (q, 1, 1, p)
+        stage1 = torch.stack([torch.cos(angle), torch.sin(angle)], 1) * win  # (q, re/im, k1, p)
+        k2 = torch.arange(K2, dtype=torch.float64)
+        angle2 = -2 * torch.pi * k2[:, None] * q[None, :] / Q  # (k2, q)
+        c, s = torch.cos(angle2), torch.sin(angle2)
+        # rows (re/im, k2); columns (q, re/im), the order of stage 1's output channels
+        stage2 = torch.stack([torch.stack([c, -s], -1), torch.stack([s, c], -1)]).reshape(2 * K2, 2 * Q)
+        k = (p[None, :] + P * k2[:, None]).long().flatten()  # bin of each (k2, k1)
+        mel = torch.zeros(K2 * P, fb.shape[1], dtype=torch.float64)
+        mel[k <= n // 2] = fb[k[k <= n // 2]]
+        self.register_buffer("dft_stage1", stage1.reshape(Q * 2 * P, 1, P).float(), persistent=False)
+        self.register_buffer("dft_stage2", stage2.float(), persistent=False)
+        self.register_buffer("dft_mel", mel.T.contiguous().float(), persistent=False)
+        self.dft_factors = (P, Q)
+        self.export_path = "factored"
 
-    def _power_spectrogram_conv(self, padded: torch.Tensor) -> torch.Tensor:
-        spec = torch.nn.functional.conv1d(padded[:, None, :], self.dft_kernels, stride=self.hop)
-        re, im = spec.chunk(2, dim=1)
-        return re * re + im * im  # (B, n_fft // 2 + 1, frames)
+    def _mel_power_exported(self, padded: torch.Tensor) -> torch.Tensor:
+        """Mel power (B, n_mels, frames) of padded clips (B, N + n_fft) after prepare_export()."""
+        if self.export_path == "dft":
+            spec = torch.nn.functional.conv1d(padded[:, None, :], self.dft_kernels, stride=self.hop)
+            re, im = spec.chunk(2, dim=1)
+            return self.mel.mel_scale(re * re + im * im)
+        P, Q = self.dft_factors
+        b, n = padded.shape
+        rows = padded[:, : (n // Q) * Q].reshape(b, n // Q, Q).transpose(1, 2)  # (B, Q, N / Q): x[Q p + q]
+        z = torch.nn.functional.conv1d(rows, self.dft_stage1, stride=self.hop // Q, groups=Q)  # (B, Q*2*P, T)
+        frames = z.shape[-1]
+        re, im = torch.matmul(self.dft_stage2, z.reshape(b, 2 * Q, P * frames)).reshape(b, 2, -1, frames).unbind(1)
+        return torch.matmul(self.dft_mel, re * re + im * im)  # (B, K2*P, T) power -> mel
 
     def frames(self, lengths):
         return lengths // self.hop + 1
@@ -82,15 +129,15 @@ class LogMel(nn.Module):
         silence (:data:`SILENCE`). For a whole clip, what ``MelSpectrogram(center=True)`` gives."""
         with torch.autocast(audio.device.type, enabled=False):
             x = self._padded(audio.float(), lengths)
-            if self.dft_conv:
-                power = self._power_spectrogram_conv(x)
+            if self.export_path is not None:
+                mel = self._mel_power_exported(x)
             else:
                 spec = self.mel.spectrogram
-                power = torchaudio.functional.spectrogram(
+                mel = self.mel.mel_scale(torchaudio.functional.spectrogram(
                     x, pad=0, window=spec.window, n_fft=spec.n_fft, hop_length=spec.hop_length,
                     win_length=spec.win_length, power=spec.power, normalized=False, center=False,
-                )
-            out = torch.log(self.mel.mel_scale(power) + 1e-6).contiguous()  # one layout in every path
+                ))
+            out = torch.log(mel + 1e-6).contiguous()  # one layout in every path
         if lengths is None:
             return out
         frame = torch.arange(out.shape[-1], device=out.device)[None, None, :]
@@ -106,7 +153,7 @@ class LogMel(nn.Module):
         spec = self.mel.spectrogram
         return {"frontend": "liser.LogMel/2", "n_fft": spec.n_fft, "hop": spec.hop_length, "win": spec.win_length,
                 "power": spec.power, "window": spec.window, "fb": self.mel.mel_scale.fb, "floor": 1e-6,
-                "dft_conv": self.dft_conv}
+                "export_path": self.export_path}
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None):
         """Log-mel of each clip as if it were alone (reflection at its own end, silence after
@@ -122,6 +169,19 @@ class LogMel(nn.Module):
         else:
             valid = self.frames(lengths).clamp(max=n)
         return self.norm(x), valid
+
+
+def _dft_factors(n_fft: int, hop: int) -> tuple[int, int] | None:
+    """(P, Q) with ``P * Q == n_fft``, ``Q`` dividing ``hop`` and as close to sqrt(n_fft) as
+    such a split allows (the cheapest two-stage DFT); None where there is none."""
+    import math
+
+    g = math.gcd(n_fft, hop)
+    options = [q for q in range(2, g + 1) if g % q == 0]
+    if not options:
+        return None
+    q = min(options, key=lambda q: abs(math.log(q * q / n_fft)))
+    return n_fft // q, q
 
 
 #: log(1e-6) in float32: the log-mel of silence, what frames after a clip's end hold

@@ -1,6 +1,7 @@
 """Deployment: Student.from_pretrained, windowed prediction, ONNX / TorchScript export."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,6 +130,15 @@ def test_onnx_export_matches_pytorch(trained, tmp_path):
             ref = student(x).logits
         assert np.abs(logits - ref.numpy()).max() < 1e-4
         assert np.abs(probs - torch.softmax(ref, -1).numpy()).max() < 1e-4
+    import onnx
+
+    from liser_core.export import DEBUG_METADATA
+
+    nodes = onnx.load(str(tmp_path / "student.onnx")).graph.node
+    keys = {p.key for n in nodes for p in n.metadata_props}
+    assert keys == {"pkg.torch.onnx.name_scopes"} and not keys & set(DEBUG_METADATA)  # no stack traces
+    raw = (tmp_path / "student.onnx").read_bytes()
+    assert str(Path(torch.__file__).parent).encode() not in raw  # none of this machine's paths
 
 
 def test_torchscript_export_matches_pytorch(trained, tmp_path):
@@ -143,18 +153,29 @@ def test_torchscript_export_matches_pytorch(trained, tmp_path):
         export(trained.run_dir / "student", tmp_path / "x", "tflite")
 
 
-@pytest.mark.parametrize("rate", [16000, 48000])
-def test_export_frontend_equals_torchaudio_melspectrogram(rate):
+@pytest.mark.parametrize(("rate", "path"), [(16000, "factored"), (48000, "factored"), (8000, "factored"),
+                                            (22050, "dft")])
+def test_export_frontend_equals_torchaudio_melspectrogram(rate, path):
     from liser_plugins.frontend import LogMel
 
     fe = LogMel(rate, 40).eval()
     x = 0.1 * torch.randn(2, int(0.7 * rate) + 3)
+    lengths = torch.tensor([x.shape[1], x.shape[1] // 2])
     with torch.no_grad():
-        reference, valid = fe(x, torch.tensor([x.shape[1], x.shape[1] // 2]))
+        reference, valid = fe(x, lengths)
+        whole = torch.log(fe.mel(x) + 1e-6)  # torchaudio's MelSpectrogram on whole clips
         fe.prepare_export()
-        conv, valid2 = fe(x, torch.tensor([x.shape[1], x.shape[1] // 2]))
-    assert conv.shape == reference.shape and torch.equal(valid, valid2)
-    assert (conv - reference).abs().max() < 1e-3  # log-mel domain, float32 rounding only
+        assert fe.export_path == path
+        exported, valid2 = fe(x, lengths)
+        exported_whole = fe.log_mel(x)
+    assert exported.shape == reference.shape and torch.equal(valid, valid2)
+    assert (exported - reference).abs().max() < 1e-3  # log-mel domain, float32 rounding only
+    assert exported_whole.shape == whole.shape and (exported_whole - whole).abs().max() < 1e-3
+    if path == "factored":  # two-stage DFT: a few kilobytes of kernels, not n_fft x (n_fft + 2)
+        P, Q = fe.dft_factors
+        assert P * Q == fe.n_fft and fe.hop % Q == 0
+        kernel_bytes = sum(b.numel() * 4 for n, b in fe.named_buffers() if n.startswith("dft_"))
+        assert kernel_bytes < fe.n_fft * (fe.n_fft + 2) * 4 / 2  # (mel filterbank included)
 
 
 def test_cli_predict_and_export(trained, tmp_path, capsys):

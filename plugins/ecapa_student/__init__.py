@@ -3,7 +3,7 @@
 Features come from LiSER's :class:`~liser_plugins.frontend.LogMel` (log-mel filterbank plus a
 learned BatchNorm), not from SpeechBrain's ``Fbank``: the frontend is part of the saved student,
 so inference cannot feed it different features, and it is the frontend every first-party
-student shares, with its ONNX preparation (``prepare_export``: the STFT as a convolution).
+student shares, with its ONNX preparation (``prepare_export``: the STFT as convolutions and matrix products).
 SpeechBrain's ``Fbank`` would need a normalisation module saved alongside it; it does export
 with torch 2.14 (checked: dB features within 1.2e-3 of eager), but nothing guarantees it will.
 
