@@ -270,7 +270,10 @@ def after_axes(grid: Grid, combinations: list[tuple[dict[str, str], list[str]]])
     where an axis sets that list is applied to the element *of the same name* as the one at that
     position before the axes (in the base recipe with the grid's overrides), wherever the axis
     put it; ``teachers.NAME.KEY=VALUE`` names it directly. Combinations without such an element
-    are left as they are (logged); an override that reaches no combination is refused."""
+    are left as they are (logged); an override that reaches no combination is refused.
+
+    The lists are read from each combination's resolved recipe, loaded once per distinct set of
+    overrides that touch them (a paper grid: once per teacher set, not once per combination)."""
     from liser_core.engine import load_recipe
 
     before = None
@@ -283,10 +286,21 @@ def after_axes(grid: Grid, combinations: list[tuple[dict[str, str], list[str]]])
             rules[text] = _element_rule(grid, key, before)
     reached = {text: 0 for text, rule in rules.items() if rule is not None}
     plain = [t for t in grid.cli_overrides if rules.get(t) is None]
+    lists = {rule[0] for rule in rules.values() if rule is not None}
+
+    def touches(text: str) -> bool:  # an override that can change one of those lists
+        k = _key(text)
+        return any(k == p or k.startswith(p + ".") or p.startswith(k + ".") for p in lists)
+    loaded: dict[tuple[str, ...], DictConfig] = {}
     out = []
     for _chosen, overrides in combinations:
         full = [*grid.overrides, *overrides]
-        cfg = load_recipe(grid.recipe, [*full, *plain]) if reached else None
+        cfg = None
+        if reached:
+            same = tuple(t for t in [*full, *plain] if touches(t))
+            if same not in loaded:
+                loaded[same] = load_recipe(grid.recipe, [*full, *plain])
+            cfg = loaded[same]
         for text in grid.cli_overrides:
             rule = rules.get(text)
             if rule is None:
