@@ -126,12 +126,20 @@ def _executorch(wrapper: torch.nn.Module, example: torch.Tensor, path: Path) -> 
     with torch.no_grad():
         program = torch.export.export(wrapper, (example,))
     edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-    left = sorted({str(n.target).split(".")[-2] if "." in str(n.target) else str(n.target)
-                   for n in edge.exported_program().graph.nodes
-                   if n.op == "call_function" and "executorch_call_delegate" not in str(n.target)
-                   and "getitem" not in str(n.target)})
+    left = sorted({_op_name(n.target) for n in edge.exported_program().graph.nodes
+                   if n.op == "call_function" and _op_name(n.target) not in ("executorch_call_delegate", "getitem")})
     path.write_bytes(edge.to_executorch().buffer)
     return left
+
+
+def _op_name(target) -> str:
+    """``aten.where.self``, ``dim_order_ops._to_dim_order_copy``: an operator's qualified name
+    with its overload (``.default`` left out)."""
+    if isinstance(target, torch._ops.OpOverload):  # str(): "aten.scalar_tensor.default"
+        name = str(target)
+    else:  # ExecuTorch's EdgeOpOverload: __name__ "aten.where.self" (its str() is a repr with the schema)
+        name = getattr(target, "__name__", None) or str(target)
+    return name.removesuffix(".default")
 
 
 #: Per-node metadata torch's ONNX exporter writes for debugging: Python stack traces (with this

@@ -4,6 +4,7 @@ mobile runtime, each against PyTorch or onnxruntime float32 outputs."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -321,7 +322,10 @@ def test_executorch_export_runs_in_the_executorch_runtime(name, tmp_path, capsys
     assert main(["export", str(tmp_path / "student"), "--format", "executorch", "--window", "1", "-o", str(out)]) == 0
     meta = json.loads((tmp_path / "s.pte.json").read_text())
     assert meta["format"] == "executorch" and meta["window_seconds"] == 1.0 and "XNNPACK" in meta["runtime"]
+    # operators outside the delegate, by qualified name ("aten.where.self"), not repr fragments
     assert isinstance(meta["not_delegated"], list)
+    assert all(re.fullmatch(r"[a-z_]+\.[A-Za-z0-9_.]+", op) for op in meta["not_delegated"]), meta["not_delegated"]
+    assert "aten.where.self" in meta["not_delegated"]  # the length mask runs in the portable kernels
     method = Runtime.get().load_program(str(out)).load_method("forward")
     for audio in clips(2, seconds=1.0, seed=9):
         x = torch.from_numpy(audio[:16000])[None]
