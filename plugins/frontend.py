@@ -49,8 +49,9 @@ class LogMel(nn.Module):
         8 kHz: 400 = 20 x 20 at 16 kHz), a two-stage (Cooley-Tukey) DFT: a grouped strided
         convolution does the P-point DFTs with the window and twiddle factors folded in, one
         matrix product the Q-point DFTs, a second the mel filterbank: about a quarter of the
-        multiply-adds of a direct DFT, and a fifth of its kernels. Elsewhere (e.g. 22.05 kHz: n_fft 551, hop 220), the direct
-        DFT as one strided convolution over windowed kernels. ``method``: ``"auto"`` (that
+        multiply-adds of a direct DFT, and a fifth of its kernels. Elsewhere (e.g. 22.05 kHz:
+        n_fft 551, hop 220), the direct DFT as one strided convolution over windowed kernels.
+        ``method``: ``"auto"`` (that
         choice), ``"factored"`` or ``"dft"`` (for comparisons, benchmarks/student_speed.py)."""
         if method not in ("auto", "factored", "dft"):
             raise ValueError(f"method must be 'auto', 'factored' or 'dft', not {method!r}")
