@@ -150,17 +150,22 @@ DEBUG_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node", "pkg.t
                   "namespace")
 
 
-def strip_debug_metadata(path: Path, keep: tuple[str, ...] = ("pkg.torch.onnx.name_scopes",)) -> None:
-    """Rewrite the ONNX file ``path`` (one LiSER just wrote) without the exporter's per-node
-    debug metadata: every key but ``keep``."""
+def strip_debug_metadata(model, keep: tuple[str, ...] = ("pkg.torch.onnx.name_scopes",)):
+    """The exporter's per-node debug metadata removed (every key but ``keep``) from ``model``:
+    an ``onnx.ModelProto`` (changed in place and returned) or the path of an ONNX file LiSER
+    just wrote (rewritten)."""
     import onnx
 
-    model = onnx.load(str(path))
+    path = None if isinstance(model, onnx.ModelProto) else Path(model)
+    if path is not None:
+        model = onnx.load(str(path))
     for node in model.graph.node:
         kept = [p for p in node.metadata_props if p.key in keep]
         del node.metadata_props[:]
         node.metadata_props.extend(kept)
-    onnx.save(model, str(path))
+    if path is not None:
+        onnx.save(model, str(path))
+    return model
 
 
 def _check_dynamic(path: Path, output: Path) -> None:

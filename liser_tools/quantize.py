@@ -175,7 +175,7 @@ def quantize_onnx(float_path: str | Path, output: str | Path, *, mode: str = "st
                          op_types_to_quantize=list(WEIGHT_OPS), nodes_to_exclude=excluded)
     quantized = onnx.load(str(tmp))
     report = op_report(quantized, frontend_float=not frontend, scopes=scopes)
-    strip_debug_metadata(tmp, keep=())  # (the scopes were read from the float export above)
+    onnx.save(strip_debug_metadata(quantized, keep=()), str(tmp))  # (scopes: read from the float export above)
     tmp.replace(output)
     pre.unlink(missing_ok=True)
     return report
