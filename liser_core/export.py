@@ -78,8 +78,11 @@ def export(
             verbose=False,
         )
         program.save(str(tmp))
-        _check_dynamic(tmp, output)
-        strip_debug_metadata(tmp)
+        import onnx
+
+        model = onnx.load(str(tmp))
+        _check_dynamic(model, tmp, output)
+        onnx.save(strip_debug_metadata(model), str(tmp))
     elif fmt == "executorch":
         window = int(round((window_seconds or 1.0) * student.sample_rate))
         not_delegated = _executorch(wrapper, torch.zeros(1, window), tmp)
@@ -142,37 +145,24 @@ def _op_name(target) -> str:
     return name.removesuffix(".default")
 
 
-#: Per-node metadata torch's ONNX exporter writes for debugging: Python stack traces (with this
-#: machine's file paths), FX node text, class hierarchies. A shipped model needs none of it, and
-#: it was 15-20 % of a small student's file. ``name_scopes`` (the module each node came from)
-#: stays: ``liser export --quantize`` uses it to find the frontend.
-DEBUG_METADATA = ("pkg.torch.onnx.stack_trace", "pkg.torch.onnx.fx_node", "pkg.torch.onnx.class_hierarchy",
-                  "namespace")
-
-
 def strip_debug_metadata(model, keep: tuple[str, ...] = ("pkg.torch.onnx.name_scopes",)):
-    """The exporter's per-node debug metadata removed (every key but ``keep``) from ``model``:
-    an ``onnx.ModelProto`` (changed in place and returned) or the path of an ONNX file LiSER
-    just wrote (rewritten)."""
-    import onnx
-
-    path = None if isinstance(model, onnx.ModelProto) else Path(model)
-    if path is not None:
-        model = onnx.load(str(path))
+    """``model`` (an ``onnx.ModelProto``, changed in place and returned) without the per-node
+    metadata torch's ONNX exporter writes for debugging (every key but ``keep``): Python stack
+    traces with this machine's file paths, FX node text, class hierarchies. A shipped model
+    needs none of it, and it was 15-20 % of a small student's file. ``name_scopes`` (the module
+    each node came from) stays by default: ``liser export --quantize`` uses it to find the
+    frontend."""
     for node in model.graph.node:
         kept = [p for p in node.metadata_props if p.key in keep]
         del node.metadata_props[:]
         node.metadata_props.extend(kept)
-    if path is not None:
-        onnx.save(model, str(path))
     return model
 
 
-def _check_dynamic(path: Path, output: Path) -> None:
-    """The exporter can silently fix a dimension a model's code makes static; refuse that."""
-    import onnx
-
-    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+def _check_dynamic(model, path: Path, output: Path) -> None:
+    """The exporter can silently fix a dimension a model's code makes static; refuse that (and
+    remove ``path``, the exported ``model``'s file)."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
     fixed = [name for name, d in zip(("batch", "samples"), dims) if not d.dim_param]
     if fixed:
         path.unlink(missing_ok=True)

@@ -8,6 +8,8 @@ that holds them, so it is treated as a breaking change. The other names here are
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torchaudio
 from torch import nn
@@ -175,8 +177,6 @@ class LogMel(nn.Module):
 def _dft_factors(n_fft: int, hop: int) -> tuple[int, int] | None:
     """(P, Q) with ``P * Q == n_fft``, ``Q`` dividing ``hop`` and as close to sqrt(n_fft) as
     such a split allows (the cheapest two-stage DFT); None where there is none."""
-    import math
-
     g = math.gcd(n_fft, hop)
     options = [q for q in range(2, g + 1) if g % q == 0]
     if not options:

@@ -132,11 +132,9 @@ def test_onnx_export_matches_pytorch(trained, tmp_path):
         assert np.abs(probs - torch.softmax(ref, -1).numpy()).max() < 1e-4
     import onnx
 
-    from liser_core.export import DEBUG_METADATA
-
     nodes = onnx.load(str(tmp_path / "student.onnx")).graph.node
     keys = {p.key for n in nodes for p in n.metadata_props}
-    assert keys == {"pkg.torch.onnx.name_scopes"} and not keys & set(DEBUG_METADATA)  # no stack traces
+    assert keys == {"pkg.torch.onnx.name_scopes"}  # no stack traces, FX text or class hierarchies
     raw = (tmp_path / "student.onnx").read_bytes()
     assert str(Path(torch.__file__).parent).encode() not in raw  # none of this machine's paths
 
@@ -197,3 +195,24 @@ def test_cli_predict_and_export(trained, tmp_path, capsys):
     assert main(["export", ckpt, "--format", "torchscript", "-o", str(tmp_path / "s.pt")]) == 0
     out = capsys.readouterr().out
     assert "frontend: included" in out and (tmp_path / "s.pt.json").is_file()
+
+
+def test_an_export_with_a_fixed_dimension_is_refused_and_its_file_removed(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from liser_core.export import _check_dynamic
+
+    def model(dims):
+        x = helper.make_tensor_value_info("audio", TensorProto.FLOAT, dims)
+        y = helper.make_tensor_value_info("out", TensorProto.FLOAT, dims)
+        return helper.make_model(helper.make_graph([helper.make_node("Identity", ["audio"], ["out"])], "g", [x], [y]))
+
+    path = tmp_path / ".s.onnx.tmp"
+    onnx.save(model(["batch", "samples"]), str(path))
+    _check_dynamic(onnx.load(str(path)), path, tmp_path / "s.onnx")  # both dynamic: accepted
+    assert path.is_file()
+    onnx.save(model([2, "samples"]), str(path))
+    with pytest.raises(UsageError, match="fixed its batch dimension"):
+        _check_dynamic(onnx.load(str(path)), path, tmp_path / "s.onnx")
+    assert not path.exists()
