@@ -139,6 +139,13 @@ liser serve {repo_id or 'PATH_OR_HUB_ID'}                 # HTTP: POST /predict,
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
 
 
+def quantization_change(record: dict) -> str:
+    """``", UAR +0.8 points, WA +0.8 points"``: int8 against float32 on the test split, from a
+    ``quantization.json`` record (its drops, negated; never ``-0.0``)."""
+    uar, wa = (f"{round(-record[k], 1) + 0.0:+.1f}" for k in ("uar_drop_points", "wa_drop_points"))
+    return f", UAR {uar} points, WA {wa} points"
+
+
 def quantization_section(student_dir: Path) -> str:
     """The card's "Quantization" section from ``student/quantization.json`` (written by
     ``liser export --quantize int8``, :mod:`liser_tools.quantize`): float32 against int8 side by
@@ -153,8 +160,7 @@ def quantization_section(student_dir: Path) -> str:
     ops = record.get("ops") or {}
     lines = ["int8: " + (", ".join(f"{op} x{n}" for op, n in sorted((ops.get("int8") or {}).items())) or "nothing")]
     lines += [f"left in float: {o['op']} {o['name']} ({o['scope'] or 'top level'}): {o['why']}" for o in ops.get("float", [])]
-    drop = (f", UAR {-record['uar_drop_points']:+.1f} points, WA {-record['wa_drop_points']:+.1f} points"
-            if test else "")
+    drop = quantization_change(record) if test else ""
     return f"""
 ## Quantization
 

@@ -1,7 +1,8 @@
 """Exporting a saved student to ONNX or TorchScript, frontend included.
 
 Before exporting, every submodule with a ``prepare_export()`` method is asked to switch to
-export-friendly operators (the first-party log-mel frontend computes its STFT as a two-stage
+export-friendly operators (with ``target=`` the format, ``onnx``, ``torchscript`` or
+``executorch``, where its signature takes one) (the first-party log-mel frontend computes its STFT as a two-stage
 DFT of convolutions and matrix products then, which ONNX runtimes execute much faster than
 their STFT operator). The exporter's per-node debug metadata is stripped from ONNX files
 (:func:`strip_debug_metadata`).
@@ -18,6 +19,7 @@ re-exports :func:`export` (docs/architecture.md).
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -26,17 +28,26 @@ from .checkpoint import atomic_write_json, read_component_config, resolve_source
 from .components import Student
 from .errors import UsageError
 
-__all__ = ["export", "strip_debug_metadata"]
+__all__ = ["compact_constants", "compact_names", "export", "restore_constants", "sparsify_initializers",
+           "strip_debug_metadata"]
+
+#: float32 initializers from this many bytes with at least this share of zeros are stored as
+#: their non-zero values and indices (:func:`sparsify_initializers`)
+SPARSE_MIN_BYTES = 4096
+SPARSE_MIN_ZEROS = 0.75
 
 class _Exported(torch.nn.Module):
     """Waveform in, logits and probabilities out: the whole student including its frontend."""
 
-    def __init__(self, student: Student):
+    def __init__(self, student: Student, target: str = "onnx"):
         super().__init__()
         self.student = student
         for module in student.modules():  # let components swap in export-friendly ops
             if hasattr(module, "prepare_export"):
-                module.prepare_export()
+                if "target" in inspect.signature(module.prepare_export).parameters:
+                    module.prepare_export(target=target)
+                else:
+                    module.prepare_export()
 
     def forward(self, audio: torch.Tensor):
         logits = self.student(audio).logits
@@ -60,7 +71,7 @@ def export(
     checkpoint = resolve_source(checkpoint)
     student = Student.from_pretrained(checkpoint, host=host)
     config = read_component_config(checkpoint, "student")
-    wrapper = _Exported(student).eval()
+    wrapper = _Exported(student, fmt).eval()
     example = 0.01 * torch.randn(2, int(example_seconds * student.sample_rate))  # batch 2: no 0/1 specialisation
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +93,8 @@ def export(
 
         model = onnx.load(str(tmp))
         _check_dynamic(model, tmp, output)
-        onnx.save(strip_debug_metadata(model), str(tmp))
+        constants = [(name, m) for name, m in wrapper.named_modules() if hasattr(m, "onnx_constants")]
+        onnx.save(compact_constants(strip_debug_metadata(model), constants), str(tmp))
     elif fmt == "executorch":
         window = int(round((window_seconds or 1.0) * student.sample_rate))
         not_delegated = _executorch(wrapper, torch.zeros(1, window), tmp)
@@ -170,3 +182,145 @@ def _check_dynamic(model, path: Path, output: Path) -> None:
             f"{output}: the exported graph fixed its {' and '.join(fixed)} dimension(s); "
             "the model's forward makes them static (e.g. len(tensor) or Python ints from shapes)"
         )
+
+
+def compact_constants(model, modules=()):
+    """``model`` (changed in place and returned) with its large constants stored small, the
+    numbers unchanged:
+
+    * each ``(name, module)`` of ``modules`` whose ``module.onnx_constants(name)`` returns
+      ``(nodes, initializers)`` that compute initializers of the model (e.g. the log-mel
+      frontend's DFT kernels, from the window and a sine) has those initializers replaced by
+      the nodes; onnxruntime folds them back into constants once, when a session loads;
+    * float32 initializers that are mostly zeros (the mel filterbank) are stored as their
+      non-zero values and indices (:func:`sparsify_initializers`)."""
+    for name, module in modules:
+        nodes, initializers = module.onnx_constants(name)
+        _replace_initializers(model.graph, nodes, initializers)
+    return sparsify_initializers(model)
+
+
+def _replace_initializers(graph, nodes, initializers) -> bool:
+    """Replace the initializers that ``nodes`` compute (their outputs no other of them reads) by
+    ``nodes`` and their small ``initializers``; nothing when one of them is not in ``graph``."""
+    produced = [o for node in nodes for o in node.output]
+    read = {i for node in nodes for i in node.input}
+    results = [o for o in produced if o not in read]
+    present = {init.name for init in graph.initializer}
+    if not nodes or not set(results) <= present:
+        return False
+    kept = [init for init in graph.initializer if init.name not in results]
+    del graph.initializer[:]
+    graph.initializer.extend([*kept, *initializers])
+    rest = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*nodes, *rest])  # ahead of every reader: the graph stays sorted
+    return True
+
+
+def sparsify_initializers(model, min_bytes: int = SPARSE_MIN_BYTES, min_zeros: float = SPARSE_MIN_ZEROS):
+    """``model`` (changed in place and returned) with each float32 initializer of at least
+    ``min_bytes`` of which at least ``min_zeros`` are zeros stored as its non-zero values and
+    their flat int32 indices (8 bytes each against 4 per element), scattered into zeros by three
+    nodes (ConstantOfShape, ScatterElements, Reshape) that onnxruntime folds once when a session
+    loads. The same numbers. (Not ONNX's ``sparse_initializer``: ONNX's type inference then
+    refuses the dense operators that read it.)"""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    dense, scattered, nodes = [], [], []
+    for init in model.graph.initializer:
+        size = int(np.prod(init.dims)) if len(init.dims) else 1
+        if init.data_type == TensorProto.FLOAT and 4 * size >= min_bytes:
+            array = numpy_helper.to_array(init)
+            nonzero = np.flatnonzero(array)
+            if len(nonzero) <= (1 - min_zeros) * size:
+                t = f"{init.name}/"
+                index = np.int32 if size < 2**31 else np.int64
+                scattered += [numpy_helper.from_array(np.array([size], np.int64), t + "size"),
+                              numpy_helper.from_array(nonzero.astype(index), t + "indices"),
+                              numpy_helper.from_array(array.reshape(-1)[nonzero], t + "values"),
+                              numpy_helper.from_array(np.array(array.shape, np.int64), t + "shape")]
+                nodes += [helper.make_node("ConstantOfShape", [t + "size"], [t + "zeros"], name=t + "zeros",
+                                           value=numpy_helper.from_array(np.zeros(1, np.float32))),
+                          helper.make_node("ScatterElements", [t + "zeros", t + "indices", t + "values"],
+                                           [t + "flat"], name=t + "flat", axis=0),
+                          helper.make_node("Reshape", [t + "flat", t + "shape"], [init.name], name=init.name)]
+                continue
+        dense.append(init)
+    if nodes:
+        del model.graph.initializer[:]
+        model.graph.initializer.extend([*dense, *scattered])
+        rest = list(model.graph.node)
+        del model.graph.node[:]
+        model.graph.node.extend([*nodes, *rest])
+    return model
+
+
+def restore_constants(model, source):
+    """Where an initializer of ``model`` is what a subgraph of constant nodes of ``source`` (the
+    model it was made from) computes, and that subgraph is smaller, put the subgraph back:
+    onnxruntime's graph optimisation (e.g. before quantization) folds such subgraphs (see
+    :func:`compact_constants`) into the large tensors they stand for. ``model`` is changed in
+    place and returned."""
+    graph = source.graph
+    constant = {i.name for i in graph.initializer} | {""}
+    producer = {}
+    for node in graph.node:
+        if all(i in constant for i in node.input) and not any(a.g.node or a.graphs for a in node.attribute):
+            constant.update(node.output)
+            producer.update({o: node for o in node.output})
+    source_inits = {i.name: i for i in graph.initializer}
+    present = {i.name: i for i in model.graph.initializer}
+    for name in [n for n in present if n in producer]:
+        nodes, inits, todo, seen = [], {}, [producer[name]], set()
+        while todo:
+            node = todo.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            nodes.append(node)
+            for i in node.input:
+                if i in producer:
+                    todo.append(producer[i])
+                elif i in source_inits and i not in present:
+                    inits[i] = source_inits[i]
+        if sum(i.ByteSize() for i in inits.values()) + sum(n.ByteSize() for n in nodes) >= present[name].ByteSize():
+            continue
+        order = {id(n): k for k, n in enumerate(graph.node)}
+        nodes.sort(key=lambda n: order[id(n)])
+        _replace_initializers(model.graph, [_copy(n) for n in nodes], [_copy(i) for i in inits.values()])
+        present.update(inits)
+    return model
+
+
+def _copy(proto):
+    new = type(proto)()
+    new.CopyFrom(proto)
+    return new
+
+
+def compact_names(model):
+    """``model`` (changed in place and returned) with short tensor names (``t1f``) and no node
+    names or intermediate shape annotations (``value_info``; runtimes infer them): a third of an
+    int8 file's graph was such names. The inputs' and outputs' names stay. Graphs with subgraphs
+    (If, Loop) are left as they are."""
+    graph = model.graph
+    if any(a.g.node or a.graphs for node in graph.node for a in node.attribute):
+        return model
+    keep = {v.name for v in (*graph.input, *graph.output)}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in keep:
+            return name
+        return names.setdefault(name, f"t{len(names):x}")
+
+    for init in graph.initializer:
+        init.name = short(init.name)
+    for node in graph.node:
+        node.name = ""
+        node.input[:] = [short(i) for i in node.input]
+        node.output[:] = [short(o) for o in node.output]
+    del graph.value_info[:]
+    return model

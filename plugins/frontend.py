@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torchaudio
 from torch import nn
@@ -93,6 +94,60 @@ class LogMel(nn.Module):
         self.register_buffer("dft_mel", mel.T.contiguous().float(), persistent=False)
         self.dft_factors = (P, Q)
         self.export_path = "factored"
+
+    def onnx_constants(self, prefix: str) -> tuple[list, list]:
+        """The DFT kernels of an ONNX export (``prefix``: this module's name in the exported
+        model) as the few nodes that compute them, for :func:`liser_core.export.compact_constants`:
+        the window (``n_fft`` floats) and ``cos``/``sin`` of ``2 pi (k m mod n_fft) / n_fft``
+        instead of the kernels themselves (64 KB at 16 kHz). onnxruntime folds them into a
+        constant once, when a session loads the model; they match the buffers to float32
+        rounding of the sine (tested). ``([], [])`` before :meth:`prepare_export`."""
+        if self.export_path is None:
+            return [], []
+        from onnx import TensorProto, helper, numpy_helper
+
+        n = self.n_fft
+        window = self.mel.spectrogram.window.detach().double().cpu()
+        if self.export_path == "factored":  # (q, re/im, k1, p), sample m = Q p + q
+            P, Q = self.dft_factors
+            out, k_shape, m_shape, axis = f"{prefix}.dft_stage1", [1, 1, P, 1], [Q, 1, 1, P], 1
+            win, final, k_count = window.reshape(P, Q).T.reshape(m_shape), [Q * 2 * P, 1, P], P
+        else:  # (re/im, k, 1, m)
+            k_count = n // 2 + 1
+            out, k_shape, m_shape, axis = f"{prefix}.dft_kernels", [k_count, 1], [1, n], 0
+            win, final = window.reshape(m_shape), [2 * k_count, 1, n]
+        t = f"{out}/"  # names of the intermediate tensors
+
+        def const(name, value, dtype=None):
+            return numpy_helper.from_array(np.asarray(value, dtype=dtype), t + name)
+
+        inits = [const("zero", 0, np.int64), const("one", 1, np.int64), const("n", n, np.int64),
+                 const("k_count", k_count, np.int64), const("window", win.float().numpy()),
+                 const("two_pi_over_n", 2 * np.pi / n, np.float32), const("k_shape", k_shape, np.int64),
+                 const("m_shape", m_shape, np.int64), const("final", final, np.int64)]
+        nodes = [helper.make_node("Range", [t + "zero", t + "n", t + "one"], [t + "m_flat"]),
+                 helper.make_node("Range", [t + "zero", t + "k_count", t + "one"], [t + "k_flat"]),
+                 helper.make_node("Reshape", [t + "k_flat", t + "k_shape"], [t + "k"])]
+        if self.export_path == "factored":  # m[q, p] = Q p + q
+            inits.append(const("pq", [P, Q], np.int64))
+            nodes += [helper.make_node("Reshape", [t + "m_flat", t + "pq"], [t + "m_pq"]),
+                      helper.make_node("Transpose", [t + "m_pq"], [t + "m_qp"], perm=[1, 0]),
+                      helper.make_node("Reshape", [t + "m_qp", t + "m_shape"], [t + "m"])]
+        else:
+            nodes.append(helper.make_node("Reshape", [t + "m_flat", t + "m_shape"], [t + "m"]))
+        nodes += [helper.make_node("Mul", [t + "k", t + "m"], [t + "km"]),
+                  helper.make_node("Mod", [t + "km", t + "n"], [t + "km_mod"]),  # exact in int64
+                  helper.make_node("Cast", [t + "km_mod"], [t + "km_float"], to=TensorProto.FLOAT),
+                  helper.make_node("Mul", [t + "km_float", t + "two_pi_over_n"], [t + "angle"]),
+                  helper.make_node("Cos", [t + "angle"], [t + "cos"]),
+                  helper.make_node("Sin", [t + "angle"], [t + "sin"]),
+                  helper.make_node("Neg", [t + "sin"], [t + "minus_sin"]),
+                  helper.make_node("Concat", [t + "cos", t + "minus_sin"], [t + "trig"], axis=axis),
+                  helper.make_node("Mul", [t + "trig", t + "window"], [t + "windowed"]),
+                  helper.make_node("Reshape", [t + "windowed", t + "final"], [out])]
+        for node in nodes:
+            node.name = node.output[0]
+        return nodes, inits
 
     def _mel_power_exported(self, padded: torch.Tensor) -> torch.Tensor:
         """Mel power (B, n_mels, frames) of padded clips (B, N + n_fft) after prepare_export()."""

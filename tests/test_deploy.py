@@ -176,6 +176,58 @@ def test_export_frontend_equals_torchaudio_melspectrogram(rate, path):
         assert kernel_bytes < fe.n_fft * (fe.n_fft + 2) * 4 / 2  # (mel filterbank included)
 
 
+@pytest.mark.parametrize(("rate", "path", "buffer"), [(16000, "factored", "dft_stage1"), (22050, "dft", "dft_kernels")])
+def test_onnx_constants_compute_the_frontend_kernels(rate, path, buffer):
+    """The few ONNX nodes that stand for the DFT kernels in an export give the kernels."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from liser_plugins.frontend import LogMel
+
+    fe = LogMel(rate, 40).eval()
+    assert fe.onnx_constants("fe") == ([], [])  # nothing to compute before prepare_export()
+    fe.prepare_export()
+    assert fe.export_path == path
+    nodes, inits = fe.onnx_constants("fe")
+    kernel = getattr(fe, buffer)
+    out = helper.make_tensor_value_info(f"fe.{buffer}", TensorProto.FLOAT, None)
+    model = helper.make_model(helper.make_graph(nodes, "g", [], [out], inits))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # the nodes run, not folded
+    computed = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {})[0]
+    assert computed.shape == tuple(kernel.shape)
+    assert np.abs(computed - kernel.numpy()).max() < 2e-6  # float32 rounding of the sine and cosine
+    stored = sum(i.ByteSize() for i in inits) + sum(n.ByteSize() for n in nodes)
+    assert stored < kernel.numel() * 4 / 10
+
+
+def test_mostly_zero_initializers_are_stored_as_values_and_indices():
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from liser_core.export import sparsify_initializers
+
+    rng = np.random.default_rng(0)
+    sparse = np.where(rng.random((64, 100)) < 0.1, rng.standard_normal((64, 100)), 0).astype(np.float32)
+    half = np.where(rng.random((64, 100)) < 0.5, rng.standard_normal((64, 100)), 0).astype(np.float32)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [100, "n"])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "z")]
+    nodes = [helper.make_node("MatMul", ["w", "x"], ["y"]), helper.make_node("MatMul", ["h", "x"], ["z"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outs, [numpy_helper.from_array(sparse, "w"),
+                                                                       numpy_helper.from_array(half, "h")]))
+    before = len(model.SerializeToString())
+    sparsify_initializers(model)
+    assert {i.name for i in model.graph.initializer} >= {"h", "w/values", "w/indices"}  # half zeros: stays dense
+    assert "w" not in {i.name for i in model.graph.initializer}
+    assert len(model.SerializeToString()) < before - 0.6 * sparse.nbytes  # 12 bytes for each of ~10 % of w
+    onnx.shape_inference.infer_shapes(model, strict_mode=True)  # plain dense tensors for every tool
+    feed = {"x": rng.standard_normal((100, 3)).astype(np.float32)}
+    y, z = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+    assert np.array_equal(y, sparse @ feed["x"]) or np.abs(y - sparse @ feed["x"]).max() < 1e-5
+    assert np.abs(z - half @ feed["x"]).max() < 1e-5
+
+
 def test_cli_predict_and_export(trained, tmp_path, capsys):
     from liser_tools.cli import main
 

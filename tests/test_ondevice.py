@@ -78,8 +78,20 @@ def test_int8_export_of_every_first_party_student(name, tmp_path):
     assert sum(ops.int8.values()) == len(weight_ops) - len(frontend)  # all but the frontend
     assert sorted(f["op"] for f in ops.float) == frontend and {f["scope"] for f in ops.float} == {"student.frontend"}
     assert all("the audio frontend is kept in float" in f["why"] for f in ops.float)
-    q = onnx.load(str(tmp_path / "s.int8.onnx")).graph.initializer
-    assert sum(i.data_type == onnx.TensorProto.INT8 for i in q) >= sum(ops.int8.values())  # int8 weights stored
+    q = onnx.load(str(tmp_path / "s.int8.onnx")).graph
+    assert sum(i.data_type == onnx.TensorProto.INT8 for i in q.initializer) >= sum(ops.int8.values())  # int8 weights
+    # both files store the frontend's kernels as the nodes that compute them (the int8 step's
+    # pre-processing folds them; they are put back), the mel filterbank as its non-zero values
+    frontend = [i for i in graph.initializer if i.name.startswith("student.frontend")]
+    floats = [i for i in q.initializer if i.data_type == onnx.TensorProto.FLOAT]  # (weights are int8 there)
+    for g, inits in ((graph, frontend), (q, floats)):
+        assert {"Cos", "Sin", "ScatterElements"} <= {n.op_type for n in g.node}
+        assert max(int(np.prod(i.dims)) for i in inits) < 4096  # not the 16,000 of the DFT kernels
+    assert "student.frontend.dft_stage1" not in {i.name for i in graph.initializer}
+    onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "s.onnx")), strict_mode=True)
+    # the int8 file: short tensor names, no node names or value_info; the inputs and outputs named
+    assert not q.value_info and not any(n.name for n in q.node)
+    assert max(len(i.name) for i in q.initializer) <= 5 and [o.name for o in q.output] == ["logits", "probs"]
     f32, i8 = session(tmp_path / "s.onnx"), session(tmp_path / "s.int8.onnx")
     for audio in clips(4, seconds=1.5, seed=7):
         p32 = f32.run(["probs"], {"audio": audio[None]})[0]
@@ -361,3 +373,12 @@ def test_bench_report_shows_float_and_int8_per_student(tiny_run, tmp_path):
     assert f"| {record['float32']['uar']:.3f} | {record['int8']['uar']:.3f} |" in row
     assert f"{record['size_ratio']:.2f}x" in row
     assert json.loads((tmp_path / "quantized.json").read_text())[str(student_dir)] == record  # cached
+
+
+def test_a_quantization_change_is_signed_and_never_minus_zero():
+    from liser_core.card import quantization_change
+
+    record = {"uar_drop_points": 0.0, "wa_drop_points": 0.04}
+    assert quantization_change(record) == ", UAR +0.0 points, WA +0.0 points"  # not "-0.0"
+    record = {"uar_drop_points": -0.8, "wa_drop_points": 1.25}
+    assert quantization_change(record) == ", UAR +0.8 points, WA -1.2 points"
