@@ -24,6 +24,7 @@ def _run(tmp_path, seed, host):
             "teachers=[{name: face_cnn, fit: {epochs: 15, batch_size: 16, lr: 3.0e-3, weight_decay: 0.0}}]",
             "distil.epochs=15",
             "baseline.epochs=30",
+            "threads=1",  # the suite runs two tests at a time on two cores: one thread each
         ],
         host=host,
     )
