@@ -261,8 +261,9 @@ def restore_constants(model, source):
     """Where an initializer of ``model`` is what a subgraph of constant nodes of ``source`` (the
     model it was made from) computes, and that subgraph is smaller, put the subgraph back:
     onnxruntime's graph optimisation (e.g. before quantization) folds such subgraphs (see
-    :func:`compact_constants`) into the large tensors they stand for. ``model`` is changed in
-    place and returned."""
+    :func:`compact_constants`) into the large tensors they stand for. Only where the subgraph
+    still computes that tensor (checked with ONNX's reference evaluator: an optimisation may
+    have changed a tensor and kept its name). ``model`` is changed in place and returned."""
     graph = source.graph
     constant = {i.name for i in graph.initializer} | {""}
     producer = {}
@@ -289,9 +290,35 @@ def restore_constants(model, source):
             continue
         order = {id(n): k for k, n in enumerate(graph.node)}
         nodes.sort(key=lambda n: order[id(n)])
+        taken = {o for n in model.graph.node for o in n.output} | set(present)
+        if any(o in taken for n in nodes for o in n.output if o != name):
+            continue  # an intermediate name is used in the model: leave the tensor as it is
+        if not _computes(nodes, [*inits.values(), *(present[i] for n in nodes for i in n.input if i in present)],
+                         present[name]):
+            continue  # a fusion changed the tensor under its name: the subgraph no longer stands for it
         _replace_initializers(model.graph, [_copy(n) for n in nodes], [_copy(i) for i in inits.values()])
         present.update(inits)
     return model
+
+
+def _computes(nodes, initializers, expected) -> bool:
+    """Whether ``nodes`` (with ``initializers``) compute the tensor ``expected`` (to float32
+    rounding), run by ONNX's reference evaluator."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    out = helper.make_tensor_value_info(expected.name, expected.data_type, None)
+    graph = helper.make_graph([_copy(n) for n in nodes], "constant", [], [out], [_copy(i) for i in initializers])
+    try:
+        (got,) = ReferenceEvaluator(helper.make_model(graph)).run(None, {})
+    except Exception:  # noqa: BLE001 - an operator the evaluator lacks: not restored
+        return False
+    want = numpy_helper.to_array(expected)
+    if got.shape != want.shape or got.dtype != want.dtype:
+        return False
+    scale = float(np.abs(want).max()) if want.size else 0.0
+    return bool(np.allclose(got, want, rtol=1e-5, atol=1e-6 * max(scale, 1.0)))
 
 
 def _copy(proto):

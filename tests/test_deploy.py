@@ -228,6 +228,32 @@ def test_mostly_zero_initializers_are_stored_as_values_and_indices():
     assert np.abs(z - half @ feed["x"]).max() < 1e-5
 
 
+def test_a_folded_constant_is_restored_only_where_its_subgraph_still_computes_it():
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from liser_core.export import restore_constants
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4096, 1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    ints = [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("zero", 0), ("n", 4096), ("one", 1))]
+    nodes = [helper.make_node("Range", ["zero", "n", "one"], ["r"]),
+             helper.make_node("Cast", ["r"], ["rf"], to=TensorProto.FLOAT),
+             helper.make_node("Cos", ["rf"], ["k"])]
+    source = helper.make_model(helper.make_graph([*nodes, helper.make_node("Mul", ["k", "x"], ["y"])], "g", [x], [y], ints))
+    kernel = np.cos(np.arange(4096, dtype=np.float32))
+
+    def folded(values):  # what onnxruntime's pre-processing leaves: the subgraph as one tensor
+        return helper.make_model(helper.make_graph([helper.make_node("Mul", ["k", "x"], ["y"])], "g", [x], [y],
+                                                   [numpy_helper.from_array(values, "k")]))
+
+    same = restore_constants(folded(kernel), source)
+    assert [n.op_type for n in same.graph.node] == ["Range", "Cast", "Cos", "Mul"]
+    assert "k" not in {i.name for i in same.graph.initializer}
+    changed = restore_constants(folded(2 * kernel), source)  # e.g. a fusion scaled it, name kept
+    assert [n.op_type for n in changed.graph.node] == ["Mul"] and "k" in {i.name for i in changed.graph.initializer}
+
+
 def test_cli_predict_and_export(trained, tmp_path, capsys):
     from liser_tools.cli import main
 
