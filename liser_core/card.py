@@ -139,6 +139,10 @@ liser serve {repo_id or 'PATH_OR_HUB_ID'}                 # HTTP: POST /predict,
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
 
 
+#: Said under the operators left in float (the int8 file keeps no node names, see liser_tools.quantize)
+FLOAT_NAMES = "operator names are those of the float32 file; the int8 file keeps no node names"
+
+
 def quantization_change(record: dict) -> str:
     """``", UAR +0.8 points, WA +0.8 points"``: int8 against float32 on the test split, from a
     ``quantization.json`` record (its drops, negated; never ``-0.0``)."""
@@ -160,6 +164,8 @@ def quantization_section(student_dir: Path) -> str:
     ops = record.get("ops") or {}
     lines = ["int8: " + (", ".join(f"{op} x{n}" for op, n in sorted((ops.get("int8") or {}).items())) or "nothing")]
     lines += [f"left in float: {o['op']} {o['name']} ({o['scope'] or 'top level'}): {o['why']}" for o in ops.get("float", [])]
+    if ops.get("float"):
+        lines.append(FLOAT_NAMES)
     drop = quantization_change(record) if test else ""
     return f"""
 ## Quantization

@@ -44,7 +44,8 @@ class _Exported(torch.nn.Module):
         self.student = student
         for module in student.modules():  # let components swap in export-friendly ops
             if hasattr(module, "prepare_export"):
-                if "target" in inspect.signature(module.prepare_export).parameters:
+                params = inspect.signature(module.prepare_export).parameters.values()
+                if any(p.name == "target" or p.kind is p.VAR_KEYWORD for p in params):
                     module.prepare_export(target=target)
                 else:
                     module.prepare_export()
@@ -186,12 +187,13 @@ def _check_dynamic(model, path: Path, output: Path) -> None:
 
 def compact_constants(model, modules=()):
     """``model`` (changed in place and returned) with its large constants stored small, the
-    numbers unchanged:
+    numbers the same to float32 rounding (the DFT kernels: within 2e-6; the rest exactly):
 
     * each ``(name, module)`` of ``modules`` whose ``module.onnx_constants(name)`` returns
       ``(nodes, initializers)`` that compute initializers of the model (e.g. the log-mel
       frontend's DFT kernels, from the window and a sine) has those initializers replaced by
-      the nodes; onnxruntime folds them back into constants once, when a session loads;
+      the nodes, where they compute them (:func:`_replace_initializers`); onnxruntime folds
+      them back into constants once, when a session loads;
     * float32 initializers that are mostly zeros (the mel filterbank) are stored as their
       non-zero values and indices (:func:`sparsify_initializers`)."""
     for name, module in modules:
@@ -202,12 +204,23 @@ def compact_constants(model, modules=()):
 
 def _replace_initializers(graph, nodes, initializers) -> bool:
     """Replace the initializers that ``nodes`` compute (their outputs no other of them reads) by
-    ``nodes`` and their small ``initializers``; nothing when one of them is not in ``graph``."""
+    ``nodes`` and their small ``initializers``. Nothing when one of those is not an initializer of
+    ``graph`` (or is a graph input), when a name the nodes add is already used there, or when the
+    nodes do not compute the initializer's values (to float32 rounding, ONNX's reference
+    evaluator): a tensor is only ever replaced by what computes it."""
     produced = [o for node in nodes for o in node.output]
     read = {i for node in nodes for i in node.input}
     results = [o for o in produced if o not in read]
-    present = {init.name for init in graph.initializer}
-    if not nodes or not set(results) <= present:
+    existing = {init.name: init for init in graph.initializer}
+    ends = {v.name for v in (*graph.input, *graph.output)}
+    if not nodes or any(r not in existing or r in ends for r in results):
+        return False
+    added = {o for o in produced if o not in results} | {i.name for i in initializers}
+    used = set(existing) | ends | {o for node in graph.node for o in node.output}
+    if added & used:
+        return False
+    available = [*initializers, *(existing[i] for i in read if i in existing)]
+    if not all(_computes(nodes, available, existing[r]) for r in results):
         return False
     kept = [init for init in graph.initializer if init.name not in results]
     del graph.initializer[:]
@@ -228,10 +241,16 @@ def sparsify_initializers(model, min_bytes: int = SPARSE_MIN_BYTES, min_zeros: f
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
+    graph = model.graph
+    used = {i.name for i in graph.initializer} | {v.name for v in (*graph.input, *graph.output)}
+    used |= {o for node in graph.node for o in node.output}
+    inputs = {v.name for v in graph.input}  # (older IR versions list initializers as inputs too)
     dense, scattered, nodes = [], [], []
     for init in model.graph.initializer:
         size = int(np.prod(init.dims)) if len(init.dims) else 1
-        if init.data_type == TensorProto.FLOAT and 4 * size >= min_bytes:
+        names = {f"{init.name}/{k}" for k in ("size", "indices", "values", "shape", "zeros", "flat")}
+        if init.data_type == TensorProto.FLOAT and 4 * size >= min_bytes and init.name not in inputs \
+                and not names & used:
             array = numpy_helper.to_array(init)
             nonzero = np.flatnonzero(array)
             if len(nonzero) <= (1 - min_zeros) * size:
@@ -262,8 +281,9 @@ def restore_constants(model, source):
     model it was made from) computes, and that subgraph is smaller, put the subgraph back:
     onnxruntime's graph optimisation (e.g. before quantization) folds such subgraphs (see
     :func:`compact_constants`) into the large tensors they stand for. Only where the subgraph
-    still computes that tensor (checked with ONNX's reference evaluator: an optimisation may
-    have changed a tensor and kept its name). ``model`` is changed in place and returned."""
+    still computes that tensor (an optimisation may have changed a tensor and kept its name) and
+    adds no name the model already uses (:func:`_replace_initializers`). ``model`` is changed in
+    place and returned."""
     graph = source.graph
     constant = {i.name for i in graph.initializer} | {""}
     producer = {}
@@ -290,14 +310,8 @@ def restore_constants(model, source):
             continue
         order = {id(n): k for k, n in enumerate(graph.node)}
         nodes.sort(key=lambda n: order[id(n)])
-        taken = {o for n in model.graph.node for o in n.output} | set(present)
-        if any(o in taken for n in nodes for o in n.output if o != name):
-            continue  # an intermediate name is used in the model: leave the tensor as it is
-        if not _computes(nodes, [*inits.values(), *(present[i] for n in nodes for i in n.input if i in present)],
-                         present[name]):
-            continue  # a fusion changed the tensor under its name: the subgraph no longer stands for it
-        _replace_initializers(model.graph, [_copy(n) for n in nodes], [_copy(i) for i in inits.values()])
-        present.update(inits)
+        if _replace_initializers(model.graph, [_copy(n) for n in nodes], [_copy(i) for i in inits.values()]):
+            present.update(inits)
     return model
 
 
@@ -337,11 +351,14 @@ def compact_names(model):
         return model
     keep = {v.name for v in (*graph.input, *graph.output)}
     names: dict[str, str] = {}
+    counter = iter(range(1 << 62))
 
     def short(name: str) -> str:
         if not name or name in keep:
             return name
-        return names.setdefault(name, f"t{len(names):x}")
+        if name not in names:
+            names[name] = next(n for n in (f"t{k:x}" for k in counter) if n not in keep)
+        return names[name]
 
     for init in graph.initializer:
         init.name = short(init.name)

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from liser_core.card import quantization_change
+from liser_core.card import FLOAT_NAMES, quantization_change
 from liser_core.errors import UsageError
 from liser_core.export import (
     compact_names,
@@ -74,6 +74,8 @@ class OpReport:
         out = [f"int8: {done}"]
         for f in self.float:
             out.append(f"left in float: {f['op']} {f['name']} ({f['scope'] or 'top level'}): {f['why']}")
+        if self.float:
+            out.append(f"({FLOAT_NAMES})")
         return out
 
 

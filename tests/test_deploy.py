@@ -222,6 +222,10 @@ def test_mostly_zero_initializers_are_stored_as_values_and_indices():
     assert "w" not in {i.name for i in model.graph.initializer}
     assert len(model.SerializeToString()) < before - 0.6 * sparse.nbytes  # 12 bytes for each of ~10 % of w
     onnx.shape_inference.infer_shapes(model, strict_mode=True)  # plain dense tensors for every tool
+    # an initializer that is also a graph input (older IR versions) stays as it is
+    listed = helper.make_model(helper.make_graph(nodes, "g", [x, helper.make_tensor_value_info("w", TensorProto.FLOAT, [64, 100])],
+                                                 outs, [numpy_helper.from_array(sparse, "w"), numpy_helper.from_array(half, "h")]))
+    assert "w" in {i.name for i in sparsify_initializers(listed).graph.initializer}
     feed = {"x": rng.standard_normal((100, 3)).astype(np.float32)}
     y, z = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
     assert np.array_equal(y, sparse @ feed["x"]) or np.abs(y - sparse @ feed["x"]).max() < 1e-5
@@ -252,6 +256,58 @@ def test_a_folded_constant_is_restored_only_where_its_subgraph_still_computes_it
     assert "k" not in {i.name for i in same.graph.initializer}
     changed = restore_constants(folded(2 * kernel), source)  # e.g. a fusion scaled it, name kept
     assert [n.op_type for n in changed.graph.node] == ["Mul"] and "k" in {i.name for i in changed.graph.initializer}
+
+    # the export's own pass: a module's nodes replace its buffer only where they compute it
+    from liser_core.export import compact_constants
+
+    class Module:  # e.g. a subclass whose buffer no longer matches the nodes it inherits
+        def onnx_constants(self, name):
+            return [helper.make_node(n.op_type, list(n.input), list(n.output), **{
+                a.name: helper.get_attribute_value(a) for a in n.attribute}) for n in nodes], ints
+
+    assert [n.op_type for n in compact_constants(folded(2 * kernel), [("m", Module())]).graph.node] == ["Mul"]
+    assert [n.op_type for n in compact_constants(folded(kernel), [("m", Module())]).graph.node] == [
+        "Range", "Cast", "Cos", "Mul"]
+
+
+def test_short_names_never_take_a_kept_name():
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from liser_core.export import compact_names
+
+    x = helper.make_tensor_value_info("t0", TensorProto.FLOAT, [3])  # an input named like a short name
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])
+    nodes = [helper.make_node("Relu", ["t0"], ["a_long_name"], name="relu"),
+             helper.make_node("Neg", ["a_long_name"], ["y"], name="neg")]
+    model = compact_names(helper.make_model(helper.make_graph(nodes, "g", [x], [y]),
+                                            opset_imports=[helper.make_opsetid("", 17)]))
+    assert [list(n.output) for n in model.graph.node] == [["t1"], ["y"]] and not any(n.name for n in model.graph.node)
+    feed = {"t0": np.array([-1.0, 0.5, 2.0], np.float32)}
+    out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    assert np.array_equal(out, -np.maximum(feed["t0"], 0))
+
+
+def test_prepare_export_is_told_the_format_where_its_signature_takes_it():
+    from liser_core.export import _Exported
+
+    class Named(torch.nn.Module):
+        def prepare_export(self, target="onnx"):
+            self.got = target
+
+    class Keywords(torch.nn.Module):
+        def prepare_export(self, **options):
+            self.got = options
+
+    class Plain(torch.nn.Module):
+        def prepare_export(self):
+            self.got = "called"
+
+    model = torch.nn.Module()
+    model.a, model.b, model.c = Named(), Keywords(), Plain()
+    _Exported(model, "executorch")
+    assert (model.a.got, model.b.got, model.c.got) == ("executorch", {"target": "executorch"}, "called")
 
 
 def test_cli_predict_and_export(trained, tmp_path, capsys):

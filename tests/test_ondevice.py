@@ -179,6 +179,7 @@ def test_cli_export_int8_measures_the_runs_test_split(tiny_run, capsys):
     assert (ckpt / "student.int8.onnx").is_file() and (ckpt / "student.int8.onnx.json").is_file()
     card = (ckpt / "README.md").read_text()
     assert "## Quantization" in card and f"{record['int8']['uar']:.3f}" in card and "left in float" in card
+    assert "names are those of the float32 file" in card
     assert main(["export", str(ckpt), "--format", "torchscript", "--quantize", "int8"]) == 2
     assert "--quantize int8 needs --format onnx" in capsys.readouterr().err
 
