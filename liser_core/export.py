@@ -236,43 +236,32 @@ def sparsify_initializers(model, min_bytes: int = SPARSE_MIN_BYTES, min_zeros: f
     ``min_bytes`` of which at least ``min_zeros`` are zeros stored as its non-zero values and
     their flat int32 indices (8 bytes each against 4 per element), scattered into zeros by three
     nodes (ConstantOfShape, ScatterElements, Reshape) that onnxruntime folds once when a session
-    loads. The same numbers. (Not ONNX's ``sparse_initializer``: ONNX's type inference then
+    loads (:func:`_replace_initializers`, which checks the names and the numbers). The same
+    numbers. (Not ONNX's ``sparse_initializer``: ONNX's type inference then
     refuses the dense operators that read it.)"""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    graph = model.graph
-    used = {i.name for i in graph.initializer} | {v.name for v in (*graph.input, *graph.output)}
-    used |= {o for node in graph.node for o in node.output}
-    inputs = {v.name for v in graph.input}  # (older IR versions list initializers as inputs too)
-    dense, scattered, nodes = [], [], []
-    for init in model.graph.initializer:
+    for init in list(model.graph.initializer):
         size = int(np.prod(init.dims)) if len(init.dims) else 1
-        names = {f"{init.name}/{k}" for k in ("size", "indices", "values", "shape", "zeros", "flat")}
-        if init.data_type == TensorProto.FLOAT and 4 * size >= min_bytes and init.name not in inputs \
-                and not names & used:
-            array = numpy_helper.to_array(init)
-            nonzero = np.flatnonzero(array)
-            if len(nonzero) <= (1 - min_zeros) * size:
-                t = f"{init.name}/"
-                index = np.int32 if size < 2**31 else np.int64
-                scattered += [numpy_helper.from_array(np.array([size], np.int64), t + "size"),
-                              numpy_helper.from_array(nonzero.astype(index), t + "indices"),
-                              numpy_helper.from_array(array.reshape(-1)[nonzero], t + "values"),
-                              numpy_helper.from_array(np.array(array.shape, np.int64), t + "shape")]
-                nodes += [helper.make_node("ConstantOfShape", [t + "size"], [t + "zeros"], name=t + "zeros",
-                                           value=numpy_helper.from_array(np.zeros(1, np.float32))),
-                          helper.make_node("ScatterElements", [t + "zeros", t + "indices", t + "values"],
-                                           [t + "flat"], name=t + "flat", axis=0),
-                          helper.make_node("Reshape", [t + "flat", t + "shape"], [init.name], name=init.name)]
-                continue
-        dense.append(init)
-    if nodes:
-        del model.graph.initializer[:]
-        model.graph.initializer.extend([*dense, *scattered])
-        rest = list(model.graph.node)
-        del model.graph.node[:]
-        model.graph.node.extend([*nodes, *rest])
+        if init.data_type != TensorProto.FLOAT or 4 * size < min_bytes:
+            continue
+        array = numpy_helper.to_array(init)
+        nonzero = np.flatnonzero(array)
+        if len(nonzero) > (1 - min_zeros) * size:
+            continue
+        t = f"{init.name}/"
+        index = np.int32 if size < 2**31 else np.int64
+        inits = [numpy_helper.from_array(np.array([size], np.int64), t + "size"),
+                 numpy_helper.from_array(nonzero.astype(index), t + "indices"),
+                 numpy_helper.from_array(array.reshape(-1)[nonzero], t + "values"),
+                 numpy_helper.from_array(np.array(array.shape, np.int64), t + "shape")]
+        nodes = [helper.make_node("ConstantOfShape", [t + "size"], [t + "zeros"], name=t + "zeros",
+                                  value=numpy_helper.from_array(np.zeros(1, np.float32))),
+                 helper.make_node("ScatterElements", [t + "zeros", t + "indices", t + "values"],
+                                  [t + "flat"], name=t + "flat", axis=0),
+                 helper.make_node("Reshape", [t + "flat", t + "shape"], [init.name], name=init.name)]
+        _replace_initializers(model.graph, nodes, inits)
     return model
 
 
@@ -292,6 +281,7 @@ def restore_constants(model, source):
             constant.update(node.output)
             producer.update({o: node for o in node.output})
     source_inits = {i.name: i for i in graph.initializer}
+    order = {id(n): k for k, n in enumerate(graph.node)}
     present = {i.name: i for i in model.graph.initializer}
     for name in [n for n in present if n in producer]:
         nodes, inits, todo, seen = [], {}, [producer[name]], set()
@@ -308,7 +298,6 @@ def restore_constants(model, source):
                     inits[i] = source_inits[i]
         if sum(i.ByteSize() for i in inits.values()) + sum(n.ByteSize() for n in nodes) >= present[name].ByteSize():
             continue
-        order = {id(n): k for k, n in enumerate(graph.node)}
         nodes.sort(key=lambda n: order[id(n)])
         if _replace_initializers(model.graph, [_copy(n) for n in nodes], [_copy(i) for i in inits.values()]):
             present.update(inits)
