@@ -28,8 +28,8 @@ from .checkpoint import atomic_write_json, read_component_config, resolve_source
 from .components import Student
 from .errors import UsageError
 
-__all__ = ["compact_constants", "compact_names", "export", "restore_constants", "sparsify_initializers",
-           "strip_debug_metadata"]
+__all__ = ["check_replaceable", "compact_constants", "compact_names", "export", "file_sha256", "restore_constants",
+           "sidecar", "sparsify_initializers", "strip_debug_metadata"]
 
 #: float32 initializers from this many bytes with at least this share of zeros are stored as
 #: their non-zero values and indices (:func:`sparsify_initializers`)
@@ -69,12 +69,13 @@ def export(
     metadata."""
     if fmt not in ("onnx", "torchscript", "executorch"):
         raise UsageError(f"--format {fmt!r}: choose onnx, torchscript or executorch")
+    output = Path(output)
+    check_replaceable(output)  # before anything is read or written
     checkpoint = resolve_source(checkpoint)
     student = Student.from_pretrained(checkpoint, host=host)
     config = read_component_config(checkpoint, "student")
     wrapper = _Exported(student, fmt).eval()
     example = 0.01 * torch.randn(2, int(example_seconds * student.sample_rate))  # batch 2: no 0/1 specialisation
-    output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp")
     if fmt == "onnx":
@@ -103,9 +104,11 @@ def export(
         with torch.no_grad():
             traced = torch.jit.trace(wrapper, (example,), check_trace=False)
         traced.save(str(tmp))
+    digest = file_sha256(tmp)
     tmp.replace(output)
     meta = {
         "format": fmt,
+        "sha256": digest,  # the file LiSER wrote: another export may replace it (check_replaceable)
         "model": config["name"],
         "options": config["options"],
         "labels": list(student.label_space.classes),
@@ -125,8 +128,53 @@ def export(
             "aggregation": "one window per call: stream with a hop (liser predict --stream) or average windows",
             "not_delegated": not_delegated,
         })
-    atomic_write_json(output.with_name(output.name + ".json"), meta)
+    atomic_write_json(sidecar(output), meta)
     return meta
+
+
+def sidecar(path: str | Path) -> Path:
+    """The metadata file written beside an export: ``<file>.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_replaceable(*paths: str | Path) -> None:
+    """Refuse (a usage error naming the file) to replace an export file, or its ``.json``
+    sidecar, that LiSER did not write: an existing file is replaced only when its sidecar is a
+    LiSER export record whose ``sha256`` is the file's (records of older versions, without a
+    digest, are taken as LiSER's). Called before anything is written."""
+    import json
+
+    for path in map(Path, paths):
+        for target in (path, sidecar(path)):
+            if not (target.exists() or target.is_symlink()):
+                continue
+            if not target.is_file() or target.is_symlink():
+                raise UsageError(f"{target}: exists and is not a file LiSER wrote; choose another -o")
+        if not (path.exists() or sidecar(path).exists()):
+            continue
+        try:
+            meta = json.loads(sidecar(path).read_text())
+        except (OSError, ValueError):
+            meta = None
+        ours = isinstance(meta, dict) and {"format", "labels", "sample_rate"} <= meta.keys()
+        if ours and path.exists() and "sha256" in meta:
+            ours = meta["sha256"] == file_sha256(path)
+        if not ours:
+            which = path if path.exists() else sidecar(path)
+            raise UsageError(f"{which}: exists and was not written by liser export (or was changed since: "
+                             f"{sidecar(path).name} does not record it); LiSER replaces only its own exports: "
+                             "move it away or choose another -o")
 
 
 def _executorch(wrapper: torch.nn.Module, example: torch.Tensor, path: Path) -> list[str]:

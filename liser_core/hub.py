@@ -99,14 +99,20 @@ def network_error(exc: BaseException, endpoint: str, repo_id: str, seconds: floa
     return None
 
 #: what a pushed student folder holds (anything else in the folder stays local)
-PUSHED = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "student.onnx", "student.onnx.json")
+PUSHED = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "student.onnx", "student.onnx.json", "student.int8.onnx",
+          "student.int8.onnx.json", "quantization.json")
+
+#: the int8 export and its records, pushed with the ONNX export when the folder has them as
+#: ``liser export --quantize int8`` wrote them (the model card's Quantization section names them)
+INT8 = ("student.int8.onnx", "student.int8.onnx.json", "quantization.json")
 
 
 def push(student_dir: str | Path, repo_id: str, *, private: bool = False, api=None, onnx: bool = True,
          commit_message: str | None = None, timeout: float | None = None) -> str:
     """Upload a saved student to the Hub as ``repo_id``: weights, config, its model card (written
     from its run when the folder is a run's ``student/`` and has none) and, with ``onnx``, its
-    ONNX export with the sidecar metadata. Nothing is written into ``student_dir``: the upload is
+    ONNX export with the sidecar metadata (and the int8 export with its records, where
+    ``liser export --quantize int8`` wrote them into the folder). Nothing is written into ``student_dir``: the upload is
     staged in a temporary folder, removed whatever happens. ``api``: a ``huggingface_hub.HfApi``
     (or a stand-in with ``create_repo`` and ``upload_folder``). ``timeout``: seconds for each
     connection, answer or write (default ``LISER_HUB_TIMEOUT`` or 60). Returns the commit's URL
@@ -139,9 +145,16 @@ def push(student_dir: str | Path, repo_id: str, *, private: bool = False, api=No
 
             (stage / "README.md").write_text(model_card(src.parent, repo_id=repo_id))
         if onnx:
-            from .export import export
+            from .export import export, file_sha256
 
             export(stage, stage / "student.onnx")
+            try:  # the int8 file, only as LiSER wrote it (its sidecar records its digest)
+                ok = json.loads((src / INT8[1]).read_text()).get("sha256") == file_sha256(src / INT8[0])
+            except (OSError, ValueError, AttributeError):
+                ok = False
+            if ok and (src / INT8[2]).is_file():
+                for name in INT8:
+                    shutil.copy2(src / name, stage / name)
         name = json.loads((stage / CONFIG_NAME).read_text())["name"]
         try:
             with timeouts(seconds):

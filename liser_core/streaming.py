@@ -129,11 +129,13 @@ class StreamRecognizer:
 
 
 def latency_summary(hops: list[Hop], seconds: float) -> dict:
-    """p50/p95 milliseconds per hop and the real-time factor (compute time / audio time)."""
-    ms = np.array([h.ms for h in hops]) if hops else np.zeros(1)
-    return {"hops": len(hops), "p50_ms": round(float(np.percentile(ms, 50)), 3),
-            "p95_ms": round(float(np.percentile(ms, 95)), 3),
-            "rtf": round(float(ms.sum() / 1e3 / seconds), 5) if seconds > 0 else float("nan")}
+    """p50/p95 milliseconds per hop and the real-time factor (compute time / audio time); None
+    (JSON null) where there is nothing to measure: no hop, no audio."""
+    ms = np.array([h.ms for h in hops])
+    return {"hops": len(hops),
+            "p50_ms": round(float(np.percentile(ms, 50)), 3) if hops else None,
+            "p95_ms": round(float(np.percentile(ms, 95)), 3) if hops else None,
+            "rtf": round(float(ms.sum() / 1e3 / seconds), 5) if seconds > 0 else None}
 
 
 __all__ = ["Hop", "StreamRecognizer", "check_stream", "latency_summary"]

@@ -26,12 +26,16 @@ def add_parsers(sub, plugin_args) -> None:
     )
     p.add_argument("--max-seconds", type=float, default=3600.0, metavar="S",
                    help="refuse longer files, from their header before decoding (default: 3600)")
+    p.add_argument("--backend", choices=["torch", "onnx", "int8"], default="torch",
+                   help="torch (default); onnx: CHECKPOINT/student.onnx; int8: CHECKPOINT/student.int8.onnx "
+                        "(liser export [--quantize int8]), through onnxruntime")
     p.add_argument("--stream", action="store_true",
                    help="streaming recognition: probabilities every --hop over windows of --window "
                         "(default 1 s) with timestamps; the path 'mic' records from the microphone "
                         "(needs sounddevice)")
-    p.add_argument("--hop", type=float, default=0.25, metavar="S", help="--stream: seconds between windows (0.25)")
-    p.add_argument("--smoothing", type=float, default=0.5, metavar="A",
+    p.add_argument("--hop", type=float, default=None, metavar="S",
+                   help="seconds between windows (--stream: 0.25; else half a window)")
+    p.add_argument("--smoothing", type=float, default=None, metavar="A",
                    help="--stream: exponential smoothing of the probabilities over hops, in [0, 1) (0.5)")
     p.add_argument("--mic-seconds", type=float, default=None, metavar="S",
                    help="--stream mic: stop after S seconds (default: Ctrl-C)")
@@ -44,18 +48,19 @@ def add_parsers(sub, plugin_args) -> None:
         epilog="example: liser export runs/synth_kd/student --format onnx -o student.onnx",
     )
     p.add_argument("checkpoint", help="student directory (RUN_DIR/student) or Hub id")
-    p.add_argument("--format", dest="fmt", choices=["onnx", "torchscript", "executorch"], default="onnx")
+    p.add_argument("--format", dest="fmt", choices=["onnx", "torchscript", "executorch"], default=None,
+                   help="default: the one -o's name says (.onnx, .pt, .pte), else onnx")
     p.add_argument("--window", type=float, default=None, metavar="S",
                    help="--format executorch: the fixed input length in seconds (default 1)")
     p.add_argument("-o", "--output", default=None, help="output file (default: CHECKPOINT/student.onnx|.pt)")
     p.add_argument("--quantize", choices=["int8"], default=None,
                    help="also write an int8 copy (OUTPUT.int8.onnx) and compare it with float32: size, "
                         "speed, test UAR/WA (stored in quantization.json and the model card)")
-    p.add_argument("--quantize-mode", choices=["static", "dynamic"], default="static",
+    p.add_argument("--quantize-mode", choices=["static", "dynamic"], default=None,
                    help="static: activation ranges calibrated on the run's labeled/unlabeled clips "
                         "(default); dynamic: computed per call")
     p.add_argument("--quantize-frontend", action="store_true",
-                   help="quantize the audio frontend too (default: its weights stored int8, computed in float)")
+                   help="quantize the audio frontend too (default: the frontend stays float32, weights included)")
     p.add_argument("--calibrate", default=None, metavar="FOLDER",
                    help="calibration audio files (default: the run's labeled and unlabeled clips)")
     plugin_args(p)
@@ -86,8 +91,9 @@ def add_parsers(sub, plugin_args) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-mb", type=float, default=20.0, help="largest upload in MiB (413 past it)")
     p.add_argument("--max-seconds", type=float, default=300.0, help="longest audio in seconds (413 past it)")
-    p.add_argument("--backend", choices=["auto", "onnx", "torch"], default="auto",
-                   help="auto: ONNX runtime when CHECKPOINT/student.onnx exists")
+    p.add_argument("--backend", choices=["auto", "onnx", "int8", "torch"], default="auto",
+                   help="auto: ONNX runtime when CHECKPOINT/student.onnx exists; int8: its student.int8.onnx "
+                        "(liser export --quantize int8)")
     p.add_argument("--concurrency", type=int, default=2, help="requests scored at the same time")
     p.add_argument("--window", type=float, default=None, metavar="S", help="window length (default: the training clip length)")
     plugin_args(p)
@@ -103,7 +109,15 @@ def cmd_predict(args, host) -> int:
         raise UsageError(f"--max-seconds {args.max_seconds}: give a duration in seconds > 0")
     if getattr(args, "stream", False):
         return _stream(args, host)
-    predictor = Predictor(args.checkpoint, window=args.window, host=host, max_seconds=args.max_seconds)
+    stream_only = [o for o, v in (("--smoothing", args.smoothing), ("--mic-seconds", args.mic_seconds)) if v is not None]
+    if stream_only:
+        raise UsageError(f"{', '.join(stream_only)}: only with --stream")
+    if args.hop is not None and not args.window:
+        raise UsageError(f"--hop {args.hop}: give a --window too (windows of that length every --hop seconds)")
+    if args.hop is not None and math.isfinite(args.hop) and args.hop > args.window:
+        raise UsageError(f"--hop {args.hop}: at most the window ({args.window:g} s), or audio between windows is skipped")
+    predictor = Predictor(args.checkpoint, window=args.window, host=host, max_seconds=args.max_seconds, hop=args.hop,
+                          backend=args.backend)
     files = expand_paths(args.paths)
     if not files:
         raise UsageError("no audio or video files found in " + ", ".join(args.paths))
@@ -126,7 +140,8 @@ def cmd_predict(args, host) -> int:
             name = pred.path if len(pred.path) <= 40 else "…" + pred.path[-39:]
             print(f"{name:<40} {pred.label:<10} " + " ".join(f"{v:>8.3f}" for v in pred.probs))
     if not args.jsonl and predictor.window:
-        print(f"(clips longer than {predictor.window:g} s: mean of window probabilities, half-window hop)")
+        hop = f"hop {args.hop:g} s" if args.hop is not None else "half-window hop"
+        print(f"(clips longer than {predictor.window:g} s: mean of window probabilities, {hop})")
     return 1 if failed else 0
 
 
@@ -138,11 +153,15 @@ def _stream(args, host) -> int:
 
     from .deploy import Predictor, expand_paths, read_audio
 
+    if args.window == 0:
+        raise UsageError("--window 0 (the whole clip) does not apply to --stream: give a window in seconds (default 1)")
     window = args.window or 1.0
+    args.hop = 0.25 if args.hop is None else args.hop
+    args.smoothing = 0.5 if args.smoothing is None else args.smoothing
     check_stream(window, args.hop, args.smoothing)
     mic = [p for p in args.paths if p == "mic"]
     files = expand_paths([p for p in args.paths if p != "mic"]) if len(mic) < len(args.paths) else []
-    predictor = Predictor(args.checkpoint, window=window, host=host, max_seconds=args.max_seconds)
+    predictor = Predictor(args.checkpoint, window=window, host=host, max_seconds=args.max_seconds, backend=args.backend)
     rate, classes = predictor.student.sample_rate, predictor.classes
     hop_samples = max(1, int(round(args.hop * rate)))
     if not args.jsonl:
@@ -176,9 +195,11 @@ def _stream(args, host) -> int:
             pass
         seconds = seconds if seconds is not None else (hops[-1].end if hops else 0.0)
         s = latency_summary(hops, seconds)
+        latency = (f"latency per hop p50 {s['p50_ms']:.2f} ms, p95 {s['p95_ms']:.2f} ms" if s["hops"]
+                   else "no hop scored")
+        rtf = f"real-time factor {s['rtf']:.4f}" if s["rtf"] is not None else "no audio"
         print(f"{name}: {s['hops']} hops (window {window:g} s, hop {args.hop:g} s, smoothing {args.smoothing:g}); "
-              f"latency per hop p50 {s['p50_ms']:.2f} ms, p95 {s['p95_ms']:.2f} ms; real-time factor {s['rtf']:.4f} "
-              f"({predictor.backend}, {torch_threads()} thread(s))", file=sys.stderr)
+              f"{latency}; {rtf} ({predictor.backend}, {torch_threads()} thread(s))", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -213,13 +234,15 @@ def cmd_push(args, host) -> int:
 
 
 def cmd_serve(args, host) -> int:
+    from liser_core.errors import UsageError
+
     from .deploy import check_window
     from .serve import serve
 
-    if args.concurrency < 1 or not 0 < args.port < 65536:
-        from liser_core.errors import UsageError
-
-        raise UsageError("--concurrency must be >= 1 and --port in 1..65535")
+    if args.concurrency < 1:
+        raise UsageError(f"--concurrency {args.concurrency}: give 1 or more requests scored at the same time")
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port {args.port}: give a port in 1..65535")
     serve(args.checkpoint, host=args.host, port=args.port, concurrency=args.concurrency, max_mb=args.max_mb,
           max_seconds=args.max_seconds, backend=args.backend, window=check_window(args.window), host_plugins=host)
     return 0
@@ -228,20 +251,40 @@ def cmd_serve(args, host) -> int:
 def cmd_export(args, host) -> int:
     from pathlib import Path
 
+    from liser_core.errors import UsageError
+    from liser_core.export import check_replaceable
+
     from .deploy import export
 
-    suffix = {"onnx": ".onnx", "torchscript": ".pt", "executorch": ".pte"}[args.fmt]
+    suffixes = {"onnx": ".onnx", "torchscript": ".pt", "executorch": ".pte"}
+    if args.fmt is None:  # the format named by -o's suffix, else ONNX
+        by_suffix = {v: k for k, v in suffixes.items()}
+        args.fmt = by_suffix.get(Path(args.output).suffix, "onnx") if args.output else "onnx"
+        if args.output and Path(args.output).suffix in (".pth", ".ts", ".torchscript"):
+            args.fmt = "torchscript"
+    elif args.output and Path(args.output).suffix in suffixes.values() and Path(args.output).suffix != suffixes[args.fmt]:
+        raise UsageError(f"-o {args.output}: a {Path(args.output).suffix} name for a --format {args.fmt} file "
+                         f"(use {suffixes[args.fmt]}, or the --format the name says)")
+    suffix = suffixes[args.fmt]
     if args.window is not None and (args.fmt != "executorch" or not (math.isfinite(args.window) and args.window >= 0.5)):
-        from liser_core.errors import UsageError
-
         raise UsageError(f"--window {args.window}: only with --format executorch, a length in seconds >= 0.5")
+    if not args.quantize:
+        given = [o for o, on in (("--quantize-mode", args.quantize_mode is not None),
+                                 ("--quantize-frontend", args.quantize_frontend),
+                                 ("--calibrate", args.calibrate is not None)) if on]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only with --quantize int8")
+    args.quantize_mode = args.quantize_mode or "static"
     local = Path(args.checkpoint).is_dir()  # a Hub id: the export lands in the working folder
     output = Path(args.output) if args.output else (
         Path(args.checkpoint) / f"student{suffix}" if local else Path(args.checkpoint.replace("/", "--") + suffix))
     if args.quantize and args.fmt != "onnx":
-        from liser_core.errors import UsageError
-
         raise UsageError(f"--quantize {args.quantize} needs --format onnx (not {args.fmt})")
+    if args.quantize:  # everything the int8 step needs, checked before the float export is written
+        from .quantize import calibration_files
+
+        calibration_files(args.checkpoint, args.quantize_mode, args.calibrate)
+        check_replaceable(output, int8_path(output))
     meta = export(args.checkpoint, output, args.fmt, host=host, window_seconds=args.window)
     if meta.get("not_delegated"):
         print(f"run outside the XNNPACK delegate (ExecuTorch's portable kernels): {', '.join(meta['not_delegated'])}")
@@ -253,22 +296,33 @@ def cmd_export(args, host) -> int:
     return 0
 
 
+def int8_path(output):
+    """``student.onnx`` -> ``student.int8.onnx``."""
+    return output.with_name(output.name.removesuffix(".onnx") + ".int8.onnx")
+
+
 def _quantize(args, output, meta: dict, host) -> None:
-    """``--quantize int8``: the int8 copy, its comparison with float32, the card updated."""
+    """``--quantize int8``: the int8 copy, its comparison with float32; the student's record and
+    card updated when the files are the student folder's own."""
     from pathlib import Path
 
     from liser_core.checkpoint import atomic_write_json
+    from liser_core.export import file_sha256, sidecar
 
     from .quantize import quantize_student, run_dir_of, summary_lines
 
-    int8 = output.with_name(output.name.removesuffix(".onnx") + ".int8.onnx")
+    int8 = int8_path(output)
+    own = Path(args.checkpoint).is_dir() and output.resolve().parent == Path(args.checkpoint).resolve()
     record = quantize_student(args.checkpoint, output, int8, mode=args.quantize_mode, frontend=args.quantize_frontend,
-                              calibrate=args.calibrate, host=host)
-    atomic_write_json(int8.with_name(int8.name + ".json"),
-                      {**meta, "quantization": {k: record[k] for k in ("mode", "weights", "activations", "frontend")}})
+                              calibrate=args.calibrate, host=host, record=own)
+    atomic_write_json(sidecar(int8), {**meta, "sha256": file_sha256(int8), "quantization": record})
     print(f"wrote {int8} (int8 {args.quantize_mode}; calibration: {record['calibration']})")
     print("\n".join(summary_lines(record)))
-    run_dir = run_dir_of(args.checkpoint) if Path(args.checkpoint).is_dir() else None
+    if not own:
+        print(f"recorded in {sidecar(int8)} (not in {args.checkpoint}'s quantization.json and model card: "
+              "the files are not the student folder's own)")
+        return
+    run_dir = run_dir_of(args.checkpoint)
     if run_dir is not None:
         from .card import write_model_card
 

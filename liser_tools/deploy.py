@@ -201,11 +201,11 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path, *, window: float | None = None, host=None, chunk: int = 16,
                  backend: str = "torch", max_seconds: float = DEFAULT_MAX_SECONDS, hop: float | None = None):
-        """``hop``: seconds between windows (default: half a window). ``backend``: ``torch``, ``onnx`` (the folder's ``student.onnx`` through onnxruntime)
+        """``hop``: seconds between windows (default: half a window). ``backend``: ``torch``, ``onnx`` (the folder's ``student.onnx`` through onnxruntime), ``int8`` (its ``student.int8.onnx``)
         or ``auto`` (onnx when the export is there and onnxruntime is installed).
         ``max_seconds``: longer files are refused from their header, before decoding."""
-        if backend not in ("torch", "onnx", "auto"):
-            raise UsageError(f"backend {backend!r}: choose torch, onnx or auto")
+        if backend not in ("torch", "onnx", "int8", "auto"):
+            raise UsageError(f"backend {backend!r}: choose torch, onnx, int8 or auto")
         if not (isinstance(max_seconds, (int, float)) and math.isfinite(max_seconds) and max_seconds > 0):
             raise UsageError(f"--max-seconds {max_seconds}: give a duration in seconds > 0")
         self.max_seconds = float(max_seconds)
@@ -223,19 +223,21 @@ class Predictor:
         self.chunk = chunk  # windows scored per forward pass: memory stays flat on long inputs
         self.classes = list(self.student.label_space.classes)
         self.session = None
-        onnx = Path(checkpoint) / "student.onnx"
-        if backend in ("onnx", "auto"):
+        onnx = Path(checkpoint) / ("student.int8.onnx" if backend == "int8" else "student.onnx")
+        if backend in ("onnx", "int8", "auto"):
             try:
                 import onnxruntime as ort
             except ImportError:
-                if backend == "onnx":
-                    raise UsageError("backend onnx needs onnxruntime: pip install 'liser[export]'") from None
+                if backend != "auto":
+                    raise UsageError(f"backend {backend} needs onnxruntime: pip install 'liser[export]'") from None
                 ort = None
             if ort is not None and onnx.is_file():
                 self.session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
             elif backend == "onnx":
                 raise UsageError(f"{onnx}: no ONNX export here (liser export {checkpoint})")
-        self.backend = "onnx" if self.session is not None else "torch"
+            elif backend == "int8":
+                raise UsageError(f"{onnx}: no int8 export here (liser export {checkpoint} --quantize int8)")
+        self.backend = ("int8" if backend == "int8" else "onnx") if self.session is not None else "torch"
 
     def _scores(self, batch: torch.Tensor) -> torch.Tensor:
         if self.session is not None:

@@ -323,6 +323,31 @@ def compare(float_path: str | Path, int8_path: str | Path, *, classes: Sequence[
     return rows
 
 
+def calibration_files(checkpoint: str | Path, mode: str, calibrate: str | Path | None) -> list[Path]:
+    """Where static quantization's calibration clips come from, checked before anything is
+    written: the files of ``calibrate`` (at most :data:`CALIBRATION_CLIPS`), or ``[]`` for the
+    run's labeled/unlabeled clips (``checkpoint`` is the student of a run folder) or for dynamic
+    mode. A usage error when neither is there."""
+    from .deploy import expand_paths
+
+    if mode not in ("static", "dynamic"):
+        raise UsageError(f"--quantize-mode {mode!r}: choose static or dynamic")
+    if calibrate is not None:
+        if mode != "static":
+            raise UsageError("--calibrate: only for static quantization (--quantize-mode static)")
+        if not Path(calibrate).exists():
+            raise UsageError(f"--calibrate {calibrate}: no such file or folder")
+        files = expand_paths([str(calibrate)])[:CALIBRATION_CLIPS]
+        if not files:
+            raise UsageError(f"--calibrate {calibrate}: no audio files there")
+        return files
+    if mode == "static" and (not Path(checkpoint).is_dir() or run_dir_of(checkpoint) is None):
+        raise UsageError(f"{checkpoint}: static int8 needs calibration clips: the student of a run folder "
+                         "(RUN_DIR/student with the run's config.yaml and splits.json), or --calibrate "
+                         "FOLDER of audio files; or --quantize-mode dynamic")
+    return []
+
+
 def quantize_student(checkpoint: str | Path, float_path: str | Path, output: str | Path, *, mode: str = "static",
                      frontend: bool = False, calibrate: str | Path | None = None, host=None,
                      repeats: int = 30, record: bool = True) -> dict[str, Any]:
@@ -333,28 +358,22 @@ def quantize_student(checkpoint: str | Path, float_path: str | Path, output: str
     the record."""
     from liser_core.checkpoint import atomic_write_json, read_component_config
 
-    from .deploy import expand_paths, read_audio
+    from .deploy import read_audio
 
     config = read_component_config(checkpoint, "student")
     rate, classes = int(config["sample_rate"]), list(config["label_space"]["classes"])
     run_dir = run_dir_of(checkpoint) if Path(checkpoint).is_dir() else None
     calibration: list[np.ndarray] = []
     source = "none (dynamic: ranges computed per call)"
+    files = calibration_files(checkpoint, mode, calibrate)
+    if files:
+        calibration = [read_audio(f, rate) for f in files]
+        source = f"{len(calibration)} files of {calibrate}"
+    elif mode == "static":
+        clips = run_clips(run_dir, ["labeled", "unlabeled"], rate, host=host, limit=CALIBRATION_CLIPS)
+        calibration = [a for a, _ in clips]
+        source = f"{len(calibration)} clips of the run's labeled and unlabeled splits"
     if mode == "static":
-        if calibrate is not None:
-            files = expand_paths([calibrate])[:CALIBRATION_CLIPS]
-            if not files:
-                raise UsageError(f"--calibrate {calibrate}: no audio files there")
-            calibration = [read_audio(f, rate) for f in files]
-            source = f"{len(calibration)} files of {calibrate}"
-        elif run_dir is not None:
-            clips = run_clips(run_dir, ["labeled", "unlabeled"], rate, host=host, limit=CALIBRATION_CLIPS)
-            calibration = [a for a, _ in clips]
-            source = f"{len(calibration)} clips of the run's labeled and unlabeled splits"
-        else:
-            raise UsageError(f"{checkpoint}: static int8 needs calibration clips: the student of a run folder "
-                             "(RUN_DIR/student with the run's config.yaml and splits.json), or --calibrate "
-                             "FOLDER of audio files; or --quantize-mode dynamic")
         calibration = [a for a in calibration if len(a) >= rate // 2]  # the export's shortest input
     ops = quantize_onnx(float_path, output, mode=mode, calibration=calibration, frontend=frontend)
     test = run_clips(run_dir, ["test"], rate, host=host) if run_dir is not None else []
@@ -390,6 +409,6 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
     return lines + ops.lines()
 
 
-__all__ = ["OpReport", "compare", "op_report", "quantize_onnx", "quantize_student", "run_clips", "run_dir_of",
+__all__ = ["OpReport", "calibration_files", "compare", "op_report", "quantize_onnx", "quantize_student", "run_clips", "run_dir_of",
            "summary_lines"]
 

@@ -14,8 +14,10 @@
                    ``?window=`` seconds (default 1) every ``?hop=`` seconds (0.25), smoothing
                    ``?smoothing=`` (0.5)); the text message ``end`` scores the window aligned to the
                    stream's end and answers ``{"done": true, "hops", "seconds", "p50_ms",
-                   "p95_ms", "rtf"}``. Errors are ``{"error", "status"}`` then a close (code 1003
-                   unsupported data, 1008 policy: a parameter or limit; 1011 the service's fault).
+                   "p95_ms", "rtf"}`` (null where nothing was measured). Errors are ``{"error",
+                   "status"}`` then a close (code 1003 unsupported data, a whole audio file
+                   included; 1008 policy: a parameter or the stream's length; 1011 the service's
+                   fault); a message over ``max_mb`` is closed by the WebSocket layer with 1009.
 
 Every error is JSON, ``{"error": "<one line: what and what to do>", "status": <code>}``: 400 a
 file that is broken, empty, too short or has an absurd sample rate; 404 / 405 an unknown path or
@@ -35,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -286,6 +289,9 @@ def make_app(service: Service, *, concurrency: int = 2):
                 if len(data) > service.max_bytes:
                     return await fail(413, f"{len(data)} bytes in one message is over the limit of "
                                            f"{service.max_bytes}", 1008)
+                if recognizer.samples == 0 and data[:4] in CONTAINER_MAGIC:
+                    return await fail(400, f"this message starts like a {CONTAINER_MAGIC[data[:4]]} file: send raw "
+                                           f"{opts['format']} PCM samples (POST /predict takes whole files)", 1003)
                 chunk = np.frombuffer(data, dtype=dtype).astype(np.float32)
                 if opts["format"] == "s16":
                     chunk /= 32768.0
@@ -318,12 +324,44 @@ def make_app(service: Service, *, concurrency: int = 2):
                      exception_handlers={HTTPException: http_error, Exception: server_error})
 
 
+#: the first bytes of audio files that a client may send to /stream instead of raw samples
+CONTAINER_MAGIC = {b"RIFF": "WAV", b"fLaC": "FLAC", b"OggS": "Ogg", b"ID3\x03": "MP3", b"ID3\x04": "MP3"}
+
+
 def serve(source: str | Path, *, host: str = "127.0.0.1", port: int = 8000, concurrency: int = 2, host_plugins=None,
           **options) -> None:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401 - checked here, before the student is loaded; used by make_server
     except ImportError:
         raise UsageError("liser serve needs Starlette and uvicorn: pip install 'liser[serve]'") from None
     service = Service(source, host=host_plugins, **options)
+    server, sock = make_server(service, host=host, port=port, concurrency=concurrency)
     print(f"serving {source} ({service.predictor.backend}) on http://{host}:{port}  (GET / for the page)", flush=True)
-    uvicorn.run(make_app(service, concurrency=concurrency), host=host, port=port, log_level="warning")
+    server.run(sockets=[sock])
+
+
+def make_server(service: Service, *, host: str = "127.0.0.1", port: int = 8000, concurrency: int = 2):
+    """The uvicorn server of :func:`serve` and its listening socket (``port`` 0: any free one).
+    The port is taken here, before anything says it serves: a busy port is a usage error."""
+    import uvicorn
+
+    sock = listen(host, port)
+    # the WebSocket layer refuses a message over --max-mb itself (close 1009), before it is buffered whole
+    config = uvicorn.Config(make_app(service, concurrency=concurrency), log_level="warning",
+                            ws_max_size=service.max_bytes)
+    return uvicorn.Server(config), sock
+
+
+def listen(host: str, port: int):
+    """A listening TCP socket on ``host:port``, or a usage error naming the address and why."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise UsageError(f"--host {host} --port {port}: cannot listen there ({why}); "
+                         "choose another --port (or --host)") from None
+    sock.set_inheritable(True)
+    return sock

@@ -184,6 +184,81 @@ def test_cli_export_int8_measures_the_runs_test_split(tiny_run, capsys):
     assert "--quantize int8 needs --format onnx" in capsys.readouterr().err
 
 
+def test_export_replaces_only_its_own_files_and_checks_everything_before_writing(tiny_run, tmp_path, capsys):
+    """A file LiSER did not write (or one changed since) is never replaced; options that need
+    --quantize, a -o name of another format, or a static int8 without calibration clips are
+    refused before anything is written; an int8 export elsewhere leaves the student's record
+    and card alone; the int8 file is usable (--backend int8) and pushed with its records."""
+    pytest.importorskip("onnxruntime")
+    from pathlib import Path
+
+    import soundfile as sf
+
+    from liser_tools.cli import main
+
+    ckpt = tiny_run.run_dir / "student"
+    mine = tmp_path / "mine.onnx"
+    mine.write_text("precious")
+    assert main(["export", str(ckpt), "-o", str(mine)]) == 2
+    assert mine.read_text() == "precious" and not (tmp_path / "mine.onnx.json").exists()
+    assert "was not written by liser export" in capsys.readouterr().err
+    ours = tmp_path / "ours.onnx"
+    assert main(["export", str(ckpt), "-o", str(ours)]) == 0 and main(["export", str(ckpt), "-o", str(ours)]) == 0
+    assert json.loads((tmp_path / "ours.onnx.json").read_text())["sha256"]
+    with open(ours, "ab") as f:
+        f.write(b"\0")  # changed since LiSER wrote it: a user's now
+    assert main(["export", str(ckpt), "-o", str(ours)]) == 2
+    capsys.readouterr()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args, says in ((["--quantize-mode", "dynamic"], "--quantize-mode: only with --quantize int8"),
+                       (["--calibrate", str(tmp_path)], "--calibrate: only with --quantize int8"),
+                       (["-o", str(tmp_path / "x.pte"), "--format", "onnx"], "a .pte name for a --format onnx file"),
+                       (["-o", str(tmp_path / "x.onnx"), "--quantize", "int8", "--calibrate", str(tmp_path / "none")],
+                        "no such file or folder")):
+        assert main(["export", str(ckpt), *args]) == 2, args
+        assert says in capsys.readouterr().err
+    lone = tmp_path / "lone"  # a student without its run: no calibration clips
+    lone.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (lone / name).write_bytes((ckpt / name).read_bytes())
+    assert main(["export", str(lone), "--quantize", "int8"]) == 2
+    assert "static int8 needs calibration clips" in capsys.readouterr().err
+    assert sorted(p.name for p in lone.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "lone"])  # nothing else written
+    assert main(["export", str(ckpt), "-o", str(tmp_path / "t.pt")]) == 0  # the format the name says
+    assert json.loads((tmp_path / "t.pt.json").read_text())["format"] == "torchscript"
+
+    assert main(["export", str(ckpt), "--quantize", "int8"]) == 0  # the student's own files: replaced, recorded
+    kept = {n: (ckpt / n).read_bytes() for n in ("quantization.json", "README.md")}
+    assert main(["export", str(ckpt), "--quantize", "int8", "--quantize-mode", "dynamic",
+                 "-o", str(tmp_path / "else" / "m.onnx")]) == 0
+    assert "not in" in capsys.readouterr().out
+    assert {n: (ckpt / n).read_bytes() for n in kept} == kept  # elsewhere: the student's record and card untouched
+    assert json.loads((tmp_path / "else" / "m.int8.onnx.json").read_text())["quantization"]["mode"] == "dynamic"
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, clips(1, seconds=2.0)[0], 16000)
+    assert main(["predict", str(ckpt), str(wav), "--backend", "int8", "--jsonl"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert abs(sum(row["probs"].values()) - 1) < 1e-4
+
+    from liser_core.hub import push
+
+    class Api:  # a stand-in that records what would be uploaded
+        endpoint = "stand-in"
+
+        def create_repo(self, *a, **k):
+            return None
+
+        def upload_folder(self, *, folder_path, allow_patterns, **k):
+            self.files = sorted(p.name for p in Path(folder_path).iterdir() if p.name in allow_patterns)
+            return "ok"
+
+    api = Api()
+    push(ckpt, "org/name", api=api)
+    assert {"student.int8.onnx", "student.int8.onnx.json", "quantization.json", "student.onnx"} <= set(api.files)
+
+
 # ---------------------------------------------------------------------------------------------
 # item 2: streaming
 # ---------------------------------------------------------------------------------------------
@@ -254,24 +329,22 @@ def test_websocket_stream_on_a_real_socket(tmp_path):
     """uvicorn on a loopback port, the websockets client: hops as offline, then the summary;
     s16 samples; a bad parameter and a bad message answered with the error and a close code."""
     pytest.importorskip("starlette")
-    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("uvicorn")
     pytest.importorskip("websockets")
-    import socket
     import threading
     import time
 
     from websockets.exceptions import ConnectionClosed
     from websockets.sync.client import connect
 
-    from liser_tools.serve import Service, make_app
+    from liser_core.errors import UsageError
+    from liser_tools.serve import Service, make_server
 
     saved_student("logmel_cnn", tmp_path / "student")
-    service = Service(tmp_path / "student", backend="torch")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(make_app(service), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
+    service = Service(tmp_path / "student", backend="torch", max_mb=1.0)
+    srv, sock = make_server(service, host="127.0.0.1", port=0)  # as liser serve starts it
+    port = sock.getsockname()[1]
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 30
     while not srv.started and time.time() < deadline:
@@ -313,6 +386,24 @@ def test_websocket_stream_on_a_real_socket(tmp_path):
             with pytest.raises(ConnectionClosed) as closed:
                 ws.recv(timeout=30)
             assert closed.value.rcvd.code == 1003
+        with connect(f"ws://127.0.0.1:{port}/stream", open_timeout=20) as ws:
+            ws.send("end")  # no audio at all: nothing measured is null, never NaN (not JSON)
+            done = json.loads(ws.recv(timeout=30))
+            assert done == {"done": True, "seconds": 0.0, "hops": 0, "p50_ms": None, "p95_ms": None, "rtf": None}
+        with connect(f"ws://127.0.0.1:{port}/stream", open_timeout=20) as ws:
+            ws.send(b"RIFF\x24\x08\x00\x00WAVEfmt " + bytes(16))  # a whole WAV file instead of raw samples
+            error = json.loads(ws.recv(timeout=30))
+            assert error["status"] == 400 and "starts like a WAV file" in error["error"]
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=30)
+            assert closed.value.rcvd.code == 1003
+        with connect(f"ws://127.0.0.1:{port}/stream", open_timeout=20, max_size=None) as ws:
+            ws.send(bytes(2**20 + 4))  # over --max-mb 1: refused by the WebSocket layer before it is read whole
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=30)
+            assert closed.value.rcvd.code == 1009
+        with pytest.raises(UsageError, match=f"--port {port}: cannot listen there"):
+            make_server(service, host="127.0.0.1", port=port)  # taken: one line, before anything is said
     finally:
         srv.should_exit = True
         thread.join(10)

@@ -220,13 +220,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(service):
-    import uvicorn
+    from liser_tools.serve import make_server
 
-    from liser_tools.serve import make_app
-
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(make_app(service, concurrency=2), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
+    srv, sock = make_server(service, host="127.0.0.1", port=0, concurrency=2)  # as liser serve starts it
+    port = sock.getsockname()[1]
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.time() + 20
     while not srv.started and time.time() < deadline:
