@@ -55,6 +55,33 @@ TASKS_DIR = "tasks"
 # -- the driver's lock ---------------------------------------------------------------------------
 
 
+#: the first columns of a LiSER ``results.csv`` (an output folder from before the lock file)
+RESULTS_HEAD = "combination,model,"
+
+
+def check_grid_output(output: Path) -> None:
+    """Refuse (naming the folder) an output folder that holds files and is not a ``liser bench``
+    output: LiSER writes ``results.csv``, ``leaderboard.md`` and more there, and replaces only
+    its own. Its own: the folder has the driver's lock file, or a ``results.csv`` LiSER wrote
+    (grids from before the lock file)."""
+    output = Path(output)
+    if not output.exists():
+        return
+    if not output.is_dir():
+        raise UsageError(f"-o {output}: exists and is not a folder; choose another output folder")
+    if (output / LOCK_NAME).is_file() or not any(output.iterdir()):
+        return
+    try:
+        with open(output / "results.csv", encoding="utf-8") as f:
+            ours = f.readline().startswith(RESULTS_HEAD)
+    except (OSError, UnicodeDecodeError):
+        ours = False
+    if not ours:
+        raise UsageError(f"-o {output}: a folder with files that is not a liser bench output (no {LOCK_NAME}, no "
+                         "results.csv of LiSER's); LiSER writes results.csv, leaderboard.md and runs/ there and "
+                         "replaces only its own files: choose an empty or new folder")
+
+
 class GridLock:
     """One driver per output folder: an exclusive ``flock`` on ``OUTPUT/.liser-bench.lock``,
     held while the driver runs and released by the kernel if it dies (``flock`` works on local
@@ -67,6 +94,7 @@ class GridLock:
     def acquire(self) -> None:
         import fcntl
 
+        check_grid_output(self.path.parent)  # a user's folder is refused before the lock file is made
         self._made = not self.path.parent.exists()  # then a refusal leaves no folder behind
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)

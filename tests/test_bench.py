@@ -223,3 +223,31 @@ def test_a_finished_run_whose_rows_were_lost_is_run_again_for_them(grid_file, tm
     assert run_grid(grid, host)["ran"] == 1
     after = list(csv.DictReader(open(results)))
     assert [(r["model"], r["uar"]) for r in after] == [(r["model"], r["uar"]) for r in before] and after
+
+
+def test_an_output_folder_of_someone_elses_files_is_refused_before_anything_is_written(grid_file, tmp_path, capsys):
+    """LiSER writes results.csv, leaderboard.md, runs/... into the output folder: a folder with
+    files that is not a liser bench output is refused (exit 2), sequentially and as a task graph,
+    and nothing in it changes; an empty folder, or one LiSER wrote, is used."""
+    from liser_tools.cli import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.csv").write_text("my,own,table\n")
+    (mine / "leaderboard.md").write_text("my notes\n")
+    before = {p.name: p.read_bytes() for p in mine.iterdir()}
+    for extra in ([], ["--workers", "2"]):
+        assert main(["bench", str(grid_file(seeds=("s0",))), "-o", str(mine), *extra]) == 2
+        assert "is not a liser bench output" in capsys.readouterr().err
+        assert {p.name: p.read_bytes() for p in mine.iterdir()} == before  # no lock file either
+    from liser_core.errors import UsageError
+    from liser_tools.taskgraph import LOCK_NAME, RESULTS_HEAD, check_grid_output
+
+    for name, files in (("empty", {}), ("locked", {LOCK_NAME: ""}), ("older", {"results.csv": RESULTS_HEAD + "role\n"})):
+        (tmp_path / name).mkdir()
+        for f, text in files.items():
+            (tmp_path / name / f).write_text(text)
+        check_grid_output(tmp_path / name)  # LiSER's (or nobody's): used
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(UsageError, match="is not a folder"):
+        check_grid_output(tmp_path / "a-file")
