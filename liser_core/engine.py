@@ -73,6 +73,11 @@ def resolve_device(name: str) -> torch.device:
 RESUME_MODES = ("auto", "resume", "restart", "overwrite")
 
 
+
+class OtherRecipeError(UsageError):
+    """The run directory holds a run of another recipe (nothing was run or written)."""
+
+
 class Engine:
     """Runs one validated recipe. Use :func:`run` unless you need the stages one by one.
 
@@ -177,7 +182,7 @@ class Engine:
                 "given anew), discard its state with --restart"
                 if unfinished else "run it again with its own recipe, or --overwrite to move it aside (nothing is deleted)"
             )
-            raise UsageError(
+            raise OtherRecipeError(
                 f"{run_dir} holds {what} run of a different recipe (differs at: {', '.join(differ[:6])}"
                 f"{', ...' if len(differ) > 6 else ''}); {advice}, or choose another run_dir"
             )

@@ -92,7 +92,7 @@ def _log_to(path: str | None) -> logging.Handler | None:
 def _run(spec: dict) -> tuple[list[dict], dict]:
     from omegaconf import OmegaConf
 
-    from liser_core.engine import Engine, prepare_config
+    from liser_core.engine import Engine, OtherRecipeError, prepare_config
 
     if os.environ.get(FAIL_ENV) == spec["id"]:
         raise RuntimeError(f"injected failure of task {spec['id']} ({FAIL_ENV})")
@@ -111,7 +111,19 @@ def _run(spec: dict) -> tuple[list[dict], dict]:
         restrict_to_teacher(cfg, int(spec["teacher"]))
     with _stages(spec["kind"]), _kill_once(spec, host):
         engine = Engine(cfg, host, resume=spec.get("resume", "auto"))
-        ctx = engine.execute()
+        try:
+            ctx = engine.execute()
+        except OtherRecipeError:
+            if spec["kind"] == "run":
+                raise
+            # a fit or labeling task's folder is known by its teacher, fit set and clips, not by the
+            # combination it is built "as in": the same fit or pass as in another combination (an
+            # edited grid, a resumed one). Its saved state is discarded (LiSER's own files only);
+            # what it had finished is in the store and is reused from there.
+            log.info("%s: the same %s as in another combination's recipe before; starting its folder afresh",
+                     spec["id"], "teacher fit" if spec["kind"] == "fit" else "labeling pass")
+            engine = Engine(cfg, host, resume="restart")
+            ctx = engine.execute()
         if engine.already_complete and spec["kind"] == "run":
             # finished earlier, but its rows never reached results.csv (the driver stopped): run
             # it again in place for its rows

@@ -365,6 +365,7 @@ def run_graph(grid, host, executor: Executor, *, other_code: str | None = None, 
     returns {"ran", "skipped", "replaced", "failed": {combination: error}, "results", "tasks"}.
     Holds the output folder's lock from the first check to the last write."""
     from liser_tools.bench import (
+        _changed_keys,
         after_axes,
         combination_key,
         read_results,
@@ -393,7 +394,8 @@ def run_graph(grid, host, executor: Executor, *, other_code: str | None = None, 
             threads = None
         tasks = build_graph(grid, host, todo, overrides, threads=threads, plugins=plugins)
         return _drive(grid, executor, tasks, todo, retries=retries, progress=progress, poll_s=poll_s,
-                      read_results=read_results, write_results=write_results, write_leaderboard=write_leaderboard)
+                      read_results=read_results, write_results=write_results, write_leaderboard=write_leaderboard,
+                      changed_keys=lambda run_dir, cfg: _changed_keys(run_dir, cfg, host.registries))
     finally:
         try:
             executor.close()
@@ -408,7 +410,7 @@ def threads_of(task: Task) -> int:
 
 
 def _drive(grid, executor: Executor, tasks: list[Task], todo: list[dict], *, retries: int, progress: bool, poll_s: float,
-           read_results, write_results, write_leaderboard) -> dict:
+           read_results, write_results, write_leaderboard, changed_keys=lambda run_dir, cfg: []) -> dict:
     output = Path(grid.output)
     output.mkdir(parents=True, exist_ok=True)
     results_path = output / "results.csv"
@@ -417,8 +419,11 @@ def _drive(grid, executor: Executor, tasks: list[Task], todo: list[dict], *, ret
     started = time.time()
     skipped = sum(1 for it in todo if it["state"] == "done")
     replaced = [it["key"] for it in todo if it["state"] == "stale"]
-    for key in replaced:
-        log.warning("%s: its rows are stale (the recipe or code changed); running it again", key)
+    for it in todo:
+        if it["state"] == "stale":
+            changed = changed_keys(it["run_dir"], it["config"])
+            log.warning("%s: its rows are stale (the recipe changed%s); running it again", it["key"],
+                        f" at {', '.join(changed[:6])}" if changed else ", or LiSER or a plugin was upgraded")
     n_kinds = {k: sum(1 for t in tasks if t.kind == k) for k in ("fit", "label", "run")}
     log.info("grid: %d task(s): %d teacher fit(s), %d labeling pass(es), %d run(s) (%d combination(s) done before) on %s",
              len(tasks), n_kinds["fit"], n_kinds["label"], n_kinds["run"], skipped, executor.describe())

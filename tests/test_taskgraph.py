@@ -308,3 +308,26 @@ def test_the_sequential_runner_and_two_workers_give_identical_scores(two_workers
     assert scores(tmp_path / "out") == scores(two_workers[0])
     fitted = sorted(p.name for p in (tmp_path / "out" / "store" / "fitted").iterdir() if not p.name.startswith("."))
     assert fitted == sorted(p.name for p in (two_workers[0] / "store" / "fitted").iterdir() if not p.name.startswith("."))
+
+
+def test_an_edited_grid_on_the_same_folder_reruns_what_changed_and_reuses_the_fits(two_workers, caplog):
+    """Last in this file: it edits the shared grid's folder. One value changed in one
+    combination: its rows are stale (the changed key named) and it runs again, while the fit and
+    labeling tasks, now built "as in" another combination than before, start their folders
+    afresh and take the fitted teachers from the store (they had refused: "a different recipe")."""
+    import logging
+
+    out = two_workers[0]
+    path = write_grid(out.parent)
+    grid = yaml.safe_load(path.read_text())
+    grid["axes"]["loss"]["kl"] = ["distil.losses=[{name: kl}, {name: ce, weight: 0.6}]"]
+    del grid["axes"]["loss"]["ce"]  # the first combination needing the fits is now another one
+    grid["axes"]["loss"]["ce2"] = ["distil.losses=[{name: ce, weight: 1.5}]"]
+    edited = out.parent / "edited.yaml"
+    edited.write_text(yaml.safe_dump(grid))
+    fitted = sorted(p.name for p in (out / "store" / "fitted").iterdir())
+    with caplog.at_level(logging.INFO, logger="liser"):
+        result = run_graph(load_grid(edited, out), load_plugins(), LocalExecutor(workers=2), progress=False, poll_s=0.5)
+    assert result["failed"] == {} and result["ran"] == 2 and result["replaced"] == ["loss=kl,seed=s0"]
+    assert "loss=kl,seed=s0: its rows are stale (the recipe changed at distil.losses" in caplog.text
+    assert sorted(p.name for p in (out / "store" / "fitted").iterdir()) == fitted  # no teacher fitted again
