@@ -715,6 +715,8 @@ def cmd_bench(args, host) -> int:
     if taskgraph.uses_graph(args, grid):  # --workers N / --executor ray|slurm: a task graph
         return taskgraph.cmd_graph(args, grid, host)
     with taskgraph.GridLock(grid.output):  # one driver per output folder
+        # a task-graph driver's status describes that driver's tasks: not this run's (--status)
+        (grid.output / taskgraph.STATUS_NAME).unlink(missing_ok=True)
         out = run_grid(grid, host, getattr(args, "other_code", None))
     print(json.dumps(out))
     print(f"leaderboard: {grid.output / 'leaderboard.md'}")

@@ -346,7 +346,14 @@ class RayExecutor(Executor):
         total = ray.cluster_resources()
         by_cpu = int(total.get("CPU", 1) // self.cpus_per_task)
         by_gpu = int(total.get("GPU", 0) // self.gpus_per_task) if self.gpus_per_task else by_cpu
-        self.capacity = max(1, min(by_cpu, by_gpu, self.limit or by_cpu))
+        if min(by_cpu, by_gpu) < 1:  # no task could ever be placed: it would wait forever
+            from liser_core.errors import UsageError
+
+            self.close()
+            raise UsageError(f"--executor ray: the cluster at {self.address!r} has {total.get('CPU', 0):g} CPU(s) and "
+                             f"{total.get('GPU', 0):g} GPU(s); a task asks for {self.cpus_per_task} CPU(s) and "
+                             f"{self.gpus_per_task:g} GPU(s) (--cpus-per-task, --gpus-per-task), so none could run")
+        self.capacity = min(by_cpu, by_gpu, self.limit or by_cpu)
         self._remote = ray.remote(_ray_task)
 
     def submit(self, tasks: list[tuple[str, dict, Resources]]) -> None:
@@ -443,8 +450,25 @@ class SlurmExecutor(Executor):
             from liser_core.errors import UsageError
 
             raise UsageError("--executor slurm needs submitit: pip install 'liser[slurm]'") from None
+        from liser_core.errors import UsageError
+
         self._submitit = submitit
-        self._ex = submitit.AutoExecutor(folder=str(self.folder / "%j"), cluster=self.cluster)
+        if self.cluster not in (None, "slurm", "local", "debug"):
+            raise UsageError(f"--cluster {self.cluster!r}: choose slurm, local (submitit's local subprocesses) or "
+                             "leave it out (Slurm where it is installed, else local)")
+        try:
+            self._ex = submitit.AutoExecutor(folder=str(self.folder / "%j"), cluster=self.cluster)
+        except RuntimeError as exc:  # submitit: 'Could not detect "srun", are you indeed on a slurm cluster?'
+            raise UsageError(f"--cluster {self.cluster}: no Slurm here ({_first_line(exc)}); --cluster local runs "
+                             "the tasks as local subprocesses") from None
+        if self._ex.cluster != "slurm":  # auto found no Slurm: say so, and stay within this machine
+            cpus = max(1, len(os.sched_getaffinity(0)) // self.cpus_per_task)
+            if self.cluster is None:
+                log.warning("--executor slurm: no Slurm on this machine (sbatch not found): submitit runs the tasks "
+                            "as local subprocesses here, %d at once%s", min(self.capacity, cpus),
+                            "; --partition and --gpus-per-task do not apply" if self.partition or self.gpus_per_task
+                            else "")
+            self.capacity = min(self.capacity, cpus)
         params: dict[str, Any] = {"timeout_min": self.timeout_min, "cpus_per_task": self.cpus_per_task,
                                   "name": "liser-bench", "slurm_array_parallelism": self.capacity}
         if self.gpus_per_task:

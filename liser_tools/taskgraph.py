@@ -320,6 +320,8 @@ def format_status(output: Path) -> str:
     from liser_tools.bench import _clock, read_results
 
     output = Path(output)
+    if not output.is_dir():
+        raise UsageError(f"--status: {output} is not a folder (no grid has run there; -o names a grid's output folder)")
     lines = []
     holder = GridLock(output).held_by_other()
     path = output / STATUS_NAME
@@ -555,16 +557,32 @@ def executor_options(args, grid) -> dict:
         if k not in EXECUTOR_KEYS:
             raise ConfigError(f"executor.{k}", "unknown key", close_matches(str(k), EXECUTOR_KEYS))
     opts = {k: block.get(k) for k in EXECUTOR_KEYS}
+    where = {k: f"executor.{k}" for k in EXECUTOR_KEYS}  # the key to name in an error: the grid's or the option
     for k in EXECUTOR_KEYS:
         v = getattr(args, k, None)
         if v is not None:
-            opts[k] = v
-    for k in ("workers", "cpus_per_task", "timeout_min"):
-        if opts[k] is not None and int(opts[k]) < 1:
-            raise ConfigError(f"--{k.replace('_', '-')}", "must be >= 1")
-    for k in ("retries", "gpus_per_task"):
-        if opts[k] is not None and int(opts[k]) < 0:
-            raise ConfigError(f"--{k.replace('_', '-')}", "must be >= 0")
+            opts[k], where[k] = v, f"--{k.replace('_', '-')}"
+    for k, typ, low in (("workers", int, 1), ("cpus_per_task", int, 1), ("timeout_min", int, 1), ("retries", int, 0),
+                        ("gpus_per_task", int, 0), ("mem_gb", float, 0)):
+        v = opts[k]
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (typ is int and v != int(v)):
+            raise ConfigError(where[k], f"{v!r} is not {'a whole number' if typ is int else 'a number'}")
+        if v < low or (k == "mem_gb" and v == 0):
+            raise ConfigError(where[k], f"must be {'>' if k == 'mem_gb' else '>='} {low}")
+        opts[k] = typ(v)
+    for k in ("address", "partition", "cluster"):
+        if opts[k] is not None and not isinstance(opts[k], str):
+            raise ConfigError(where[k], f"{opts[k]!r} is not text")
+    if opts["cluster"] not in (None, "slurm", "local"):
+        raise ConfigError(where["cluster"], f"{opts['cluster']!r}: choose slurm or local", close_matches(
+            str(opts["cluster"]), ["slurm", "local"]))
+    chosen = getattr(args, "executor", None) or "local"
+    for k, needs in (("address", "ray"), ("partition", "slurm"), ("cluster", "slurm"), ("timeout_min", "slurm"),
+                     ("mem_gb", "slurm")):
+        if where[k].startswith("--") and chosen != needs:  # given on the command line for another executor
+            raise ConfigError(where[k], f"applies to --executor {needs} only (this grid runs on {chosen})")
     return opts
 
 

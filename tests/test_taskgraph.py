@@ -116,6 +116,34 @@ def test_ray_executor_on_a_real_local_cluster(two_workers, tmp_path):
     assert out["failed"] == {} and out["tasks"] == {"fit": 2, "label": 2, "run": 2}
     assert {t["where"] for t in status(tmp_path / "out").values()} == {"ray"}
     assert scores(tmp_path / "out") == scores(two_workers[0])  # one thread per task in both
+    with pytest.raises(UsageError, match=r"0 GPU\(s\); a task asks for 1 CPU\(s\) and 1 GPU\(s\).*so none could run"):
+        RayExecutor(address="local", cpus=2, gpus_per_task=1).start()  # it would have waited forever
+
+
+def test_executor_options_are_checked_where_they_come_from(tmp_path, capsys):
+    """The grid's executor: block is type-checked naming its key; an option of another executor
+    on the command line is refused; --cluster slurm without Slurm and --status on a folder that
+    does not exist are one line; all exit 2, nothing written."""
+    import shutil
+
+    from liser_tools.cli import main
+
+    path = write_grid(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    cases = [({"workers": "two"}, [], "executor.workers: 'two' is not a whole number"),
+             ({"workers": 0}, [], "executor.workers: must be >= 1"),
+             ({"cluster": "lokal"}, ["--executor", "slurm"], "executor.cluster: 'lokal': choose slurm or local"),
+             ({}, ["--address", "local"], "--address: applies to --executor ray only"),
+             ({}, ["--partition", "gpu", "--workers", "2"], "--partition: applies to --executor slurm only"),
+             ({}, ["--status", "-o", str(tmp_path / "nowhere")], "is not a folder (no grid has run there")]
+    if shutil.which("srun") is None:
+        cases.append(({}, ["--executor", "slurm", "--cluster", "slurm"], "--cluster slurm: no Slurm here"))
+    for block, args, says in cases:
+        path.write_text(yaml.safe_dump({**raw, **({"executor": block} if block else {})}))
+        assert main(["bench", str(path), "-o", str(tmp_path / "out"), *args]) == 2, (block, args)
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
 
 
 def test_submitit_executor_with_its_local_executor(tmp_path):
