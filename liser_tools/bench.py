@@ -646,8 +646,9 @@ def add_parser(sub, plugin_args) -> None:
                       help="keep rows from other code; board rows averaging runs of different code are flagged mixed_code")
     p.add_argument(
         "--plan", action="store_true",
-        help="print the runs, teacher fits and labeling passes the grid needs (after store reuse) and an "
-        "estimated wall time from per-clip costs measured on this machine; run nothing",
+        help="print the runs, teacher fits and labeling passes the grid needs (each fit and clip once across "
+        "the grid with a store; what the store holds from earlier runs is not subtracted) and an estimated wall "
+        "time from per-clip costs measured on this machine; run nothing",
     )
     from liser_tools.taskgraph import add_executor_args
 
