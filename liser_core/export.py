@@ -29,7 +29,7 @@ from .components import Student
 from .errors import UsageError
 
 __all__ = ["check_replaceable", "compact_constants", "compact_names", "export", "file_sha256", "restore_constants",
-           "sidecar", "sparsify_initializers", "strip_debug_metadata"]
+           "sidecar", "sparsify_initializers", "strip_debug_metadata", "weights_digest"]
 
 #: float32 initializers from this many bytes with at least this share of zeros are stored as
 #: their non-zero values and indices (:func:`sparsify_initializers`)
@@ -146,6 +146,15 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def weights_digest(checkpoint: str | Path) -> str | None:
+    """SHA-256 of a student folder's ``model.safetensors`` (None for a Hub id): what an export
+    was made from."""
+    from .checkpoint import WEIGHTS_NAME
+
+    path = Path(checkpoint) / WEIGHTS_NAME
+    return file_sha256(path) if path.is_file() else None
 
 
 def check_replaceable(*paths: str | Path) -> None:

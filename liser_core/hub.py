@@ -145,11 +145,13 @@ def push(student_dir: str | Path, repo_id: str, *, private: bool = False, api=No
 
             (stage / "README.md").write_text(model_card(src.parent, repo_id=repo_id))
         if onnx:
-            from .export import export, file_sha256
+            from .export import export, file_sha256, weights_digest
 
             export(stage, stage / "student.onnx")
-            try:  # the int8 file, only as LiSER wrote it (its sidecar records its digest)
-                ok = json.loads((src / INT8[1]).read_text()).get("sha256") == file_sha256(src / INT8[0])
+            try:  # the int8 file, only as LiSER wrote it from these weights (its sidecar records both digests)
+                record = json.loads((src / INT8[1]).read_text())
+                ok = (record.get("sha256") == file_sha256(src / INT8[0])
+                      and record.get("weights_sha256") == weights_digest(src))
             except (OSError, ValueError, AttributeError):
                 ok = False
             if ok and (src / INT8[2]).is_file():

@@ -34,7 +34,7 @@ def add_parsers(sub, plugin_args) -> None:
                         "(default 1 s) with timestamps; the path 'mic' records from the microphone "
                         "(needs sounddevice)")
     p.add_argument("--hop", type=float, default=None, metavar="S",
-                   help="seconds between windows (--stream: 0.25; else half a window)")
+                   help="seconds between windows, at most --window (--stream: 0.25; else half a window)")
     p.add_argument("--smoothing", type=float, default=None, metavar="A",
                    help="--stream: exponential smoothing of the probabilities over hops, in [0, 1) (0.5)")
     p.add_argument("--mic-seconds", type=float, default=None, metavar="S",
@@ -112,10 +112,8 @@ def cmd_predict(args, host) -> int:
     stream_only = [o for o, v in (("--smoothing", args.smoothing), ("--mic-seconds", args.mic_seconds)) if v is not None]
     if stream_only:
         raise UsageError(f"{', '.join(stream_only)}: only with --stream")
-    if args.hop is not None and not args.window:
-        raise UsageError(f"--hop {args.hop}: give a --window too (windows of that length every --hop seconds)")
-    if args.hop is not None and math.isfinite(args.hop) and args.hop > args.window:
-        raise UsageError(f"--hop {args.hop}: at most the window ({args.window:g} s), or audio between windows is skipped")
+    if args.hop is not None and args.window == 0:
+        raise UsageError(f"--hop {args.hop}: --window 0 scores each clip whole, in one window: no hop")
     predictor = Predictor(args.checkpoint, window=args.window, host=host, max_seconds=args.max_seconds, hop=args.hop,
                           backend=args.backend)
     files = expand_paths(args.paths)
@@ -257,14 +255,14 @@ def cmd_export(args, host) -> int:
     from .deploy import export
 
     suffixes = {"onnx": ".onnx", "torchscript": ".pt", "executorch": ".pte"}
+    named = {".onnx": "onnx", ".pt": "torchscript", ".pth": "torchscript", ".ts": "torchscript",
+             ".torchscript": "torchscript", ".pte": "executorch"}  # the format a file name says
+    says = named.get(Path(args.output).suffix.lower()) if args.output else None
     if args.fmt is None:  # the format named by -o's suffix, else ONNX
-        by_suffix = {v: k for k, v in suffixes.items()}
-        args.fmt = by_suffix.get(Path(args.output).suffix, "onnx") if args.output else "onnx"
-        if args.output and Path(args.output).suffix in (".pth", ".ts", ".torchscript"):
-            args.fmt = "torchscript"
-    elif args.output and Path(args.output).suffix in suffixes.values() and Path(args.output).suffix != suffixes[args.fmt]:
-        raise UsageError(f"-o {args.output}: a {Path(args.output).suffix} name for a --format {args.fmt} file "
-                         f"(use {suffixes[args.fmt]}, or the --format the name says)")
+        args.fmt = says or "onnx"
+    elif says is not None and says != args.fmt:
+        raise UsageError(f"-o {args.output}: the suffix {Path(args.output).suffix} names the {says} format, not "
+                         f"--format {args.fmt} (use {suffixes[args.fmt]}, or --format {says})")
     suffix = suffixes[args.fmt]
     if args.window is not None and (args.fmt != "executorch" or not (math.isfinite(args.window) and args.window >= 0.5)):
         raise UsageError(f"--window {args.window}: only with --format executorch, a length in seconds >= 0.5")
@@ -280,9 +278,13 @@ def cmd_export(args, host) -> int:
         Path(args.checkpoint) / f"student{suffix}" if local else Path(args.checkpoint.replace("/", "--") + suffix))
     if args.quantize and args.fmt != "onnx":
         raise UsageError(f"--quantize {args.quantize} needs --format onnx (not {args.fmt})")
-    if args.quantize:  # everything the int8 step needs, checked before the float export is written
+    if args.quantize:  # what the int8 step needs, checked before the float export is written
         from .quantize import calibration_files
 
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise UsageError("--quantize int8 needs onnxruntime: pip install 'liser[export]'") from None
         calibration_files(args.checkpoint, args.quantize_mode, args.calibrate)
         check_replaceable(output, int8_path(output))
     meta = export(args.checkpoint, output, args.fmt, host=host, window_seconds=args.window)
@@ -307,15 +309,17 @@ def _quantize(args, output, meta: dict, host) -> None:
     from pathlib import Path
 
     from liser_core.checkpoint import atomic_write_json
-    from liser_core.export import file_sha256, sidecar
+    from liser_core.export import file_sha256, sidecar, weights_digest
 
     from .quantize import quantize_student, run_dir_of, summary_lines
 
     int8 = int8_path(output)
-    own = Path(args.checkpoint).is_dir() and output.resolve().parent == Path(args.checkpoint).resolve()
+    own = (Path(args.checkpoint).is_dir() and output.name == "student.onnx"
+           and output.resolve().parent == Path(args.checkpoint).resolve())  # the folder's own files (its card names them)
     record = quantize_student(args.checkpoint, output, int8, mode=args.quantize_mode, frontend=args.quantize_frontend,
                               calibrate=args.calibrate, host=host, record=own)
-    atomic_write_json(sidecar(int8), {**meta, "sha256": file_sha256(int8), "quantization": record})
+    atomic_write_json(sidecar(int8), {**meta, "sha256": file_sha256(int8), "quantization": record,
+                                      "weights_sha256": weights_digest(args.checkpoint)})
     print(f"wrote {int8} (int8 {args.quantize_mode}; calibration: {record['calibration']})")
     print("\n".join(summary_lines(record)))
     if not own:

@@ -219,6 +219,8 @@ class Predictor:
         self.window = check_window(window)
         if hop is not None and not (math.isfinite(hop) and hop > 0):
             raise UsageError(f"--hop {hop}: give a hop in seconds > 0")
+        if hop is not None and self.window and hop > self.window:
+            raise UsageError(f"--hop {hop}: at most the window ({self.window:g} s), or audio between windows is skipped")
         self.hop = hop
         self.chunk = chunk  # windows scored per forward pass: memory stays flat on long inputs
         self.classes = list(self.student.label_space.classes)

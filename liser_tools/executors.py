@@ -112,6 +112,17 @@ def _load_entry_points() -> None:
                 log.warning("executor plugin %s could not be loaded: %s", ep.value, exc)
 
 
+def takes_option(name: str, option: str) -> bool:
+    """Whether the executor registered as ``name`` takes ``option`` (its factory's signature)."""
+    import inspect
+
+    factory = EXECUTORS.get(name)
+    if factory is None:
+        return True  # an unknown name is refused by make_executor, naming the known ones
+    params = inspect.signature(factory).parameters
+    return option in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+
+
 def make_executor(name: str, **options: Any) -> Executor:
     """The executor registered as ``name``, built with ``options`` (those it does not take are
     dropped: ``workers``, ``threads``, ``address``, ``cpus_per_task``, ``gpus_per_task``,
@@ -346,14 +357,18 @@ class RayExecutor(Executor):
         total = ray.cluster_resources()
         by_cpu = int(total.get("CPU", 1) // self.cpus_per_task)
         by_gpu = int(total.get("GPU", 0) // self.gpus_per_task) if self.gpus_per_task else by_cpu
-        if min(by_cpu, by_gpu) < 1:  # no task could ever be placed: it would wait forever
+        if min(by_cpu, by_gpu) < 1 and self.address != "local":  # an autoscaling cluster may add the nodes
+            log.warning("--executor ray: the cluster at %r has %g CPU(s) and %g GPU(s) now; a task asks for %d CPU(s) "
+                        "and %g GPU(s): tasks wait until nodes with them join (an autoscaler), else forever",
+                        self.address, total.get("CPU", 0), total.get("GPU", 0), self.cpus_per_task, self.gpus_per_task)
+        elif min(by_cpu, by_gpu) < 1:  # this machine's private cluster: no task could ever be placed
             from liser_core.errors import UsageError
 
             self.close()
             raise UsageError(f"--executor ray: the cluster at {self.address!r} has {total.get('CPU', 0):g} CPU(s) and "
                              f"{total.get('GPU', 0):g} GPU(s); a task asks for {self.cpus_per_task} CPU(s) and "
                              f"{self.gpus_per_task:g} GPU(s) (--cpus-per-task, --gpus-per-task), so none could run")
-        self.capacity = min(by_cpu, by_gpu, self.limit or by_cpu)
+        self.capacity = max(1, min(by_cpu, by_gpu, self.limit or by_cpu))
         self._remote = ray.remote(_ray_task)
 
     def submit(self, tasks: list[tuple[str, dict, Resources]]) -> None:
@@ -462,7 +477,7 @@ class SlurmExecutor(Executor):
             raise UsageError(f"--cluster {self.cluster}: no Slurm here ({_first_line(exc)}); --cluster local runs "
                              "the tasks as local subprocesses") from None
         if self._ex.cluster != "slurm":  # auto found no Slurm: say so, and stay within this machine
-            cpus = max(1, len(os.sched_getaffinity(0)) // self.cpus_per_task)
+            cpus = max(1, _cpus() // self.cpus_per_task)
             if self.cluster is None:
                 log.warning("--executor slurm: no Slurm on this machine (sbatch not found): submitit runs the tasks "
                             "as local subprocesses here, %d at once%s", min(self.capacity, cpus),

@@ -356,11 +356,12 @@ def listen(host: str, port: int):
     """A listening TCP socket on ``host:port``, or a usage error naming the address and why."""
     import socket
 
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn binds (localhost: IPv4)
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.create_server((host, port), family=family, backlog=2048)
-    except OSError as exc:
-        why = os.strerror(exc.errno) if exc.errno else str(exc)
+    except OSError as exc:  # an address in use, or a host name that does not resolve (gaierror)
+        why = os.strerror(exc.errno) if isinstance(exc.errno, int) and exc.errno > 0 else (exc.strerror or str(exc))
+        why = why.split(" (while attempting", 1)[0]
         raise UsageError(f"--host {host} --port {port}: cannot listen there ({why}); "
                          "choose another --port (or --host)") from None
     sock.set_inheritable(True)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -69,8 +70,8 @@ def check_grid_output(output: Path) -> None:
         return
     if not output.is_dir():
         raise UsageError(f"-o {output}: exists and is not a folder; choose another output folder")
-    if (output / LOCK_NAME).is_file() or not any(output.iterdir()):
-        return
+    if (output / LOCK_NAME).is_file() or not any(not p.name.startswith(".") for p in output.iterdir()):
+        return  # LiSER's, or nothing but hidden files (.gitkeep, .DS_Store)
     try:
         with open(output / "results.csv", encoding="utf-8") as f:
             ours = f.readline().startswith(RESULTS_HEAD)
@@ -567,7 +568,7 @@ def executor_options(args, grid) -> dict:
         v = opts[k]
         if v is None:
             continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (typ is int and v != int(v)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (typ is int and v != int(v)):
             raise ConfigError(where[k], f"{v!r} is not {'a whole number' if typ is int else 'a number'}")
         if v < low or (k == "mem_gb" and v == 0):
             raise ConfigError(where[k], f"must be {'>' if k == 'mem_gb' else '>='} {low}")
@@ -578,11 +579,15 @@ def executor_options(args, grid) -> dict:
     if opts["cluster"] not in (None, "slurm", "local"):
         raise ConfigError(where["cluster"], f"{opts['cluster']!r}: choose slurm or local", close_matches(
             str(opts["cluster"]), ["slurm", "local"]))
+    from liser_tools.executors import executor_names, takes_option
+
     chosen = getattr(args, "executor", None) or "local"
-    for k, needs in (("address", "ray"), ("partition", "slurm"), ("cluster", "slurm"), ("timeout_min", "slurm"),
-                     ("mem_gb", "slurm")):
-        if where[k].startswith("--") and chosen != needs:  # given on the command line for another executor
-            raise ConfigError(where[k], f"applies to --executor {needs} only (this grid runs on {chosen})")
+    if chosen in executor_names():
+        for k in ("address", "partition", "cluster", "timeout_min", "mem_gb", "gpus_per_task"):
+            if where[k].startswith("--") and not takes_option(chosen, k):  # given for another executor
+                users = [n for n in executor_names() if n != chosen and takes_option(n, k)]
+                raise ConfigError(where[k], f"does not apply to --executor {chosen} (it is an option of "
+                                            f"{', '.join(users) or 'other executors'})")
     return opts
 
 

@@ -243,7 +243,8 @@ def test_an_output_folder_of_someone_elses_files_is_refused_before_anything_is_w
     from liser_core.errors import UsageError
     from liser_tools.taskgraph import LOCK_NAME, RESULTS_HEAD, check_grid_output
 
-    for name, files in (("empty", {}), ("locked", {LOCK_NAME: ""}), ("older", {"results.csv": RESULTS_HEAD + "role\n"})):
+    for name, files in (("empty", {}), ("hidden", {".gitkeep": ""}), ("locked", {LOCK_NAME: ""}),
+                        ("older", {"results.csv": RESULTS_HEAD + "role\n"})):
         (tmp_path / name).mkdir()
         for f, text in files.items():
             (tmp_path / name / f).write_text(text)

@@ -204,7 +204,10 @@ def test_export_replaces_only_its_own_files_and_checks_everything_before_writing
     assert "was not written by liser export" in capsys.readouterr().err
     ours = tmp_path / "ours.onnx"
     assert main(["export", str(ckpt), "-o", str(ours)]) == 0 and main(["export", str(ckpt), "-o", str(ours)]) == 0
-    assert json.loads((tmp_path / "ours.onnx.json").read_text())["sha256"]
+    meta = json.loads((tmp_path / "ours.onnx.json").read_text())
+    assert meta.pop("sha256")
+    (tmp_path / "ours.onnx.json").write_text(json.dumps(meta))  # a sidecar of an older LiSER: no digest
+    assert main(["export", str(ckpt), "-o", str(ours)]) == 0  # still LiSER's own
     with open(ours, "ab") as f:
         f.write(b"\0")  # changed since LiSER wrote it: a user's now
     assert main(["export", str(ckpt), "-o", str(ours)]) == 2
@@ -212,7 +215,7 @@ def test_export_replaces_only_its_own_files_and_checks_everything_before_writing
     before = sorted(p.name for p in tmp_path.iterdir())
     for args, says in ((["--quantize-mode", "dynamic"], "--quantize-mode: only with --quantize int8"),
                        (["--calibrate", str(tmp_path)], "--calibrate: only with --quantize int8"),
-                       (["-o", str(tmp_path / "x.pte"), "--format", "onnx"], "a .pte name for a --format onnx file"),
+                       (["-o", str(tmp_path / "x.pte"), "--format", "onnx"], "the suffix .pte names the executorch format, not --format onnx"),
                        (["-o", str(tmp_path / "x.onnx"), "--quantize", "int8", "--calibrate", str(tmp_path / "none")],
                         "no such file or folder")):
         assert main(["export", str(ckpt), *args]) == 2, args
@@ -238,9 +241,12 @@ def test_export_replaces_only_its_own_files_and_checks_everything_before_writing
 
     wav = tmp_path / "a.wav"
     sf.write(wav, clips(1, seconds=2.0)[0], 16000)
-    assert main(["predict", str(ckpt), str(wav), "--backend", "int8", "--jsonl"]) == 0
-    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert abs(sum(row["probs"].values()) - 1) < 1e-4
+    probs = {}
+    for backend in ("int8", "torch"):
+        assert main(["predict", str(ckpt), str(wav), "--backend", backend, "--jsonl"]) == 0
+        probs[backend] = np.array(list(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["probs"].values()))
+    assert abs(probs["int8"].sum() - 1) < 1e-4
+    assert 0 < np.abs(probs["int8"] - probs["torch"]).max() < 0.2  # the int8 model ran: close, not the same
 
     from liser_core.hub import push
 
@@ -257,6 +263,11 @@ def test_export_replaces_only_its_own_files_and_checks_everything_before_writing
     api = Api()
     push(ckpt, "org/name", api=api)
     assert {"student.int8.onnx", "student.int8.onnx.json", "quantization.json", "student.onnx"} <= set(api.files)
+    record = json.loads((ckpt / "student.int8.onnx.json").read_text())
+    (ckpt / "student.int8.onnx.json").write_text(json.dumps({**record, "weights_sha256": "0" * 64}))  # other weights
+    push(ckpt, "org/name", api=api)
+    assert "student.onnx" in api.files and not {"student.int8.onnx", "quantization.json"} & set(api.files)
+    (ckpt / "student.int8.onnx.json").write_text(json.dumps(record))
 
 
 # ---------------------------------------------------------------------------------------------

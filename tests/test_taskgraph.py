@@ -133,8 +133,10 @@ def test_executor_options_are_checked_where_they_come_from(tmp_path, capsys):
     cases = [({"workers": "two"}, [], "executor.workers: 'two' is not a whole number"),
              ({"workers": 0}, [], "executor.workers: must be >= 1"),
              ({"cluster": "lokal"}, ["--executor", "slurm"], "executor.cluster: 'lokal': choose slurm or local"),
-             ({}, ["--address", "local"], "--address: applies to --executor ray only"),
-             ({}, ["--partition", "gpu", "--workers", "2"], "--partition: applies to --executor slurm only"),
+             ({"workers": float("inf")}, [], "executor.workers: inf is not a whole number"),
+             ({}, ["--address", "local"], "--address: does not apply to --executor local (it is an option of ray)"),
+             ({}, ["--partition", "gpu", "--workers", "2"], "--partition: does not apply to --executor local (it is an "
+                                                            "option of slurm)"),
              ({}, ["--status", "-o", str(tmp_path / "nowhere")], "is not a folder (no grid has run there")]
     if shutil.which("srun") is None:
         cases.append(({}, ["--executor", "slurm", "--cluster", "slurm"], "--cluster slurm: no Slurm here"))
