@@ -174,6 +174,15 @@ class Engine:
             return "fresh"  # discard this run's saved state (LiSER's own files only)
         # both sides less the keys a resume may change (older runs recorded some of them)
         differ = sorted(provenance.diff_keys(provenance.comparable(prev.get("config", {})), self._comparable_config()))
+        given = getattr(self, "resume_overrides", None)  # --resume RUN_DIR key=value...: the keys given
+        edited = [d for d in differ if given is not None and not any(
+            d == g or d.startswith(g + ".") or g.startswith(d + ".") for g in given)]
+        if edited and self.resume == "resume":  # not from an override: the run's own state/recipe.yaml changed
+            raise OtherRecipeError(
+                f"{run_dir}/state/recipe.yaml differs from the recipe its run state records (at: "
+                f"{', '.join(edited[:6])}{', ...' if len(edited) > 6 else ''}): it was changed since the run "
+                "started; put it back, or discard the run's state with `liser run RECIPE run_dir=... --restart`"
+            )
         if differ:
             what = "an unfinished" if unfinished else "a finished"
             free = ", ".join(provenance.RESUME_FREE_KEYS)

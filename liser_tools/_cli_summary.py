@@ -140,7 +140,37 @@ def load_run(path: Path) -> dict[str, Any]:
         out["skipped"] = f"status {m.get('status')!r}" + (f": {m['error']}" if m.get("error") else "")
     elif not models:
         out["skipped"] = "no model was evaluated"
+    elif (edited := _edited_keys(path, cfg)):
+        out["skipped"] = (f"config.yaml differs from the recipe the run recorded (state/run.json) at "
+                          f"{', '.join(edited[:6])}: edited since the run; its scores are not that recipe's")
     return out
+
+
+def _edited_keys(path: Path, cfg: Any) -> list[str]:
+    """Keys where a run's ``config.yaml`` (what summaries group by) differs from the recipe its
+    engine recorded in ``state/run.json``; [] when they agree or no record exists (older runs)."""
+    try:
+        recorded = json.loads((path / "state" / "run.json").read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(recorded, dict) or not isinstance(cfg, dict):
+        return []
+    try:
+        ours = _first_party_plugins()
+
+        def bare(node: Any) -> Any:  # "losses:kl" -> "kl": either side may name first-party components qualified
+            if isinstance(node, dict):
+                return {k: bare(v) for k, v in node.items()}
+            if isinstance(node, list):
+                return [bare(v) for v in node]
+            if isinstance(node, str):
+                plugin, sep, name = node.partition(":")
+                return name if sep and plugin in ours else node
+            return node
+
+        return sorted(diff_keys(comparable(bare(recorded)), comparable(bare(cfg))))
+    except Exception:  # noqa: BLE001 - a foreign or partial record: nothing to compare
+        return []
 
 
 def _first_party_plugins() -> set[str]:

@@ -314,6 +314,8 @@ def cmd_run(args) -> int:
     cfg = prepare_config(recipe, overrides, host)
     mode = "resume" if args.resume else "restart" if args.restart else "overwrite" if args.overwrite else "auto"
     engine = Engine(cfg, host, resume=mode)
+    if args.resume and os.path.isdir(args.recipe):  # what a difference from the run's state may come from
+        engine.resume_overrides = [o.split("=", 1)[0].strip() for o in args.overrides]
     if args.dry_run:
         from liser_core.engine import ConsoleGate
 

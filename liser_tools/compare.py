@@ -69,9 +69,10 @@ def board_entries(rows: Sequence[Mapping[str, str]], repeat: Sequence[str]) -> l
     merged: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
     order: list[tuple] = []
     for (fixed, model), reps in groups.items():
-        if model == "targets" or model.startswith("teacher:"):
+        if model == "targets" or model.startswith("teacher:"):  # flags and size too: a flagged row never hides
             sig = (model, next(iter(reps.values())).get("components", ""),
-                   tuple(sorted((rep, *(r[k] for k in METRICS)) for rep, r in reps.items())))
+                   tuple(sorted((rep, *(r[k] for k in METRICS), r.get("num_parameters", ""),
+                                 tuple(sorted(_flags([r])))) for rep, r in reps.items())))
         else:
             sig = (fixed, model)
         if sig not in merged:
@@ -83,8 +84,9 @@ def board_entries(rows: Sequence[Mapping[str, str]], repeat: Sequence[str]) -> l
         fixed, model = members[0]
         reps = groups[(fixed, model)]
         rs = list(reps.values())
-        flags = _flags(rs)
-        if len({code_identity(r.get("code") or "") for r in rs}) > 1:
+        every = [r for m in members for r in groups[m].values()]  # the merged combinations' rows, all of them
+        flags = _flags(every)
+        if len({code_identity(r.get("code") or "") for r in every}) > 1:
             flags.add("mixed_code")
         entry: dict[str, Any] = {
             "combination": _merge_label([m[0] for m in members]) or "(all)", "model": model,
@@ -147,26 +149,35 @@ def comparisons(
     * for each axis not in ``repeat`` or ``skip_axes`` (e.g. the label fraction, whose effect is
       not in question) with two or more labels: every pair of its labels, the other axes fixed,
       on the distilled student."""
+    from liser_common.provenance import code_identity
+
     by: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    rows_of: dict[tuple[str, str], dict[str, Mapping[str, str]]] = defaultdict(dict)
     axes: dict[str, list[str]] = defaultdict(list)
     for r in rows:
         fixed, rep = _split(r["combination"], repeat)
         by[(fixed, r["model"])][rep] = float(r["uar"])
+        rows_of[(fixed, r["model"])][rep] = r
         for a, v in _parts(fixed).items():
             if v not in axes[a]:
                 axes[a].append(v)
     out: list[dict[str, Any]] = []
 
-    def add(kind: str, what: str, a: Mapping[str, float], b: Mapping[str, float]) -> None:
+    def add(kind: str, what: str, ka: tuple[str, str], kb: tuple[str, str]) -> None:
+        a, b = by[ka], by[kb]
         shared = [r for r in a if r in b]
         if len(shared) < 2:
             return
         c = paired_comparison([a[r] for r in shared], [b[r] for r in shared])
-        out.append({"kind": kind, "comparison": what, **c.to_dict()})
+        used = [rows_of[k][r] for k in (ka, kb) for r in shared]  # the rows the comparison is made of
+        flags = _flags(used)
+        if len({code_identity(r.get("code") or "") for r in used}) > 1:
+            flags.add("mixed_code")
+        out.append({"kind": kind, "comparison": what, "flags": sorted(flags), **c.to_dict()})
 
-    for (fixed, model), vals in by.items():
+    for (fixed, model) in list(by):
         if model == "student" and (fixed, "baseline") in by:
-            add("distilled vs labels only", f"{fixed or '(all)'}: student - baseline", vals, by[(fixed, "baseline")])
+            add("distilled vs labels only", f"{fixed or '(all)'}: student - baseline", (fixed, model), (fixed, "baseline"))
     for axis, labels in axes.items():
         if axis in skip_axes or len(labels) < 2:
             continue
@@ -178,7 +189,7 @@ def comparisons(
                 fy = _with(context, axis, y, by)
                 if fx and fy:
                     add(f"{axis}: {x} vs {y}", f"{context or '(all)'}: {axis}={x} - {axis}={y} (student)",
-                        by[(fx, "student")], by[(fy, "student")])
+                        (fx, "student"), (fy, "student"))
     for c, p in zip(out, holm([c["t_p"] for c in out])):
         c["holm_p"] = p
         c["significant"] = bool(p == p and p < ALPHA)
@@ -211,9 +222,15 @@ def comparisons_markdown(comps: Sequence[Mapping[str, Any]], title: str) -> str:
         ci = f"{c['mean_diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]" if c["low"] == c["low"] else f"{c['mean_diff']:+.3f}"
         wil = "-" if c["wilcoxon_p"] is None else f"{c['wilcoxon_p']:.3g}"
         mark = "**significant**" if c["significant"] else ""
-        lines.append(f"| {c['comparison']} | {c['n']} | {ci} | {_p(c['t_p'])} | {wil} | {_p(c['holm_p'])} | {mark} |")
+        what = c["comparison"] + (f" **!{','.join(c['flags'])}**" if c.get("flags") else "")
+        lines.append(f"| {what} | {c['n']} | {ci} | {_p(c['t_p'])} | {wil} | {_p(c['holm_p'])} | {mark} |")
     if not comps:
         lines.append("| (no pair of rows shares two or more repeats) | | | | | | |")
+    flags = {f for c in comps for f in c.get("flags", [])}
+    if flags:  # what each flag means: the board's notes (liser_tools.bench.FLAG_NOTES)
+        from liser_tools.bench import flag_notes
+
+        lines += flag_notes(flags)
     small = sorted({c["n"] for c in comps if c["n"] < MIN_REPEATS})
     if small:
         lines += ["", f"**n below {MIN_REPEATS}** in some rows: with so few repeats a paired test has almost "

@@ -77,3 +77,26 @@ def test_few_repeats_are_said():
     rows = [r for r in _rows() if r["combination"].endswith(("seed=0", "seed=1"))]
     text = comparisons_markdown(comparisons(rows, ["seed"]), "g")
     assert "**n below 3**" in text
+
+
+def test_flags_reach_merged_rows_and_comparisons():
+    """A flag on any row a table shows reaches it: a flagged teacher row is never merged into an
+    unflagged one of the same scores, a merged row carries every member's flags, and a paired
+    comparison built on a flagged row shows the flag with its note; rows of two code versions
+    in one comparison are mixed_code."""
+    rows = _rows()
+    for r in rows:
+        if r["combination"].startswith("student=b") and r["model"] == "teacher:t":
+            r["flags"] = "unverified_teacher"  # same scores as the other students' teacher rows
+        if r["combination"] == "student=c,seed=0" and r["model"] == "student":
+            r["flags"], r["code"] = "test_overlap", "y"
+    teacher = [e for e in board_entries(rows, ["seed"]) if e["model"] == "teacher:t"]
+    assert sorted((e["combination"], tuple(e["flags"])) for e in teacher) == [
+        ("student=*", ()), ("student=b", ("unverified_teacher",))]
+    assert sum(e["same_in"] for e in teacher) == 3
+    comps = {c["comparison"]: c for c in comparisons(rows, ["seed"])}
+    assert comps["student=c: student - baseline"]["flags"] == ["mixed_code", "test_overlap"]
+    assert comps["student=a: student - baseline"]["flags"] == []
+    assert comps["(all): student=a - student=c (student)"]["flags"] == ["mixed_code", "test_overlap"]
+    text = comparisons_markdown(list(comps.values()), "g")
+    assert "student=c: student - baseline **!mixed_code,test_overlap**" in text and "**!test_overlap**:" in text

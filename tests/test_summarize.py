@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +81,24 @@ def test_flagged_runs_are_marked(tmp_path, capsys):
     assert main(["summarize", a]) == 0
     out = capsys.readouterr().out
     assert "!test_overlap" in out and "test_overlap: a teacher was fitted on test speakers" in out
+
+
+def test_a_config_yaml_edited_after_the_run_is_skipped_naming_the_keys(tmp_path, capsys):
+    """Summaries group runs by their config.yaml; one that differs from the recipe the engine
+    recorded (state/run.json) is skipped, naming the keys, never averaged as another recipe.
+    First-party component names, qualified on one side and bare on the other, are the same."""
+    def record(run, config):
+        (Path(run) / "state").mkdir()
+        (Path(run) / "state" / "run.json").write_text(json.dumps({"status": "complete", "config": config}))
+
+    same = fake_run(tmp_path / "same", 1, 0.5, 0.5)
+    (Path(same) / "config.yaml").write_text("seed: 0\nstudent: {name: logmel_cnn:logmel_cnn}\ndata:\n  options:\n    fold: 1\n")
+    record(same, {"seed": 0, "student": {"name": "logmel_cnn"}, "data": {"options": {"fold": 1}}})
+    edited = fake_run(tmp_path / "edited", 2, 0.7, 0.5)
+    record(edited, {"seed": 0, "distil": {"lr": 0.01}, "data": {"options": {"fold": 2}}})
+    (Path(edited) / "config.yaml").write_text("seed: 0\ndistil: {lr: 0.001}\ndata:\n  options:\n    fold: 2\n")
+    assert main(["summarize", same, edited, "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert [r["run"] for r in out["runs"] if not r.get("skipped")] == [same]
+    assert "config.yaml differs from the recipe the run recorded (state/run.json) at distil.lr" in captured.err + captured.out

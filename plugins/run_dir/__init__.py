@@ -97,7 +97,8 @@ class RunDirWriter:
         for e in run.evaluations:
             by_role.setdefault(e.role + "s" if e.role == "teacher" else e.role, {})
         payload = {
-            "status": "failed" if error else "completed",
+            # Ctrl-C / SIGTERM (KeyboardInterrupt, TrainingInterrupted) leave a resumable run, as state/run.json says
+            "status": ("interrupted" if isinstance(error, KeyboardInterrupt) else "failed") if error else "completed",
             "error": f"{type(error).__name__}: {error}" if error else None,
             "split": run.config.evaluate.split,
             "corpus": run.corpus.name if run.corpus else None,

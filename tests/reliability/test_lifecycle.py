@@ -142,6 +142,11 @@ def test_resume_with_an_override_that_changes_results_is_refused_and_free_ones_a
         p = run_cli(["run", "--resume", str(run_dir), override])
         assert p.returncode == 2, p.stderr[-2000:]
         assert len(lines(p)) == 1 and f"(differs at: {key})" in lines(p)[0], p.stderr
+    (run_dir / "state" / "recipe.yaml").write_text(recipe_before.decode().replace("seed: 0", "seed: 7"))
+    p = run_cli(["run", "--resume", str(run_dir)])  # the run's own recipe edited by hand: said so, not "use --resume"
+    assert p.returncode == 2 and len(lines(p)) == 1, p.stderr[-2000:]
+    assert "state/recipe.yaml differs from the recipe its run state records (at: seed)" in lines(p)[0]
+    (run_dir / "state" / "recipe.yaml").write_bytes(recipe_before)
     state = json.loads((run_dir / "state" / "run.json").read_text())
     assert state["status"] == "running" and state["config"]["seed"] == 0  # refused: nothing written
     p = run_cli(["run", "--resume", str(run_dir), "threads=2"])  # cannot change results: allowed
@@ -220,6 +225,7 @@ def test_sigterm_saves_a_checkpoint_records_interrupted_and_resume_continues(str
     assert f"liser run --resume {run_dir}" in stopped.stderr and "Traceback" not in stopped.stderr
     state = json.loads((run_dir / "state" / "run.json").read_text())
     assert state["status"] == "interrupted" and state["completed"] == ["teach", "label"]
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "interrupted"  # resumable, not failed
     assert (run_dir / "state/train/distil-student/step-000000003/COMPLETE.json").is_file()
     resumed = liser_process(["run", "--resume", str(run_dir)])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
