@@ -41,6 +41,27 @@ WEIGHTS_NAME = "model.safetensors"
 MARKER_KEY = "liser"
 
 
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_changed(directory: str | Path) -> bool:
+    """Whether a saved component's weights differ from the SHA-256 its ``config.json`` records
+    (False for checkpoints written before LiSER recorded it)."""
+    directory = Path(directory)
+    try:
+        recorded = json.loads((directory / CONFIG_NAME).read_text()).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(recorded, str) and recorded != _sha256_file(directory / WEIGHTS_NAME)
+
+
 def save_component(
     module: torch.nn.Module,
     directory: str | Path,
@@ -80,6 +101,7 @@ def save_component(
             "options": options,
             "label_space": label_space.to_dict(),
             **(extra or {}),
+            "weights_sha256": _sha256_file(tmp / WEIGHTS_NAME),  # what a reader can check the weights against
         }
         atomic_write_json(tmp / CONFIG_NAME, config)
         old = None

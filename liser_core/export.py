@@ -139,13 +139,9 @@ def sidecar(path: str | Path) -> Path:
 
 
 def file_sha256(path: str | Path) -> str:
-    import hashlib
+    from .checkpoint import _sha256_file
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return _sha256_file(Path(path))
 
 
 def weights_digest(checkpoint: str | Path) -> str | None:

@@ -122,6 +122,37 @@ def test_a_fitted_teacher_folder_moved_under_another_fit_key_is_not_trusted(tmp_
     assert checkpoint.read_marker(a)["fit_key"] != fit["fit_key"]
 
 
+def test_a_fitted_teacher_whose_weights_were_changed_is_fitted_again_not_used(tmp_path):
+    """A store entry's weights edited in place (the header and its fit key kept): their SHA-256
+    is no longer the one its config.json records, so the run fits again, says so, and the entry
+    is rewritten whole."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    rav = write_ravdess(tmp_path / "RAVDESS", (1, 2, 3, 9))
+    path, store = recipe(tmp_path, rav, "fold: 1, label_fraction: 0.5, teacher_speakers: [9]"), tmp_path / "store"
+
+    def run(name):
+        assert main(["run", str(path), f"run_dir={tmp_path / name}", f"store={store}"]) == 0
+        return json.loads((tmp_path / name / "metrics.json").read_text())
+
+    run("a")
+    (entry,) = (store / "fitted").iterdir()
+    weights = entry / checkpoint.WEIGHTS_NAME
+    with safe_open(str(weights), "pt") as f:
+        meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name] + 1.0  # a tampered weight, same header (same fit key and code)
+    save_file(state, str(weights), metadata=meta)
+    assert checkpoint.weights_changed(entry)
+    again = run("b")
+    assert again["diagnostics"]["teacher_fits"]["audio_cnn"]["reused"] is False
+    assert any(f"fitted-teacher store entry {entry} not used: its weights changed since LiSER wrote them" in w
+               for w in again["warnings"])
+    assert not checkpoint.weights_changed(entry)  # rewritten whole
+    assert run("c")["diagnostics"]["teacher_fits"]["audio_cnn"]["reused"] is True
+
+
 def test_swapped_files_are_hashed_again_not_read_from_the_digest_database(tmp_path, monkeypatch):
     """digests.sqlite3 keys each digest by path and stat signature (device, inode, size, mtime,
     ctime): two files swapped by renames keep their inodes, so neither's remembered digest is

@@ -265,6 +265,8 @@ def _stored_fit(engine: Engine, entry: Path, fit_key: str, code: str) -> dict | 
         why = f"it was written for fit key {str(marker.get('fit_key'))[:12]} (code {marker.get('code')}), not this one"
     elif not marker.get("card") or not isinstance(config.get("card"), dict):
         why = "it has no teacher card"
+    elif checkpoint.weights_changed(entry):
+        why = "its weights changed since LiSER wrote them (their SHA-256 is not the one its config.json records)"
     else:
         return marker
     engine.run.warn(f"fitted-teacher store entry {entry} not used: {why}; fitting again [{fit_key[:12]}]")
