@@ -54,3 +54,32 @@ def test_past_the_patience_the_run_stops_naming_step_and_terms(run_tiny):
     msg = str(e.value)
     assert "epoch 1, step 4" in msg and "sometimes_nan=nan" in msg and "patience 3" in msg
     assert "learning rate" in msg  # how to debug
+
+
+def test_a_teacher_with_non_finite_outputs_is_one_error_naming_it_and_a_clip(run_tiny):
+    """A teacher whose logits turn NaN (broken weights) while labeling: a ComponentError naming
+    the teacher and a clip, nothing distilled from it (was: a store ValueError's traceback)."""
+    from liser_common.errors import ComponentError
+    from liser_core import ModelOutput
+    from liser_plugins.cnn_teachers import AudioCNNTeacher
+
+    class Broken(AudioCNNTeacher):
+        calls = 0
+
+        def forward(self, batch):
+            out = super().forward(batch)
+            Broken.calls += 1
+            if Broken.calls > 2:  # after the preflight probe
+                return ModelOutput(out.logits * float("nan"), out.embedding)
+            return out
+
+    class BrokenPlugin:
+        @hookimpl
+        def liser_register_teachers(self, registry):
+            registry.register("broken_cnn", Broken)
+
+    h = load_plugins()
+    h.add("broken", BrokenPlugin())
+    with pytest.raises(ComponentError, match=r"teacher broken_cnn: its logits are not finite \(NaN or inf\) on clip \S+"):
+        run_tiny(host=h, overrides=["teachers=[{name: broken_cnn, fit: {epochs: 1, batch_size: 16}, "
+                                    "options: {channels: [4, 8], hidden: 16}}]"])

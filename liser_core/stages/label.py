@@ -180,6 +180,15 @@ def label_clips(engine: Engine, clips: list[Clip], models, store, diagnostic: st
                     with autocast(run.device, engine.precision) if store is None else contextlib.nullcontext():
                         lo, em = forward(batch.to(run.device))  # (the store keeps full-precision outputs)
                     lo, em = lo.detach().float().cpu(), em.detach().float().cpu()  # (a view of a parameter needs grad)
+                    bad = (~torch.isfinite(lo)).any(1).nonzero().flatten().tolist()
+                    if bad:  # never stored, never distilled from: a broken teacher, named with its clip
+                        from ..errors import ComponentError
+
+                        raise ComponentError(
+                            f"teacher {name}: its logits are not finite (NaN or inf) on clip {clips[ids[bad[0]]].clip_id}"
+                            f"{f' and {len(bad) - 1} more in its batch' if len(bad) > 1 else ''}: its weights or that "
+                            "clip are broken (liser data check RECIPE opens every clip); nothing was stored for it"
+                        )
                     if store:
                         writers[name].add_many([keys[i] for i in ids], lo, em)
                     else:
