@@ -241,9 +241,9 @@ class FingerprintCache:
             os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             db = sqlite3.connect(self.path, timeout=30, check_same_thread=False, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS fp (key TEXT PRIMARY KEY, frames INTEGER NOT NULL, "
-                "z BLOB NOT NULL, w BLOB NOT NULL, sig BLOB NOT NULL)"
+            db.execute(  # fp2: rows with a check (an older version's table fp is left unread)
+                "CREATE TABLE IF NOT EXISTS fp2 (key TEXT PRIMARY KEY, frames INTEGER NOT NULL, "
+                "z BLOB NOT NULL, w BLOB NOT NULL, sig BLOB NOT NULL, chk TEXT NOT NULL)"
             )
             self._db = db
         except (sqlite3.Error, OSError) as exc:
@@ -257,8 +257,12 @@ class FingerprintCache:
             try:
                 for i in range(0, len(keys), 500):
                     chunk = list(keys[i : i + 500])
-                    q = f"SELECT key, frames, z, w, sig FROM fp WHERE key IN ({','.join('?' * len(chunk))})"
-                    for key, t, z, w, sig in self._db.execute(q, chunk):
+                    q = f"SELECT key, frames, z, w, sig, chk FROM fp2 WHERE key IN ({','.join('?' * len(chunk))})"
+                    for key, t, z, w, sig, chk in self._db.execute(q, chunk):
+                        if chk != _row_check(key, int(t), z, w, sig):  # edited or damaged: computed again
+                            log.warning("fingerprint cache %s: the row of %s does not match its check (edited or "
+                                        "damaged): its fingerprint is computed again", self.path, key[:16])
+                            continue
                         fp = _decode_row(int(t), z, w, sig)
                         if fp is not None:
                             out[key] = fp
@@ -271,13 +275,24 @@ class FingerprintCache:
             return
         rows = [(k, len(f.weights), f.frames.tobytes(), f.weights.tobytes(), f.signature.astype("<f4").tobytes())
                 for k, f in items]
+        rows = [(*r, _row_check(*r)) for r in rows]
         with self._lock:
             try:
                 with self._db:
                     self._db.execute("BEGIN")
-                    self._db.executemany("INSERT OR REPLACE INTO fp VALUES (?, ?, ?, ?, ?)", rows)
+                    self._db.executemany("INSERT OR REPLACE INTO fp2 VALUES (?, ?, ?, ?, ?, ?)", rows)
             except sqlite3.Error as exc:
                 log.debug("fingerprint cache write failed (%s)", exc)
+
+
+def _row_check(key: str, frames: int, z: bytes, w: bytes, sig: bytes) -> str:
+    """A row's check over its key and arrays: a row copied onto another key, edited or damaged
+    no longer matches it."""
+    h = hashlib.sha256(f"{key}\0{frames}\0".encode())
+    for part in (z, w, sig):
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(bytes(part))
+    return h.hexdigest()[:16]
 
 
 def _decode_row(t: int, z: bytes, w: bytes, sig: bytes) -> Fingerprint | None:

@@ -58,7 +58,8 @@ def stat_signature(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 
 class _DigestCache:
-    """path -> (stat signature, sha256), in memory and in ``cache_dir()/digests.sqlite3``."""
+    """path -> (stat signature, sha256), in memory and in ``cache_dir()/digests.sqlite3`` (each
+    row with a check over its path, signature and digest: :func:`_row_check`)."""
 
     def __init__(self):
         self._memory: dict[str, tuple[tuple, str]] = {}
@@ -106,10 +107,16 @@ class _DigestCache:
                 for i in range(0, len(ask), 500):
                     chunk = ask[i : i + 500]
                     q = f"SELECT path, sig, sha256 FROM files WHERE path IN ({','.join('?' * len(chunk))})"
-                    for path, sig_text, digest in db.execute(q, chunk):
-                        if sig_text == _sig_text(sigs[path]):
-                            out[path] = digest
-                            self._remember(path, sigs[path], digest)
+                    for path, sig_col, digest in db.execute(q, chunk):
+                        sig_text, sep, check = sig_col.partition("|")
+                        if sig_text != _sig_text(sigs[path]) or not sep:
+                            continue  # the file changed, or a row of an older version: hashed again
+                        if check != _row_check(path, sig_text, digest):  # edited or damaged: never trusted
+                            log.warning("digest cache %s: the row of %s does not match its check (edited or damaged): "
+                                        "the file is hashed again", self._db_path, path)
+                            continue
+                        out[path] = digest
+                        self._remember(path, sigs[path], digest)
             except sqlite3.Error:
                 pass
         return out
@@ -127,7 +134,8 @@ class _DigestCache:
                 with db:  # one transaction
                     db.execute("BEGIN")
                     db.executemany(
-                        "INSERT OR REPLACE INTO files VALUES (?, ?, ?)", [(p, _sig_text(s), d) for p, s, d in entries]
+                        "INSERT OR REPLACE INTO files VALUES (?, ?, ?)",
+                        [(p, f"{_sig_text(s)}|{_row_check(p, _sig_text(s), d)}", d) for p, s, d in entries],
                     )
             except sqlite3.Error as exc:
                 log.debug("digest cache write failed (%s)", exc)
@@ -140,6 +148,12 @@ class _DigestCache:
 
 def _sig_text(sig: tuple) -> str:
     return ":".join(str(int(x)) for x in sig)
+
+
+def _row_check(*fields: str) -> str:
+    """A row's check: a row edited by hand (a digest copied onto another file's row) or damaged
+    no longer matches it (not a defence against someone who recomputes it)."""
+    return hashlib.sha256("\0".join(fields).encode()).hexdigest()[:16]
 
 
 _CACHE = _DigestCache()

@@ -173,3 +173,43 @@ def test_swapped_files_are_hashed_again_not_read_from_the_digest_database(tmp_pa
     got = file_digests([a, b])
     assert got[str(a)] == hashlib.sha256(b"B" * 100).hexdigest() and got[str(b)] == hashlib.sha256(b"A" * 100).hexdigest()
 
+
+
+def test_a_digest_or_fingerprint_row_edited_by_hand_is_not_trusted(tmp_path, monkeypatch, caplog):
+    """digests.sqlite3 and fingerprints.sqlite3 rows carry a check over their key and value: a
+    digest copied onto another file's row (or a fingerprint onto another key's) is not used: the
+    file is hashed again, the fingerprint computed again, with a warning."""
+    import sqlite3
+
+    import numpy as np
+
+    from liser_cache import fingerprint, identity
+
+    monkeypatch.setenv("LISER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(identity, "RACY_NS", 0)
+    monkeypatch.setattr(identity, "_CACHE", identity._DigestCache())
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"A" * 100), b.write_bytes(b"B" * 100)
+    true = identity.file_digests([a, b])
+    db = sqlite3.connect(str(tmp_path / "cache" / "digests.sqlite3"))
+    a_digest = next(d for k, d in true.items() if k.endswith("a.bin"))
+    assert db.execute("UPDATE files SET sha256 = ? WHERE path LIKE '%b.bin'", (a_digest,)).rowcount == 1  # a's on b's row
+    db.commit(), db.close()
+    monkeypatch.setattr(identity, "_CACHE", identity._DigestCache())  # a new process: nothing in memory
+    with caplog.at_level(logging.WARNING, logger="liser.identity"):
+        assert identity.file_digests([a, b]) == true
+    assert "does not match its check" in caplog.text and "b.bin" in caplog.text
+
+    cache = fingerprint.FingerprintCache(tmp_path / "fp.sqlite3")
+    rng = np.random.default_rng(0)
+    fps = {k: fingerprint.compute(rng.standard_normal(16000).astype(np.float32), 16000) for k in ("k1", "k2")}
+    cache.put_many(list(fps.items()))
+    db = sqlite3.connect(str(tmp_path / "fp.sqlite3"))
+    row = db.execute("SELECT frames, z, w, sig, chk FROM fp2 WHERE key = 'k1'").fetchone()
+    db.execute("UPDATE fp2 SET frames = ?, z = ?, w = ?, sig = ?, chk = ? WHERE key = 'k2'", row)  # k1's row on k2
+    db.commit(), db.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="liser.fingerprint"):
+        got = fingerprint.FingerprintCache(tmp_path / "fp.sqlite3").get_many(["k1", "k2"])
+    assert list(got) == ["k1"] and np.array_equal(got["k1"].signature, fps["k1"].signature)
+    assert "does not match its check" in caplog.text

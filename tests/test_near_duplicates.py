@@ -191,7 +191,7 @@ def test_fingerprints_are_cached_by_content_without_pickle(tmp_path):
     import sqlite3
 
     with sqlite3.connect(tmp_path / "fp.sqlite3") as db:  # rows are raw arrays with their length, no pickle
-        rows = db.execute("SELECT frames, length(z), length(w), length(sig) FROM fp").fetchall()
+        rows = db.execute("SELECT frames, length(z), length(w), length(sig) FROM fp2").fetchall()
     assert sorted(rows) == sorted((len(f.weights), len(f.weights) * fpm.N_MELS, len(f.weights), 8 * fpm.N_MELS)
                                   for f in first)
 
