@@ -206,7 +206,14 @@ class Engine:
             "data.workers": self.workers,
             "loggers": sorted(str(k) for k in (cfg.loggers or {})),
             "run_dir": str(self.run.run_dir),
+            "code": self._code_label(),
         }
+
+    def _code_label(self) -> str:
+        """This session's code (LiSER and plugin versions, git commits): ``code_string``."""
+        if getattr(self, "_code", None) is None:
+            self._code = provenance.code_string(self.host.code_sources())
+        return self._code
 
     def check_start(self) -> str:
         """The checks that need no corpus, before it is built (read only, nothing written): the
@@ -297,11 +304,18 @@ class Engine:
                 k: v for k, v in self.state["sessions"][-1].items()
                 if k != "run_dir" and prev.get("sessions") and prev["sessions"][-1].get(k) != v
             }
+            code_before = prev["sessions"][-1].get("code") if prev.get("sessions") else None
+            changed.pop("code", None)
             if changed:
                 log.warning(
                     "resumed with %s (recorded per stage in state/run.json; the recipe stays as it was started)",
                     ", ".join(f"{k}={v}" for k, v in changed.items()),
                 )
+            if code_before is not None and provenance.code_identity(code_before) != provenance.code_identity(
+                    self._code_label()):
+                self.run.flag("mixed_code", f"resumed under other code: its earlier stages ran with {code_before}, "
+                                            f"the rest runs with {self._code_label()} (recorded per stage in "
+                                            "state/run.json)")
         recipe_file = self.state_dir / "recipe.yaml"
         if prev is None or not recipe_file.is_file():  # the recipe as started: never rewritten on resume
             checkpoint.atomic_write_text(recipe_file, config_yaml(self.cfg))

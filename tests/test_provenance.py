@@ -100,3 +100,22 @@ def test_weights_liser_did_not_write_are_a_loud_warning_and_a_flag(rav, tmp_path
     third = recipe(tmp_path, rav, FOLD3, "f3.yaml")
     assert main(["run", str(third), f"teachers.0.checkpoint={foreign}", f"run_dir={tmp_path / 'f3'}"]) == 2
     assert "was fitted on test speaker(s) 09" in one_line_error(capsys)
+
+
+def test_a_run_resumed_under_other_code_is_flagged_mixed_code(run_tiny, tmp_path):
+    """Each session records its code (state/run.json); a run continued under another LiSER or
+    plugin version or commit is flagged mixed_code in its metrics (every table shows it)."""
+    ctx = run_tiny()
+    state_file = ctx.run_dir / "state" / "run.json"
+    state = json.loads(state_file.read_text())
+    assert state["sessions"][-1]["code"] and "liser=" in state["sessions"][-1]["code"]
+    assert "mixed_code" not in json.loads((ctx.run_dir / "metrics.json").read_text())["flags"]
+    # as if it had stopped before evaluating, under an older LiSER
+    state.update(status="running", completed=[s for s in state["completed"] if s != "evaluate"])
+    state["sessions"][-1]["code"] = "liser=0.0.1@0123456789ab"
+    state_file.write_text(json.dumps(state))
+    again = run_tiny()
+    metrics = json.loads((again.run_dir / "metrics.json").read_text())
+    assert "mixed_code" in metrics["flags"]
+    assert any("resumed under other code: its earlier stages ran with liser=0.0.1@0123456789ab" in w
+               for w in metrics["warnings"])
