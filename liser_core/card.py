@@ -42,8 +42,7 @@ def model_card(run_dir: str | Path, *, repo_id: str | None = None) -> str:
 
     run_dir = Path(run_dir)
     metrics = _read(run_dir / "metrics.json") or {}
-    # the recipe the engine recorded when the run started (config.yaml is a copy a user may have edited)
-    config = _read(run_dir / "state" / "recipe.yaml") or _read(run_dir / "config.yaml") or {}
+    config = _read(run_dir / "config.yaml") or {}
     student_cfg = _read(run_dir / "student" / "config.json") or {}
     splits = (_read(run_dir / "splits.json") or {}).get("splits", {})
     student = metrics.get("student") or {}

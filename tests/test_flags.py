@@ -176,27 +176,3 @@ def test_runs_naming_components_bare_or_qualified_are_one_recipe(subset_run, tmp
     (old / "config.yaml").write_text(text.replace("losses:kl", "kl").replace("logmel_cnn:logmel_cnn", "logmel_cnn"))
     assert main(["summarize", str(subset_run), str(old), "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["groups"]) == 1
-
-
-def test_the_model_card_describes_the_recipe_the_run_recorded_not_an_edited_config_yaml(subset_run, tmp_path):
-    """config.yaml is a copy for people; the card reads the recipe the engine recorded when the
-    run started (state/recipe.yaml), so a hand edit of config.yaml does not change what it says."""
-    import re
-    import shutil
-
-    import yaml
-
-    from liser_core.card import model_card
-
-    run = tmp_path / "run"
-    shutil.copytree(subset_run, run)
-    before = model_card(run)
-    recorded = yaml.safe_load((run / "state" / "recipe.yaml").read_text())
-    fold = recorded["data"]["options"]["fold"]
-    assert f"fold={fold}" in before
-    edited = (run / "config.yaml").read_text()
-    edited = re.sub(r"(\n\s+fold: )\S+", r"\g<1>99", edited, count=1)
-    assert "fold: 99" in edited
-    (run / "config.yaml").write_text(edited)
-    after = model_card(run)
-    assert after == before and "fold=99" not in after
