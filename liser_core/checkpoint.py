@@ -42,13 +42,11 @@ MARKER_KEY = "liser"
 
 
 def _sha256_file(path: Path) -> str:
-    import hashlib
+    from liser_common.trainstate import (
+        _sha256,  # the one file hash (training checkpoints' markers use it)
+    )
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return _sha256(Path(path))
 
 
 def weights_changed(directory: str | Path) -> bool:
