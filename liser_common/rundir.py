@@ -17,6 +17,10 @@
   (``README.liser-new.md``) with a line saying so.
 * **Room to write, checked first.** :func:`check_writable` and :func:`check_free` refuse a
   read-only or full run directory, store or cache before any work, in one line naming the path.
+* **A run's records are its own.** :func:`run_recipe` reads ``config.yaml`` (the recipe a card,
+  a summary or a quantization's test split is built from) only where it agrees with the recipe
+  the engine recorded in ``state/run.json`` when the run started; a hand edit since is refused
+  naming the keys (:func:`recipe_edits`), so no artifact describes a recipe the run did not run.
 * **Paths stay inside.** :func:`safe_name` checks a name before it becomes a path segment
   (a teacher called ``../../evil`` writes nowhere), and :func:`inside` that a path is under its
   root.
@@ -35,6 +39,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from .errors import UsageError
 
@@ -53,6 +58,66 @@ def safe_name(name: str, what: str = "name") -> str:
     if not isinstance(name, str) or not _SAFE.fullmatch(name) or ".." in name:
         raise UsageError(f"{what} {name!r} cannot name a file: use letters, digits and _ . + - (no '..', no '/')")
     return name
+
+
+def first_party_plugins() -> set[str]:
+    """Entry-point names of LiSER's own plugins (read from the installed metadata, nothing imported)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name for ep in entry_points(group="liser") if ep.value.startswith("liser_plugins")}
+
+
+def recipe_edits(run_dir: Path, cfg: Any) -> list[str]:
+    """Keys where ``cfg`` (a run's ``config.yaml``, as read) differs from the recipe its engine
+    recorded in ``state/run.json``; [] when they agree or no record exists (runs older than the
+    record). First-party components compare bare: either side may name them ``losses:kl``."""
+    from .provenance import comparable, diff_keys
+
+    try:
+        recorded = json.loads((Path(run_dir) / "state" / "run.json").read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(recorded, dict) or not isinstance(cfg, dict):
+        return []
+    ours = first_party_plugins()
+
+    def bare(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: bare(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [bare(v) for v in node]
+        if isinstance(node, str):
+            plugin, sep, name = node.partition(":")
+            return name if sep and plugin in ours else node
+        return node
+
+    try:
+        return sorted(diff_keys(comparable(bare(recorded)), comparable(bare(cfg))))
+    except Exception:  # noqa: BLE001 - a foreign or partial record: nothing to compare
+        return []
+
+
+def edited_message(run_dir: Path, keys: list[str]) -> str:
+    return (f"{Path(run_dir) / 'config.yaml'} differs from the recipe the run recorded (state/run.json) at "
+            f"{', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''}: it was edited since the run, and "
+            "its scores are not that recipe's")
+
+
+def run_recipe(run_dir: Path) -> dict[str, Any] | None:
+    """A run's ``config.yaml`` as a mapping (None when it has none), refused with a
+    :class:`UsageError` naming the keys when it was edited since the run (:func:`recipe_edits`)."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise UsageError(f"{path}: unreadable ({err})") from None
+    if edited := recipe_edits(run_dir, cfg):
+        raise UsageError(edited_message(run_dir, edited) + "; put it back as the run wrote it")
+    return cfg
 
 
 def inside(root: Path, path: Path) -> Path:

@@ -36,13 +36,17 @@ def _protocol(config: dict) -> str:
     return ", ".join(parts) or "the corpus's default splits"
 
 
-def model_card(run_dir: str | Path, *, repo_id: str | None = None) -> str:
-    """The model card of ``run_dir/student`` as text (YAML front matter + Markdown)."""
+def model_card(run_dir: str | Path, *, repo_id: str | None = None, config: dict | None = None) -> str:
+    """The model card of ``run_dir/student`` as text (YAML front matter + Markdown).
+    ``config``: the run's recipe (the engine passes the one it ran); by default the run's
+    ``config.yaml``, refused when edited since the run (:func:`liser_common.rundir.run_recipe`)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from liser_common.rundir import run_recipe
 
     run_dir = Path(run_dir)
     metrics = _read(run_dir / "metrics.json") or {}
-    config = _read(run_dir / "config.yaml") or {}
+    config = (config if config is not None else run_recipe(run_dir)) or {}
     student_cfg = _read(run_dir / "student" / "config.json") or {}
     splits = (_read(run_dir / "splits.json") or {}).get("splits", {})
     student = metrics.get("student") or {}
@@ -215,10 +219,10 @@ def _flag_lines(flags: list[str]) -> str:
                                for line in describe_flags(flags)])
 
 
-def write_model_card(run_dir: str | Path, *, repo_id: str | None = None) -> Path:
+def write_model_card(run_dir: str | Path, *, repo_id: str | None = None, config: dict | None = None) -> Path:
     """Write ``run_dir/student/README.md`` (atomically) and return the path written. A card
     edited since LiSER wrote it (or one LiSER has no record of) is kept, and the new card goes
     to ``student/README.liser-new.md`` with a warning (:func:`liser_common.rundir.write_editable`)."""
     from liser_common.rundir import write_editable
 
-    return write_editable(Path(run_dir), "student/README.md", model_card(run_dir, repo_id=repo_id))
+    return write_editable(Path(run_dir), "student/README.md", model_card(run_dir, repo_id=repo_id, config=config))

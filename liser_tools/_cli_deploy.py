@@ -279,7 +279,7 @@ def cmd_export(args, host) -> int:
     if args.quantize and args.fmt != "onnx":
         raise UsageError(f"--quantize {args.quantize} needs --format onnx (not {args.fmt})")
     if args.quantize:  # what the int8 step needs, checked before the float export is written
-        from .quantize import calibration_files
+        from .quantize import calibration_files, run_dir_of
 
         try:
             import onnxruntime  # noqa: F401
@@ -287,6 +287,10 @@ def cmd_export(args, host) -> int:
             raise UsageError("--quantize int8 needs onnxruntime: pip install 'liser[export]'") from None
         calibration_files(args.checkpoint, args.quantize_mode, args.calibrate)
         check_replaceable(output, int8_path(output))
+        if (run_dir := run_dir_of(args.checkpoint)) is not None:  # its test split and card come from its recipe
+            from liser_common.rundir import run_recipe
+
+            run_recipe(run_dir)
     meta = export(args.checkpoint, output, args.fmt, host=host, window_seconds=args.window)
     if meta.get("not_delegated"):
         print(f"run outside the XNNPACK delegate (ExecuTorch's portable kernels): {', '.join(meta['not_delegated'])}")

@@ -32,7 +32,7 @@ from liser_common.provenance import (
     comparable,
     diff_keys,
 )
-from liser_common.rundir import safe_name
+from liser_common.rundir import edited_message, first_party_plugins, recipe_edits, safe_name
 from liser_common.stats import MIN_REPEATS, paired_comparison, t_interval
 from liser_core.errors import UsageError
 from liser_core.guards import describe_flags
@@ -140,44 +140,9 @@ def load_run(path: Path) -> dict[str, Any]:
         out["skipped"] = f"status {m.get('status')!r}" + (f": {m['error']}" if m.get("error") else "")
     elif not models:
         out["skipped"] = "no model was evaluated"
-    elif (edited := _edited_keys(path, cfg)):
-        out["skipped"] = (f"config.yaml differs from the recipe the run recorded (state/run.json) at "
-                          f"{', '.join(edited[:6])}: edited since the run; its scores are not that recipe's")
+    elif (edited := recipe_edits(path, cfg)):
+        out["skipped"] = edited_message(path, edited)
     return out
-
-
-def _edited_keys(path: Path, cfg: Any) -> list[str]:
-    """Keys where a run's ``config.yaml`` (what summaries group by) differs from the recipe its
-    engine recorded in ``state/run.json``; [] when they agree or no record exists (older runs)."""
-    try:
-        recorded = json.loads((path / "state" / "run.json").read_text()).get("config")
-    except (OSError, ValueError, AttributeError):
-        return []
-    if not isinstance(recorded, dict) or not isinstance(cfg, dict):
-        return []
-    try:
-        ours = _first_party_plugins()
-
-        def bare(node: Any) -> Any:  # "losses:kl" -> "kl": either side may name first-party components qualified
-            if isinstance(node, dict):
-                return {k: bare(v) for k, v in node.items()}
-            if isinstance(node, list):
-                return [bare(v) for v in node]
-            if isinstance(node, str):
-                plugin, sep, name = node.partition(":")
-                return name if sep and plugin in ours else node
-            return node
-
-        return sorted(diff_keys(comparable(bare(recorded)), comparable(bare(cfg))))
-    except Exception:  # noqa: BLE001 - a foreign or partial record: nothing to compare
-        return []
-
-
-def _first_party_plugins() -> set[str]:
-    """Entry-point names of LiSER's own plugins (read from the installed metadata, nothing imported)."""
-    from importlib.metadata import entry_points
-
-    return {ep.name for ep in entry_points(group="liser") if ep.value.startswith("liser_plugins")}
 
 
 def _bare_first_party(cfg: Any) -> Any:
@@ -189,7 +154,7 @@ def _bare_first_party(cfg: Any) -> Any:
 
     try:
         node = OmegaConf.create(cfg)
-        ours = _first_party_plugins()
+        ours = first_party_plugins()
         for key, _kind, name in component_sites(node):
             plugin, sep, bare = name.rpartition(":")
             if sep and plugin in ours:

@@ -219,6 +219,7 @@ def run_clips(run_dir: str | Path, splits: Sequence[str], sample_rate: int, *, h
     import torchaudio.functional as AF
 
     from liser_core._plugins import load_plugins
+    from liser_common.rundir import run_recipe
     from liser_core.config import load_recipe, plain
     from liser_core.engine import build_component
 
@@ -230,6 +231,7 @@ def run_clips(run_dir: str | Path, splits: Sequence[str], sample_rate: int, *, h
     if limit is not None and len(wanted) > limit:
         step = len(wanted) / limit
         wanted = [wanted[int(i * step)] for i in range(limit)]
+    run_recipe(run_dir)  # refused when edited since the run: the corpus would not be the run's
     host = host or load_plugins()
     cfg = load_recipe(run_dir / "config.yaml", [])
     corpus = build_component(host.registries.dataset, cfg.data.name, plain(cfg.data.options), "data.options",

@@ -270,6 +270,28 @@ def test_export_replaces_only_its_own_files_and_checks_everything_before_writing
     (ckpt / "student.int8.onnx.json").write_text(json.dumps(record))
 
 
+def test_int8_export_of_a_run_whose_recipe_was_edited_is_refused_before_writing(tiny_run, tmp_path, capsys):
+    """The int8 step scores the run's test split rebuilt from config.yaml and rewrites the card
+    from it: edited since the run, both would describe another recipe. Refused, naming the key."""
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    import yaml
+
+    from liser_tools.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("student.*onnx*", "quantization.json"))
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["seed"] = int(cfg["seed"]) + 1
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    before = {p: p.read_bytes() for p in (run / "student").iterdir()}
+    assert main(["export", str(run / "student"), "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert "config.yaml differs from the recipe the run recorded (state/run.json) at seed" in err
+    assert {p: p.read_bytes() for p in (run / "student").iterdir()} == before  # nothing written
+
+
 # ---------------------------------------------------------------------------------------------
 # item 2: streaming
 # ---------------------------------------------------------------------------------------------

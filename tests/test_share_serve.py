@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import yaml
 
 from liser_core import Student
 from liser_tools.cli import main
@@ -64,6 +65,26 @@ def test_every_saved_student_gets_a_model_card_from_its_run(run_dir):
     for teacher in metrics["teachers"]:
         assert f"| {teacher} |" in card.text  # each teacher with its card
     assert "speaker-independent" in card.text and "Student.from_pretrained" in card.text
+
+
+def test_a_card_is_never_made_from_a_recipe_edited_since_the_run(run_dir, tmp_path):
+    """config.yaml edited after the run (a protocol option): the card would describe a recipe the
+    run did not run. Made again from the files it is refused naming the key; nothing is written."""
+    from liser_core.card import model_card, write_model_card
+    from liser_core.errors import UsageError
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    assert model_card(run) == (run / "student" / "README.md").read_text()  # the run's card: the same from its files
+    before = (run / "student" / "README.md").read_bytes()
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"]["options"]["test_speakers"] = 4
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(UsageError, match=r"config.yaml differs from the recipe the run recorded .* data.options.test_speakers"):
+        model_card(run)
+    with pytest.raises(UsageError, match="data.options.test_speakers"):
+        write_model_card(run)
+    assert (run / "student" / "README.md").read_bytes() == before and not (run / "student" / "README.liser-new.md").exists()
 
 
 # -- the Hub -------------------------------------------------------------------------------------

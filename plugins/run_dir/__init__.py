@@ -129,7 +129,11 @@ class RunDirWriter:
         if not error and (run.run_dir / "student" / "config.json").is_file():
             from liser_core.card import write_model_card
 
-            write_model_card(run.run_dir)  # the student's model card, from the records just written
+            # the student's model card, from the records just written and the recipe this run ran
+            # (config.yaml is the recipe as started; a hand edit of it since does not reach the card)
+            from liser_common.provenance import plain_config
+
+            write_model_card(run.run_dir, config=plain_config(qualified_config(run.config, run.host.registries)))
 
 
 def _speaker_intervals(e) -> dict:
