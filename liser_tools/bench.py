@@ -58,7 +58,7 @@ log = logging.getLogger("liser.bench")
 
 FIELDS = ["combination", "model", "role", "components", "accuracy", "uar", "macro_f1",
           "num_parameters", "train_seconds", "run_dir", "recipe_fingerprint", "flags",
-          "label_fraction", "labeled_clips", "code"]
+          "label_fraction", "labeled_clips", "code", "teacher_identity"]
 #: What each flag a table can show means (leaderboard.md, efficiency.md, report.html): the
 #: run-level flags of ``liser_core.guards.FLAGS``, with what a board adds to them.
 FLAG_NOTES = {
@@ -200,8 +200,22 @@ def rows_of_run(key: str, ctx) -> list[dict]:
             "label_fraction": (cfg.data.options or {}).get("label_fraction", ""),
             "labeled_clips": len(ctx.split("labeled")),
             "code": code_string(ctx.code),
+            "teacher_identity": teacher_identity(ctx, e.model) if e.role == "teacher" else "",
         })
     return rows
+
+
+def teacher_identity(ctx, name: str) -> str:
+    """What a teacher row's scores are a function of, so that two teachers with equal scores
+    are never taken for one on the leaderboard: the fingerprint of the teacher that scored the
+    test split (its weights, inputs and label space; with a store), else its fit key (a teacher
+    fitted in the run), else "" (a pretrained or checkpoint teacher without a store: rows then
+    merge by scores, components and size alone)."""
+    scored = (ctx.diagnostics.get("store_test") or {}).get(name) or {}
+    if scored.get("fingerprint"):
+        return f"outputs:{scored['fingerprint'][:16]}"
+    fit = (ctx.diagnostics.get("teacher_fits") or {}).get(name) or {}
+    return f"fit:{fit['fit_key'][:16]}" if fit.get("fit_key") else ""
 
 
 def run_dir_of(grid: Grid, key: str) -> Path:

@@ -9,7 +9,8 @@ Holm's method, and the table says so.
 * :func:`board_entries` -- the leaderboard's rows: mean, 95 % t-interval and n per (combination
   without the repeat axes, model); a teacher or the teachers' targets scored identically in
   several combinations (the same teacher set and fit: the student or label fraction does not
-  change them) is one row, its combination written with ``*`` for the axes it does not depend on;
+  change them: the same ``teacher_identity`` in every repeat where rows record it) is one row, its
+  combination written with ``*`` for the axes it does not depend on;
   each row's paired test against the best row (Holm-corrected over the board).
 * :func:`comparisons` -- distilled against labels-only for every combination; and for every axis
   that is not repeated (teacher sets, students, losses ...), each pair of its labels with the
@@ -70,8 +71,9 @@ def board_entries(rows: Sequence[Mapping[str, str]], repeat: Sequence[str]) -> l
     order: list[tuple] = []
     for (fixed, model), reps in groups.items():
         if model == "targets" or model.startswith("teacher:"):  # flags and size too: a flagged row never hides
+            # the same teacher too, in every repeat, where rows record its identity (results.csv's teacher_identity)
             sig = (model, next(iter(reps.values())).get("components", ""),
-                   tuple(sorted((rep, *(r[k] for k in METRICS), r.get("num_parameters", ""),
+                   tuple(sorted((rep, *(r[k] for k in METRICS), r.get("num_parameters", ""), r.get("teacher_identity") or "",
                                  tuple(sorted(_flags([r])))) for rep, r in reps.items())))
         else:
             sig = (fixed, model)

@@ -56,6 +56,16 @@ def test_grid_runs_every_combination_and_writes_the_leaderboard(grid_file, tmp_p
     diag = [json.loads((p / "metrics.json").read_text())["diagnostics"]["store"]
             for p in sorted((tmp_path / "out" / "runs").iterdir()) if "seed-s0" in p.name]
     assert sorted(d["face_cnn"]["labeled"] == 0 for d in diag) == [False, True]
+    # each teacher row names the teacher that scored it: one per teacher and seed across the
+    # losses (its fit reused), distinct between teachers and seeds; other rows name none
+    ident = {(r["model"], r["combination"].split(",")[1]): set() for r in rows if r["model"].startswith("teacher:")}
+    for r in rows:
+        if r["model"].startswith("teacher:"):
+            ident[(r["model"], r["combination"].split(",")[1])].add(r["teacher_identity"])
+        else:
+            assert r["teacher_identity"] == ""
+    assert all(len(v) == 1 and next(iter(v)).startswith("outputs:") for v in ident.values())
+    assert len({next(iter(v)) for v in ident.values()}) == len(ident) == 4
 
 
 def test_grid_resumes_and_extends(grid_file, tmp_path):

@@ -79,6 +79,23 @@ def test_few_repeats_are_said():
     assert "**n below 3**" in text
 
 
+def test_teacher_rows_merge_only_when_they_are_the_same_teacher():
+    """Equal scores are not enough: rows that record the teacher's identity (results.csv's
+    teacher_identity: the fingerprint of the teacher that scored the test split, or its fit key)
+    merge only when it is the same teacher in every repeat; rows without one merge as before."""
+    rows = _rows()
+    for r in rows:
+        if r["model"] == "teacher:t":
+            seed = r["combination"].rpartition("=")[2]
+            r["teacher_identity"] = f"outputs:{seed}" + ("-other" if r["combination"].startswith("student=b") else "")
+    teacher = [e for e in board_entries(rows, ["seed"]) if e["model"] == "teacher:t"]
+    assert sorted((e["combination"], e["same_in"]) for e in teacher) == [("student=*", 2), ("student=b", 1)]
+    for r in rows:
+        r["teacher_identity"] = r["teacher_identity"].replace("-other", "") if r["model"] == "teacher:t" else ""
+    teacher = [e for e in board_entries(rows, ["seed"]) if e["model"] == "teacher:t"]
+    assert [(e["combination"], e["same_in"]) for e in teacher] == [("student=*", 3)]
+
+
 def test_flags_reach_merged_rows_and_comparisons():
     """A flag on any row a table shows reaches it: a flagged teacher row is never merged into an
     unflagged one of the same scores, a merged row carries every member's flags, and a paired

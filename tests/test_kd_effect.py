@@ -18,7 +18,7 @@ def _run(tmp_path, seed, host):
             f"seed={seed}",
             f"run_dir={tmp_path / f'run{seed}'}",
             "loggers={run_dir: {confusion_png: false}}",
-            "data.options={classes: ravdess8, seconds: 0.8, frames: 6, teacher_speakers: 8, teacher_clips: 4,"
+            "data.options={classes: ravdess8, seconds: 0.8, frames: 6, teacher_speakers: 8, teacher_clips: 3,"
             " labeled_speakers: 2, labeled_clips: 2, unlabeled_speakers: 16, unlabeled_clips: 2,"
             " test_speakers: 8, test_clips: 2}",
             "teachers=[{name: face_cnn, fit: {epochs: 15, batch_size: 16, lr: 3.0e-3, weight_decay: 0.0}}]",
