@@ -154,12 +154,28 @@ def quantization_change(record: dict) -> str:
     return f", UAR {uar} points, WA {wa} points"
 
 
+def quantization_record(student_dir: str | Path) -> dict | None:
+    """``student/quantization.json`` (written by ``liser export --quantize int8``) when it was
+    measured on the weights the folder holds now (its ``weights_sha256``); None when there is
+    none, or it describes a student trained again or replaced since (or records no weights)."""
+    from .export import weights_digest
+
+    try:
+        record = _read(Path(student_dir) / "quantization.json")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or "int8" not in record:
+        return None
+    return record if record.get("weights_sha256") == weights_digest(student_dir) else None
+
+
 def quantization_section(student_dir: Path) -> str:
     """The card's "Quantization" section from ``student/quantization.json`` (written by
     ``liser export --quantize int8``, :mod:`liser_tools.quantize`): float32 against int8 side by
-    side, and every operator left in float with its reason; empty when never quantized."""
-    record = _read(Path(student_dir) / "quantization.json")
-    if not isinstance(record, dict) or "int8" not in record:
+    side, and every operator left in float with its reason; empty when never quantized, or when
+    the record describes other weights (:func:`quantization_record`)."""
+    record = quantization_record(student_dir)
+    if record is None:
         return ""
     f, q = record["float32"], record["int8"]
     test = "uar" in f

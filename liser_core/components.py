@@ -259,11 +259,17 @@ class Student(nn.Module):
             >>> student = Student.from_pretrained("runs/synth_kd/student")  # doctest: +SKIP
             >>> student = Student.from_pretrained("org/liser-ser-student")  # doctest: +SKIP
         """
-        from ._plugins import default_host
-        from .checkpoint import load_component, resolve_source
+        import logging
 
-        model = load_component(resolve_source(source, revision=revision), (host or default_host()).registries.student,
-                               kind="student")
+        from ._plugins import default_host
+        from .checkpoint import load_component, resolve_source, weights_changed
+
+        folder = resolve_source(source, revision=revision)
+        model = load_component(folder, (host or default_host()).registries.student, kind="student")
+        if weights_changed(folder):  # loaded as asked; what describes it (card, scores, exports) does not
+            logging.getLogger("liser").warning(
+                "%s/model.safetensors is not the file LiSER saved there (config.json records another SHA-256): "
+                "replaced since; the folder's model card, scores and exports describe other weights", folder)
         return model.eval()
 
     def push_to_hub(self, repo_id: str, *, run_dir=None, private: bool = False, api=None, onnx: bool = True) -> str:

@@ -10,7 +10,9 @@ their STFT operator). The exporter's per-node debug metadata is stripped from ON
 Exports take a mono waveform at the student's sample rate and contain the audio frontend
 (log-mel + normalisation): ``audio`` (batch, samples) float32 -> ``logits``, ``probs``
 (batch, classes). A sidecar ``<file>.json`` states the label order, sample rate, that the
-frontend is inside, and the window length to use.
+frontend is inside, the window length to use, the export's SHA-256 and that of the weights it
+was made from: :func:`export_mismatch` tells whether an export still belongs to the student
+folder it sits in (``liser predict``/``serve`` never score with a stale one).
 
 In ``liser_core`` (with :mod:`liser_core.card` and :mod:`liser_core.hub`) so that
 ``Student.push_to_hub`` exports without importing ``liser_tools``; ``liser_tools.deploy``
@@ -28,7 +30,7 @@ from .checkpoint import atomic_write_json, read_component_config, resolve_source
 from .components import Student
 from .errors import UsageError
 
-__all__ = ["check_replaceable", "compact_constants", "compact_names", "export", "file_sha256", "restore_constants",
+__all__ = ["check_replaceable", "compact_constants", "compact_names", "export", "export_mismatch", "file_sha256", "restore_constants",
            "sidecar", "sparsify_initializers", "strip_debug_metadata", "weights_digest"]
 
 #: float32 initializers from this many bytes with at least this share of zeros are stored as
@@ -109,6 +111,7 @@ def export(
     meta = {
         "format": fmt,
         "sha256": digest,  # the file LiSER wrote: another export may replace it (check_replaceable)
+        "weights_sha256": weights_digest(checkpoint),  # what it was made from (export_mismatch)
         "model": config["name"],
         "options": config["options"],
         "labels": list(student.label_space.classes),
@@ -151,6 +154,35 @@ def weights_digest(checkpoint: str | Path) -> str | None:
 
     path = Path(checkpoint) / WEIGHTS_NAME
     return file_sha256(path) if path.is_file() else None
+
+
+def export_mismatch(checkpoint: str | Path, path: str | Path) -> str | None:
+    """Why the export ``path`` is not the student in ``checkpoint`` (a folder) as it is now, or
+    None when it is: its sidecar must record the file's SHA-256 and that of the folder's
+    ``model.safetensors`` (an export made before the student was trained again, or beside other
+    weights, is stale), and the student's labels and sample rate."""
+    import json
+
+    from .checkpoint import CONFIG_NAME
+
+    path, checkpoint = Path(path), Path(checkpoint)
+    try:
+        meta = json.loads(sidecar(path).read_text())
+        config = json.loads((checkpoint / CONFIG_NAME).read_text())
+    except (OSError, ValueError):
+        return f"it has no readable {sidecar(path).name} (what it was exported from)"
+    if not isinstance(meta, dict) or not meta.get("weights_sha256"):
+        return f"{sidecar(path).name} does not record the weights it was exported from (an export of an older LiSER)"
+    if meta.get("sha256") != file_sha256(path):
+        return f"it changed since liser export wrote it ({sidecar(path).name} records another SHA-256)"
+    if meta["weights_sha256"] != weights_digest(checkpoint):
+        return "it was exported from other weights than the folder's model.safetensors (trained again or replaced since)"
+    classes = list(((config.get("label_space") or {}).get("classes")) or [])
+    if list(meta.get("labels") or []) != classes:
+        return f"its labels {meta.get('labels')} are not the student's {classes}"
+    if meta.get("sample_rate") != config.get("sample_rate"):
+        return f"its sample rate {meta.get('sample_rate')} is not the student's {config.get('sample_rate')}"
+    return None
 
 
 def check_replaceable(*paths: str | Path) -> None:

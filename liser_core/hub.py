@@ -123,6 +123,11 @@ def push(student_dir: str | Path, repo_id: str, *, private: bool = False, api=No
     if not (src / CONFIG_NAME).is_file() or not (src / WEIGHTS_NAME).is_file():
         raise UsageError(f"{src}: not a saved student (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
     read_component_config(src, "student")  # refuses a teacher or a foreign folder, naming why
+    from .checkpoint import weights_changed
+
+    if weights_changed(src):  # its config.json, card and scores would be uploaded beside other weights
+        raise UsageError(f"{src}/{WEIGHTS_NAME} is not the file LiSER saved there (its {CONFIG_NAME} records another "
+                         "SHA-256): the model card and scores describe other weights; push the folder LiSER wrote")
     if not HUB_ID.fullmatch(repo_id):
         raise UsageError(f"{repo_id!r} is not a Hub repository id (org/name)")
     seconds = hub_timeout(timeout)

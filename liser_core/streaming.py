@@ -51,18 +51,45 @@ class Hop:
         return out
 
 
-def check_stream(window: float, hop: float, smoothing: float) -> None:
-    """Usage errors for a window, hop and smoothing factor (one line each)."""
-    if not (math.isfinite(window) and window > 0):
-        raise UsageError(f"--window {window}: give a window length in seconds > 0")
+#: The shortest audio a student scores (a window, a clip, a whole stream): shorter is refused.
+MIN_SECONDS = 0.1
+
+
+def check_stream(window: float, hop: float, smoothing: float, *, query: bool = False) -> None:
+    """Usage errors for a window, hop and smoothing factor (one line each), named as command-line
+    options (``--hop 2.0``) or, with ``query``, as a WebSocket's query parameters (``?hop=2.0``)."""
+    def name(key: str, value: float) -> str:
+        return f"?{key}={value}" if query else f"--{key} {value}"
+
+    if not (math.isfinite(window) and window >= MIN_SECONDS):
+        raise UsageError(f"{name('window', window)}: give a window length in seconds >= {MIN_SECONDS}")
     if not (math.isfinite(hop) and 0 < hop <= window):
-        raise UsageError(f"--hop {hop}: give a hop in seconds > 0 and at most the window ({window:g} s)")
+        raise UsageError(f"{name('hop', hop)}: give a hop in seconds > 0 and at most the window ({window:g} s)")
     if not (math.isfinite(smoothing) and 0 <= smoothing < 1):
-        raise UsageError(f"--smoothing {smoothing}: give a factor in [0, 1) (0: no smoothing)")
+        raise UsageError(f"{name('smoothing', smoothing)}: give a factor in [0, 1) (0: no smoothing)")
+
+
+def as_chunk(chunk) -> np.ndarray:
+    """A chunk of a stream as mono float32 in [-1, 1], as files are read: float samples only
+    (integer PCM is refused rather than guessed: divide int16 by 32768), one channel (a
+    ``(n, 1)`` or ``(1, n)`` array is one), finite; values beyond full scale clipped."""
+    a = np.asarray(chunk)
+    if a.dtype.kind != "f":
+        raise UsageError(f"an audio chunk of {a.dtype} samples: give float samples in [-1, 1] "
+                         "(int16 PCM: divide by 32768)")
+    if a.ndim > 1 and sorted(a.shape)[:-1] != [1] * (a.ndim - 1):
+        raise UsageError(f"an audio chunk of shape {a.shape}: give mono samples (one dimension; average the "
+                         "channels of a multichannel chunk)")
+    a = a.astype(np.float32).reshape(-1)
+    if not np.isfinite(a).all():
+        raise UsageError("the audio chunk contains NaN or Inf samples")
+    return np.clip(a, -1.0, 1.0)
 
 
 class StreamRecognizer:
-    """Feed chunks of mono float32 audio at ``sample_rate`` with :meth:`push`; get the hops.
+    """Feed chunks of mono float audio at ``sample_rate`` with :meth:`push`; get the hops.
+    Chunks go through :func:`as_chunk` (float, mono, finite, clipped to [-1, 1], as files are
+    read); a stream shorter than :data:`MIN_SECONDS` is refused at its end.
 
     ``score`` maps a ``(1, samples)`` float32 array to the window's ``(C,)`` probabilities.
     """
@@ -96,9 +123,7 @@ class StreamRecognizer:
 
     def push(self, chunk: np.ndarray) -> list[Hop]:
         """Add samples; return the hops they complete (possibly none, possibly several)."""
-        chunk = np.asarray(chunk, dtype=np.float32).reshape(-1)
-        if not np.isfinite(chunk).all():
-            raise UsageError("the audio chunk contains NaN or Inf samples")
+        chunk = as_chunk(chunk)
         self._buffer = np.concatenate([self._buffer, chunk])
         hops = []
         while self.samples >= self._next_end:
@@ -116,6 +141,9 @@ class StreamRecognizer:
         n = self.samples
         if n == 0 or n == self._last_end:
             return []
+        if n < MIN_SECONDS * self.sample_rate:
+            raise UsageError(f"the stream ended after {n / self.sample_rate:.3g} s: too short to score "
+                             f"(at least {MIN_SECONDS} s)")
         if n < self.window:
             return [self._emit(0, n)]
         start = n - self.window
@@ -138,4 +166,4 @@ def latency_summary(hops: list[Hop], seconds: float) -> dict:
             "rtf": round(float(ms.sum() / 1e3 / seconds), 5) if seconds > 0 else None}
 
 
-__all__ = ["Hop", "StreamRecognizer", "check_stream", "latency_summary"]
+__all__ = ["MIN_SECONDS", "Hop", "StreamRecognizer", "as_chunk", "check_stream", "latency_summary"]

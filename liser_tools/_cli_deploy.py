@@ -279,14 +279,17 @@ def cmd_export(args, host) -> int:
     if args.quantize and args.fmt != "onnx":
         raise UsageError(f"--quantize {args.quantize} needs --format onnx (not {args.fmt})")
     if args.quantize:  # what the int8 step needs, checked before the float export is written
-        from .quantize import calibration_files, run_dir_of
+        from .quantize import calibration_files, check_calibration, check_quantization_record, run_dir_of
 
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
             raise UsageError("--quantize int8 needs onnxruntime: pip install 'liser[export]'") from None
-        calibration_files(args.checkpoint, args.quantize_mode, args.calibrate)
+        files = calibration_files(args.checkpoint, args.quantize_mode, args.calibrate)
+        check_calibration(args.checkpoint, files)  # every file decodes: the float export is not written for nothing
         check_replaceable(output, int8_path(output))
+        if _own(args, output):
+            check_quantization_record(Path(args.checkpoint), int8_path(output))
         if (run_dir := run_dir_of(args.checkpoint)) is not None:  # its test split and card come from its recipe
             from liser_common.rundir import run_recipe
 
@@ -300,6 +303,14 @@ def cmd_export(args, host) -> int:
     if args.quantize:
         _quantize(args, output, meta, host)
     return 0
+
+
+def _own(args, output) -> bool:
+    """Whether ``output`` is the student folder's own ``student.onnx`` (its record and card name it)."""
+    from pathlib import Path
+
+    return (Path(args.checkpoint).is_dir() and output.name == "student.onnx"
+            and output.resolve().parent == Path(args.checkpoint).resolve())
 
 
 def int8_path(output):
@@ -318,12 +329,14 @@ def _quantize(args, output, meta: dict, host) -> None:
     from .quantize import quantize_student, run_dir_of, summary_lines
 
     int8 = int8_path(output)
-    own = (Path(args.checkpoint).is_dir() and output.name == "student.onnx"
-           and output.resolve().parent == Path(args.checkpoint).resolve())  # the folder's own files (its card names them)
+    own = _own(args, output)
     record = quantize_student(args.checkpoint, output, int8, mode=args.quantize_mode, frontend=args.quantize_frontend,
                               calibrate=args.calibrate, host=host, record=own)
+    written = Path(args.checkpoint) / "quantization.json"
     atomic_write_json(sidecar(int8), {**meta, "sha256": file_sha256(int8), "quantization": record,
-                                      "weights_sha256": weights_digest(args.checkpoint)})
+                                      "weights_sha256": weights_digest(args.checkpoint),
+                                      # the student's record as LiSER wrote it: the next export may replace it
+                                      **({"quantization_sha256": file_sha256(written)} if own else {})})
     print(f"wrote {int8} (int8 {args.quantize_mode}; calibration: {record['calibration']})")
     print("\n".join(summary_lines(record)))
     if not own:

@@ -18,6 +18,7 @@ frontend is inside, and the window length to use.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,11 @@ import torch
 from liser_core.checkpoint import read_component_config, resolve_source
 from liser_core.components import Student
 from liser_core.errors import UsageError
-from liser_core.export import export  # moved to liser_core (Student.push_to_hub exports too)
+from liser_core.export import export, export_mismatch  # moved to liser_core (Student.push_to_hub exports too)
+from liser_core.streaming import MIN_SECONDS  # the shortest clip, window or stream scored: shorter ones are refused
 
-#: The shortest clip (and prediction window) scored: shorter ones are bad files.
-MIN_SECONDS = 0.1
+log = logging.getLogger("liser.deploy")
+
 #: The longest file ``liser predict`` scores unless ``--max-seconds`` says otherwise (the ONNX
 #: export's length limit too); longer ones are refused from their header, before decoding.
 DEFAULT_MAX_SECONDS = 3600.0
@@ -171,7 +173,8 @@ def expand_paths(paths: list[str | Path]) -> list[Path]:
         elif p.exists():
             out.append(p)
         else:
-            raise UsageError(f"{p}: no such file or folder")
+            hint = " (the microphone is a stream: liser predict STUDENT mic --stream)" if str(p) == "mic" else ""
+            raise UsageError(f"{p}: no such file or folder{hint}")
     return out
 
 
@@ -233,8 +236,19 @@ class Predictor:
                 if backend != "auto":
                     raise UsageError(f"backend {backend} needs onnxruntime: pip install 'liser[export]'") from None
                 ort = None
-            if ort is not None and onnx.is_file():
+            stale = export_mismatch(checkpoint, onnx) if ort is not None and onnx.is_file() else None
+            if stale and backend != "auto":
+                fix = f"liser export {checkpoint}" + (" --quantize int8" if backend == "int8" else "")
+                raise UsageError(f"{onnx}: not the student in {checkpoint}: {stale}; export it again ({fix}) "
+                                 "or use --backend torch")
+            if stale:
+                log.warning("%s not used: %s; scoring with PyTorch (liser export %s to use onnxruntime)",
+                            onnx, stale, checkpoint)
+            elif ort is not None and onnx.is_file():
                 self.session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+                width = next((o.shape[-1] for o in self.session.get_outputs() if o.name == "probs"), None)
+                if isinstance(width, int) and width != len(self.classes):
+                    raise UsageError(f"{onnx}: scores {width} classes, the student {len(self.classes)}: export it again")
             elif backend == "onnx":
                 raise UsageError(f"{onnx}: no ONNX export here (liser export {checkpoint})")
             elif backend == "int8":

@@ -350,6 +350,48 @@ def calibration_files(checkpoint: str | Path, mode: str, calibrate: str | Path |
     return []
 
 
+def check_calibration(checkpoint: str | Path, files: list[Path]) -> None:
+    """Every calibration file decodes, and some are long enough for the export (0.5 s): checked
+    before the float export is written (a usage error naming the first bad file)."""
+    from liser_core.checkpoint import read_component_config
+
+    from .deploy import read_audio
+
+    if not files:
+        return
+    rate = int(read_component_config(checkpoint, "student")["sample_rate"])
+    lengths = [len(read_audio(f, rate)) for f in files]  # read_audio names a bad file
+    if not any(n >= rate // 2 for n in lengths):
+        raise UsageError(f"--calibrate: none of its {len(files)} files lasts 0.5 s (the export's shortest input)")
+
+
+def check_quantization_record(student_dir: Path, int8: Path) -> None:
+    """Refuse to replace a ``quantization.json`` that LiSER did not write (or that was changed
+    since): its digest is in the int8 export's sidecar (records of older versions: a LiSER record
+    with no digest kept there)."""
+    from liser_core.export import file_sha256, sidecar
+
+    path = student_dir / "quantization.json"
+    if not path.exists():
+        return
+    try:
+        meta = json.loads(sidecar(int8).read_text())
+    except (OSError, ValueError):
+        meta = {}
+    recorded = meta.get("quantization_sha256") if isinstance(meta, dict) else None
+    if recorded is not None:
+        ours = path.is_file() and recorded == file_sha256(path)
+    else:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            record = None
+        ours = isinstance(record, dict) and {"int8", "float32", "mode"} <= record.keys()
+    if not ours:
+        raise UsageError(f"{path}: not written by liser export (or changed since); LiSER replaces only its own "
+                         "record: move it away, or export with -o elsewhere")
+
+
 def quantize_student(checkpoint: str | Path, float_path: str | Path, output: str | Path, *, mode: str = "static",
                      frontend: bool = False, calibrate: str | Path | None = None, host=None,
                      repeats: int = 30, record: bool = True) -> dict[str, Any]:
@@ -359,6 +401,7 @@ def quantize_student(checkpoint: str | Path, float_path: str | Path, output: str
     ``CHECKPOINT/quantization.json`` when the checkpoint is a folder (and ``record``). Returns
     the record."""
     from liser_core.checkpoint import atomic_write_json, read_component_config
+    from liser_core.export import weights_digest
 
     from .deploy import read_audio
 
@@ -387,6 +430,7 @@ def quantize_student(checkpoint: str | Path, float_path: str | Path, output: str
         "test": f"the run's test split ({len(test)} clips, each scored whole)" if test else
                 "not measured (no run records: pass the student folder of a run)",
         "speed": "median CPU ms of one 3 s clip on 1 thread, onnxruntime, the two models taking turns",
+        "weights_sha256": weights_digest(checkpoint),  # the student measured: a record of other weights is stale
         **compare(float_path, output, classes=classes, sample_rate=rate, test=test, repeats=repeats),
     }
     if record_to and Path(checkpoint).is_dir():

@@ -505,7 +505,9 @@ def _quantized(out: Path, rows: Sequence[Mapping[str, str]], roles: Mapping[str,
         return {}
     import tempfile
 
+    from liser_core.card import quantization_record
     from liser_core.errors import UsageError
+    from liser_core.export import weights_digest
 
     from .deploy import export
     from .quantize import quantize_student
@@ -523,9 +525,11 @@ def _quantized(out: Path, rows: Sequence[Mapping[str, str]], roles: Mapping[str,
         student_dir = Path(r["run_dir"]) / "student"
         if label in result or not (student_dir / "config.json").is_file():
             continue
-        if (student_dir / "quantization.json").is_file():
-            result[label] = json.loads((student_dir / "quantization.json").read_text())
+        if (record := quantization_record(student_dir)) is not None:  # measured on these very weights
+            result[label] = record
             continue
+        if cache.get(str(student_dir), {}).get("weights_sha256") != weights_digest(student_dir):  # none, or other weights
+            cache.pop(str(student_dir), None)
         if str(student_dir) not in cache:
             try:
                 with tempfile.TemporaryDirectory() as tmp:

@@ -168,10 +168,22 @@ def content_type_error(content_type: str | None) -> str | None:
 STREAM_FORMATS = {"f32": "<f4", "s16": "<i2"}
 
 
-def stream_options(query) -> dict:
+#: The query parameters ``/stream`` takes.
+STREAM_PARAMS = ("window", "hop", "smoothing", "format")
+
+
+def stream_options(query, max_seconds: float | None = None) -> dict:
     """Window, hop, smoothing and sample format of a ``/stream`` connection from its query
     string; a :class:`UsageError` naming the parameter otherwise."""
     from liser_core.streaming import check_stream
+
+    items = list(query.multi_items()) if hasattr(query, "multi_items") else list(dict(query).items())
+    keys = [k for k, _ in items]
+    for key in keys:  # a typo or a second value is never silently replaced by a default
+        if key not in STREAM_PARAMS:
+            raise UsageError(f"?{key}: not a /stream parameter (give {', '.join(STREAM_PARAMS)})")
+        if keys.count(key) > 1:
+            raise UsageError(f"?{key} is given {keys.count(key)} times: give it once")
 
     def number(key: str, default: float) -> float:
         try:
@@ -183,7 +195,10 @@ def stream_options(query) -> dict:
     if fmt not in STREAM_FORMATS:
         raise UsageError(f"?format={fmt!r}: choose f32 (little-endian float32) or s16 (little-endian int16)")
     opts = {"window": number("window", 1.0), "hop": number("hop", 0.25), "smoothing": number("smoothing", 0.5)}
-    check_stream(opts["window"], opts["hop"], opts["smoothing"])
+    check_stream(opts["window"], opts["hop"], opts["smoothing"], query=True)
+    if max_seconds is not None and opts["window"] > max_seconds:
+        raise UsageError(f"?window={opts['window']:g}: longer than a stream may last here ({max_seconds:g} s, "
+                         "liser serve --max-seconds): no window could be scored")
     return {**opts, "format": fmt}
 
 
@@ -206,6 +221,10 @@ def make_app(service: Service, *, concurrency: int = 2):
         return HTMLResponse(page)
 
     async def predict(request: Request):
+        if request.query_params:  # a parameter it does not take is never silently ignored
+            return error_response(400, f"POST /predict takes no query parameters (got "
+                                       f"{', '.join('?' + k for k in request.query_params)}): the window is the "
+                                       "service's (liser serve --window)")
         if reason := content_type_error(request.headers.get("content-type")):
             return error_response(415, reason)
         declared = request.headers.get("content-length")
@@ -248,7 +267,7 @@ def make_app(service: Service, *, concurrency: int = 2):
             await ws.close(code)
 
         try:
-            opts = stream_options(ws.query_params)
+            opts = stream_options(ws.query_params, service.max_seconds)
         except UsageError as exc:
             return await fail(400, str(exc), 1008)
         predictor, classes = service.predictor, service.predictor.classes
@@ -305,6 +324,8 @@ def make_app(service: Service, *, concurrency: int = 2):
                     await answer(await run_in_threadpool(recognizer.push, chunk))
         except WebSocketDisconnect:
             return
+        except UsageError as exc:  # the stream's own fault (too short to score): said, not a 500
+            return await fail(400, str(exc), 1008)
         except Exception as exc:  # noqa: BLE001 - the service's own failure: logged, answered
             log.exception("WS /stream failed")
             return await fail(500, f"the service failed on this stream ({type(exc).__name__}); its log has the "

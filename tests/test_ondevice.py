@@ -270,6 +270,78 @@ def test_export_replaces_only_its_own_files_and_checks_everything_before_writing
     (ckpt / "student.int8.onnx.json").write_text(json.dumps(record))
 
 
+def test_exports_and_records_of_other_weights_are_never_used(tiny_run, tmp_path, capsys, caplog):
+    """The student trained again in its folder: its ONNX and int8 exports and its quantization
+    record describe the weights before. predict/serve refuse them when asked for by name and
+    fall back to PyTorch (saying so) when choosing; the card drops the stale section. Weights
+    swapped in by hand: loading warns, push refuses. A user's quantization.json and a bad
+    calibration file are refused before anything is written."""
+    pytest.importorskip("onnxruntime")
+    import logging
+    import shutil
+
+    import soundfile as sf
+
+    from liser_core.card import model_card, quantization_record
+    from liser_core.errors import UsageError
+    from liser_core.hub import push
+    from liser_tools.cli import main
+    from liser_tools.deploy import Predictor
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run.run_dir, run, ignore=shutil.ignore_patterns("student.*onnx*", "quantization.json"))
+    ckpt = run / "student"
+    (ckpt / "quantization.json").write_text('{"my": "own notes"}')  # the user's file
+    assert main(["export", str(ckpt), "--quantize", "int8"]) == 2
+    assert "quantization.json: not written by liser export" in capsys.readouterr().err
+    assert (ckpt / "quantization.json").read_text() == '{"my": "own notes"}' and not (ckpt / "student.onnx").exists()
+    (ckpt / "quantization.json").unlink()
+    cal = tmp_path / "cal"
+    cal.mkdir()
+    sf.write(cal / "a.wav", clips(1)[0], 16000)
+    (cal / "b.wav").write_bytes(b"")  # a bad file among good ones: named before the float export is written
+    assert main(["export", str(ckpt), "-o", str(tmp_path / "c.onnx"), "--quantize", "int8", "--calibrate", str(cal)]) == 2
+    assert "b.wav" in capsys.readouterr().err and not (tmp_path / "c.onnx").exists()
+
+    assert main(["export", str(ckpt), "--quantize", "int8"]) == 0
+    assert main(["export", str(ckpt), "--quantize", "int8"]) == 0  # its own record: replaced
+    assert quantization_record(ckpt) is not None and "## Quantization" in model_card(run)
+    assert Predictor(ckpt, backend="onnx").backend == "onnx"
+    student = Student.from_pretrained(ckpt, host=HOST)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.01)
+    student.save_pretrained(ckpt)  # trained again, saved as a run saves it
+    for backend, fix in (("onnx", f"liser export {ckpt})"), ("int8", "--quantize int8)")):
+        with pytest.raises(UsageError, match=f"exported from other weights .* export it again .*{re.escape(fix)}"):
+            Predictor(ckpt, backend=backend)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert Predictor(ckpt, backend="auto").backend == "torch"  # liser serve's choice: PyTorch, said
+    assert "student.onnx not used" in caplog.text
+    assert quantization_record(ckpt) is None and "## Quantization" not in model_card(run)
+    capsys.readouterr()
+    assert main(["export", str(ckpt)]) == 0 and Predictor(ckpt, backend="onnx").backend == "onnx"  # exported again
+    meta = json.loads((ckpt / "student.onnx.json").read_text())
+    (ckpt / "student.onnx.json").write_text(json.dumps({**meta, "labels": meta["labels"][::-1]}))
+    with pytest.raises(UsageError, match="its labels .* are not the student's"):
+        Predictor(ckpt, backend="onnx")
+
+    other = tmp_path / "other"
+    shutil.copytree(ckpt, other)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.01)
+    student.save_pretrained(other)
+    shutil.copy2(other / "model.safetensors", ckpt / "model.safetensors")  # swapped by hand: config.json not
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        Student.from_pretrained(ckpt, host=HOST)
+    assert "model.safetensors is not the file LiSER saved there" in caplog.text
+    with pytest.raises(UsageError, match="is not the file LiSER saved there .* push the folder LiSER wrote"):
+        push(ckpt, "org/name", api=object())
+
+
 def test_int8_export_of_a_run_whose_recipe_was_edited_is_refused_before_writing(tiny_run, tmp_path, capsys):
     """The int8 step scores the run's test split rebuilt from config.yaml and rewrites the card
     from it: edited since the run, both would describe another recipe. Refused, naming the key."""
@@ -335,6 +407,28 @@ def test_stream_equals_offline_windowed_prediction(chunk, tmp_path):
     assert np.array_equal(np.stack([h.probs for h in again]), np.stack([h.probs for h in hops]))
 
 
+def test_stream_chunks_are_read_as_files_are(tmp_path):
+    """Student.stream and every stream take float mono chunks: integer PCM and multichannel
+    chunks are refused naming what to do, a (n, 1) chunk is mono, samples beyond full scale are
+    clipped as a file's are, and a stream too short to score is refused at its end (a torch
+    student crashed on 20 ms, an ONNX one scored it)."""
+    from liser_core.errors import UsageError
+
+    student = saved_student("logmel_cnn", tmp_path / "student")
+    audio = np.concatenate(clips(2, seconds=1.0, seed=5))
+    with pytest.raises(UsageError, match="int16 samples: give float samples in .-1, 1. .int16 PCM: divide by 32768"):
+        list(student.stream([(audio * 32767).astype(np.int16)]))
+    with pytest.raises(UsageError, match=r"shape \(33600, 2\): give mono samples"):
+        list(student.stream([np.stack([audio, audio], 1)]))
+    mono = [h.probs for h in student.stream([audio])]
+    assert np.array_equal(np.stack([h.probs for h in student.stream([audio[:, None]])]), np.stack(mono))
+    loud = [h.probs for h in student.stream([audio * 50])]
+    clipped = [h.probs for h in student.stream([np.clip(audio * 50, -1, 1)])]
+    assert np.array_equal(np.stack(loud), np.stack(clipped))
+    with pytest.raises(UsageError, match="the stream ended after 0.02 s: too short to score .at least 0.1 s."):
+        list(student.stream([audio[:320]]))
+
+
 def test_cli_predict_stream(tmp_path, capsys):
     import soundfile as sf
 
@@ -356,6 +450,10 @@ def test_cli_predict_stream(tmp_path, capsys):
     assert "latency per hop p50" in captured.err and "real-time factor" in captured.err
     assert main(["predict", ckpt, str(tmp_path / "long.wav"), "--stream", "--hop", "2"]) == 2
     assert "--hop 2.0: give a hop in seconds > 0 and at most the window (1 s)" in capsys.readouterr().err
+    sf.write(tmp_path / "short.wav", audio[:320], 16000, subtype="FLOAT")  # 20 ms: one line, exit 2 (was a traceback)
+    assert main(["predict", ckpt, str(tmp_path / "short.wav"), "--stream"]) == 2
+    err = capsys.readouterr().err
+    assert "too short to score (at least 0.1 s)" in err and "Traceback" not in err
 
 
 def test_websocket_stream_on_a_real_socket(tmp_path):
@@ -409,10 +507,37 @@ def test_websocket_stream_on_a_real_socket(tmp_path):
         assert np.abs(np.array([first["probs"][c] for c in service.predictor.classes]) - offline[0].numpy()).max() < 0.02
         with connect(f"ws://127.0.0.1:{port}/stream?hop=5", open_timeout=20) as ws:
             assert json.loads(ws.recv(timeout=30)) == {
-                "error": "--hop 5.0: give a hop in seconds > 0 and at most the window (1 s)", "status": 400}
+                "error": "?hop=5.0: give a hop in seconds > 0 and at most the window (1 s)", "status": 400}
             with pytest.raises(ConnectionClosed) as closed:
                 ws.recv(timeout=30)
             assert closed.value.rcvd.code == 1008
+        # a typo, a repeated parameter, a window no stream here can fill, a stream too short to score:
+        # each refused naming it (none silently replaced by a default, none a 500)
+        for query, says, send in (("?hops=0.5", "?hops: not a /stream parameter", None),
+                                  ("?window=1&window=2", "?window is given 2 times", None),
+                                  ("?window=1000", "?window=1000: longer than a stream may last here", None),
+                                  ("", "the stream ended after 0.000625 s: too short to score", bytes(40))):
+            with connect(f"ws://127.0.0.1:{port}/stream{query}", open_timeout=20) as ws:
+                if send is not None:
+                    ws.send(send)
+                    ws.send("end")
+                error = json.loads(ws.recv(timeout=30))
+                assert error["status"] == 400 and says in error["error"], (query, error)
+                with pytest.raises(ConnectionClosed) as closed:
+                    ws.recv(timeout=30)
+                assert closed.value.rcvd.code == 1008
+        import urllib.error
+        import urllib.request
+
+        wav = tmp_path / "q.wav"
+        import soundfile as sf
+
+        sf.write(wav, audio, 16000)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/predict?window=0.5", data=wav.read_bytes(),
+                                         headers={"Content-Type": "audio/wav"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=30)
+        assert refused.value.code == 400 and "takes no query parameters (got ?window)" in refused.value.read().decode()
         with connect(f"ws://127.0.0.1:{port}/stream", open_timeout=20) as ws:
             ws.send(b"abc")  # 3 bytes: not whole float32 samples
             assert json.loads(ws.recv(timeout=30))["status"] == 400
