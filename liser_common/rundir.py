@@ -21,6 +21,9 @@
   a summary or a quantization's test split is built from) only where it agrees with the recipe
   the engine recorded in ``state/run.json`` when the run started; a hand edit since is refused
   naming the keys (:func:`recipe_edits`), so no artifact describes a recipe the run did not run.
+* **Records are checked.** A run's ``metrics.json`` (its scores) is recorded in
+  ``.liser-written.json`` as written (:func:`record_written`); summaries and model cards refuse
+  one changed since (:func:`changed_since_written`).
 * **Paths stay inside.** :func:`safe_name` checks a name before it becomes a path segment
   (a teacher called ``../../evil`` writes nowhere), and :func:`inside` that a path is under its
   root.
@@ -225,12 +228,7 @@ def write_editable(root: Path, rel: str, text: str) -> Path:
 
     root, path = Path(root), Path(root) / rel
     record_path = root / WRITTEN
-    try:
-        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-        if not isinstance(record, dict):
-            record = {}
-    except (OSError, ValueError):
-        record = {}
+    record = _written(root)
     data = text.encode()
     target = path
     if path.exists() or path.is_symlink():
@@ -246,6 +244,37 @@ def write_editable(root: Path, rel: str, text: str) -> Path:
         record[rel] = _sha256(data)
         atomic_write_json(record_path, record)
     return target
+
+
+def _written(root: Path) -> dict:
+    """``root/.liser-written.json``: relative path -> SHA-256 of the bytes LiSER wrote there."""
+    try:
+        record = json.loads((Path(root) / WRITTEN).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def record_written(root: Path, rel: str) -> None:
+    """Record the SHA-256 of ``root/rel`` as LiSER just wrote it (a run's ``metrics.json``):
+    :func:`changed_since_written` tells a hand edit from LiSER's record later."""
+    from liser_cache.files import atomic_write_json
+
+    record = _written(root)
+    record[rel] = _sha256((Path(root) / rel).read_bytes())
+    atomic_write_json(Path(root) / WRITTEN, record)
+
+
+def changed_since_written(root: Path, rel: str) -> bool:
+    """Whether ``root/rel`` differs from what LiSER recorded writing there (False when nothing
+    is recorded: runs older than the record)."""
+    recorded = _written(root).get(rel)
+    if not isinstance(recorded, str):
+        return False
+    try:
+        return _sha256((Path(root) / rel).read_bytes()) != recorded
+    except OSError:
+        return True
 
 
 def move_aside(path: Path) -> Path:

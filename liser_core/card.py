@@ -42,9 +42,13 @@ def model_card(run_dir: str | Path, *, repo_id: str | None = None, config: dict 
     ``config.yaml``, refused when edited since the run (:func:`liser_common.rundir.run_recipe`)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    from liser_common.rundir import run_recipe
+    from liser_common.errors import UsageError
+    from liser_common.rundir import changed_since_written, run_recipe
 
     run_dir = Path(run_dir)
+    if changed_since_written(run_dir, "metrics.json"):  # the card states its scores: the run's, or none
+        raise UsageError(f"{run_dir / 'metrics.json'} was changed since the run wrote it (.liser-written.json records "
+                         "another SHA-256): a model card is made from the run's own scores; put it back")
     metrics = _read(run_dir / "metrics.json") or {}
     config = (config if config is not None else run_recipe(run_dir)) or {}
     student_cfg = _read(run_dir / "student" / "config.json") or {}

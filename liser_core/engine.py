@@ -436,7 +436,7 @@ class Engine:
             log.warning("could not record the run state (%s): %s", self.state_dir / "run.json", err)
         if isinstance(exc, KeyboardInterrupt):
             log.warning(
-                "interrupted: continue with `liser run --resume %s`%s", self.run.run_dir,
+                "interrupted: continue with %s%s", getattr(self, "resume_hint", None) or f"`liser run --resume {self.run.run_dir}`",
                 f" (checkpoint {exc.checkpoint})" if isinstance(exc, TrainingInterrupted) and exc.checkpoint else "",
             )
 

@@ -279,7 +279,12 @@ def cmd_export(args, host) -> int:
     if args.quantize and args.fmt != "onnx":
         raise UsageError(f"--quantize {args.quantize} needs --format onnx (not {args.fmt})")
     if args.quantize:  # what the int8 step needs, checked before the float export is written
-        from .quantize import calibration_files, check_calibration, check_quantization_record, run_dir_of
+        from .quantize import (
+            calibration_files,
+            check_calibration,
+            check_quantization_record,
+            run_dir_of,
+        )
 
         try:
             import onnxruntime  # noqa: F401

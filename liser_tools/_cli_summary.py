@@ -32,7 +32,13 @@ from liser_common.provenance import (
     comparable,
     diff_keys,
 )
-from liser_common.rundir import edited_message, first_party_plugins, recipe_edits, safe_name
+from liser_common.rundir import (
+    changed_since_written,
+    edited_message,
+    first_party_plugins,
+    recipe_edits,
+    safe_name,
+)
 from liser_common.stats import MIN_REPEATS, paired_comparison, t_interval
 from liser_core.errors import UsageError
 from liser_core.guards import describe_flags
@@ -107,6 +113,10 @@ def load_run(path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"run": str(path), "models": {}, "config": None, "flags": [], "skipped": ""}
     if not f.is_file():
         out["skipped"] = "no metrics.json (not a finished run directory)"
+        return out
+    if changed_since_written(path, "metrics.json"):
+        out["skipped"] = ("metrics.json was changed since the run wrote it (.liser-written.json records another "
+                          "SHA-256): its scores are not the run's")
         return out
     try:
         m = json.loads(f.read_text())

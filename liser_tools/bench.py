@@ -42,6 +42,7 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,7 +77,7 @@ class Grid:
     overrides: list[str]
     axes: dict[str, dict[str, list[str]]]
     repeat: list[str]
-    store: bool
+    store: bool | str  # true: OUTPUT/store; false: none; a folder (shared with other grids)
     output: Path
     plot_axis: str | None = None
     #: the axes that play the paper's roles (fraction, teachers, student): liser_tools.report
@@ -87,6 +88,12 @@ class Grid:
     #: ``key=value`` arguments of ``liser bench GRID key=value``: applied after the axes
     #: (:func:`check_cli_overrides`, :func:`after_axes`)
     cli_overrides: list[str] = field(default_factory=list)
+
+    def store_dir(self) -> Path | None:
+        """The teacher store every combination uses, or None."""
+        if not self.store:
+            return None
+        return self.output / "store" if self.store is True else Path(self.store).expanduser()
 
     def combinations(self) -> list[tuple[dict[str, str], list[str]]]:
         names = list(self.axes)
@@ -128,6 +135,8 @@ def load_grid(path: str | Path, output: str | Path | None = None) -> Grid:
                 labels[lab] = [ov]
             elif not isinstance(ov, list) or not all(isinstance(o, str) for o in ov):
                 raise ConfigError(f"axes.{a}.{lab}", "must be a list of key=value overrides")
+            for text in labels[lab]:
+                _check_placed(text, f"in {path}'s axis {a}, label {lab}")
     repeat = list(raw.get("repeat") or [])
     for r in repeat:
         if r not in axes:
@@ -145,8 +154,26 @@ def load_grid(path: str | Path, output: str | Path | None = None) -> Grid:
             if axis not in axes:
                 raise ConfigError(f"report.{role}", f"{axis!r} is not an axis")
     out = Path(output or raw.get("output") or Path("runs") / f"bench-{path.stem}")
-    return Grid(str(recipe), list(raw.get("overrides") or []), axes, repeat, bool(raw.get("store", True)), out,
-                plot_axis, report, executor=raw.get("executor"))
+    store = raw.get("store", True)
+    if not isinstance(store, (bool, str)) or store == "":
+        raise ConfigError("store", f"{store!r}: give true (OUTPUT/store), false (no store) or a folder shared with "
+                          f"other grids (in {path})")
+    overrides = list(raw.get("overrides") or [])
+    for text in overrides:
+        _check_placed(text, f"in {path}'s overrides")
+    return Grid(str(recipe), overrides, axes, repeat, store, out, plot_axis, report, executor=raw.get("executor"))
+
+
+#: Recipe keys a grid sets itself, per combination: a value for them would be silently replaced.
+PLACED = {"run_dir": "each combination runs in OUTPUT/runs/<combination> (choose the output folder with -o)",
+          "store": "the grid's store is its `store:` key (true: OUTPUT/store, false: none, or a folder shared with "
+                   "other grids)"}
+
+
+def _check_placed(text: str, where: str) -> None:
+    key = _key(text)
+    if key in PLACED:
+        raise ConfigError(key, f"{text!r} {where}: a grid sets {key} itself: {PLACED[key]}")
 
 
 def combination_key(chosen: dict[str, str]) -> str:
@@ -154,10 +181,28 @@ def combination_key(chosen: dict[str, str]) -> str:
 
 
 def read_results(path: Path) -> list[dict]:
+    """The rows of a grid's ``results.csv``, each checked (a usage error naming the line and
+    column: a hand edit that broke a score is not a traceback in the tables)."""
     if not path.is_file():
         return []
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    for line, r in enumerate(rows, 2):  # line 1: the header
+        for key in ("combination", "model"):
+            if not r.get(key):
+                raise UsageError(f"{path}, line {line}: no {key!r} (results.csv is LiSER's record of the grid's runs; "
+                                 "put back the row as LiSER wrote it, or remove the line and run the grid again)")
+        for key in ("accuracy", "uar", "macro_f1"):
+            try:
+                value = float(r.get(key) or "")
+                ok = value != value or 0.0 <= value <= 1.0  # nan: a metric the run could not compute
+            except ValueError:
+                ok = False
+            if not ok:
+                raise UsageError(f"{path}, line {line}: {key} {r.get(key)!r} is not a score in [0, 1] (results.csv is "
+                                 "LiSER's record of the grid's runs; put back the row as LiSER wrote it, or remove "
+                                 "the line and run the grid again)")
+    return rows
 
 
 def write_results(path: Path, rows: list[dict]) -> None:
@@ -200,9 +245,20 @@ def rows_of_run(key: str, ctx) -> list[dict]:
             "label_fraction": (cfg.data.options or {}).get("label_fraction", ""),
             "labeled_clips": len(ctx.split("labeled")),
             "code": code_string(ctx.code),
-            "teacher_identity": teacher_identity(ctx, e.model) if e.role == "teacher" else "",
+            "teacher_identity": teacher_identity(ctx, e.model) if e.role == "teacher" else (
+                targets_identity(ctx) if e.role == "targets" else ""),
         })
     return rows
+
+
+def targets_identity(ctx) -> str:
+    """The combined targets' identity: each teacher's (:func:`teacher_identity`) with its weight,
+    and the combiner; "" when a teacher has none."""
+    parts = [teacher_identity(ctx, name) for name in ctx.teachers]
+    if not parts or not all(parts):
+        return ""
+    weights = ",".join(f"{float(t.weight):g}" for t in ctx.config.teachers)
+    return f"{'+'.join(parts)}|{ctx.config.distil.combination}|{weights}"
 
 
 def teacher_identity(ctx, name: str) -> str:
@@ -244,6 +300,7 @@ def check_cli_overrides(grid: Grid) -> None:
     into each label's value (:func:`after_axes`)."""
     axis_keys = _axis_keys(grid)
     for text in grid.cli_overrides:
+        _check_placed(text, "on the command line")
         key = _key(text)
         for a, (axis, label) in axis_keys.items():
             if a == key or a.startswith(key + "."):
@@ -378,16 +435,52 @@ def plan(grid: Grid, host) -> list[dict]:
     for (chosen, _), overrides in zip(combinations, after_axes(grid, combinations)):
         key = combination_key(chosen)
         run_dir = run_dir_of(grid, key)
-        extra = [f"run_dir={run_dir}"] + ([f"store={grid.output / 'store'}"] if grid.store else [])
+        extra = [f"run_dir={run_dir}"] + ([f"store={grid.store_dir()}"] if grid.store else [])
         cfg = prepare_config(grid.recipe, [*overrides, *extra], host)
         fp = fingerprint(cfg, versions)
         mine = [r for r in rows if r["combination"] == key]
         old = {r.get("recipe_fingerprint") or "" for r in mine}
         state = "todo" if not old else "stale" if old != {fp} else "done"
+        why = ""
+        if state == "stale":
+            changed = _changed_keys(run_dir, cfg, host.registries)
+            why = f"the recipe changed at {', '.join(changed[:6])}" if changed else \
+                "the recipe changed, or LiSER or a plugin was upgraded"
+        elif state == "done" and (why := rows_disagree(run_dir, mine, fp)):
+            state = "stale"  # rows a hand edit changed, or a run dir gone: never reported as they are
         if state == "done" and {code_identity(r.get("code") or "") for r in mine} != {code}:
             state = "other code"
-        out.append({"key": key, "config": cfg, "fingerprint": fp, "state": state, "run_dir": run_dir})
+        out.append({"key": key, "config": cfg, "fingerprint": fp, "state": state, "run_dir": run_dir, "why": why})
     return out
+
+
+def rows_disagree(run_dir: Path, rows: list[dict], fp: str) -> str:
+    """Why a combination's results.csv rows are not its run's own record ("" when they are):
+    the run directory (in this output folder) must hold the finished run of this recipe
+    (``metrics.json``: status, fingerprint), and every row its scores and flags there."""
+    try:
+        m = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return f"its run directory {run_dir} has no readable metrics.json (removed or moved?)"
+    if m.get("status") != "completed" or m.get("recipe_fingerprint") != fp:
+        return f"{run_dir}/metrics.json is not a finished run of this recipe"
+    models = {"student": m.get("student"), "baseline": m.get("baseline"), "targets": m.get("targets"),
+              **{f"teacher:{k}": v for k, v in (m.get("teachers") or {}).items()}}
+    flags = set(m.get("flags") or [])
+    for r in rows:
+        scored = models.get(r["model"])
+        if not isinstance(scored, dict):
+            return f"results.csv has a {r['model']} row its run did not evaluate"
+        for k in ("accuracy", "uar", "macro_f1"):
+            try:
+                same = abs(float(r[k]) - float(scored[k])) <= 5e-7 or (r[k] == "nan" and scored[k] != scored[k])
+            except (KeyError, TypeError, ValueError):
+                same = False
+            if not same:
+                return f"results.csv's {r['model']} {k} {r.get(k)} is not its run's ({run_dir}/metrics.json): edited?"
+        if set(filter(None, (r.get("flags") or "").split(","))) != flags:
+            return f"results.csv's {r['model']} flags are not its run's ({run_dir}/metrics.json): edited?"
+    return ""
 
 
 def _changed_keys(run_dir: Path, cfg, registries=None) -> list[str]:
@@ -444,6 +537,11 @@ def validated_plan(grid: Grid, host, other_code: str | None) -> list[dict]:
     for it in todo:
         if it["state"] == "other code":
             it["state"] = "stale" if other_code == "rerun" else "done"
+            it["why"] = "they come from other code, and --rerun-code asks for this code's" if other_code == "rerun" else ""
+    if other and other_code == "rerun" and grid.store:
+        log.warning("--rerun-code: fitted teachers and teacher outputs already in the store %s are reused: the store "
+                    "keys them by LiSER and plugin versions, weights and inputs, not by git commit (docs/store.md); "
+                    "to compute them again with this commit's code, give the grid a new store", grid.store_dir())
     to_run = [it for it in todo if it["state"] != "done"]
     if to_run:
         n, probed = dry_run(grid, host, to_run)
@@ -474,22 +572,20 @@ def run_grid(grid: Grid, host, other_code: str | None = None) -> dict:
             skipped += 1
             continue
         if item["state"] == "stale":
-            changed = _changed_keys(item["run_dir"], item["config"], host.registries)
-            log.warning(
-                "[%d/%d] %s: its rows are stale (the recipe changed%s); running it again",
-                i, len(todo), key, f" at {', '.join(changed[:6])}" if changed else ", or LiSER or a plugin was upgraded",
-            )
+            log.warning("[%d/%d] %s: its rows are stale (%s); running it again", i, len(todo), key, item["why"])
             replaced.append(key)
         else:
             log.info("[%d/%d] %s", i, len(todo), key)
         t0 = time.perf_counter()
         engine = Engine(item["config"], host, resume="restart" if item["state"] == "stale" else "auto")
+        engine.resume_hint = "the same `liser bench` command (it resumes this run and the grid)"  # not liser run
         ctx = engine.execute()
         if engine.already_complete:  # finished earlier, but its rows never reached results.csv
             log.warning("%s: a finished run whose rows are missing; running it again for its rows", ctx.run_dir)
             ctx = Engine(item["config"], host, resume="restart").execute()
         rows = [r for r in rows if r["combination"] != key] + rows_of_run(key, ctx)
         write_results(results_path, rows)  # after every run: an interrupted grid keeps what it has
+        item["state"], item["why"] = "done", ""
         took = time.perf_counter() - t0
         ran += 1
         spent += took
@@ -500,7 +596,7 @@ def run_grid(grid: Grid, host, other_code: str | None = None) -> dict:
     gone = sorted({r["combination"] for r in rows if r["combination"] not in current})
     if gone:
         log.info("%d combination(s) in results.csv are no longer in the grid and stay off the leaderboard", len(gone))
-    write_leaderboard(grid, [r for r in rows if r["combination"] in current])
+    write_leaderboard(grid, *current_rows(todo, rows))
     return {"ran": ran, "skipped": skipped, "replaced": replaced, "results": str(results_path)}
 
 
@@ -552,10 +648,24 @@ def summarise_rows(grid: Grid, rows: list[dict]) -> list[dict]:
     return out
 
 
-def write_leaderboard(grid: Grid, rows: list[dict]) -> None:
+def current_rows(plan: list[dict], rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """The rows a board may show: those of the grid's combinations made with each one's current
+    recipe (its fingerprint in :func:`plan`), and the combinations that have none yet (not run,
+    failed, interrupted, or only rows of an earlier recipe: those stay off the board)."""
+    fp = {it["key"]: it["fingerprint"] for it in plan if it["state"] != "stale"}  # stale: until rerun, none
+    where = {it["key"]: str(it["run_dir"]) for it in plan}  # this output folder's: a copied or moved one links its own runs
+    keep = [{**r, "run_dir": where[r["combination"]]} for r in rows
+            if r["combination"] in fp and (r.get("recipe_fingerprint") or "") == fp[r["combination"]]]
+    have = {r["combination"] for r in keep}
+    return keep, [it["key"] for it in plan if it["key"] not in have]
+
+
+def write_leaderboard(grid: Grid, rows: list[dict], missing: Sequence[str] = ()) -> None:
     """``leaderboard.md`` (and ``comparisons.md``, the plot and the report): each row's mean with
     its 95 % t-interval and n; a teacher or the targets scored the same in several combinations
-    once; rows significantly below the best marked (paired, Holm); :mod:`liser_tools.compare`."""
+    once; rows significantly below the best marked (paired, Holm); :mod:`liser_tools.compare`.
+    ``missing``: the grid's combinations without rows of their current recipe (the board says
+    it is incomplete and names them)."""
     from liser_tools import compare
 
     table = compare.board_entries(rows, grid.repeat)
@@ -582,6 +692,11 @@ def write_leaderboard(grid: Grid, rows: list[dict]) -> None:
         lines.append(f"| {i} | {e['combination']} | {model} | {cell['uar']}{mark} | {cell['accuracy']} | "
                      f"{cell['macro_f1']} | {e['num_parameters']:,} | {e['n']} |")
     lines += ["", f"Generated by `liser bench` from `results.csv` ({len(rows)} rows)."]
+    if missing:
+        lines += ["", f"**Incomplete: {len(missing)} of the grid's combinations have no rows of their current recipe** "
+                  f"(not run yet, failed, interrupted, or rows of an earlier recipe, left off this board): "
+                  + ", ".join(f"`{k}`" for k in missing[:8]) + (", ..." if len(missing) > 8 else "")
+                  + ". Their axes' rows here have fewer repeats; run the same `liser bench` command to complete it."]
     n_min = min((e["n"] for e in table), default=0)
     if table and n_min < compare.MIN_REPEATS:
         lines += ["", f"**n = {n_min}** for some rows: fewer than {compare.MIN_REPEATS} repeats give no interval "
@@ -592,15 +707,35 @@ def write_leaderboard(grid: Grid, rows: list[dict]) -> None:
     codes = sorted({r.get("code") or "not recorded" for r in rows})
     if len(codes) > 1:
         lines += ["", f"Rows come from {len(codes)} code versions: " + "; ".join(f"`{c}`" for c in codes) + "."]
+    elif codes:
+        lines += ["", f"Code: `{codes[0]}`."]
     atomic_write_text(grid.output / "comparisons.md", compare.comparisons_markdown(comps, Path(grid.recipe).name))
     board = "\n".join(lines) + "\n"
     atomic_write_text(grid.output / "leaderboard.md", board)
+    written = {grid.output / "leaderboard.md", grid.output / "comparisons.md"}
     if grid.plot_axis:
         _plot(grid, rows)
+        written.add(grid.output / f"uar_by_{grid.plot_axis}.png")
     if grid.report and rows:
         from liser_tools.report import write_report
 
-        write_report(grid.output, f"LiSER: {Path(grid.recipe).stem} grid", rows, grid.report, grid.repeat, grid.axes, board)
+        made = write_report(grid.output, f"LiSER: {Path(grid.recipe).stem} grid", rows, grid.report, grid.repeat,
+                            grid.axes, board)
+        written |= {Path(p) for p in made["figures"]} | {Path(made["html"]), grid.output / "efficiency.md"}
+        if made["quantized"]:
+            written.add(grid.output / "quantized.md")
+    # tables and figures of an earlier grid in this folder that this one does not make (another
+    # plot axis, no report: block, a student gone): removed, never left with their old numbers
+    stale = sorted(p for pattern in DERIVED for p in grid.output.glob(pattern) if p not in written and p.is_file())
+    for p in stale:
+        p.unlink()
+    if stale:
+        log.info("removed %s: made for an earlier grid in %s, not by this one", ", ".join(p.name for p in stale),
+                 grid.output)
+
+
+#: What ``liser bench`` derives from results.csv in its output folder (made again on every write).
+DERIVED = ("uar_by_*.png", "efficiency.md", "report.html", "pareto.png", "quantized.md", "label_efficiency_*.png")
 
 
 def _plot(grid: Grid, rows: list[dict]) -> None:
@@ -612,16 +747,31 @@ def _plot(grid: Grid, rows: list[dict]) -> None:
     axis = grid.plot_axis
     labels = list(grid.axes[axis])
     lines: dict[tuple[str, str], dict[str, list[float]]] = {}
+    flagged: dict[tuple[str, str], dict[str, set[str]]] = {}  # the flags behind each point: on the figure too
+    codes: dict[tuple[str, str, str], set[str]] = {}
     for r in rows:
         parts = dict(p.split("=", 1) for p in r["combination"].split(","))
         x = parts.pop(axis)
         rest = ",".join(f"{a}={v}" for a, v in parts.items() if a not in grid.repeat)
         lines.setdefault((rest, r["model"]), {}).setdefault(x, []).append(float(r["uar"]))
+        flagged.setdefault((rest, r["model"]), {}).setdefault(x, set()).update(filter(None, (r.get("flags") or "").split(",")))
+        codes.setdefault((rest, r["model"], x), set()).add(code_identity(r.get("code") or ""))
+    for (rest, model, x), seen in codes.items():  # as on the board: a point averaging runs of different code
+        if len(seen) > 1:
+            flagged[(rest, model)][x].add("mixed_code")
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    marked = False
     for (rest, model), by_x in sorted(lines.items()):
         xs = [lab for lab in labels if lab in by_x]
         ms = [mean_std(by_x[x]) for x in xs]
-        ax.errorbar(xs, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", capsize=3, label=f"{model} {rest}".strip())
+        flags = sorted(set().union(*(flagged[(rest, model)][x] for x in xs)))
+        label = f"{model} {rest}".strip() + (f" !{','.join(flags)}" if flags else "")
+        ax.errorbar(xs, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", capsize=3, label=label)
+        bad = [(x, m) for x, (m, _) in zip(xs, ms) if flagged[(rest, model)][x]]
+        if bad:
+            ax.scatter([x for x, _ in bad], [m for _, m in bad], marker="x", s=90, color="red", zorder=4,
+                       label=None if marked else "flagged: not comparable (see leaderboard.md)")
+            marked = True
     ax.set_xlabel(axis)
     ax.set_ylabel("test UAR")
     ax.legend(fontsize=7)
@@ -715,8 +865,10 @@ def cmd_bench(args, host) -> int:
               "data configuration built with its guards); nothing run or written")
         return 0
     if args.list:
-        for item in plan(grid, host):
-            print(f"{item['state']:<6}{item['key']}" if len(item["state"]) < 6 else f"{item['state']} {item['key']}")
+        items = plan(grid, host)
+        width = max((len(it["state"]) for it in items), default=4) + 2  # one column, whatever the states
+        for item in items:
+            print(f"{item['state']:<{width}}{item['key']}" + (f"  ({item['why']})" if item.get("why") else ""))
         return 0
     if args.plan:
         from liser_tools.plan import format_plan, plan_grid

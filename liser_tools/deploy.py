@@ -29,8 +29,13 @@ import torch
 from liser_core.checkpoint import read_component_config, resolve_source
 from liser_core.components import Student
 from liser_core.errors import UsageError
-from liser_core.export import export, export_mismatch  # moved to liser_core (Student.push_to_hub exports too)
-from liser_core.streaming import MIN_SECONDS  # the shortest clip, window or stream scored: shorter ones are refused
+from liser_core.export import (  # moved to liser_core (Student.push_to_hub exports too)
+    export,
+    export_mismatch,
+)
+from liser_core.streaming import (
+    MIN_SECONDS,  # the shortest clip, window or stream scored: shorter ones are refused
+)
 
 log = logging.getLogger("liser.deploy")
 

@@ -103,9 +103,11 @@ def _run(spec: dict) -> tuple[list[dict], dict]:
         from liser_common.provenance import fingerprint
 
         got = fingerprint(cfg, host.code_versions())
-        if got != expected:  # another version of LiSER or a plugin on this worker
-            raise RuntimeError(f"the recipe resolves to fingerprint {got[:12]} on this worker, {expected[:12]} on "
-                               "the driver: install the same LiSER and plugin versions everywhere")
+        if got != expected:  # the recipe file edited since the grid started, or other versions on this worker
+            raise RuntimeError(f"the recipe resolves to fingerprint {got[:12]} on this worker, {expected[:12]} when the "
+                               f"grid started: {spec['recipe']} (or a file it names) was edited since, or this worker "
+                               "runs other LiSER or plugin versions; put the recipe back (or rerun the grid to "
+                               "take the edit), and install the same versions everywhere")
     if spec.get("teacher") is not None:
         OmegaConf.set_readonly(cfg, False)
         restrict_to_teacher(cfg, int(spec["teacher"]))

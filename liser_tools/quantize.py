@@ -218,8 +218,8 @@ def run_clips(run_dir: str | Path, splits: Sequence[str], sample_rate: int, *, h
     import torch
     import torchaudio.functional as AF
 
-    from liser_core._plugins import load_plugins
     from liser_common.rundir import run_recipe
+    from liser_core._plugins import load_plugins
     from liser_core.config import load_recipe, plain
     from liser_core.engine import build_component
 

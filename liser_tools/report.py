@@ -133,11 +133,24 @@ def _pct(f: float) -> str:
     return f"{100 * f:g} %"
 
 
+#: The headline column's name when rows read different fractions (each cell then says which).
+NEAREST = f"the fraction nearest {100 * HEADLINE_FRACTION:g} %"
+
+
+def headline_label(rows: Sequence[dict]) -> str:
+    """The fraction the headline numbers are at, as the tables and figures name it: the one
+    every row read (``25 %`` when the grid has no 10 %: never labelled as 10 % it is not), or
+    :data:`NEAREST` when rows differ."""
+    heads = sorted({e["headline_fraction"] for e in rows})
+    return _pct(heads[0]) if len(heads) == 1 else (NEAREST if heads else _pct(HEADLINE_FRACTION))
+
+
 def efficiency_markdown(rows: Sequence[dict]) -> str:
     from liser_tools.bench import flag_notes
 
     fulls = sorted({e["full_fraction"] for e in rows})
     full = full_label(fulls[0]) if len(fulls) == 1 else "largest fraction"
+    head = headline_label(rows)
     what = ("the fully supervised student's UAR (the same student, labels only, at 100 % of the labels)"
             if full == "fully supervised" else
             f"the UAR of the same student trained on labels only at the grid's {full} -- the grid has no 100 % "
@@ -145,18 +158,20 @@ def efficiency_markdown(rows: Sequence[dict]) -> str:
     lines = [
         "# Label efficiency",
         "",
-        f"UAR of the distilled student at {_pct(HEADLINE_FRACTION)} of the labels, as a share of {what}; and the "
+        f"UAR of the distilled student at {head} of the labels, as a share of {what}; and the "
         f"smallest labeled fraction at which the distilled student reaches {100 * REACH:g} % of it. Means over the "
         "repeat axes; flags (explained below the table) name runs whose scores are not comparable.",
         "",
-        f"| student | teachers | {full} UAR | UAR at 10 % [95 % CI] | n | share | labels only at 10 % | reaches 95 % at | flags |",
+        f"| student | teachers | {full} UAR | UAR at {head} [95 % CI] | n | share | labels only at {head} | reaches 95 % at | flags |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for e in rows:
         lines.append(
             f"| {e['student']} | {e['teachers']} | {e['full_uar']:.3f}"
             + (f" ({_pct(e['full_fraction'])})" if len(fulls) > 1 else "")
-            + f" | {e['headline_uar']:.3f}{_ci_text(e.get('headline_ci'))} | {e.get('n', '-')} | {100 * e['headline_share']:.1f} % | "
+            + f" | {e['headline_uar']:.3f}{_ci_text(e.get('headline_ci'))}"
+            + (f" (at {_pct(e['headline_fraction'])})" if head == NEAREST else "")
+            + f" | {e.get('n', '-')} | {100 * e['headline_share']:.1f} % | "
             + (f"{e['labels_only_at_headline']:.3f}" if e["labels_only_at_headline"] is not None else "-")
             + f" | {_pct(e['reaches_95']) if e['reaches_95'] is not None else 'not reached'} | "
             + (" ".join(f"!{f}" for f in e.get("flags", [])) or "-") + " |"
@@ -256,7 +271,8 @@ def _place_labels(ax, fig, items: Sequence[tuple[float, float, str]]) -> None:
             placed.append(ann.get_window_extent(renderer))
 
 
-def pareto(points: Sequence[dict], path: Path, quantized: Mapping[str, dict] | None = None) -> None:
+def pareto(points: Sequence[dict], path: Path, quantized: Mapping[str, dict] | None = None,
+           headline: str = _pct(HEADLINE_FRACTION)) -> None:
     """UAR against parameters and against CPU speed: every point, the Pareto front drawn as a
     line, labels placed so they do not overprint each other, readable log-axis ticks. With
     ``quantized`` (per student, its ``quantization.json`` record), a third panel: test UAR
@@ -290,7 +306,7 @@ def pareto(points: Sequence[dict], path: Path, quantized: Mapping[str, dict] | N
         _place_labels(ax, fig, [(p[key], p["uar"], p["label"]) for p in points])
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)  # off the data
-    fig.suptitle(f"Size and speed against UAR (distilled at {_pct(HEADLINE_FRACTION)} of the labels)",
+    fig.suptitle(f"Size and speed against UAR (distilled at {headline} of the labels)",
                  fontsize=9)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     _save(fig, path)
@@ -454,7 +470,7 @@ def write_report(out: Path, title: str, rows: Sequence[Mapping[str, str]], roles
             points.append({"label": f"{student} ({full})", "uar": mean_std(base[max(base)])[0], "kind": "full", **s})
     quantized = _quantized(out, rows, roles)
     if points:
-        pareto(points, out / "pareto.png", quantized)
+        pareto(points, out / "pareto.png", quantized, headline=headline_label(eff))
         figures.append((out / "pareto.png", "UAR against size and CPU speed" + (", float32 and int8" if quantized else "")))
     confusions = []
     seen = set()

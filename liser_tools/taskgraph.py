@@ -207,7 +207,7 @@ def build_graph(grid, host, items: list[dict], overrides: dict[str, list[str]], 
     common = {"recipe": str(grid.recipe), "plugins": plugins or {}}
 
     def spec(task_id: str, kind: str, title: str, combo: str, run_dir: Path, **more: Any) -> dict:
-        ovr = [*overrides[combo], f"run_dir={run_dir}", *([f"store={out / 'store'}"] if grid.store else []),
+        ovr = [*overrides[combo], f"run_dir={run_dir}", *([f"store={grid.store_dir()}"] if grid.store else []),
                *extra_threads]
         return {"id": task_id, "kind": kind, "title": title, "overrides": ovr,
                 "log": str(out / TASKS_DIR / "logs" / f"{task_id}.log"), **common, **more}
@@ -368,9 +368,9 @@ def run_graph(grid, host, executor: Executor, *, other_code: str | None = None, 
     returns {"ran", "skipped", "replaced", "failed": {combination: error}, "results", "tasks"}.
     Holds the output folder's lock from the first check to the last write."""
     from liser_tools.bench import (
-        _changed_keys,
         after_axes,
         combination_key,
+        current_rows,
         read_results,
         validated_plan,
         write_leaderboard,
@@ -397,8 +397,8 @@ def run_graph(grid, host, executor: Executor, *, other_code: str | None = None, 
             threads = None
         tasks = build_graph(grid, host, todo, overrides, threads=threads, plugins=plugins)
         return _drive(grid, executor, tasks, todo, retries=retries, progress=progress, poll_s=poll_s,
-                      read_results=read_results, write_results=write_results, write_leaderboard=write_leaderboard,
-                      changed_keys=lambda run_dir, cfg: _changed_keys(run_dir, cfg, host.registries))
+                      read_results=read_results, write_results=write_results, current_rows=current_rows,
+                      write_leaderboard=write_leaderboard)
     finally:
         try:
             executor.close()
@@ -413,7 +413,7 @@ def threads_of(task: Task) -> int:
 
 
 def _drive(grid, executor: Executor, tasks: list[Task], todo: list[dict], *, retries: int, progress: bool, poll_s: float,
-           read_results, write_results, write_leaderboard, changed_keys=lambda run_dir, cfg: []) -> dict:
+           read_results, write_results, current_rows, write_leaderboard) -> dict:
     output = Path(grid.output)
     output.mkdir(parents=True, exist_ok=True)
     results_path = output / "results.csv"
@@ -424,9 +424,7 @@ def _drive(grid, executor: Executor, tasks: list[Task], todo: list[dict], *, ret
     replaced = [it["key"] for it in todo if it["state"] == "stale"]
     for it in todo:
         if it["state"] == "stale":
-            changed = changed_keys(it["run_dir"], it["config"])
-            log.warning("%s: its rows are stale (the recipe changed%s); running it again", it["key"],
-                        f" at {', '.join(changed[:6])}" if changed else ", or LiSER or a plugin was upgraded")
+            log.warning("%s: its rows are stale (%s); running it again", it["key"], it["why"])
     n_kinds = {k: sum(1 for t in tasks if t.kind == k) for k in ("fit", "label", "run")}
     log.info("grid: %d task(s): %d teacher fit(s), %d labeling pass(es), %d run(s) (%d combination(s) done before) on %s",
              len(tasks), n_kinds["fit"], n_kinds["label"], n_kinds["run"], skipped, executor.describe())
@@ -483,6 +481,9 @@ def _drive(grid, executor: Executor, tasks: list[Task], todo: list[dict], *, ret
                     if t.kind == "run":
                         rows = [r for r in rows if r["combination"] != t.key] + list(outcome.result.get("rows") or [])
                         write_results(results_path, rows)  # after every run: an interrupted grid keeps what it has
+                        for it in todo:  # its rows are this recipe's now
+                            if it["key"] == t.key:
+                                it["state"], it["why"] = "done", ""
                     log.info("%s done in %.0fs (%s)", t.title, t.seconds, t.where)
             status("running")
         final = "finished" if not any(t.state == "failed" for t in tasks) else "finished with failures"
@@ -494,9 +495,8 @@ def _drive(grid, executor: Executor, tasks: list[Task], todo: list[dict], *, ret
                 t.state = "todo"
         status("interrupted")
         raise
-    finally:
-        current = {it["key"] for it in todo}
-        write_leaderboard(grid, [r for r in rows if r["combination"] in current])
+    finally:  # never rows of an earlier recipe beside new ones; an incomplete board says so
+        write_leaderboard(grid, *current_rows(todo, rows))
     failed = {t.key or t.title: t.error for t in tasks if t.state == "failed" and t.kind == "run"}
     for t in tasks:
         if t.state == "failed" and t.kind != "run" and not any(t.id in u.deps for u in tasks):

@@ -62,6 +62,9 @@ def test_grid_runs_every_combination_and_writes_the_leaderboard(grid_file, tmp_p
     for r in rows:
         if r["model"].startswith("teacher:"):
             ident[(r["model"], r["combination"].split(",")[1])].add(r["teacher_identity"])
+        elif r["model"] == "targets":  # the teachers' identities, their weights and the combiner
+            by = {r2["model"]: r2["teacher_identity"] for r2 in rows if r2["combination"] == r["combination"]}
+            assert r["teacher_identity"].startswith(f"{by['teacher:face_cnn']}+{by['teacher:audio_cnn']}|")
         else:
             assert r["teacher_identity"] == ""
     assert all(len(v) == 1 and next(iter(v)).startswith("outputs:") for v in ident.values())
@@ -129,7 +132,7 @@ def test_an_edited_grid_reruns_what_changed_and_says_so(grid_file, tmp_path, cap
 
     assert main(["bench", str(path), "-o", str(out_dir), "--list"]) == 0
     listing = capsys.readouterr().out.split("\n")
-    assert "stale loss=ce,seed=s0" in listing and "done  loss=kl,seed=s0" in listing
+    assert "stale  loss=ce,seed=s0  (the recipe changed at distil.epochs)" in listing and "done   loss=kl,seed=s0" in listing
     again = run_grid(load_grid(path, out_dir), host)
     assert again["ran"] == 1 and again["skipped"] == 1 and again["replaced"] == ["loss=ce,seed=s0"]
     assert "loss=ce,seed=s0: its rows are stale (the recipe changed at distil.epochs)" in caplog.text
@@ -211,8 +214,14 @@ def test_rows_from_other_code_are_listed_and_never_averaged_silently(teacher_gri
              "recipe_fingerprint": it["fingerprint"], "code": code} for it, uar, code in zip(items, ("0.4", "0.6"), (here, other))]
     out.mkdir()
     write_results(out / "results.csv", rows)
+    for it, r in zip(items, rows):  # each row its run's own record (a row without one is stale)
+        it["run_dir"].mkdir(parents=True)
+        (it["run_dir"] / "metrics.json").write_text(json.dumps({
+            "status": "completed", "recipe_fingerprint": it["fingerprint"], "flags": [],
+            "student": {k: float(r[k]) for k in ("accuracy", "uar", "macro_f1")}}))
     assert main(["bench", str(teacher_grid), "-o", str(out), "--list"]) == 0
-    assert capsys.readouterr().out.split("\n")[:2] == ["done  teachers=face,seed=s0", "other code teachers=face,seed=s1"]
+    assert capsys.readouterr().out.split("\n")[:2] == ["done        teachers=face,seed=s0",
+                                                        "other code  teachers=face,seed=s1"]
     assert main(["bench", str(teacher_grid), "-o", str(out)]) == 2  # no choice made: refused, nothing run
     assert "from other code" in capsys.readouterr().err and not (out / "leaderboard.md").exists()
     assert run_grid(load_grid(teacher_grid, out), host, "keep")["ran"] == 0
@@ -262,3 +271,121 @@ def test_an_output_folder_of_someone_elses_files_is_refused_before_anything_is_w
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(UsageError, match="is not a folder"):
         check_grid_output(tmp_path / "a-file")
+
+
+def test_rows_that_are_not_their_runs_record_are_run_again(grid_file, tmp_path, capsys, caplog):
+    """A combination is done only when its rows are its run's record: a score edited in
+    results.csv, or a run directory removed, makes it stale (the reason listed and logged), and
+    a score that is no number is one line naming the file, line and column."""
+    from liser_tools.cli import main
+
+    host = load_plugins()
+    path, out = grid_file(seeds=("s0",)), tmp_path / "out"
+    assert run_grid(load_grid(path, out), host)["ran"] == 2
+    results = out / "results.csv"
+    rows = list(csv.DictReader(open(results)))
+    own = [r["uar"] for r in rows]
+    edited = next(i for i, r in enumerate(rows) if r["model"] == "student" and r["combination"] == "loss=kl,seed=s0")
+    rows[edited]["uar"] = "0.999000"
+    with open(results, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert main(["bench", str(path), "-o", str(out), "--list"]) == 0
+    listing = capsys.readouterr().out
+    assert "stale  loss=kl,seed=s0  (results.csv's student uar 0.999000 is not its run's" in listing
+    assert "done   loss=ce,seed=s0" in listing
+    again = run_grid(load_grid(path, out), host)
+    assert again["ran"] == 1 and again["replaced"] == ["loss=kl,seed=s0"]
+    assert "loss=kl,seed=s0: its rows are stale (results.csv's student uar 0.999000" in caplog.text
+    assert sorted(r["uar"] for r in csv.DictReader(open(results))) == sorted(own)  # the run's own scores again
+    import shutil
+
+    shutil.rmtree(out / "runs" / "loss-ce__seed-s0")
+    assert main(["bench", str(path), "-o", str(out), "--list"]) == 0
+    assert "stale  loss=ce,seed=s0  (its run directory" in capsys.readouterr().out
+    text = results.read_text().replace(own[0], "oops", 1)
+    results.write_text(text)
+    assert main(["bench", str(path), "-o", str(out), "--list"]) == 2
+    err = capsys.readouterr().err
+    assert f"{results}, line " in err and "'oops' is not a score in [0, 1]" in err and "Traceback" not in err
+
+
+def test_a_grid_places_its_runs_and_store_itself(grid_file, tmp_path, capsys):
+    """run_dir= and store= on the command line (or in the grid's overrides) were silently
+    replaced: refused, naming the grid key to use; `store: FOLDER` shares a store between grids."""
+    from liser_tools.cli import main
+
+    path = grid_file(seeds=("s0",))
+    for given in ("store=/tmp/elsewhere", "run_dir=/tmp/elsewhere"):
+        assert main(["bench", str(path), "-o", str(tmp_path / "out"), given, "--list"]) == 2
+        err = capsys.readouterr().err
+        assert f"{given!r} on the command line: a grid sets {given.split('=')[0]} itself" in err
+    grid = yaml.safe_load(path.read_text())
+    grid["store"] = str(tmp_path / "shared")
+    grid["axes"]["loss"] = {"ce": grid["axes"]["loss"]["ce"]}
+    path.write_text(yaml.safe_dump(grid))
+    assert run_grid(load_grid(path, tmp_path / "out"), load_plugins())["ran"] == 1
+    assert (tmp_path / "shared").is_dir() and not (tmp_path / "out" / "store").exists()
+    grid["store"] = 3
+    path.write_text(yaml.safe_dump(grid))
+    with pytest.raises(ConfigError, match="store: 3: give true .* or a folder shared with other grids"):
+        load_grid(path)
+
+
+def test_the_board_shows_only_rows_of_the_current_recipe_and_says_what_it_lacks(tmp_path):
+    """After Ctrl-C or a failed task, results.csv still holds rows of an earlier recipe for the
+    combinations not rerun: they stay off the board, which says it is incomplete and names them;
+    tables and figures of an earlier grid that this one does not make are removed (not left with
+    old numbers), anything else is left alone."""
+    from liser_tools.bench import Grid, current_rows, write_leaderboard
+
+    def row(combo, fp, uar):
+        return {"combination": combo, "model": "student", "components": "c", "accuracy": uar, "uar": uar,
+                "macro_f1": uar, "num_parameters": "10", "flags": "", "code": "x", "recipe_fingerprint": fp,
+                "run_dir": "/old/place"}
+
+    plan = [{"key": f"a={a},seed={s}", "fingerprint": f"new-{a}", "state": "done", "run_dir": tmp_path / "runs" / f"{a}{s}"}
+            for a in ("1", "2") for s in ("0", "1")]
+    rows = [row("a=1,seed=0", "new-1", "0.5"), row("a=1,seed=1", "new-1", "0.6"),
+            row("a=2,seed=0", "new-2", "0.4"), row("a=2,seed=1", "old-2", "0.9")]  # not rerun yet
+    keep, missing = current_rows(plan, rows)
+    assert [r["uar"] for r in keep] == ["0.5", "0.6", "0.4"] and missing == ["a=2,seed=1"]
+    assert {r["run_dir"] for r in keep} == {str(tmp_path / "runs" / n) for n in ("10", "11", "20")}
+    plan[2]["state"] = "stale"  # its row disagrees with its run: off the board until rerun
+    keep, missing = current_rows(plan, rows)
+    assert [r["uar"] for r in keep] == ["0.5", "0.6"] and missing == ["a=2,seed=0", "a=2,seed=1"]
+    grid = Grid(recipe="r.yaml", overrides=[], axes={"a": {"1": [], "2": []}, "seed": {"0": [], "1": []}},
+                repeat=["seed"], store=False, output=tmp_path)
+    for name in ("report.html", "efficiency.md", "uar_by_old.png", "notes.md"):  # an earlier grid's outputs, and a note
+        (tmp_path / name).write_text("old")
+    write_leaderboard(grid, keep, missing)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["comparisons.md", "leaderboard.md", "notes.md"]
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert "0.900" not in board and "**Incomplete: 2 of the grid's combinations" in board
+    assert "`a=2,seed=0`, `a=2,seed=1`" in board and "Code: `x`." in board
+
+
+def test_the_plot_marks_flagged_points(tmp_path, monkeypatch):
+    """uar_by_<axis>.png: a line with a flagged point (or one averaging runs of different code)
+    carries the flags in its legend, and the point is marked; a clean line is not."""
+    import matplotlib.axes
+
+    from liser_tools.bench import Grid, _plot
+
+    drawn, marks = [], []
+    errorbar, scatter = matplotlib.axes.Axes.errorbar, matplotlib.axes.Axes.scatter
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", lambda self, *a, **k: drawn.append(k["label"]) or errorbar(self, *a, **k))
+    monkeypatch.setattr(matplotlib.axes.Axes, "scatter", lambda self, x, y, **k: marks.append(list(x)) or scatter(self, x, y, **k))
+
+    def row(a, model, seed, flags="", code="x"):
+        return {"combination": f"a={a},seed={seed}", "model": model, "uar": "0.5", "flags": flags, "code": code}
+
+    rows = [row(a, m, s) for a in ("1", "2") for m in ("student", "baseline") for s in ("0", "1")]
+    rows[0]["flags"] = "test_overlap"  # a=1, student, seed 0
+    rows[7]["code"] = "y"  # a=2, baseline, seed 1: its point averages two code versions
+    grid = Grid(recipe="r.yaml", overrides=[], axes={"a": {"1": [], "2": []}, "seed": {"0": [], "1": []}},
+                repeat=["seed"], store=False, output=tmp_path, plot_axis="a")
+    _plot(grid, rows)
+    assert sorted(drawn) == ["baseline !mixed_code", "student !test_overlap"]
+    assert sorted(marks) == [["1"], ["2"]] and (tmp_path / "uar_by_a.png").is_file()

@@ -76,10 +76,33 @@ def test_every_flag_is_shown_by_summarize_and_the_model_card(flag, subset_run, t
     m = json.loads((run / "metrics.json").read_text())
     m["flags"] = [flag]
     (run / "metrics.json").write_text(json.dumps(m))
+    from liser_common.rundir import record_written
+
+    record_written(run, "metrics.json")  # as if the run had written it so (a hand edit is refused: below)
     assert main(["summarize", str(run)]) == 0
     out = capsys.readouterr().out
     assert f"!{flag}" in out and f"{flag}: {FLAGS[flag]}" in out
     assert flag in model_card(run)
+
+
+def test_a_metrics_json_edited_by_hand_is_not_summarised_or_carded(subset_run, tmp_path, capsys):
+    """metrics.json is the run's record of its scores: its SHA-256 as written is in
+    .liser-written.json; changed since, summaries skip the run and a card is refused, naming it."""
+    import shutil
+
+    from liser_core.errors import UsageError
+
+    run = tmp_path / "run"
+    shutil.copytree(subset_run, run)
+    m = json.loads((run / "metrics.json").read_text())
+    m["student"]["uar"] = 0.99
+    (run / "metrics.json").write_text(json.dumps(m))
+    assert main(["summarize", str(run)]) == 2  # its only run skipped: nothing to summarise
+    captured = capsys.readouterr()
+    assert "metrics.json was changed since the run wrote it" in captured.out + captured.err
+    assert "0.990" not in captured.out
+    with pytest.raises(UsageError, match="metrics.json was changed since the run wrote it"):
+        model_card(run)
 
 
 def test_per_clip_predictions_and_per_speaker_scores(subset_run):

@@ -376,11 +376,11 @@ def test_stream_state_by_hand():
     seen = []
 
     def score(x):
-        seen.append((float(x[0, 0]), x.shape[1]))
+        seen.append((round(100 * float(x[0, 0])), x.shape[1]))  # samples are 0.00, 0.01, ...: each its own index
         return np.array([0.0, 1.0]) if len(seen) % 2 else np.array([1.0, 0.0])
 
     rec = StreamRecognizer(score, 10, window=1.0, hop=0.3, smoothing=0.5)  # 10 samples, hop 3
-    audio = np.arange(17, dtype=np.float32)
+    audio = np.arange(17, dtype=np.float32) / 100  # within full scale (samples beyond it are clipped)
     hops = [h for part in np.split(audio, [4, 5, 13]) for h in rec.push(part)] + rec.flush()
     assert [(h.start, h.end) for h in hops] == [(0, 1), (0.3, 1.3), (0.6, 1.6), (0.7, 1.7)]
     assert seen == [(0, 10), (3, 10), (6, 10), (7, 10)]  # the end-aligned window last

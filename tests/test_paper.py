@@ -168,6 +168,13 @@ def test_efficiency_says_largest_fraction_when_the_grid_has_no_100_percent(tmp_p
     assert "| student | teachers | fully supervised UAR |" in eff_full
 
 
+def test_efficiency_names_the_fraction_it_reads(tmp_path):
+    """A grid without 10 %: the headline is the nearest fraction, named as what it is (it was
+    labelled "UAR at 10 %" with the 25 % numbers)."""
+    eff, _ = _write_report(tmp_path, (0.25, 1.0), flagged_seed="")
+    assert "| UAR at 25 % [95 % CI] |" in eff and "labels only at 25 % |" in eff and "10 %" not in eff
+
+
 def test_a_flagged_run_shows_its_flag_in_efficiency_md_and_report_html(tmp_path):
     eff, page = _write_report(tmp_path, (0.1, 1.0))
     assert "| small | speech | 0.700 | 0.350 [0.350, 0.350] | 2 | 50.0 % | 0.250 | 100 % | !test_overlap |" in eff

@@ -268,6 +268,7 @@ def test_ctrl_c_on_the_driver_cancels_and_the_same_command_resumes(two_workers, 
     state = json.loads((out / STATUS_NAME).read_text())
     assert state["state"] == "interrupted" and state["counts"]["running"] == 0
     assert state["counts"]["todo"] >= 1  # what ran is left to do ...
+    assert "**Incomplete:" in (out / "leaderboard.md").read_text()  # ... and the board says what it lacks
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert scores(out) == scores(two_workers[0])  # ... and the same command finishes it, same scores

@@ -20,7 +20,7 @@ import time
 
 from omegaconf import OmegaConf
 
-from liser_common.rundir import inside, safe_name
+from liser_common.rundir import inside, record_written, safe_name
 from liser_core import hookimpl
 from liser_core.checkpoint import atomic_write_json, atomic_write_text
 from liser_core.config import components_record, qualified_config
@@ -126,12 +126,12 @@ class RunDirWriter:
         if run.evaluations:
             atomic_write_text(run.run_dir / "predictions.csv", predictions_csv(run.evaluations))
         atomic_write_json(run.run_dir / "metrics.json", payload)
+        record_written(run.run_dir, "metrics.json")  # summaries and cards tell a hand edit from the run's record
         if not error and (run.run_dir / "student" / "config.json").is_file():
-            from liser_core.card import write_model_card
-
             # the student's model card, from the records just written and the recipe this run ran
             # (config.yaml is the recipe as started; a hand edit of it since does not reach the card)
             from liser_common.provenance import plain_config
+            from liser_core.card import write_model_card
 
             write_model_card(run.run_dir, config=plain_config(qualified_config(run.config, run.host.registries)))
 
