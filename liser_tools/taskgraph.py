@@ -336,6 +336,8 @@ def format_status(output: Path) -> str:
         lines.append(f"{output}: not running")
     rows = read_results(output / "results.csv")
     lines.append(f"results.csv: {len({r['combination'] for r in rows})} combination(s) with rows")
+    if not holder:  # the last driver's tasks, not this grid file's state (which an edit may have changed)
+        lines.append("what this grid's combinations need now (done, stale, to do): liser bench GRID --list")
     if status is None:
         lines.append("no task-graph status (the grid was run sequentially, or not yet)")
         return "\n".join(lines)
@@ -350,7 +352,7 @@ def format_status(output: Path) -> str:
     now = time.time()
     for t in tasks:
         if t["state"] == "running":
-            lines.append(f"  running  {t['title']}  (attempt {t['attempts']}, {t['where'] or '?'}, "
+            lines.append(f"  running  {t['title']}  (attempt {t['attempts']}, on {t['where'] or 'a worker not yet known'}, "
                          f"{_clock(now - (t['started'] or now))})")
     for t in tasks:
         if t["state"] == "failed":
