@@ -122,7 +122,7 @@ def plan_grid(grid, host, items: list[dict]) -> dict:
     labeled: dict[str, set] = defaultdict(set)  # teacher identity -> clip ids it labels (with a store)
     labeled_plain: dict[str, int] = defaultdict(int)
     seconds = 0.0  # estimated compute of the runs to do
-    todo = [it for it in items if it["state"] != "done"]
+    todo = [it for it in items if it["state"] not in ("done", "other code")]  # other code: only with --rerun-code
     teacher_objs: dict[str, Any] = {}
     for it in todo:
         cfg = it["config"]
@@ -196,7 +196,8 @@ def format_plan(grid, result: dict) -> str:
     from liser_tools.bench import _clock
 
     r = result["runs"]
-    other = f", {r['other_code']} from other code (--rerun-code or --keep-code)" if r.get("other_code") else ""
+    other = (f", {r['other_code']} from other code: not counted below; --rerun-code runs them, --keep-code keeps "
+             "their rows" if r.get("other_code") else "")
     lines = [f"plan: {r['total']} runs ({r['done']} done, {r['stale']} stale{other}, {r['todo']} to run)"]
     fits = result["fits"]
     if grid.store:

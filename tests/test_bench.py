@@ -222,6 +222,8 @@ def test_rows_from_other_code_are_listed_and_never_averaged_silently(teacher_gri
     assert main(["bench", str(teacher_grid), "-o", str(out), "--list"]) == 0
     assert capsys.readouterr().out.split("\n")[:2] == ["done        teachers=face,seed=s0",
                                                         "other code  teachers=face,seed=s1"]
+    assert main(["bench", str(teacher_grid), "-o", str(out), "--plan"]) == 0  # not counted as to run until chosen
+    assert "plan: 2 runs (1 done, 0 stale, 1 from other code: not counted below" in capsys.readouterr().out
     assert main(["bench", str(teacher_grid), "-o", str(out)]) == 2  # no choice made: refused, nothing run
     assert "from other code" in capsys.readouterr().err and not (out / "leaderboard.md").exists()
     assert run_grid(load_grid(teacher_grid, out), host, "keep")["ran"] == 0
