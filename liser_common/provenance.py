@@ -133,3 +133,49 @@ def code_identity(code: str) -> str:
     dirty flag is shown but not compared -- an uncommitted edit would otherwise make every row
     stale on every save; commit before a run whose rows should count as a separate version."""
     return code.replace("+dirty", "")
+
+
+@functools.lru_cache(maxsize=256)
+def _file_digest(path: str, mtime_ns: int, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def path_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file, or of a folder's files (relative names and contents, sorted; hidden
+    files left out); "missing" when there is none. Remembered per file (path, size, mtime)."""
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    if p.is_file():
+        st = p.stat()
+        return _file_digest(str(p), st.st_mtime_ns, st.st_size)
+    if not p.is_dir():
+        return "missing"
+    h = hashlib.sha256()
+    for f in sorted(q for q in p.rglob("*") if q.is_file() and not any(part.startswith(".") for part in q.relative_to(p).parts)):
+        st = f.stat()
+        h.update(f"{f.relative_to(p).as_posix()}\0{_file_digest(str(f), st.st_mtime_ns, st.st_size)}\n".encode())
+    return h.hexdigest()
+
+
+def input_digests(cfg: Any) -> dict[str, str]:
+    """What a recipe names by path and a run reads whole, by content: each teacher checkpoint
+    (``teachers.N.checkpoint`` -> :func:`path_digest`). A recipe records only the path: a file
+    swapped under it changes the results, so runs record these (``state/run.json``,
+    ``metrics.json``) and compare them before reusing, resuming or averaging."""
+    d = plain_config(cfg)
+    return {f"teachers.{i}.checkpoint": path_digest(t["checkpoint"])
+            for i, t in enumerate(d.get("teachers") or []) if isinstance(t, dict) and t.get("checkpoint")}
+
+
+def changed_inputs(recorded: Any, now: Mapping[str, str]) -> list[str]:
+    """The keys of :func:`input_digests` whose content differs from a run's record (none when
+    the run recorded nothing: runs older than the record)."""
+    if not isinstance(recorded, dict):
+        return []
+    return sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+

@@ -183,6 +183,14 @@ class Engine:
                 f"{', '.join(edited[:6])}{', ...' if len(edited) > 6 else ''}): it was changed since the run "
                 "started; put it back, or discard the run's state with `liser run RECIPE run_dir=... --restart`"
             )
+        changed = provenance.changed_inputs(prev.get("inputs"), self._inputs()) if not differ else []
+        if changed:  # the same recipe, but a file it names by path has other contents now
+            what = "an unfinished" if unfinished else "a finished"
+            raise OtherRecipeError(
+                f"{run_dir} holds {what} run of this recipe, but {', '.join(changed)} changed since it started (the "
+                "file there has other contents): its results are not those of the file as it is now; put the file "
+                "back, or run it again with --restart (or choose another run_dir)"
+            )
         if differ:
             what = "an unfinished" if unfinished else "a finished"
             free = ", ".join(provenance.RESUME_FREE_KEYS)
@@ -196,6 +204,43 @@ class Engine:
                 f"{', ...' if len(differ) > 6 else ''}); {advice}, or choose another run_dir"
             )
         return "continue" if unfinished else "complete"
+
+    def _inputs(self) -> dict[str, str]:
+        """The content digests of the files the recipe names by path (teacher checkpoints):
+        :func:`liser_common.provenance.input_digests`, once per engine."""
+        if getattr(self, "_input_digests", None) is None:
+            self._input_digests = provenance.input_digests(self.cfg)
+        return self._input_digests
+
+    def _check_same_data(self) -> None:
+        """An unfinished run continues only on the clips it started with: the splits just built
+        (ids, labels, content digests) against the run's ``splits.json``; a clip changed, gone or
+        new is refused naming it (its earlier stages -- fits, labels -- saw other data)."""
+        run_dir = self.run.run_dir
+        prev = self._saved_state()
+        if prev is None or prev.get("status") == "complete" or self.resume in ("restart", "overwrite"):
+            return
+        try:
+            before = json.loads((run_dir / "splits.json").read_text()).get("splits") or {}
+        except (OSError, ValueError, AttributeError):
+            return  # killed before it was written: nothing was computed from the data yet
+        now = guards.splits_record(self.run.splits, self.run.digests, corpus=self.run.corpus.name,
+                                   dropped=self.dropped)["splits"]
+
+        def clips(record: dict) -> dict[tuple[str, str], tuple]:
+            return {(split, c["id"]): (c.get("label"), tuple(c.get("content") or ())) for split, v in record.items()
+                    for c in (v or {}).get("clips", [])}
+
+        old, new = clips(before), clips(now)
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if diff:
+            split, cid = diff[0]
+            how = "is gone" if diff[0] not in new else "is new" if diff[0] not in old else "has other content or label"
+            raise OtherRecipeError(
+                f"{run_dir}: the corpus changed since this run started: {len(diff)} clip(s) of its splits differ "
+                f"(e.g. {split} clip {cid} {how}); its earlier stages saw the data as it was: put the files back, or "
+                "run it again on the data as it is now with --restart"
+            )
 
     def settings(self) -> dict[str, Any]:
         """This session's values of the keys a resume may change (recorded per stage)."""
@@ -293,6 +338,7 @@ class Engine:
             "resumed": (prev.get("resumed", 0) + 1) if prev else 0,
             "world_size": self.dist.world_size,
             "stage_settings": dict(prev.get("stage_settings", {})) if prev else {},
+            "inputs": prev.get("inputs", self._inputs()) if prev else self._inputs(),  # files named by path, by content
             "sessions": [*(prev.get("sessions", []) if prev else []), {**self.settings(), "threads": threads}],
         }
         if prev is not None:
@@ -357,9 +403,13 @@ class Engine:
         run = self.run
         if self.dist.on_main(self.check_start) == "complete":  # before the corpus is built
             self.already_complete = True
+            prev = self._saved_state() or {}
+            before = (prev.get("sessions") or [{}])[-1].get("code")
+            other = (f" (it ran under other code: {before}; this is {self._code_label()})"
+                     if before and provenance.code_identity(before) != provenance.code_identity(self._code_label()) else "")
             log.warning(
-                "%s holds a finished run of this recipe: nothing to do (--restart runs it again in place, "
-                "--overwrite moves it aside first)", run.run_dir,
+                "%s holds a finished run of this recipe%s: nothing to do (--restart runs it again in place, "
+                "--overwrite moves it aside first)", run.run_dir, other,
             )
             return run
         runlog = _RunLog()
@@ -368,6 +418,7 @@ class Engine:
         old_term = _sigterm_as_interrupt()
         try:
             self.validate()
+            self.dist.on_main(self._check_same_data)  # a resume continues on the clips it started with
             self.dist.on_main(self.check_room)  # every rank gets its refusal: none waits for rank 0
             self._claim_run_dir()
             self._open_state()  # refuses a different recipe before it writes anything

@@ -145,6 +145,7 @@ def load_run(path: Path) -> dict[str, Any]:
         fold=opts.get("fold"), models=models, config=cfg, flags=flags,
         warnings=list(m.get("warnings") or []), confusion=confusion,
         code=code_string(m["code"]) if isinstance(m.get("code"), dict) and m["code"] else "",
+        inputs=_recorded_inputs(path),
     )
     if m.get("status") != "completed":
         out["skipped"] = f"status {m.get('status')!r}" + (f": {m['error']}" if m.get("error") else "")
@@ -174,6 +175,29 @@ def _bare_first_party(cfg: Any) -> Any:
         return cfg
 
 
+def _run_identity(path: Path) -> str:
+    """A run's own identity, the same in a copy of its folder: its claim marker (written once,
+    when the run started) and its metrics; "" when it has no marker (older runs)."""
+    import hashlib
+
+    try:
+        marker = (path / "liser-run.json").read_bytes()
+        metrics = (path / "metrics.json").read_bytes()
+    except OSError:
+        return ""
+    return hashlib.sha256(marker + b"\0" + metrics).hexdigest()
+
+
+def _recorded_inputs(path: Path) -> dict:
+    """The content digests of the files the run's recipe named by path, as it recorded them
+    (``state/run.json``'s ``inputs``: teacher checkpoints); {} for older runs."""
+    try:
+        inputs = json.loads((path / "state" / "run.json").read_text()).get("inputs")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return inputs if isinstance(inputs, dict) else {}
+
+
 def group_runs(runs: Sequence[dict], over: Sequence[str]) -> list[dict]:
     """Runs grouped by their recipe less ``over`` and the result-free keys, in first-seen order;
     each group names the keys where its recipe differs from the others'."""
@@ -181,6 +205,8 @@ def group_runs(runs: Sequence[dict], over: Sequence[str]) -> list[dict]:
     groups: dict[str, dict] = {}
     for r in runs:
         recipe = comparable(_bare_first_party(r["config"]), drop) if r["config"] is not None else None
+        if recipe is not None and r.get("inputs"):  # the same path with other contents is another recipe
+            recipe["inputs"] = {k: v[:12] for k, v in r["inputs"].items()}
         key = json.dumps(recipe, sort_keys=True, default=str)
         groups.setdefault(key, {"recipe": recipe, "runs": []})["runs"].append(r)
     out = list(groups.values())
@@ -200,10 +226,11 @@ def group_runs(runs: Sequence[dict], over: Sequence[str]) -> list[dict]:
                 iv = t_interval([r["models"][name][k] for r in g["runs"] if name in r["models"]])
                 v["ci"] = [iv.low, iv.high]
         g["comparisons"] = _paired(g["runs"])
-        g["flags"] = sorted({f for r in g["runs"] for f in r["flags"]})
+        flags = {f for r in g["runs"] for f in r["flags"]}
         g["code"] = sorted({r.get("code", "") for r in g["runs"]})
         if len({code_identity(c) for c in g["code"]}) > 1:  # a mean over different code: said, never silent
-            g["flags"].append("mixed_code")
+            flags.add("mixed_code")
+        g["flags"] = sorted(flags)  # each once (a run flagged mixed_code in a mixed group too)
         g["confusion"] = {
             name: pooled([r["confusion"][name] for r in g["runs"] if name in r.get("confusion", {})])
             for name in _models(g["runs"])
@@ -239,6 +266,20 @@ def _models(runs: Sequence[dict]) -> list[str]:
 def cmd_summarize(args) -> int:
     over = [k.strip() for k in args.over.split(",") if k.strip()]
     runs = [load_run(Path(p)) for p in args.runs]
+    seen: dict[str, str] = {}
+    for r in runs:  # one run counted once: the same folder given twice, or a copy of it
+        if r["skipped"]:
+            continue
+        path = Path(r["run"])
+        keys = [("given twice", f"path:{path.resolve()}")]
+        if ident := _run_identity(path):
+            keys.append(("a copy of it: the same liser-run.json and metrics.json", f"run:{ident}"))
+        dup = next(((why, seen[k]) for why, k in keys if k in seen), None)
+        if dup:
+            r["skipped"] = f"the same run as {dup[1]} ({dup[0]}): counted once"
+            continue
+        for _, k in keys:
+            seen[k] = r["run"]
     usable = [r for r in runs if not r["skipped"]]
     skipped = [r for r in runs if r["skipped"]]
     if not usable:

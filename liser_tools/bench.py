@@ -446,7 +446,7 @@ def plan(grid: Grid, host) -> list[dict]:
             changed = _changed_keys(run_dir, cfg, host.registries)
             why = f"the recipe changed at {', '.join(changed[:6])}" if changed else \
                 "the recipe changed, or LiSER or a plugin was upgraded"
-        elif state == "done" and (why := rows_disagree(run_dir, mine, fp)):
+        elif state == "done" and (why := rows_disagree(run_dir, mine, fp, cfg)):
             state = "stale"  # rows a hand edit changed, or a run dir gone: never reported as they are
         if state == "done" and {code_identity(r.get("code") or "") for r in mine} != {code}:
             state = "other code"
@@ -454,16 +454,27 @@ def plan(grid: Grid, host) -> list[dict]:
     return out
 
 
-def rows_disagree(run_dir: Path, rows: list[dict], fp: str) -> str:
+def rows_disagree(run_dir: Path, rows: list[dict], fp: str, cfg=None) -> str:
     """Why a combination's results.csv rows are not its run's own record ("" when they are):
     the run directory (in this output folder) must hold the finished run of this recipe
-    (``metrics.json``: status, fingerprint), and every row its scores and flags there."""
+    (``metrics.json``: status, fingerprint) on the files the recipe names by path as they are
+    now (teacher checkpoints, ``state/run.json``'s ``inputs``), and every row its scores and
+    flags there."""
+    from liser_common.provenance import changed_inputs, input_digests
+
     try:
         m = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
         return f"its run directory {run_dir} has no readable metrics.json (removed or moved?)"
     if m.get("status") != "completed" or m.get("recipe_fingerprint") != fp:
         return f"{run_dir}/metrics.json is not a finished run of this recipe"
+    if cfg is not None:
+        try:
+            recorded = json.loads((run_dir / "state" / "run.json").read_text()).get("inputs")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        if changed := changed_inputs(recorded, input_digests(cfg)):
+            return f"{', '.join(changed)} changed since it ran (the file there has other contents)"
     models = {"student": m.get("student"), "baseline": m.get("baseline"), "targets": m.get("targets"),
               **{f"teacher:{k}": v for k, v in (m.get("teachers") or {}).items()}}
     flags = set(m.get("flags") or [])

@@ -36,7 +36,8 @@ def options(entry, kind: str) -> list[tuple[str, str, str]]:
 
 def describe(host, kind: str, name: str) -> str:
     entry = host.registries[kind].get(name)
-    info = next((p for p in host.plugins if p.name == entry.plugin), None)
+    # the plugin that provides it: a shadowed package of the same entry-point name provides nothing
+    info = next((p for p in host.plugins if p.name == entry.plugin and p.status == "loaded"), None)
     where = entry.plugin + (f" ({info.distribution} {info.version})" if info and info.distribution else "")
     lines = [f"{kind} {name}  -- {entry.summary}".rstrip(" -"), f"  plugin: {where}"]
     target = entry.factory

@@ -250,6 +250,9 @@ def test_a_plugin_name_declared_by_two_packages_is_listed_as_shadowed(fake_distr
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
     assert "shadowed" in out and "pkg-one" in out
+    from liser_tools.show import describe
+
+    assert "plugin: dup (pkg-two " in describe(host, "loss", "ce_two")  # the package that provides it, not the shadowed one
 
 
 def test_the_same_package_faked_over_an_installed_copy_loads_the_fake(fake_distribution, tmp_path, monkeypatch):

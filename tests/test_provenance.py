@@ -119,3 +119,51 @@ def test_a_run_resumed_under_other_code_is_flagged_mixed_code(run_tiny, tmp_path
     assert "mixed_code" in metrics["flags"]
     assert any("resumed under other code: its earlier stages ran with liser=0.0.1@0123456789ab" in w
                for w in metrics["warnings"])
+
+
+def test_files_named_by_path_and_the_corpus_are_checked_by_content(rav, tmp_path, capsys):
+    """A recipe names a teacher checkpoint by path: a file swapped under it is another input.
+    The same command no longer says "nothing to do", summaries do not average the two, and a
+    copy or repeat of a run is counted once. A corpus file changed under an unfinished run: its
+    resume is refused (its earlier stages saw the data as it was)."""
+    import liser_core
+    from liser_plugins.corpora import fixtures
+
+    r = recipe(tmp_path, rav, "fold: 3, label_fraction: 0.5, teacher_speakers: [4]")
+    liser_core.run(r, [f"run_dir={tmp_path / 'fit0'}"])
+    liser_core.run(r, [f"run_dir={tmp_path / 'fit1'}", "seed=1"])
+    ck = tmp_path / "ck"
+    shutil.copytree(tmp_path / "fit0" / "teachers" / "audio_cnn", ck)
+    a, b = tmp_path / "a", tmp_path / "b"
+    args = ["run", str(r), f"run_dir={a}", f"teachers.0.checkpoint={ck}"]
+    assert main(args) == 0 and main(args) == 0
+    assert "holds a finished run of this recipe: nothing to do" in capsys.readouterr().err
+    shutil.copy2(tmp_path / "fit1" / "teachers" / "audio_cnn" / "model.safetensors", ck / "model.safetensors")
+    assert main(args) == 2  # the same path, other weights: not "nothing to do"
+    assert "but teachers.0.checkpoint changed since it started" in one_line_error(capsys)
+    assert main(["run", str(r), f"run_dir={b}", f"teachers.0.checkpoint={ck}"]) == 0
+    capsys.readouterr()
+    assert main(["summarize", str(a), str(b), "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)["groups"]
+    assert len(groups) == 2 and all("inputs.teachers.0.checkpoint" in g["differs"] for g in groups)
+    shutil.copytree(a, tmp_path / "acopy")
+    assert main(["summarize", str(a), str(a), str(tmp_path / "acopy"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [len(g["runs"]) for g in out["groups"]] == [1]
+    assert [s["reason"].split(" (")[1].split(")")[0] for s in out["skipped"]] == [
+        "given twice", "a copy of it: the same liser-run.json and metrics.json"]
+
+    state = json.loads((b / "state" / "run.json").read_text())
+    (b / "state" / "run.json").write_text(json.dumps({**state, "status": "interrupted"}))  # as if stopped
+    splits = json.loads((b / "splits.json").read_text())["splits"]
+    clip = splits["test"]["clips"][0]["id"]
+    wav = next(rav.rglob(f"{clip}.wav"))
+    before = wav.read_bytes()
+    try:
+        fixtures.write_wav(wav, rate=16000, seconds=0.4, freq=997, seed=7)  # other content, same name
+        assert main(["run", "--resume", str(b)]) == 2
+        err = one_line_error(capsys, refused=False)
+        assert f"the corpus changed since this run started: 1 clip(s) of its splits differ (e.g. test clip {clip} " \
+               "has other content or label)" in err
+    finally:
+        wav.write_bytes(before)
