@@ -121,7 +121,7 @@ def test_a_run_resumed_under_other_code_is_flagged_mixed_code(run_tiny, tmp_path
                for w in metrics["warnings"])
 
 
-def test_files_named_by_path_and_the_corpus_are_checked_by_content(rav, tmp_path, capsys):
+def test_files_named_by_path_and_the_corpus_are_checked_by_content(rav, tmp_path, capsys):  # noqa: F811
     """A recipe names a teacher checkpoint by path: a file swapped under it is another input.
     The same command no longer says "nothing to do", summaries do not average the two, and a
     copy or repeat of a run is counted once. A corpus file changed under an unfinished run: its
