@@ -254,8 +254,14 @@ def check_recipe(
     corpus = build_component(host.registries.dataset, cfg.data.name, options, "data.options", seed=int(cfg.seed))
     if not isinstance(corpus, Corpus):
         raise UsageError(f"dataset {cfg.data.name!r} did not return a Corpus")
-    return check_corpus(corpus, workers=workers, progress=progress, near_duplicates=bool(cfg.data.near_duplicates),
-                        near_threshold=float(cfg.data.near_threshold))
+    report = check_corpus(corpus, workers=workers, progress=progress, near_duplicates=bool(cfg.data.near_duplicates),
+                          near_threshold=float(cfg.data.near_threshold))
+    unfitted = [f"teachers.{i} ({t.name})" for i, t in enumerate(cfg.teachers) if not t.checkpoint]
+    if unfitted and not list(corpus.split("teacher")):  # said here, not only after the run has started
+        report.warnings.append(f"the teacher split is empty, and {', '.join(unfitted)} name(s) no checkpoint: a "
+                               "teacher that is fitted in the run (not pretrained) has nothing to be fitted on; "
+                               "give it a checkpoint or a teacher split")
+    return report
 
 
 def format_report(report: Report, *, max_speakers: int = 12) -> str:

@@ -74,6 +74,9 @@ def test_clean_tree_exits_0(tmp_path, capsys):
     assert main(["data", "check", str(RECIPE), f"data.options.root={tmp_path}", *AUDIO]) == 0
     out = capsys.readouterr().out
     assert "no problems found" in out and "test" in out
+    # teacher_fraction 0: no teacher split, and two teachers without a checkpoint -- said before a run starts
+    assert "warning: the teacher split is empty, and teachers.0 (hf_speech), teachers.1 (fer_xception) name(s) no " \
+           "checkpoint" in out
     report = check_recipe(RECIPE, [f"data.options.root={tmp_path}", *AUDIO])
     assert report.ok and report.splits["test"].usable == 12  # actors 1001 and 1006: fold 1
     assert report.splits["labeled"].usable + report.splits["unlabeled"].usable == 18
