@@ -112,6 +112,9 @@ class Engine:
         self.state_dir = run_dir / "state"
         self.state: dict[str, Any] = {}
         self.dropped: list[guards.Duplicate] = []  # clips the duplicate guard left out
+        #: what an interrupted run tells the user to run next (a grid's driver: its own command)
+        self.resume_hint: str | None = None
+        self._input_digests: dict[str, str] | None = None  # files the recipe names by path, by content
         self.clip_cache: ClipCache | None = None  # decoded clips of file-based corpora
         self.content_keys: dict[str, str] = {}  # clip id -> content + decoding key (file-based corpora)
         self.feature_cache: FeatureCache | None = None  # fixed frontends' features (liser_core.features)
@@ -208,7 +211,7 @@ class Engine:
     def _inputs(self) -> dict[str, str]:
         """The content digests of the files the recipe names by path (teacher checkpoints):
         :func:`liser_common.provenance.input_digests`, once per engine."""
-        if getattr(self, "_input_digests", None) is None:
+        if self._input_digests is None:
             self._input_digests = provenance.input_digests(self.cfg)
         return self._input_digests
 
@@ -487,7 +490,7 @@ class Engine:
             log.warning("could not record the run state (%s): %s", self.state_dir / "run.json", err)
         if isinstance(exc, KeyboardInterrupt):
             log.warning(
-                "interrupted: continue with %s%s", getattr(self, "resume_hint", None) or f"`liser run --resume {self.run.run_dir}`",
+                "interrupted: continue with %s%s", self.resume_hint or f"`liser run --resume {self.run.run_dir}`",
                 f" (checkpoint {exc.checkpoint})" if isinstance(exc, TrainingInterrupted) and exc.checkpoint else "",
             )
 
