@@ -135,8 +135,7 @@ def code_identity(code: str) -> str:
     return code.replace("+dirty", "")
 
 
-@functools.lru_cache(maxsize=256)
-def _file_digest(path: str, mtime_ns: int, size: int) -> str:
+def _hash_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -144,32 +143,58 @@ def _file_digest(path: str, mtime_ns: int, size: int) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_digest(path: str, mtime_ns: int, size: int, inode: int) -> str:
+    return _hash_file(path)
+
+
+def _file_digest(path: str) -> str:
+    """A file's SHA-256, remembered per (path, mtime, size, inode) -- except for a file changed
+    in the last two seconds: file times are coarse (a clock tick), so a second edit of the same
+    size within one tick would look unchanged (git's "racy" case); such a file is read again."""
+    import time
+
+    st = os.stat(path)
+    if time.time_ns() - st.st_mtime_ns < 2_000_000_000:
+        return _hash_file(path)
+    return _cached_digest(path, st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 def path_digest(path: str | os.PathLike) -> str:
     """SHA-256 of a file, or of a folder's files (relative names and contents, sorted; hidden
-    files left out); "missing" when there is none. Remembered per file (path, size, mtime)."""
+    files left out); "missing" when there is none. Remembered per file (:func:`_file_digest`)."""
     from pathlib import Path
 
     p = Path(path).expanduser()
     if p.is_file():
-        st = p.stat()
-        return _file_digest(str(p), st.st_mtime_ns, st.st_size)
+        return _file_digest(str(p))
     if not p.is_dir():
         return "missing"
     h = hashlib.sha256()
     for f in sorted(q for q in p.rglob("*") if q.is_file() and not any(part.startswith(".") for part in q.relative_to(p).parts)):
-        st = f.stat()
-        h.update(f"{f.relative_to(p).as_posix()}\0{_file_digest(str(f), st.st_mtime_ns, st.st_size)}\n".encode())
+        h.update(f"{f.relative_to(p).as_posix()}\0{_file_digest(str(f))}\n".encode())
     return h.hexdigest()
 
 
 def input_digests(cfg: Any) -> dict[str, str]:
-    """What a recipe names by path and a run reads whole, by content: each teacher checkpoint
-    (``teachers.N.checkpoint`` -> :func:`path_digest`). A recipe records only the path: a file
-    swapped under it changes the results, so runs record these (``state/run.json``,
-    ``metrics.json``) and compare them before reusing, resuming or averaging."""
+    """What a recipe names by path and a run reads whole, by content (:func:`path_digest`):
+    each teacher checkpoint (``teachers.N.checkpoint``) and each component option that names a
+    local file or folder (``teachers.N.options.model`` as a local model folder, a student's
+    weights file...; a Hub id is not a local path and is left to the Hub's revisions). A recipe
+    records only the path: a file swapped under it changes the results, so runs record these
+    (``state/run.json`` ``inputs``) and compare them before reusing, resuming or averaging."""
     d = plain_config(cfg)
-    return {f"teachers.{i}.checkpoint": path_digest(t["checkpoint"])
-            for i, t in enumerate(d.get("teachers") or []) if isinstance(t, dict) and t.get("checkpoint")}
+    out = {}
+    blocks = [(f"teachers.{i}", t) for i, t in enumerate(d.get("teachers") or [])] + [("student", d.get("student"))]
+    for key, block in blocks:
+        if not isinstance(block, dict):
+            continue
+        if block.get("checkpoint"):
+            out[f"{key}.checkpoint"] = path_digest(block["checkpoint"])
+        for name, value in (block.get("options") or {}).items():
+            if isinstance(value, str) and value and os.path.exists(os.path.expanduser(value)):
+                out[f"{key}.options.{name}"] = path_digest(value)
+    return out
 
 
 def changed_inputs(recorded: Any, now: Mapping[str, str]) -> list[str]:

@@ -167,3 +167,26 @@ def test_files_named_by_path_and_the_corpus_are_checked_by_content(rav, tmp_path
                "has other content or label)" in err
     finally:
         wav.write_bytes(before)
+
+
+def test_every_local_file_a_recipe_names_is_recorded_by_content(tmp_path):
+    """A teacher checkpoint and any component option naming a local file or folder (a local
+    model folder for hf_speech, a weights file) are inputs by content; a Hub id or a plain
+    string is not; a file changed under the same path changes its digest."""
+    from liser_common.provenance import changed_inputs, input_digests
+
+    model = tmp_path / "wavlm"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"one")
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "model.safetensors").write_bytes(b"w")
+    cfg = {"teachers": [{"name": "hf_speech", "options": {"model": str(model), "pooling": "mean"}},
+                        {"name": "face_cnn", "checkpoint": str(ck), "options": {"model": "microsoft/wavlm-base-plus"}}],
+           "student": {"name": "logmel_cnn", "options": {"channels": [4, 8]}}}
+    before = input_digests(cfg)
+    assert sorted(before) == ["teachers.0.options.model", "teachers.1.checkpoint"]
+    (model / "model.safetensors").write_bytes(b"two")  # the same folder, other weights
+    after = input_digests(cfg)
+    assert changed_inputs(before, after) == ["teachers.0.options.model"] and changed_inputs(None, after) == []
