@@ -611,10 +611,12 @@ def run_grid(grid: Grid, host, other_code: str | None = None) -> dict:
     return {"ran": ran, "skipped": skipped, "replaced": replaced, "results": str(results_path)}
 
 
-def repeats_advice(grid: Grid) -> list[str]:
+def repeats_advice(grid: Grid, items: list[dict] | None = None) -> list[str]:
     """What ``--plan`` says about repeats: the grid's n per row (a warning below 3) and, from the
     spread of the paired differences in its ``results.csv`` so far, the repeats a difference of
-    0.02 and 0.05 UAR needs (:func:`liser_tools.compare.power_lines`)."""
+    0.02 and 0.05 UAR needs (:func:`liser_tools.compare.power_lines`). With the grid's ``items``
+    (:func:`plan`), only rows of its combinations' current recipes count (not another grid's
+    rows in the same folder, nor stale ones)."""
     from liser_tools import compare
 
     n = 1
@@ -624,6 +626,8 @@ def repeats_advice(grid: Grid) -> list[str]:
     if n < compare.MIN_REPEATS:
         out[0] += f" -- fewer than {compare.MIN_REPEATS}: intervals and paired tests will have almost no power"
     rows = read_results(grid.output / "results.csv") if (grid.output / "results.csv").is_file() else []
+    if items is not None:
+        rows = current_rows(items, rows)[0]
     power = compare.power_lines(compare.comparisons(rows, grid.repeat)) if rows else []
     out += power or ["repeats needed: no finished runs to estimate the spread from yet (rerun --plan after some)"]
     return out
@@ -884,8 +888,9 @@ def cmd_bench(args, host) -> int:
     if args.plan:
         from liser_tools.plan import format_plan, plan_grid
 
-        print(format_plan(grid, plan_grid(grid, host, plan(grid, host))))
-        for line in repeats_advice(grid):
+        items = plan(grid, host)
+        print(format_plan(grid, plan_grid(grid, host, items)))
+        for line in repeats_advice(grid, items):
             print(line)
         return 0
     from liser_tools import taskgraph

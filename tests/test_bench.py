@@ -391,3 +391,32 @@ def test_the_plot_marks_flagged_points(tmp_path, monkeypatch):
     _plot(grid, rows)
     assert sorted(drawn) == ["baseline !mixed_code", "student !test_overlap"]
     assert sorted(marks) == [["1"], ["2"]] and (tmp_path / "uar_by_a.png").is_file()
+
+
+def test_plan_estimates_repeats_from_this_grids_current_rows_only(tmp_path):
+    """--plan's "repeats needed" reads the spread of paired differences in results.csv: only
+    rows of this grid's combinations with their current recipe count (another grid's rows in
+    the same folder, or stale ones, changed the estimate)."""
+    from liser_tools.bench import FIELDS, Grid, repeats_advice, write_results
+
+    grid = Grid(recipe="r.yaml", overrides=[], axes={"a": {"1": [], "2": []}, "seed": {"0": [], "1": [], "2": []}},
+                repeat=["seed"], store=False, output=tmp_path)
+    items = [{"key": f"a={a},seed={s}", "fingerprint": f"fp-{a}", "state": "done", "run_dir": tmp_path / f"r{a}{s}"}
+             for a in ("1", "2") for s in ("0", "1", "2")]
+
+    def uar(model, seed):  # the student beats the baseline by 0.10, 0.13, 0.16: a spread to estimate from
+        return 0.4 + 0.01 * seed + (0.1 + 0.03 * seed if model == "student" else 0.0)
+
+    def rows(prefix, fp):
+        return [{**dict.fromkeys(FIELDS, ""), "combination": f"{prefix}={a},seed={s}", "model": model,
+                 "accuracy": "0.5", "uar": f"{uar(model, s):.6f}", "macro_f1": "0.5",
+                 "recipe_fingerprint": f"{fp}-{a}", "code": "x"}
+                for a in ("1", "2") for s in (0, 1, 2) for model in ("student", "baseline")]
+
+    write_results(tmp_path / "results.csv", rows("b", "fp"))  # another grid's rows in this folder
+    assert "no finished runs to estimate the spread from yet" in repeats_advice(grid, items)[-1]
+    assert "no finished runs" not in repeats_advice(grid)[-1]  # what it said before: their spread
+    write_results(tmp_path / "results.csv", rows("a", "old"))  # this grid's combinations, an earlier recipe
+    assert "no finished runs to estimate the spread from yet" in repeats_advice(grid, items)[-1]
+    write_results(tmp_path / "results.csv", rows("a", "fp"))
+    assert "to detect 0.05 UAR" in " ".join(repeats_advice(grid, items))
