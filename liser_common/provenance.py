@@ -135,7 +135,9 @@ def code_identity(code: str) -> str:
     return code.replace("+dirty", "")
 
 
-def _hash_file(path: str) -> str:
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes, read in blocks: the project's one file hash
+    (checkpoint markers, weights digests, export sidecars, inputs by content)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -145,7 +147,7 @@ def _hash_file(path: str) -> str:
 
 @functools.lru_cache(maxsize=256)
 def _cached_digest(path: str, mtime_ns: int, size: int, inode: int) -> str:
-    return _hash_file(path)
+    return sha256_file(path)
 
 
 def _file_digest(path: str) -> str:
@@ -156,7 +158,7 @@ def _file_digest(path: str) -> str:
 
     st = os.stat(path)
     if time.time_ns() - st.st_mtime_ns < 2_000_000_000:
-        return _hash_file(path)
+        return sha256_file(path)
     return _cached_digest(path, st.st_mtime_ns, st.st_size, st.st_ino)
 
 

@@ -22,7 +22,6 @@ Data order needs no state of its own: epoch ``e`` visits the clips in an order d
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -118,11 +117,9 @@ def _optimizer_join(js: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dic
 
 # -- files ---------------------------------------------------------------------------------------
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from .provenance import sha256_file  # the one file hash
+
+    return sha256_file(path)
 
 
 def snapshot(tensors: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
