@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from liser_cache.clipcache import ClipCache
+from liser_cache.identity import digests_of
 from liser_cache.store import TeacherStore, clip_key
 from liser_common import provenance, rundir
 from liser_common.distributed import from_env
@@ -74,6 +75,50 @@ RESUME_MODES = ("auto", "resume", "restart", "overwrite")
 
 
 
+def data_changes(run_dir: Path, cfg: DictConfig, registries, state: dict[str, Any] | None = None,
+                 corpora: dict | None = None) -> list[str]:
+    """The clips of a finished run's corpus that changed since it ran (empty when none, or when
+    nothing can change: a generated corpus is a function of the recipe and the code, compared
+    elsewhere). For a corpus read from files (``state/run.json``'s ``corpus_files``) the corpus
+    is listed again -- content digests come from the digest cache, a file is read again only
+    when its stat changed -- and its splits compared with the run's ``splits.json`` (less the
+    duplicates it left out; its validation clips as clips of ``validation.source``).
+    ``corpora`` memoizes the listing per data block and seed (a grid's runs share corpora)."""
+    if state is None:
+        try:
+            state = json.loads((run_dir / "state" / "run.json").read_text())
+        except (OSError, ValueError):
+            return []
+    if not isinstance(state, dict) or not state.get("corpus_files"):
+        return []
+    try:
+        record = json.loads((run_dir / "splits.json").read_text())
+        before = record["splits"]
+        dropped = {(d["split"], d["clip_id"]) for d in record.get("dropped_duplicates") or []}
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # no record to compare with (metrics.json and the rest are checked where they are read)
+    key = json.dumps([provenance.plain_config(cfg.data), int(cfg.seed)], sort_keys=True, default=str)
+    if corpora is None or key not in corpora:
+        previous = logging.root.manager.disable
+        logging.disable(logging.INFO)  # listed to compare, not to run: its summary line is not news
+        try:
+            corpus = prepare.new_corpus(registries, cfg)
+        finally:
+            logging.disable(previous)
+        raw = {s: list(corpus.split(s)) for s in guards.SPLITS}
+        listing = corpus.name, raw, {s: digests_of(raw[s], corpus) for s in guards.SPLITS}
+        if corpora is not None:
+            corpora[key] = listing
+    else:
+        listing = corpora[key]
+    name, raw, digests = listing
+    keep = {s: [i for i, c in enumerate(raw[s]) if (s, c.clip_id) not in dropped] for s in guards.SPLITS}
+    now = guards.splits_record({s: [raw[s][i] for i in keep[s]] for s in keep},
+                               {s: [digests[s][i] for i in keep[s]] for s in keep}, corpus=name)["splits"]
+    source = str(cfg.validation.source)
+    return guards.splits_changed(before, now, validation_from=None if source == "none" else source)
+
+
 class OtherRecipeError(UsageError):
     """The run directory holds a run of another recipe (nothing was run or written)."""
 
@@ -112,6 +157,7 @@ class Engine:
         self.state_dir = run_dir / "state"
         self.state: dict[str, Any] = {}
         self.dropped: list[guards.Duplicate] = []  # clips the duplicate guard left out
+        self.corpus_files = False  # whether any clip is read from a file (its data can change under a run)
         #: what an interrupted run tells the user to run next (a grid's driver: its own command)
         self.resume_hint: str | None = None
         self._input_digests: dict[str, str] | None = None  # files the recipe names by path, by content
@@ -229,20 +275,21 @@ class Engine:
             return  # killed before it was written: nothing was computed from the data yet
         now = guards.splits_record(self.run.splits, self.run.digests, corpus=self.run.corpus.name,
                                    dropped=self.dropped)["splits"]
-
-        def clips(record: dict) -> dict[tuple[str, str], tuple]:
-            return {(split, c["id"]): (c.get("label"), tuple(c.get("content") or ())) for split, v in record.items()
-                    for c in (v or {}).get("clips", [])}
-
-        old, new = clips(before), clips(now)
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        if diff:
-            split, cid = diff[0]
-            how = "is gone" if diff[0] not in new else "is new" if diff[0] not in old else "has other content or label"
+        if diff := guards.splits_changed(before, now):
             raise OtherRecipeError(
                 f"{run_dir}: the corpus changed since this run started: {len(diff)} clip(s) of its splits differ "
-                f"(e.g. {split} clip {cid} {how}); its earlier stages saw the data as it was: put the files back, or "
+                f"(e.g. {diff[0]}); its earlier stages saw the data as it was: put the files back, or "
                 "run it again on the data as it is now with --restart"
+            )
+
+    def _check_finished_data(self, prev: dict[str, Any]) -> None:
+        """A finished run is "nothing to do" only on the data it ran on (:func:`data_changes`)."""
+        run_dir = self.run.run_dir
+        if diff := data_changes(run_dir, self.cfg, self.reg, prev):
+            raise OtherRecipeError(
+                f"{run_dir} holds a finished run of this recipe, but the corpus changed since it ran: {len(diff)} "
+                f"clip(s) differ (e.g. {diff[0]}): its results are not those of the data as it is now; put the files "
+                "back, or run it again on the data as it is now with --restart (or choose another run_dir)"
             )
 
     def settings(self) -> dict[str, Any]:
@@ -342,6 +389,7 @@ class Engine:
             "world_size": self.dist.world_size,
             "stage_settings": dict(prev.get("stage_settings", {})) if prev else {},
             "inputs": prev.get("inputs", self._inputs()) if prev else self._inputs(),  # files named by path, by content
+            "corpus_files": bool(prev.get("corpus_files", self.corpus_files) if prev else self.corpus_files),
             "sessions": [*(prev.get("sessions", []) if prev else []), {**self.settings(), "threads": threads}],
         }
         if prev is not None:
@@ -407,6 +455,7 @@ class Engine:
         if self.dist.on_main(self.check_start) == "complete":  # before the corpus is built
             self.already_complete = True
             prev = self._saved_state() or {}
+            self.dist.on_main(lambda: self._check_finished_data(prev))
             before = (prev.get("sessions") or [{}])[-1].get("code")
             other = (f" (it ran under other code: {before}; this is {self._code_label()})"
                      if before and provenance.code_identity(before) != provenance.code_identity(self._code_label()) else "")

@@ -357,6 +357,25 @@ def describe_label_maps(report: Mapping[str, Any]) -> list[str]:
 
 
 # -- what a run used --------------------------------------------------------------------------------
+def splits_changed(before: Mapping[str, Any], now: Mapping[str, Any], *, validation_from: str | None = None) -> list[str]:
+    """The clips whose split, label or content differ between two ``splits.json`` records'
+    ``splits`` (each as ``SPLIT clip ID is new|is gone|has other content or label``), sorted;
+    with ``validation_from``, ``before``'s validation clips count as clips of that split (a
+    record ``now`` made before the validation split was carved)."""
+
+    def clips(record: Mapping[str, Any], fold: str | None) -> dict[tuple[str, str], tuple]:
+        return {((fold or split) if split == "validation" else split, c["id"]): (c.get("label"), tuple(c.get("content") or ()))
+                for split, v in record.items() for c in (v or {}).get("clips", [])}
+
+    old, new = clips(before, validation_from), clips(now, None)
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if old.get(k) != new.get(k):
+            how = "is gone" if k not in new else "is new" if k not in old else "has other content or label"
+            out.append(f"{k[0]} clip {k[1]} {how}")
+    return out
+
+
 def splits_record(
     splits: Mapping[str, Sequence[Clip]],
     digests: Mapping[str, Sequence[Sequence[str]]],

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from liser_cache.clipcache import ClipCache
-from liser_cache.identity import digests_of
+from liser_cache.identity import clip_files, digests_of
 from liser_common import provenance
 
 from . import checkpoint, guards
@@ -77,16 +77,21 @@ def _teacher_seed(tc) -> int:
     return int(hashlib.sha256(json.dumps({k: block.get(k) for k in ("name", "options")}, sort_keys=True).encode()).hexdigest()[:8], 16)
 
 
+def new_corpus(registries, cfg) -> Corpus:
+    """The recipe's corpus (``data.name`` with ``data.options`` and the run's seed), built."""
+    corpus = build_component(registries.dataset, cfg.data.name, plain(cfg.data.options), "data.options",
+                             seed=int(cfg.seed))
+    if not isinstance(corpus, Corpus):
+        raise UsageError(f"dataset {cfg.data.name!r} did not return a Corpus")
+    return corpus
+
+
 def data(engine: Engine) -> None:
     """Build the corpus and apply the data guards (digests, duplicates, missing clips, shared
     speakers); the data path (cache, workers, threads). Nothing is written."""
     run, cfg = engine.run, engine.cfg
     t0 = time.perf_counter()
-    run.corpus = build_component(
-        engine.reg.dataset, cfg.data.name, plain(cfg.data.options), "data.options", seed=int(cfg.seed)
-    )
-    if not isinstance(run.corpus, Corpus):
-        raise UsageError(f"dataset {cfg.data.name!r} did not return a Corpus")
+    run.corpus = new_corpus(engine.reg, cfg)
     log.info(
         "corpus %s (%s): %s  [%.1fs]",
         run.corpus.name,
@@ -278,6 +283,7 @@ def guard_data(engine: Engine) -> None:
     t0 = time.perf_counter()
     raw = {s: list(corpus.split(s)) for s in SPLITS}
     digests = {s: digests_of(raw[s], corpus) for s in SPLITS}
+    engine.corpus_files = any(clip_files(c, corpus) for s in SPLITS for c in raw[s])
     dups = guards.find_duplicates(raw, digests)
     if cfg.data.near_duplicates:  # re-encoded, resampled, trimmed ... copies of test clips
         t1 = time.perf_counter()

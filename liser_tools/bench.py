@@ -430,7 +430,7 @@ def plan(grid: Grid, host) -> list[dict]:
     rows = read_results(grid.output / "results.csv")
     versions = host.code_versions()
     code = code_identity(code_string(host.code_sources()))
-    out = []
+    out, corpora = [], {}  # corpora listed once per data block and seed
     combinations = grid.combinations()
     for (chosen, _), overrides in zip(combinations, after_axes(grid, combinations)):
         key = combination_key(chosen)
@@ -446,7 +446,7 @@ def plan(grid: Grid, host) -> list[dict]:
             changed = _changed_keys(run_dir, cfg, host.registries)
             why = f"the recipe changed at {', '.join(changed[:6])}" if changed else \
                 "the recipe changed, or LiSER or a plugin was upgraded"
-        elif state == "done" and (why := rows_disagree(run_dir, mine, fp, cfg)):
+        elif state == "done" and (why := rows_disagree(run_dir, mine, fp, cfg, host.registries, corpora)):
             state = "stale"  # rows a hand edit changed, or a run dir gone: never reported as they are
         if state == "done" and {code_identity(r.get("code") or "") for r in mine} != {code}:
             state = "other code"
@@ -454,13 +454,15 @@ def plan(grid: Grid, host) -> list[dict]:
     return out
 
 
-def rows_disagree(run_dir: Path, rows: list[dict], fp: str, cfg=None) -> str:
+def rows_disagree(run_dir: Path, rows: list[dict], fp: str, cfg=None, registries=None, corpora=None) -> str:
     """Why a combination's results.csv rows are not its run's own record ("" when they are):
     the run directory (in this output folder) must hold the finished run of this recipe
     (``metrics.json``: status, fingerprint) on the files the recipe names by path as they are
-    now (teacher checkpoints, ``state/run.json``'s ``inputs``), and every row its scores and
-    flags there."""
+    now (teacher checkpoints, ``state/run.json``'s ``inputs``), with ``registries`` on the
+    corpus as it is now (:func:`liser_core.engine.data_changes`, ``corpora`` its memo), and
+    every row its scores and flags there."""
     from liser_common.provenance import changed_inputs, input_digests
+    from liser_core.engine import data_changes
 
     try:
         m = json.loads((run_dir / "metrics.json").read_text())
@@ -470,11 +472,14 @@ def rows_disagree(run_dir: Path, rows: list[dict], fp: str, cfg=None) -> str:
         return f"{run_dir}/metrics.json is not a finished run of this recipe"
     if cfg is not None:
         try:
-            recorded = json.loads((run_dir / "state" / "run.json").read_text()).get("inputs")
+            state = json.loads((run_dir / "state" / "run.json").read_text())
+            recorded = state.get("inputs")
         except (OSError, ValueError, AttributeError):
-            recorded = None
+            state, recorded = None, None
         if changed := changed_inputs(recorded, input_digests(cfg)):
             return f"{', '.join(changed)} changed since it ran (the file there has other contents)"
+        if registries is not None and isinstance(state, dict) and (diff := data_changes(run_dir, cfg, registries, state, corpora)):
+            return f"the corpus changed since it ran ({len(diff)} clip(s) differ, e.g. {diff[0]})"
     models = {"student": m.get("student"), "baseline": m.get("baseline"), "targets": m.get("targets"),
               **{f"teacher:{k}": v for k, v in (m.get("teachers") or {}).items()}}
     flags = set(m.get("flags") or [])

@@ -8,12 +8,14 @@ LiSER did not write are a loud warning and the flag ``unverified_teacher`` (docs
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 from safetensors.torch import load_file, save_file
 from test_soundness import one_line_error, rav, recipe  # noqa: F401 - rav is a fixture
 
 from liser_core import checkpoint
+from liser_plugins.corpora import fixtures
 from liser_tools.cli import main
 
 FOLD1 = "fold: 1, label_fraction: 0.5, teacher_speakers: [9]"  # tests 01; the teacher fits on 09
@@ -153,12 +155,32 @@ def test_files_named_by_path_and_the_corpus_are_checked_by_content(rav, tmp_path
     assert [s["reason"].split(" (")[1].split(")")[0] for s in out["skipped"]] == [
         "given twice", "a copy of it: the same liser-run.json and metrics.json"]
 
-    state = json.loads((b / "state" / "run.json").read_text())
-    (b / "state" / "run.json").write_text(json.dumps({**state, "status": "interrupted"}))  # as if stopped
     splits = json.loads((b / "splits.json").read_text())["splits"]
     clip = splits["test"]["clips"][0]["id"]
     wav = next(rav.rglob(f"{clip}.wav"))
     before = wav.read_bytes()
+    # a finished run is "nothing to do" only on the data it ran on (it was, whatever the files held)
+    again = ["run", str(r), f"run_dir={b}", f"teachers.0.checkpoint={ck}"]
+    try:
+        fixtures.write_wav(wav, rate=16000, seconds=0.4, freq=997, seed=7)
+        assert main(again) == 2
+        assert (f"holds a finished run of this recipe, but the corpus changed since it ran: 1 clip(s) differ (e.g. test "
+                f"clip {clip} has other content or label)") in one_line_error(capsys, refused=False)
+        gone = next(c["id"] for c in splits["unlabeled"]["clips"])
+        moved = next(rav.rglob(f"{gone}.wav"))
+        moved.rename(tmp_path / "aside.wav")
+        assert main(again) == 2
+        err = one_line_error(capsys, refused=False)  # one clip fewer in the pool: it is split anew
+        assert re.search(r"but the corpus changed since it ran: (\d+) clip\(s\) differ", err).group(1) not in ("0", "1")
+        (tmp_path / "aside.wav").rename(moved)
+    finally:
+        wav.write_bytes(before)
+    assert main(again) == 0  # the data as it was: nothing to do again
+    assert "holds a finished run of this recipe: nothing to do" in capsys.readouterr().err
+
+    state = json.loads((b / "state" / "run.json").read_text())
+    assert state["corpus_files"] is True
+    (b / "state" / "run.json").write_text(json.dumps({**state, "status": "interrupted"}))  # as if stopped
     try:
         fixtures.write_wav(wav, rate=16000, seconds=0.4, freq=997, seed=7)  # other content, same name
         assert main(["run", "--resume", str(b)]) == 2
@@ -190,3 +212,40 @@ def test_every_local_file_a_recipe_names_is_recorded_by_content(tmp_path):
     (model / "model.safetensors").write_bytes(b"two")  # the same folder, other weights
     after = input_digests(cfg)
     assert changed_inputs(before, after) == ["teachers.0.options.model"] and changed_inputs(None, after) == []
+
+
+def test_a_grid_reruns_a_combination_whose_corpus_changed(rav, tmp_path, capsys):  # noqa: F811
+    """A finished combination counts as done only on the corpus as it is now: a clip's file
+    changed since it ran makes it stale (listed with the clip), and the same files again make
+    it done again. A generated corpus (no clip read from a file) is not listed again: it is a
+    function of the recipe and the code, compared already."""
+    import yaml
+
+    from liser_core import load_plugins
+    from liser_tools.bench import load_grid, run_grid
+
+    r = recipe(tmp_path, rav, "fold: 3, label_fraction: 0.5, teacher_speakers: [4]")
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump({"recipe": str(r), "repeat": ["seed"], "axes": {"seed": {"s0": ["seed=0"]}}}))
+    out = tmp_path / "out"
+    assert run_grid(load_grid(grid, out), load_plugins())["ran"] == 1
+    clip = json.loads((out / "runs" / "seed-s0" / "splits.json").read_text())["splits"]["test"]["clips"][0]["id"]
+    wav = next(rav.rglob(f"{clip}.wav"))
+    before = wav.read_bytes()
+    capsys.readouterr()
+    try:
+        fixtures.write_wav(wav, rate=16000, seconds=0.4, freq=997, seed=7)
+        assert main(["bench", str(grid), "-o", str(out), "--list"]) == 0
+        assert (f"stale  seed=s0  (the corpus changed since it ran (1 clip(s) differ, e.g. test clip {clip} has other "
+                "content or label))") in capsys.readouterr().out
+    finally:
+        wav.write_bytes(before)
+    assert main(["bench", str(grid), "-o", str(out), "--list"]) == 0
+    listed = capsys.readouterr()
+    assert re.search(r"^done +seed=s0$", listed.out, re.M) and not listed.err  # the corpus is listed quietly
+    from liser_core.engine import data_changes
+
+    state = json.loads((out / "runs" / "seed-s0" / "state" / "run.json").read_text())
+    assert state["corpus_files"] is True
+    # no registries: listing the corpus would fail; a generated corpus is never listed
+    assert data_changes(out / "runs" / "seed-s0", None, None, {**state, "corpus_files": False}) == []
