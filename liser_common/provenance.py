@@ -17,7 +17,9 @@ import functools
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 #: Recipe keys a resumed run may change: where it runs and reports to and how many CPU threads
@@ -165,8 +167,6 @@ def _file_digest(path: str) -> str:
 def path_digest(path: str | os.PathLike) -> str:
     """SHA-256 of a file, or of a folder's files (relative names and contents, sorted; hidden
     files left out); "missing" when there is none. Remembered per file (:func:`_file_digest`)."""
-    from pathlib import Path
-
     p = Path(path).expanduser()
     if p.is_file():
         return _file_digest(str(p))
@@ -178,13 +178,42 @@ def path_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+#: a Hugging Face Hub model id (``org/name``, or timm's ``hf-hub:org/name``)
+HUB_ID = re.compile(r"(?:hf-hub:|hf_hub:)?([A-Za-z0-9][\w.-]*/[\w.-]+)")
+
+
+def hub_snapshot(value: str, revision: str | None = None) -> str | None:
+    """The commit a Hub model id resolves to in the local Hugging Face cache: what loading it
+    reads there (``refs/<revision>``, ``main`` by default; a commit given as the revision is
+    itself); None when ``value`` is no Hub id or the cache does not hold it."""
+    m = HUB_ID.fullmatch(value)
+    if not m:
+        return None
+    try:
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+    except ImportError:
+        return None
+    folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=m.group(1), repo_type="model")
+    rev = str(revision or "main")
+    if re.fullmatch(r"[0-9a-f]{40}", rev):
+        return rev if (folder / "snapshots" / rev).is_dir() else None
+    try:
+        commit = (folder / "refs" / rev).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return commit or None
+
+
 def input_digests(cfg: Any) -> dict[str, str]:
     """What a recipe names by path and a run reads whole, by content (:func:`path_digest`):
     each teacher checkpoint (``teachers.N.checkpoint``) and each component option that names a
     local file or folder (``teachers.N.options.model`` as a local model folder, a student's
-    weights file...; a Hub id is not a local path and is left to the Hub's revisions). A recipe
-    records only the path: a file swapped under it changes the results, so runs record these
-    (``state/run.json`` ``inputs``) and compare them before reusing, resuming or averaging."""
+    weights file...); an option naming a Hub model id, by the commit the local Hugging Face
+    cache resolves it to (``hub@COMMIT``, :func:`hub_snapshot`: a newer revision downloaded
+    since is another input). A recipe records only the name: a file swapped under it changes
+    the results, so runs record these (``state/run.json`` ``inputs``) and compare them before
+    reusing, resuming or averaging."""
     d = plain_config(cfg)
     out = {}
     blocks = [(f"teachers.{i}", t) for i, t in enumerate(d.get("teachers") or [])] + [("student", d.get("student"))]
@@ -193,9 +222,14 @@ def input_digests(cfg: Any) -> dict[str, str]:
             continue
         if block.get("checkpoint"):
             out[f"{key}.checkpoint"] = path_digest(block["checkpoint"])
-        for name, value in (block.get("options") or {}).items():
-            if isinstance(value, str) and value and os.path.exists(os.path.expanduser(value)):
+        options = block.get("options") or {}
+        for name, value in options.items():
+            if not isinstance(value, str) or not value:
+                continue
+            if os.path.exists(os.path.expanduser(value)):
                 out[f"{key}.options.{name}"] = path_digest(value)
+            elif commit := hub_snapshot(value, options.get("revision") if isinstance(options.get("revision"), str) else None):
+                out[f"{key}.options.{name}"] = f"hub@{commit}"
     return out
 
 

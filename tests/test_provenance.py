@@ -191,11 +191,17 @@ def test_files_named_by_path_and_the_corpus_are_checked_by_content(rav, tmp_path
         wav.write_bytes(before)
 
 
-def test_every_local_file_a_recipe_names_is_recorded_by_content(tmp_path):
+def test_every_local_file_a_recipe_names_is_recorded_by_content(tmp_path, monkeypatch):
     """A teacher checkpoint and any component option naming a local file or folder (a local
-    model folder for hf_speech, a weights file) are inputs by content; a Hub id or a plain
-    string is not; a file changed under the same path changes its digest."""
+    model folder for hf_speech, a weights file) are inputs by content; a Hub id by the commit
+    the local Hugging Face cache resolves it to (none when it is not cached); a plain string is
+    not an input; a file changed under the same path, or a newer revision of a Hub id in the
+    cache, changes its record."""
+    from huggingface_hub import constants
+
     from liser_common.provenance import changed_inputs, input_digests
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # an empty cache: the Hub id is not in it
 
     model = tmp_path / "wavlm"
     model.mkdir()
@@ -212,6 +218,18 @@ def test_every_local_file_a_recipe_names_is_recorded_by_content(tmp_path):
     (model / "model.safetensors").write_bytes(b"two")  # the same folder, other weights
     after = input_digests(cfg)
     assert changed_inputs(before, after) == ["teachers.0.options.model"] and changed_inputs(None, after) == []
+    # the Hub id, once in the cache (the layout huggingface_hub writes: refs/main names the snapshot)
+    repo = tmp_path / "hub" / "models--microsoft--wavlm-base-plus"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("a" * 40)
+    cached = input_digests(cfg)
+    assert cached["teachers.1.options.model"] == "hub@" + "a" * 40
+    (repo / "refs" / "main").write_text("b" * 40)  # `huggingface-cli download` fetched a newer revision
+    assert changed_inputs(cached, input_digests(cfg)) == ["teachers.1.options.model"]
+    cfg["teachers"][1]["options"]["revision"] = "a" * 40  # pinned to a commit: that snapshot, when it is there
+    assert "teachers.1.options.model" not in input_digests(cfg)
+    (repo / "snapshots" / ("a" * 40)).mkdir(parents=True)
+    assert input_digests(cfg)["teachers.1.options.model"] == "hub@" + "a" * 40
 
 
 def test_a_grid_reruns_a_combination_whose_corpus_changed(rav, tmp_path, capsys):  # noqa: F811
