@@ -109,7 +109,7 @@ def store_counts(store: Path) -> dict:
 
     fitted = [p for p in (store / "fitted").iterdir() if not p.name.startswith(".")] if (store / "fitted").is_dir() else []
     s = TeacherStore(store)
-    infos = [s.info(fp) for fp in s.fingerprints() if fp != "fitted"]
+    infos = [s.info(fp) for fp in s.fingerprints()]
     return {"fitted_teachers": len(fitted), "teachers_labeling": len(infos),
             "labeled_rows": sum(i["rows"] for i in infos), "distinct_clips": sum(i["clips"] for i in infos)}
 

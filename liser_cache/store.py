@@ -73,6 +73,8 @@ _RACY_NS = 2_000_000_000
 #: live writer holds one only for the few milliseconds of a write + fsync).
 _STALE_TMP_SECONDS = 3600.0
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+#: the store's folder of fitted teachers (liser_core.stages.teach), beside the fingerprints' folders
+FITTED = "fitted"
 
 
 # -- fingerprints -------------------------------------------------------------------------------
@@ -376,10 +378,11 @@ class TeacherStore:
         }
 
     def fingerprints(self) -> list[str]:
-        """The fingerprints with a folder in this store."""
+        """The fingerprints with a folder in this store (not its folder of fitted teachers)."""
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME_RE.fullmatch(p.name))
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and p.name != FITTED and _NAME_RE.fullmatch(p.name))
 
     def stats(self) -> dict[str, int]:
         """Totals over the whole store: fingerprints, clips, shards, bytes."""

@@ -78,6 +78,20 @@ class DistContext:
         dist.all_gather_object(out, obj)
         return out
 
+    def broadcast_state(self, module: torch.nn.Module) -> None:
+        """Give every rank rank 0's parameters and buffers, in place. Data-parallel training
+        keeps the parameters equal, not the buffers: BatchNorm's running statistics after the
+        last step are each rank's own (CPU has no SyncBatchNorm), so a model fitted on several
+        ranks would score, and be fingerprinted, differently on each."""
+        if not self.enabled:
+            return
+        with torch.no_grad():
+            for t in (*module.parameters(), *module.buffers()):
+                buf = t.data if t.data.is_contiguous() else t.data.contiguous()
+                dist.broadcast(buf, src=0)
+                if buf is not t.data:
+                    t.data.copy_(buf)
+
     def all_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """The element-wise sum of ``tensor`` over ranks (a new tensor)."""
         if not self.enabled:

@@ -329,6 +329,7 @@ def train(
             if sigint.raised and not prog.finished:
                 raise TrainingInterrupted(checkpointer.latest() if checkpointer else None, sigint.signum)
     for m in modules:
+        dist.broadcast_state(m)  # the ranks' buffers differ after the last step: rank 0's, everywhere
         m.eval()
     return prog.history
 

@@ -140,3 +140,21 @@ def test_a_failing_rank_ends_the_job_with_its_error_and_the_run_resumes(teachers
     assert "resuming from" in resumed.stderr and "step 1" in resumed.stderr
     assert (tmp_path / "run" / "student" / "model.safetensors").is_file()
     assert '"status": "complete"' in (tmp_path / "run" / "state" / "run.json").read_text()
+
+
+def test_teachers_fitted_on_two_processes_are_one_teacher(tmp_path):
+    """Teachers fitted in the run under --nproc 2 (the README's command): data-parallel fitting
+    keeps parameters equal, not BatchNorm's running statistics, so each rank fingerprinted its
+    own teacher and looked for labels the other had stored under another (KeyError, exit 1).
+    After every fit each rank holds rank 0's state: one fingerprint per teacher."""
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE)
+    args = ["run", str(recipe), *DDP_OVERRIDES, "distil.epochs=1", "distil.checkpoint_every=0",
+            f"run_dir={tmp_path / 'run'}", f"store={tmp_path / 'store'}", "--nproc", "2"]
+    p = _cli(args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    weights = load_file(str(tmp_path / "run" / "teachers" / "audio_cnn" / "model.safetensors"))
+    assert any(k.endswith("running_mean") for k in weights)  # a teacher with batch statistics
+    store = TeacherStore(tmp_path / "store")
+    assert len(store.fingerprints()) == 2  # both ranks stored under the same two fingerprints
+    assert all(len(store._refresh(fp).entries) == 24 + 8 for fp in store.fingerprints())  # pool + labeled, test

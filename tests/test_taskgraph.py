@@ -68,7 +68,7 @@ def test_two_local_workers_fit_and_label_once_with_dependencies_respected(two_wo
         assert all(f["reused"] and "/tasks/fit-" in f["fitted_in"] for f in diag["teacher_fits"].values())
         assert all(s["labeled"] == 0 for s in diag["store"].values())  # the labeling tasks did it
     store = TeacherStore(out / "store")
-    infos = [store.info(fp) for fp in store.fingerprints() if fp != "fitted"]
+    infos = [store.info(fp) for fp in store.fingerprints()]
     assert len(infos) == 2 and all(i["rows"] == i["clips"] > 0 for i in infos)  # no clip twice
     assert len(scores(out)) == 2 * 4  # per run: the student, two teachers, their combined targets
     assert (out / "leaderboard.md").is_file()

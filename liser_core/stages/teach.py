@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from liser_cache.store import weights_digest
+from liser_cache.store import FITTED, weights_digest
 from liser_common import provenance, rundir
 
 from .. import checkpoint, guards, prepare
@@ -236,7 +236,7 @@ def _fitted_dir(engine: Engine, fit_key: str, code: str) -> Path | None:
     """Where teachers fitted in runs are kept for reuse: ``<store>/fitted/<fit key + code>``."""
     if not engine.cfg.store:
         return None
-    return Path(engine.cfg.store).expanduser() / "fitted" / f"{fit_key[:48]}-{code}"
+    return Path(engine.cfg.store).expanduser() / FITTED / f"{fit_key[:48]}-{code}"
 
 
 #: :func:`_stored_fit`'s answer for a folder LiSER did not write: neither used nor overwritten.
