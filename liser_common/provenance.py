@@ -30,8 +30,8 @@ RESUME_FREE_KEYS = ("run_dir", "device", "loggers", "threads", "data.workers", "
 #: Keys that do not change results beyond the last bits: where a run goes and reports to, the
 #: thread count, the run's name, where teacher outputs are cached and whether fixed frontends'
 #: features are (bit-identical either way, tests/test_feature_cache.py); what results are
-#: grouped and compared by.
-RESULT_FREE_KEYS = ("run_dir", "device", "loggers", "threads", "name", "store", "store_dtype", "data.feature_cache")
+#: grouped and compared by. Not ``store_dtype``: float16 targets train another student.
+RESULT_FREE_KEYS = ("run_dir", "device", "loggers", "threads", "name", "store", "data.feature_cache")
 
 
 def plain_config(cfg: Any) -> dict[str, Any]:

@@ -267,3 +267,14 @@ def test_a_grid_reruns_a_combination_whose_corpus_changed(rav, tmp_path, capsys)
     assert state["corpus_files"] is True
     # no registries: listing the corpus would fail; a generated corpus is never listed
     assert data_changes(out / "runs" / "seed-s0", None, None, {**state, "corpus_files": False}) == []
+
+
+def test_what_changes_results_changes_the_fingerprint():
+    """float16 teacher outputs (store_dtype) train another student: another recipe for the
+    fingerprint, summaries and grids (they were grouped as one); where outputs are cached, the
+    thread count and the run directory are not."""
+    from liser_common.provenance import fingerprint
+
+    base = {"seed": 0, "store": "/a", "store_dtype": "float32", "threads": 1, "run_dir": "runs/a"}
+    assert fingerprint({**base, "store_dtype": "float16"}) != fingerprint(base)
+    assert fingerprint({**base, "store": "/b", "threads": 2, "run_dir": "runs/b"}) == fingerprint(base)
