@@ -62,9 +62,11 @@ class CachedBadClip:
 class ClipCache:
     """Decoded audio (per sample rate), face frames and decoding failures, per content key."""
 
-    def __init__(self, root: str | os.PathLike, max_bytes: int = 50 * 2**30):
+    def __init__(self, root: str | os.PathLike, max_bytes: int = 50 * 2**30, *,
+                 name: str = "decoded-clip cache", redo: str = "decoding the clip again"):
         self.root = Path(root).expanduser()
         self.max_bytes = int(max_bytes)
+        self.name, self.redo = name, redo  # what its messages call it, and what a miss costs
         self.hits = self.misses = self.damaged = self.mismatched = 0
         self._written = 0  # bytes written since the last size check
         self._lock = threading.Lock()
@@ -178,7 +180,7 @@ class ClipCache:
                 f.write(data)
             os.replace(tmp, path)
         except OSError as exc:  # a full disk costs speed, never the run
-            log.warning("decoded-clip cache: cannot write %s (%s); going on without it", path, exc)
+            log.warning("%s: cannot write %s (%s); going on without it", self.name, path, exc)
             return
         with self._lock:
             self._written += len(data)
@@ -199,15 +201,15 @@ class ClipCache:
         if meta.get("key") is not None:
             self.mismatched += 1
             log.warning(
-                "decoded-clip cache: %s was written for %s of clip %s, not for this one: not used; decoding the clip again",
-                path, meta.get("entry"), str(meta.get("key"))[:16],
+                "%s: %s was written for %s of clip %s, not for this one: not used; %s",
+                self.name, path, meta.get("entry"), str(meta.get("key"))[:16], self.redo,
             )
         self._discard(path)
         return False
 
     def _damaged(self, path: Path, why: str) -> None:
         self.damaged += 1
-        log.warning("decoded-clip cache: %s is damaged (%s); decoding the clip again", path, why)
+        log.warning("%s: %s is damaged (%s); %s", self.name, path, why, self.redo)
         self._discard(path)
 
     def _discard(self, path: Path) -> None:
@@ -247,5 +249,5 @@ class ClipCache:
                 break
             self._discard(p)
             freed += size
-        log.info("decoded-clip cache: %d MB freed in %s (limit %d MB)", freed >> 20, self.root, self.max_bytes >> 20)
+        log.info("%s: %d MB freed in %s (limit %d MB)", self.name, freed >> 20, self.root, self.max_bytes >> 20)
         return freed

@@ -52,6 +52,8 @@ class FeatureCache:
 
     def __init__(self, disk=None, max_memory: int = 2 * 2**30):
         self.disk = disk
+        if disk is not None:  # its warnings name what it holds and what a miss costs
+            disk.name, disk.redo = "feature cache", "computing the clip's features again"
         self.max_memory = int(max_memory)
         self.memory: dict[tuple[str, str], torch.Tensor] = {}
         self.bytes = 0

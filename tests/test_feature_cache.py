@@ -91,6 +91,25 @@ def test_cached_features_are_the_computed_ones_and_only_for_the_batchs_own_audio
     assert (again.misses, again.hits) == (4, 5)
 
 
+def test_a_damaged_feature_entry_is_computed_again_and_named_as_features(tmp_path, caplog):
+    _, audio, lens = clips_batch([16000])
+    m = LogMel(RATE, 40).eval()
+    cache = FeatureCache(ClipCache(tmp_path / "features"))
+
+    def fixed():
+        return features.per_clip(audio, lens, m.log_mel, m.frames, config=m.fixed_config(), pad_value=SILENCE)
+
+    with features.clips(cache, ["a" * 64], audio, RATE):
+        computed = fixed()
+    (entry,) = (tmp_path / "features").rglob("*.safetensors")
+    entry.write_bytes(entry.read_bytes()[:-8])  # truncated
+    again = FeatureCache(ClipCache(tmp_path / "features"))
+    with features.clips(again, ["a" * 64], audio, RATE):
+        assert torch.equal(fixed(), computed)
+    assert again.misses == 1 and again.disk.damaged == 1
+    assert f"feature cache: {entry} is damaged" in caplog.text and "computing the clip's features again" in caplog.text
+
+
 def _weights(ctx):
     return load_file(str(ctx.run_dir / "student" / "model.safetensors"))
 

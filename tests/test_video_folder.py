@@ -81,6 +81,8 @@ def test_folder_index_speakers_and_bad_files(vox, tmp_path):
 
 
 def test_manifest_is_reused_and_changed_files_are_reprobed(vox, tmp_path, monkeypatch):
+    from liser_plugins.corpora import video_folder as vf
+
     cache = tmp_path / "cache"
     calls = []
     real_probe = decode.probe
@@ -88,6 +90,12 @@ def test_manifest_is_reused_and_changed_files_are_reprobed(vox, tmp_path, monkey
     before = sorted(p.relative_to(vox) for p in vox.rglob("*"))
     first = video_folder(str(vox), cache_dir=str(cache))
     assert len(calls) == 8 and first.pool_stats["probed"] == 8
+    calls.clear()  # files written in the last two seconds: probed again, their stat cannot vouch for them yet
+    assert video_folder(str(vox), cache_dir=str(cache)).pool_stats["probed"] == 8 and len(calls) == 8
+    monkeypatch.setattr(vf, "RACY_NS", 0)  # as if they were older
+    calls.clear()
+    first = video_folder(str(vox), cache_dir=str(cache))
+    assert len(calls) == 8
     mpath = manifest_path(vox, cache)
     assert mpath.is_file() and mpath.parent.parent == cache
     assert sorted(p.relative_to(vox) for p in vox.rglob("*")) == before  # nothing written in the folder
@@ -108,6 +116,17 @@ def test_manifest_is_reused_and_changed_files_are_reprobed(vox, tmp_path, monkey
     assert third.pool_stats["removed"] == 1 and len(third.split("unlabeled")) == 7
     changed = next(c for c in third.split("unlabeled") if c.clip_id == "id00015/0fijmz4vTVU/00002")
     assert changed.seconds_hint == pytest.approx(2.2, abs=0.1)
+
+    # rewritten in place, the same size, its old mtime put back (touch -r): its ctime tells
+    path = vox / "id00012/21Uxsk56VDQ/00001.mp4"
+    st, data = path.stat(), path.read_bytes()
+    with open(path, "r+b") as f:
+        f.write(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    calls.clear()
+    video_folder(str(vox), cache_dir=str(cache))
+    assert calls == ["00001.mp4"]  # size and mtime alone kept its old probe
 
 
 def test_nan_silence_and_garbage_are_bad_clips(tmp_path):

@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
+from liser_cache.identity import RACY_NS, stat_signature
 from liser_cache.identity import cache_dir as default_cache_dir
 from liser_core.data import Clip
 from liser_core.labels import label_space as get_label_space
@@ -46,8 +47,8 @@ from .decode import DecodeSpec, Probe, Source
 
 log = logging.getLogger("liser.corpora")
 
-MANIFEST_VERSION = "1"
-_FIELDS = ("path", "size", "mtime_ns", "seconds", "audio", "video", "sample_rate", "fps", "error")
+MANIFEST_VERSION = "2"  # 2: rows keyed by the whole stat signature (1: size and mtime only)
+_FIELDS = ("path", "stat", "seconds", "audio", "video", "sample_rate", "fps", "error")
 SPEAKER_FROM = ("top_folder", "parent_folder", "file")
 
 
@@ -58,7 +59,7 @@ def manifest_path(root: Path, cache_dir: str | Path | None) -> Path:
     return base / "video_folder" / f"{root.resolve().name}-{key}.csv"
 
 
-def _read_manifest(path: Path, root: Path) -> dict[str, tuple[int, int, Probe]]:
+def _read_manifest(path: Path, root: Path) -> dict[str, tuple[tuple[int, ...], Probe]]:
     if not path.is_file():
         return {}
     try:
@@ -77,22 +78,22 @@ def _read_manifest(path: Path, root: Path) -> dict[str, tuple[int, int, Probe]]:
                     fps=float(r["fps"]) if r["fps"] else None,
                     error=r["error"],
                 )
-                out[r["path"]] = (int(r["size"]), int(r["mtime_ns"]), probe)
+                out[r["path"]] = (tuple(int(x) for x in r["stat"].split(":")), probe)
             return out
     except (OSError, ValueError, KeyError, csv.Error) as exc:
         log.warning("video_folder: manifest %s is unreadable (%s); re-indexing", path, exc)
         return {}
 
 
-def _write_manifest(path: Path, root: Path, entries: dict[str, tuple[int, int, Probe]]) -> None:
+def _write_manifest(path: Path, root: Path, entries: dict[str, tuple[tuple[int, ...], Probe]]) -> None:
     buf = io.StringIO()
     buf.write(f"# liser video_folder manifest\t{MANIFEST_VERSION}\t{root.resolve()}\n")
     w = csv.writer(buf)
     w.writerow(_FIELDS)
     for rel in sorted(entries):
-        size, mtime, p = entries[rel]
+        sig, p = entries[rel]
         w.writerow([
-            rel, size, mtime, "" if p.seconds is None else f"{p.seconds:.4f}", int(p.audio), int(p.video),
+            rel, ":".join(map(str, sig)), "" if p.seconds is None else f"{p.seconds:.4f}", int(p.audio), int(p.video),
             p.sample_rate or "", "" if p.fps is None else f"{p.fps:.4f}", p.error,
         ])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,29 +109,36 @@ def index_files(
     cache_dir: str | Path | None = None,
     workers: int = 8,
 ) -> tuple[list[tuple[Path, Probe]], dict[str, Any]]:
-    """Every video under ``root`` with its probe, from the manifest where the file is unchanged."""
+    """Every video under ``root`` with its probe, from the manifest where the file is unchanged:
+    the same stat signature (device, inode, size, mtime, ctime: an edit that puts the old mtime
+    back still changes the ctime), as the digest cache keys files; a file changed within the
+    last two seconds is probed and not remembered (its stat cannot vouch for it yet)."""
     t0 = time.perf_counter()
     mpath = manifest_path(root, cache_dir)
     cached = _read_manifest(mpath, root)
     files = walk_files(root, extensions)
-    entries: dict[str, tuple[int, int, Probe]] = {}
-    todo: list[tuple[str, Path, int, int]] = []
+    entries: dict[str, tuple[tuple[int, ...], Probe]] = {}
+    todo: list[tuple[str, Path, tuple[int, ...]]] = []
     for path in files:
         rel = path.relative_to(root).as_posix()
-        st = path.stat()
+        sig = stat_signature(path.stat())
         hit = cached.get(rel)
-        if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+        if hit is not None and hit[0] == sig:
             entries[rel] = hit
         else:
-            todo.append((rel, path, st.st_size, st.st_mtime_ns))
+            todo.append((rel, path, sig))
+    racy = set()
     if todo:
         with ThreadPoolExecutor(max(1, workers)) as ex:
             probes = list(ex.map(lambda t: decode.probe(t[1]), todo))
-        for (rel, _, size, mtime), p in zip(todo, probes):
-            entries[rel] = (size, mtime, p)
+        now = time.time_ns()
+        for (rel, _, sig), p in zip(todo, probes):
+            entries[rel] = (sig, p)
+            if now - max(sig[3], sig[4]) < RACY_NS:
+                racy.add(rel)
     removed = len(set(cached) - set(entries))
     if todo or removed or not mpath.is_file():
-        _write_manifest(mpath, root, entries)
+        _write_manifest(mpath, root, {k: v for k, v in entries.items() if k not in racy})
     stats = {
         "files": len(files),
         "probed": len(todo),
@@ -140,7 +148,7 @@ def index_files(
         "seconds": round(time.perf_counter() - t0, 3),
     }
     log.info("video_folder %s: %d files (%d probed, %d from the manifest %s)", root, len(files), len(todo), stats["cached"], mpath)
-    return [(root / rel, entries[rel][2]) for rel in sorted(entries)], stats
+    return [(root / rel, entries[rel][1]) for rel in sorted(entries)], stats
 
 
 def _speaker(rel: Path, speaker_from: str) -> str:
