@@ -30,10 +30,35 @@ def _read(path: Path) -> Any:
     return json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
 
 
+_PROTOCOL_KEYS = ("corpus", "protocol", "fold", "label_fraction", "pool")
+
+
 def _protocol(config: dict) -> str:
+    """The splits a run used, as the recipe chose them: the corpus's protocol keys, each part of a
+    corpus assembled from parts (``cross_corpus``: ``test: ravdess (fold=1)``), and the seed."""
     opts = (config.get("data") or {}).get("options") or {}
-    parts = [f"{k}={opts[k]}" for k in ("protocol", "fold", "label_fraction", "pool") if k in opts]
+    parts = [f"{k}={opts[k]}" for k in _PROTOCOL_KEYS if k in opts]
+    for role, part in (opts.get("parts") or {}).items() if isinstance(opts.get("parts"), dict) else ():
+        if isinstance(part, dict):
+            sub = part.get("options") or {}
+            keys = [f"{k}={sub[k]}" for k in _PROTOCOL_KEYS if k in sub]
+            keys += [f"split={part['split']}"] if part.get("split") else []
+            parts.append(f"{role}: {part.get('name', '?')}" + (f" ({', '.join(keys)})" if keys else ""))
+    if "seed" in config:
+        parts.append(f"seed={config['seed']}")
     return ", ".join(parts) or "the corpus's default splits"
+
+
+def _fitted_on(card: dict) -> str:
+    """Where a teacher was fitted: its fit sets (corpus, split, clips, speakers) and, for weights
+    it did not fit in this run, where they come from (a checkpoint, the store)."""
+    fits = card.get("fit_sets") or []
+    text = "; ".join(
+        f"{f['corpus']}[{f['split']}], {f['clips']} clips of {len(f['speakers'])} speakers"
+        + (f" ({', '.join(map(str, f['speakers']))})" if 0 < len(f["speakers"]) <= 6 else "") for f in fits)
+    text = text or ", ".join(card.get("trained_on") or []) or "unknown"
+    source = str(card.get("source") or "")
+    return f"{text}; {source}" if source.startswith(("fitted in run", "reused from")) or (source and not fits) else text
 
 
 def model_card(run_dir: str | Path, *, repo_id: str | None = None, config: dict | None = None) -> str:
@@ -62,30 +87,30 @@ def model_card(run_dir: str | Path, *, repo_id: str | None = None, config: dict 
     qualified = (config.get("student") or {}).get("name") or student_cfg.get("name", "student")
     bare = str(qualified).rpartition(":")[2]
     name = repo_id or f"liser-{bare}-{corpus}"
+    flags = metrics.get("flags") or []
+    # the flags travel with the numbers: in each metric's name, which the Hub shows beside its value
+    flagged = f" [flagged: {', '.join(flags)}]" if flags else ""
     results = [
         EvalResult(task_type="audio-classification", task_name="Speech emotion recognition", dataset_type=corpus,
                    dataset_name=corpus, dataset_split=split, dataset_config=protocol, metric_type=mtype,
-                   metric_value=round(float(student[key]), 4), metric_name=label,
+                   metric_value=round(float(student[key]), 4), metric_name=label + flagged,
                    metric_args={"average": avg} if avg else None)
         for key, mtype, label, avg in METRICS if key in student
     ]
     data = ModelCardData(
         library_name="liser", pipeline_tag="audio-classification", license="other", model_name=name,
         tags=["audio-classification", "speech-emotion-recognition", "knowledge-distillation", "liser",
-              f"student-{bare}"],
+              f"student-{bare}", *(f"liser-flagged-{f}" for f in flags)],
         datasets=[corpus], metrics=["accuracy", "recall", "f1"], eval_results=results or None,
     )
     teachers = metrics.get("teachers") or {}
     t_rows = []
     for key, t in teachers.items():
         card = t.get("card") or {}
-        fits = card.get("fit_sets") or []
-        fitted = "; ".join(f"{f['corpus']}[{f['split']}], {f['clips']} clips of {len(f['speakers'])} speakers" for f in fits)
         t_rows.append(f"| {key} | {card.get('modality', '?')} | {card.get('backbone', '?')} | {card.get('licence', '?')} | "
-                      f"{fitted or ', '.join(card.get('trained_on') or []) or 'unknown'} | {t.get('uar', float('nan')):.3f} |")
+                      f"{_fitted_on(card)} | {t.get('uar', float('nan')):.3f} |")
     speakers = {s: len(v.get("speakers", [])) for s, v in splits.items()}
     clips = {s: len(v.get("clips", [])) for s, v in splits.items()}
-    flags = metrics.get("flags") or []
     warnings = metrics.get("warnings") or []
     score = (f"UAR {student['uar']:.3f}{_ci(student, 'uar')}, WA {student['accuracy']:.3f}{_ci(student, 'accuracy')}, "
              f"macro-F1 {student['macro_f1']:.3f} on the {split} split ({student.get('num_clips', '?')} clips"
@@ -116,7 +141,8 @@ any of those shifts.
   {"; ".join(f"{s} {speakers[s]} / {clips[s]}" for s in speakers) or "not recorded"}.
 - Scores are speaker-independent when no speaker of the test split appears in training
   (LiSER's default; it warns otherwise). WA is accuracy, UAR the mean per-class recall.
-- Recipe fingerprint: `{metrics.get('recipe_fingerprint', '')[:16]}` (the run's `config.yaml` holds the recipe).
+- Recipe fingerprint: `{metrics.get('recipe_fingerprint', '')[:16]}` (the recipe: the run's `config.yaml`;
+  `recipe.yaml` beside this card where `liser push` uploaded it).
 - Code: {_code_line(metrics.get('code'))}.
 
 ## Teachers
@@ -128,7 +154,7 @@ any of those shifts.
 ## Limitations
 
 - Acted emotions (RAVDESS, CREMA-D) or synthetic data (`synth_av`) differ from spontaneous speech.
-- The score above is from one run (one seed, one fold); compare runs as mean ± std
+- The score above is from one run ({_one_run(config)}); compare runs as mean ± std
   (`liser summarize`).
 {chr(10).join("- Run warning: " + w for w in warnings[:5])}
 
@@ -205,6 +231,12 @@ Test: {record['test']}.
 int8 against float32: size {record['size_ratio']:.2f}x, speed {record['speedup']:.2f}x{drop}.
 {chr(10).join("- " + line for line in lines)}
 """
+
+
+def _one_run(config: dict) -> str:
+    """"seed 0, fold 3": the run's seed and fold, as its recipe set them."""
+    fold = ((config.get("data") or {}).get("options") or {}).get("fold")
+    return f"seed {config.get('seed', '?')}" + (f", fold {fold}" if fold is not None else ", one split")
 
 
 def _code_line(code: Any) -> str:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ComponentError, LiserError, one_line
+from .errors import ComponentError, LiserError, UsageError, one_line
 from .labels import LabelMap, LabelSpace, combine
 
 if TYPE_CHECKING:
@@ -272,19 +272,34 @@ class Student(nn.Module):
                 "replaced since; the folder's model card, scores and exports describe other weights", folder)
         return model.eval()
 
-    def push_to_hub(self, repo_id: str, *, run_dir=None, private: bool = False, api=None, onnx: bool = True) -> str:
+    def push_to_hub(self, repo_id: str, *, run_dir=None, private: bool = False, api=None, onnx: bool = True,
+                    edited_card: bool = False) -> str:
         """Upload this student (weights, config, model card, ONNX export) to the Hub as ``repo_id``;
-        see :func:`liser_core.hub.push`. ``run_dir``: the run it comes from, for its model card."""
+        see :func:`liser_core.hub.push`. ``run_dir``: the run it comes from, for its model card
+        and recipe: refused unless that run's student has these very weights (its card states
+        that student's scores)."""
         import tempfile
         from pathlib import Path
 
+        from safetensors.torch import load_file
+
+        from .checkpoint import WEIGHTS_NAME
         from .hub import push
 
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(Path(tmp) / "student")
-            if run_dir is not None and (Path(run_dir) / "student" / "README.md").is_file():
-                (Path(tmp) / "student" / "README.md").write_bytes((Path(run_dir) / "student" / "README.md").read_bytes())
-            return push(Path(tmp) / "student", repo_id, private=private, api=api, onnx=onnx)
+            if run_dir is None:
+                return push(Path(tmp) / "student", repo_id, private=private, api=api, onnx=onnx)
+            theirs = Path(run_dir) / "student"
+            if not (theirs / WEIGHTS_NAME).is_file():
+                raise UsageError(f"run_dir={run_dir}: no student/{WEIGHTS_NAME} there (not a finished run's folder)")
+            mine, saved = load_file(str(Path(tmp) / "student" / WEIGHTS_NAME)), load_file(str(theirs / WEIGHTS_NAME))
+            if mine.keys() != saved.keys() or any(not torch.equal(mine[k], saved[k]) for k in mine):
+                raise UsageError(
+                    f"run_dir={run_dir}: its student has other weights than this one, so its model card states another "
+                    "model's scores; give the run this student comes from, or no run_dir"
+                )
+        return push(theirs, repo_id, private=private, api=api, onnx=onnx, edited_card=edited_card)
 
 
 @dataclass

@@ -17,6 +17,7 @@ In ``liser_core`` with the model card (:mod:`liser_core.card`) and the export
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -27,6 +28,8 @@ from pathlib import Path
 
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_component_config
 from .errors import LiserError, UsageError
+
+log = logging.getLogger("liser")
 
 #: Seconds to wait for the Hub to accept a connection, answer, or take the next bytes.
 DEFAULT_TIMEOUT = 60.0
@@ -99,24 +102,50 @@ def network_error(exc: BaseException, endpoint: str, repo_id: str, seconds: floa
     return None
 
 #: what a pushed student folder holds (anything else in the folder stays local)
-PUSHED = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "student.onnx", "student.onnx.json", "student.int8.onnx",
-          "student.int8.onnx.json", "quantization.json")
+PUSHED = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "recipe.yaml", "student.onnx", "student.onnx.json",
+          "student.int8.onnx", "student.int8.onnx.json", "quantization.json")
 
 #: the int8 export and its records, pushed with the ONNX export when the folder has them as
 #: ``liser export --quantize int8`` wrote them (the model card's Quantization section names them)
 INT8 = ("student.int8.onnx", "student.int8.onnx.json", "quantization.json")
 
 
+def run_of(student_dir: str | Path) -> Path | None:
+    """The run a student folder belongs to: ``RUN_DIR`` for ``RUN_DIR/student`` beside its
+    ``metrics.json``; None for a student saved elsewhere."""
+    src = Path(student_dir)
+    return src.parent if src.name == "student" and (src.parent / "metrics.json").is_file() else None
+
+
+def check_card(student_dir: str | Path, *, edited_card: bool = False) -> None:
+    """A run's model card is pushed as LiSER wrote it: one changed since (``.liser-written.json``
+    records another SHA-256) may state other scores than the run's, and is refused unless
+    ``edited_card`` says it is meant (a card with no record is the user's own)."""
+    from liser_common.rundir import changed_since_written
+
+    run = run_of(student_dir)
+    card = Path(student_dir) / "README.md"
+    if run is not None and card.is_file() and not edited_card and changed_since_written(run, "student/README.md"):
+        raise UsageError(
+            f"{card} was changed since LiSER wrote it (.liser-written.json records another SHA-256): its scores may "
+            "not be the run's (metrics.json); push it as it is with --edited-card, or move it away to push the card "
+            "LiSER writes from the run"
+        )
+
+
 def push(student_dir: str | Path, repo_id: str, *, private: bool = False, api=None, onnx: bool = True,
-         commit_message: str | None = None, timeout: float | None = None) -> str:
+         commit_message: str | None = None, timeout: float | None = None, edited_card: bool = False) -> str:
     """Upload a saved student to the Hub as ``repo_id``: weights, config, its model card (written
-    from its run when the folder is a run's ``student/`` and has none) and, with ``onnx``, its
-    ONNX export with the sidecar metadata (and the int8 export with its records, where
-    ``liser export --quantize int8`` wrote them into the folder). Nothing is written into ``student_dir``: the upload is
-    staged in a temporary folder, removed whatever happens. ``api``: a ``huggingface_hub.HfApi``
-    (or a stand-in with ``create_repo`` and ``upload_folder``). ``timeout``: seconds for each
-    connection, answer or write (default ``LISER_HUB_TIMEOUT`` or 60). Returns the commit's URL
-    (or the stand-in's answer). Network and Hub failures raise one-line :class:`HubError`."""
+    from its run when the folder is a run's ``student/`` and has none; one edited since LiSER
+    wrote it only with ``edited_card``: :func:`check_card`), its run's recipe as ``recipe.yaml``
+    and, with ``onnx``, its ONNX export with the sidecar metadata (and the int8 export with its
+    records, where ``liser export --quantize int8`` wrote them into the folder). Nothing is
+    written into ``student_dir``: the upload is staged in a temporary folder, removed whatever
+    happens. ``api``: a ``huggingface_hub.HfApi`` (or a stand-in with ``create_repo`` and
+    ``upload_folder``). ``timeout``: seconds for each connection, answer or write (default
+    ``LISER_HUB_TIMEOUT`` or 60). Returns the commit's URL (or the stand-in's answer). Network
+    and Hub failures raise one-line :class:`HubError`."""
+    from liser_common.rundir import run_recipe
     from liser_common.weights import HUB_ID
 
     src = Path(student_dir)
@@ -130,6 +159,9 @@ def push(student_dir: str | Path, repo_id: str, *, private: bool = False, api=No
                          "SHA-256): the model card and scores describe other weights; push the folder LiSER wrote")
     if not HUB_ID.fullmatch(repo_id):
         raise UsageError(f"{repo_id!r} is not a Hub repository id (org/name)")
+    check_card(src, edited_card=edited_card)
+    run = run_of(src)
+    recipe = run_recipe(run) if run is not None else None  # refuses a config.yaml edited since the run
     seconds = hub_timeout(timeout)
     if api is None:
         from huggingface_hub import HfApi, constants
@@ -145,10 +177,13 @@ def push(student_dir: str | Path, repo_id: str, *, private: bool = False, api=No
         for name in (CONFIG_NAME, WEIGHTS_NAME, "README.md"):
             if (src / name).is_file():
                 shutil.copy2(src / name, stage / name)
-        if not (stage / "README.md").is_file() and (src.parent / "metrics.json").is_file():
+        if not (stage / "README.md").is_file() and run is not None:
             from .card import model_card
 
-            (stage / "README.md").write_text(model_card(src.parent, repo_id=repo_id))
+            (stage / "README.md").write_text(model_card(run, repo_id=repo_id))
+        if recipe:  # the recipe the card's fingerprint names, with the model (as the run wrote it)
+            shutil.copy2(run / "config.yaml", stage / "recipe.yaml")
+        carded = (stage / "README.md").is_file()
         if onnx:
             from .export import export, file_sha256, weights_digest
 
@@ -172,4 +207,7 @@ def push(student_dir: str | Path, repo_id: str, *, private: bool = False, api=No
             if (error := network_error(exc, endpoint, repo_id, seconds)) is None:
                 raise
             raise error from exc
+    if not carded:  # said once it is up (a failed push says only why it failed)
+        log.warning("%s has no model card (README.md) and is not a run's student/ folder: %s's page says nothing "
+                    "about its data, protocol or scores", src, repo_id)
     return str(getattr(info, "commit_url", info))

@@ -75,6 +75,9 @@ def add_parsers(sub, plugin_args) -> None:
     p.add_argument("repo_id", help="Hub repository id, org/name (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.add_argument("--no-onnx", dest="onnx", action="store_false", help="do not add the ONNX export")
+    p.add_argument("--edited-card", action="store_true",
+                   help="push a model card changed since LiSER wrote it (refused by default: its scores may not "
+                        "be the run's)")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="seconds to wait for the Hub to connect, answer or take data (default: "
                         "LISER_HUB_TIMEOUT or 60)")
@@ -226,7 +229,8 @@ def _microphone(rate: int, block: int, seconds: float | None):
 def cmd_push(args, host) -> int:
     from .hub import push
 
-    url = push(args.checkpoint, args.repo_id, private=args.private, onnx=args.onnx, timeout=args.timeout)
+    url = push(args.checkpoint, args.repo_id, private=args.private, onnx=args.onnx, timeout=args.timeout,
+               edited_card=args.edited_card)
     print(f"pushed {args.checkpoint} to {args.repo_id}: {url}")
     return 0
 

@@ -82,7 +82,13 @@ def test_every_flag_is_shown_by_summarize_and_the_model_card(flag, subset_run, t
     assert main(["summarize", str(run)]) == 0
     out = capsys.readouterr().out
     assert f"!{flag}" in out and f"{flag}: {FLAGS[flag]}" in out
-    assert flag in model_card(run)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(model_card(run))
+    assert flag in card.text
+    # the metadata the Hub shows as evaluation results carries it too, beside every value
+    assert card.data.eval_results and all(f"[flagged: {flag}]" in r.metric_name for r in card.data.eval_results)
+    assert f"liser-flagged-{flag}" in card.data.tags
 
 
 def test_a_metrics_json_edited_by_hand_is_not_summarised_or_carded(subset_run, tmp_path, capsys):

@@ -65,6 +65,27 @@ def test_every_saved_student_gets_a_model_card_from_its_run(run_dir):
     for teacher in metrics["teachers"]:
         assert f"| {teacher} |" in card.text  # each teacher with its card
     assert "speaker-independent" in card.text and "Student.from_pretrained" in card.text
+    seed = yaml.safe_load((run_dir / "config.yaml").read_text())["seed"]
+    assert {r.dataset_config for r in card.data.eval_results} == {f"seed={seed}"}  # synth_av: no protocol keys
+    assert f"from one run (seed {seed}, one split)" in card.text
+
+
+def test_a_card_names_every_corpus_of_a_cross_corpus_run_and_where_a_teacher_came_from():
+    """The protocol of a corpus assembled from parts names each part (it said "the corpus's
+    default splits"); a teacher loaded from another run says so, with the speakers it was
+    fitted on (it read as this run's teacher split)."""
+    from liser_core.card import _fitted_on, _protocol
+
+    config = {"seed": 2, "data": {"name": "cross_corpus", "options": {"classes": "emobox4", "parts": {
+        "teacher": {"name": "savee", "options": {"root": "/d/savee"}},
+        "unlabeled": {"name": "emobox", "split": "train", "options": {"corpus": "meld", "label_fraction": 1.0}},
+        "test": {"name": "iemocap", "options": {"fold": 1}}}}}}
+    assert _protocol(config) == ("teacher: savee, unlabeled: emobox (corpus=meld, label_fraction=1.0, split=train), "
+                                 "test: iemocap (fold=1), seed=2")
+    card = {"fit_sets": [{"corpus": "ravdess", "split": "teacher", "clips": 8, "speakers": ["09"]}],
+            "source": "fitted in run runs/fold2"}
+    assert _fitted_on(card) == "ravdess[teacher], 8 clips of 1 speakers (09); fitted in run runs/fold2"
+    assert _fitted_on({"trained_on": ["AffectNet"], "source": "hub: org/face"}) == "AffectNet; hub: org/face"
 
 
 def test_a_card_is_never_made_from_a_recipe_edited_since_the_run(run_dir, tmp_path):
@@ -144,7 +165,8 @@ def test_push_then_load_by_id_gives_the_same_probabilities(run_dir, offline_hub,
     url = push(run_dir / "student", "lab/liser-synth", api=offline_hub)
     assert url.startswith("local://lab/liser-synth")
     (repo_id, files, _), = offline_hub.uploads
-    assert set(files) == {"config.json", "model.safetensors", "README.md", "student.onnx", "student.onnx.json"}
+    assert set(files) == {"config.json", "model.safetensors", "README.md", "recipe.yaml", "student.onnx",
+                          "student.onnx.json"}
     assert not (run_dir / "student" / "student.onnx").exists()  # staged elsewhere: the run's folder untouched
     local = Student.from_pretrained(run_dir / "student")
     # no Hub is reached: offline mode, sockets off this machine refused, and the id resolves into
@@ -176,6 +198,47 @@ def test_push_refuses_what_is_not_a_student(run_dir, offline_hub, tmp_path):
     with pytest.raises(UsageError, match="not a Hub repository id"):
         push(run_dir / "student", "no-slash", api=offline_hub)
     assert offline_hub.uploads == []
+
+
+def test_a_pushed_card_states_the_pushed_models_scores(run_dir, offline_hub, tmp_path, capsys, caplog):
+    """A card edited since LiSER wrote it (its scores changed) is refused unless --edited-card
+    says it is meant; Student.push_to_hub(run_dir=...) refuses a run whose student has other
+    weights (it uploaded that run's card beside these weights) and pushes the run's own folder
+    (card and recipe) for the same weights; the recipe goes up as recipe.yaml."""
+    from liser_core.errors import UsageError
+    from liser_tools.hub import push
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    card = run / "student" / "README.md"
+    uar = json.loads((run / "metrics.json").read_text())["student"]["uar"]
+    card.write_text(card.read_text().replace(f"value: {round(uar, 4)}", "value: 0.925", 1))
+    with pytest.raises(UsageError, match=r"README.md was changed since LiSER wrote it .* --edited-card"):
+        push(run / "student", "lab/edited", api=offline_hub, onnx=False)
+    assert main(["push", str(run / "student"), "lab/edited", "--no-onnx"]) == 2
+    assert "--edited-card" in capsys.readouterr().err and offline_hub.uploads == []
+    push(run / "student", "lab/edited", api=offline_hub, onnx=False, edited_card=True)  # meant: pushed as it is
+    assert offline_hub.uploads[-1][1] == ["README.md", "config.json", "model.safetensors", "recipe.yaml"]
+
+    student = Student.from_pretrained(run_dir / "student")
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    from safetensors.torch import load_file, save_file
+
+    w = load_file(str(other / "student" / "model.safetensors"))
+    save_file({k: v + 1 if v.is_floating_point() else v for k, v in w.items()}, str(other / "student" / "model.safetensors"))
+    with pytest.raises(UsageError, match="its student has other weights than this one"):
+        student.push_to_hub("lab/mix", run_dir=other, api=offline_hub, onnx=False)
+    assert offline_hub.uploads[-1][0] == "lab/edited"  # nothing more went up
+    student.push_to_hub("lab/same", run_dir=run_dir, api=offline_hub, onnx=False)
+    repo_id, files, _ = offline_hub.uploads[-1]
+    assert repo_id == "lab/same" and "README.md" in files and "recipe.yaml" in files
+    snap = next((offline_hub.cache / "models--lab--same" / "snapshots").iterdir())
+    assert (snap / "README.md").read_bytes() == (run_dir / "student" / "README.md").read_bytes()
+    assert (snap / "recipe.yaml").read_bytes() == (run_dir / "config.yaml").read_bytes()
+    student.push_to_hub("lab/bare", api=offline_hub, onnx=False)  # no run: no card, said once it is up
+    assert offline_hub.uploads[-1][1] == ["config.json", "model.safetensors"]
+    assert "has no model card (README.md)" in caplog.text and "lab/bare's page says nothing" in caplog.text
 
 
 # -- liser serve ---------------------------------------------------------------------------------
