@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +53,29 @@ FLAGS: dict[str, str] = {
     "not_speaker_independent": "labeled or pool speakers are also in the test split",
     "unreachable_classes": "a class no teacher can express (its targets come from labels only)",
     "mixed_code": "the scores averaged come from different code (commits or versions)",
+    "test_classes_missing": "the test split has no clips of some classes: UAR and macro-F1 average fewer classes "
+                            "(chance is not 1/classes), not comparable with a test split of every class",
+    "folds_incomplete": "the runs averaged do not cover each fold of the protocol once per seed (folds missing or "
+                        "repeated): not the protocol's cross-validated score",
 }
+
+
+def fold_coverage(runs: Iterable[tuple[Any, Mapping[str, Any] | None]]) -> str:
+    """Whether runs averaged together cover their protocol: each ``(seed, protocol)`` where
+    ``protocol`` is a run's ``metrics.json`` record (``fold`` of ``folds``). "" when every fold
+    is there once per seed, or the runs are no folds of one protocol; else what they cover
+    (``folds 1, 2 of 6 (seed 0)``): the flag ``folds_incomplete``."""
+    runs = list(runs)
+    folds = {(p or {}).get("folds") for _, p in runs}
+    if len(folds) != 1 or not isinstance(next(iter(folds)), int):
+        return ""
+    n = next(iter(folds))
+    by_seed: dict[Any, list[int]] = {}
+    for seed, p in runs:
+        by_seed.setdefault(seed, []).append(int((p or {}).get("fold") or 0))
+    if all(sorted(v) == list(range(1, n + 1)) for v in by_seed.values()):
+        return ""
+    return "; ".join(f"folds {', '.join(map(str, sorted(v)))} of {n} (seed {seed})" for seed, v in by_seed.items())
 
 
 def describe_flags(flags: Sequence[str]) -> list[str]:

@@ -329,6 +329,11 @@ def guard_data(engine: Engine) -> None:
         run.flag("test_subset", w)
     for w in getattr(corpus, "notes", None) or []:
         run.warn(w)
+    present = {c.label for c in run.split(cfg.evaluate.split)}
+    if absent := [c for c in run.label_space.classes if c not in present]:
+        run.flag("test_classes_missing", f"the {cfg.evaluate.split} split has no clips of {len(absent)} of the "
+                 f"{len(run.label_space)} classes ({', '.join(absent[:8])}): UAR and macro-F1 average the classes it "
+                 f"has (a constant guess scores UAR 1/{len(present)}), not comparable with a split of every class")
     test = {c.speaker for c in run.split(cfg.evaluate.split)}
     for s in ("labeled", "unlabeled"):  # the teacher split is the fit guard's (_guard_teachers)
         shared = sorted({c.speaker for c in run.split(s)} & test)

@@ -41,7 +41,7 @@ from liser_common.rundir import (
 )
 from liser_common.stats import MIN_REPEATS, paired_comparison, t_interval
 from liser_core.errors import UsageError
-from liser_core.guards import describe_flags
+from liser_core.guards import describe_flags, fold_coverage
 
 KEYS = ("accuracy", "uar", "macro_f1")
 DEFAULT_OVER = ("seed", "data.options.fold")
@@ -145,7 +145,7 @@ def load_run(path: Path) -> dict[str, Any]:
         fold=opts.get("fold"), models=models, config=cfg, flags=flags,
         warnings=list(m.get("warnings") or []), confusion=confusion,
         code=code_string(m["code"]) if isinstance(m.get("code"), dict) and m["code"] else "",
-        inputs=_recorded_inputs(path),
+        inputs=_recorded_inputs(path), protocol=m.get("protocol") if isinstance(m.get("protocol"), dict) else None,
     )
     if m.get("status") != "completed":
         out["skipped"] = f"status {m.get('status')!r}" + (f": {m['error']}" if m.get("error") else "")
@@ -198,15 +198,36 @@ def _recorded_inputs(path: Path) -> dict:
     return inputs if isinstance(inputs, dict) else {}
 
 
+def _group_recipe(r: dict, over: Sequence[str]) -> dict | None:
+    """What a run is grouped by: its recipe less ``over`` and the result-free keys, with the
+    contents of the files it named by path."""
+    recipe = comparable(_bare_first_party(r["config"]), (*RESULT_FREE_KEYS, *over)) if r["config"] is not None else None
+    if recipe is not None and r.get("inputs"):  # the same path with other contents is another recipe
+        recipe["inputs"] = {k: v[:12] for k, v in r["inputs"].items()}
+    return recipe
+
+
+def repeats_of_one_run(runs: Sequence[dict], over: Sequence[str]) -> dict[str, str]:
+    """Runs of one recipe with the same values of ``over`` (seed and fold) as an earlier one:
+    the same experiment run again, not another sample of it (counted once: their scores would
+    shrink the interval). Run -> the run it repeats."""
+    first: dict[str, str] = {}
+    out = {}
+    for r in runs:
+        key = json.dumps([_group_recipe(r, over), [_get(r["config"] or {}, k) for k in over]], sort_keys=True, default=str)
+        if key in first:
+            out[r["run"]] = first[key]
+        else:
+            first[key] = r["run"]
+    return out
+
+
 def group_runs(runs: Sequence[dict], over: Sequence[str]) -> list[dict]:
     """Runs grouped by their recipe less ``over`` and the result-free keys, in first-seen order;
     each group names the keys where its recipe differs from the others'."""
-    drop = (*RESULT_FREE_KEYS, *over)
     groups: dict[str, dict] = {}
     for r in runs:
-        recipe = comparable(_bare_first_party(r["config"]), drop) if r["config"] is not None else None
-        if recipe is not None and r.get("inputs"):  # the same path with other contents is another recipe
-            recipe["inputs"] = {k: v[:12] for k, v in r["inputs"].items()}
+        recipe = _group_recipe(r, over)
         key = json.dumps(recipe, sort_keys=True, default=str)
         groups.setdefault(key, {"recipe": recipe, "runs": []})["runs"].append(r)
     out = list(groups.values())
@@ -230,6 +251,9 @@ def group_runs(runs: Sequence[dict], over: Sequence[str]) -> list[dict]:
         g["code"] = sorted({r.get("code", "") for r in g["runs"]})
         if len({code_identity(c) for c in g["code"]}) > 1:  # a mean over different code: said, never silent
             flags.add("mixed_code")
+        g["folds"] = fold_coverage([(r.get("seed"), r.get("protocol")) for r in g["runs"]]) if "data.options.fold" in over else ""
+        if g["folds"]:  # a mean over some folds, or some twice, is not the protocol's score
+            flags.add("folds_incomplete")
         g["flags"] = sorted(flags)  # each once (a run flagged mixed_code in a mixed group too)
         g["confusion"] = {
             name: pooled([r["confusion"][name] for r in g["runs"] if name in r.get("confusion", {})])
@@ -280,6 +304,12 @@ def cmd_summarize(args) -> int:
             continue
         for _, k in keys:
             seen[k] = r["run"]
+    repeats = repeats_of_one_run([r for r in runs if not r["skipped"]], over)
+    for r in runs:  # the same seed and fold of one recipe again: the same experiment, counted once
+        if not r["skipped"] and (earlier := repeats.get(r["run"])):
+            values = ", ".join(f"{k}={_get(r['config'] or {}, k)}" for k in over)
+            r["skipped"] = (f"the same recipe, {values} as {earlier}: a repeat of one experiment, not another sample "
+                            "of it (counted once)")
     usable = [r for r in runs if not r["skipped"]]
     skipped = [r for r in runs if r["skipped"]]
     if not usable:
@@ -336,6 +366,10 @@ def _print_group(g: dict, several: bool) -> None:
               f"paired t p = {c['t_p']:.3g}{wil}")
     if "mixed_code" in g["flags"]:
         print("!!! these runs come from different code: " + "; ".join(c or "(not recorded)" for c in g["code"]))
+    else:
+        print(f"code: {g['code'][0] or '(not recorded)'}")
+    if g.get("folds"):
+        print(f"!!! the runs cover {g['folds']}: not each fold of the protocol once per seed")
     if g["flags"]:
         print(f"!!! flagged: {', '.join(g['flags'])} -- these scores are incomplete or not comparable "
               "(the runs' warnings in metrics.json say why):")

@@ -53,7 +53,7 @@ from liser_common.metrics import mean_std
 from liser_common.provenance import code_identity, code_string, plain_config
 from liser_core.checkpoint import atomic_write_text
 from liser_core.errors import ConfigError, LiserError, UsageError, one_line
-from liser_core.guards import FLAGS
+from liser_core.guards import FLAGS, fold_coverage
 
 log = logging.getLogger("liser.bench")
 
@@ -655,10 +655,13 @@ def summarise_rows(grid: Grid, rows: list[dict]) -> list[dict]:
         parts = [p for p in r["combination"].split(",") if p.split("=")[0] not in grid.repeat]
         groups.setdefault((",".join(parts), r["model"]), []).append(r)
     out = []
+    protocols: dict[str, tuple] = {}
     for (combo, model), rs in groups.items():
         flags = {f for r in rs for f in (r.get("flags") or "").split(",") if f}
         if len({code_identity(r.get("code") or "") for r in rs}) > 1:
             flags.add("mixed_code")
+        if len(rs) > 1 and fold_coverage(_run_protocol(r.get("run_dir"), protocols) for r in rs):
+            flags.add("folds_incomplete")  # the grid's repeats hold some folds of the protocol, or some twice
         entry = {"combination": combo or "(all)", "model": model, "components": rs[0]["components"], "n": len(rs),
                  "num_parameters": int(rs[0]["num_parameters"]), "flags": sorted(flags)}
         for k in ("accuracy", "uar", "macro_f1"):
@@ -666,6 +669,18 @@ def summarise_rows(grid: Grid, rows: list[dict]) -> list[dict]:
         out.append(entry)
     out.sort(key=lambda e: -e["uar"][0])
     return out
+
+
+def _run_protocol(run_dir: str | None, memo: dict) -> tuple:
+    """(seed, protocol) of a run directory, from its ``config.yaml`` and ``metrics.json``."""
+    if run_dir not in memo:
+        try:
+            seed = (yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}).get("seed")
+            protocol = json.loads((Path(run_dir) / "metrics.json").read_text()).get("protocol")
+        except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+            seed, protocol = None, None
+        memo[run_dir] = (seed, protocol if isinstance(protocol, dict) else None)
+    return memo[run_dir]
 
 
 def current_rows(plan: list[dict], rows: list[dict]) -> tuple[list[dict], list[str]]:

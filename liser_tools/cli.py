@@ -279,8 +279,11 @@ def _table(run) -> str:
         )
     split = run.evaluations[0].split if run.evaluations else "test"
     n = len(run.evaluations[0].clip_ids) if run.evaluations else 0
-    chance = 1 / len(run.label_space)
-    lines.append(f"({split} split: {n} clips, {len(run.label_space)} classes, chance UAR {chance:.3f})")
+    # a constant guess of one class it has: a split without every class has a higher chance level
+    present = len({c.label for c in run.split(split)} & set(run.label_space.classes)) or len(run.label_space)
+    classes = (f"{len(run.label_space)} classes" if present == len(run.label_space)
+               else f"{present} of the {len(run.label_space)} classes")
+    lines.append(f"({split} split: {n} clips, {classes}, chance UAR {1 / present:.3f})")
     if run.flags:
         lines.append(f"!!! flagged: {', '.join(run.flags)} -- see the warnings in metrics.json; these scores are NOT a fair estimate")
     if run.warnings:

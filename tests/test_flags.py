@@ -205,3 +205,17 @@ def test_runs_naming_components_bare_or_qualified_are_one_recipe(subset_run, tmp
     (old / "config.yaml").write_text(text.replace("losses:kl", "kl").replace("logmel_cnn:logmel_cnn", "logmel_cnn"))
     assert main(["summarize", str(subset_run), str(old), "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)["groups"]) == 1
+
+
+def test_a_test_split_without_every_class_is_flagged_and_its_chance_level_is_right(tmp_path, capsys):
+    """A test split with no clip of some classes: UAR averages the classes it has, so a constant
+    guess scores 1/present, not 1/classes (the table said "8 classes, chance UAR 0.125"). The run
+    is flagged test_classes_missing, naming the classes; the table counts what the split holds."""
+    root = write_ravdess(tmp_path / "RAVDESS", ACTORS, emotions=range(1, 7))  # no disgust (07), surprised (08)
+    path = recipe(tmp_path, root, "fold: 1, label_fraction: 0.5, teacher_speakers: [9]")
+    assert main(["run", str(path), f"run_dir={tmp_path / 'run'}", "teachers.0.fit.epochs=0", "distil.epochs=0"]) == 0
+    out = capsys.readouterr().out
+    assert "(test split: 6 clips, 6 of the 8 classes, chance UAR 0.167)" in out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "test_classes_missing" in metrics["flags"]
+    assert any("no clips of 2 of the 8 classes (disgust, surprised)" in w for w in metrics["warnings"])

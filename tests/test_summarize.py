@@ -102,3 +102,32 @@ def test_a_config_yaml_edited_after_the_run_is_skipped_naming_the_keys(tmp_path,
     out = json.loads(captured.out)
     assert [r["run"] for r in out["runs"] if not r.get("skipped")] == [same]
     assert "config.yaml differs from the recipe the run recorded (state/run.json) at distil.lr" in captured.err + captured.out
+
+
+def test_a_repeat_of_one_seed_and_fold_is_counted_once_and_missing_folds_are_a_flag(tmp_path, capsys):
+    """The same recipe, seed and fold run twice is one experiment repeated (it made n=3 with a
+    narrower interval out of two samples); runs that do not cover each of the protocol's folds
+    once per seed are flagged folds_incomplete, with what they cover."""
+    def run(name, fold, seed, uar, folds=6):
+        path = fake_run(tmp_path / name, fold, uar, 0.5)
+        (tmp_path / name / "config.yaml").write_text(f"seed: {seed}\ndata:\n  options:\n    fold: {fold}\n")
+        m = json.loads((tmp_path / name / "metrics.json").read_text())
+        m["protocol"] = {"description": f"fold {fold} of {folds}", "fold": fold, "folds": folds}
+        (tmp_path / name / "metrics.json").write_text(json.dumps(m))
+        return path
+
+    a, again, b = run("a", 1, 0, 0.4), run("again", 1, 0, 0.45), run("b", 2, 0, 0.6)
+    assert main(["summarize", a, again, b, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["summary"]["student"]["uar"]["n"] == 2 and out["summary"]["student"]["uar"]["mean"] == pytest.approx(0.5)
+    assert [s["run"] for s in out["skipped"]] == [again] and "data.options.fold=1 as " + a in out["skipped"][0]["reason"]
+    (group,) = out["groups"]
+    assert "folds_incomplete" in group["flags"] and group["folds"] == "folds 1, 2 of 6 (seed 0)"
+    assert main(["summarize", a, again, b]) == 0
+    text = capsys.readouterr().out
+    assert "!!! the runs cover folds 1, 2 of 6 (seed 0)" in text and "folds_incomplete: " in text
+    assert "code: (not recorded)" in text  # the code of the runs averaged is always named
+    full = [run(f"s{seed}f{f}", f, seed, 0.5, folds=3) for seed in (0, 1) for f in (1, 2, 3)]
+    assert main(["summarize", *full, "--json"]) == 0
+    (group,) = json.loads(capsys.readouterr().out)["groups"]
+    assert group["folds"] == "" and "folds_incomplete" not in group["flags"]  # every fold once per seed

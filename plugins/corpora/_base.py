@@ -189,6 +189,7 @@ def assemble(
             expected_takes=expected_takes,
             take=take,
         )
+        plan.fold, plan.folds = int(opts.fold), int(num_folds)
     for note in notes:
         log.warning(note)
     plan.notes += list(notes)

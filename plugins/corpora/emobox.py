@@ -426,7 +426,7 @@ def emobox(
     plan = protocols.SplitPlan(
         splits=splits, description=description,
         speakers={s: sorted({c.speaker for c in cl}) for s, cl in splits.items()},
-        notes=notes, unused=sorted(unused, key=lambda c: c.clip_id),
+        notes=notes, unused=sorted(unused, key=lambda c: c.clip_id), fold=int(fold), folds=len(folds),
     )
     have = {c.clip_id for c in clips["test"]}
     have_spk = {c.speaker for c in clips["test"]}

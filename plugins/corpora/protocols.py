@@ -130,10 +130,15 @@ class SplitPlan:
     #: a deliberate subset (``expect_complete: false``): split -> {"speakers": the fold's speakers
     #: with no clip, "expected": every speaker the fold names}
     subset: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    #: which fold of how many (None: not a fold of a cross-validation protocol)
+    fold: int | None = None
+    folds: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "description": self.description,
+            "fold": self.fold,
+            "folds": self.folds,
             "counts": {s: len(c) for s, c in self.splits.items()} | {"unused": len(self.unused)},
             "speakers": self.speakers,
             "notes": self.notes,

@@ -26,6 +26,14 @@ from liser_core.checkpoint import atomic_write_json, atomic_write_text
 from liser_core.config import components_record, qualified_config
 
 
+
+def _protocol(corpus) -> dict | None:
+    """``{"description", "fold", "folds"}`` of a corpus that made its splits by a protocol."""
+    plan = getattr(corpus, "protocol", None)
+    if plan is None or not hasattr(plan, "description"):
+        return None
+    return {"description": str(plan.description), "fold": getattr(plan, "fold", None), "folds": getattr(plan, "folds", None)}
+
 class RunDirWriter:
     def __init__(self, confusion_png: bool = True):
         self.confusion_png = confusion_png
@@ -102,6 +110,8 @@ class RunDirWriter:
             "error": f"{type(error).__name__}: {error}" if error else None,
             "split": run.config.evaluate.split,
             "corpus": run.corpus.name if run.corpus else None,
+            # the protocol's splits as the corpus made them: which fold of how many (summaries check coverage)
+            "protocol": _protocol(run.corpus),
             "label_space": list(run.label_space.classes) if run.corpus else None,
             "metric_names": {"accuracy": "WA (accuracy)", "uar": "UA/UAR (mean per-class recall)", "macro_f1": "macro-F1"},
             "student": None,
