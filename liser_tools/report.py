@@ -383,9 +383,15 @@ def _comparisons_html(out: Path) -> str:
     return f"<p>{html.escape(intro.replace('**', ''))}</p>" + _md_table_html(md)
 
 
+#: the notes under a board that must reach the page with its numbers: flags, an incomplete
+#: grid, too few repeats, and the code the rows come from
+_NOTES = ("**!", "**Incomplete", "**n = ", "Code: ", "Rows come from ")
+
+
 def _notes_html(md: str) -> str:
-    """The flag notes under a Markdown table (lines starting ``**!``) as paragraphs."""
-    return "".join(f"<p>{html.escape(ln.replace('**', ''))}</p>" for ln in md.splitlines() if ln.startswith("**!"))
+    """The notes under a Markdown table (:data:`_NOTES`) as paragraphs."""
+    return "".join(f"<p>{html.escape(ln.replace('**', '').replace('`', ''))}</p>"
+                   for ln in md.splitlines() if ln.startswith(_NOTES))
 
 
 def _confusion_html(csv_path: Path) -> str:

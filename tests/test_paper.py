@@ -80,6 +80,10 @@ def test_a_paper_grid_writes_curves_tables_pareto_and_a_report(paper_grid, tmp_p
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "Label efficiency" in page and "run directory" in page
     assert "http://" not in page and "https://" not in page  # self-contained
+    import html
+
+    # the board's notes reach the page with its numbers: the code the rows come from, too few repeats
+    assert f"<p>Code: {html.escape(rows[0]['code'])}.</p>" in page and "<p>n = 2 for some rows" in page
 
 
 def test_the_report_renders_in_a_headless_browser(paper_grid, tmp_path):
