@@ -56,8 +56,31 @@ class Interval:
         return f"{self.mean:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
-def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> Interval:
-    """Mean of ``values`` and its Student-t confidence interval (sample std, n - 1 d.o.f.)."""
+#: the range of every score LiSER reports (WA, UAR, macro-F1): an interval of their mean stays in it
+SCORE_RANGE = (0.0, 1.0)
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE,
+               bounds: tuple[float, float] | None = None) -> Interval:
+    """Mean of ``values`` and its Student-t confidence interval (sample std, n - 1 d.o.f.).
+    ``bounds``: the range the quantity lives in (:data:`SCORE_RANGE` for scores, ``(-1, 1)``
+    for their differences); the interval is cut to it (a t-interval of a mean near 1 over few
+    runs otherwise reaches past 1, a score no run can have).
+
+    Example::
+
+        >>> iv = t_interval([0.97, 1.0, 0.99], bounds=SCORE_RANGE)
+        >>> round(iv.low, 3), iv.high
+        (0.949, 1.0)
+    """
+    iv = _t_interval(values, confidence)
+    if bounds is None or iv.low != iv.low:
+        return iv
+    lo, hi = bounds
+    return Interval(iv.mean, min(max(iv.low, lo), hi), max(min(iv.high, hi), lo), iv.n, iv.std, iv.confidence)
+
+
+def _t_interval(values: Sequence[float], confidence: float) -> Interval:
     from scipy import stats
 
     x = np.asarray(list(values), dtype=float)
@@ -150,7 +173,7 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], confidence: float 
     if len(x) != len(y):
         raise ValueError(f"paired samples must have the same length ({len(x)} and {len(y)})")
     d = x - y
-    iv = t_interval(d, confidence)
+    iv = t_interval(d, confidence, bounds=(-1.0, 1.0))
     n = len(d)
     if n < 2:
         return Comparison(n, iv.mean, math.nan, math.nan, math.nan, None, math.nan)

@@ -39,7 +39,7 @@ from liser_common.rundir import (
     recipe_edits,
     safe_name,
 )
-from liser_common.stats import MIN_REPEATS, paired_comparison, t_interval
+from liser_common.stats import MIN_REPEATS, SCORE_RANGE, paired_comparison, t_interval
 from liser_core.errors import UsageError
 from liser_core.guards import describe_flags, fold_coverage
 
@@ -244,7 +244,7 @@ def group_runs(runs: Sequence[dict], over: Sequence[str]) -> list[dict]:
         }
         for name, summ in g["summary"].items():  # a 95 % t-interval over the runs beside each mean
             for k, v in summ.items():
-                iv = t_interval([r["models"][name][k] for r in g["runs"] if name in r["models"]])
+                iv = t_interval([r["models"][name][k] for r in g["runs"] if name in r["models"]], bounds=SCORE_RANGE)
                 v["ci"] = [iv.low, iv.high]
         g["comparisons"] = _paired(g["runs"])
         flags = {f for r in g["runs"] for f in r["flags"]}

@@ -85,6 +85,8 @@ class Grid:
     #: defaults for running it as a task graph (workers, partition, cpus_per_task, ...):
     #: liser_tools.taskgraph.EXECUTOR_KEYS
     executor: dict | None = None
+    #: the grid file it was loaded from (None: made in code): which grid an output folder holds
+    source: Path | None = None
     #: ``key=value`` arguments of ``liser bench GRID key=value``: applied after the axes
     #: (:func:`check_cli_overrides`, :func:`after_axes`)
     cli_overrides: list[str] = field(default_factory=list)
@@ -161,7 +163,40 @@ def load_grid(path: str | Path, output: str | Path | None = None) -> Grid:
     overrides = list(raw.get("overrides") or [])
     for text in overrides:
         _check_placed(text, f"in {path}'s overrides")
-    return Grid(str(recipe), overrides, axes, repeat, store, out, plot_axis, report, executor=raw.get("executor"))
+    return Grid(str(recipe), overrides, axes, repeat, store, out, plot_axis, report, executor=raw.get("executor"),
+                source=path.resolve())
+
+
+#: which grid an output folder holds (its board, tables and figures are that grid's)
+GRID_CLAIM = ".liser-grid.json"
+
+
+def claim_output(grid: Grid) -> None:
+    """An output folder holds one grid: the first driver records the grid file (or, for a grid
+    made in code, its recipe) in ``OUTPUT/.liser-grid.json``; another grid is refused before
+    anything is written (its board would replace the first's, whose rows stay in results.csv
+    off the board). Editing the grid file in place is the same grid."""
+    from liser_cache.files import atomic_write_json
+
+    mine = {"grid": str(grid.source)} if grid.source is not None else {"recipe": str(Path(grid.recipe).resolve())}
+    path = grid.output / GRID_CLAIM
+    try:
+        theirs = json.loads(path.read_text())
+    except FileNotFoundError:
+        theirs = None
+    except (OSError, ValueError):
+        theirs = {}
+    if theirs is None or not isinstance(theirs, dict) or not theirs:
+        grid.output.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, mine)
+        return
+    if theirs != mine:
+        other = theirs.get("grid") or theirs.get("recipe") or "?"
+        raise UsageError(
+            f"-o {grid.output} holds the results of another grid ({other}, recorded in {GRID_CLAIM}): this grid's "
+            "board would replace its board and mix their rows; choose another output folder (-o), or, for the same "
+            f"grid file moved or renamed, remove {path} to let this one adopt the folder"
+        )
 
 
 #: Recipe keys a grid sets itself, per combination: a value for them would be silently replaced.
@@ -576,6 +611,7 @@ def run_grid(grid: Grid, host, other_code: str | None = None) -> dict:
     from liser_core.engine import Engine
 
     todo = validated_plan(grid, host, other_code)
+    claim_output(grid)
     grid.output.mkdir(parents=True, exist_ok=True)
     results_path = grid.output / "results.csv"
     rows = read_results(results_path)

@@ -30,6 +30,7 @@ from typing import Any
 from liser_common.stats import (
     CONFIDENCE,
     MIN_REPEATS,
+    SCORE_RANGE,
     holm,
     paired_comparison,
     repeats_needed,
@@ -97,7 +98,7 @@ def board_entries(rows: Sequence[Mapping[str, str]], repeat: Sequence[str]) -> l
             "same_in": len(members), "values": {rep: float(r["uar"]) for rep, r in reps.items()},
         }
         for k in METRICS:
-            iv = t_interval(float(r[k]) for r in rs)
+            iv = t_interval((float(r[k]) for r in rs), bounds=SCORE_RANGE)
             entry[k] = (iv.mean, iv.std if iv.n > 1 else 0.0)
             entry[f"{k}_ci"] = (iv.low, iv.high)
         out.append(entry)

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from liser_common.metrics import mean_std
-from liser_common.stats import MIN_REPEATS, t_interval
+from liser_common.stats import MIN_REPEATS, SCORE_RANGE, t_interval
 
 ROLES = ("fraction", "teachers", "student")
 #: The fraction the headline table reads (the paper's "10 % of the labels") and the share of
@@ -115,7 +115,7 @@ def efficiency(tab: Mapping, students: Sequence[str], teacher_sets: Sequence[str
                 continue
             means = {f: mean_std(v)[0] for f, v in curve.items()}
             head = min(means, key=lambda f: abs(f - HEADLINE_FRACTION))
-            head_iv = t_interval(curve[head])
+            head_iv = t_interval(curve[head], bounds=SCORE_RANGE)
             reach = [f for f in sorted(means) if means[f] >= REACH * full]
             out.append({
                 "student": student, "teachers": teachers, "full_fraction": full_frac, "full_uar": full,
@@ -214,7 +214,7 @@ def curves(tab: Mapping, student: str, teacher_sets: Sequence[str], path: Path) 
 
     def line(curve, label, **kw):
         xs = sorted(curve)
-        ivs = [t_interval(curve[x]) for x in xs]
+        ivs = [t_interval(curve[x], bounds=SCORE_RANGE) for x in xs]
         ns.update(iv.n for iv in ivs)
         m = [iv.mean for iv in ivs]
         lo = [iv.low if iv.low == iv.low else iv.mean for iv in ivs]  # n = 1: no band

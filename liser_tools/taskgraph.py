@@ -371,6 +371,7 @@ def run_graph(grid, host, executor: Executor, *, other_code: str | None = None, 
     Holds the output folder's lock from the first check to the last write."""
     from liser_tools.bench import (
         after_axes,
+        claim_output,
         combination_key,
         current_rows,
         read_results,
@@ -390,6 +391,7 @@ def run_graph(grid, host, executor: Executor, *, other_code: str | None = None, 
         raise
     try:
         todo = validated_plan(grid, host, other_code)
+        claim_output(grid)
         combos = grid.combinations()
         overrides = {combination_key(chosen): ovr for (chosen, _), ovr in zip(combos, after_axes(grid, combos))}
         # torch threads per task: the executor's share (a threads= on the command line wins; one

@@ -442,3 +442,24 @@ def test_a_board_row_over_some_folds_of_the_protocol_is_flagged(tmp_path):
     assert entry["n"] == 2 and entry["flags"] == ["folds_incomplete"]
     (entry,) = summarise_rows(grid, [row(f, s, folds=3) for f in (1, 2, 3) for s in (0, 1)])
     assert entry["n"] == 6 and entry["flags"] == []
+
+
+def test_an_output_folder_holds_one_grid(grid_file, tmp_path, capsys):
+    """A second grid written into a grid's output folder replaced its board (the first grid's
+    rows stayed in results.csv, off it): refused before anything is written, naming the grid the
+    folder holds; the same grid file edited in place is the same grid."""
+    from liser_tools.cli import main
+
+    path, out = grid_file(seeds=("s0",)), tmp_path / "out"
+    assert run_grid(load_grid(path, out), load_plugins())["ran"] == 2
+    board = (out / "leaderboard.md").read_bytes()
+    other = tmp_path / "other.yaml"
+    other.write_text(path.read_text())
+    assert main(["bench", str(other), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"holds the results of another grid ({path.resolve()}, recorded in .liser-grid.json)" in err
+    assert (out / "leaderboard.md").read_bytes() == board
+    grid = yaml.safe_load(path.read_text())
+    grid["axes"]["seed"]["s1"] = ["seed=1"]  # the same file, edited: the same grid, one combination more
+    path.write_text(yaml.safe_dump(grid))
+    assert run_grid(load_grid(path, out), load_plugins())["ran"] == 2

@@ -93,3 +93,20 @@ def test_speaker_bootstrap_resamples_whole_speakers():
     iv2 = speaker_bootstrap(labels, preds2, spk, num_classes=2, n_resamples=500)
     assert iv2.low < iv2.mean < iv2.high
     assert math.isnan(speaker_bootstrap(labels, preds, ["a"] * 8).low)  # one speaker: no interval
+
+
+def test_an_interval_of_scores_stays_in_their_range():
+    """A t-interval of a mean near 1 over three runs reached past 1 (a UAR no run can have): cut
+    to the range it is given, the mean and the other end as scipy computes them."""
+    from scipy import stats
+
+    from liser_common.stats import SCORE_RANGE, t_interval
+
+    x = [0.97, 1.0, 0.99]
+    low, high = stats.t.interval(0.95, df=2, loc=np.mean(x), scale=stats.sem(x))
+    assert high > 1.0  # the plain interval leaves the range
+    iv = t_interval(x, bounds=SCORE_RANGE)
+    assert iv.high == 1.0 and iv.low == pytest.approx(low) and iv.mean == pytest.approx(np.mean(x))
+    assert t_interval([0.01, 0.0, 0.03], bounds=SCORE_RANGE).low == 0.0
+    plain = t_interval(x)
+    assert plain.high == pytest.approx(high)  # without bounds: as scipy gives it

@@ -354,7 +354,7 @@ def test_an_edited_grid_on_the_same_folder_reruns_what_changed_and_reuses_the_fi
     grid["axes"]["loss"]["kl"] = ["distil.losses=[{name: kl}, {name: ce, weight: 0.6}]"]
     del grid["axes"]["loss"]["ce"]  # the first combination needing the fits is now another one
     grid["axes"]["loss"]["ce2"] = ["distil.losses=[{name: ce, weight: 1.5}]"]
-    edited = out.parent / "edited.yaml"
+    edited = path  # the grid file edited in place: the same grid (another file is refused: test_bench)
     edited.write_text(yaml.safe_dump(grid))
     fitted = sorted(p.name for p in (out / "store" / "fitted").iterdir())
     with caplog.at_level(logging.INFO, logger="liser"):

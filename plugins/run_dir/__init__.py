@@ -26,13 +26,13 @@ from liser_core.checkpoint import atomic_write_json, atomic_write_text
 from liser_core.config import components_record, qualified_config
 
 
-
 def _protocol(corpus) -> dict | None:
     """``{"description", "fold", "folds"}`` of a corpus that made its splits by a protocol."""
     plan = getattr(corpus, "protocol", None)
     if plan is None or not hasattr(plan, "description"):
         return None
     return {"description": str(plan.description), "fold": getattr(plan, "fold", None), "folds": getattr(plan, "folds", None)}
+
 
 class RunDirWriter:
     def __init__(self, confusion_png: bool = True):
