@@ -189,7 +189,9 @@ def _load_fast(schema_type: type, path: str | Path | None, overrides: list[str],
         key, value = parse_override(text)
         _set_plain(user, key.split("."), value, schema_type)
     _check_keys(user, schema_type, "")
-    cfg = OmegaConf.merge(schema, OmegaConf.create(user))
+    # into a deep copy of the defaults, in place: the same result as OmegaConf.merge, which copies
+    # node by node as it goes (~40 % of a grid's planning time)
+    cfg = OmegaConf.unsafe_merge(copy.deepcopy(schema), OmegaConf.create(user))
     if OmegaConf.missing_keys(cfg):
         raise ValueError("missing values")
     OmegaConf.resolve(cfg)

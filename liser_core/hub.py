@@ -110,6 +110,13 @@ PUSHED = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "recipe.yaml", "student.onnx",
 INT8 = ("student.int8.onnx", "student.int8.onnx.json", "quantization.json")
 
 
+def _format(meta_path: Path) -> str | None:
+    try:
+        return json.loads(meta_path.read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def run_of(student_dir: str | Path) -> Path | None:
     """The run a student folder belongs to: ``RUN_DIR`` for ``RUN_DIR/student`` beside its
     ``metrics.json``; None for a student saved elsewhere."""
@@ -185,9 +192,14 @@ def push(student_dir: str | Path, repo_id: str, *, private: bool = False, api=No
             shutil.copy2(run / "config.yaml", stage / "recipe.yaml")
         carded = (stage / "README.md").is_file()
         if onnx:
-            from .export import export, file_sha256, weights_digest
+            from .export import export, export_mismatch, file_sha256, sidecar, weights_digest
 
-            export(stage, stage / "student.onnx")
+            ready = src / "student.onnx"  # `liser export` made it from these very weights: that file, not another export
+            if ready.is_file() and export_mismatch(src, ready) is None and _format(sidecar(ready)) == "onnx":
+                shutil.copy2(ready, stage / ready.name)
+                shutil.copy2(sidecar(ready), stage / sidecar(ready).name)
+            else:
+                export(stage, stage / "student.onnx")
             try:  # the int8 file, only as LiSER wrote it from these weights (its sidecar records both digests)
                 record = json.loads((src / INT8[1]).read_text())
                 ok = (record.get("sha256") == file_sha256(src / INT8[0])

@@ -258,11 +258,13 @@ def test_export_replaces_only_its_own_files_and_checks_everything_before_writing
 
         def upload_folder(self, *, folder_path, allow_patterns, **k):
             self.files = sorted(p.name for p in Path(folder_path).iterdir() if p.name in allow_patterns)
+            self.onnx = (Path(folder_path) / "student.onnx").read_bytes()
             return "ok"
 
     api = Api()
     push(ckpt, "org/name", api=api)
     assert {"student.int8.onnx", "student.int8.onnx.json", "quantization.json", "student.onnx"} <= set(api.files)
+    assert api.onnx == (ckpt / "student.onnx").read_bytes()  # liser export's file of these weights: not exported again
     record = json.loads((ckpt / "student.int8.onnx.json").read_text())
     (ckpt / "student.int8.onnx.json").write_text(json.dumps({**record, "weights_sha256": "0" * 64}))  # other weights
     push(ckpt, "org/name", api=api)
