@@ -90,6 +90,18 @@ def run_cli(
     )
 
 
+def run_here(args: list[str], capsys) -> subprocess.CompletedProcess:
+    """``liser ARGS`` in this process, for a refusal: no process to kill and no fault to plant,
+    so no new interpreter (seconds of imports) is needed to see its exit status and its lines;
+    the same result as :func:`run_cli` (what is written on stderr, the status)."""
+    from liser_tools.cli import main
+
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
 def weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / name / "model.safetensors"))
 

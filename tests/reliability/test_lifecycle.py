@@ -19,6 +19,7 @@ from faults import (
     assert_same_weights,
     eval_metrics,
     run_cli,
+    run_here,
     weights,
 )
 
@@ -134,16 +135,16 @@ def kill_in_distil(recipe, run_dir, tmp_path, *extra):
     assert killed.returncode == -9, killed.stderr[-2000:]
 
 
-def test_resume_with_an_override_that_changes_results_is_refused_and_free_ones_are_recorded(tiny_recipe, tmp_path):
+def test_resume_with_an_override_that_changes_results_is_refused_and_free_ones_are_recorded(tiny_recipe, tmp_path, capsys):
     run_dir = tmp_path / "run"
     kill_in_distil(tiny_recipe, run_dir, tmp_path)  # threads=1 (RESUME_OVERRIDES)
     recipe_before = (run_dir / "state" / "recipe.yaml").read_bytes()
     for override, key in (("seed=5", "seed"), ("distil.lr=0.01", "distil.lr"), ("distil.epochs=31", "distil.epochs")):
-        p = run_cli(["run", "--resume", str(run_dir), override])
+        p = run_here(["run", "--resume", str(run_dir), override], capsys)  # refusals: in this process
         assert p.returncode == 2, p.stderr[-2000:]
         assert len(lines(p)) == 1 and f"(differs at: {key})" in lines(p)[0], p.stderr
     (run_dir / "state" / "recipe.yaml").write_text(recipe_before.decode().replace("seed: 0", "seed: 7"))
-    p = run_cli(["run", "--resume", str(run_dir)])  # the run's own recipe edited by hand: said so, not "use --resume"
+    p = run_here(["run", "--resume", str(run_dir)], capsys)  # the run's own recipe edited by hand: said so, not "use --resume"
     assert p.returncode == 2 and len(lines(p)) == 1, p.stderr[-2000:]
     assert "state/recipe.yaml differs from the recipe its run state records (at: seed)" in lines(p)[0]
     (run_dir / "state" / "recipe.yaml").write_bytes(recipe_before)
@@ -349,28 +350,29 @@ def test_a_dead_worker_wrapped_as_a_teachers_failure_is_still_one_line(tmp_path)
     assert environment_fault(ComponentError("teacher failed in forward: shapes"), tmp_path) is None
 
 
-def test_a_bad_run_dir_or_resume_target_is_refused_before_the_corpus_is_built(tiny_recipe, tmp_path):
+def test_a_bad_run_dir_or_resume_target_is_refused_before_the_corpus_is_built(tiny_recipe, tmp_path, capsys):
     file_dir = tmp_path / "a-file"
     file_dir.write_text("x")
-    p = run(tiny_recipe, file_dir)  # INFO on the console: building the corpus would log lines
+    here = ["run", str(tiny_recipe), *RESUME_OVERRIDES]  # refusals: in this process
+    p = run_here([*here, f"run_dir={file_dir}"], capsys)  # INFO on the console: building the corpus would log lines
     assert p.returncode == 2 and len(lines(p)) == 1 and "is a file, not a folder" in lines(p)[0], p.stderr
     assert file_dir.read_text() == "x"
     missing = tmp_path / "nowhere"
-    p = run(tiny_recipe, missing, "--resume")
+    p = run_here([*here, f"run_dir={missing}", "--resume"], capsys)
     assert p.returncode == 2 and len(lines(p)) == 1, p.stderr
     assert f"--resume: {missing} does not exist; nothing to resume" in lines(p)[0]
-    p = run_cli(["run", "--resume", str(missing)])  # the run directory alone
+    p = run_here(["run", "--resume", str(missing)], capsys)  # the run directory alone
     assert p.returncode == 2 and len(lines(p)) == 1, p.stderr
     assert f"--resume: {missing} does not exist; nothing to resume" in lines(p)[0]
     assert not missing.exists()
 
 
-def test_an_unreadable_run_state_is_refused_and_restart_discards_it(tiny_recipe, tmp_path):
+def test_an_unreadable_run_state_is_refused_and_restart_discards_it(tiny_recipe, tmp_path, capsys):
     run_dir = tmp_path / "run"
     (run_dir / "state").mkdir(parents=True)
     (run_dir / "liser-run.json").write_text('{"liser_run": 1}')
     (run_dir / "state" / "run.json").write_text("garbage{")  # what a broken disk or a hand edit leaves
-    p = run(tiny_recipe, run_dir)
+    p = run_here(["run", str(tiny_recipe), *RESUME_OVERRIDES, f"run_dir={run_dir}"], capsys)
     assert p.returncode == 2 and len(lines(p)) == 1 and "unreadable run state" in lines(p)[0], p.stderr
     assert "use --restart to discard it" in lines(p)[0]
     p = run(tiny_recipe, run_dir, "--restart")  # was refused with the same line

@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from faults import RESUME_OVERRIDES, eval_metrics, run_cli
+from faults import RESUME_OVERRIDES, eval_metrics, run_cli, run_here
 
 from liser_common.rundir import RunLock, inside, safe_name
 from liser_core import load_plugins
@@ -61,30 +61,30 @@ def run(recipe, run_dir, *extra, **kw):
     return run_cli(["run", str(recipe), *RESUME_OVERRIDES, f"run_dir={run_dir}", *extra], **kw)
 
 
-def test_a_folder_that_is_not_a_run_is_refused_and_left_alone(recipe, tmp_path):
+def test_a_folder_that_is_not_a_run_is_refused_and_left_alone(recipe, tmp_path, capsys):
     folder = tmp_path / "thesis"
     folder.mkdir()
     (folder / "chapter1.tex").write_text("\\section{Intro}")
     (folder / "state").mkdir()
     (folder / "state" / "important.txt").write_text("keep me")
     before = tree(folder)
-    p = run(recipe, folder)
+    p = run_here(["run", str(recipe), *RESUME_OVERRIDES, f"run_dir={folder}"], capsys)  # refusals: in this process
     assert p.returncode == 2 and "is not empty and is not a LiSER run directory" in p.stderr.strip().splitlines()[-1]
     assert tree(folder) == before and sorted(os.listdir(folder)) == ["chapter1.tex", "state"]
     file_dir = tmp_path / "a-file"
     file_dir.write_text("x")
-    p = run(recipe, file_dir)
+    p = run_here(["run", str(recipe), *RESUME_OVERRIDES, f"run_dir={file_dir}"], capsys)
     assert p.returncode == 2 and "is a file" in p.stderr and file_dir.read_text() == "x"
 
 
-def test_another_recipe_over_a_finished_run_is_refused_unless_overwrite_which_keeps_everything(recipe, tmp_path):
+def test_another_recipe_over_a_finished_run_is_refused_unless_overwrite_which_keeps_everything(recipe, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert run(recipe, run_dir).returncode == 0
     (run_dir / "state" / "important.txt").write_text("mine")
     (run_dir / "student" / "thesis.tex").write_text("mine")
     (run_dir / "teachers" / "face_cnn" / "mydata.csv").write_text("mine")
     before = tree(run_dir)
-    p = run(recipe, run_dir, "distil.epochs=3")
+    p = run_here(["run", str(recipe), *RESUME_OVERRIDES, f"run_dir={run_dir}", "distil.epochs=3"], capsys)
     assert p.returncode == 2
     line = p.stderr.strip().splitlines()[-1]
     assert "holds a finished run of a different recipe (differs at: distil.epochs)" in line and "--overwrite" in line
