@@ -130,7 +130,7 @@ class PluginHost:
         before = {r.kind: r.qualified_names() for r in self.registries}
         for r in self.registries:
             r._current_plugin = name
-            r._current_first_party = info.distribution == FIRST_PARTY
+            r._current_first_party = first_party(info)
         try:
             self.pm.register(plugin, name=name)
             self._check_hook_names(name, plugin)
@@ -279,6 +279,18 @@ class PluginHost:
                     impl.plugin_name, hook_name, type(exc).__name__, exc,
                 )
                 log.debug("traceback", exc_info=True)
+
+
+#: the package LiSER's own plugins live in (the ``plugins/`` folder, installed as ``liser_plugins``)
+FIRST_PARTY_PACKAGE = "liser_plugins"
+
+
+def first_party(info: PluginInfo) -> bool:
+    """A plugin of LiSER's own: its distribution is LiSER's and its module is in LiSER's plugin
+    package (a package that only calls its distribution ``liser`` does not make its components
+    first-party, which would let their bare names win)."""
+    module = str(info.module or "")
+    return info.distribution == FIRST_PARTY and (module == FIRST_PARTY_PACKAGE or module.startswith(FIRST_PARTY_PACKAGE + "."))
 
 
 def _dist_name(ep) -> str:

@@ -96,6 +96,9 @@ class Registry:
         ``override=True`` (third-party plugins only) declares that the bare ``name`` should
         mean this component even though a first-party plugin registers it too; the
         first-party one stays reachable by its qualified name (docs/plugins.md, "Names").
+        A component is registered under the plugin being loaded: ``plugin`` may only repeat
+        that name (a plugin registering under another plugin's name took it over: its
+        components, and that plugin's own failing to load as "duplicates").
         """
 
         def add(fn: Callable[..., Any]):
@@ -106,8 +109,14 @@ class Registry:
                     f"{self.kind} name {name!r} is not allowed: letters, digits and _ . + - only "
                     "(it names files and folders of a run)"
                 )
-            owner = plugin or self._current_plugin
-            first_party = self._current_first_party and not plugin
+            if plugin is not None and plugin != self._current_plugin:
+                loading = f"plugin {self._current_plugin!r}" if self._current_plugin else "code outside any plugin"
+                raise ValueError(
+                    f"{self.kind} {name!r}: {loading} cannot register it under plugin {plugin!r}; a plugin registers "
+                    "components under its own name only (docs/plugins.md, Names)"
+                )
+            owner = self._current_plugin
+            first_party = self._current_first_party
             entry = Entry(name=name, factory=fn, plugin=owner, summary="", tags=tags,
                           first_party=first_party, override=bool(override) and not first_party)
             if entry.qualified in self._entries:

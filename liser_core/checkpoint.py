@@ -70,8 +70,11 @@ def save_component(
     label_space: LabelSpace,
     extra: dict | None = None,
     provenance: dict | None = None,
+    plugin: str | None = None,
 ) -> Path:
     """Save ``module`` into ``directory`` atomically (built in a temporary sibling, then renamed).
+    ``plugin``: the plugin that registered it (``config.json`` records it: :func:`load_component`
+    rebuilds that plugin's component, never another package's of the same name).
 
     The weights' header carries LiSER's marker (:data:`MARKER_KEY`): for a teacher, the fit sets
     of the card in ``extra["card"]`` and ``provenance`` (e.g. ``fitted_in``, ``reused_from``)."""
@@ -96,6 +99,7 @@ def save_component(
             "format_version": FORMAT_VERSION,
             "kind": kind,
             "name": name,
+            **({"plugin": plugin} if plugin else {}),
             "options": options,
             "label_space": label_space.to_dict(),
             **(extra or {}),
@@ -185,6 +189,27 @@ def load_weights(module: torch.nn.Module, directory: str | Path, what: str = "")
         )
 
 
+def recorded_entry(registry, config: dict, where: Path, kind: str):
+    """The registry entry a saved component's ``config.json`` means: the component of the plugin
+    it records (refused when that plugin is not loaded: a first-party or another package's
+    component of the same name is not it); for folders that record none, the name as a record
+    reads it (:meth:`Registry.get_recorded`)."""
+    from ._registry import bare_name
+
+    name, plugin = config["name"], config.get("plugin")
+    if not plugin:
+        return registry.get_recorded(name)
+    mine = [e for e in registry.candidates(bare_name(name)) if e.plugin == plugin]
+    if not mine:
+        others = [e.qualified for e in registry.candidates(bare_name(name))]
+        raise UsageError(
+            f"{where}: a {kind} {bare_name(name)!r} of plugin {plugin!r}, which is not loaded here"
+            + (f" (the name is also {', '.join(others)}: not this component)" if others else "")
+            + "; install the package that provides it"
+        )
+    return mine[0]
+
+
 def load_component(directory: str | Path, registry, *, kind: str, **inject: Any) -> torch.nn.Module:
     """Rebuild a saved component through ``registry`` and load its weights (strictly). A
     ``config.json`` that does not describe a component of ``registry`` is a one-line error."""
@@ -198,14 +223,15 @@ def load_component(directory: str | Path, registry, *, kind: str, **inject: Any)
         label_space = LabelSpace.from_dict(space)
     except (TypeError, KeyError, ValueError) as exc:
         raise UsageError(f"{cfg_path}: 'label_space' is not a label space ({exc})") from None
+    entry = recorded_entry(registry, config, cfg_path, kind)
     try:
-        module = registry.get_recorded(name).factory(label_space=label_space, **options, **inject)
+        module = entry.factory(label_space=label_space, **options, **inject)
     except UsageError:
         raise
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{cfg_path}: {kind} {name!r} rejects the saved options: {exc}") from None
     load_weights(module, directory, f"{kind} {config['name']!r}")
-    module.liser_spec = {"name": config["name"], "options": config["options"]}
+    module.liser_spec = {"name": config["name"], "options": config["options"], "plugin": entry.plugin}
     if kind == "teacher" and isinstance(config.get("card"), dict):  # provenance comes back with it
         from .components import TeacherCard
 

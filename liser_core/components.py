@@ -247,6 +247,7 @@ class Student(nn.Module):
             options=spec["options"],
             label_space=self.label_space,
             extra={"sample_rate": self.sample_rate, "num_parameters": self.num_parameters(), **extra},
+            plugin=spec.get("plugin"),
         )
 
     @classmethod

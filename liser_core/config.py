@@ -368,7 +368,8 @@ def components_record(cfg: DictConfig, registries) -> dict[str, str]:
 def qualify_recorded(cfg: DictConfig, registries, plugins=None, components=None) -> None:
     """Read a recipe saved with a run (``state/recipe.yaml``, ``config.yaml``) as the run
     meant it: each bare name becomes the qualified name the run recorded for that key
-    (``components``, from its ``manifest.json``), else the candidate of a plugin the run
+    (``components``, from its ``manifest.json``; refused by validation when that plugin is not
+    loaded now), else, for runs that recorded none, the candidate of a plugin the run
     loaded (``plugins``), else the first-party one (:meth:`Registry.get_recorded`). A name
     that is still ambiguous or unknown is left for validation to refuse."""
     components = components or {}
@@ -377,7 +378,9 @@ def qualify_recorded(cfg: DictConfig, registries, plugins=None, components=None)
             continue
         recorded = components.get(key[: -len(".name")] if key.endswith(".name") else key)
         try:
-            if recorded and recorded.rpartition(":")[2] == name and registries[kind].is_registered(recorded):
+            if recorded and recorded.rpartition(":")[2] == name:
+                # the component the run used, installed or not: gone, validation refuses it by that name
+                # (another package's component of the same bare name must not continue the run)
                 _rename(cfg, key, recorded)
             else:
                 _rename(cfg, key, registries[kind].get_recorded(name, plugins).qualified)

@@ -134,6 +134,8 @@ class LabelMap:
         for d in self.drop:
             if d not in self.source.classes:
                 raise ValueError(f"label map drops {d!r}, which {self.source.name!r} lacks")
+        if both := [c for c in self.merge if c in self.drop]:  # which would win is a guess: say one
+            raise ValueError(f"label map both merges and drops {both}: a class is merged or dropped, not both")
         missing = [
             c
             for c in self.source.classes

@@ -105,6 +105,26 @@ def data(engine: Engine) -> None:
     if not run.split(cfg.evaluate.split):
         raise ConfigError("evaluate.split", f"corpus {run.corpus.name!r} has no {cfg.evaluate.split!r} clips")
 
+def _check_checkpoint_teacher(engine: Engine, i: int, tc, teacher) -> None:
+    """A teacher loaded from ``teachers.N.checkpoint`` is the component its ``config.json``
+    records, built with the options saved there: the recipe's name must be that component and
+    its options (when it gives any) those, or the run would say one teacher and run another."""
+    import json
+
+    reg = engine.reg.teacher
+    saved = reg.get_recorded(teacher.liser_spec["name"], [teacher.liser_spec["plugin"]])
+    named = reg.get(str(tc.name))
+    if named.qualified != saved.qualified:
+        raise ConfigError(f"teachers.{i}.name", f"{tc.checkpoint} holds teacher {saved.qualified!r}, not "
+                          f"{named.qualified!r}: name the teacher it holds, or give that teacher's checkpoint")
+    given = plain(tc.options)
+    if given and json.dumps(given, sort_keys=True, default=str) != json.dumps(teacher.liser_spec["options"],
+                                                                                sort_keys=True, default=str):
+        raise ConfigError(f"teachers.{i}.options", f"a teacher loaded from {tc.checkpoint} is built with the options "
+                          f"saved there ({teacher.liser_spec['options']}), not {given}: leave options out, or fit "
+                          "a teacher with these options")
+
+
 def components(engine: Engine) -> None:
     run, cfg = engine.run, engine.cfg
     names = [bare_name(t.name) for t in cfg.teachers]  # keys name files: never PLUGIN:NAME
@@ -112,8 +132,8 @@ def components(engine: Engine) -> None:
         key = names[i] if names.count(names[i]) == 1 else f"{names[i]}.{i}"
         if tc.checkpoint:
             teacher = checkpoint.load_component(tc.checkpoint, engine.reg.teacher, kind="teacher")
-            teacher.liser_spec |= {"kind": "teacher", "plugin": engine.reg.teacher.get_recorded(teacher.liser_spec["name"]).plugin,
-                                   "key": f"teachers.{i}"}
+            teacher.liser_spec |= {"kind": "teacher", "key": f"teachers.{i}"}
+            _check_checkpoint_teacher(engine, i, tc, teacher)
         else:  # its initial weights depend on its own recipe block, not on the run's seed
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(_teacher_seed(tc))

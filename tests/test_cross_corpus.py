@@ -67,6 +67,9 @@ def test_usage_errors(tmp_path):
         cross_corpus({**parts, "teacher": {**parts["test"], "split": "all"}})
     with pytest.raises(ValueError, match="merge"):
         cross_corpus(parts, merge={"calm": "contempt"})
+    # a misspelt source class merged nothing: its clips were left out as "outside the classes"
+    with pytest.raises(ValueError, match=r"merge: \['clam'\] is a class of none of the parts' corpora"):
+        cross_corpus(parts, merge={"surprised": "happy", "clam": "neutral"})
 
 
 @pytest.mark.slow

@@ -56,6 +56,9 @@ def test_unmapped_classes_must_be_explicit():
     with pytest.raises(ValueError, match="lacks"):
         LabelMap(RAVDESS8, CREMAD6, merge={"calm": "calm"}, drop=("surprised",))
     LabelMap(AFFECTNET8, RAVDESS8, drop=("contempt",))  # explicit: fine
+    # merged and dropped: the drop won silently (a teacher 90 % calm gave 100 % of another class)
+    with pytest.raises(ValueError, match=r"both merges and drops \['calm'\]"):
+        LabelMap(RAVDESS8, CREMAD6, merge={"calm": "neutral"}, drop=("calm", "surprised"))
 
 
 def test_matrix_shape_and_rows():

@@ -219,3 +219,139 @@ def test_a_declared_override_takes_the_bare_name_and_is_shown(fake_distribution,
     fake_distribution("loudkl-too", {"loud_too": "loudkl_too"}, path=src)
     with pytest.raises(AmbiguousComponentError, match="losses:kl, loud:kl, loud_too:kl"):
         liser_core.load_plugins().registries.loss.get("kl")
+
+
+SQUATTER = """
+from liser_core import hookimpl
+from liser_plugins.losses import KLDivergence
+
+class Mine(KLDivergence):
+    '''Registered under other plugins' names.'''
+
+@hookimpl
+def liser_register_losses(registry):
+    registry.register("newloss", Mine, plugin="losses")  # into LiSER's own namespace
+"""
+
+
+def test_a_plugin_registers_under_its_own_name_only(fake_distribution, tmp_path, monkeypatch):
+    """Registry.register(plugin=...) let a package register under another plugin's name: its
+    component then passed for LiSER's (losses:newloss, `liser show` named LiSER), or made the
+    real owner fail to load as a duplicate. Refused: that plugin fails alone, naming why, and
+    registers nothing."""
+    monkeypatch.delenv("LISER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "squat.py").write_text(textwrap.dedent(SQUATTER))
+    fake_distribution("squat", {"squat": "squat"}, path=src)
+    host = liser_core.load_plugins()
+    (info,) = [p for p in host.plugins if p.name == "squat"]
+    assert info.status == "failed" and "cannot register it under plugin 'losses'" in info.error
+    assert "losses:newloss" not in host.registries.loss.qualified_names() and "newloss" not in host.registries.loss
+    assert all(p.status == "loaded" for p in host.plugins if p.distribution == "liser")  # LiSER's own unharmed
+
+
+def test_a_package_calling_itself_liser_is_not_first_party(fake_distribution, tmp_path, monkeypatch):
+    """A distribution named ``liser`` first on sys.path made its plugin "LiSER's own": its bare
+    names then won over third-party ones as first-party ones do. First-party also needs LiSER's
+    plugin package (liser_plugins)."""
+    monkeypatch.delenv("LISER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "posing.py").write_text(textwrap.dedent(SQUATTER.replace(', plugin="losses"', "")))
+    fake_distribution("liser", {"posing": "posing"}, path=src)
+    host = liser_core.load_plugins()
+    (info,) = [p for p in host.plugins if p.name == "posing"]
+    assert info.status == "loaded" and info.distribution == "liser"
+    assert host.registries.loss.get("posing:newloss").first_party is False
+
+
+def test_a_teacher_checkpoint_is_the_teacher_the_recipe_names_with_its_saved_options(run_tiny, tmp_path, capsys):
+    """teachers.N.checkpoint built the component its config.json records whatever the recipe
+    named (a face_cnn ran as "audio_cnn" in every table) and ignored the recipe's options:
+    both refused before any work, naming the key; the saved teacher names its plugin, and a
+    saved component whose plugin is not loaded is refused (not another package's of its name)."""
+    import json
+
+    from liser_core import load_plugins
+    from liser_core.checkpoint import load_component
+    from liser_core.errors import UsageError
+    from liser_tools.testing import TINY_OVERRIDES
+
+    ctx = run_tiny()
+    face = ctx.run_dir / "teachers" / "face_cnn"
+    assert json.loads((face / "config.json").read_text())["plugin"] == "cnn_teachers"
+    base = ["run", str(tmp_path / "tiny.yaml"), *TINY_OVERRIDES, f"run_dir={tmp_path / 'again'}"]
+    capsys.readouterr()
+    assert cli_main([*base, f"teachers=[{{name: audio_cnn, checkpoint: {face}}}]"]) == 2
+    err = capsys.readouterr().err
+    assert "teachers.0.name: " in err and "holds teacher 'cnn_teachers:face_cnn', not 'cnn_teachers:audio_cnn'" in err
+    assert cli_main([*base, f"teachers=[{{name: face_cnn, checkpoint: {face}, options: {{hidden: 64}}}}]"]) == 2
+    assert "teachers.0.options: a teacher loaded from" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()
+    config = json.loads((face / "config.json").read_text())
+    (face / "config.json").write_text(json.dumps({**config, "plugin": "gone"}))  # saved by a package not installed
+    with pytest.raises(UsageError, match="a teacher 'face_cnn' of plugin 'gone', which is not loaded here .*"
+                                         "cnn_teachers:face_cnn: not this component"):
+        load_component(face, load_plugins().registries.teacher, kind="teacher")
+
+
+def test_a_resumed_run_never_continues_with_another_packages_component_of_its_name(tmp_path):
+    """A run recorded twin:tloss; twin uninstalled and zz (with its own tloss) installed, the
+    bare name in state/recipe.yaml resumed with zz:tloss (only mixed_code said anything). The
+    recorded component is kept: gone, validation refuses it by its name."""
+    import types
+
+    from liser_core import hookimpl, load_plugins
+    from liser_core.config import load_recipe, qualify_recorded, validate_components
+    from liser_core.errors import ConfigError
+    from liser_plugins.losses import KLDivergence
+    from liser_tools.testing import TINY_RECIPE
+
+    zz = types.SimpleNamespace(liser_register_losses=hookimpl(lambda registry: registry.register("tloss", KLDivergence)))
+    host = load_plugins(extra=[("zz", zz)])
+    assert host.registries.loss.get("tloss").qualified == "zz:tloss"
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
+    cfg = load_recipe(tmp_path / "tiny.yaml", ["distil.losses=[{name: tloss}]"])
+    qualify_recorded(cfg, host.registries, plugins=["twin"], components={"distil.losses.0": "twin:tloss"})
+    assert cfg.distil.losses[0].name == "twin:tloss"
+    with pytest.raises(ConfigError, match="distil.losses.0.name: unknown loss 'twin:tloss'"):
+        validate_components(cfg, host.registries)
+
+
+UPTEACHER = """
+from liser_core import hookimpl
+from liser_plugins.cnn_teachers import AudioCNNTeacher
+
+@hookimpl
+def liser_register_teachers(registry):
+    registry.register("up_teacher", AudioCNNTeacher)
+"""
+
+
+@pytest.mark.parametrize("version", ["1.0", "2.0"])
+def test_a_third_party_teachers_stored_outputs_depend_on_its_package_version(version, fake_distribution, tmp_path,
+                                                                              monkeypatch):
+    """up-plugin 2.0 changed its teacher's forward, not its weights or options: the store served
+    1.0's outputs (predictions of the old code, no flag). Its stored outputs are keyed by its
+    package's version too; LiSER's own teachers are not (LiSER bumps STORE_FORMAT)."""
+    import types
+
+    from liser_cache.store import teacher_fingerprint
+    from liser_core.labels import RAVDESS8
+    from liser_core.stages.label import package_extra
+
+    monkeypatch.delenv("LISER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "upteacher.py").write_text(textwrap.dedent(UPTEACHER))
+    fake_distribution("up-plugin", {"up": "upteacher"}, version=version, path=src)
+    host = liser_core.load_plugins()
+    engine = types.SimpleNamespace(reg=host.registries, host=host)
+    teacher = host.registries.teacher.build("up_teacher", label_space=RAVDESS8, channels=[4, 8], hidden=16)
+    teacher.liser_spec = {"name": "up_teacher", "options": {}, "plugin": "up"}
+    assert package_extra(engine, teacher) == {"package": {"up-plugin": version}}
+    ours = types.SimpleNamespace(liser_spec={"name": "audio_cnn", "plugin": "cnn_teachers"})
+    assert package_extra(engine, ours) is None
+    fps = {v: teacher_fingerprint(teacher, sample_rate=16000, extra={"package": {"up-plugin": v}}) for v in ("1.0", "2.0")}
+    assert fps["1.0"] != fps["2.0"]

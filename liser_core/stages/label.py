@@ -100,6 +100,25 @@ def _unflat(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tenso
     return out
 
 
+def package_extra(engine: Engine, teacher) -> dict | None:
+    """What a teacher's stored outputs also depend on when a third-party package provides it:
+    that package's version (``{"package": {distribution: version}}``). Its ``forward`` may
+    change with an upgrade while its weights and options do not, and the package cannot bump
+    LiSER's ``STORE_FORMAT``; an upgrade so labels anew instead of reusing the old outputs.
+    None for LiSER's own teachers (docs/store.md)."""
+    spec = getattr(teacher, "liser_spec", None) or {}
+    try:
+        entry = engine.reg.teacher.get_recorded(spec["name"], [spec.get("plugin")])
+    except (KeyError, LookupError):
+        return None
+    if entry.first_party:
+        return None
+    info = next((p for p in engine.host.plugins if p.name == entry.plugin and p.status == "loaded"), None)
+    if info is None:
+        return None
+    return {"package": {info.distribution or info.module: info.version or "?"}}
+
+
 def _label_all(engine: Engine, clips: list[Clip]):
     """Every teacher's logits and embeddings on ``clips`` (and the taps the losses read)."""
     run = engine.run
@@ -107,10 +126,11 @@ def _label_all(engine: Engine, clips: list[Clip]):
     for key, teacher in run.teachers.items():
         if run.teacher_configs[key].online:  # run on each distillation batch (distil.py)
             continue
-        models.append((key, teacher, None))
+        package = package_extra(engine, teacher)
+        models.append((key, teacher, package))
         if run.taps.get(key):  # its intermediate features: labeled and stored like its outputs
             view = TapView(teacher, run.taps[key], {t: run.tap_shapes[(key, t)] for t in run.taps[key]})
-            models.append((f"{key} (features)", view, view.store_extra))
+            models.append((f"{key} (features)", view, {**view.store_extra, **(package or {})}))
     out = label_clips(engine, clips, models, engine.store(shared=engine.dist.enabled))  # ranks share labels through a store
     logits, embs, features = {}, {}, {}
     for name, model, _ in models:  # rows of clips skipped as bad stay NaN; distil skips them too

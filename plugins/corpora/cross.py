@@ -145,6 +145,10 @@ def cross_corpus(
             for s, what in (member.subset() if hasattr(member, "subset") else {}).items():
                 if s == "test":
                     subset[role] = {k: [f"{prefix}/{x}" for x in v] for k, v in what.items()}
+    known = {c for m in built.values() for c in getattr(getattr(m, "label_space", None), "classes", ())}
+    if unknown := sorted(src for src in merge if src not in known):  # a misspelt source merged nothing
+        raise ValueError(f"merge: {unknown} is a class of none of the parts' corpora (their classes: "
+                         f"{', '.join(sorted(known))})")
     test_key = json.dumps([parts["test"]["name"], dict(parts["test"].get("options") or {})], sort_keys=True,
                           default=str)
     if test_key in all_members and all_members[test_key] != "test":
