@@ -89,11 +89,22 @@ class Executor(ABC):
 
 #: name -> factory(**options) -> Executor
 EXECUTORS: dict[str, Callable[..., Executor]] = {}
+#: name -> who registered it ("liser", a distribution, or "code" for a call outside any package)
+OWNERS: dict[str, str] = {}
+#: names that several installed packages declare as entry points -> those packages (refused)
+CLASHES: dict[str, list[str]] = {}
+_WARNED: set[str] = set()
 
 
-def register_executor(name: str, factory: Callable[..., Executor]) -> None:
-    """Make ``--executor NAME`` build ``factory(**options)`` (options: see :func:`make_executor`)."""
+def register_executor(name: str, factory: Callable[..., Executor], *, owner: str = "code") -> None:
+    """Make ``--executor NAME`` build ``factory(**options)`` (options: see :func:`make_executor`).
+    A name is never taken over: registering a name again with another factory is refused (a
+    package replacing ``local`` ran every grid on its own executor, silently)."""
+    if name in EXECUTORS and EXECUTORS[name] is not factory:
+        raise ValueError(f"executor {name!r} is already registered (by {OWNERS.get(name, '?')}): an executor's name "
+                         "cannot be taken over; register yours under a name of its own")
     EXECUTORS[name] = factory
+    OWNERS.setdefault(name, owner)
 
 
 def executor_names() -> list[str]:
@@ -102,14 +113,34 @@ def executor_names() -> list[str]:
 
 
 def _load_entry_points() -> None:
+    """The ``liser.executors`` entry points: a name LiSER or another package already has, or
+    that two packages declare, is not loaded (a warning names them; ``--executor`` refuses a
+    clashed name), never the first on ``sys.path`` silently."""
     from importlib.metadata import entry_points
 
+    declared: dict[str, list] = {}
     for ep in entry_points(group="liser.executors"):
-        if ep.name not in EXECUTORS:
-            try:
-                EXECUTORS[ep.name] = ep.load()
-            except Exception as exc:  # noqa: BLE001 - a broken plugin is named, not fatal
-                log.warning("executor plugin %s could not be loaded: %s", ep.value, exc)
+        declared.setdefault(ep.name, []).append(ep)
+    for name, eps in sorted(declared.items()):
+        dists = [getattr(getattr(ep, "dist", None), "name", None) or ep.value for ep in eps]
+        if name in EXECUTORS and OWNERS.get(name) in dists and len(eps) == 1:
+            continue  # loaded from this package before
+        if name in EXECUTORS or len(eps) > 1:
+            if len(eps) > 1 and name not in EXECUTORS:
+                CLASHES[name] = dists
+            if name not in _WARNED:
+                _WARNED.add(name)
+                if name in EXECUTORS:
+                    log.warning("executor %r of %s not loaded: the name is %s's (rename its entry point)", name,
+                                ", ".join(dists), OWNERS.get(name, "?"))
+                else:
+                    log.warning("executor %r is declared by %s: neither is loaded (uninstall one)", name,
+                                " and ".join(dists))
+            continue
+        try:
+            register_executor(name, eps[0].load(), owner=dists[0])
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is named, not fatal
+            log.warning("executor plugin %s could not be loaded: %s", eps[0].value, exc)
 
 
 def takes_option(name: str, option: str) -> bool:
@@ -132,6 +163,9 @@ def make_executor(name: str, **options: Any) -> Executor:
     from liser_core.errors import ConfigError, close_matches
 
     names = executor_names()
+    if name in CLASHES:
+        raise ConfigError("--executor", f"executor {name!r} is declared by {' and '.join(CLASHES[name])}: which one is "
+                          "meant cannot be told; uninstall one of them")
     if name not in EXECUTORS:
         raise ConfigError("--executor", f"unknown executor {name!r} (known: {', '.join(names)})", close_matches(name, names))
     factory = EXECUTORS[name]
@@ -539,6 +573,6 @@ class SlurmExecutor(Executor):
                 + f", {self.timeout_min} min per task, {self.capacity} at once; job files in {self.folder}")
 
 
-register_executor("local", LocalExecutor)
-register_executor("ray", RayExecutor)
-register_executor("slurm", SlurmExecutor)
+register_executor("local", LocalExecutor, owner="liser")
+register_executor("ray", RayExecutor, owner="liser")
+register_executor("slurm", SlurmExecutor, owner="liser")

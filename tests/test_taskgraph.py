@@ -324,6 +324,11 @@ def test_executors_are_a_registry_a_plugin_can_add_to():
         del executors.EXECUTORS["inline"]
     with pytest.raises(ConfigError, match="unknown executor 'rey'.*ray"):
         executors.make_executor("rey")
+    # a name is never taken over: a package registering "local" ran every grid on its executor
+    with pytest.raises(ValueError, match="executor 'local' is already registered .by liser.: an executor's name "
+                                         "cannot be taken over"):
+        executors.register_executor("local", Inline)
+    assert executors.EXECUTORS["local"] is executors.LocalExecutor
     local = executors.make_executor("local", workers=2, threads=None)
     assert local.capacity == 2 and local.threads == max(1, len(os.sched_getaffinity(0)) // 2)
 
@@ -362,3 +367,34 @@ def test_an_edited_grid_on_the_same_folder_reruns_what_changed_and_reuses_the_fi
     assert result["failed"] == {} and result["ran"] == 2 and result["replaced"] == ["loss=kl,seed=s0"]
     assert "loss=kl,seed=s0: its rows are stale (the recipe changed at distil.losses" in caplog.text
     assert sorted(p.name for p in (out / "store" / "fitted").iterdir()) == fitted  # no teacher fitted again
+
+
+def test_an_executor_name_two_packages_declare_is_refused_not_first_on_the_path(tmp_path, monkeypatch, caplog):
+    """Two packages declaring the entry point `fast`: whichever came first on sys.path ran the
+    grid; one declaring `local` was silently ignored. A clashed name is refused naming both
+    packages; a package declaring LiSER's name is not loaded, with a warning naming it."""
+    import logging
+
+    from liser_core.errors import ConfigError
+    from liser_tools import executors
+
+    monkeypatch.setattr(executors, "EXECUTORS", dict(executors.EXECUTORS))
+    monkeypatch.setattr(executors, "OWNERS", dict(executors.OWNERS))
+    monkeypatch.setattr(executors, "CLASHES", {})
+    monkeypatch.setattr(executors, "_WARNED", set())
+    for dist, eps in (("exa", {"fast": "exa_mod:Fast", "local": "exa_mod:Fast"}), ("exb", {"fast": "exb_mod:Fast"})):
+        site = tmp_path / dist
+        info = site / f"{dist}-1.0.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text("[liser.executors]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()))
+        (site / f"{dist}_mod.py").write_text("from liser_tools.executors import LocalExecutor as Fast\n")
+        monkeypatch.syspath_prepend(str(site))
+    with caplog.at_level(logging.WARNING):
+        names = executors.executor_names()
+    assert "fast" not in names and executors.EXECUTORS["local"] is executors.LocalExecutor
+    assert "executor 'fast' is declared by exb and exa: neither is loaded" in caplog.text or \
+        "executor 'fast' is declared by exa and exb: neither is loaded" in caplog.text
+    assert "executor 'local' of exa not loaded: the name is liser's" in caplog.text
+    with pytest.raises(ConfigError, match="executor 'fast' is declared by .*: which one is meant cannot be told"):
+        executors.make_executor("fast")
