@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 
@@ -27,6 +28,34 @@ CANONICAL_EMOTIONS: tuple[str, ...] = (
     "surprised",
     "contempt",
 )
+
+#: Emotion names as corpora and checkpoints write them -> canonical names. Looked up lower-cased,
+#: without spaces, hyphens and underscores (:func:`canonical_emotion`). Only unambiguous names:
+#: "excited" (IEMOCAP) or "pleasant surprise" (TESS) are a modelling choice, made explicitly.
+EMOTION_ALIASES: Mapping[str, str] = MappingProxyType({
+    **{c: c for c in CANONICAL_EMOTIONS},
+    "ang": "angry", "anger": "angry",
+    "hap": "happy", "happiness": "happy", "joy": "happy",
+    "sadness": "sad",
+    "neu": "neutral",
+    "fea": "fearful", "fear": "fearful",
+    "dis": "disgust", "disgusted": "disgust",
+    "sur": "surprised", "surprise": "surprised",
+    "con": "contempt",
+})
+
+
+def emotion_key(name: str) -> str:
+    """``"Pleasant-Surprise "`` -> ``"pleasantsurprise"``: how :data:`EMOTION_ALIASES` is keyed."""
+    return "".join(ch for ch in str(name).strip().lower() if ch not in " -_")
+
+
+def canonical_emotion(name: str, aliases: Mapping[str, str] | None = None) -> str | None:
+    """The canonical emotion a written name means (``"Anger"`` -> ``"angry"``), by name, never by
+    position; ``aliases`` (keyed by :func:`emotion_key`) first; None for a name that is no
+    emotion LiSER knows (``"Boredom"``, ``"Other"``)."""
+    key = emotion_key(name)
+    return (aliases or {}).get(key) or EMOTION_ALIASES.get(key)
 
 
 @dataclass(frozen=True)

@@ -65,3 +65,22 @@ def test_matrix_shape_and_rows():
     m = LabelMap(AFFECTNET8, CREMAD6, drop=("contempt", "surprised")).matrix
     assert m.shape == (8, 6)
     assert m.sum().item() == 6  # every CREMA-D class reached once
+
+
+def test_emotion_names_are_read_by_name_in_one_table():
+    """Checkpoints (id2label) and corpora (EmoBox's label maps) read emotion names through one
+    table: EmoBox's own names, and the spellings other metadata uses, mean the same class; a
+    name that is no emotion LiSER knows is None, never a guess."""
+    from liser_core.labels import EMOTION_ALIASES, canonical_emotion
+    from liser_plugins.corpora.emobox import CLASS_NAMES
+
+    assert all(canonical_emotion(name) == canonical for name, canonical in CLASS_NAMES.items())
+    for written, meant in (("Anger", "angry"), ("surprised", "surprised"), ("HAPPINESS", "happy"),
+                           ("Fear ", "fearful"), ("dis-gusted", "disgust")):
+        assert canonical_emotion(written) == meant, written
+    assert canonical_emotion("Boredom") is None and canonical_emotion("excited") is None
+    assert canonical_emotion("excited", {"excited": "happy"}) == "happy"  # a choice made explicitly
+    with pytest.raises(TypeError):
+        CLASS_NAMES["Surprise"] = "happy"  # read-only: a plugin cannot remap a corpus's classes
+    with pytest.raises(TypeError):
+        EMOTION_ALIASES["sur"] = "happy"

@@ -46,10 +46,11 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from types import MappingProxyType
 from typing import Literal
 
 from liser_core.data import SPLITS, Clip
-from liser_core.labels import CANONICAL_EMOTIONS, LabelSpace
+from liser_core.labels import CANONICAL_EMOTIONS, LabelSpace, canonical_emotion
 
 from . import protocols
 from ._base import IndexedCorpus, IndexProblem, check_root
@@ -57,11 +58,13 @@ from .decode import DecodeSpec, Source
 
 log = logging.getLogger("liser.corpora")
 
-#: EmoBox's class names (values of its label maps) -> LiSER's canonical names.
-CLASS_NAMES = {
+#: EmoBox's class names (values of its label maps) -> LiSER's canonical names, read-only. Label
+#: maps are read by :func:`liser_core.labels.canonical_emotion`, which gives these and the
+#: spellings other metadata uses ("Anger", "surprised", "happiness").
+CLASS_NAMES = MappingProxyType({
     "Angry": "angry", "Happy": "happy", "Sad": "sad", "Neutral": "neutral", "Fear": "fearful",
     "Disgust": "disgust", "Surprise": "surprised", "Calm": "calm", "Contempt": "contempt",
-}
+})
 
 
 @dataclass(frozen=True)
@@ -319,7 +322,7 @@ def emobox(
         raise ValueError(f"{label_map_path}: not JSON ({exc.msg})") from None
     if not isinstance(label_map, dict):
         raise ValueError(f"{label_map_path}: expected an object code -> class")
-    canonical = {code: CLASS_NAMES.get(str(name)) for code, name in label_map.items()}
+    canonical = {code: canonical_emotion(str(name)) for code, name in label_map.items()}
     classes = {c for c in canonical.values() if c}
     space = LabelSpace(f"emobox_{corpus}", tuple(c for c in CANONICAL_EMOTIONS if c in classes))
     stm = read_stm(folder / "data.seg.wrd.stm")

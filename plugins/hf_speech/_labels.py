@@ -4,26 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from liser_core.labels import CANONICAL_EMOTIONS, LabelSpace
+from liser_core.labels import (
+    CANONICAL_EMOTIONS,
+    EMOTION_ALIASES,
+    LabelSpace,
+    canonical_emotion,
+    emotion_key,
+)
 
-#: Label names seen in emotion checkpoints -> canonical names. Lower-cased, stripped of spaces,
-#: hyphens and underscores before look-up. Only unambiguous names: "excited" (IEMOCAP) or
-#: "pleasant surprise" (TESS) are a modelling choice, made with ``label_aliases``.
-LABEL_ALIASES: dict[str, str] = {
-    **{c: c for c in CANONICAL_EMOTIONS},
-    "ang": "angry", "anger": "angry",
-    "hap": "happy", "happiness": "happy", "joy": "happy",
-    "sadness": "sad",
-    "neu": "neutral",
-    "fea": "fearful", "fear": "fearful",
-    "dis": "disgust", "disgusted": "disgust",
-    "sur": "surprised", "surprise": "surprised",
-    "con": "contempt",
-}
-
-
-def _key(name: str) -> str:
-    return "".join(ch for ch in str(name).strip().lower() if ch not in " -_")
+#: Label names seen in emotion checkpoints -> canonical names (one table for checkpoints and
+#: corpora: :data:`liser_core.labels.EMOTION_ALIASES`).
+LABEL_ALIASES = EMOTION_ALIASES
 
 
 def id2label_space(
@@ -39,25 +30,25 @@ def id2label_space(
         >>> id2label_space({0: "ang", 1: "Happiness", 2: "neu"}, "demo").classes
         ('angry', 'happy', 'neutral')
     """
-    table = dict(LABEL_ALIASES)
+    table: dict[str, str] = {}  # the option's names, looked up before LiSER's table
     for name, canonical in (aliases or {}).items():
         if canonical not in CANONICAL_EMOTIONS:
             raise ValueError(
                 f"label_aliases maps {name!r} to {canonical!r}, which is not a canonical emotion "
                 f"name ({', '.join(CANONICAL_EMOTIONS)})"
             )
-        table[_key(name)] = canonical
+        table[emotion_key(name)] = canonical
     ids = sorted(int(i) for i in id2label)
     if ids != list(range(len(ids))):
         raise ValueError(f"{source}: config.id2label ids {ids} are not 0..{len(ids) - 1}")
     classes = []
     for i in ids:
         name = id2label[i] if i in id2label else id2label[str(i)]
-        canonical = table.get(_key(name))
+        canonical = canonical_emotion(name, table)
         if canonical is None:
             hint = (
                 " (the checkpoint has placeholder label names: it was not saved with real ones)"
-                if _key(name).startswith("label")
+                if emotion_key(name).startswith("label")
                 else ""
             )
             raise ValueError(
