@@ -123,9 +123,10 @@ def load_grid(path: str | Path, output: str | Path | None = None) -> Grid:
             raise ConfigError(str(key), f"unknown grid key (in {path})", close_matches(str(key), known))
     if "recipe" not in raw:
         raise ConfigError("recipe", f"missing required value (in {path})")
-    recipe = Path(raw["recipe"])
-    if not recipe.is_absolute() and not recipe.exists():
-        recipe = path.parent / recipe
+    recipe = Path(raw["recipe"]).expanduser()
+    if not recipe.is_absolute():  # the grid file's folder first: the working directory only when it has none
+        recipe = path.parent / recipe if (path.parent / recipe).exists() or not recipe.exists() else recipe
+    recipe = recipe.resolve()  # absolute: a worker on another machine, or in another folder, reads the same file
     axes = raw.get("axes") or {}
     if not isinstance(axes, dict) or not axes:
         raise ConfigError("axes", "needs at least one axis: {axis: {label: [overrides]}}")
@@ -155,11 +156,14 @@ def load_grid(path: str | Path, output: str | Path | None = None) -> Grid:
         for role, axis in report.items():
             if axis not in axes:
                 raise ConfigError(f"report.{role}", f"{axis!r} is not an axis")
-    out = Path(output or raw.get("output") or Path("runs") / f"bench-{path.stem}")
+    # absolute, like the recipe: tasks run in other processes and on other machines (Ray, Slurm)
+    out = Path(output or raw.get("output") or Path("runs") / f"bench-{path.stem}").expanduser().absolute()
     store = raw.get("store", True)
     if not isinstance(store, (bool, str)) or store == "":
         raise ConfigError("store", f"{store!r}: give true (OUTPUT/store), false (no store) or a folder shared with "
                           f"other grids (in {path})")
+    if isinstance(store, str):
+        store = str(Path(store).expanduser().absolute())
     overrides = list(raw.get("overrides") or [])
     for text in overrides:
         _check_placed(text, f"in {path}'s overrides")
@@ -608,8 +612,6 @@ def run_grid(grid: Grid, host, other_code: str | None = None) -> dict:
     before any runs. Combinations whose rows come from other code need ``other_code``:
     ``"rerun"`` runs them again, ``"keep"`` keeps their rows (a board row that then averages
     runs of different code is flagged ``mixed_code``); without a choice they are refused."""
-    from liser_core.engine import Engine
-
     todo = validated_plan(grid, host, other_code)
     claim_output(grid)
     grid.output.mkdir(parents=True, exist_ok=True)
@@ -618,6 +620,25 @@ def run_grid(grid: Grid, host, other_code: str | None = None) -> dict:
     ran = skipped = 0
     spent = 0.0
     replaced = []
+    try:
+        ran, skipped, spent = _run_items(grid, host, todo, rows, results_path, replaced)
+    finally:  # a failed or interrupted grid too: the board shows what is current and says what it lacks
+        rows = read_results(results_path) if results_path.is_file() else []
+        current = {item["key"] for item in todo}
+        gone = sorted({r["combination"] for r in rows if r["combination"] not in current})
+        if gone:
+            log.info("%d combination(s) in results.csv are no longer in the grid and stay off the leaderboard", len(gone))
+        write_leaderboard(grid, *current_rows(todo, rows))
+    return {"ran": ran, "skipped": skipped, "replaced": replaced, "results": str(results_path)}
+
+
+def _run_items(grid: Grid, host, todo: list[dict], rows: list[dict], results_path: Path,
+               replaced: list[str]) -> tuple[int, int, float]:
+    """:func:`run_grid`'s loop: each combination not done, its rows written after each run."""
+    from liser_core.engine import Engine, OtherRecipeError
+
+    ran = skipped = 0
+    spent = 0.0
     for i, item in enumerate(todo, 1):
         key = item["key"]
         if item["state"] == "done":
@@ -631,7 +652,12 @@ def run_grid(grid: Grid, host, other_code: str | None = None) -> dict:
         t0 = time.perf_counter()
         engine = Engine(item["config"], host, resume="restart" if item["state"] == "stale" else "auto")
         engine.resume_hint = "the same `liser bench` command (it resumes this run and the grid)"  # not liser run
-        ctx = engine.execute()
+        try:
+            ctx = engine.execute()
+        except OtherRecipeError as exc:  # the grid's own run folder, unfinished under a recipe the grid no longer has
+            log.warning("%s: its run directory holds another recipe's state (%s); starting it afresh", key, exc)
+            engine = Engine(item["config"], host, resume="restart")
+            ctx = engine.execute()
         if engine.already_complete:  # finished earlier, but its rows never reached results.csv
             log.warning("%s: a finished run whose rows are missing; running it again for its rows", ctx.run_dir)
             ctx = Engine(item["config"], host, resume="restart").execute()
@@ -644,12 +670,7 @@ def run_grid(grid: Grid, host, other_code: str | None = None) -> dict:
         left = sum(1 for it in todo[i:] if it["state"] != "done")
         log.info("[%d/%d] %s done in %.0fs; %d to go, about %s left", i, len(todo), key, took, left,
                  _clock(spent / ran * left))
-    current = {item["key"] for item in todo}
-    gone = sorted({r["combination"] for r in rows if r["combination"] not in current})
-    if gone:
-        log.info("%d combination(s) in results.csv are no longer in the grid and stay off the leaderboard", len(gone))
-    write_leaderboard(grid, *current_rows(todo, rows))
-    return {"ran": ran, "skipped": skipped, "replaced": replaced, "results": str(results_path)}
+    return ran, skipped, spent
 
 
 def repeats_advice(grid: Grid, items: list[dict] | None = None) -> list[str]:

@@ -97,6 +97,14 @@ def _run(spec: dict) -> tuple[list[dict], dict]:
     if os.environ.get(FAIL_ENV) == spec["id"]:
         raise RuntimeError(f"injected failure of task {spec['id']} ({FAIL_ENV})")
     host = _host(spec.get("plugins"))
+    if spec.get("code"):
+        from liser_common.provenance import code_identity, code_string
+
+        here = code_string(host.code_sources())
+        if code_identity(here) != spec["code"]:
+            raise RuntimeError(f"this worker runs other code ({here}) than the grid's driver ({spec['code']}): its "
+                               "results would not be the grid's; start the workers with the driver's checkout or "
+                               "installation (the same LiSER and plugin versions and commits)")
     cfg = prepare_config(spec["recipe"], list(spec["overrides"]), host)
     expected = spec.get("fingerprint")
     if expected and spec["kind"] == "run":
@@ -115,15 +123,14 @@ def _run(spec: dict) -> tuple[list[dict], dict]:
         engine = Engine(cfg, host, resume=spec.get("resume", "auto"))
         try:
             ctx = engine.execute()
-        except OtherRecipeError:
-            if spec["kind"] == "run":
-                raise
-            # a fit or labeling task's folder is known by its teacher, fit set and clips, not by the
-            # combination it is built "as in": the same fit or pass as in another combination (an
-            # edited grid, a resumed one). Its saved state is discarded (LiSER's own files only);
-            # what it had finished is in the store and is reused from there.
-            log.info("%s: the same %s as in another combination's recipe before; starting its folder afresh",
-                     spec["id"], "teacher fit" if spec["kind"] == "fit" else "labeling pass")
+        except OtherRecipeError as exc:
+            # the grid's own folder holds saved state that is not this task's: a fit or labeling
+            # task's folder is known by its teacher, fit set and clips, not by the combination it
+            # is built "as in" (the same fit or pass as in another combination: an edited grid, a
+            # resumed one); a run's, by its combination, whose recipe the grid was edited to change
+            # while it was unfinished. Its saved state is discarded (LiSER's own files only); what a
+            # fit or labeling pass had finished is in the store and is reused from there.
+            log.info("%s: its folder holds another recipe's state (%s); starting it afresh", spec["id"], exc)
             engine = Engine(cfg, host, resume="restart")
             ctx = engine.execute()
         if engine.already_complete and spec["kind"] == "run":

@@ -204,7 +204,12 @@ def build_graph(grid, host, items: list[dict], overrides: dict[str, list[str]], 
     corpora: dict[str, dict[str, list[str]]] = {}
     last_label: dict[str, str] = {}  # teacher identity -> its latest labeling task (a chain)
     extra_threads = [f"threads={threads}"] if threads else []
-    common = {"recipe": str(grid.recipe), "plugins": plugins or {}}
+    from liser_common.provenance import code_identity, code_string
+
+    # the driver's code: a worker running other code (another checkout or install on the cluster's
+    # path) refuses the task rather than return rows of other code under this grid's board
+    common = {"recipe": str(grid.recipe), "plugins": plugins or {},
+              "code": code_identity(code_string(host.code_sources()))}
 
     def spec(task_id: str, kind: str, title: str, combo: str, run_dir: Path, **more: Any) -> dict:
         ovr = [*overrides[combo], f"run_dir={run_dir}", *([f"store={grid.store_dir()}"] if grid.store else []),
@@ -330,8 +335,11 @@ def format_status(output: Path) -> str:
     if holder:
         lines.append(f"{output}: running ({holder})")
     elif status is not None:
-        lines.append(f"{output}: not running (last driver: {status['state']}, "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status['updated']))})")
+        died = status["state"] == "running"  # no driver holds the lock, yet its last word was "running"
+        lines.append(f"{output}: not running (last driver: "
+                     + ("died while running: killed or its machine lost; tasks below as it last saw them"
+                        if died else status["state"])
+                     + f", {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(status['updated']))})")
     else:
         lines.append(f"{output}: not running")
     rows = read_results(output / "results.csv")
@@ -349,10 +357,11 @@ def format_status(output: Path) -> str:
                  f"labeling passes, {by_kind['run']} runs; {status.get('skipped', 0)} combination(s) were done before)")
     lines.append(f"done {c['done']}, running {c['running']}, failed {c['failed']}, to do {c['todo']}"
                  + (f"; about {_clock(eta)} left" if eta is not None and holder else ""))
-    now = time.time()
+    now = time.time() if holder else float(status["updated"])  # a dead driver's clock stopped when it died
     for t in tasks:
         if t["state"] == "running":
-            lines.append(f"  running  {t['title']}  (attempt {t['attempts']}, on {t['where'] or 'a worker not yet known'}, "
+            what = "running " if holder else "was running"
+            lines.append(f"  {what}  {t['title']}  (attempt {t['attempts']}, on {t['where'] or 'a worker not yet known'}, "
                          f"{_clock(now - (t['started'] or now))})")
     for t in tasks:
         if t["state"] == "failed":

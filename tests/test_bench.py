@@ -463,3 +463,78 @@ def test_an_output_folder_holds_one_grid(grid_file, tmp_path, capsys):
     grid["axes"]["seed"]["s1"] = ["seed=1"]  # the same file, edited: the same grid, one combination more
     path.write_text(yaml.safe_dump(grid))
     assert run_grid(load_grid(path, out), load_plugins())["ran"] == 2
+
+
+def test_an_interrupted_grid_edited_before_its_resume_completes_and_its_board_is_current(grid_file, tmp_path, caplog,
+                                                                                         monkeypatch):
+    """An unfinished run of the grid's earlier recipe made its combination fail on every rerun
+    ("a different recipe": the grid owns that folder, it now starts it afresh); a grid stopped
+    by a failure or Ctrl-C without workers kept its old board (old scores, no "Incomplete")."""
+    import logging
+
+    from liser_core.engine import Engine
+
+    path, out = grid_file(seeds=("s0",)), tmp_path / "out"
+    assert run_grid(load_grid(path, out), load_plugins())["ran"] == 2
+    ce = out / "runs" / "loss-ce__seed-s0"
+    state = json.loads((ce / "state" / "run.json").read_text())
+    (ce / "state" / "run.json").write_text(json.dumps({**state, "status": "interrupted"}))  # stopped mid-run ...
+    rows = [r for r in csv.DictReader(open(out / "results.csv")) if r["combination"] != "loss=ce,seed=s0"]
+    with open(out / "results.csv", "w", newline="") as f:  # ... before its rows were written
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    grid = yaml.safe_load(path.read_text())
+    grid["overrides"].append("distil.epochs=2")  # then the grid edited
+    path.write_text(yaml.safe_dump(grid))
+    with caplog.at_level(logging.WARNING):
+        assert run_grid(load_grid(path, out), load_plugins())["ran"] == 2
+    assert "loss=ce,seed=s0: its run directory holds another recipe's state" in caplog.text
+
+    grid["overrides"][-1] = "distil.epochs=3"  # edited again, and stopped at its second combination
+    path.write_text(yaml.safe_dump(grid))
+    real = Engine.execute
+
+    def stopped(self):
+        if "loss-kl" in str(self.run.run_dir):  # the second (axes in file order: ce, kl)
+            raise KeyboardInterrupt
+        return real(self)
+
+    monkeypatch.setattr(Engine, "execute", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(load_grid(path, out), load_plugins())
+    board = (out / "leaderboard.md").read_text()
+    assert "**Incomplete: 1 of the grid's combinations have no rows of their current recipe** " in board
+    assert "`loss=kl,seed=s0`" in board.split("**Incomplete")[1] and "| loss=kl " not in board
+    assert "| loss=ce " in board  # the combination run before the stop is on it
+
+
+def test_a_grids_paths_are_its_own_wherever_it_is_run_from(tmp_path, monkeypatch):
+    """The recipe a grid names is the one beside the grid file: a file of that name in the
+    working directory was taken instead, silently; and every path a task gets is absolute (a
+    Ray worker started in another folder read and wrote relative paths there)."""
+    own, elsewhere = tmp_path / "grid", tmp_path / "cwd"
+    for folder, channels in ((own, "[4, 8]"), (elsewhere, "[2, 4]")):
+        folder.mkdir()
+        (folder / "tiny.yaml").write_text(TINY_RECIPE.replace("channels: [4, 8]}", f"channels: {channels}}}"))
+    (own / "grid.yaml").write_text(yaml.safe_dump({"recipe": "tiny.yaml", "store": "shared", "output": "out",
+                                                   "axes": {"seed": {"s0": ["seed=0"]}}}))
+    monkeypatch.chdir(elsewhere)
+    grid = load_grid(own / "grid.yaml")
+    assert grid.recipe == str(own / "tiny.yaml")
+    assert grid.output == elsewhere / "out" and grid.output.is_absolute()  # -o / output: the working directory's
+    assert grid.store_dir() == elsewhere / "shared"
+
+
+def test_a_task_on_a_worker_running_other_code_is_refused(tmp_path):
+    """A Ray cluster started with another checkout on its path ran the grid's tasks with other
+    code (other scores, exit 0, the board's footer the only sign): each task carries the
+    driver's code and a worker with other code refuses it."""
+    from liser_tools.gridtasks import _run
+
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
+    spec = {"id": "run-1", "kind": "run", "recipe": str(tmp_path / "tiny.yaml"), "overrides": [], "plugins": {},
+            "code": "liser=0.0.1@0123456789ab"}
+    with pytest.raises(RuntimeError, match=r"this worker runs other code \(liser=.*\) than the grid's driver "
+                                           r"\(liser=0.0.1@0123456789ab\)"):
+        _run(spec)

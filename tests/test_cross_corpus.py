@@ -68,7 +68,7 @@ def test_usage_errors(tmp_path):
     with pytest.raises(ValueError, match="merge"):
         cross_corpus(parts, merge={"calm": "contempt"})
     # a misspelt source class merged nothing: its clips were left out as "outside the classes"
-    with pytest.raises(ValueError, match=r"merge: \['clam'\] is a class of none of the parts' corpora"):
+    with pytest.raises(ValueError, match=r"merge: \['clam'\] is a class of none of the parts' corpora and no emotion"):
         cross_corpus(parts, merge={"surprised": "happy", "clam": "neutral"})
 
 

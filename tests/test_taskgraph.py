@@ -398,3 +398,22 @@ def test_an_executor_name_two_packages_declare_is_refused_not_first_on_the_path(
     assert "executor 'local' of exa not loaded: the name is liser's" in caplog.text
     with pytest.raises(ConfigError, match="executor 'fast' is declared by .*: which one is meant cannot be told"):
         executors.make_executor("fast")
+
+
+def test_status_of_a_driver_that_died_says_so_and_stops_its_clocks(tmp_path):
+    """--status after the driver was SIGKILLed said "last driver: running" and counted its tasks'
+    time up for ever: it says the driver died and shows the tasks as it last saw them."""
+    out = tmp_path / "out"
+    out.mkdir()
+    updated = time.time() - 3600
+    (out / STATUS_NAME).write_text(json.dumps({
+        "state": "running", "updated": updated, "executor": "local (2 at once)", "skipped": 0, "eta_seconds": 60,
+        "counts": {"done": 0, "running": 1, "failed": 0, "todo": 1},
+        "tasks": [{"id": "run-1", "kind": "run", "state": "running", "title": "loss=kl,seed=s0", "attempts": 1,
+                   "where": "", "started": updated - 100, "error": ""},
+                  {"id": "run-2", "kind": "run", "state": "todo", "title": "loss=ce,seed=s0", "attempts": 0,
+                   "where": "", "started": None, "error": ""}]}))
+    text = format_status(out)
+    assert "not running (last driver: died while running: killed or its machine lost" in text
+    assert "was running  loss=kl,seed=s0  (attempt 1, on a worker not yet known, 0:01:40)" in text
+    assert "about" not in text  # no time left to promise

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from liser_core.data import SPLITS, Clip
-from liser_core.labels import LabelSpace, label_space
+from liser_core.labels import CANONICAL_EMOTIONS, LabelSpace, label_space
 
 from . import cremad, emobox, protocols, ravdess, video_folder
 from ._base import IndexedCorpus, IndexProblem
@@ -145,10 +145,12 @@ def cross_corpus(
             for s, what in (member.subset() if hasattr(member, "subset") else {}).items():
                 if s == "test":
                     subset[role] = {k: [f"{prefix}/{x}" for x in v] for k, v in what.items()}
+    # a misspelt source merged nothing (its clips left out as "outside the classes"): a source is a
+    # class of some part, or an emotion name LiSER knows (a recipe's rule for corpora that have it)
     known = {c for m in built.values() for c in getattr(getattr(m, "label_space", None), "classes", ())}
-    if unknown := sorted(src for src in merge if src not in known):  # a misspelt source merged nothing
-        raise ValueError(f"merge: {unknown} is a class of none of the parts' corpora (their classes: "
-                         f"{', '.join(sorted(known))})")
+    if unknown := sorted(src for src in merge if src not in known and src not in CANONICAL_EMOTIONS):
+        raise ValueError(f"merge: {unknown} is a class of none of the parts' corpora and no emotion name LiSER knows "
+                         f"(the parts' classes: {', '.join(sorted(known))})")
     test_key = json.dumps([parts["test"]["name"], dict(parts["test"].get("options") or {})], sort_keys=True,
                           default=str)
     if test_key in all_members and all_members[test_key] != "test":
