@@ -233,6 +233,14 @@ def cmd_show(args) -> int:
         hint = close_matches(name, every)
         raise UsageError(f"no component named {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
                          + " (liser list shows them all)")
+    for k in kinds:  # a bare name several plugins register: say first what a recipe's bare name means
+        found = host.registries[k].candidates(name)
+        if ":" not in name and len(found) > 1:
+            try:
+                means = f"the bare name {name!r} means {host.registries[k].get(name).qualified} (override)"
+            except UnknownComponentError:
+                means = f"the bare name {name!r} is refused in a recipe: name one of them"
+            print(f"{k} {name}: registered by {len(found)} plugins ({', '.join(e.qualified for e in found)}); {means}\n")
     print("\n\n".join(describe(host, k, host.registries[k].display_name(e)) for k in kinds for e in host.registries[k].candidates(name)))
     return 0
 

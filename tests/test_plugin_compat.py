@@ -215,6 +215,9 @@ def test_a_declared_override_takes_the_bare_name_and_is_shown(fake_distribution,
     assert cli_main(["plugins"]) == 0
     out = capsys.readouterr().out
     assert "overrides first-party: loss kl" in out and "the bare name means loud:kl (override)" in out
+    assert cli_main(["show", "kl"]) == 0  # both described; first, which one a recipe's `kl` is
+    assert capsys.readouterr().out.startswith("loss kl: registered by 2 plugins (losses:kl, loud:kl); the bare "
+                                              "name 'kl' means loud:kl (override)")
     # a second package overriding the same name: neither wins, the bare name is refused again
     fake_distribution("loudkl-too", {"loud_too": "loudkl_too"}, path=src)
     with pytest.raises(AmbiguousComponentError, match="losses:kl, loud:kl, loud_too:kl"):
