@@ -393,9 +393,13 @@ def _torchrun(args) -> int:
         run(launcher)
     except ChildFailedError as exc:
         first = exc.get_first_failure()[1]
+        message = first.message
+        if isinstance(message, dict):  # torchelastic's error file: {"message": ..., "extraInfo": {traceback}}
+            message = message.get("message") or ""
+        message = str(message or "").strip().splitlines()
         print(
             f"liser: error: rank {first.local_rank} (of {args.nproc}) failed with exit code {first.exitcode}"
-            + (f": {first.message.splitlines()[0] if isinstance(first.message, str) else first.message}" if first.message else "")
+            + (f": {message[0]}" if message else "")
             + f"; the run can continue from its last checkpoint: liser run --resume RUN_DIR --nproc {args.nproc}",
             file=sys.stderr,
         )
