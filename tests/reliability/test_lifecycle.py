@@ -174,8 +174,9 @@ def test_a_resume_that_leaves_threads_to_liser_keeps_the_count_it_started_with(t
     assert state["threads"] == 1 and state["stage_settings"]["distil"]["threads"] == 1
 
 
-def test_a_finished_run_is_finished_and_a_card_edited_by_hand_is_never_overwritten(tiny_recipe, tmp_path):
+def test_a_finished_run_is_finished_and_a_card_edited_by_hand_is_never_overwritten(tiny_recipe, tmp_path, capsys):
     run_dir = tmp_path / "run"
+    here = ["run", str(tiny_recipe), *RESUME_OVERRIDES, f"run_dir={run_dir}"]  # no kill: in this process
     assert run(tiny_recipe, run_dir).returncode == 0
     card = run_dir / "student" / "README.md"
     new = run_dir / "student" / "README.liser-new.md"
@@ -183,12 +184,12 @@ def test_a_finished_run_is_finished_and_a_card_edited_by_hand_is_never_overwritt
     card.write_text(mine)
     before = tree(run_dir)
 
-    again = run(tiny_recipe, run_dir)  # the same command: finished, nothing to do
+    again = run_here(here, capsys)  # the same command: finished, nothing to do
     assert again.returncode == 0, again.stderr[-2000:]
     assert len(lines(again)) == 1 and "holds a finished run of this recipe: nothing to do" in lines(again)[0]
     assert tree(run_dir) == before
 
-    restarted = run(tiny_recipe, run_dir, "--restart")
+    restarted = run_here([*here, "--restart"], capsys)
     assert restarted.returncode == 0, restarted.stderr[-2000:]
     assert card.read_text() == mine and new.is_file() and "## My notes" not in new.read_text()
     assert f"{card} was changed since LiSER wrote it" in restarted.stderr and str(new) in restarted.stderr

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from faults import RESUME_OVERRIDES, assert_same_weights, eval_metrics, weights
+from faults import RESUME_OVERRIDES, assert_same_weights, eval_metrics, run_here, weights
 
 from liser_common.trainstate import Checkpointer
 from liser_core.config import TrainConfig
@@ -74,21 +74,21 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(straight, liser_process,
     assert eval_metrics(run_dir) == eval_metrics(straight)
 
 
-def test_resume_refuses_a_different_recipe_and_restart_discards(liser_process, tiny_recipe, tmp_path):
+def test_resume_refuses_a_different_recipe_and_restart_discards(liser_process, tiny_recipe, tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = ["run", str(tiny_recipe), *RESUME_OVERRIDES, f"run_dir={run_dir}"]
     assert liser_process(args, fault=("distil", "student", 2, "SIGKILL")).returncode == -9
-    other = liser_process([*args, "seed=1", "distil.lr=0.01"])
+    other = run_here([*args, "seed=1", "distil.lr=0.01"], capsys)  # refusals: in this process
     assert other.returncode == 2
     assert "unfinished run of a different recipe (differs at: distil.lr, seed)" in other.stderr
     assert "Traceback" not in other.stderr
     (tmp_path / "empty").mkdir()
-    nothing = liser_process(["run", "--resume", str(tmp_path / "empty")])
+    nothing = run_here(["run", "--resume", str(tmp_path / "empty")], capsys)
     assert nothing.returncode == 2 and "no saved run state" in nothing.stderr
     fresh = liser_process([*args, "seed=1", "--restart", "distil.epochs=1", "baseline.enabled=false"])
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert "resuming" not in fresh.stderr
-    again = liser_process(["run", "--resume", str(run_dir)])
+    again = run_here(["run", "--resume", str(run_dir)], capsys)
     assert again.returncode == 2 and "already completed" in again.stderr
 
 
