@@ -269,11 +269,20 @@ def clip_digests(clip, corpus=None) -> tuple[str, ...]:
     return digests_of([clip], corpus)[0]
 
 
-def digests_of(clips: Sequence, corpus=None, *, workers: int = 4) -> list[tuple[str, ...]]:
+def digests_of(clips: Sequence, corpus=None, *, workers: int = 4, memo: dict[str, str] | None = None
+               ) -> list[tuple[str, ...]]:
     """:func:`clip_digests` of many clips: the files of all of them looked up in the cache at
-    once, the others hashed on ``workers`` threads (hashlib and file reads release the GIL)."""
+    once, the others hashed on ``workers`` threads (hashlib and file reads release the GIL).
+    ``memo`` (absolute path -> digest), shared by calls that list the same files within one
+    short task (a grid's plan lists a corpus per fold and seed), spares looking each file up
+    again."""
     files = [clip_files(c, corpus) for c in clips]
-    known = file_digests([f for fs in files for f in fs], workers=workers, strict=False)
+    wanted = [f for fs in files for f in fs]
+    if memo is None:
+        known = file_digests(wanted, workers=workers, strict=False)
+    else:
+        memo.update(file_digests([f for f in wanted if os.path.abspath(f) not in memo], workers=workers, strict=False))
+        known = memo
     out = []
     for clip, fs in zip(clips, files):
         if fs:

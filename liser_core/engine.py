@@ -106,7 +106,8 @@ def data_changes(run_dir: Path, cfg: DictConfig, registries, state: dict[str, An
         finally:
             logging.disable(previous)
         raw = {s: list(corpus.split(s)) for s in guards.SPLITS}
-        listing = corpus.name, raw, {s: digests_of(raw[s], corpus) for s in guards.SPLITS}
+        memo = corpora.setdefault("\0digests", {}) if corpora is not None else None  # each file looked up once
+        listing = corpus.name, raw, {s: digests_of(raw[s], corpus, memo=memo) for s in guards.SPLITS}
         if corpora is not None:
             corpora[key] = listing
     else:
