@@ -17,6 +17,7 @@ import os
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -343,8 +344,12 @@ def guard_data(engine: Engine) -> None:
     run.splits, run.digests = splits, digests
     log.info("content digests of %d clips in %.1fs", sum(map(len, digests.values())), time.perf_counter() - t0)
     missing, subset = getattr(corpus, "missing", None), getattr(corpus, "subset", None)
-    for w in guards.missing_warnings(missing() if callable(missing) else None):
-        run.flag("test_incomplete", w)
+    for split, what in (missing() if callable(missing) else {}).items():  # the scores' split: a flag; others: said
+        for w in guards.missing_warnings({split: what}):
+            if split == cfg.evaluate.split:
+                run.flag("test_incomplete", w)
+            else:
+                run.warn(w)
     for w in guards.subset_notes(subset() if callable(subset) else None):
         run.flag("test_subset", w)
     for w in getattr(corpus, "notes", None) or []:
@@ -381,18 +386,41 @@ def carve_validation(engine: Engine) -> None:
     if source == "none":
         return
     clips, digests = run.split(source), run.digests[source]
-    speakers = sorted({c.speaker for c in clips})
-    if len(speakers) < 2:
-        raise ConfigError("validation.source", f"the {source} split has {len(speakers)} speaker(s): at least 2 are "
-                          "needed to hold whole speakers out for validation (e.g. a larger label_fraction, or source: teacher)")
-    k = min(len(speakers) - 1, max(1, round(cfg.validation.speakers * len(speakers))))
-    held = set(random.Random(f"validation-{int(cfg.seed)}").sample(speakers, k))
+    held = validation_speakers(clips, cfg)
     keep = [i for i, c in enumerate(clips) if c.speaker not in held]
     out = [i for i, c in enumerate(clips) if c.speaker in held]
     run.splits[source], run.digests[source] = [clips[i] for i in keep], [digests[i] for i in keep]
     run.splits["validation"], run.digests["validation"] = [clips[i] for i in out], [digests[i] for i in out]
-    log.info("validation: %d clips of %d speaker(s) (%s) held out of the %s split", len(out), k,
+    log.info("validation: %d clips of %d speaker(s) (%s) held out of the %s split", len(out), len(held),
              ", ".join(sorted(held)[:6]), source)
+    if note := validation_note(source, clips, held, run.label_space.classes):
+        run.warn(note)
+
+
+def validation_speakers(clips: Sequence[Clip], cfg) -> set[str]:
+    """The speakers of ``clips`` (the ``validation.source`` split) held out for validation: a
+    ``validation.speakers`` fraction of them, at least 1 and not all, drawn from the run's seed
+    (the run and ``liser data check`` draw the same)."""
+    speakers = sorted({c.speaker for c in clips})
+    source = cfg.validation.source
+    if len(speakers) < 2:
+        raise ConfigError("validation.source", f"the {source} split has {len(speakers)} speaker(s): at least 2 are "
+                          "needed to hold whole speakers out for validation (e.g. a larger label_fraction, or source: teacher)")
+    k = min(len(speakers) - 1, max(1, round(cfg.validation.speakers * len(speakers))))
+    return set(random.Random(f"validation-{int(cfg.seed)}").sample(speakers, k))
+
+
+def validation_note(source: str, clips: Sequence[Clip], held: set[str], classes: Sequence[str]) -> str:
+    """What holding ``held`` out of the ``source`` split costs it, when it costs classes or it is
+    the labeled split (the labels the recipe's label_fraction chose): "" otherwise."""
+    kept = [c for c in clips if c.speaker not in held]
+    lost = [c for c in classes if any(x.label == c for x in clips) and not any(x.label == c for x in kept)]
+    if source != "labeled" and not lost:
+        return ""
+    return (f"validation: {len(clips) - len(kept)} of the {source} split's {len(clips)} clips are held out "
+            f"(speakers {', '.join(sorted(held)[:6])}): it keeps {len(kept)}"
+            + (f", with no clip of {', '.join(lost)} left" if lost else "")
+            + (" (the labeled clips the recipe's label_fraction chose, less these)" if source == "labeled" else ""))
 
 
 def fit_clips(engine: Engine, key: str, split: str = "teacher") -> tuple[list[Clip], list[tuple[str, ...]], Counter]:

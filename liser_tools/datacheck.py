@@ -227,8 +227,10 @@ def check_corpus(
             report.warnings.append(f"{len(shared)} speakers are in both {a!r} and {b!r} (e.g. {shared[:3]})")
     if not counts["test"].usable:
         report.warnings.append("the test split has no usable clips: liser run would stop")
-    for note in getattr(proto, "notes", []) or []:
-        report.warnings.append(str(note))
+    # the protocol's notes, and a corpus's own (what the run warns about: a corpus without a
+    # protocol object, such as synth_av's label_fraction shortfalls), each once
+    for note in dict.fromkeys(map(str, [*(getattr(proto, "notes", None) or []), *(getattr(corpus, "notes", None) or [])])):
+        report.warnings.append(note)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -256,6 +258,16 @@ def check_recipe(
         raise UsageError(f"dataset {cfg.data.name!r} did not return a Corpus")
     report = check_corpus(corpus, workers=workers, progress=progress, near_duplicates=bool(cfg.data.near_duplicates),
                           near_threshold=float(cfg.data.near_threshold))
+    source = str(cfg.validation.source)
+    if source != "none":  # the run holds validation speakers out of that split: said, as the run will
+        from liser_core.prepare import validation_note, validation_speakers
+
+        clips = list(corpus.split(source))
+        held = validation_speakers(clips, cfg)
+        report.warnings.append(
+            validation_note(source, clips, held, corpus.label_space.classes)
+            or f"validation: the run holds speakers {', '.join(sorted(held)[:6])} "
+               f"({sum(c.speaker in held for c in clips)} clips) out of the {source} split")
     unfitted = [f"teachers.{i} ({t.name})" for i, t in enumerate(cfg.teachers) if not t.checkpoint]
     if unfitted and not list(corpus.split("teacher")):  # said here, not only after the run has started
         report.warnings.append(f"the teacher split is empty, and {', '.join(unfitted)} name(s) no checkpoint: a "

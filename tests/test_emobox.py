@@ -378,3 +378,19 @@ def test_the_recipe_dry_runs_on_an_iemocap_fixture_tree(tmp_path, capsys):
     line = next(ln for ln in err.splitlines() if ln.startswith("dry run: corpus emobox_iemocap"))
     assert f"test {n_test})" in line and "1 teacher(s)" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_a_test_record_its_metadata_leaves_unusable_is_missing_from_the_scores(tmp_path):
+    """A test record with an emotion code its label map lacks (or no speaker) vanished from the
+    test split: scored on 29 of 30 records, no flag (an INFO line). It is a missing test clip
+    (the run flags test_incomplete), whether or not the tree is a deliberate subset."""
+    recs = [dict(r) for r in ef.records("savee")[::4]]
+    victim = next(r for r in recs if r["folds"]["1"] == "test")
+    victim["emo"] = "xx"
+    ef.write_metadata(tmp_path / "data", "savee", recs)
+    ef.write_stub_audio(ef.audio_paths(tmp_path / "savee", "savee", recs).values())
+    for complete in (True, False):
+        corpus = emobox(root=str(tmp_path / "savee"), metadata=str(tmp_path / "data"), corpus="savee", fold=1,
+                        expect_complete=complete)
+        assert victim["key"] in corpus.missing()["test"]["clips"]
+        assert victim["key"] not in {c.clip_id for c in corpus.split("test")}

@@ -190,6 +190,14 @@ def test_split_file_assigns_by_id_path_or_stem_and_carves_train(ravdess_root, tm
     bad.write_text("03-01-01-01-01-01-01,holdout\n")
     with pytest.raises(ValueError, match="unknown split 'holdout'"):
         ravdess(str(ravdess_root), split_file=str(bad))
+    # valid/dev rows were trained on as labeled clips, silently: refused, naming how LiSER validates
+    bad.write_text("03-01-01-01-01-01-01,test\n03-01-02-01-01-01-02,valid\n")
+    with pytest.raises(ValueError, match=r"row 2: split 'valid' is a validation split, .* \(validation.source"):
+        ravdess(str(ravdess_root), split_file=str(bad))
+    # train rows that match no clip are missing training clips (only test and labeled rows were)
+    bad.write_text("03-01-01-01-01-01-01,test\n99-99-99-99-99-99-99,train\n")
+    assert ravdess(str(ravdess_root), split_file=str(bad)).missing() == {
+        "train": {"speakers": [], "clips": ["99-99-99-99-99-99-99"]}}
 
 
 def test_summarise_folds_reuses_mean_std():

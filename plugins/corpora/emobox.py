@@ -349,6 +349,7 @@ def emobox(
     sources: dict[str, Source] = {}
     clips: dict[str, list[Clip]] = {}
     expected_test: list[tuple[str, str]] = []  # (key, speaker) of every test record
+    unindexed_test: list[str] = []  # test records the metadata leaves unusable: missing from the scores, said
     notes: list[str] = []
     for part, records in parts.items():
         out = clips.setdefault(part, [])
@@ -360,11 +361,13 @@ def emobox(
             audio = resolve(path, corpus, r.wav)
             if spk is None:
                 problems.append(IndexProblem(str(audio), "unparsed", f"record {r.key}: no speaker (stm or naming rule)"))
+                unindexed_test += [r.key] if part == "test" else []
                 continue
             spk = str(spk)
             if r.emo not in canonical:
                 problems.append(IndexProblem(str(audio), "mislabeled",
                                              f"record {r.key}: emotion code {r.emo!r} not in {label_map_path.name}"))
+                unindexed_test += [r.key] if part == "test" else []
                 continue
             label = canonical[r.emo]
             if label is None:
@@ -436,9 +439,12 @@ def emobox(
     absent_spk = sorted({s for _, s in expected_test} - have_spk)
     gone = sorted(k for k, _ in expected_test if k not in have)
     if expect_complete and (absent_spk or gone):
-        plan.missing["test"] = {"speakers": absent_spk, "clips": gone}
-    elif absent_spk:
-        plan.subset["test"] = {"speakers": absent_spk, "expected": sorted({s for _, s in expected_test})}
+        plan.missing["test"] = {"speakers": absent_spk, "clips": sorted({*gone, *unindexed_test})}
+    else:
+        if absent_spk:
+            plan.subset["test"] = {"speakers": absent_spk, "expected": sorted({s for _, s in expected_test})}
+        if unindexed_test:  # not a subset by choice: records its own metadata leaves unusable
+            plan.missing["test"] = {"speakers": [], "clips": sorted(unindexed_test)}
     for n in notes:
         log.warning(n)
     speakers = sorted({c.speaker for cl in splits.values() for c in cl})
@@ -447,6 +453,7 @@ def emobox(
         speaker_info={s: {} for s in speakers},
         options={"corpus": corpus, "modality": modality, "speakers_from": source, "metadata": str(folder)},
     )
-    log.info("emobox %s: %s (%s)%s", corpus, ", ".join(f"{s} {len(splits[s])}" for s in SPLITS), description,
-             f"; {len(problems)} records not indexed (liser data check lists them)" if problems else "")
+    log.log(logging.WARNING if problems else logging.INFO, "emobox %s: %s (%s)%s", corpus,
+            ", ".join(f"{s} {len(splits[s])}" for s in SPLITS), description,
+            f"; {len(problems)} records not indexed (liser data check lists them)" if problems else "")
     return result

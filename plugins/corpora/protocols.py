@@ -64,7 +64,10 @@ CREMAD_ACTORS = range(1001, 1092)
 CREMAD_NUM_FOLDS = 5
 POOL_CHOICES = ("disjoint_speakers", "remaining_clips")
 #: Split names a split file may use besides :data:`liser_core.data.SPLITS`.
-SPLIT_ALIASES = {"train": "train", "training": "train", "pool": "unlabeled", "dev": "labeled", "valid": "labeled"}
+SPLIT_ALIASES = {"train": "train", "training": "train", "pool": "unlabeled"}
+#: split names a split file may hold that LiSER does not take as one of its splits (they were
+#: trained on as labeled clips, silently): validation is held out of a training split by LiSER
+NOT_SPLITS = {"dev": "validation", "valid": "validation", "validation": "validation", "val": "validation"}
 
 
 def ravdess_fold(actor: int) -> int:
@@ -327,6 +330,12 @@ def read_split_file(path: str | Path) -> list[tuple[str, str]]:
         if len(r) < 2:
             raise ValueError(f"split_file {str(path)!r} row {i}: expected 'clip,split', got {r}")
         split = r[1].lower()
+        if split in NOT_SPLITS:
+            raise ValueError(
+                f"split_file {str(path)!r} row {i}: split {r[1]!r} is a validation split, which LiSER does not read "
+                "from a split file: it holds whole speakers of a training split out itself (validation.source: "
+                "labeled | teacher); list these rows as labeled, train or teacher"
+            )
         if split not in known:
             raise ValueError(
                 f"split_file {str(path)!r} row {i}: unknown split {r[1]!r} "
@@ -395,5 +404,6 @@ def split_file_plan(
         for s, cl in carved.items():
             parts[s] = parts[s] + cl
     plan = _plan(parts, _describe(f"split file {opts.split_file}", opts), notes)
-    plan.missing = {s: {"speakers": [], "clips": keys} for s, keys in by_split_missing.items() if s in SPLITS}
+    plan.missing = {s: {"speakers": [], "clips": keys} for s, keys in by_split_missing.items()
+                    if s in SPLITS or s == "train"}  # train rows are missing training clips too
     return plan

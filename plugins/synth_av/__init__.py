@@ -18,11 +18,12 @@ class SynthAV:
 
     name = "synth_av"
 
-    def __init__(self, label_space: LabelSpace, splits: dict[str, list[Clip]], options: dict, unused=()):
+    def __init__(self, label_space: LabelSpace, splits: dict[str, list[Clip]], options: dict, unused=(), notes=()):
         self.label_space = label_space
         self._splits = splits
         self.options = options
         self.unused = list(unused)  # clips in no split (label_fraction: the labeled speakers' others)
+        self.notes = list(notes)  # the protocol's shortfalls (a class short of labeled clips): run warnings
 
     def split(self, role: str) -> Sequence[Clip]:
         if role not in SPLITS:
@@ -89,9 +90,9 @@ def synth_av(
         return SynthAV(space, splits, options)
     from liser_plugins.corpora.protocols import ProtocolOptions, carve
 
-    parts, _ = carve(splits["unlabeled"], ProtocolOptions(label_fraction=label_fraction, seed=seed), fold_salt=0)
+    parts, notes = carve(splits["unlabeled"], ProtocolOptions(label_fraction=label_fraction, seed=seed), fold_salt=0)
     splits = {**splits, "labeled": parts["labeled"], "unlabeled": parts["unlabeled"]}
-    return SynthAV(space, splits, options | {"label_fraction": label_fraction}, parts["unused"])
+    return SynthAV(space, splits, options | {"label_fraction": label_fraction}, parts["unused"], notes)
 
 
 @hookimpl
