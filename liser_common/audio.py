@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 
 def wav_truncation(path: Path) -> str | None:
     """Why a RIFF/WAVE file is cut short (its ``data`` chunk declares more bytes than the file
@@ -83,3 +85,31 @@ def resample_rate(rate: int, target: int, budget: int = 2**22) -> int:
     if (rate // g) * (target // g) <= budget:
         return rate
     return max(100, int(round(rate / 100)) * 100)
+
+
+def cut_short(declared_frames: int, decoded: int, rate: int) -> str | None:
+    """Why a compressed file (MP3, Ogg, FLAC) is cut short, or None: it decodes to less than 90 %
+    of the frames its header declares, and at least 0.25 s less (a header's estimate may be a
+    little off; a file cut in half is not). libsndfile decodes what is there without a word."""
+    if declared_frames <= 0 or rate <= 0:
+        return None
+    if decoded < 0.9 * declared_frames and declared_frames - decoded >= 0.25 * rate:
+        return (f"truncated: its header declares {declared_frames / rate:.2f} s, only {decoded / rate:.2f} s decode "
+                "(cut short while copying or downloading?)")
+    return None
+
+
+def av_resampler(av, rate: int):
+    """A PyAV resampler to planar float32 at ``rate`` that keeps the stream's channels, for
+    :func:`av_mono`. (FFmpeg's own mono downmix weights two channels by 1/sqrt(2) each: a stereo
+    track came out 3 dB louder than the same samples read from a WAV, and clipped.)"""
+    return av.AudioResampler(format="fltp", rate=int(rate))
+
+
+def av_mono(frame) -> np.ndarray:
+    """Mono float32 samples of a resampled PyAV frame: the mean of its channels, as every file
+    soundfile reads is made mono (one rule for every container)."""
+    arr = frame.to_ndarray()
+    if arr.ndim == 2 and arr.shape[0] > 1:
+        return arr.mean(axis=0, dtype=np.float32)
+    return arr.reshape(-1).astype(np.float32, copy=False)

@@ -175,6 +175,9 @@ def export_mismatch(checkpoint: str | Path, path: str | Path) -> str | None:
         return f"{sidecar(path).name} does not record the weights it was exported from (an export of an older LiSER)"
     if meta.get("sha256") != file_sha256(path):
         return f"it changed since liser export wrote it ({sidecar(path).name} records another SHA-256)"
+    if path.name.endswith(".int8.onnx") and not isinstance(meta.get("quantization"), dict):
+        return ("it is no int8 export (its sidecar records no quantization): a float model written under the int8 "
+                "name")
     if meta["weights_sha256"] != weights_digest(checkpoint):
         return "it was exported from other weights than the folder's model.safetensors (trained again or replaced since)"
     classes = list(((config.get("label_space") or {}).get("classes")) or [])

@@ -124,9 +124,14 @@ def cmd_predict(args, host) -> int:
         raise UsageError("no audio or video files found in " + ", ".join(args.paths))
     classes = predictor.classes
     failed = 0
+    names = [str(f) for f in files]
+    shown = [n if len(n) <= 40 else "…" + n[-39:] for n in names]
+    if len(set(shown)) < len(set(names)):  # two files would print alike: their whole paths
+        shown = names
+    width = max(40, *map(len, shown))
     if not args.jsonl:
-        print(f"{'file':<40} {'label':<10} " + " ".join(f"{c[:8]:>8}" for c in classes))
-    for f in files:
+        print(f"{'file':<{width}} {'label':<10} " + " ".join(f"{c[:8]:>8}" for c in classes))
+    for f, name in zip(files, shown):
         try:
             pred = predictor.predict(f)
         except UsageError as exc:
@@ -138,8 +143,7 @@ def cmd_predict(args, host) -> int:
                    "probs": dict(zip(classes, pred.probs))}
             print(json.dumps(row))
         else:
-            name = pred.path if len(pred.path) <= 40 else "…" + pred.path[-39:]
-            print(f"{name:<40} {pred.label:<10} " + " ".join(f"{v:>8.3f}" for v in pred.probs))
+            print(f"{name:<{width}} {pred.label:<10} " + " ".join(f"{v:>8.3f}" for v in pred.probs))
     if not args.jsonl and predictor.window:
         hop = f"hop {args.hop:g} s" if args.hop is not None else "half-window hop"
         print(f"(clips longer than {predictor.window:g} s: mean of window probabilities, {hop})")
@@ -194,6 +198,10 @@ def _stream(args, host) -> int:
                           + " ".join(f"{v:>8.3f}" for v in h.smoothed), flush=True)
         except KeyboardInterrupt:
             pass
+        except UsageError as exc:  # this stream (e.g. too short to score): named, and the next one goes on
+            failed += 1
+            print(f"liser: error: {name}: {exc}", file=sys.stderr)
+            continue
         seconds = seconds if seconds is not None else (hops[-1].end if hops else 0.0)
         s = latency_summary(hops, seconds)
         latency = (f"latency per hop p50 {s['p50_ms']:.2f} ms, p95 {s['p95_ms']:.2f} ms" if s["hops"]
@@ -282,6 +290,9 @@ def cmd_export(args, host) -> int:
         Path(args.checkpoint) / f"student{suffix}" if local else Path(args.checkpoint.replace("/", "--") + suffix))
     if args.quantize and args.fmt != "onnx":
         raise UsageError(f"--quantize {args.quantize} needs --format onnx (not {args.fmt})")
+    if not args.quantize and output.name.endswith(".int8.onnx"):  # --backend int8 would run a float model
+        raise UsageError(f"-o {output}: a name ending in .int8.onnx is an int8 export's (--backend int8 runs it): add "
+                         "--quantize int8, or choose another name")
     if args.quantize:  # what the int8 step needs, checked before the float export is written
         from .quantize import (
             calibration_files,

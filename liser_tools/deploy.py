@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,9 @@ log = logging.getLogger("liser.deploy")
 #: The longest file ``liser predict`` scores unless ``--max-seconds`` says otherwise (the ONNX
 #: export's length limit too); longer ones are refused from their header, before decoding.
 DEFAULT_MAX_SECONDS = 3600.0
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3"}
+#: audio files a folder is expanded to (read with soundfile); VIDEO_SUFFIXES are read with PyAV
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf",
+                  ".w64", ".rf64"}
 
 
 def check_window(window: float | None) -> float | None:
@@ -119,7 +122,7 @@ def _read_sf(path: Path, *, max_seconds: float | None, max_samples: int | None) 
     """Mono samples and rate of a soundfile-readable file, its header checked first."""
     import soundfile as sf
 
-    from liser_common.audio import wav_truncation
+    from liser_common.audio import cut_short, wav_truncation
 
     if path.suffix.lower() == ".wav" and (reason := wav_truncation(path)):
         raise UsageError(f"{path}: {reason}")
@@ -135,6 +138,8 @@ def _read_sf(path: Path, *, max_seconds: float | None, max_samples: int | None) 
             chunks.append(data.mean(1) if channels > 1 else data[:, 0].copy())
             total += len(data)
             _refuse(path, total, rate, channels, max_seconds, max_samples)  # a header that lied
+        if reason := cut_short(int(f.frames), total, rate):
+            raise UsageError(f"{path}: {reason}")
     return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), rate
 
 
@@ -144,6 +149,8 @@ def _read_av(path: Path, *, max_seconds: float | None = None,
         import av
     except ImportError:
         raise UsageError(f"{path}: reading video files needs PyAV: pip install 'liser[video]'") from None
+    from liser_common.audio import av_mono, av_resampler, cut_short
+
     with av.open(str(path)) as container:
         if not container.streams.audio:
             raise UsageError(f"{path}: the file has no audio stream")
@@ -155,15 +162,18 @@ def _read_av(path: Path, *, max_seconds: float | None = None,
         elif container.duration is not None:
             declared = int(container.duration / 1_000_000 * rate)
         _refuse(path, max(declared, 1), rate, 1, max_seconds, max_samples)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        resampler = av_resampler(av, rate)
         chunks, total = [], 0
         for frame in container.decode(stream):
             for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().reshape(-1))
+                chunks.append(av_mono(out))  # the mean of its channels, as soundfile-read files
                 total += len(chunks[-1])
             _refuse(path, max(total, 1), rate, 1, max_seconds, max_samples)  # whatever it declared
         for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
+            chunks.append(av_mono(out))
+            total += len(chunks[-1])
+        if reason := cut_short(declared, total, rate):
+            raise UsageError(f"{path}: {reason}")
         return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), rate
 
 
@@ -172,9 +182,12 @@ def expand_paths(paths: list[str | Path]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(
-                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES | VIDEO_SUFFIXES
-            )
+            files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+            out += [f for f in files if f.suffix.lower() in AUDIO_SUFFIXES | VIDEO_SUFFIXES]
+            if left := [f for f in files if f.suffix.lower() not in AUDIO_SUFFIXES | VIDEO_SUFFIXES]:
+                kinds = Counter(f.suffix.lower() or "(no suffix)" for f in left)
+                log.warning("%s: %d file(s) not scored, by name not audio or video (%s), e.g. %s; name a file to score "
+                            "it", p, len(left), ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())), left[0])
         elif p.exists():
             out.append(p)
         else:

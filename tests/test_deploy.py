@@ -114,6 +114,51 @@ def test_video_file_audio_track_is_read(tmp_path):
     assert abs(np.argmax(spectrum) * 16000 / len(audio) - 440) < 5
 
 
+def test_a_stereo_track_in_a_container_is_made_mono_as_a_wav_is(tmp_path):
+    """FFmpeg's mono downmix weights each of two channels by 1/sqrt(2): the same stereo samples
+    from a .mkv came out 3 dB louder (and clipped) than from a .wav, and the label changed. Both
+    paths -- liser predict / serve, and the corpora's decoding -- take the mean of the channels."""
+    av = pytest.importorskip("av")
+    from liser_plugins.corpora.decode import DecodeSpec
+    from liser_plugins.corpora.decode import read_audio as corpus_audio
+
+    rate = 16000
+    tone = (0.6 * np.sin(2 * np.pi * 220 * np.arange(rate) / rate)).astype(np.float32)
+    stereo = np.stack([tone, 0.2 * tone])  # (channels, samples)
+    sf.write(tmp_path / "s.wav", stereo.T, rate, subtype="FLOAT")
+    with av.open(str(tmp_path / "s.mkv"), "w") as container:
+        stream = container.add_stream("pcm_f32le", rate=rate, layout="stereo")
+        frame = av.AudioFrame.from_ndarray(stereo.copy(), format="fltp", layout="stereo")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    expected = stereo.mean(0)
+    for path in ("s.wav", "s.mkv"):
+        np.testing.assert_allclose(read_audio(tmp_path / path, rate), expected, atol=1e-6, err_msg=path)
+        np.testing.assert_allclose(corpus_audio(tmp_path / path, DecodeSpec(sample_rate=rate))[0], expected, atol=1e-6,
+                                   err_msg=path)
+
+
+def test_a_compressed_file_cut_short_is_refused(tmp_path):
+    """An MP3 cut in half decoded to half its length without a word (scored, exit 0): refused,
+    naming the file, as a truncated WAV is."""
+    from liser_plugins.corpora.decode import DecodeSpec, Unusable
+    from liser_plugins.corpora.decode import read_audio as corpus_audio
+
+    tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(16000 * 5) / 16000)).astype(np.float32)
+    try:
+        sf.write(tmp_path / "whole.mp3", tone, 16000, format="MP3")
+    except (sf.LibsndfileError, TypeError, ValueError):
+        pytest.skip("this libsndfile writes no MP3")
+    data = (tmp_path / "whole.mp3").read_bytes()
+    (tmp_path / "half.mp3").write_bytes(data[: len(data) // 2])
+    assert len(read_audio(tmp_path / "whole.mp3", 16000)) >= 0.9 * len(tone)  # a whole file is read as it is
+    with pytest.raises(UsageError, match=r"half.mp3: truncated: its header declares 5.00 s, only"):
+        read_audio(tmp_path / "half.mp3", 16000)
+    with pytest.raises(Unusable, match="truncated"):
+        corpus_audio(tmp_path / "half.mp3", DecodeSpec(sample_rate=16000))
+
+
 def test_onnx_export_matches_pytorch(trained, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -326,6 +371,27 @@ def test_cli_predict_and_export(trained, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "one.wav" in captured.out and "broken.wav: cannot decode audio" in captured.err
     assert main(["predict", ckpt, str(tmp_path / "nothing_here.wav")]) == 2
+    # a folder: files that are not audio by name are said, not skipped in silence; readable formats are scored
+    mixed = tmp_path / "mixed"
+    deep = "_" + "x" * 40  # the last 39 characters of the two clip.wav paths are the same
+    for name in (f"a{deep}/clip.wav", f"b{deep}/clip.wav", "c.aiff", "notes.txt"):
+        (mixed / name).parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith(".txt"):
+            (mixed / name).write_text("x")
+        else:
+            sf.write(mixed / name, clip.audio, 16000, format="AIFF" if name.endswith(".aiff") else "WAV")
+    assert main(["predict", ckpt, str(mixed)]) == 0
+    captured = capsys.readouterr()
+    assert "1 file(s) not scored, by name not audio or video (.txt 1)" in captured.err
+    rows = [ln.split()[0] for ln in captured.out.splitlines()[1:] if ln.strip() and not ln.startswith("(")]
+    assert len(rows) == 3 and len(set(rows)) == 3  # two clip.wav: their whole paths, so that they differ
+    assert str(mixed / f"a{deep}" / "clip.wav") in rows
+    # --stream: a stream too short to score is named, and the next file is still scored
+    sf.write(tmp_path / "tiny.wav", clip.audio[:800], 16000, subtype="FLOAT")
+    assert main(["predict", ckpt, str(tmp_path / "tiny.wav"), str(tmp_path / "one.wav"), "--stream", "--jsonl"]) == 1
+    captured = capsys.readouterr()
+    assert f"liser: error: {tmp_path / 'tiny.wav'}: the stream ended after" in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["source"] == str(tmp_path / "one.wav")
     assert main(["export", ckpt, "--format", "torchscript", "-o", str(tmp_path / "s.pt")]) == 0
     out = capsys.readouterr().out
     assert "frontend: included" in out and (tmp_path / "s.pt.json").is_file()

@@ -237,6 +237,17 @@ def test_export_replaces_only_its_own_files_and_checks_everything_before_writing
                  "-o", str(tmp_path / "else" / "m.onnx")]) == 0
     assert "not in" in capsys.readouterr().out
     assert {n: (ckpt / n).read_bytes() for n in kept} == kept  # elsewhere: the student's record and card untouched
+    # a float export under the int8 name: --backend int8 ran float32 while the card described int8
+    assert main(["export", str(ckpt), "-o", str(ckpt / "student.int8.onnx")]) == 2
+    assert "a name ending in .int8.onnx is an int8 export's" in capsys.readouterr().err
+    import shutil
+
+    from liser_core.export import export_mismatch
+
+    shutil.copy(ckpt / "student.onnx", tmp_path / "float.int8.onnx")
+    shutil.copy(ckpt / "student.onnx.json", tmp_path / "float.int8.onnx.json")
+    assert "no int8 export" in export_mismatch(ckpt, tmp_path / "float.int8.onnx")
+    assert export_mismatch(ckpt, ckpt / "student.int8.onnx") is None  # the real one
     assert json.loads((tmp_path / "else" / "m.int8.onnx.json").read_text())["quantization"]["mode"] == "dynamic"
 
     wav = tmp_path / "a.wav"
@@ -452,10 +463,10 @@ def test_cli_predict_stream(tmp_path, capsys):
     assert "latency per hop p50" in captured.err and "real-time factor" in captured.err
     assert main(["predict", ckpt, str(tmp_path / "long.wav"), "--stream", "--hop", "2"]) == 2
     assert "--hop 2.0: give a hop in seconds > 0 and at most the window (1 s)" in capsys.readouterr().err
-    sf.write(tmp_path / "short.wav", audio[:320], 16000, subtype="FLOAT")  # 20 ms: one line, exit 2 (was a traceback)
-    assert main(["predict", ckpt, str(tmp_path / "short.wav"), "--stream"]) == 2
+    sf.write(tmp_path / "short.wav", audio[:320], 16000, subtype="FLOAT")  # 20 ms: one line naming it (was a traceback)
+    assert main(["predict", ckpt, str(tmp_path / "short.wav"), "--stream"]) == 1  # a file that fails, as offline
     err = capsys.readouterr().err
-    assert "too short to score (at least 0.1 s)" in err and "Traceback" not in err
+    assert f"{tmp_path / 'short.wav'}: " in err and "too short to score (at least 0.1 s)" in err and "Traceback" not in err
 
 
 def test_websocket_stream_on_a_real_socket(tmp_path):

@@ -13,7 +13,7 @@ from liser_core.data import SPLITS, Clip
 from liser_core.labels import LabelSpace
 
 from . import protocols
-from .decode import DecodeSpec, Source, load_clip
+from .decode import DECODER_VERSION, DecodeSpec, Source, load_clip
 
 log = logging.getLogger("liser.corpora")
 
@@ -89,7 +89,8 @@ class IndexedCorpus:
         """Everything that changes what ``load(clip)`` returns or rejects, besides the files'
         bytes: the decode options of the clip's source (the cache of decoded clips keys on it)."""
         src = self._sources[clip.clip_id]
-        return {"corpus": self.name, "spec": dataclasses.asdict(src.spec), "known_problem": src.known_problem}
+        return {"corpus": self.name, "spec": dataclasses.asdict(src.spec), "known_problem": src.known_problem,
+                "decoder": DECODER_VERSION}
 
     def missing(self) -> dict[str, dict[str, list[str]]]:
         """What the protocol expects and the files lack, per split (``{"test": {"speakers":

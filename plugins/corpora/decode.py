@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from liser_common.audio import wav_truncation
+from liser_common.audio import av_mono, av_resampler, cut_short, wav_truncation
 from liser_core.data import BadClipError, Clip
 
 #: Extensions read with soundfile first (PyAV is the fallback).
@@ -33,6 +33,11 @@ SOUNDFILE_EXTS = frozenset({".wav", ".flac", ".ogg"})
 #: Extensions of video containers the corpora index.
 VIDEO_EXTS = (".mp4", ".flv", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 LFS_HEADER = b"version https://git-lfs"
+#: what decoding gives, beyond the spec: part of every clip's decode signature, so decoded
+#: clips, teacher outputs and features of an older decoder are not reused (2: a multichannel
+#: stream in a container is made mono by the mean of its channels, as soundfile-read files;
+#: FFmpeg's downmix made a stereo track 3 dB louder)
+DECODER_VERSION = 2
 
 
 class Unusable(Exception):
@@ -177,6 +182,8 @@ def _soundfile_audio(path: Path, spec: DecodeSpec) -> tuple[np.ndarray, int]:
     if info.frames > 0 and (reason := _too_long(info.frames / info.samplerate, spec)):
         raise Unusable(reason, path)  # before reading a long file
     data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    if reason := cut_short(info.frames, len(data), int(rate)):
+        raise Unusable(reason, path)
     return data.mean(axis=1, dtype=np.float32), int(rate)
 
 
@@ -191,18 +198,23 @@ def _av_audio(path: Path, spec: DecodeSpec) -> tuple[np.ndarray, int]:
         rate = spec.sample_rate or stream.codec_context.sample_rate or stream.rate
         if not rate:
             raise Unusable("unreadable: the audio stream has no sample rate", path)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=int(rate))
+        resampler = av_resampler(av, int(rate))
         chunks, total = [], 0
         limit = None if spec.max_seconds is None else (spec.max_seconds + 1.0) * rate
         for frame in container.decode(stream):
             for out in resampler.resample(frame):
-                chunk = out.to_ndarray().reshape(-1)
+                chunk = av_mono(out)  # the mean of its channels, as soundfile-read files
                 chunks.append(chunk)
                 total += chunk.size
             if limit is not None and total > limit:  # a container that lied about its duration
                 raise Unusable(f"too long (> {spec.max_seconds:g} s = max_seconds)", path)
         for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
+            chunks.append(av_mono(out))
+            total += chunks[-1].size
+        declared = (stream.duration * stream.time_base if stream.duration and stream.time_base
+                    else (container.duration or 0) / 1e6)
+        if reason := cut_short(int(float(declared) * int(rate)), total, int(rate)):
+            raise Unusable(reason, path)
     audio = np.concatenate(chunks).astype(np.float32, copy=False) if chunks else np.zeros(0, np.float32)
     return audio, int(rate)
 
