@@ -178,23 +178,22 @@ def path_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-#: a Hugging Face Hub model id (``org/name``, or timm's ``hf-hub:org/name``)
-HUB_ID = re.compile(r"(?:hf-hub:|hf_hub:)?([A-Za-z0-9][\w.-]*/[\w.-]+)")
-
-
 def hub_snapshot(value: str, revision: str | None = None) -> str | None:
     """The commit a Hub model id resolves to in the local Hugging Face cache: what loading it
     reads there (``refs/<revision>``, ``main`` by default; a commit given as the revision is
     itself); None when ``value`` is no Hub id or the cache does not hold it."""
-    m = HUB_ID.fullmatch(value)
-    if not m:
+    from liser_common.weights import HUB_ID
+
+    # the one Hub-id pattern; timm writes an id as hf-hub:ORG/NAME
+    repo_id = value.split(":", 1)[1] if value.startswith(("hf-hub:", "hf_hub:")) else value
+    if not HUB_ID.fullmatch(repo_id):
         return None
     try:
         from huggingface_hub import constants
         from huggingface_hub.file_download import repo_folder_name
     except ImportError:
         return None
-    folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=m.group(1), repo_type="model")
+    folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
     rev = str(revision or "main")
     if re.fullmatch(r"[0-9a-f]{40}", rev):
         return rev if (folder / "snapshots" / rev).is_dir() else None

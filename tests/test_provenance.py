@@ -224,6 +224,10 @@ def test_every_local_file_a_recipe_names_is_recorded_by_content(tmp_path, monkey
     (repo / "refs" / "main").write_text("a" * 40)
     cached = input_digests(cfg)
     assert cached["teachers.1.options.model"] == "hub@" + "a" * 40
+    from liser_common.provenance import hub_snapshot
+
+    assert hub_snapshot("hf-hub:microsoft/wavlm-base-plus") == "a" * 40  # timm's way of naming a Hub id
+    assert hub_snapshot("not a hub id") is None and hub_snapshot("org/not-cached") is None
     (repo / "refs" / "main").write_text("b" * 40)  # `huggingface-cli download` fetched a newer revision
     assert changed_inputs(cached, input_digests(cfg)) == ["teachers.1.options.model"]
     cfg["teachers"][1]["options"]["revision"] = "a" * 40  # pinned to a commit: that snapshot, when it is there
