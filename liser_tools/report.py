@@ -460,6 +460,10 @@ def write_report(out: Path, title: str, rows: Sequence[Mapping[str, str]], roles
             figures.append((p, f"Label efficiency of {student}"))
     eff = efficiency(tab, students, teacher_sets, table_flags(rows, roles))
     eff_md = efficiency_markdown(eff)
+    # the board's "Incomplete" note goes with every table of its rows (a point of fewer repeats
+    # showed n = 1 with no word of the failed or missing runs)
+    if incomplete := [ln for ln in leaderboard_md.splitlines() if ln.startswith("**Incomplete")]:
+        eff_md = eff_md.rstrip("\n") + "\n\n" + "\n".join(incomplete) + "\n"
     (out / "efficiency.md").write_text(eff_md)
     speeds = _speeds(out, rows, roles)
     points = []

@@ -272,3 +272,19 @@ def test_the_pareto_view_draws_float32_against_int8(tmp_path, monkeypatch):
     # without int8 records: the two panels as before
     report.pareto(pts, tmp_path / "pareto2.png")
     assert len(figures[1].axes) == 2
+
+
+def test_an_incomplete_grid_says_so_in_efficiency_md_and_the_report(tmp_path):
+    """A failed repeat left a point of efficiency.md at n = 1 with no word of it (only the board
+    said "Incomplete"): the board's note goes with the efficiency table, in the file and the page."""
+    from liser_tools.report import write_report
+
+    roles = {"fraction": "fraction", "teachers": "teachers", "student": "student"}
+    axes = {"fraction": {"0.1": [], "1": []}, "teachers": {"speech": []}, "student": {"small": []},
+            "seed": {"0": [], "1": []}}
+    note = "**Incomplete: 1 of the grid's combinations have no rows of their current recipe** (...): `x`."
+    write_report(tmp_path, "t", _report_rows((0.1, 1.0), ""), roles, ["seed"], axes, f"# Leaderboard\n\n{note}\n")
+    assert note in (tmp_path / "efficiency.md").read_text()
+    assert (tmp_path / "report.html").read_text().count("<p>Incomplete: 1 of the grid") == 2  # both tables
+    write_report(tmp_path, "t", _report_rows((0.1, 1.0), ""), roles, ["seed"], axes, "# Leaderboard\n")
+    assert "Incomplete" not in (tmp_path / "efficiency.md").read_text()
