@@ -87,6 +87,11 @@ def resample_rate(rate: int, target: int, budget: int = 2**22) -> int:
     return max(100, int(round(rate / 100)) * 100)
 
 
+#: below this RMS (-80 dBFS) a clip is silence: a corpus leaves it out ("silent"), and a
+#: prediction on it says so
+SILENT_RMS = 1e-4
+
+
 def cut_short(declared_frames: int, decoded: int, rate: int) -> str | None:
     """Why a compressed file (MP3, Ogg, FLAC) is cut short, or None: it decodes to less than 90 %
     of the frames its header declares, and at least 0.25 s less (a header's estimate may be a

@@ -325,6 +325,10 @@ class Predictor:
             raise UsageError(f"{path}: the student cannot score it ({type(exc).__name__}: {exc})") from None
         if not torch.isfinite(p).all():
             raise UsageError(f"{path}: the student's probabilities are not finite")
+        from liser_common.audio import SILENT_RMS
+
+        if (rms := float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))) < SILENT_RMS:
+            log.warning("%s: silent (RMS %.1e, below %g): its label says nothing about an emotion", path, rms, SILENT_RMS)
         return Prediction(
             path=str(path),
             probs=[float(v) for v in p],

@@ -386,6 +386,10 @@ def test_cli_predict_and_export(trained, tmp_path, capsys):
     rows = [ln.split()[0] for ln in captured.out.splitlines()[1:] if ln.strip() and not ln.startswith("(")]
     assert len(rows) == 3 and len(set(rows)) == 3  # two clip.wav: their whole paths, so that they differ
     assert str(mixed / f"a{deep}" / "clip.wav") in rows
+    # digital silence is scored (a label is asked for), and said: its label means nothing
+    sf.write(tmp_path / "quiet.wav", np.zeros(16000, np.float32), 16000)
+    assert main(["predict", ckpt, str(tmp_path / "quiet.wav")]) == 0
+    assert f"{tmp_path / 'quiet.wav'}: silent (RMS 0.0e+00, below 0.0001)" in capsys.readouterr().err
     # --stream: a stream too short to score is named, and the next file is still scored
     sf.write(tmp_path / "tiny.wav", clip.audio[:800], 16000, subtype="FLOAT")
     assert main(["predict", ckpt, str(tmp_path / "tiny.wav"), str(tmp_path / "one.wav"), "--stream", "--jsonl"]) == 1

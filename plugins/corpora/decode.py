@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from liser_common.audio import av_mono, av_resampler, cut_short, wav_truncation
+from liser_common.audio import SILENT_RMS, av_mono, av_resampler, cut_short, wav_truncation
 from liser_core.data import BadClipError, Clip
 
 #: Extensions read with soundfile first (PyAV is the fallback).
@@ -56,7 +56,7 @@ class DecodeSpec:
     sample_rate: int | None = None  # rate of the decoded audio; None keeps the file's own
     min_seconds: float = 0.0  # shorter clips are BadClipError("too short ...")
     max_seconds: float | None = None  # longer clips are BadClipError("too long ..."); None: no limit
-    min_rms: float = 1e-4  # clips quieter than this RMS (-80 dBFS) are "silent"
+    min_rms: float = SILENT_RMS  # clips quieter than this RMS (-80 dBFS) are "silent"
     fps: float = 5.0  # face frames taken per second of video
     num_frames: int | None = 8  # frames per clip after sampling (thinned or repeated evenly)
     frame_size: int | None = 160  # frames scaled (short side) and centre-cropped to a square
