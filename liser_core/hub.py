@@ -101,6 +101,19 @@ def network_error(exc: BaseException, endpoint: str, repo_id: str, seconds: floa
                         "or HF_ENDPOINT, and retry")
     return None
 
+@contextmanager
+def _hub_call(endpoint: str, repo_id: str, seconds: float) -> Iterator[None]:
+    """Calls to the Hub with :func:`timeouts`; network and Hub failures become one line
+    (:func:`network_error`), others propagate."""
+    try:
+        with timeouts(seconds):
+            yield
+    except Exception as exc:  # noqa: BLE001
+        if (error := network_error(exc, endpoint, repo_id, seconds)) is None:
+            raise
+        raise error from exc
+
+
 #: what a pushed student folder holds (anything else in the folder stays local)
 PUSHED = (CONFIG_NAME, WEIGHTS_NAME, "README.md", "recipe.yaml", "student.onnx", "student.onnx.json",
           "student.int8.onnx", "student.int8.onnx.json", "quantization.json")
@@ -178,6 +191,10 @@ def push(student_dir: str | Path, repo_id: str, *, private: bool = False, api=No
             raise UsageError(f"{api.endpoint}: HF_HUB_OFFLINE is set, and liser push needs the network: "
                              "unset HF_HUB_OFFLINE and retry")
     endpoint = str(getattr(api, "endpoint", None) or "the Hugging Face Hub")
+    probe = getattr(api, "repo_exists", None)  # a read: an unreachable Hub is said before seconds of export
+    if onnx and callable(probe):
+        with _hub_call(endpoint, repo_id, seconds):
+            probe(repo_id, repo_type="model")
     with tempfile.TemporaryDirectory(prefix="liser-push-") as tmp:
         stage = Path(tmp) / "student"
         stage.mkdir()
@@ -210,15 +227,10 @@ def push(student_dir: str | Path, repo_id: str, *, private: bool = False, api=No
                 for name in INT8:
                     shutil.copy2(src / name, stage / name)
         name = json.loads((stage / CONFIG_NAME).read_text())["name"]
-        try:
-            with timeouts(seconds):
-                api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-                info = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(stage),
-                                         allow_patterns=list(PUSHED), commit_message=commit_message or f"LiSER student {name}")
-        except Exception as exc:  # noqa: BLE001 - network and Hub failures become one line; others propagate
-            if (error := network_error(exc, endpoint, repo_id, seconds)) is None:
-                raise
-            raise error from exc
+        with _hub_call(endpoint, repo_id, seconds):
+            api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+            info = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(stage),
+                                     allow_patterns=list(PUSHED), commit_message=commit_message or f"LiSER student {name}")
     if not carded:  # said once it is up (a failed push says only why it failed)
         log.warning("%s has no model card (README.md) and is not a run's student/ folder: %s's page says nothing "
                     "about its data, protocol or scores", src, repo_id)

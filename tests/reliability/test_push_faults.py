@@ -92,6 +92,19 @@ def test_push_to_an_endpoint_that_refuses_is_one_line(student, staging, monkeypa
     assert line.startswith(f"liser: error: {endpoint}: ") and "refused" in line
 
 
+def test_an_unreachable_hub_is_said_before_the_onnx_export(student, staging, monkeypatch, capfd):
+    """With the ONNX export (the default) the Hub is asked first: seconds of export, then
+    "cannot reach", would be the wrong order."""
+    import liser_core.export
+
+    exported = []
+    monkeypatch.setattr(liser_core.export, "export", lambda *a, **k: exported.append(a))
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    line = push_fails([str(student), "lab/x"], capfd, staging, 1, "cannot reach the Hugging Face Hub")
+    assert line.startswith(f"liser: error: {endpoint}: ") and exported == []
+
+
 @pytest.fixture
 def silent_endpoint():
     """A local TCP port that accepts connections (the kernel's backlog) and never answers. It
