@@ -29,6 +29,7 @@ from liser_common import provenance
 
 from . import checkpoint, guards
 from ._registry import bare_name
+from .components import Teacher
 from .config import DEFAULT_SAMPLER, DuplicatePolicy, plain, training_blocks
 from .data import SPLITS, Clip, Corpus
 from .errors import ConfigError, UsageError
@@ -437,6 +438,22 @@ def fit_clips(engine: Engine, key: str, split: str = "teacher") -> tuple[list[Cl
         digests.append(d)
     return clips, digests, excluded
 
+def _checkpoint_fit_sets(run, key: str, where: str, config_key: str) -> list[dict]:
+    """The fit sets of the teacher checkpoint ``where`` (a teacher of the run, or a part of one)
+    as its weights record them; refused when they contradict its card, flagged
+    ``unverified_teacher`` when they cannot be checked (:func:`guards.checkpoint_fit_sets`)."""
+    try:
+        fit_sets, unchecked = guards.checkpoint_fit_sets(
+            where, checkpoint.read_marker(where), checkpoint.read_component_config(where).get("card"))
+    except ValueError as exc:
+        raise ConfigError(config_key, str(exc)) from None
+    if unchecked:
+        run.warn(f"!!! teacher {key!r}: {unchecked} (flagged unverified_teacher)")
+        if "unverified_teacher" not in run.flags:
+            run.flags.append("unverified_teacher")
+    return fit_sets
+
+
 def guard_teachers(engine: Engine) -> None:
     """A teacher fitted on test speakers or clips (in this run, or recorded in its card) is
     refused unless ``allow_test_overlap``; the label-map report; fit sets that lose classes."""
@@ -448,17 +465,11 @@ def guard_teachers(engine: Engine) -> None:
         tc = run.teacher_configs[key]
         fit_sets = list(teacher.card.fit_sets)
         if tc.checkpoint:  # its fit sets as its weights record them (docs/soundness.md)
-            try:
-                fit_sets, unchecked = guards.checkpoint_fit_sets(
-                    str(tc.checkpoint), checkpoint.read_marker(tc.checkpoint),
-                    checkpoint.read_component_config(tc.checkpoint).get("card"),
-                )
-            except ValueError as exc:
-                raise ConfigError(f"teachers.{i}.checkpoint", str(exc)) from None
-            if unchecked:
-                run.warn(f"!!! teacher {key!r}: {unchecked} (flagged unverified_teacher)")
-                if "unverified_teacher" not in run.flags:
-                    run.flags.append("unverified_teacher")
+            fit_sets = _checkpoint_fit_sets(run, key, str(tc.checkpoint), f"teachers.{i}.checkpoint")
+        for part in teacher.modules():  # teachers inside it loaded from checkpoints (av_fusion's branches):
+            where = getattr(part, "liser_checkpoint", None)  # checked as if named by teachers.N.checkpoint
+            if part is not teacher and isinstance(part, Teacher) and where:
+                fit_sets += _checkpoint_fit_sets(run, key, where, f"teachers.{i}.options")
         if fits_in_run(engine, key):
             clips, digests, excluded = fit_clips(engine, key)
             if excluded:

@@ -11,10 +11,13 @@ import json
 import re
 import shutil
 
+import pytest
 from safetensors.torch import load_file, save_file
 from test_soundness import one_line_error, rav, recipe  # noqa: F401 - rav is a fixture
 
-from liser_core import checkpoint
+from liser_core import ConfigError, Teacher, TeacherCard, checkpoint, hookimpl, load_plugins
+from liser_core.checkpoint import load_component
+from liser_core.engine import run
 from liser_plugins.corpora import fixtures
 from liser_tools.cli import main
 
@@ -102,6 +105,59 @@ def test_weights_liser_did_not_write_are_a_loud_warning_and_a_flag(rav, tmp_path
     third = recipe(tmp_path, rav, FOLD3, "f3.yaml")
     assert main(["run", str(third), f"teachers.0.checkpoint={foreign}", f"run_dir={tmp_path / 'f3'}"]) == 2
     assert "was fitted on test speaker(s) 09" in one_line_error(capsys)
+
+
+class _Wrapper(Teacher):
+    """A pretrained teacher holding another loaded from a LiSER checkpoint (as av_fusion holds
+    its branches): it states no fit set of its own."""
+
+    pretrained = True
+
+    def __init__(self, label_space, inner, registry):
+        super().__init__()
+        self.inner = load_component(inner, registry, kind="teacher")
+        self.label_space, self.sample_rate = self.inner.label_space, self.inner.sample_rate
+        self.embedding_dim = self.inner.embedding_dim
+        self.card = TeacherCard(name="wrapped", modality="audio", backbone="a wrapper", label_space=self.label_space.name)
+
+    def forward(self, batch):
+        return self.inner(batch)
+
+
+class _WrapperPlugin:
+    @hookimpl
+    def liser_register_teachers(self, registry):
+        registry.register("wrapped", lambda label_space, inner: _Wrapper(label_space, inner, registry), modality="audio")
+
+
+def test_a_checkpoint_inside_a_teacher_is_checked_as_if_the_recipe_named_it(rav, tmp_path):  # noqa: F811
+    """The leak guard reads the fit sets of every teacher checkpoint a teacher loads (an
+    av_fusion branch, a plugin's wrapper), from its weights: refused, or flagged, as when
+    teachers.N.checkpoint names it. Before, only the outer teacher's card was read."""
+    assert main(["run", str(recipe(tmp_path, rav, FOLD1, "f1.yaml")), f"run_dir={tmp_path / 'f1'}"]) == 0
+    host = load_plugins()
+    host.add("wrapper", _WrapperPlugin())
+    third = recipe(tmp_path, rav, FOLD3, "f3.yaml")
+
+    def fold3(inner, name):
+        return run(str(third), [f"teachers=[{{name: wrapped, options: {{inner: {inner}}}}}]", f"run_dir={tmp_path / name}"],
+                   host=host)
+
+    inner = tmp_path / "inner"
+    shutil.copytree(tmp_path / "f1" / "teachers" / "audio_cnn", inner)
+    with pytest.raises(ConfigError, match="teacher 'wrapped' was fitted on test speaker.s. 09"):
+        fold3(inner, "a")
+    config = json.loads((inner / "config.json").read_text())
+    (inner / "config.json").write_text(json.dumps(config | {"card": config["card"] | {"fit_sets": []}}))
+    with pytest.raises(ConfigError, match="its card's fit sets are not the ones its weights record") as err:
+        fold3(inner, "b")
+    assert err.value.key == "teachers.0.options"
+    # weights LiSER did not write, without a card: run, loudly, and flagged
+    save_file(load_file(str(inner / "model.safetensors")), str(inner / "model.safetensors"), metadata={"format": "pt"})
+    (inner / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "card"}))
+    ctx = fold3(inner, "c")
+    assert "unverified_teacher" in ctx.flags
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_a_run_resumed_under_other_code_is_flagged_mixed_code(run_tiny, tmp_path):
