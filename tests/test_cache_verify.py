@@ -153,6 +153,23 @@ def test_a_fitted_teacher_whose_weights_were_changed_is_fitted_again_not_used(tm
     assert run("c")["diagnostics"]["teacher_fits"]["audio_cnn"]["reused"] is True
 
 
+def test_a_teacher_whose_best_epoch_is_chosen_on_validation_is_keyed_by_those_clips(tmp_path):
+    """With fit.early_stop, the validation clips pick the fitted weights: another validation set
+    (validation.speakers, the seed, the label fraction) is another fitted teacher, not the store
+    entry of whichever run came first."""
+    rav = write_ravdess(tmp_path / "RAVDESS", (1, 2, 3, 4, 5, 9))
+    path, store = recipe(tmp_path, rav, "fold: 1, label_fraction: 1.0, teacher_speakers: [9]"), tmp_path / "store"
+
+    def run(name, share):
+        assert main(["run", str(path), f"run_dir={tmp_path / name}", f"store={store}", "validation.source=labeled",
+                     f"validation.speakers={share}", "teachers.0.fit.early_stop.metric=uar", "teachers.0.fit.epochs=2"]) == 0
+        return json.loads((tmp_path / name / "metrics.json").read_text())["diagnostics"]["teacher_fits"]["audio_cnn"]
+
+    a, b, c = run("a", 0.25), run("b", 0.5), run("c", 0.25)
+    assert a["reused"] is False and b["reused"] is False and b["fit_key"] != a["fit_key"]
+    assert c["reused"] is True and c["fit_key"] == a["fit_key"]
+
+
 def test_swapped_files_are_hashed_again_not_read_from_the_digest_database(tmp_path, monkeypatch):
     """digests.sqlite3 keys each digest by path and stat signature (device, inode, size, mtime,
     ctime): two files swapped by renames keep their inodes, so neither's remembered digest is

@@ -192,8 +192,9 @@ def _publish_fit(engine: Engine, teacher: Teacher, cached: Path, extra: dict, pr
 
 def _fit_key(engine: Engine, key: str, clips: list[Clip], rate: int) -> str:
     """What a fitted teacher is a function of: its recipe block (name, options, label map,
-    fit settings, seed), its initial weights, its inputs (rate, frames, precision), and each
-    fit clip's content and label. Equal keys (and code), equal fitted teachers."""
+    fit settings, seed), its initial weights, its inputs (rate, frames, precision), each fit
+    clip's content and label, and with ``fit.early_stop`` each validation clip's. Equal keys
+    (and code), equal fitted teachers."""
     tc, teacher = engine.run.teacher_configs[key], engine.run.teachers[key]
     block = fit_block(tc)
     body = {
@@ -202,6 +203,9 @@ def _fit_key(engine: Engine, key: str, clips: list[Clip], rate: int) -> str:
         "inputs": {"rate": rate, "frames": teacher.needs_frames, "precision": engine.precision},
         "fit_set": sorted(f"{engine.store_key(c)}:{c.label}" for c in clips),
     }
+    if tc.fit.early_stop.metric is not None:  # the validation clips choose the epoch it ends with
+        body["selected_on"] = sorted(f"{engine.store_key(c)}:{c.label}"
+                                     for c in prepare.fit_clips(engine, key, "validation")[0])
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
