@@ -30,7 +30,6 @@ import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -494,37 +493,3 @@ def report_face_stats(run, stage: str, teacher_type: type) -> None:
             key, stage, counts["no_face"], counts["clips"], counts["policy"],
             f"; e.g. {', '.join(counts['examples'])}" if counts["no_face"] else "",
         )
-
-
-# ---------------------------------------------------------------------------------------------
-# Weights that a saved teacher reloads from their source file
-# ---------------------------------------------------------------------------------------------
-
-
-def file_sha256(path: str | Path) -> bytes:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.digest()
-
-
-def pin_source_file(module: torch.nn.Module, path: str | Path, buffer: str = "source_sha256") -> None:
-    """Keep ``path``'s SHA-256 in a buffer that LiSER checkpoints save.
-
-    A teacher whose backbone weights are left out of its checkpoints (``checkpoint_exclude``)
-    reloads them from ``path``; loading a checkpoint then fails loudly if that file is no longer
-    the one the teacher was saved with, instead of silently giving other outputs.
-    """
-    digest = file_sha256(path)
-    module.register_buffer(buffer, torch.tensor(list(digest), dtype=torch.uint8))
-
-    def check(mod, _incompatible):
-        if bytes(getattr(mod, buffer).tolist()) != digest:
-            raise UsageError(
-                f"{path}: this weights file differs from the one the checkpoint was saved with "
-                "(SHA-256 mismatch); restore that file or fit the teacher again"
-            )
-        return None
-
-    module.register_load_state_dict_post_hook(check)

