@@ -333,12 +333,22 @@ class TeacherStore:
                     )
                 picks.append(pick)
             try:
-                return self._read(fingerprint, state, picks)
+                out = self._read(fingerprint, state, picks)
             except CorruptShardError as exc:  # changed on disk since it was indexed: look again
                 if attempt:
                     raise
                 log.warning("%s; rescanning %s", exc, self._dir(fingerprint))
                 self._states.pop(fingerprint, None)
+                continue
+            if self.dtype == "float32":
+                return out
+            # rows of a more precise copy read as this store would have written them: a recipe's
+            # targets do not depend on what other recipes left in the store
+            cast = tuple(None if t is None else t.to(_DTYPES[self.dtype]).float() for t in out)
+            if not all(t is None or torch.isfinite(t).all() for t in cast):
+                raise ValueError(f"{self._dir(fingerprint)}: stored outputs overflow {self.dtype} (|x| > 65504); "
+                                 "use dtype='float32'")
+            return cast
         raise AssertionError("unreachable")  # pragma: no cover
 
     def info(self, fingerprint: str) -> dict[str, Any]:

@@ -42,3 +42,15 @@ def test_auto_device_falls_back_to_cpu_here():
     if not torch.cuda.is_available() and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         expected = "mps"
     assert resolve_device("auto").type == expected
+
+
+def test_a_bf16_run_gives_the_same_scores_with_a_store_or_without(run_tiny, tmp_path):
+    """Teachers label under the recipe's autocast with a store too (their outputs kept as entries
+    of their own): a store changes where targets are kept, not what they are."""
+    with_store = run_tiny(overrides=["precision=bf16", f"store={tmp_path / 'store'}", f"run_dir={tmp_path / 'a'}"])
+    without = run_tiny(overrides=["precision=bf16", f"run_dir={tmp_path / 'b'}"])
+    a = {e.model: e.probs for e in with_store.evaluations}
+    b = {e.model: e.probs for e in without.evaluations}
+    assert a.keys() == b.keys() and len(a) >= 3
+    for model in a:
+        assert torch.equal(a[model], b[model]), model

@@ -337,8 +337,8 @@ def test_embeddings_are_optional(tmp_path):
     assert half.missing(FP, keys[2:], embeddings=True) == [0, 1, 2]
     assert label_pass(half, keys[2:], embeddings=True) == 3  # ... and float16 rows with them
     lo, em = half.load(FP, keys)
-    assert em is not None and torch.equal(em[:2], expected(keys[:2])[1])  # float32, with embeddings
-    assert torch.equal(em[2:], expected(keys[2:])[1].half().float())
+    # the float32 rows with embeddings, read at the store's precision: as the float16 rows
+    assert em is not None and torch.equal(em, expected(keys)[1].half().float())
 
 
 def test_float32_store_relabels_what_was_stored_in_float16(tmp_path):
@@ -350,8 +350,19 @@ def test_float32_store_relabels_what_was_stored_in_float16(tmp_path):
         full.load(FP, keys)
     assert label_pass(full, keys) == 5
     assert torch.equal(full.load(FP, keys)[0], expected(keys)[0])
-    half = TeacherStore(tmp_path, "float16")  # a float16 store takes the better copy too
-    assert torch.equal(half.load(FP, keys)[0], expected(keys)[0])
+    half = TeacherStore(tmp_path, "float16")  # a float16 store reads the float32 copy as it would have stored it
+    lo = half.load(FP, keys)[0]
+    assert torch.equal(lo, expected(keys)[0].half().float()) and not torch.equal(lo, expected(keys)[0])
+    fresh = TeacherStore(tmp_path / "fresh", "float16")  # the same targets as a store that only ever saw float16
+    label_pass(fresh, keys)
+    assert torch.equal(fresh.load(FP, keys)[0], lo)
+
+
+def test_a_float32_row_beyond_float16_is_refused_by_a_float16_store(tmp_path):
+    with TeacherStore(tmp_path).writer(FP) as w:
+        w.add("big", torch.tensor([0.0, 1e5]))
+    with pytest.raises(ValueError, match="stored outputs overflow float16"):
+        TeacherStore(tmp_path, "float16").load(FP, ["big"])
 
 
 def test_bad_values_are_never_stored(tmp_path):

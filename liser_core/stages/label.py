@@ -167,6 +167,8 @@ def label_clips(engine: Engine, clips: list[Clip], models, store, diagnostic: st
     for name, model, extra in models:
         model.eval()
         rate = model.sample_rate or engine.native_rate()
+        if store and engine.precision != "fp32":  # outputs computed under autocast: entries of their own
+            extra = {**(extra or {}), "precision": engine.precision}
         meta = teacher_meta(model, sample_rate=rate, extra=extra) if store else None
         # rank 0 decides what is missing before any rank writes, so all ranks share one to-do list
         todo = engine.dist.on_main(lambda m=meta: store.missing(m["fingerprint"], keys, embeddings=True)) if store else range(len(clips))
@@ -197,8 +199,8 @@ def label_clips(engine: Engine, clips: list[Clip], models, store, diagnostic: st
                         continue  # every clip of the batch bad, or stored for this model
                     batch = batch.select(rows)
                     ids = [mine[j] for j in batch.index.tolist()]
-                    with autocast(run.device, engine.precision) if store is None else contextlib.nullcontext():
-                        lo, em = forward(batch.to(run.device))  # (the store keeps full-precision outputs)
+                    with autocast(run.device, engine.precision):  # as without a store: the same targets
+                        lo, em = forward(batch.to(run.device))
                     lo, em = lo.detach().float().cpu(), em.detach().float().cpu()  # (a view of a parameter needs grad)
                     bad = (~torch.isfinite(lo)).any(1).nonzero().flatten().tolist()
                     if bad:  # never stored, never distilled from: a broken teacher, named with its clip
