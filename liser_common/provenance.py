@@ -58,9 +58,49 @@ def comparable(cfg: Any, drop: Iterable[str] = RESUME_FREE_KEYS) -> dict[str, An
     return d
 
 
+@functools.cache
+def _defaults(schema: type) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(schema), resolve=False, enum_to_str=True, throw_on_missing=False)
+
+
+def _unwrap(typ: Any) -> Any:
+    """``X`` of ``X | None``."""
+    import typing
+
+    if typing.get_origin(typ) in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        return args[0] if len(args) == 1 else typ
+    return typ
+
+
+def without_defaults(value: Any, schema: Any) -> Any:
+    """``value`` (a plain recipe, or part of one, of dataclass type ``schema``) less every field
+    at its schema default, recursively (also in the elements of typed lists: each teacher block).
+    A key LiSER adds later, with a default that keeps today's behaviour, then leaves fingerprints,
+    and so finished runs and leaderboard rows, as they were. (Free-form ``options`` are kept as
+    written: they have no schema.)"""
+    import dataclasses
+    import typing
+
+    schema = _unwrap(schema)
+    if isinstance(value, list) and typing.get_origin(schema) is list:
+        (elem,) = typing.get_args(schema) or (None,)
+        return [without_defaults(v, elem) for v in value]
+    if not (isinstance(value, dict) and dataclasses.is_dataclass(schema)):
+        return value
+    defaults, hints = _defaults(schema), typing.get_type_hints(schema)
+    return {k: without_defaults(v, hints.get(k)) for k, v in value.items() if k not in defaults or v != defaults[k]}
+
+
 def fingerprint(cfg: Any, versions: Mapping[str, str] | None = None, drop: Iterable[str] = RESULT_FREE_KEYS) -> str:
-    """sha256 (hex) of the comparable recipe and the code versions that run it."""
-    body = {"recipe": comparable(cfg, drop), "versions": dict(sorted((versions or {}).items()))}
+    """sha256 (hex) of the comparable recipe (less what is at its schema default:
+    :func:`without_defaults`) and the code versions that run it."""
+    from omegaconf import DictConfig, OmegaConf
+
+    schema = OmegaConf.get_type(cfg) if isinstance(cfg, DictConfig) else None
+    body = {"recipe": without_defaults(comparable(cfg, drop), schema), "versions": dict(sorted((versions or {}).items()))}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 

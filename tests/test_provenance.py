@@ -338,3 +338,27 @@ def test_what_changes_results_changes_the_fingerprint():
     base = {"seed": 0, "store": "/a", "store_dtype": "float32", "threads": 1, "run_dir": "runs/a"}
     assert fingerprint({**base, "store_dtype": "float16"}) != fingerprint(base)
     assert fingerprint({**base, "store": "/b", "threads": 2, "run_dir": "runs/b"}) == fingerprint(base)
+
+
+def test_a_key_at_its_schema_default_leaves_the_fingerprint():
+    """A value written out at its default is the same recipe as one leaving it out; so is a
+    recipe recorded before LiSER had the key (its default keeps the old behaviour): finished
+    runs and leaderboard rows are not made stale by a new setting. Defaults inside typed lists
+    (each teacher block, each loss) count too; another value is another recipe."""
+    from omegaconf import OmegaConf
+
+    from liser_common.provenance import comparable, fingerprint, without_defaults
+    from liser_core.config import RecipeConfig, load_recipe
+
+    base = load_recipe("recipes/synth_kd.yaml")
+    written = load_recipe("recipes/synth_kd.yaml", [
+        "store_dtype=float32", "teachers.0.allow_test_overlap=false", "distil.losses.1.weight=0.5", "validation.source=none"])
+    assert fingerprint(written) == fingerprint(base)
+    for change in ("store_dtype=float16", "teachers.0.allow_test_overlap=true", "distil.losses.1.weight=0.4"):
+        assert fingerprint(load_recipe("recipes/synth_kd.yaml", [change])) != fingerprint(base), change
+    # a record from before the schema had `validation` and teachers' `online` reads the same
+    old = comparable(base)
+    del old["validation"]
+    for t in old["teachers"]:
+        del t["online"]
+    assert without_defaults(old, RecipeConfig) == without_defaults(comparable(base), OmegaConf.get_type(base))
