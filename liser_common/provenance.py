@@ -94,13 +94,20 @@ def without_defaults(value: Any, schema: Any) -> Any:
     return {k: without_defaults(v, hints.get(k)) for k, v in value.items() if k not in defaults or v != defaults[k]}
 
 
-def fingerprint(cfg: Any, versions: Mapping[str, str] | None = None, drop: Iterable[str] = RESULT_FREE_KEYS) -> str:
-    """sha256 (hex) of the comparable recipe (less what is at its schema default:
-    :func:`without_defaults`) and the code versions that run it."""
+def recipe_view(cfg: Any, drop: Iterable[str], schema: type | None = None) -> dict[str, Any]:
+    """What two recipes are compared by: ``cfg`` (a DictConfig, or a recipe recorded as plain
+    containers with its ``schema``) less ``drop`` and less what is at its schema default."""
     from omegaconf import DictConfig, OmegaConf
 
-    schema = OmegaConf.get_type(cfg) if isinstance(cfg, DictConfig) else None
-    body = {"recipe": without_defaults(comparable(cfg, drop), schema), "versions": dict(sorted((versions or {}).items()))}
+    if schema is None and isinstance(cfg, DictConfig):
+        schema = OmegaConf.get_type(cfg)
+    return without_defaults(comparable(cfg, drop), schema)
+
+
+def fingerprint(cfg: Any, versions: Mapping[str, str] | None = None, drop: Iterable[str] = RESULT_FREE_KEYS) -> str:
+    """sha256 (hex) of the comparable recipe (:func:`recipe_view`: less what is at its schema
+    default) and the code versions that run it."""
+    body = {"recipe": recipe_view(cfg, drop), "versions": dict(sorted((versions or {}).items()))}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
@@ -111,6 +118,8 @@ def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
         for k in sorted(set(a) | set(b), key=str):
             out += diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
         return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):  # down to the item: distil.losses.0.weight
+        return [k for i, (x, y) in enumerate(zip(a, b)) for k in diff_keys(x, y, f"{prefix}{i}.")]
     return [] if a == b else [prefix.rstrip(".") or "(root)"]
 
 

@@ -222,8 +222,13 @@ class Engine:
             return "fresh"  # the run there is moved aside first
         if prev is None or (self.resume == "restart" and not restarted):
             return "fresh"  # discard this run's saved state (LiSER's own files only)
-        # both sides less the keys a resume may change (older runs recorded some of them)
-        differ = sorted(provenance.diff_keys(provenance.comparable(prev.get("config", {})), self._comparable_config()))
+        # both sides less the keys a resume may change (older runs recorded some of them) and what is
+        # at its default (a recipe recorded before a setting existed); for a finished run, less what
+        # does not change results either (name, store: "nothing to do", not "another recipe")
+        free = provenance.RESUME_FREE_KEYS if unfinished else (*provenance.RESUME_FREE_KEYS, *provenance.RESULT_FREE_KEYS)
+        schema = OmegaConf.get_type(self.cfg)
+        differ = sorted(provenance.diff_keys(provenance.recipe_view(prev.get("config", {}), free, schema),
+                                             provenance.recipe_view(self.cfg, free)))
         given = getattr(self, "resume_overrides", None)  # --resume RUN_DIR key=value...: the keys given
         edited = [d for d in differ if given is not None and not any(
             d == g or d.startswith(g + ".") or g.startswith(d + ".") for g in given)]

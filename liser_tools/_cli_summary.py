@@ -29,8 +29,8 @@ from liser_common.provenance import (
     RESULT_FREE_KEYS,
     code_identity,
     code_string,
-    comparable,
     diff_keys,
+    recipe_view,
 )
 from liser_common.rundir import (
     changed_since_written,
@@ -201,7 +201,10 @@ def _recorded_inputs(path: Path) -> dict:
 def _group_recipe(r: dict, over: Sequence[str]) -> dict | None:
     """What a run is grouped by: its recipe less ``over`` and the result-free keys, with the
     contents of the files it named by path."""
-    recipe = comparable(_bare_first_party(r["config"]), (*RESULT_FREE_KEYS, *over)) if r["config"] is not None else None
+    from liser_core.config import RecipeConfig
+
+    recipe = (recipe_view(_bare_first_party(r["config"]), (*RESULT_FREE_KEYS, *over), RecipeConfig)
+              if r["config"] is not None else None)
     if recipe is not None and r.get("inputs"):  # the same path with other contents is another recipe
         recipe["inputs"] = {k: v[:12] for k, v in r["inputs"].items()}
     return recipe

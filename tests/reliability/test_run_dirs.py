@@ -89,6 +89,13 @@ def test_another_recipe_over_a_finished_run_is_refused_unless_overwrite_which_ke
     line = p.stderr.strip().splitlines()[-1]
     assert "holds a finished run of a different recipe (differs at: distil.epochs)" in line and "--overwrite" in line
     assert tree(run_dir) == before  # nothing touched
+    # a result-free key (name, store) or a default written out is the same recipe: nothing to do
+    p = run_here(["run", str(recipe), *RESUME_OVERRIDES, f"run_dir={run_dir}", "name=renamed",
+                  f"store={tmp_path / 'store'}", "store_dtype=float32"], capsys)
+    assert p.returncode == 0 and "nothing to do" in p.stderr + p.stdout, p.stderr[-2000:]
+    assert tree(run_dir) == before
+    p = run_here(["run", str(recipe), *RESUME_OVERRIDES, f"run_dir={run_dir}", "distil.losses.0.weight=0.9"], capsys)
+    assert p.returncode == 2 and "(differs at: distil.losses.0.weight)" in p.stderr  # named down to the item
     p = run(recipe, run_dir, "distil.epochs=3", "--overwrite")
     assert p.returncode == 0, p.stderr[-2000:]
     (aside,) = tmp_path.glob("run.replaced-*")
