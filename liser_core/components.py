@@ -373,6 +373,9 @@ class Loss(nn.Module):
     """
 
     needs_teacher: bool = False
+    #: True when it learns from labels only (cross-entropy): without labeled clips in the stage
+    #: (``distil.include_labeled: false``) it never applies, which the run says
+    needs_labels: bool = False
 
     @property
     def position(self) -> Position:

@@ -114,6 +114,7 @@ def _probe(engine: Engine) -> None:
             batch.extra["feature_frames"] = feats.frames
     except ComponentError as exc:
         raise ConfigError("student", f"preflight: {exc}") from exc
+    _probe_augmentations(engine, batch)
     targets = None
     if teacher_out:
         targets = BatchTargets(
@@ -154,6 +155,40 @@ def _probe(engine: Engine) -> None:
         "preflight: %d clip(s) through %d teacher(s), the student and %d loss term(s): shapes and values fine",
         len(clips), len(run.teachers), len(run.losses),
     )
+
+
+def _probe_augmentations(engine: Engine, batch: Batch) -> None:
+    """Each training stage's augmentations, in order, on the student's probe batch, then the
+    student on what they leave: a setting that breaks the student's input (a speed factor that
+    leaves too few samples) is named here, as ``<stage>.augment.N``, not after the teachers'
+    fits inside an epoch, blamed on the student."""
+    run, cfg = engine.run, engine.cfg
+    trains = {"distil": cfg.distil.epochs > 0, "finetune": cfg.finetune.epochs > 0,
+              "baseline": cfg.baseline.enabled and cfg.baseline.epochs > 0}
+    for stage, augments in run.augment.items():
+        if not augments or not trains.get(stage, True):
+            continue
+        audio, lengths = batch.audio, batch.lengths
+        for i, aug in enumerate(augments):
+            where = f"{stage}.augment.{i}"
+            try:
+                with torch.no_grad(), blame(aug, "forward"):
+                    audio, lengths = aug(audio, lengths)
+            except ComponentError as exc:
+                raise ConfigError(where, f"preflight: {exc}") from exc
+            ok = (torch.is_tensor(audio) and audio.ndim == 2 and torch.is_tensor(lengths)
+                  and tuple(lengths.shape) == (len(batch),) and audio.shape[0] == len(batch)
+                  and bool(torch.isfinite(audio).all()) and int(lengths.min()) >= 1 and int(lengths.max()) <= audio.shape[1])
+            if not ok:
+                raise ConfigError(where, f"preflight: {component_label(aug, 'augmentation')} must return (audio (B, T), "
+                                  "lengths (B,)) of finite samples, each length in 1..T")
+        try:
+            with torch.no_grad(), blame(run.student, "forward"):
+                checked_output(run.student, run.student(audio, lengths), len(batch), len(run.label_space),
+                               run.student.embedding_dim)
+        except ComponentError as exc:
+            raise ConfigError(f"{stage}.augment", f"preflight: the student fails on clips as these augmentations leave "
+                              f"them ({int(lengths.min())} samples at {run.student.sample_rate} Hz, shortest): {exc}") from exc
 
 
 def _call(model, batch):

@@ -201,8 +201,18 @@ def components(engine: Engine) -> None:
             loss.bind(run.student.embedding_dim, {k: t.embedding_dim for k, t in run.teachers.items()})
         except (KeyError, ValueError) as exc:
             raise ConfigError(f"distil.losses.{i}.options", str(exc).strip("'\"")) from None
+        if getattr(loss, "needs_labels", False) and not cfg.distil.include_labeled and cfg.distil.epochs > 0:
+            run.warn(f"distil.losses.{i}: loss {lc.name!r} learns from labeled clips, and distil.include_labeled is "
+                     "false: it never applies in distillation")
         run.losses[key] = (float(lc.weight), loss.to(run.device))
+    if cfg.distil.losses and cfg.distil.epochs > 0 and all(float(lc.weight) == 0 for lc in cfg.distil.losses):
+        raise ConfigError("distil.losses", "every loss term has weight 0: distillation would train the student on "
+                          "weight decay alone")
     bind_taps(engine)
+    for i, ((_, loss), lc) in enumerate(zip(run.losses.values(), cfg.distil.losses)):  # adapters bound by now
+        if lc.lr is not None and not any(p.requires_grad for p in loss.parameters()):
+            raise ConfigError(f"distil.losses.{i}.lr", f"loss {lc.name!r} has no parameters of its own: "
+                              "an lr for them would change nothing (the student's is distil.lr)")
     log.info(
         "student %s: %s parameters; teachers: %s",
         cfg.student.name,
@@ -470,6 +480,10 @@ def guard_teachers(engine: Engine) -> None:
             where = getattr(part, "liser_checkpoint", None)  # checked as if named by teachers.N.checkpoint
             if part is not teacher and isinstance(part, Teacher) and where:
                 fit_sets += _checkpoint_fit_sets(run, key, where, f"teachers.{i}.options")
+        if fits_in_run(engine, key) and int(tc.fit.epochs) == 0 and type(teacher).fit is Teacher.fit:
+            raise ConfigError(f"teachers.{i}.fit.epochs", f"0 epochs fit nothing: teacher {tc.name!r} has no checkpoint "
+                              "and is not pretrained, so it would label the clips with its random initial weights; "
+                              "give fit.epochs >= 1, or a checkpoint")
         if fits_in_run(engine, key):
             clips, digests, excluded = fit_clips(engine, key)
             if excluded:

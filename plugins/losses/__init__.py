@@ -188,8 +188,12 @@ class FitNets(Loss):
 class CrossEntropy(Loss):
     """Cross-entropy on the clips that carry a label (unlabeled clips are ignored)."""
 
+    needs_labels = True
+
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
+        if not 0.0 <= label_smoothing <= 1.0:  # (torch reads a negative or NaN one as 0, without a word)
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
         self.label_smoothing = label_smoothing
 
     def forward(self, student: ModelOutput, batch: Batch, targets: BatchTargets | None):

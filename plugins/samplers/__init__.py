@@ -57,7 +57,8 @@ class ClassBalanced(Sampler):
         classes = sorted({int(c) for c in labels.tolist() if c >= 0})
         unlabeled = (labels < 0).nonzero().flatten()
         share = self.labeled_share if self.labeled_share is not None else (n - len(unlabeled)) / max(n, 1)
-        n_labeled = round(n * share) if classes else 0
+        # no pool to fill the rest from (finetune, baseline): every clip of the epoch is labeled
+        n_labeled = (round(n * share) if len(unlabeled) else n) if classes else 0
         picks = []
         members = {c: (labels == c).nonzero().flatten() for c in classes}
         for k in range(n_labeled):  # class by class in turn, a random member each time

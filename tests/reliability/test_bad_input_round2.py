@@ -55,6 +55,14 @@ OVERRIDE_CASES = {
     "duplicate_teacher": ("teachers=[{name: audio_cnn}, {name: audio_cnn}]", "teachers.1: is the same teacher as teachers.0"),
     "temperature_zero": ("distil.losses=[{name: kl, options: {temperature: 0}}]", "distil.losses.0.options"),
     "no_teachers_kl": ("teachers=[]", "distil.losses.0: loss 'kl' needs a teacher"),
+    "untrained_teacher": ("teachers.1.fit.epochs=0", "teachers.1.fit.epochs: 0 epochs fit nothing"),
+    "augment_breaks_student": ("distil.augment=[{name: speed, options: {factors: [100]}}]",
+                               "distil.augment: preflight: the student fails on clips as these augmentations leave them"),
+    "label_smoothing_negative": ("distil.losses=[{name: kl}, {name: ce, options: {label_smoothing: -0.5}}]",
+                                 "label_smoothing must be in [0, 1]"),
+    "all_weights_zero": ("distil.losses=[{name: kl, weight: 0}, {name: ce, weight: 0}]",
+                         "distil.losses: every loss term has weight 0"),
+    "lr_of_a_parameterless_loss": ("distil.losses=[{name: kl, lr: 0.5}]", "distil.losses.0.lr: loss 'kl' has no parameters"),
 }
 
 
