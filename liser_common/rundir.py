@@ -115,7 +115,9 @@ def run_recipe(run_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        cfg = yaml.safe_load(path.read_text())
+        from . import typedyaml
+
+        cfg = typedyaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
         raise UsageError(f"{path}: unreadable ({err})") from None
     if edited := recipe_edits(run_dir, cfg):

@@ -27,7 +27,25 @@ from omegaconf import errors as oc_errors
 
 from .errors import ConfigError, close_matches, one_line
 
-__all__ = ["MAX_VALUES", "check_call_options", "load", "parse_override", "plain"]
+__all__ = ["MAX_VALUES", "check_call_options", "load", "parse_override", "plain", "safe_load"]
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader (YAML 1.1: no tags that build objects) with YAML 1.2's floats in
+    exponent form: ``1e-3`` and ``3e-3`` are numbers, as in every other YAML and JSON reader
+    (YAML 1.1 needs a dot, ``1.0e-3``, and reads ``1e-3`` as text)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    __import__("re").compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` for recipes, grids and run records (:class:`_Loader`)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 #: A recipe is a few hundred values; more means YAML aliases expanding (a "billion laughs").
 MAX_VALUES = 100_000
@@ -72,7 +90,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(text, "override must look like key=value (e.g. distil.epochs=5)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(key, f"cannot parse value {raw!r}: {exc}") from None
     return key, value
@@ -112,7 +130,7 @@ def load(
         if not path.is_file():
             raise ConfigError("", f"recipe {str(path)!r} does not exist")
         try:
-            user = yaml.safe_load(path.read_text())
+            user = safe_load(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError("", f"{path}: invalid YAML: {one_line(exc)}") from None
         except UnicodeDecodeError as exc:
@@ -167,7 +185,7 @@ def _check_size(obj: Any, where: str) -> None:
 
 @functools.lru_cache(maxsize=64)
 def _read_yaml(path: str, mtime_ns: int, size: int) -> Any:
-    return yaml.safe_load(Path(path).read_text())
+    return safe_load(Path(path).read_text())
 
 
 def _load_fast(schema_type: type, path: str | Path | None, overrides: list[str], schema: DictConfig,

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
+from liser_common import typedyaml
 
 METRICS = (("accuracy", "accuracy", "WA (accuracy)", None), ("uar", "recall", "UAR (mean per-class recall)", "macro"),
            ("macro_f1", "f1", "macro-F1", "macro"))
@@ -27,7 +27,7 @@ METRICS = (("accuracy", "accuracy", "WA (accuracy)", None), ("uar", "recall", "U
 def _read(path: Path) -> Any:
     if not path.is_file():
         return None
-    return json.loads(path.read_text()) if path.suffix == ".json" else yaml.safe_load(path.read_text())
+    return json.loads(path.read_text()) if path.suffix == ".json" else typedyaml.safe_load(path.read_text())
 
 
 _PROTOCOL_KEYS = ("corpus", "protocol", "fold", "label_fraction", "pool")

@@ -22,8 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from liser_common import typedyaml
 from liser_common.metrics import summarise
 from liser_common.provenance import (
     RESULT_FREE_KEYS,
@@ -124,7 +123,7 @@ def load_run(path: Path) -> dict[str, Any]:
         out["skipped"] = f"metrics.json unreadable ({exc})"
         return out
     cfg_file = path / "config.yaml"
-    cfg = yaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else None
+    cfg = typedyaml.safe_load(cfg_file.read_text()) if cfg_file.is_file() else None
     models = {}
     for role in ("student", "baseline", "targets"):
         if m.get(role):

@@ -49,6 +49,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig
 
+from liser_common import typedyaml
 from liser_common.metrics import mean_std
 from liser_common.provenance import code_identity, code_string, plain_config
 from liser_core.checkpoint import atomic_write_text
@@ -112,7 +113,7 @@ def load_grid(path: str | Path, output: str | Path | None = None) -> Grid:
     if not path.is_file():
         raise ConfigError("", f"grid {str(path)!r} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = typedyaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError("", f"{path}: invalid YAML: {one_line(exc)}") from None
     known = {"recipe", "overrides", "axes", "repeat", "store", "output", "plot_axis", "report", "executor"}
@@ -548,7 +549,7 @@ def _changed_keys(run_dir: Path, cfg, registries=None) -> list[str]:
     if not saved.is_file():
         return []
     try:
-        before = yaml.safe_load(saved.read_text())
+        before = typedyaml.safe_load(saved.read_text())
     except yaml.YAMLError:
         return []
     if registries is not None:
@@ -732,7 +733,7 @@ def _run_protocol(run_dir: str | None, memo: dict) -> tuple:
     """(seed, protocol) of a run directory, from its ``config.yaml`` and ``metrics.json``."""
     if run_dir not in memo:
         try:
-            seed = (yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}).get("seed")
+            seed = (typedyaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}).get("seed")
             protocol = json.loads((Path(run_dir) / "metrics.json").read_text()).get("protocol")
         except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
             seed, protocol = None, None

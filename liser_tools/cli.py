@@ -486,6 +486,18 @@ def _setup_logging(level: int) -> None:
     configure(bars=bars_wanted(level))
 
 
+def _each_key_once(overrides: Sequence[str]) -> None:
+    """``a=1 ... a=2`` on one command line: the last one counts (as with a repeated option, and
+    as scripts that append to a base list expect), said once per key, not in silence."""
+    seen: dict[str, str] = {}
+    for text in overrides:
+        key = text.partition("=")[0].strip()
+        if key in seen:
+            logging.getLogger("liser").warning("%s is given more than once (%s, then %s): the last counts", key,
+                                               seen[key], text)
+        seen[key] = text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -501,6 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _setup_logging(logging.WARNING)
     try:
+        _each_key_once(getattr(args, "overrides", None) or ())
         return {
             "run": cmd_run,
             "list": cmd_list,

@@ -1,4 +1,5 @@
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -168,3 +169,19 @@ def test_mapping_override_replaces_component_options_but_merges_typed_nodes(lise
     assert dict(cfg.student.options) == {"dropout": 0.3}
     e = error(liser_host, recipe(text), ["student.options.width=3"])
     assert "student.options={...}" in str(e)
+
+
+def test_floats_in_exponent_form_are_numbers(tmp_path):
+    """``lr: 3e-3`` (YAML 1.2, JSON) is a number, in a recipe and in an override; YAML 1.1 alone
+    read it as text and the run was refused with "write it without quotes"."""
+    from liser_core.config import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(Path("recipes/synth_kd.yaml").read_text() + "\nstore_dtype: float32\n")
+    text = path.read_text().replace("lr: 3.0e-3", "lr: 3e-3")
+    assert "lr: 3e-3" in text
+    path.write_text(text)
+    cfg = load_recipe(path, ["distil.weight_decay=1e-4", "distil.losses.0.options.temperature=2e0"])
+    assert cfg.distil.weight_decay == 1e-4 and cfg.distil.losses[0].options.temperature == 2.0
+    assert any(t.fit.lr == 3e-3 for t in cfg.teachers)
+    assert load_recipe(path, ["seed=7"]).seed == 7  # integers stay integers
