@@ -53,3 +53,21 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
             else ""
         )
         raise UsageError(f"{path}: not a valid safetensors file ({exc}).{hint}") from None
+
+
+def canonical_header(path: str | Path) -> None:
+    """Rewrite a safetensors file's JSON header with its keys sorted, in place (same length, so
+    no offset moves). The safetensors writer emits ``__metadata__`` in its hash map's random
+    order: the same tensors and metadata saved twice gave two files of different SHA-256
+    (``weights_sha256``, export and card checks). Left as it is when the sorted header would
+    not fit the original's bytes."""
+    import json
+    import struct
+
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        new = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(new) <= n:
+            f.seek(8)
+            f.write(new + b" " * (n - len(new)))

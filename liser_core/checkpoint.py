@@ -26,7 +26,7 @@ from liser_cache.files import (  # noqa: F401 - part of this module's API too
     private_tempdir,
     umask_mode,
 )
-from liser_common.weights import read_tensors, resolve_source  # noqa: F401 - part of this module's API too
+from liser_common.weights import canonical_header, read_tensors, resolve_source  # noqa: F401 - part of this module's API too
 
 from .errors import UsageError
 from .labels import LabelSpace
@@ -94,6 +94,7 @@ def save_component(
             if not (exclude and k.startswith(exclude))
         }
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", MARKER_KEY: json.dumps(marker, sort_keys=True)})
+        canonical_header(tmp / WEIGHTS_NAME)  # the same weights and marker, the same bytes
         os.chmod(tmp / WEIGHTS_NAME, umask_mode())  # safetensors writes 0600 whatever the umask
         config = {
             "format_version": FORMAT_VERSION,

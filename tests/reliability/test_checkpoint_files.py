@@ -137,3 +137,29 @@ def test_a_pickled_teacher_checkpoint_in_a_recipe_exits_2(tmp_path, tiny_recipe)
     assert p.returncode == 2, p.stderr[-2000:]
     assert "never unpickles" in p.stderr and "Traceback" not in p.stderr
     assert not marker.exists()
+
+
+def test_the_same_weights_saved_again_are_the_same_bytes(tmp_path):
+    """safetensors writes its metadata in a hash map's random order: the same tensors saved twice
+    were two files of different SHA-256 (a resumed run's student against the uninterrupted
+    one's). The header is written sorted: one SHA-256, and the file reads back as it was."""
+    import hashlib
+
+    from safetensors import safe_open
+
+    from liser_core import load_plugins
+    from liser_core.checkpoint import save_component
+    from liser_core.labels import RAVDESS8
+
+    torch.manual_seed(0)
+    model = load_plugins().registries.student.build("logmel_cnn", label_space=RAVDESS8, channels=[4, 8])
+    digests = set()
+    for i in range(8):
+        out = save_component(model, tmp_path / f"s{i}", kind="student", name="logmel_cnn", options={"channels": [4, 8]},
+                             label_space=RAVDESS8)
+        digests.add(hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest())
+        assert json.loads((out / "config.json").read_text())["weights_sha256"] in digests
+    assert len(digests) == 1
+    with safe_open(str(tmp_path / "s0" / "model.safetensors"), "pt") as f:
+        assert set(f.metadata()) == {"format", "liser"}
+        assert all(torch.equal(f.get_tensor(k), v) for k, v in model.state_dict().items())
