@@ -52,7 +52,7 @@ def add_parsers(sub, plugin_args) -> None:
                    help="default: the one -o's name says (.onnx, .pt, .pte), else onnx")
     p.add_argument("--window", type=float, default=None, metavar="S",
                    help="--format executorch: the fixed input length in seconds (default 1)")
-    p.add_argument("-o", "--output", default=None, help="output file (default: CHECKPOINT/student.onnx|.pt)")
+    p.add_argument("-o", "--output", default=None, help="output file (default: CHECKPOINT/student.onnx|.pt|.pte)")
     p.add_argument("--quantize", choices=["int8"], default=None,
                    help="also write an int8 copy (OUTPUT.int8.onnx) and compare it with float32: size, "
                         "speed, test UAR/WA (stored in quantization.json and the model card)")

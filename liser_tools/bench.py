@@ -952,6 +952,9 @@ def cmd_bench(args, host) -> int:
 
         print(format_status(grid.output))
         return 0
+    from liser_tools.taskgraph import executor_options
+
+    executor_options(args, grid)  # an option the executor does not take is refused with --list or --plan too
     if args.dry_run:
         n, probed = dry_run(grid, host)
         print(f"{n} combinations validated ({probed} built and probed: every teacher set x student; every "

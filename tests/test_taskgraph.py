@@ -137,7 +137,9 @@ def test_executor_options_are_checked_where_they_come_from(tmp_path, capsys):
              ({}, ["--address", "local"], "--address: does not apply to --executor local (it is an option of ray)"),
              ({}, ["--partition", "gpu", "--workers", "2"], "--partition: does not apply to --executor local (it is an "
                                                             "option of slurm)"),
-             ({}, ["--status", "-o", str(tmp_path / "nowhere")], "is not a folder (no grid has run there")]
+             ({}, ["--status", "-o", str(tmp_path / "nowhere")], "is not a folder (no grid has run there"),
+             ({}, ["--address", "auto", "--list"], "--address: does not apply to --executor local"),
+             ({}, ["--mem-gb", "4", "--plan"], "--mem-gb: does not apply to --executor local")]
     if shutil.which("srun") is None:
         cases.append(({}, ["--executor", "slurm", "--cluster", "slurm"], "--cluster slurm: no Slurm here"))
     for block, args, says in cases:
