@@ -244,7 +244,8 @@ class Student(nn.Module):
             directory,
             kind="student",
             name=spec["name"],
-            options=spec["options"],
+            # with the defaults it was built with: loaded later, it is this model whatever the defaults then
+            options={**spec.get("defaults", {}), **spec["options"]},
             label_space=self.label_space,
             extra={"sample_rate": self.sample_rate, "num_parameters": self.num_parameters(), **extra},
             plugin=spec.get("plugin"),

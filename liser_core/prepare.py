@@ -61,10 +61,36 @@ def build_component(registry, name: str, options: dict, key: str = "", **inject:
         try:
             module.liser_spec = {
                 "name": name, "options": options, "kind": registry.kind, "plugin": entry.plugin, "key": where,
+                "defaults": unset_defaults(entry.factory, options, inject),
             }
         except AttributeError:  # an object without a __dict__ (slots): errors then name its class
             pass
     return module
+
+
+def unset_defaults(factory, options: dict, inject: dict) -> dict[str, Any]:
+    """The defaults of ``factory``'s parameters that ``options`` and ``inject`` leave unset (those
+    JSON can hold): what the component was built with beyond its recipe options, recorded so that
+    a saved student and ``metrics.json`` do not depend on the plugin's defaults of another day."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    out = {}
+    for p in params:
+        if p.name in options or p.name in inject or p.default is inspect.Parameter.empty:
+            continue
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        value = list(p.default) if isinstance(p.default, tuple) else p.default
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            continue
+        out[p.name] = value
+    return out
 
 
 #: Kinds whose components need not be modules but are still named in errors by registry name.

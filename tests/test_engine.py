@@ -269,3 +269,22 @@ def test_wandb_logger_writes_an_offline_run(run_tiny, monkeypatch):
     runs = list((ctx.run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     assert list(runs[0].glob("*.wandb")), "no wandb event file written"
+
+
+def test_what_a_component_was_built_with_is_recorded_defaults_included(run_tiny):
+    """``{name: kl}`` runs at the loss's default temperature: metrics.json says which
+    (``components``), and the saved student records every option it was built with, so it loads
+    as the same model whatever the plugin's defaults are later."""
+    import inspect
+    import json
+
+    from liser_plugins.losses import KLDivergence
+
+    ctx = run_tiny(overrides=["distil.losses=[{name: kl}, {name: ce, weight: 0.5}]"])
+    components = json.loads((ctx.run_dir / "metrics.json").read_text())["components"]
+    default_t = inspect.signature(KLDivergence).parameters["temperature"].default
+    assert components["distil.losses.0"] == {"name": "kl", "plugin": "losses", "options": {"temperature": default_t}}
+    assert components["student"]["options"]["channels"] == [4, 8] and "n_mels" in components["student"]["options"]
+    saved = json.loads((ctx.run_dir / "student" / "config.json").read_text())["options"]
+    assert saved == components["student"]["options"]
+    assert set(components) >= {"teachers.0", "teachers.1", "student", "distil.losses.1", "distil.combination"}

@@ -124,6 +124,7 @@ class RunDirWriter:
             "flags": run.flags,
             "warnings": run.warnings,
             "label_maps": run.label_map_report,
+            "components": _components(run),
         }
         for e in run.evaluations:
             entry = {**e.metrics, "num_parameters": e.num_parameters, "num_clips": len(e.clip_ids),
@@ -208,6 +209,21 @@ def _confusion_png(path, result) -> None:
     fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
     tmp.replace(path)
+
+
+def _components(run) -> dict:
+    """Each component the run built, by its recipe key: its name, plugin and every option it was
+    built with (the recipe's and the factory's defaults it left unset: ``{name: kl}`` ran at
+    temperature 4.0, which the recipe does not say)."""
+    objs = [run.corpus, *run.teachers.values(), run.student, *(loss for _, loss in run.losses.values()), run.combiner,
+            *(a for augs in run.augment.values() for a in augs), *run.samplers.values()]
+    out = {}
+    for obj in objs:
+        spec = getattr(obj, "liser_spec", None)
+        if isinstance(spec, dict) and spec.get("key"):
+            out[spec["key"]] = {"name": spec["name"], "plugin": spec.get("plugin"),
+                                "options": {**spec.get("defaults", {}), **(spec.get("options") or {})}}
+    return out
 
 
 @hookimpl
