@@ -150,6 +150,7 @@ def load(
         ann = _annotation_of(schema_type, key)
         if ann is not None:
             _check_scalar(key, value, ann)
+            _check_value_keys(value, ann, key)  # unknown keys inside the value, named with their full path
         try:
             _apply_override(cfg, key, value, schema)
         except oc_errors.OmegaConfBaseException as exc:
@@ -302,6 +303,16 @@ def _check_keys(user: Any, schema_type: Any, path: str) -> None:
                 _check_keys(item, elem, f"{here}.{i}")
         else:
             _check_keys(v, ann, here)
+
+
+def _check_value_keys(value: Any, ann: Any, path: str) -> None:
+    """:func:`_check_keys` for an override's value at ``path`` (a list of typed items, or one)."""
+    if typing.get_origin(ann) is list and isinstance(value, list):
+        (elem,) = typing.get_args(ann) or (Any,)
+        for i, item in enumerate(value):
+            _check_keys(item, elem, f"{path}.{i}")
+    else:
+        _check_keys(value, ann, path)
 
 
 def _annotation_of(schema_type: type, key: str) -> Any:

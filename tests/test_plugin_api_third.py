@@ -56,6 +56,9 @@ def test_warmup_cosine_by_hand():
     want = [0.5, 1.0, 1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0]
     assert got == pytest.approx(want)
     assert warmup_factor(0, 1000) == pytest.approx(1 / 50)  # default warm-up: 5 % of the steps, at most 50
+    # warmup 0: no warm-up, the cosine from the first step (it was taken as 1)
+    got = [warmup_factor(s, 4, warmup=0, floor=0.0) for s in range(5)]
+    assert got == pytest.approx([1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0])
 
 
 class Recording:

@@ -55,7 +55,7 @@ def sgd(params: list, lr: float, weight_decay: float, momentum: float = 0.9, nes
 def warmup_factor(step: int, total_steps: int, warmup: int | None = None, floor: float = 0.05) -> float:
     """The multiplier of ``warmup_cosine`` at ``step`` (0-based): ``(step + 1) / warmup`` during the
     warm-up, then a cosine from 1 down to ``floor`` at ``total_steps``."""
-    w = max(1, min(total_steps // 20, 50)) if warmup is None else max(1, int(warmup))
+    w = max(1, min(total_steps // 20, 50)) if warmup is None else int(warmup)  # 0: no warm-up, the cosine from step 0
     if step < w:
         return (step + 1) / w
     progress = (step - w) / max(1, total_steps - w)

@@ -62,6 +62,8 @@ OVERRIDE_CASES = {
                                  "label_smoothing must be in [0, 1]"),
     "all_weights_zero": ("distil.losses=[{name: kl, weight: 0}, {name: ce, weight: 0}]",
                          "distil.losses: every loss term has weight 0"),
+    "unknown_key_in_a_list_item": ("distil.augment=[{name: gain, opts: {p: 0.5}}]",
+                                   "distil.augment.0.opts: unknown key 'opts'; did you mean 'options'?"),
     "lr_of_a_parameterless_loss": ("distil.losses=[{name: kl, lr: 0.5}]", "distil.losses.0.lr: loss 'kl' has no parameters"),
 }
 
