@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: liser run recipes/synth_kd.yaml distil.epochs=5 run_dir=runs/try1",
     )
     p.add_argument("recipe", help="recipe YAML file (with --resume: or the run directory to continue)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (YAML values)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (YAML values; a key given twice: the last counts)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final table")
     p.add_argument(
         "--dry-run", action="store_true",
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: liser data check recipes/cremad_kd.yaml data.options.root=/data/CREMA-D --json",
     )
     p.add_argument("recipe", help="recipe YAML file")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (YAML values)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides (YAML values; a key given twice: the last counts)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("-j", "--workers", type=int, default=4, metavar="N", help="clips opened in parallel (default 4)")
     _plugin_args(p)
@@ -486,18 +486,6 @@ def _setup_logging(level: int) -> None:
     configure(bars=bars_wanted(level))
 
 
-def _each_key_once(overrides: Sequence[str]) -> None:
-    """``a=1 ... a=2`` on one command line: the last one counts (as with a repeated option, and
-    as scripts that append to a base list expect), said once per key, not in silence."""
-    seen: dict[str, str] = {}
-    for text in overrides:
-        key = text.partition("=")[0].strip()
-        if key in seen:
-            logging.getLogger("liser").warning("%s is given more than once (%s, then %s): the last counts", key,
-                                               seen[key], text)
-        seen[key] = text
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -513,7 +501,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     _setup_logging(logging.WARNING)
     try:
-        _each_key_once(getattr(args, "overrides", None) or ())
         return {
             "run": cmd_run,
             "list": cmd_list,

@@ -77,12 +77,6 @@ def test_bad_recipe_values_exit_2_with_one_line_and_write_nothing(case, recipe, 
     assert not (tmp_path / "run").exists()
 
 
-def test_a_key_given_twice_on_the_command_line_is_said(recipe, tmp_path, capsys):
-    assert main(["run", str(recipe), *TINY_OVERRIDES, "distil.lr=0.1", "distil.lr=0.2", "--dry-run",
-                 f"run_dir={tmp_path / 'run'}"]) == 0
-    assert "distil.lr is given more than once (distil.lr=0.1, then distil.lr=0.2): the last counts" in capsys.readouterr().err
-
-
 def test_ce_without_labeled_clips_in_distillation_is_said(recipe, tmp_path):
     assert main(["run", str(recipe), *TINY_OVERRIDES, "distil.include_labeled=false", f"run_dir={tmp_path / 'run'}"]) == 0
     warnings = json.loads((tmp_path / "run" / "metrics.json").read_text())["warnings"]
