@@ -211,6 +211,29 @@ def recorded_entry(registry, config: dict, where: Path, kind: str):
     return mine[0]
 
 
+def _recorded_defaults(factory, recorded: Any, options: dict, where: Path, kind: str, name: str) -> dict:
+    """The factory defaults a saved component was built with (``config.json`` ``defaults``), for
+    the parameters the factory still takes: the component is rebuilt as it was, whatever the
+    plugin's defaults are now. One it no longer takes is left out, with a warning."""
+    import inspect
+    import logging
+
+    if not isinstance(recorded, dict):
+        return {}
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}
+    anything = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    keep = {k: v for k, v in recorded.items() if k not in options and (k in params or anything)}
+    gone = sorted(k for k in recorded if k not in options and k not in keep)
+    if gone:
+        logging.getLogger("liser").warning(
+            "%s: %s %r was built with %s, which it no longer takes: rebuilt without (its outputs may differ)",
+            where, kind, name, ", ".join(f"{k}={recorded[k]!r}" for k in gone))
+    return keep
+
+
 def load_component(directory: str | Path, registry, *, kind: str, **inject: Any) -> torch.nn.Module:
     """Rebuild a saved component through ``registry`` and load its weights (strictly). A
     ``config.json`` that does not describe a component of ``registry`` is a one-line error."""
@@ -225,14 +248,15 @@ def load_component(directory: str | Path, registry, *, kind: str, **inject: Any)
     except (TypeError, KeyError, ValueError) as exc:
         raise UsageError(f"{cfg_path}: 'label_space' is not a label space ({exc})") from None
     entry = recorded_entry(registry, config, cfg_path, kind)
+    defaults = _recorded_defaults(entry.factory, config.get("defaults"), options, cfg_path, kind, name)
     try:
-        module = entry.factory(label_space=label_space, **options, **inject)
+        module = entry.factory(label_space=label_space, **defaults, **options, **inject)
     except UsageError:
         raise
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{cfg_path}: {kind} {name!r} rejects the saved options: {exc}") from None
     load_weights(module, directory, f"{kind} {config['name']!r}")
-    module.liser_spec = {"name": config["name"], "options": config["options"], "plugin": entry.plugin}
+    module.liser_spec = {"name": config["name"], "options": config["options"], "plugin": entry.plugin, "defaults": defaults}
     module.liser_checkpoint = str(directory)  # where it came from: the leak guard reads its fit sets there
     if kind == "teacher" and isinstance(config.get("card"), dict):  # provenance comes back with it
         from .components import TeacherCard

@@ -244,10 +244,11 @@ class Student(nn.Module):
             directory,
             kind="student",
             name=spec["name"],
-            # with the defaults it was built with: loaded later, it is this model whatever the defaults then
-            options={**spec.get("defaults", {}), **spec["options"]},
+            options=spec["options"],
             label_space=self.label_space,
-            extra={"sample_rate": self.sample_rate, "num_parameters": self.num_parameters(), **extra},
+            # the factory defaults it was built with: loaded later, it is this model whatever the defaults then
+            extra={"sample_rate": self.sample_rate, "num_parameters": self.num_parameters(),
+                   "defaults": spec.get("defaults", {}), **extra},
             plugin=spec.get("plugin"),
         )
 

@@ -543,7 +543,8 @@ def _changed_keys(run_dir: Path, cfg, registries=None) -> list[str]:
     """Keys where the recipe a run dir was made with differs from ``cfg`` (empty if unknown).
     With ``registries``, component names compare in canonical form on both sides (a run's
     ``config.yaml`` says ``losses:kl``, or ``kl`` when older; docs/plugins.md, Names)."""
-    from liser_common.provenance import RESULT_FREE_KEYS, comparable, diff_keys
+    from liser_common.provenance import RESULT_FREE_KEYS, diff_keys, recipe_view
+    from liser_core.config import RecipeConfig
 
     saved = run_dir / "config.yaml"
     if not saved.is_file():
@@ -554,7 +555,8 @@ def _changed_keys(run_dir: Path, cfg, registries=None) -> list[str]:
         return []
     if registries is not None:
         before, cfg = _canonical_names(before, registries), _canonical_names(cfg, registries)
-    return diff_keys(comparable(before, RESULT_FREE_KEYS), comparable(cfg, RESULT_FREE_KEYS))
+    # as the fingerprint compares them: less result-free keys and what is at its schema default
+    return diff_keys(recipe_view(before, RESULT_FREE_KEYS, RecipeConfig), recipe_view(cfg, RESULT_FREE_KEYS, RecipeConfig))
 
 
 def _canonical_names(cfg, registries):

@@ -152,7 +152,10 @@ def plan_grid(grid, host, items: list[dict]) -> dict:
             teacher = teacher_objs[tkey]
             fitted = not tc.checkpoint and not teacher.pretrained and teacher.fittable
             block = json.dumps(fit_block(tc), sort_keys=True, default=str)  # as the store keys fits
-            identity = (block + "|" + ",".join(sorted(split["teacher"]))) if fitted else (tkey + "|" + str(tc.checkpoint))
+            from liser_tools.taskgraph import fit_validation
+
+            identity = (block + "|" + ",".join(sorted(split["teacher"])) + json.dumps(fit_validation(cfg, tc, split), default=str)
+                        if fitted else (tkey + "|" + str(tc.checkpoint)))
             own_fit = type(teacher).fit is not Teacher.fit  # Teacher.fit: about one pass over its clips
             n_fit = len(split["teacher"]) * (1 if own_fit else int(tc.fit.epochs)) if fitted else 0
             if fitted:

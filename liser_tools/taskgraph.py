@@ -241,7 +241,8 @@ def build_graph(grid, host, items: list[dict], overrides: dict[str, list[str]], 
                     fit_id = None
                 else:
                     ident = json.dumps({"block": fit_block(tc), "precision": str(cfg.precision),
-                                        "fit_set": sorted(split["teacher"])}, sort_keys=True, default=str)
+                                        "fit_set": sorted(split["teacher"]), **fit_validation(cfg, tc, split)},
+                                       sort_keys=True, default=str)
                     fit_id = f"fit-{tc.name}-{_digest(ident)}"
                     if fit_id not in tasks:
                         tasks[fit_id] = Task(fit_id, "fit", f"fit {tc.name} (as in {key})",
@@ -558,6 +559,18 @@ def add_executor_args(p) -> None:
     g.add_argument("--status", action="store_true",
                    help="print the state of this grid's output folder (a running grid's tasks: done, running, failed, "
                    "to do, ETA) and exit; works from another shell while it runs")
+
+
+def fit_validation(cfg, tc, split: dict[str, list[str]]) -> dict:
+    """What of the validation setup a fitted teacher depends on (as its fit key does): the
+    speakers held out of the teacher split (``validation.source: teacher``), or the validation
+    clips that pick its best epoch (``fit.early_stop``); drawn from the run's seed. {} when
+    neither: the fit is shared across validation settings."""
+    source = str(cfg.validation.source)
+    if source == "none" or (source != "teacher" and tc.fit.early_stop.metric is None):
+        return {}
+    return {"validation": {"source": source, "speakers": float(cfg.validation.speakers), "seed": int(cfg.seed),
+                           "clips": sorted(split.get(source, []))}}
 
 
 def executor_options(args, grid) -> dict:

@@ -285,6 +285,27 @@ def test_what_a_component_was_built_with_is_recorded_defaults_included(run_tiny)
     default_t = inspect.signature(KLDivergence).parameters["temperature"].default
     assert components["distil.losses.0"] == {"name": "kl", "plugin": "losses", "options": {"temperature": default_t}}
     assert components["student"]["options"]["channels"] == [4, 8] and "n_mels" in components["student"]["options"]
-    saved = json.loads((ctx.run_dir / "student" / "config.json").read_text())["options"]
-    assert saved == components["student"]["options"]
+    saved = json.loads((ctx.run_dir / "student" / "config.json").read_text())
+    assert {**saved["defaults"], **saved["options"]} == components["student"]["options"]
     assert set(components) >= {"teachers.0", "teachers.1", "student", "distil.losses.1", "distil.combination"}
+
+
+def test_a_saved_student_is_rebuilt_with_the_defaults_it_was_built_with(run_tiny, tmp_path, caplog):
+    """config.json's ``defaults`` are passed back on load (a plugin whose default changed since
+    rebuilds the same model); one the factory no longer takes is left out with a warning."""
+    import json
+    import shutil
+
+    from liser_core import Student
+
+    ctx = run_tiny()
+    folder = tmp_path / "student"
+    shutil.copytree(ctx.run_dir / "student", folder)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["defaults"]["dropout"] == 0.1 and "dropout" not in config["options"]
+    config["defaults"] |= {"dropout": 0.3, "a_parameter_since_removed": 1}  # as if today's default were 0.1
+    (folder / "config.json").write_text(json.dumps(config))
+    with caplog.at_level("WARNING", "liser"):
+        student = Student.from_pretrained(folder)
+    assert student.dropout.p == 0.3
+    assert "was built with a_parameter_since_removed=1, which it no longer takes" in caplog.text

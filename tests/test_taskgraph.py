@@ -419,3 +419,22 @@ def test_status_of_a_driver_that_died_says_so_and_stops_its_clocks(tmp_path):
     assert "not running (last driver: died while running: killed or its machine lost" in text
     assert "was running  loss=kl,seed=s0  (attempt 1, on a worker not yet known, 0:01:40)" in text
     assert "about" not in text  # no time left to promise
+
+
+def test_a_fit_task_is_one_per_validation_setup_its_teacher_depends_on():
+    """The grid's fit tasks are identified as the fit key is: validation clips that pick the best
+    epoch (fit.early_stop), or speakers held out of the teacher split, make another fit."""
+    from liser_core.config import load_recipe
+    from liser_tools.taskgraph import fit_validation
+
+    split = {"teacher": ["t1", "t2"], "labeled": ["l1", "l2"]}
+
+    def ident(*overrides):
+        cfg = load_recipe("recipes/synth_kd.yaml", list(overrides))
+        return fit_validation(cfg, cfg.teachers[0], split)
+
+    assert ident() == {} and ident("validation.source=labeled") == {}  # the fit does not look at validation
+    stop = "teachers.0.fit.early_stop.metric=uar"
+    a, b = ident("validation.source=labeled", stop), ident("validation.source=labeled", "validation.speakers=0.5", stop)
+    assert a and b and a != b and a["validation"]["clips"] == ["l1", "l2"]
+    assert ident("validation.source=teacher") != ident("validation.source=teacher", "validation.speakers=0.5")

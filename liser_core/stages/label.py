@@ -154,6 +154,16 @@ class _Pass(NamedTuple):
     todo: set[int]  # the clips it labels
 
 
+def _at_store_precision(cfg, name: str, t: torch.Tensor) -> torch.Tensor:
+    """``t`` rounded through ``store_dtype`` (float16 targets, as a float16 store returns them)."""
+    if str(getattr(cfg.store_dtype, "value", cfg.store_dtype)) != "float16":
+        return t
+    out = t.half().float()
+    if not torch.isfinite(out).all():
+        raise ValueError(f"teacher {name}: its outputs overflow float16 (|x| > 65504); use store_dtype=float32")
+    return out
+
+
 def label_clips(engine: Engine, clips: list[Clip], models, store, diagnostic: str = "store") -> dict:
     """``{name: (logits, embeddings, clip indices)}`` of each ``(name, model, store_extra)`` on
     ``clips``, in one pass: each clip decoded once (:class:`JointDataset`) for the models that
@@ -213,7 +223,8 @@ def label_clips(engine: Engine, clips: list[Clip], models, store, diagnostic: st
                         )
                     if store:
                         writers[name].add_many([keys[i] for i in ids], lo, em)
-                    else:
+                    else:  # at the precision a store would keep: store_dtype, not whether there is a store, sets the targets
+                        lo, em = _at_store_precision(cfg, name, lo), _at_store_precision(cfg, name, em)
                         chunks[name].append((torch.tensor(ids), lo, em))
     if store is None:
         out = {}

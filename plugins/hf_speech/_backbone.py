@@ -88,9 +88,13 @@ def encoder_digest(net: nn.Module, feature_extractor) -> bytes:
 
     from liser_cache.store import weights_digest
 
+    # what differs from the class's defaults (to_diff_dict): attributes a transformers release adds
+    # or drops with their defaults leave it; dtype is in the weights' digest, under either name
+    volatile = ("transformers_version", "processor_class", "architectures", "dtype", "torch_dtype")
+
     def settings(obj) -> dict:
-        return {k: v for k, v in obj.to_dict().items()
-                if not k.startswith("_") and k not in ("transformers_version", "processor_class")}
+        d = obj.to_diff_dict() if hasattr(obj, "to_diff_dict") else obj.to_dict()
+        return {k: v for k, v in d.items() if not k.startswith("_") and k not in volatile}
 
     body = {"config": settings(net.config), "feature_extractor": settings(feature_extractor), "weights": weights_digest(net)}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).digest()
