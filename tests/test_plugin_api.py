@@ -205,6 +205,13 @@ def test_bad_augmentation_options_are_refused_before_anything_runs(run_tiny, tmp
         run_tiny(overrides=["distil.augment=[{name: gian}]"])
     assert e.value.key == "distil.augment.0.name" and "gain" in str(e.value)
     assert not (tmp_path / "run").exists()  # refused before anything was written
+    # a fixed gain or SNR is one number, as the factories take it (it was refused as not a list)
+    from liser_core import load_plugins
+    from liser_core.engine import prepare_config
+
+    cfg = prepare_config("recipes/synth_kd.yaml", ["distil.augment=[{name: gain, options: {db: 3}}, "
+                                                   "{name: noise, options: {snr_db: 20}}]"], load_plugins())
+    assert cfg.distil.augment[0].options.db == 3
 
 
 # -- discoverability -----------------------------------------------------------------------------

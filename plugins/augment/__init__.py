@@ -53,7 +53,7 @@ class Gain(Augmentation):
     """Scale each clip by a random gain, uniform in ``db`` decibels (``torchaudio.functional.gain``'s
     rule ``10^(dB / 20)``), with probability ``p``."""
 
-    def __init__(self, sample_rate: int = 16000, db: Sequence[float] = (-6.0, 6.0), p: float = 1.0):
+    def __init__(self, sample_rate: int = 16000, db: float | Sequence[float] = (-6.0, 6.0), p: float = 1.0):
         super().__init__()
         self.db, self.p = _range(db, "db"), _prob(p)
 
@@ -67,7 +67,7 @@ class Noise(Augmentation):
     """Add white noise at a random signal-to-noise ratio, uniform in ``snr_db``, over each clip's
     valid samples (``torchaudio.functional.add_noise``), with probability ``p``."""
 
-    def __init__(self, sample_rate: int = 16000, snr_db: Sequence[float] = (10.0, 30.0), p: float = 1.0):
+    def __init__(self, sample_rate: int = 16000, snr_db: float | Sequence[float] = (10.0, 30.0), p: float = 1.0):
         super().__init__()
         self.snr_db, self.p = _range(snr_db, "snr_db"), _prob(p)
 
