@@ -20,7 +20,18 @@ METRIC_NAMES = {"accuracy": "WA", "uar": "UAR", "macro_f1": "macro-F1"}
 def classification_metrics(
     preds: torch.Tensor, target: torch.Tensor, num_classes: int
 ) -> tuple[dict[str, float], torch.Tensor]:
-    """Metrics of class predictions (or (N, C) scores) against class ids."""
+    """Metrics of class predictions (or (N, C) scores) against class ids: ``accuracy`` (WA),
+    ``uar`` (UA: the mean recall) and ``macro_f1``, both averaged over the classes the targets
+    hold. A class with no clip here has no recall; predicting it is already a miss of the clip's
+    own class (torchmetrics' macro average would count it as a class of recall 0 and lower UAR by
+    a factor present/(present + 1)). With every class present, these are torchmetrics' macro means.
+
+    Example::
+
+        >>> m, _ = classification_metrics(torch.tensor([0, 2, 1, 1]), torch.tensor([0, 0, 1, 1]), 3)
+        >>> m["uar"]  # (1/2 + 2/2) / 2: class 2 has no clip
+        0.75
+    """
     # imported here: torchmetrics imports transformers when installed (seconds of CLI start-up)
     from torchmetrics.classification import (
         MulticlassAccuracy,
@@ -34,10 +45,13 @@ def classification_metrics(
     if preds.ndim == 2:
         preds = preds.argmax(-1)
     kw = {"num_classes": num_classes, "validate_args": True}
+    present = torch.bincount(target, minlength=num_classes) > 0
+    recall = MulticlassRecall(average=None, **kw)(preds, target)
+    f1 = MulticlassF1Score(average=None, **kw)(preds, target)
     metrics = {
         "accuracy": MulticlassAccuracy(average="micro", **kw)(preds, target).item(),
-        "uar": MulticlassRecall(average="macro", **kw)(preds, target).item(),
-        "macro_f1": MulticlassF1Score(average="macro", **kw)(preds, target).item(),
+        "uar": recall[present].mean().item() if bool(present.any()) else math.nan,
+        "macro_f1": f1[present].mean().item() if bool(present.any()) else math.nan,
     }
     confusion = MulticlassConfusionMatrix(**kw)(preds, target).long()
     return metrics, confusion

@@ -26,3 +26,25 @@ def test_scores_are_argmaxed():
 def test_mean_std_is_sample_std():
     assert mean_std([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))
     assert mean_std([0.5]) == (0.5, 0.0)
+
+
+def test_uar_and_macro_f1_average_the_classes_the_test_split_holds():
+    """A class with no test clip that the model predicts is not a class of recall 0: UAR and
+    macro-F1 are the means over the classes present (scikit-learn with labels=present), as the
+    per-speaker UAR, the chance level 1/present and the flag test_classes_missing say."""
+    import torch
+    from sklearn.metrics import f1_score, recall_score
+
+    from liser_common.metrics import classification_metrics
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 6, (60,), generator=g)  # classes 6, 7 absent
+    preds = torch.randint(0, 8, (60,), generator=g)  # ... and predicted
+    assert (preds >= 6).any()
+    m, _ = classification_metrics(preds, target, 8)
+    present = sorted(set(target.tolist()))
+    assert m["uar"] == pytest.approx(recall_score(target, preds, labels=present, average="macro"), abs=1e-6)
+    assert m["macro_f1"] == pytest.approx(f1_score(target, preds, labels=present, average="macro"), abs=1e-6)
+    full = torch.cat([target, torch.tensor([6, 7])]), torch.cat([preds, torch.tensor([6, 0])])  # every class there
+    m, _ = classification_metrics(full[1], full[0], 8)
+    assert m["uar"] == pytest.approx(recall_score(full[0], full[1], average="macro"), abs=1e-6)
