@@ -162,6 +162,10 @@ class Comparison:
         return asdict(self)
 
 
+#: decimals scores are compared at in paired tests (results.csv keeps 6)
+SCORE_DECIMALS = 6
+
+
 def paired_comparison(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE) -> Comparison:
     """``a`` against ``b``, element i of each from the same seed/fold: the mean difference and
     its t-interval, the paired t-test (scipy.stats.ttest_rel) and the Wilcoxon signed-rank test
@@ -169,7 +173,10 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], confidence: float 
     the t-test undefined: p is NaN (1 when they are all 0), never a made-up 0."""
     from scipy import stats
 
-    x, y = np.asarray(list(a), dtype=float), np.asarray(list(b), dtype=float)
+    # scores to the precision they are kept at (results.csv: 6 decimals; metrics.json: float32):
+    # the same count of clips read back as 0.321428 and 0.321429 is no spread to test
+    x = np.round(np.asarray(list(a), dtype=float), SCORE_DECIMALS)
+    y = np.round(np.asarray(list(b), dtype=float), SCORE_DECIMALS)
     if len(x) != len(y):
         raise ValueError(f"paired samples must have the same length ({len(x)} and {len(y)})")
     d = x - y
@@ -177,13 +184,14 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], confidence: float 
     n = len(d)
     if n < 2:
         return Comparison(n, iv.mean, math.nan, math.nan, math.nan, None, math.nan)
-    if np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):  # no spread (up to rounding): t is undefined
-        t_p = 1.0 if abs(float(d.mean())) <= 1e-12 else math.nan
+    eps = 2 * 10.0**-SCORE_DECIMALS  # each side rounded once: differences of equal counts differ by 1e-6
+    if np.ptp(d) <= eps:  # no spread (up to the scores' rounding): t is undefined, not p = 1e-6
+        t_p = 1.0 if abs(float(d.mean())) <= eps else math.nan
     else:
         t_p = float(stats.ttest_rel(x, y).pvalue)
     w_p = None
     if n >= MIN_WILCOXON:
-        w_p = 1.0 if np.all(d == 0) else float(stats.wilcoxon(x, y).pvalue)
+        w_p = 1.0 if np.all(np.abs(d) <= eps) else float(stats.wilcoxon(x, y).pvalue)
     return Comparison(n, iv.mean, iv.low, iv.high, t_p, w_p, iv.std)
 
 

@@ -118,12 +118,17 @@ def _merge_label(fixed: Sequence[str]) -> str:
 
 def _against_best(entries: list[dict[str, Any]]) -> None:
     """Each entry's paired t-test against the best one (over their shared repeats), Holm-corrected
-    over the board: ``vs_best`` (the comparison) and ``below_best`` (significantly worse)."""
+    over the board: ``vs_best`` (the comparison) and ``below_best`` (significantly worse). The
+    best is the best row without flags (``reference``): a row whose scores are flagged (a leaked
+    teacher, an incomplete test split) is no yardstick; the best row when every row is flagged."""
     if not entries:
         return
-    best = entries[0]
+    best = next((e for e in entries if not e["flags"]), entries[0])
+    best["reference"] = True
     tests, idx = [], []
-    for i, e in enumerate(entries[1:], 1):
+    for i, e in enumerate(entries):
+        if e is best:
+            continue
         shared = [r for r in best["values"] if r in e["values"]]
         if len(shared) >= 2:
             c = paired_comparison([e["values"][r] for r in shared], [best["values"][r] for r in shared])

@@ -57,6 +57,26 @@ def test_rows_significantly_below_the_best_are_marked_and_noise_is_not():
     assert not any(e.get("below_best") for e in students)
 
 
+def test_the_reference_row_is_the_best_without_flags_and_rounding_is_no_spread():
+    """A flagged row (here the teacher, flagged test_overlap) is no yardstick: ▼ is judged against
+    the best unflagged row (◆). Differences that are one count of clips on every repeat, read
+    back rounded (0.321428 and 0.321429), have no spread: no p-value, no ▼."""
+    rows = [dict(r, flags="test_overlap") if r["model"] == "teacher:t" else r for r in _rows()]
+    entries = board_entries(rows, ["seed"])
+    ref = next(e for e in entries if e.get("reference"))
+    assert ref is next(e for e in entries if not e["flags"]) and entries[0]["flags"] == ["test_overlap"]
+    assert ref["model"] == "student" and ref["combination"] in ("student=a", "student=c")  # a and c tie at 0.605
+    assert "vs_best" in entries[0] and not entries[0].get("below_best")  # compared, above it
+    exact = []
+    for s, (hi, lo) in enumerate(((12 / 28, 3 / 28), (14 / 28, 5 / 28))):
+        for student, uar in (("a", hi), ("b", lo)):
+            exact.append({"combination": f"student={student},seed={s}", "model": "student", "uar": f"{uar:.6f}",
+                          "accuracy": "0.5", "macro_f1": "0.5", "components": "s", "num_parameters": "10", "flags": "",
+                          "code": "x"})
+    b = next(e for e in board_entries(exact, ["seed"]) if e["combination"] == "student=b")
+    assert b["vs_best"]["t_p"] != b["vs_best"]["t_p"] and not b.get("below_best")  # NaN: undefined, not 1e-6
+
+
 def test_comparisons_pair_over_seeds_and_correct_for_the_family():
     comps = comparisons(_rows(), ["seed"])
     kinds = {c["kind"] for c in comps}
