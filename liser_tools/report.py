@@ -27,6 +27,7 @@ import html
 import io
 import json
 import math
+import re
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -55,38 +56,53 @@ def _fraction(row: Mapping[str, str], label: str) -> float:
     return x / 100 if x > 1 or label.endswith("%") else x
 
 
-def table(rows: Sequence[Mapping[str, str]], roles: Mapping[str, str], repeat: Sequence[str]) -> dict:
-    """``{(student, teachers, model): {fraction: [uar per repeat]}}``; baselines (labels only)
-    once per (student, fraction, repeat) whatever the teacher set, under teachers ``-``."""
-    out: dict[tuple[str, str, str], dict[float, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+def _row_flags(r: Mapping[str, str]) -> set[str]:
+    return {f for f in (r.get("flags") or "").split(",") if f}
+
+
+def student_label(parts: Mapping[str, str], roles: Mapping[str, str], repeat: Sequence[str]) -> str:
+    """The student of a combination as the report's tables and curves name it: with the values
+    of the grid's other axes (``logmel_cnn [lr=lo]``), so that combinations differing there are
+    rows of their own, never one of them standing for all."""
+    extra = ",".join(f"{a}={v}" for a, v in parts.items() if a not in roles.values() and a not in repeat)
+    return parts[roles["student"]] + (f" [{extra}]" if extra else "")
+
+
+def _chosen(rows: Sequence[Mapping[str, str]], roles: Mapping[str, str], repeat: Sequence[str]) -> dict:
+    """``{(student, teachers, model): {fraction: {repeat: row}}}``: the row behind each point.
+    Baselines (labels only) once per (student, fraction, repeat) whatever the teacher set, under
+    teachers ``-``: an unflagged one where there is one (a labels-only student is the same in a
+    run whose teacher was flagged, but that run's rows carry its flag)."""
+    out: dict[tuple[str, str, str], dict[float, dict[str, Mapping[str, str]]]] = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         parts = parse_combination(r["combination"])
         rep = ",".join(f"{a}={parts[a]}" for a in repeat if a in parts)
         frac = _fraction(r, parts[roles["fraction"]])
-        student, teachers = parts[roles["student"]], parts[roles["teachers"]]
         model = r["model"]
-        if model == "baseline":
-            teachers = "-"
-        out[(student, teachers, model)][frac].setdefault(rep, float(r["uar"]))
-    return {k: {f: list(v.values()) for f, v in d.items()} for k, d in out.items()}
+        key = (student_label(parts, roles, repeat), "-" if model == "baseline" else parts[roles["teachers"]], model)
+        have = out[key][frac].get(rep)
+        if have is None or (_row_flags(have) and not _row_flags(r)):
+            out[key][frac][rep] = r
+    return out
 
 
-def table_flags(rows: Sequence[Mapping[str, str]], roles: Mapping[str, str]) -> dict[tuple[str, str, str], set[str]]:
-    """The flags of :func:`table`'s keys: every flag of their rows, and ``mixed_code`` where one
-    point (a fraction, averaged over the repeat axes) mixes runs of different code."""
+def table(rows: Sequence[Mapping[str, str]], roles: Mapping[str, str], repeat: Sequence[str]) -> dict:
+    """``{(student, teachers, model): {fraction: [uar per repeat]}}`` (:func:`_chosen`)."""
+    return {k: {f: [float(r["uar"]) for r in v.values()] for f, v in d.items()} for k, d in _chosen(rows, roles, repeat).items()}
+
+
+def table_flags(rows: Sequence[Mapping[str, str]], roles: Mapping[str, str],
+                repeat: Sequence[str] = ()) -> dict[tuple[str, str, str], set[str]]:
+    """The flags of :func:`table`'s keys: every flag of the rows behind them, and ``mixed_code``
+    where one point (a fraction, averaged over the repeat axes) mixes runs of different code."""
     from liser_common.provenance import code_identity
 
     flags: dict[tuple[str, str, str], set[str]] = defaultdict(set)
-    codes: dict[tuple[str, str, str, str], set[str]] = defaultdict(set)
-    for r in rows:
-        parts = parse_combination(r["combination"])
-        model = r["model"]
-        key = (parts[roles["student"]], "-" if model == "baseline" else parts[roles["teachers"]], model)
-        flags[key] |= {f for f in (r.get("flags") or "").split(",") if f}
-        codes[(*key, parts[roles["fraction"]])].add(code_identity(r.get("code") or ""))
-    for (*key, _), seen in codes.items():
-        if len(seen) > 1:
-            flags[tuple(key)].add("mixed_code")
+    for key, by_frac in _chosen(rows, roles, repeat).items():
+        for chosen in by_frac.values():
+            flags[key] |= {f for r in chosen.values() for f in _row_flags(r)}
+            if len({code_identity(r.get("code") or "") for r in chosen.values()}) > 1:
+                flags[key].add("mixed_code")
     return dict(flags)
 
 
@@ -450,15 +466,18 @@ def write_report(out: Path, title: str, rows: Sequence[Mapping[str, str]], roles
                  repeat: Sequence[str], axes: Mapping[str, Mapping[str, Any]], leaderboard_md: str) -> dict:
     """Every output of the module doc, in ``out``; returns the efficiency rows and the files."""
     tab = table(rows, roles, repeat)
-    students = list(axes[roles["student"]])
+    # the students as the table names them (with the grid's other axes), in the axis's order
+    order = list(axes[roles["student"]])
+    students = sorted({k[0] for k in tab}, key=lambda s: (order.index(s.split(" [")[0]) if s.split(" [")[0] in order
+                                                             else len(order), s))
     teacher_sets = list(axes[roles["teachers"]])
     figures = []
     for student in students:
         if any(k[0] == student for k in tab):
-            p = out / f"label_efficiency_{student}.png"
+            p = out / f"label_efficiency_{re.sub(r'[^A-Za-z0-9_.-]+', '_', student).strip('_')}.png"
             curves(tab, student, teacher_sets, p)
             figures.append((p, f"Label efficiency of {student}"))
-    eff = efficiency(tab, students, teacher_sets, table_flags(rows, roles))
+    eff = efficiency(tab, students, teacher_sets, table_flags(rows, roles, repeat))
     eff_md = efficiency_markdown(eff)
     # the board's "Incomplete" note goes with every table of its rows (a point of fewer repeats
     # showed n = 1 with no word of the failed or missing runs)
@@ -468,12 +487,12 @@ def write_report(out: Path, title: str, rows: Sequence[Mapping[str, str]], roles
     speeds = _speeds(out, rows, roles)
     points = []
     for e in eff:
-        s = speeds.get(e["student"])
+        s = speeds.get(e["student"].split(" [")[0])
         if s is None:
             continue
         points.append({"label": f"{e['student']} ({e['teachers']})", "uar": e["headline_uar"], "kind": "distilled", **s})
     for student in students:
-        s = speeds.get(student)
+        s = speeds.get(student.split(" [")[0])
         base = tab.get((student, "-", "baseline"))
         if s is not None and base:
             full = "full" if max(base) >= 1.0 else _pct(max(base))

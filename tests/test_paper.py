@@ -288,3 +288,32 @@ def test_an_incomplete_grid_says_so_in_efficiency_md_and_the_report(tmp_path):
     assert (tmp_path / "report.html").read_text().count("<p>Incomplete: 1 of the grid") == 2  # both tables
     write_report(tmp_path, "t", _report_rows((0.1, 1.0), ""), roles, ["seed"], axes, "# Leaderboard\n")
     assert "Incomplete" not in (tmp_path / "efficiency.md").read_text()
+
+
+def test_efficiency_keeps_the_grids_other_axes_apart_and_flags_only_the_rows_behind_a_point(tmp_path):
+    """A grid with an axis beyond the report's roles (lr) gets one row per value (the first
+    value's runs stood for all); a labels-only baseline is taken from an unflagged run, so a
+    teacher set's row carries only its own runs' flags (a leaked teacher's runs flagged the
+    `fit` row through the shared baseline)."""
+    from liser_tools.report import efficiency, table, table_flags
+
+    rows = []
+    for lr, shift in (("lo", 0.0), ("hi", 0.2)):
+        for teachers in ("fit", "leak"):
+            for frac in (0.5, 1.0):
+                for seed in ("0", "1"):
+                    flags = "test_overlap" if teachers == "leak" else ""
+                    combo = f"fraction={frac:g},teachers={teachers},student=small,lr={lr},seed={seed}"
+                    for model, uar in (("student", 0.3 + shift + frac / 10), ("baseline", 0.2 + shift + frac / 10)):
+                        rows.append({"combination": combo, "model": model, "uar": str(uar), "label_fraction": str(frac),
+                                     "flags": flags, "code": "liser=0.1.0@abc"})
+    # the leak runs first: their baselines are met first
+    rows.sort(key=lambda r: "teachers=leak" not in r["combination"])
+    roles = {"fraction": "fraction", "teachers": "teachers", "student": "student"}
+    tab = table(rows, roles, ["seed"])
+    eff = efficiency(tab, ["small [lr=hi]", "small [lr=lo]"], ["fit", "leak"], table_flags(rows, roles, ["seed"]))
+    by = {(e["student"], e["teachers"]): e for e in eff}
+    assert set(by) == {(f"small [lr={lr}]", t) for lr in ("lo", "hi") for t in ("fit", "leak")}
+    assert by[("small [lr=hi]", "fit")]["full_uar"] == pytest.approx(0.5)
+    assert by[("small [lr=lo]", "fit")]["full_uar"] == pytest.approx(0.3)
+    assert by[("small [lr=lo]", "fit")]["flags"] == [] and by[("small [lr=lo]", "leak")]["flags"] == ["test_overlap"]
