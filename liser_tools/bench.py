@@ -708,27 +708,18 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def summarise_rows(grid: Grid, rows: list[dict]) -> list[dict]:
-    """Group rows by (combination without the repeat axes, model): mean ± std of the metrics."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        parts = [p for p in r["combination"].split(",") if p.split("=")[0] not in grid.repeat]
-        groups.setdefault((",".join(parts), r["model"]), []).append(r)
-    out = []
-    protocols: dict[str, tuple] = {}
-    for (combo, model), rs in groups.items():
-        flags = {f for r in rs for f in (r.get("flags") or "").split(",") if f}
-        if len({code_identity(r.get("code") or "") for r in rs}) > 1:
-            flags.add("mixed_code")
-        if len(rs) > 1 and fold_coverage(_run_protocol(r.get("run_dir"), protocols) for r in rs):
-            flags.add("folds_incomplete")  # the grid's repeats hold some folds of the protocol, or some twice
-        entry = {"combination": combo or "(all)", "model": model, "components": rs[0]["components"], "n": len(rs),
-                 "num_parameters": int(rs[0]["num_parameters"]), "flags": sorted(flags)}
-        for k in ("accuracy", "uar", "macro_f1"):
-            entry[k] = mean_std(float(r[k]) for r in rs)
-        out.append(entry)
-    out.sort(key=lambda e: -e["uar"][0])
-    return out
+def _fold_flags():
+    """``folds_incomplete`` for the rows of one board row or comparison side whose runs do not
+    cover each fold of their protocol once per seed (:func:`liser_core.guards.fold_coverage`,
+    from each run's ``metrics.json``); what summarize says of the same runs."""
+    memo: dict[str, tuple] = {}
+
+    def flags(rows: list) -> set[str]:
+        if len(rows) > 1 and fold_coverage(_run_protocol(r.get("run_dir"), memo) for r in rows):
+            return {"folds_incomplete"}
+        return set()
+
+    return flags
 
 
 def _run_protocol(run_dir: str | None, memo: dict) -> tuple:
@@ -763,9 +754,10 @@ def write_leaderboard(grid: Grid, rows: list[dict], missing: Sequence[str] = ())
     it is incomplete and names them)."""
     from liser_tools import compare
 
-    table = compare.board_entries(rows, grid.repeat)
+    folds = _fold_flags()
+    table = compare.board_entries(rows, grid.repeat, folds)
     fraction_axis = (grid.report or {}).get("fraction")
-    comps = compare.comparisons(rows, grid.repeat, skip_axes=[fraction_axis] if fraction_axis else [])
+    comps = compare.comparisons(rows, grid.repeat, skip_axes=[fraction_axis] if fraction_axis else [], more_flags=folds)
     lines = [
         f"# Leaderboard: {Path(grid.recipe).name}",
         "",
@@ -816,7 +808,7 @@ def write_leaderboard(grid: Grid, rows: list[dict], missing: Sequence[str] = ())
         from liser_tools.report import write_report
 
         made = write_report(grid.output, f"LiSER: {Path(grid.recipe).stem} grid", rows, grid.report, grid.repeat,
-                            grid.axes, board)
+                            grid.axes, board, more_flags=_fold_flags())
         written |= {Path(p) for p in made["figures"]} | {Path(made["html"]), grid.output / "efficiency.md"}
         if made["quantized"]:
             written.add(grid.output / "quantized.md")

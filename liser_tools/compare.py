@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from liser_common.stats import (
@@ -59,8 +59,10 @@ def _flags(rs: Sequence[Mapping[str, str]]) -> set[str]:
     return {f for r in rs for f in (r.get("flags") or "").split(",") if f}
 
 
-def board_entries(rows: Sequence[Mapping[str, str]], repeat: Sequence[str]) -> list[dict[str, Any]]:
-    """The leaderboard's rows, best UAR first (see the module docstring)."""
+def board_entries(rows: Sequence[Mapping[str, str]], repeat: Sequence[str],
+                  more_flags: Callable[[list[Mapping[str, str]]], set[str]] | None = None) -> list[dict[str, Any]]:
+    """The leaderboard's rows, best UAR first (see the module docstring). ``more_flags``: flags
+    of a row's runs taken together that no single row carries (``folds_incomplete``)."""
     from liser_common.provenance import code_identity
 
     groups: dict[tuple[str, str], dict[str, Mapping[str, str]]] = defaultdict(dict)
@@ -91,6 +93,8 @@ def board_entries(rows: Sequence[Mapping[str, str]], repeat: Sequence[str]) -> l
         flags = _flags(every)
         if len({code_identity(r.get("code") or "") for r in every}) > 1:
             flags.add("mixed_code")
+        if more_flags is not None:
+            flags |= more_flags(rs)
         entry: dict[str, Any] = {
             "combination": _merge_label([m[0] for m in members]) or "(all)", "model": model,
             "components": rs[0].get("components", ""), "n": len(rs), "repeats": list(reps),
@@ -149,7 +153,8 @@ def board_cell(entry: Mapping[str, Any], metric: str) -> str:
 
 
 def comparisons(
-    rows: Sequence[Mapping[str, str]], repeat: Sequence[str], skip_axes: Sequence[str] = ()
+    rows: Sequence[Mapping[str, str]], repeat: Sequence[str], skip_axes: Sequence[str] = (),
+    more_flags: Callable[[list[Mapping[str, str]]], set[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Paired comparisons of a grid (UAR), Holm-corrected over the whole family.
 
@@ -181,6 +186,9 @@ def comparisons(
         flags = _flags(used)
         if len({code_identity(r.get("code") or "") for r in used}) > 1:
             flags.add("mixed_code")
+        if more_flags is not None:
+            for k in (ka, kb):
+                flags |= more_flags([rows_of[k][r] for r in shared])
         out.append({"kind": kind, "comparison": what, "flags": sorted(flags), **c.to_dict()})
 
     for (fixed, model) in list(by):

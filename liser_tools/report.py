@@ -91,8 +91,8 @@ def table(rows: Sequence[Mapping[str, str]], roles: Mapping[str, str], repeat: S
     return {k: {f: [float(r["uar"]) for r in v.values()] for f, v in d.items()} for k, d in _chosen(rows, roles, repeat).items()}
 
 
-def table_flags(rows: Sequence[Mapping[str, str]], roles: Mapping[str, str],
-                repeat: Sequence[str] = ()) -> dict[tuple[str, str, str], set[str]]:
+def table_flags(rows: Sequence[Mapping[str, str]], roles: Mapping[str, str], repeat: Sequence[str] = (),
+                more_flags=None) -> dict[tuple[str, str, str], set[str]]:
     """The flags of :func:`table`'s keys: every flag of the rows behind them, and ``mixed_code``
     where one point (a fraction, averaged over the repeat axes) mixes runs of different code."""
     from liser_common.provenance import code_identity
@@ -103,6 +103,8 @@ def table_flags(rows: Sequence[Mapping[str, str]], roles: Mapping[str, str],
             flags[key] |= {f for r in chosen.values() for f in _row_flags(r)}
             if len({code_identity(r.get("code") or "") for r in chosen.values()}) > 1:
                 flags[key].add("mixed_code")
+            if more_flags is not None:  # of the point's runs together (folds_incomplete)
+                flags[key] |= more_flags(list(chosen.values()))
     return dict(flags)
 
 
@@ -463,7 +465,8 @@ def write_html(out: Path, title: str, figures: Sequence[tuple[Path, str]], secti
 
 
 def write_report(out: Path, title: str, rows: Sequence[Mapping[str, str]], roles: Mapping[str, str],
-                 repeat: Sequence[str], axes: Mapping[str, Mapping[str, Any]], leaderboard_md: str) -> dict:
+                 repeat: Sequence[str], axes: Mapping[str, Mapping[str, Any]], leaderboard_md: str,
+                 more_flags=None) -> dict:
     """Every output of the module doc, in ``out``; returns the efficiency rows and the files."""
     tab = table(rows, roles, repeat)
     # the students as the table names them (with the grid's other axes), in the axis's order
@@ -477,7 +480,7 @@ def write_report(out: Path, title: str, rows: Sequence[Mapping[str, str]], roles
             p = out / f"label_efficiency_{re.sub(r'[^A-Za-z0-9_.-]+', '_', student).strip('_')}.png"
             curves(tab, student, teacher_sets, p)
             figures.append((p, f"Label efficiency of {student}"))
-    eff = efficiency(tab, students, teacher_sets, table_flags(rows, roles, repeat))
+    eff = efficiency(tab, students, teacher_sets, table_flags(rows, roles, repeat, more_flags))
     eff_md = efficiency_markdown(eff)
     # the board's "Incomplete" note goes with every table of its rows (a point of fewer repeats
     # showed n = 1 with no word of the failed or missing runs)

@@ -425,23 +425,28 @@ def test_plan_estimates_repeats_from_this_grids_current_rows_only(tmp_path):
 def test_a_board_row_over_some_folds_of_the_protocol_is_flagged(tmp_path):
     """A grid's repeats over folds 1 and 2 of RAVDESS's 6 made a board row "n = 2" like any
     other: its mean is not the protocol's cross-validated score. Flagged folds_incomplete (from
-    each run's metrics.json protocol); every fold once per seed is not."""
-    from liser_tools.bench import Grid, summarise_rows
+    each run's metrics.json protocol) on the board and in the comparisons (as by summarize);
+    every fold once per seed is not."""
+    from liser_tools.bench import _fold_flags
+    from liser_tools.compare import board_entries, comparisons
 
     def row(fold, seed, folds=6):
         run = tmp_path / f"f{fold}s{seed}n{folds}"
-        run.mkdir()
+        run.mkdir(exist_ok=True)
         (run / "config.yaml").write_text(f"seed: {seed}\n")
         (run / "metrics.json").write_text(json.dumps({"protocol": {"fold": fold, "folds": folds}}))
         return {"combination": f"loss=kl,fold=f{fold},seed=s{seed}", "model": "student", "components": "x",
                 "num_parameters": "10", "accuracy": "0.5", "uar": "0.5", "macro_f1": "0.5", "flags": "",
                 "code": "liser=1@abc", "run_dir": str(run)}
 
-    grid = Grid(recipe="r.yaml", overrides=[], axes={}, repeat=["fold", "seed"], store=False, output=tmp_path)
-    (entry,) = summarise_rows(grid, [row(1, 0), row(2, 0)])
+    repeat = ["fold", "seed"]
+    (entry,) = board_entries([row(1, 0), row(2, 0)], repeat, _fold_flags())
     assert entry["n"] == 2 and entry["flags"] == ["folds_incomplete"]
-    (entry,) = summarise_rows(grid, [row(f, s, folds=3) for f in (1, 2, 3) for s in (0, 1)])
+    (entry,) = board_entries([row(f, s, folds=3) for f in (1, 2, 3) for s in (0, 1)], repeat, _fold_flags())
     assert entry["n"] == 6 and entry["flags"] == []
+    two = [dict(r, combination=r["combination"].replace("loss=kl", f"loss={loss}"), uar=uar)
+           for loss, uar in (("kl", "0.5"), ("dkd", "0.6")) for r in (row(1, 0), row(2, 0))]
+    assert all(c["flags"] == ["folds_incomplete"] for c in comparisons(two, repeat, more_flags=_fold_flags()))
 
 
 def test_an_output_folder_holds_one_grid(grid_file, tmp_path, capsys):
