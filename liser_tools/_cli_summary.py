@@ -381,8 +381,9 @@ def _print_group(g: dict, several: bool) -> None:
 
 def _cell(v: dict) -> str:
     lo, hi = v.get("ci", [float("nan")] * 2)
-    ci = "" if lo != lo else f" [{lo:.3f}, {hi:.3f}]"  # NaN: one run, no interval
-    return f"{v['mean']:.3f} ± {v['std']:.3f}{ci}"
+    if lo != lo:  # NaN: one run: no spread to state (a standard deviation of 0 it is not)
+        return f"{v['mean']:.3f} (one run)"
+    return f"{v['mean']:.3f} ± {v['std']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def _print_confusion(g: dict) -> None:

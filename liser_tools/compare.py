@@ -145,11 +145,12 @@ def _against_best(entries: list[dict[str, Any]]) -> None:
 
 
 def board_cell(entry: Mapping[str, Any], metric: str) -> str:
-    """``0.530 ± 0.030 [0.455, 0.605]`` (no interval with n = 1)."""
+    """``0.530 ± 0.030 [0.455, 0.605]``; ``0.530 (one run)`` with n = 1 (no spread to state)."""
     mean, std = entry[metric]
     low, high = entry.get(f"{metric}_ci", (math.nan, math.nan))
-    ci = f" [{low:.3f}, {high:.3f}]" if low == low else ""
-    return f"{mean:.3f} ± {std:.3f}{ci}"
+    if low != low:
+        return f"{mean:.3f} (one run)"
+    return f"{mean:.3f} ± {std:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def comparisons(

@@ -137,3 +137,12 @@ def test_flags_reach_merged_rows_and_comparisons():
     assert comps["(all): student=a - student=c (student)"]["flags"] == ["mixed_code", "test_overlap"]
     text = comparisons_markdown(list(comps.values()), "g")
     assert "student=c: student - baseline **!mixed_code,test_overlap**" in text and "**!test_overlap**:" in text
+
+
+def test_one_run_states_no_spread():
+    """With n = 1 there is no standard deviation to state (it was printed as ± 0.000)."""
+    from liser_tools.compare import board_cell
+
+    (entry,) = board_entries([r for r in _rows() if r["model"] == "student" and r["combination"] == "student=a,seed=0"],
+                             ["seed"])
+    assert entry["n"] == 1 and board_cell(entry, "uar") == "0.600 (one run)"
