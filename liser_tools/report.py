@@ -178,7 +178,9 @@ def efficiency_markdown(rows: Sequence[dict]) -> str:
         "",
         f"UAR of the distilled student at {head} of the labels, as a share of {what}; and the "
         f"smallest labeled fraction at which the distilled student reaches {100 * REACH:g} % of it. Means over the "
-        "repeat axes; flags (explained below the table) name runs whose scores are not comparable.",
+        "repeat axes; flags (explained below the table) name runs whose scores are not comparable. `share` and "
+        f"`reaches {100 * REACH:g} % at` are ratios of means, point estimates without an interval: read them with "
+        "the intervals of the two means they divide (the leaderboard's rows; `comparisons.md` tests differences).",
         "",
         f"| student | teachers | {full} UAR | UAR at {head} [95 % CI] | n | share | labels only at {head} | reaches 95 % at | flags |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -511,7 +513,8 @@ def write_report(out: Path, title: str, rows: Sequence[Mapping[str, str]], roles
             seen.add(r["combination"])
             run_dir = Path(r["run_dir"])
             rel = _relative(run_dir, out)
-            confusions.append((r["combination"], rel, run_dir / "confusion_student.csv"))
+            flags = ",".join(sorted(_row_flags(r)))  # a flagged run's confusion says so, as its board row does
+            confusions.append((r["combination"] + (f" !{flags}" if flags else ""), rel, run_dir / "confusion_student.csv"))
     speed_md = "| student | parameters | CPU real-time factor |\n|---|---|---|\n" + "".join(
         f"| {k} | {v['params']:,} | {v['rtf']:.0f}x |\n" for k, v in speeds.items()
     )
