@@ -28,6 +28,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("liser")
 
 
+class ReadOnlyDict(dict):
+    """A dict hooks may read, iterate, copy and serialise but not change: what a run records is
+    handed to loggers as these (a logger that wrote into the metrics it was given changed every
+    report of the run). ``dict(d)`` gives a copy to change."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("LiSER's record, read-only for hooks: copy it (dict(metrics)) to change it")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse
+
+
 @dataclass
 class EvalResult:
     """One model scored on one split, in the student's label space."""

@@ -9,6 +9,8 @@ each, and their order are :mod:`liser_core.stages`; what they share is
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -45,7 +47,7 @@ from .config import (
     run_record,
     validate_components,
 )
-from .context import EvalResult, RunContext
+from .context import EvalResult, ReadOnlyDict, RunContext
 from .data import Batch, Clip, ClipDataset
 from .errors import ComponentError, ConfigError, EnvironmentFault, LiserError, UsageError
 from .features import FeatureCache
@@ -184,6 +186,11 @@ class Engine:
     def _open_state(self) -> None:
         self.state = self.dist.on_main(self._decide_state)
         self.run.resumed = self.state["resumed"] > 0
+        if self.run.resumed:  # what earlier sessions warned of and flagged (a stage done then is not run again)
+            said = [w for w in self.state.get("warnings") or () if isinstance(w, str)]
+            self.run.warnings[:] = said + [w for w in self.run.warnings if w not in said]
+            self.run.flags[:] = list(dict.fromkeys([*(f for f in self.state.get("flags") or () if isinstance(f, str)),
+                                                    *self.run.flags]))
         if self.state["threads"] != self.threads:  # threads: null, resumed: the count it started with
             log.warning(
                 "continuing with the %d thread(s) the run started with (here the choice would be %d): "
@@ -394,6 +401,10 @@ class Engine:
             "resumed": (prev.get("resumed", 0) + 1) if prev else 0,
             "world_size": self.dist.world_size,
             "stage_settings": dict(prev.get("stage_settings", {})) if prev else {},
+            # what earlier sessions spent per stage, warned of and flagged (kept across resumes)
+            "stage_seconds": dict(prev.get("stage_seconds") or {}) if prev else {},
+            "warnings": list(prev.get("warnings") or []) if prev else [],
+            "flags": list(prev.get("flags") or []) if prev else [],
             "inputs": prev.get("inputs", self._inputs()) if prev else self._inputs(),  # files named by path, by content
             "corpus_files": bool(prev.get("corpus_files", self.corpus_files) if prev else self.corpus_files),
             "sessions": [*(prev.get("sessions", []) if prev else []), {**self.settings(), "threads": threads}],
@@ -570,12 +581,25 @@ class Engine:
         log.info("== stage %s ==", name)
         self.notify("liser_stage_start", run=self.run, stage=name)
         seed_everything(int(self.cfg.seed) * 1000 + stage.salt)  # see liser_core.stages
+        done_before = name in self.state.get("completed", [])
         t0 = time.perf_counter()
-        stage.run(self)
-        seconds = time.perf_counter() - t0
-        if name not in self.state.get("completed", []):  # what it ran with: threads, device...
+        # a stage's time over every session of the run (state/run.json stage_seconds): one resumed
+        # mid-stage adds this session's to what the earlier ones spent; one done before keeps its own
+        spent = dict(self.state.get("stage_seconds") or {})
+        try:
+            stage.run(self)
+        except BaseException:
+            if not done_before:
+                spent[name] = float(spent.get(name, 0.0)) + time.perf_counter() - t0
+                with contextlib.suppress(Exception):  # the error, not a failed bookkeeping write, is the news
+                    self._save_state(stage_seconds=spent, warnings=list(self.run.warnings), flags=list(self.run.flags))
+            raise
+        if not done_before:  # what it ran with: threads, device...
+            spent[name] = float(spent.get(name, 0.0)) + time.perf_counter() - t0
             settings = {**self.state.get("stage_settings", {}), name: self.settings()}
-            self._save_state(completed=[*self.state.get("completed", []), name], stage_settings=settings)
+            self._save_state(completed=[*self.state.get("completed", []), name], stage_settings=settings,
+                             stage_seconds=spent, warnings=list(self.run.warnings), flags=list(self.run.flags))
+        seconds = float(spent.get(name, time.perf_counter() - t0))
         self.run.stage_seconds[name] = seconds
         log.info("stage %s done in %.1fs", name, seconds)
         self.notify("liser_stage_end", run=self.run, stage=name, seconds=seconds)
@@ -700,7 +724,10 @@ class Engine:
             "%-10s %-12s WA %.3f  UAR %.3f  macro-F1 %.3f",
             role, model, metrics["accuracy"], metrics["uar"], metrics["macro_f1"],
         )
-        self.notify("liser_evaluation", run=self.run, result=result)
+        # loggers get a copy whose metrics are read-only: what they do to it never reaches the run's record
+        view = dataclasses.replace(result, metrics=ReadOnlyDict(result.metrics), probs=result.probs.clone(),
+                                   per_speaker={k: ReadOnlyDict(v) for k, v in result.per_speaker.items()})
+        self.notify("liser_evaluation", run=self.run, result=view)
 
     def save_student(self) -> None:
         if not self.dist.is_main:
@@ -714,7 +741,8 @@ class Engine:
     def epoch_hook(self, stage: str, model: str):
         def hook(epoch: int, metrics: dict[str, float], replayed: bool = False) -> None:
             self.notify(
-                "liser_epoch_end", run=self.run, stage=stage, model=model, epoch=epoch, metrics=metrics, replayed=replayed
+                "liser_epoch_end", run=self.run, stage=stage, model=model, epoch=epoch, metrics=ReadOnlyDict(metrics),
+                replayed=replayed,
             )
 
         return hook

@@ -149,7 +149,8 @@ def liser_epoch_end(
     ``metrics`` holds at least ``loss`` and the mean of each loss term (``loss/kl``...), and the
     epoch means of the scalars loss terms report with ``Loss.log`` (``annealed_kl/temperature``).
     ``replayed`` is True when a resumed run reports again the epochs its checkpoint had done
-    (a report that lost an epoch to a kill catches up; one that has it ignores it).
+    (a report that lost an epoch to a kill catches up; one that has it ignores it). ``metrics``
+    is read-only (``liser_core.context.ReadOnlyDict``): ``dict(metrics)`` to change a copy.
     """
 
 
@@ -167,9 +168,11 @@ def liser_checkpoint(run: RunContext, stage: str, model: str, path: Path, step: 
 def liser_evaluation(run: RunContext, result: EvalResult) -> None:
     """After a model has been evaluated on a split.
 
-    ``result.model`` names it, ``result.role`` is ``teacher``, ``student`` or ``baseline``;
-    ``result.metrics`` has ``accuracy`` (WA), ``uar`` (UA), ``macro_f1``;
-    ``result.confusion`` is the (C, C) count matrix, rows = true class.
+    ``result.model`` names it, ``result.role`` is ``teacher``, ``targets`` (the teachers'
+    combined soft labels scored as a model), ``student`` or ``baseline``; ``result.metrics`` has
+    ``accuracy`` (WA), ``uar`` (UA), ``macro_f1``; ``result.confusion`` is the (C, C) count
+    matrix, rows = true class. ``result`` is a copy, its ``metrics`` and ``per_speaker`` read-only:
+    nothing a hook does to it reaches the run's record.
     """
 
 

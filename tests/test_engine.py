@@ -271,6 +271,51 @@ def test_wandb_logger_writes_an_offline_run(run_tiny, monkeypatch):
     assert list(runs[0].glob("*.wandb")), "no wandb event file written"
 
 
+def test_wandb_auto_follows_wandb_mode(run_tiny, monkeypatch):
+    """wandb's own switch counts in ``mode: auto``: WANDB_MODE=disabled writes nothing."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    ctx = run_tiny(overrides=["loggers.wandb={project: liser-test}"])
+    assert not (ctx.run_dir / "wandb").exists()
+
+
+class _Meddler:
+    """A logger that writes into what it is given, and reads what the run wrote at its end."""
+
+    seen_at_end: dict = {}
+
+    @hookimpl
+    def liser_epoch_end(self, metrics):
+        metrics["loss"] = -999.0
+
+    @hookimpl
+    def liser_evaluation(self, result):
+        result.metrics["uar"] = 0.999
+
+    @hookimpl
+    def liser_run_end(self, run):
+        type(self).seen_at_end = {"metrics": (run.run_dir / "metrics.json").is_file(),
+                                  "card": (run.run_dir / "student" / "README.md").is_file()}
+
+
+def test_loggers_cannot_change_the_runs_record_and_end_after_the_reports_exist(run_tiny, tmp_path):
+    """A logger writing into the metrics it is given changed every report of the run; now its
+    hook fails (a logger's failure never stops a run) and the record stands. Other loggers end
+    after metrics.json and the model card are written (they may upload them)."""
+    import json
+
+    from liser_core import load_plugins
+
+    host = load_plugins()
+    host.add("meddler", _Meddler())
+    ctx = run_tiny(host=host)
+    metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
+    assert metrics["student"]["uar"] != 0.999 and all(e.metrics["uar"] != 0.999 for e in ctx.evaluations)
+    history = [json.loads(ln) for ln in (ctx.run_dir / "history.jsonl").read_text().splitlines()]
+    assert history and all(h.get("loss") != -999.0 for h in history)
+    assert _Meddler.seen_at_end == {"metrics": True, "card": True}
+
+
 def test_what_a_component_was_built_with_is_recorded_defaults_included(run_tiny):
     """``{name: kl}`` runs at the loss's default temperature: metrics.json says which
     (``components``), and the saved student records every option it was built with, so it loads
@@ -309,3 +354,39 @@ def test_a_saved_student_is_rebuilt_with_the_defaults_it_was_built_with(run_tiny
         student = Student.from_pretrained(folder)
     assert student.dropout.p == 0.3
     assert "was built with a_parameter_since_removed=1, which it no longer takes" in caplog.text
+
+
+class _StopOnce:
+    """Ctrl-C after the first distillation epoch, once."""
+
+    fired = False
+
+    @hookimpl
+    def liser_epoch_end(self, stage, epoch):
+        if stage == "distil" and not type(self).fired:
+            type(self).fired = True
+            raise KeyboardInterrupt
+
+
+def test_a_resumed_run_keeps_what_earlier_sessions_timed_warned_and_fitted(run_tiny, tmp_path):
+    """Resumed mid-distillation with a store: the teach stage keeps the time it took (it was
+    this session's 0.05 s), the earlier session's warnings stay in metrics.json, and teachers
+    the run fitted itself are not "reused from the store"."""
+    import json
+
+    from liser_core import load_plugins
+
+    host = load_plugins()
+    host.add("stop", _StopOnce())
+    over = [f"store={tmp_path / 'store'}", "distil.epochs=3", "distil.include_labeled=false"]  # ce never applies: a warning
+    with pytest.raises(KeyboardInterrupt):
+        run_tiny(overrides=over, host=host)
+    state = json.loads((tmp_path / "run" / "state" / "run.json").read_text())
+    teach = state["stage_seconds"]["teach"]
+    assert teach > 0 and "distil" in state["stage_seconds"] and "distil" not in state["completed"]
+    ctx = run_tiny(overrides=over, host=host)
+    metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
+    assert metrics["stage_seconds"]["teach"] == pytest.approx(teach)
+    assert metrics["stage_seconds"]["distil"] > state["stage_seconds"]["distil"]  # both sessions' time
+    assert sum("never applies" in w for w in metrics["warnings"]) == 1
+    assert all(not f["reused"] for f in metrics["diagnostics"]["teacher_fits"].values())

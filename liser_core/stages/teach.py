@@ -60,11 +60,13 @@ def run(engine: Engine) -> None:
         cached = _fitted_dir(engine, fit_key, code)
         stored = _stored_fit(engine, cached, fit_key, code) if cached is not None else None
         reused = stored is not None and stored is not _FOREIGN
+        own = reused and str(stored.get("fitted_in") or "") == str(run.run_dir)  # this run's own fit, resumed
         if reused:
             checkpoint.load_weights(teacher, cached, f"teacher {tc.name!r}")
             teacher.eval()
             fitted_in = str(stored.get("fitted_in") or "unknown")
-            log.info("teacher %s: fitted on this fit set before: weights reused from %s [%s]", key, cached, fit_key[:12])
+            log.info("teacher %s: %s: weights reused from %s [%s]", key,
+                     "fitted earlier in this run" if own else "fitted on this fit set before", cached, fit_key[:12])
         else:
             log.info(
                 "teacher %s: fitting on %d clips of the teacher split%s [%s]", key, len(ds),
@@ -84,10 +86,11 @@ def run(engine: Engine) -> None:
         if not reused and cached is not None and engine.dist.is_main and stored is not _FOREIGN:
             # the next run with this fit set reuses it; its card and fit sets go with it
             _publish_fit(engine, teacher, cached, {"card": card.to_dict(), **fit}, provenance=fit)
-        if reused:  # where the weights were fitted, and where this run took them from
+        if reused and not own:  # where the weights were fitted, and where this run took them from
             card = dataclasses.replace(card, source=f"reused from {cached} (fitted in run {fitted_in})")
             fit["reused_from"] = str(cached)
         teacher.card = card
+        reused = reused and not own  # a resumed run reads back what it fitted itself: not another run's teacher
         run.diagnostics.setdefault("teacher_fits", {})[key] = {"fit_key": fit_key, "reused": reused} | (
             {"reused_from": str(cached), "fitted_in": fitted_in} if reused else {}
         )

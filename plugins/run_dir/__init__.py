@@ -99,7 +99,7 @@ class RunDirWriter:
         if self.confusion_png:
             _confusion_png(inside(run.run_dir, run.run_dir / f"confusion_{name}.png"), result)
 
-    @hookimpl
+    @hookimpl(tryfirst=True)  # metrics.json and the card exist before other loggers end (they may upload them)
     def liser_run_end(self, run, results, error):
         by_role = {}
         for e in run.evaluations:

@@ -45,11 +45,15 @@ class WandbLogger:
 
     @hookimpl
     def liser_run_start(self, run):
-        if self.mode == "disabled":
+        mode = self.mode
+        if mode == "auto":  # wandb's own switch first (WANDB_MODE), then: online when logged in
+            env = os.environ.get("WANDB_MODE", "").strip().lower()
+            mode = {"dryrun": "offline", "run": "online"}.get(env, env) if env in ("online", "offline", "disabled", "dryrun",
+                                                                             "run") else ("online" if logged_in() else "offline")
+        if mode == "disabled":
             return
         import wandb  # optional dependency: `pip install liser[wandb]`
 
-        mode = self.mode if self.mode != "auto" else ("online" if logged_in() else "offline")
         self.wb_run = wandb.init(
             project=self.project,
             entity=self.entity,
@@ -64,7 +68,9 @@ class WandbLogger:
 
     @hookimpl
     def liser_epoch_end(self, stage, model, epoch, metrics, replayed):
-        if self.wb_run is not None and not replayed:  # a resumed run's replay: logged before
+        # a resumed run's replayed epochs are logged too: each session is a wandb run of its own (not
+        # linked), so the last one holds the whole history
+        if self.wb_run is not None:
             self.wb_run.log({f"{stage}/{model}/{k}": v for k, v in metrics.items()} | {"epoch": epoch + 1})
 
     @hookimpl
