@@ -274,11 +274,14 @@ class PluginHost:
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # noqa: BLE001 - sys.exit() in a hook is that plugin's failure
-                log.warning(
-                    "plugin %r failed in %s (ignored): %s: %s",
-                    impl.plugin_name, hook_name, type(exc).__name__, exc,
-                )
+                msg = f"plugin {impl.plugin_name!r} failed in {hook_name} (ignored): {type(exc).__name__}: {exc}"
+                log.warning(msg)
                 log.debug("traceback", exc_info=True)
+                run = kwargs.get("run")  # the run's record says so too (metrics.json warnings), once per plugin and hook
+                said = getattr(run, "warnings", None)
+                first = f"plugin {impl.plugin_name!r} failed in {hook_name} (ignored)"
+                if isinstance(said, list) and not any(w.startswith(first) for w in said):
+                    said.append(msg)
 
 
 #: the package LiSER's own plugins live in (the ``plugins/`` folder, installed as ``liser_plugins``)

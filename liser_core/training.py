@@ -311,6 +311,9 @@ def train(
             prog.finished = prog.epoch >= cfg.epochs or prog.stopped
             if prog.finished and tracking and stop.restore_best and best:
                 _load_changing(modules, best)  # the checkpoint below then holds the best weights
+            if prog.finished and tracking and best:  # which epoch's weights the stage ends with, in its record
+                metrics["best_epoch"] = prog.best_epoch + 1
+                metrics["kept_epoch"] = prog.best_epoch + 1 if stop.restore_best else epoch + 1
             log.info(
                 "%s epoch %d/%d  loss %.4f  (%s)  %.1fs",
                 name, epoch + 1, cfg.epochs, metrics.get("loss", float("nan")),

@@ -314,6 +314,10 @@ def test_loggers_cannot_change_the_runs_record_and_end_after_the_reports_exist(r
     history = [json.loads(ln) for ln in (ctx.run_dir / "history.jsonl").read_text().splitlines()]
     assert history and all(h.get("loss") != -999.0 for h in history)
     assert _Meddler.seen_at_end == {"metrics": True, "card": True}
+    # its failures are in the run's record, once per hook (not once per epoch)
+    failed = [w for w in metrics["warnings"] if w.startswith("plugin 'meddler' failed in")]
+    assert sorted(w.split(" (ignored)")[0] for w in failed) == [
+        "plugin 'meddler' failed in liser_epoch_end", "plugin 'meddler' failed in liser_evaluation"]
 
 
 def test_what_a_component_was_built_with_is_recorded_defaults_included(run_tiny):

@@ -330,11 +330,13 @@ def test_early_stop_keeps_the_best_epoch_and_stops_after_patience(tmp_path):
     assert len(hist) == 4  # epoch 2 best (0.7); epochs 3 and 4 no better: stop
     assert [h["val_uar"] for h in hist] == scores[:4]
     torch.testing.assert_close(model.weight, after_epoch[1], rtol=0, atol=0)  # the best epoch's weights
+    assert hist[-1]["best_epoch"] == 2 and hist[-1]["kept_epoch"] == 2  # and the record says which
+    assert all("best_epoch" not in h for h in hist[:-1])
     # patience 0: every epoch runs, the best is still kept; restore_best=False keeps the last
     model, hist, after_epoch, _ = _toy_loop(tmp_path / "b", [0.5, 0.9, 0.6], patience=0, epochs=3)
     assert len(hist) == 3 and torch.equal(model.weight, after_epoch[1])
     model, hist, after_epoch, _ = _toy_loop(tmp_path / "c", [0.5, 0.9, 0.6], patience=0, epochs=3, restore=False)
-    assert torch.equal(model.weight, after_epoch[2])
+    assert torch.equal(model.weight, after_epoch[2]) and (hist[-1]["best_epoch"], hist[-1]["kept_epoch"]) == (2, 3)
 
 
 def test_validation_does_not_change_the_training_run(tmp_path):

@@ -173,6 +173,11 @@ class EpochCSV:
         self.path = path
 
     @hookimpl
+    def liser_run_start(self, run):
+        if not run.resumed:  # a run started afresh (--restart) writes a fresh file; a resumed one appends
+            (Path(run.run_dir) / self.path).unlink(missing_ok=True)
+
+    @hookimpl
     def liser_epoch_end(self, run, stage, model, epoch, metrics, replayed):
         if replayed:
             return
