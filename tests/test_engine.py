@@ -394,3 +394,31 @@ def test_a_resumed_run_keeps_what_earlier_sessions_timed_warned_and_fitted(run_t
     assert metrics["stage_seconds"]["distil"] > state["stage_seconds"]["distil"]  # both sessions' time
     assert sum("never applies" in w for w in metrics["warnings"]) == 1
     assert all(not f["reused"] for f in metrics["diagnostics"]["teacher_fits"].values())
+
+
+class _PeekMetrics:
+    seen: list = []
+
+    @hookimpl
+    def liser_stage_start(self, run, stage):
+        if stage == "distil":
+            type(self).seen.append(json.loads((run.run_dir / "metrics.json").read_text()).get("status"))
+
+
+def test_a_run_started_afresh_over_a_finished_one_never_reads_as_it(run_tiny):
+    """--restart over a finished run: until it ends, its metrics.json says it is running (a kill
+    -9 mid-run left the earlier run's "completed" record there, summarised as this run's)."""
+    from liser_core import load_plugins
+
+    first = run_tiny()
+    assert json.loads((first.run_dir / "metrics.json").read_text())["status"] == "completed"
+    host = load_plugins()
+    host.add("peek", _PeekMetrics())
+    _PeekMetrics.seen.clear()
+    from liser_core.engine import Engine, prepare_config
+    from liser_tools.testing import TINY_OVERRIDES
+
+    cfg = prepare_config(first.run_dir / "state" / "recipe.yaml", [*TINY_OVERRIDES, f"run_dir={first.run_dir}"], host)
+    Engine(cfg, host, resume="restart").execute()
+    assert _PeekMetrics.seen == ["running"]
+    assert json.loads((first.run_dir / "metrics.json").read_text())["status"] == "completed"

@@ -20,7 +20,7 @@ import time
 
 from omegaconf import OmegaConf
 
-from liser_common.rundir import inside, record_written, safe_name
+from liser_common.rundir import changed_since_written, inside, record_written, safe_name
 from liser_core import hookimpl
 from liser_core.checkpoint import atomic_write_json, atomic_write_text
 from liser_core.config import components_record, qualified_config
@@ -70,6 +70,16 @@ class RunDirWriter:
         )
         if not run.resumed:  # a resumed run keeps the epochs logged before the interruption
             (run.run_dir / "history.jsonl").unlink(missing_ok=True)
+            # an earlier run's record in this folder (--restart): from now on it says this run is going,
+            # so that a run killed before its end is never read as the earlier one, finished
+            # (summarize, a grid's board); a metrics.json edited by hand is not LiSER's to replace
+            metrics = run.run_dir / "metrics.json"
+            if metrics.is_file() and not changed_since_written(run.run_dir, "metrics.json"):
+                atomic_write_json(metrics, {"status": "running", "recipe_fingerprint": run.fingerprint, "code": run.code,
+                                            "note": "started afresh over an earlier run: the files beside this one "
+                                                    "(predictions, confusions, student/) are the earlier run's until "
+                                                    "this one ends"})
+                record_written(run.run_dir, "metrics.json")
 
     @hookimpl
     def liser_epoch_end(self, run, stage, model, epoch, metrics):
