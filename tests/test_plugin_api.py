@@ -225,7 +225,7 @@ def test_show_prints_options_with_types_defaults_and_the_docstring(capsys):
     assert "Decoupled knowledge distillation" in out  # the docstring
     assert main(["show", "augmentation:gain"]) == 0
     out = capsys.readouterr().out
-    assert "db  Sequence[float]  = (-6.0, 6.0)" in out and "set by LiSER: sample_rate" in out
+    assert "db  float | Sequence[float]  = (-6.0, 6.0)" in out and "set by LiSER: sample_rate" in out
     assert main(["show", "dkdd"]) == 2
     assert "did you mean 'dkd'" in capsys.readouterr().err
     assert main(["list", "losses", "d*", "-v"]) == 0
