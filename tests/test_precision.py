@@ -44,24 +44,14 @@ def test_auto_device_falls_back_to_cpu_here():
     assert resolve_device("auto").type == expected
 
 
-def test_a_bf16_run_gives_the_same_scores_with_a_store_or_without(run_tiny, tmp_path):
-    """Teachers label under the recipe's autocast with a store too (their outputs kept as entries
-    of their own): a store changes where targets are kept, not what they are."""
-    with_store = run_tiny(overrides=["precision=bf16", f"store={tmp_path / 'store'}", f"run_dir={tmp_path / 'a'}"])
-    without = run_tiny(overrides=["precision=bf16", f"run_dir={tmp_path / 'b'}"])
-    a = {e.model: e.probs for e in with_store.evaluations}
-    b = {e.model: e.probs for e in without.evaluations}
-    assert a.keys() == b.keys() and len(a) >= 3
-    for model in a:
-        assert torch.equal(a[model], b[model]), model
-
-
-def test_store_dtype_sets_the_targets_whether_or_not_there_is_a_store(run_tiny, tmp_path):
-    """store_dtype float16: the targets are the teachers' outputs rounded to float16, as a float16
-    store returns them; a run without a store trains on the same (``store`` changes where they
-    are kept, not what they are: it is a result-free key)."""
-    with_store = run_tiny(overrides=["store_dtype=float16", f"store={tmp_path / 'store'}", f"run_dir={tmp_path / 'a'}"])
-    without = run_tiny(overrides=["store_dtype=float16", f"run_dir={tmp_path / 'b'}"])
+@pytest.mark.parametrize("setting", ["precision=bf16", "store_dtype=float16"])
+def test_a_store_changes_where_targets_are_kept_not_what_they_are(setting, run_tiny, tmp_path):
+    """Every model's test probabilities are the same with a store and without one: teachers label
+    under the recipe's autocast with a store too (``precision``, its outputs entries of their own),
+    and ``store_dtype: float16`` rounds the targets without a store as a float16 store returns
+    them (``store`` is a result-free key)."""
+    with_store = run_tiny(overrides=[setting, f"store={tmp_path / 'store'}", f"run_dir={tmp_path / 'a'}"])
+    without = run_tiny(overrides=[setting, f"run_dir={tmp_path / 'b'}"])
     a = {e.model: e.probs for e in with_store.evaluations}
     b = {e.model: e.probs for e in without.evaluations}
     assert a.keys() == b.keys() and len(a) >= 3
