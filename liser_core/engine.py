@@ -405,6 +405,7 @@ class Engine:
             "stage_seconds": dict(prev.get("stage_seconds") or {}) if prev else {},
             "warnings": list(prev.get("warnings") or []) if prev else [],
             "flags": list(prev.get("flags") or []) if prev else [],
+            "announced": dict(prev.get("announced") or {}) if prev else {},  # the last epoch told to hooks, per model
             "inputs": prev.get("inputs", self._inputs()) if prev else self._inputs(),  # files named by path, by content
             "corpus_files": bool(prev.get("corpus_files", self.corpus_files) if prev else self.corpus_files),
             "sessions": [*(prev.get("sessions", []) if prev else []), {**self.settings(), "threads": threads}],
@@ -739,11 +740,20 @@ class Engine:
         self.run.student.save_pretrained(self.run.run_dir / "student", train_seconds=longest)
 
     def epoch_hook(self, stage: str, model: str):
+        key = f"{stage}/{model}"
+
         def hook(epoch: int, metrics: dict[str, float], replayed: bool = False) -> None:
+            announced = self.state.setdefault("announced", {})
+            if not replayed and epoch <= int(announced.get(key, -1)):
+                # told to hooks by an earlier session whose checkpoint of it was not on disk yet (a kill
+                # in between): the same epoch again, bit for bit, so a replay (loggers count it once)
+                replayed = True
             self.notify(
                 "liser_epoch_end", run=self.run, stage=stage, model=model, epoch=epoch, metrics=ReadOnlyDict(metrics),
                 replayed=replayed,
             )
+            if not replayed:
+                self._save_state(announced={**announced, key: epoch})
 
         return hook
 

@@ -148,8 +148,10 @@ def liser_epoch_end(
     ``epoch`` counts from 0.
     ``metrics`` holds at least ``loss`` and the mean of each loss term (``loss/kl``...), and the
     epoch means of the scalars loss terms report with ``Loss.log`` (``annealed_kl/temperature``).
-    ``replayed`` is True when a resumed run reports again the epochs its checkpoint had done
-    (a report that lost an epoch to a kill catches up; one that has it ignores it). ``metrics``
+    ``replayed`` is True when a resumed run reports again an epoch hooks were already told of:
+    one its checkpoint had done, or one told before a kill that came before its checkpoint was on
+    disk, computed again bit for bit (a report that lost an epoch to a kill catches up; one that
+    has it ignores it). ``metrics``
     is read-only (``liser_core.context.ReadOnlyDict``): ``dict(metrics)`` to change a copy.
     """
 

@@ -391,6 +391,8 @@ def test_a_resumed_run_keeps_what_earlier_sessions_timed_warned_and_fitted(run_t
     ctx = run_tiny(overrides=over, host=host)
     metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
     assert metrics["stage_seconds"]["teach"] == pytest.approx(teach)
+    manifest = json.loads((ctx.run_dir / "manifest.json").read_text())
+    assert manifest["started"] <= manifest["resumed"]  # when the run started, and when this session did
     assert metrics["stage_seconds"]["distil"] > state["stage_seconds"]["distil"]  # both sessions' time
     assert sum("never applies" in w for w in metrics["warnings"]) == 1
     assert all(not f["reused"] for f in metrics["diagnostics"]["teacher_fits"].values())
@@ -422,3 +424,35 @@ def test_a_run_started_afresh_over_a_finished_one_never_reads_as_it(run_tiny):
     Engine(cfg, host, resume="restart").execute()
     assert _PeekMetrics.seen == ["running"]
     assert json.loads((first.run_dir / "metrics.json").read_text())["status"] == "completed"
+
+
+class _Epochs:
+    seen: list = []
+
+    @hookimpl
+    def liser_epoch_end(self, stage, epoch, replayed):
+        if stage == "distil":
+            type(self).seen.append((epoch, replayed))
+
+
+def test_an_epoch_told_to_hooks_before_its_checkpoint_was_on_disk_is_a_replay_after_a_kill(run_tiny, tmp_path):
+    """The epoch's checkpoint is written during the next epoch; a kill -9 in between left an
+    epoch told to loggers but not saved, and the resumed run told it again as new (an epoch twice
+    in a logger's CSV). The engine records the last epoch told per model: recomputed, it is a
+    replay. (The kill is staged: the record says epoch 1 was told, the checkpoint has epoch 0.)"""
+    from liser_core import load_plugins
+
+    host = load_plugins()
+    host.add("stop", _StopOnce())
+    _StopOnce.fired = False
+    with pytest.raises(KeyboardInterrupt):
+        run_tiny(overrides=["distil.epochs=3"], host=host)
+    state_file = tmp_path / "run" / "state" / "run.json"
+    state = json.loads(state_file.read_text())
+    state["announced"] = {**state.get("announced", {}), "distil/student": 1}
+    state_file.write_text(json.dumps(state))
+    host = load_plugins()
+    host.add("epochs", _Epochs())
+    _Epochs.seen.clear()
+    run_tiny(overrides=["distil.epochs=3"], host=host)
+    assert _Epochs.seen == [(0, True), (1, True), (2, False)]

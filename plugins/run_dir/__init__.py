@@ -45,6 +45,13 @@ class RunDirWriter:
 
         from liser_core import __version__
 
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        started = now
+        if run.resumed:  # when the run started, not this session: the session's start is `resumed`
+            try:
+                started = json.loads((run.run_dir / "manifest.json").read_text()).get("started") or now
+            except (OSError, ValueError, AttributeError):
+                started = now
         config_file = run.run_dir / "config.yaml"
         if not run.resumed or not config_file.is_file():  # the recipe as started: a resume keeps it
             # components as PLUGIN:NAME: what this file names cannot change with later installs
@@ -65,7 +72,8 @@ class RunDirWriter:
                 ],
                 # each component's qualified name by recipe key: `--resume` builds these again
                 "components": components_record(run.config, run.host.registries),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "started": started,
+                **({"resumed": now} if run.resumed else {}),
             },
         )
         if not run.resumed:  # a resumed run keeps the epochs logged before the interruption
