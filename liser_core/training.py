@@ -323,6 +323,9 @@ def train(
             if validate is not None:
                 log.info("%s epoch %d/%d  validation: %s", name, epoch + 1, cfg.epochs,
                          "  ".join(f"{k[4:]} {v:.4f}" for k, v in metrics.items() if k.startswith("val_")))
+            if prog.stopped and prog.epoch < cfg.epochs:
+                log.info("%s: no better val_%s for %d epochs: stopped early after epoch %d", name, stop.metric,
+                         stop.patience, epoch + 1)
             if prog.finished and tracking and best:
                 log.info("%s: best epoch %d (val_%s %.4f): %s", name, prog.best_epoch + 1, stop.metric, prog.best_value,
                          "its weights kept" if stop.restore_best else "the last epoch's weights kept (restore_best: false)")
@@ -393,9 +396,7 @@ def _track_best(prog, epoch: int, value: float, stop, modules, best: dict, name:
         prog.best_epoch, prog.best_value = epoch, float(value)
         return _changing(modules)
     if stop.patience and epoch - prog.best_epoch >= stop.patience:
-        prog.stopped = True
-        log.info("%s: no better val_%s for %d epochs: stopped early after epoch %d", name, stop.metric,
-                 stop.patience, epoch + 1)
+        prog.stopped = True  # said after the epoch's validation line
     return best
 
 
