@@ -449,7 +449,7 @@ def validation_speakers(clips: Sequence[Clip], cfg) -> set[str]:
 
 def validation_note(source: str, clips: Sequence[Clip], held: set[str], classes: Sequence[str]) -> str:
     """What holding ``held`` out of the ``source`` split costs it, when it costs classes or it is
-    the labeled split (the labels the recipe's label_fraction chose): "" otherwise."""
+    the labeled split (the labels the recipe chose): "" otherwise."""
     kept = [c for c in clips if c.speaker not in held]
     lost = [c for c in classes if any(x.label == c for x in clips) and not any(x.label == c for x in kept)]
     if source != "labeled" and not lost:
@@ -457,7 +457,7 @@ def validation_note(source: str, clips: Sequence[Clip], held: set[str], classes:
     return (f"validation: {len(clips) - len(kept)} of the {source} split's {len(clips)} clips are held out "
             f"(speakers {', '.join(sorted(held)[:6])}): it keeps {len(kept)}"
             + (f", with no clip of {', '.join(lost)} left" if lost else "")
-            + (" (the labeled clips the recipe's label_fraction chose, less these)" if source == "labeled" else ""))
+            + (" (the labeled clips the recipe chose, less these: fewer labels to train on)" if source == "labeled" else ""))
 
 
 def fit_clips(engine: Engine, key: str, split: str = "teacher") -> tuple[list[Clip], list[tuple[str, ...]], Counter]:

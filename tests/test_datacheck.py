@@ -141,7 +141,7 @@ def test_validation_held_out_of_the_labeled_split_is_said_in_data_check_and_the_
     clips = [clip(0, "a", "angry"), clip(1, "a", "sad"), clip(2, "b", "angry"), clip(3, "c", "calm")]
     assert validation_note("labeled", clips, {"c"}, RAVDESS8.classes) == (
         "validation: 1 of the labeled split's 4 clips are held out (speakers c): it keeps 3, with no clip of calm "
-        "left (the labeled clips the recipe's label_fraction chose, less these)")
+        "left (the labeled clips the recipe chose, less these: fewer labels to train on)")
     assert validation_note("teacher", clips, {"b"}, RAVDESS8.classes) == ""  # a teacher split keeping its classes
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data: {name: synth_av, options: {classes: ravdess8, seconds: 0.5, frames: 4, teacher_speakers: 2,"
