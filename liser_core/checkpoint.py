@@ -257,6 +257,8 @@ def load_component(directory: str | Path, registry, *, kind: str, **inject: Any)
         raise UsageError(f"{cfg_path}: {kind} {name!r} rejects the saved options: {exc}") from None
     load_weights(module, directory, f"{kind} {config['name']!r}")
     module.liser_spec = {"name": config["name"], "options": config["options"], "plugin": entry.plugin, "defaults": defaults}
+    if kind == "student" and isinstance(config.get("train_seconds"), (int, float)):
+        module.liser_spec["train_seconds"] = config["train_seconds"]  # its window: saved again with it
     module.liser_checkpoint = str(directory)  # where it came from: the leak guard reads its fit sets there
     if kind == "teacher" and isinstance(config.get("card"), dict):  # provenance comes back with it
         from .components import TeacherCard

@@ -248,7 +248,9 @@ class Student(nn.Module):
             label_space=self.label_space,
             # the factory defaults it was built with: loaded later, it is this model whatever the defaults then
             extra={"sample_rate": self.sample_rate, "num_parameters": self.num_parameters(),
-                   "defaults": spec.get("defaults", {}), **extra},
+                   "defaults": spec.get("defaults", {}),
+                   # the clip length it was trained on (predict's window), when it was loaded with one
+                   **({"train_seconds": spec["train_seconds"]} if "train_seconds" in spec else {}), **extra},
             plugin=spec.get("plugin"),
         )
 

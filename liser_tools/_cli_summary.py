@@ -278,10 +278,15 @@ def _paired(runs: Sequence[dict]) -> dict[str, dict]:
 
 
 def _get(d: Any, dotted: str) -> Any:
+    """The value at a dotted key, into lists by index (``distil.losses.0.options.temperature``:
+    how :func:`liser_common.provenance.diff_keys` names a difference)."""
     for part in dotted.split("."):
-        if not isinstance(d, dict) or part not in d:
+        if isinstance(d, list) and part.isdigit() and int(part) < len(d):
+            d = d[int(part)]
+        elif isinstance(d, dict) and part in d:
+            d = d[part]
+        else:
             return None
-        d = d[part]
     return d
 
 

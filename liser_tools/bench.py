@@ -676,6 +676,15 @@ def _run_items(grid: Grid, host, todo: list[dict], rows: list[dict], results_pat
     return ran, skipped, spent
 
 
+def _board_comparisons(grid: Grid, rows: list[dict], more_flags=None) -> list[dict]:
+    """The grid's paired comparisons as comparisons.md has them (the report's fraction axis not
+    compared: its effect is not in question); --plan's repeats advice reads the same."""
+    from liser_tools import compare
+
+    fraction_axis = (grid.report or {}).get("fraction")
+    return compare.comparisons(rows, grid.repeat, skip_axes=[fraction_axis] if fraction_axis else [], more_flags=more_flags)
+
+
 def repeats_advice(grid: Grid, items: list[dict] | None = None) -> list[str]:
     """What ``--plan`` says about repeats: the grid's n per row (a warning below 3) and, from the
     spread of the paired differences in its ``results.csv`` so far, the repeats a difference of
@@ -693,7 +702,7 @@ def repeats_advice(grid: Grid, items: list[dict] | None = None) -> list[str]:
     rows = read_results(grid.output / "results.csv") if (grid.output / "results.csv").is_file() else []
     if items is not None:
         rows = current_rows(items, rows)[0]
-    power = compare.power_lines(compare.comparisons(rows, grid.repeat)) if rows else []
+    power = compare.power_lines(_board_comparisons(grid, rows)) if rows else []
     out += power or ["repeats needed: no finished runs to estimate the spread from yet (rerun --plan after some)"]
     return out
 
@@ -756,8 +765,7 @@ def write_leaderboard(grid: Grid, rows: list[dict], missing: Sequence[str] = ())
 
     folds = _fold_flags()
     table = compare.board_entries(rows, grid.repeat, folds)
-    fraction_axis = (grid.report or {}).get("fraction")
-    comps = compare.comparisons(rows, grid.repeat, skip_axes=[fraction_axis] if fraction_axis else [], more_flags=folds)
+    comps = _board_comparisons(grid, rows, folds)
     lines = [
         f"# Leaderboard: {Path(grid.recipe).name}",
         "",

@@ -420,6 +420,12 @@ def test_plan_estimates_repeats_from_this_grids_current_rows_only(tmp_path):
     assert "no finished runs to estimate the spread from yet" in repeats_advice(grid, items)[-1]
     write_results(tmp_path / "results.csv", rows("a", "fp"))
     assert "to detect 0.05 UAR" in " ".join(repeats_advice(grid, items))
+    # the comparisons it reads are comparisons.md's: the report's fraction axis is not compared
+    from liser_tools.bench import _board_comparisons
+
+    grid.report = {"fraction": "a"}
+    assert len(_board_comparisons(grid, rows("a", "fp"))) == 2  # distilled vs labels only, per a
+    assert f"over {len(_board_comparisons(grid, rows('a', 'fp')))} comparisons" in " ".join(repeats_advice(grid, items))
 
 
 def test_a_board_row_over_some_folds_of_the_protocol_is_flagged(tmp_path):

@@ -358,6 +358,11 @@ def test_a_saved_student_is_rebuilt_with_the_defaults_it_was_built_with(run_tiny
         student = Student.from_pretrained(folder)
     assert student.dropout.p == 0.3
     assert "was built with a_parameter_since_removed=1, which it no longer takes" in caplog.text
+    # loaded and saved again: the same config (its window, train_seconds, included) and weights
+    student.save_pretrained(tmp_path / "again")
+    again = json.loads((tmp_path / "again" / "config.json").read_text())
+    assert again["train_seconds"] == config["train_seconds"] and again["weights_sha256"] == config["weights_sha256"]
+    assert again["defaults"] == {k: v for k, v in config["defaults"].items() if k != "a_parameter_since_removed"}
 
 
 class _StopOnce:

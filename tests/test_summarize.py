@@ -73,6 +73,20 @@ def test_runs_of_different_recipes_are_never_averaged_together(tmp_path, capsys)
     assert len(merged["groups"]) == 1 and merged["summary"]["student"]["uar"]["n"] == 3
 
 
+def test_groups_that_differ_inside_a_list_item_are_named_by_its_value(tmp_path, capsys):
+    """Two loss temperatures are two recipes, named distil.losses.0.options.temperature=1.0 and
+    =2.0 (the value was read as None, so both groups read alike)."""
+    runs = []
+    for i, t in enumerate((1.0, 1.0, 2.0)):
+        runs.append(fake_run(tmp_path / f"r{i}", i + 1, 0.3 + 0.1 * i, 0.5))
+        (tmp_path / f"r{i}" / "config.yaml").write_text(
+            f"seed: {i}\ndistil: {{losses: [{{name: kl, options: {{temperature: {t}}}}}, {{name: ce}}]}}\n"
+            f"data:\n  options: {{fold: {i + 1}}}\n")
+    assert main(["summarize", *runs, "--json"]) == 0
+    groups = json.loads(capsys.readouterr().out)["groups"]
+    assert sorted((g["differs"]["distil.losses.0.options.temperature"], len(g["runs"])) for g in groups) == [(1.0, 2), (2.0, 1)]
+
+
 def test_flagged_runs_are_marked(tmp_path, capsys):
     a = fake_run(tmp_path / "a", 1, 0.5, 0.5)
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
