@@ -67,9 +67,10 @@ def _defaults(schema: type) -> dict[str, Any]:
 
 def _unwrap(typ: Any) -> Any:
     """``X`` of ``X | None``."""
+    import types
     import typing
 
-    if typing.get_origin(typ) in (typing.Union, getattr(__import__("types"), "UnionType", typing.Union)):
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(typ) if a is not type(None)]
         return args[0] if len(args) == 1 else typ
     return typ

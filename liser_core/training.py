@@ -305,7 +305,7 @@ def train(
             if validate is not None:
                 metrics.update(_validate(validate, modules, device))
                 if tracking:
-                    best = _track_best(prog, epoch, metrics[f"val_{stop.metric}"], stop, modules, best, name)
+                    best = _track_best(prog, epoch, metrics[f"val_{stop.metric}"], stop, modules, best)
             prog.history.append(metrics)
             prog.epoch, prog.batch, prog.sums, prog.n, prog.seconds = epoch + 1, 0, {}, 0, 0.0
             prog.finished = prog.epoch >= cfg.epochs or prog.stopped
@@ -390,7 +390,7 @@ def _load_changing(modules, state: dict[str, torch.Tensor]) -> None:
                     own[k].copy_(value.to(own[k].device))
 
 
-def _track_best(prog, epoch: int, value: float, stop, modules, best: dict, name: str) -> dict:
+def _track_best(prog, epoch: int, value: float, stop, modules, best: dict) -> dict:
     lower = stop.metric == "loss"
     if prog.best_value is None or (value < prog.best_value if lower else value > prog.best_value):
         prog.best_epoch, prog.best_value = epoch, float(value)
