@@ -141,7 +141,9 @@ def load_run(path: Path) -> dict[str, Any]:
             confusion[name] = c
     out.update(
         status=m.get("status"), corpus=m.get("corpus"), split=m.get("split"), seed=(cfg or {}).get("seed"),
-        fold=opts.get("fold"), models=models, config=cfg, flags=flags,
+        fold=opts.get("fold") if opts.get("fold") is not None else ((m.get("protocol") or {}).get("fold")
+                                                                   if isinstance(m.get("protocol"), dict) else None),
+        models=models, config=cfg, flags=flags,
         warnings=list(m.get("warnings") or []), confusion=confusion,
         code=code_string(m["code"]) if isinstance(m.get("code"), dict) and m["code"] else "",
         inputs=_recorded_inputs(path), protocol=m.get("protocol") if isinstance(m.get("protocol"), dict) else None,
@@ -197,10 +199,25 @@ def _recorded_inputs(path: Path) -> dict:
     return inputs if isinstance(inputs, dict) else {}
 
 
+def _over_keys(cfg: Any, over: Sequence[str]) -> list[str]:
+    """``over`` as keys of this run's recipe: a cross-corpus run's fold is its parts' (the test
+    corpus's fold and any part built from the same corpus), ``data.options.parts.<role>.options.fold``."""
+    keys = list(over)
+    data = (cfg or {}).get("data") if isinstance(cfg, dict) else None
+    parts = ((data or {}).get("options") or {}).get("parts") if isinstance(data, dict) else None
+    if "data.options.fold" in over and isinstance(parts, dict):
+        keys += [f"data.options.parts.{role}.options.fold" for role in sorted(parts, key=str)
+                 if isinstance(parts[role], dict) and isinstance(parts[role].get("options"), dict)
+                 and "fold" in parts[role]["options"]]
+    return keys
+
+
 def _group_recipe(r: dict, over: Sequence[str]) -> dict | None:
     """What a run is grouped by: its recipe less ``over`` and the result-free keys, with the
     contents of the files it named by path."""
     from liser_core.config import RecipeConfig
+
+    over = _over_keys(r["config"], over)
 
     recipe = (recipe_view(_bare_first_party(r["config"]), (*RESULT_FREE_KEYS, *over), RecipeConfig)
               if r["config"] is not None else None)
@@ -216,7 +233,8 @@ def repeats_of_one_run(runs: Sequence[dict], over: Sequence[str]) -> dict[str, s
     first: dict[str, str] = {}
     out = {}
     for r in runs:
-        key = json.dumps([_group_recipe(r, over), [_get(r["config"] or {}, k) for k in over]], sort_keys=True, default=str)
+        key = json.dumps([_group_recipe(r, over), [_get(r["config"] or {}, k) for k in _over_keys(r["config"], over)]],
+                         sort_keys=True, default=str)
         if key in first:
             out[r["run"]] = first[key]
         else:

@@ -45,6 +45,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig
@@ -91,6 +92,9 @@ class Grid:
     #: ``key=value`` arguments of ``liser bench GRID key=value``: applied after the axes
     #: (:func:`check_cli_overrides`, :func:`after_axes`)
     cli_overrides: list[str] = field(default_factory=list)
+    #: combinations left out of the product: each ``{axis: label or [labels]}`` leaves out those
+    #: that have one of its labels on every axis it names (:func:`_check_exclude`)
+    exclude: list[dict[str, list[str]]] = field(default_factory=list)
 
     def store_dir(self) -> Path | None:
         """The teacher store every combination uses, or None."""
@@ -103,6 +107,8 @@ class Grid:
         out = []
         for labels in itertools.product(*(list(self.axes[a]) for a in names)):
             chosen = dict(zip(names, labels))
+            if any(all(chosen[a] in labs for a, labs in ex.items()) for ex in self.exclude):
+                continue
             overrides = [o for a, lab in chosen.items() for o in self.axes[a][lab]]
             out.append((chosen, overrides))
         return out
@@ -116,7 +122,7 @@ def load_grid(path: str | Path, output: str | Path | None = None) -> Grid:
         raw = typedyaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError("", f"{path}: invalid YAML: {one_line(exc)}") from None
-    known = {"recipe", "overrides", "axes", "repeat", "store", "output", "plot_axis", "report", "executor"}
+    known = {"recipe", "overrides", "axes", "repeat", "store", "output", "plot_axis", "report", "executor", "exclude"}
     for key in raw:
         if key not in known:
             from liser_core.errors import close_matches
@@ -141,6 +147,7 @@ def load_grid(path: str | Path, output: str | Path | None = None) -> Grid:
                 raise ConfigError(f"axes.{a}.{lab}", "must be a list of key=value overrides")
             for text in labels[lab]:
                 _check_placed(text, f"in {path}'s axis {a}, label {lab}")
+    exclude = _check_exclude(raw.get("exclude"), axes, path)
     repeat = list(raw.get("repeat") or [])
     for r in repeat:
         if r not in axes:
@@ -168,8 +175,40 @@ def load_grid(path: str | Path, output: str | Path | None = None) -> Grid:
     overrides = list(raw.get("overrides") or [])
     for text in overrides:
         _check_placed(text, f"in {path}'s overrides")
-    return Grid(str(recipe), overrides, axes, repeat, store, out, plot_axis, report, executor=raw.get("executor"),
-                source=path.resolve())
+    grid = Grid(str(recipe), overrides, axes, repeat, store, out, plot_axis, report, executor=raw.get("executor"),
+                source=path.resolve(), exclude=exclude)
+    if not grid.combinations():
+        raise ConfigError("exclude", f"leaves no combination of the axes to run (in {path})")
+    return grid
+
+
+def _check_exclude(raw: Any, axes: dict[str, dict[str, list[str]]], path: Path) -> list[dict[str, list[str]]]:
+    """The grid's ``exclude:`` list, checked: each entry maps axes to one label or a list of
+    labels of that axis (``{target: savee, fold: ["5", "6"]}``: SAVEE has 4 folds where RAVDESS
+    has 6). A name that is no axis or label is refused, never matched against nothing."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError("exclude", f"must be a list of {{axis: label or [labels]}} (in {path})")
+    out = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, dict) or not entry:
+            raise ConfigError(f"exclude.{i}", f"must map axes to a label or a list of labels, got {entry!r} (in {path})")
+        checked: dict[str, list[str]] = {}
+        for axis, labels in entry.items():
+            axis = str(axis)
+            if axis not in axes:
+                from liser_core.errors import close_matches
+
+                raise ConfigError(f"exclude.{i}.{axis}", f"is not an axis (in {path})", close_matches(axis, list(axes)))
+            labels = labels if isinstance(labels, list) else [labels]
+            for lab in labels:
+                if not isinstance(lab, (str, int, float, bool)) or str(lab) not in axes[axis]:
+                    raise ConfigError(f"exclude.{i}.{axis}", f"{lab!r} is not a label of axis {axis} "
+                                      f"(labels: {', '.join(map(str, axes[axis]))}; in {path})")
+            checked[axis] = [str(lab) for lab in labels]
+        out.append(checked)
+    return out
 
 
 #: which grid an output folder holds (its board, tables and figures are that grid's)

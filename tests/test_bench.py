@@ -119,6 +119,25 @@ def test_grid_errors_name_the_key(tmp_path):
         load_grid(bad)
 
 
+def test_exclude_leaves_combinations_out_and_refuses_names_the_grid_lacks(tmp_path):
+    g = tmp_path / "g.yaml"
+    axes = "axes: {target: {rav: [a=1], sav: [a=2]}, fold: {'1': [f=1], '2': [f=2], '3': [f=3]}}\n"
+    g.write_text("recipe: x.yaml\n" + axes + "exclude: [{target: sav, fold: ['2', '3']}]\n")
+    combos = [c for c, _ in load_grid(g).combinations()]
+    assert combos == [{"target": "rav", "fold": "1"}, {"target": "rav", "fold": "2"}, {"target": "rav", "fold": "3"},
+                      {"target": "sav", "fold": "1"}]
+    g.write_text("recipe: x.yaml\n" + axes + "exclude: [{fold: 3}]\n")  # one label, a number read as its label
+    assert len(load_grid(g).combinations()) == 4
+    for bad, match in (("[{targt: sav}]", "exclude.0.targt: is not an axis"),
+                       ("[{target: savee}]", "'savee' is not a label of axis target"),
+                       ("{target: sav}", "must be a list"),
+                       ("[{}]", "must map axes"),
+                       ("[{target: [rav, sav]}]", "leaves no combination")):
+        g.write_text("recipe: x.yaml\n" + axes + f"exclude: {bad}\n")
+        with pytest.raises(ConfigError, match=match):
+            load_grid(g)
+
+
 def test_an_edited_grid_reruns_what_changed_and_says_so(grid_file, tmp_path, caplog, capsys):
     host = load_plugins()
     out_dir = tmp_path / "out"

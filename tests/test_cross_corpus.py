@@ -257,8 +257,9 @@ def test_the_grid_plans_on_fixture_trees(roots, tiny_wavlm, tmp_path, capsys):
     rc = main(["bench", str(grid), "--plan", "-o", str(tmp_path / "out"), f"teachers.0.options.model={tiny_wavlm}"])
     out = capsys.readouterr()
     assert rc == 0, out.err[-2000:]
-    # 2 teacher corpora x 2 targets x 4 folds; one speech-teacher fit per teacher corpus
-    assert "plan: 16 runs (0 done, 0 stale, 16 to run)" in out.out + out.err
+    # 2 teacher corpora x (RAVDESS's 6 folds + SAVEE's 4: its folds 5 and 6 excluded); one
+    # speech-teacher fit per teacher corpus
+    assert "plan: 20 runs (0 done, 0 stale, 20 to run)" in out.out + out.err
     assert "teacher fits: 2 hf_speech" in out.out + out.err
 
 
@@ -317,3 +318,48 @@ def test_an_iemocap_teacher_is_refused_where_its_clips_are_the_cross_corpus_test
     metrics = json.loads((tmp_path / "f2" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and "test_overlap" in metrics["flags"]
     assert any(f"{n_leak} test clip(s)" in w and "NOT a fair estimate" in w for w in metrics["warnings"])
+
+
+def test_the_test_corpus_fold_is_the_runs_fold(tmp_path):
+    """A cross-corpus run's scores are one fold of its test corpus's protocol: its protocol record
+    says which of how many (so bench and summarize can tell an average over some folds), and the
+    description names it; a test part that takes 'all' of its corpus is no fold."""
+    opts = tree(tmp_path)
+    parts = recipe_parts(opts)
+    for k in (1, 2):
+        target = {"name": "emobox", "options": {**opts["iemocap"], "fold": k, "label_fraction": 0.5}}
+        c = cross_corpus({**parts, "labeled": target, "test": target})
+        rec = c.protocol.to_dict()
+        assert (rec["fold"], rec["folds"]) == (k, 5)  # IEMOCAP: EmoBox's 5 session folds
+        assert f"test: iemocap test (fold {k} of 5)" in rec["description"]
+    whole = cross_corpus({**parts, "test": {"name": "emobox", "split": "all", "options": opts["savee"]}})
+    assert (whole.protocol.fold, whole.protocol.folds) == (None, None)
+
+
+def test_summarize_averages_a_cross_corpus_recipe_over_its_test_folds(tmp_path):
+    """Runs of one cross-corpus recipe that differ only in the test part's fold are one group
+    (the fold is the repeat axis, as data.options.fold is for one corpus), each row shows its
+    fold, and two of five folds are flagged folds_incomplete."""
+    import json
+
+    import yaml
+
+    from liser_tools._cli_summary import group_runs, load_run
+
+    def fake_run(name: str, fold: int) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        part = {"name": "emobox", "options": {"corpus": "iemocap", "metadata": "m", "root": "r", "fold": fold}}
+        cfg = {"seed": 0, "data": {"name": "cross_corpus", "options": {"classes": "emobox4",
+                                                                       "parts": {"labeled": part, "test": part}}}}
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (d / "metrics.json").write_text(json.dumps({
+            "status": "completed", "student": {"uar": 0.5 + fold / 100, "accuracy": 0.5, "macro_f1": 0.5},
+            "protocol": {"fold": fold, "folds": 5, "description": "cross-corpus"}}))
+        return d
+
+    runs = [load_run(fake_run(f"f{k}", k)) for k in (1, 2)]
+    assert [r["fold"] for r in runs] == [1, 2]
+    groups = group_runs(runs, ("seed", "data.options.fold"))
+    assert len(groups) == 1 and len(groups[0]["runs"]) == 2
+    assert "folds_incomplete" in groups[0]["flags"] and groups[0]["folds"] == "folds 1, 2 of 5 (seed 0)"

@@ -85,6 +85,7 @@ def cross_corpus(
     missing: dict[str, dict[str, list[str]]] = {}
     subset: dict[str, dict[str, list[str]]] = {}
     described = []
+    test_fold: tuple[int | None, int | None] = (None, None)
     all_members: dict[str, str] = {}  # member key -> role that takes its 'all'
     for role, part in parts.items():
         if not isinstance(part, dict) or "name" not in part:
@@ -135,7 +136,11 @@ def cross_corpus(
             notes.append(f"parts.{role} ({prefix}): classes outside {space.name} left out: "
                          + ", ".join(f"{k} ({n})" for k, n in sorted(dropped.items())))
         splits[role] = sorted(out, key=lambda c: c.clip_id)
-        described.append(f"{role}: {prefix} {take}")
+        fold_of = getattr(getattr(member, "protocol", None), "fold", None) if take != "all" else None
+        folds_of = getattr(getattr(member, "protocol", None), "folds", None) if take != "all" else None
+        if role == "test":  # the scores are one fold of the test corpus's protocol: averaged per fold
+            test_fold = (fold_of, folds_of) if isinstance(fold_of, int) and isinstance(folds_of, int) else (None, None)
+        described.append(f"{role}: {prefix} {take}" + (f" (fold {fold_of} of {folds_of})" if fold_of and folds_of else ""))
         problems += [p for p in getattr(member, "index_problems", []) if p not in problems]
         notes += [n for n in getattr(member, "notes", []) if n not in notes]
         if take in ("test", "all"):
@@ -164,6 +169,7 @@ def cross_corpus(
         speakers={s: sorted({c.speaker for c in cl}) for s, cl in full.items()}, notes=notes,
         missing={"test": missing["test"]} if "test" in missing else {},
         subset={"test": subset["test"]} if "test" in subset else {},
+        fold=test_fold[0], folds=test_fold[1],
     )
     for n in notes:
         log.warning(n)
