@@ -55,6 +55,8 @@ class PluginInfo:
     error: str = ""  # why it failed, one line
     traceback: str = ""  # full traceback of the failure
     components: dict[str, list[str]] = field(default_factory=dict)  # kind -> names it registered
+    #: declared by the LiSER distribution that runs (not by another package that calls itself liser)
+    ours: bool = False
 
 
 class Registries:
@@ -202,12 +204,16 @@ class PluginHost:
             autoload = not os.environ.get(DISABLE_AUTOLOAD_ENV)
         block = set(block)
         declared: dict[str, list] = {}
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):  # one per distribution name
+        ours: set[int] = set()  # id() of the entry points of the LiSER that runs
+        for ep, is_ours in _declared_entry_points():
             declared.setdefault(ep.name, []).append(ep)
+            if is_ours:
+                ours.add(id(ep))
+        self._ours = ours
         eps, shadowed = {}, []
         for name, candidates in declared.items():
             # LiSER's own keep their names; otherwise the first on sys.path wins, like importlib
-            ranked = sorted(candidates, key=lambda ep: 0 if _dist_name(ep) == FIRST_PARTY else 1)
+            ranked = sorted(candidates, key=lambda ep: 0 if id(ep) in ours else 1)
             eps[name] = ranked[0]
             shadowed += [(name, ep, ranked[0]) for ep in ranked[1:]]
         for flag, names in (("", only), ("no:", block)):
@@ -219,13 +225,12 @@ class PluginHost:
                 )
 
         def order(item):  # LiSER's own plugins first, then by name (a stable order)
-            dist = getattr(item[1], "dist", None)
-            return (0 if dist is not None and dist.name == FIRST_PARTY else 1, item[0])
+            return (0 if id(item[1]) in ours else 1, item[0])
 
         for name, ep, winner in shadowed:
-            info = PluginInfo(name=name, module=ep.value, distribution=_dist_name(ep),
+            info = PluginInfo(name=name, module=ep.value, distribution=_dist_label(ep, id(ep) in ours),
                               version=getattr(getattr(ep, "dist", None), "version", "") or "", status="shadowed")
-            info.error = (f"plugin name {name!r} is also declared by {_dist_name(winner) or winner.value}, "
+            info.error = (f"plugin name {name!r} is also declared by {_dist_label(winner, id(winner) in ours) or winner.value}, "
                           "which is loaded under it; this one is not (rename one of the entry points)")
             log.warning("plugin %r of %s not loaded: %s", name, info.distribution or ep.value, info.error)
             self.plugins.append(info)
@@ -234,8 +239,9 @@ class PluginHost:
             info = PluginInfo(
                 name=name,
                 module=ep.value,
-                distribution=dist.name if dist else "",
+                distribution=_dist_label(ep, id(ep) in ours),
                 version=dist.version if dist else "",
+                ours=id(ep) in ours,
             )
             if name in block:
                 info.status = "blocked"
@@ -293,12 +299,82 @@ def first_party(info: PluginInfo) -> bool:
     package (a package that only calls its distribution ``liser`` does not make its components
     first-party, which would let their bare names win)."""
     module = str(info.module or "")
-    return info.distribution == FIRST_PARTY and (module == FIRST_PARTY_PACKAGE or module.startswith(FIRST_PARTY_PACKAGE + "."))
+    return (info.ours and info.distribution == FIRST_PARTY
+            and (module == FIRST_PARTY_PACKAGE or module.startswith(FIRST_PARTY_PACKAGE + ".")))
 
 
 def _dist_name(ep) -> str:
     dist = getattr(ep, "dist", None)
     return dist.name if dist is not None else ""
+
+
+def _dist_label(ep, ours: bool) -> str:
+    """The package that declares an entry point, as records name it: another package that calls
+    its distribution ``liser`` is named with where it lies, never as LiSER."""
+    name = _dist_name(ep)
+    if name == FIRST_PARTY and not ours:
+        return f"{name} (not LiSER: {_dist_location(ep.dist)})"
+    return name
+
+
+def _dist_location(dist) -> str:
+    try:
+        return str(dist.locate_file("")) if dist is not None else "?"
+    except Exception:  # noqa: BLE001 - a distribution of an odd finder: where it is stays unknown
+        return "?"
+
+
+def _runs_here(dist) -> bool:
+    """Whether a distribution named ``liser`` is the LiSER that runs: its folder holds the
+    ``liser_core`` imported here (a wheel in site-packages, the checkout's egg-info), or it is an
+    editable install of the folder that does."""
+    import json
+    from pathlib import Path
+    from urllib.parse import unquote, urlparse
+
+    from . import __file__ as core_file
+
+    here = Path(core_file).resolve().parent.parent
+    try:
+        if Path(str(dist.locate_file(""))).resolve() == here:
+            return True
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    except Exception:  # noqa: BLE001 - unreadable metadata: not shown to be ours
+        return False
+    url = direct.get("url") or "" if isinstance(direct, dict) else ""
+    return url.startswith("file:") and Path(unquote(urlparse(url).path)).resolve() == here
+
+
+def _declared_entry_points() -> list[tuple[Any, bool]]:
+    """Every ``liser`` entry point with whether the LiSER that runs declares it. Like
+    importlib, one distribution per name (the first on sys.path), except that a package which
+    only calls itself ``liser`` neither hides LiSER's own entry points nor counts as LiSER: it
+    loads as a third party's, under its location, with a warning. Where no distribution can be
+    shown to be the LiSER that runs (imported from a folder no installed metadata covers), the
+    first named ``liser`` is taken for it, as importlib would."""
+    seen: set[str] = set()
+    found: list[tuple[Any, Any, bool]] = []  # (dist, its entry points, ours)
+    for dist in importlib.metadata.distributions():
+        try:
+            name = (dist.metadata["Name"] or "").strip().lower().replace("_", "-")
+        except Exception:  # noqa: BLE001 - a broken metadata file: skipped, as importlib skips it
+            continue
+        ours = name == FIRST_PARTY and _runs_here(dist)
+        key = "\0ours" if ours else name
+        if not name or key in seen:
+            continue
+        seen.add(key)
+        found.append((dist, [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP], ours))
+    if not any(o for _, _, o in found):
+        named = [i for i, (d, _, _) in enumerate(found) if (d.metadata["Name"] or "").lower() == FIRST_PARTY]
+        if named:
+            d, eps, _ = found[named[0]]
+            found[named[0]] = (d, eps, True)
+    for dist, _, ours in found:
+        if not ours and (dist.metadata["Name"] or "").lower() == FIRST_PARTY:
+            log.warning("a package calls its distribution %r at %s but is not the LiSER that runs; its plugins "
+                        "load as a third party's (their names never take LiSER's)", FIRST_PARTY, _dist_location(dist))
+    return [(ep, ours) for _, eps, ours in found for ep in eps]
 
 
 def load_plugins(

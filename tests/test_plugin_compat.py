@@ -20,7 +20,7 @@ import yaml
 import liser_core
 from liser_common import provenance
 from liser_core.engine import Engine, prepare_config
-from liser_core.errors import AmbiguousComponentError, ConfigError
+from liser_core.errors import AmbiguousComponentError, ConfigError, UsageError
 from liser_tools.bench import rows_of_run
 from liser_tools.cli import main as cli_main
 from liser_tools.testing import TINY_OVERRIDES, TINY_RECIPE
@@ -265,8 +265,59 @@ def test_a_package_calling_itself_liser_is_not_first_party(fake_distribution, tm
     fake_distribution("liser", {"posing": "posing"}, path=src)
     host = liser_core.load_plugins()
     (info,) = [p for p in host.plugins if p.name == "posing"]
-    assert info.status == "loaded" and info.distribution == "liser"
+    assert info.status == "loaded" and info.distribution.startswith("liser (not LiSER: ")
     assert host.registries.loss.get("posing:newloss").first_party is False
+
+
+IMPOSTOR = """
+import torch
+from liser_core import hookimpl
+from liser_plugins.losses import KLDivergence
+
+class Zero(KLDivergence):
+    def forward(self, student, batch, targets):
+        return student.logits.sum() * 0.0
+
+@hookimpl
+def liser_register_losses(registry):
+    registry.register("kl", Zero)
+"""
+
+
+@pytest.mark.parametrize("copy_ours", [True, False])
+def test_a_package_named_liser_first_on_the_path_neither_hides_nor_replaces_liser(copy_ours, fake_distribution,
+                                                                                tmp_path, monkeypatch, caplog):
+    """importlib.metadata keeps one distribution per name, the first on sys.path: a package that
+    called its distribution ``liser`` hid every LiSER plugin (runs failed: "unknown combiner") or,
+    declaring LiSER's entry-point names, replaced them -- its ``kl`` returning 0 ran as LiSER's
+    ``kl``, recorded as ``liser 0.1.0``. The LiSER that runs is found by location: its plugins all
+    load under their names, the impostor's load as a third party's, named by where it lies."""
+    import importlib.metadata
+
+    monkeypatch.delenv("LISER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "impostor.py").write_text(IMPOSTOR)
+    ours = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="liser") if ep.value.startswith("liser_plugins")}
+    eps = {**ours, "losses": "impostor"} if copy_ours else {"impostor": "impostor"}
+    fake_distribution("liser", eps, version="9.9", path=src)
+    with caplog.at_level("WARNING", logger="liser.plugins"):
+        host = liser_core.load_plugins()
+    loaded = {p.name: p for p in host.plugins if p.status == "loaded"}
+    assert set(ours) <= set(loaded) and all(loaded[n].ours and loaded[n].distribution == "liser" for n in ours)
+    assert "per_class" in host.registries.combiner  # every first-party registry filled
+    kl = host.registries.loss.get("losses:kl")
+    assert kl.first_party and kl.factory.__module__ == "liser_plugins.losses"
+    if copy_ours:  # its `losses` entry point is shadowed by LiSER's: kl is LiSER's alone
+        assert host.registries.loss.get("kl") is kl
+    else:  # a third party's kl beside LiSER's: the bare name is refused, naming both (docs/plugins.md, Names)
+        with pytest.raises(UsageError, match="impostor:kl, losses:kl"):
+            host.registries.loss.get("kl")
+    impostor = [p for p in host.plugins if p.module == "impostor"]
+    assert len(impostor) == 1 and impostor[0].distribution.startswith("liser (not LiSER: ")
+    assert impostor[0].status == ("shadowed" if copy_ours else "loaded") and not impostor[0].ours
+    assert host.code_versions()["liser"] == liser_core.__version__
+    assert any("is not the LiSER that runs" in r.getMessage() for r in caplog.records)
 
 
 def test_a_teacher_checkpoint_is_the_teacher_the_recipe_names_with_its_saved_options(run_tiny, tmp_path, capsys):
