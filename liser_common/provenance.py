@@ -167,6 +167,43 @@ def package_code(version: str, directory: str | None) -> dict[str, Any]:
     return {"version": version, **state}
 
 
+#: files of a plugin package hashed whole; a larger one counts by name and size (weights shipped in
+#: a package: a reinstall is not re-read every time plugins load)
+SOURCE_FILE_LIMIT = 8 << 20
+#: a package of more files than this is not digested (its version alone names it)
+SOURCE_FILES_MAX = 5000
+
+
+@functools.cache
+def source_digest(origin: str) -> str | None:
+    """sha256 (hex) of a package's files (``origin``: its ``__init__.py``; for a single-module
+    plugin, that file alone), their paths relative to it and contents, bytecode caches left out;
+    None when it cannot be read or has more than :data:`SOURCE_FILES_MAX` files. What names a
+    plugin's code where no git commit does (a wheel): the same version edited or reinstalled
+    with other code is other code. Cached per process."""
+    from pathlib import Path
+
+    path = Path(origin)
+    try:
+        if path.name == "__init__.py":
+            files = sorted(p for p in path.parent.rglob("*")
+                           if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo"))
+            root = path.parent
+        else:
+            files, root = [path], path.parent
+        if len(files) > SOURCE_FILES_MAX:
+            return None
+        h = hashlib.sha256()
+        for f in files:
+            size = f.stat().st_size
+            h.update(f"{f.relative_to(root).as_posix()}\0{size}\0".encode())
+            if size <= SOURCE_FILE_LIMIT:
+                h.update(f.read_bytes())
+        return h.hexdigest()
+    except (OSError, ValueError):
+        return None
+
+
 def code_label(entry: Mapping[str, Any]) -> str:
     """``0.1.0@1a2b3c4d5e6f`` (``+dirty`` when the checkout had uncommitted changes; no ``@``
     when the commit is unknown): how tables and records name one package's code."""

@@ -98,31 +98,53 @@ class PluginHost:
             getattr(self.pm.hook, hook).call_historic(kwargs={"registry": self.registries[kind]})
 
     def code_versions(self) -> dict[str, str]:
-        """LiSER's version and every loaded plugin package's, by package name."""
+        """LiSER's version and every loaded plugin package's (:meth:`package_version`), by
+        package name: what fingerprints, fit keys and stored outputs are keyed on."""
         from . import __version__
 
         return {"liser": __version__} | {
-            p.distribution: p.version or "?" for p in self.plugins if p.distribution and p.status == "loaded"
+            p.distribution: self.package_version(p) for p in self.plugins
+            if p.distribution and p.status == "loaded" and not first_party(p)
         }
+
+    def package_version(self, info: PluginInfo) -> str:
+        """A plugin package's version as records key on it: its declared version, and where it
+        runs from no git checkout (a wheel), a digest of its files: ``1.2+src.1a2b3c4d5e6f``.
+        The same version edited or reinstalled with other code is then other code to every
+        record that compares versions (finished runs, grid rows, fitted teachers, stored
+        outputs, resumes), as an upgrade is; a checkout's commit names its code instead."""
+        return self._package_state(info)["version"]
+
+    def _package_state(self, info: PluginInfo) -> dict[str, Any]:
+        import importlib.util
+
+        from liser_common.provenance import package_code, source_digest
+
+        states = self.__dict__.setdefault("_states", {})
+        if info.distribution not in states:
+            try:
+                spec = importlib.util.find_spec(info.module.split(":")[0].split(".")[0])
+            except (ImportError, ValueError):
+                spec = None
+            origin = spec.origin if spec is not None and spec.origin and spec.origin != "built-in" else None
+            state = package_code(info.version or "?", os.path.dirname(origin) if origin else None)
+            digest = source_digest(origin) if origin and state.get("commit") is None else None
+            if digest:
+                state["version"] = f"{state['version']}+src.{digest[:12]}"
+            states[info.distribution] = state
+        return dict(states[info.distribution])
 
     def code_sources(self) -> dict[str, dict[str, Any]]:
         """:meth:`code_versions` with each package's git commit and dirty flag where it runs
         from a checkout (``liser_common.provenance.code_version``): what run records, results
         rows and model cards say the code was."""
-        import importlib.util
-
-        from liser_common.provenance import code_version, package_code
+        from liser_common.provenance import code_version
 
         out: dict[str, dict[str, Any]] = {"liser": code_version()}
         for p in self.plugins:
-            if not p.distribution or p.status != "loaded" or p.distribution in out or p.distribution == FIRST_PARTY:
+            if not p.distribution or p.status != "loaded" or p.distribution in out or first_party(p):
                 continue
-            try:
-                spec = importlib.util.find_spec(p.module.split(":")[0].split(".")[0])
-            except (ImportError, ValueError):
-                spec = None
-            origin = spec.origin if spec is not None and spec.origin else None
-            out[p.distribution] = package_code(p.version or "?", os.path.dirname(origin) if origin else None)
+            out[p.distribution] = self._package_state(p)
         return out
 
     # -- loading ------------------------------------------------------------------------------

@@ -107,6 +107,9 @@ class RunContext:
     targets: TargetTable | None = None
     evaluations: list[EvalResult] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    #: the longest labeled clip the student was distilled on, in seconds (from its batches): its
+    #: window at inference where the corpus knows no durations before decoding
+    labeled_seconds_seen: float | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     #: short markers every table shows next to this run's scores (e.g. "test_overlap")

@@ -735,8 +735,12 @@ class Engine:
             return
         try:  # the training clip length, for windowing long inputs at inference
             longest = max((c.seconds for c in self.run.split("labeled")), default=None)
-        except ValueError:  # lazily loaded clips without a known duration
-            longest = None
+        except ValueError:  # lazily loaded clips without a known duration: the longest the student was given
+            longest = self.run.labeled_seconds_seen
+        if longest is None:
+            self.run.warn("the student's training clip length is unknown (no labeled clip was distilled on in this "
+                      "session): its config.json records no train_seconds, so `liser predict` and `liser serve` "
+                      "score long inputs in one window unless --window is given")
         self.run.student.save_pretrained(self.run.run_dir / "student", train_seconds=longest)
 
     def epoch_hook(self, stage: str, model: str):

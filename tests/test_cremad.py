@@ -149,6 +149,13 @@ loggers: {{run_dir: {{confusion_png: false}}}}
     log = (ctx.run_dir / "log.txt").read_text()
     for clip_id in bad:
         assert f"{clip_id}.wav: {skipped[clip_id]}" in log
+    # CREMA-D's clips have no duration before decoding: the student's window (predict's, serve's)
+    # is the longest labeled clip it was distilled on, read from its batches (it was None)
+    import soundfile as sf
+
+    longest = max(sf.info(c.path).duration for c in corpus.split("labeled") if c.clip_id not in bad)
+    saved = json.loads((ctx.run_dir / "student" / "config.json").read_text())
+    assert saved["train_seconds"] == pytest.approx(longest, abs=1e-3)
 
 
 def test_audiovisual_clips_from_videoflash(tmp_path):

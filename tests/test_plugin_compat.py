@@ -404,8 +404,58 @@ def test_a_third_party_teachers_stored_outputs_depend_on_its_package_version(ver
     engine = types.SimpleNamespace(reg=host.registries, host=host)
     teacher = host.registries.teacher.build("up_teacher", label_space=RAVDESS8, channels=[4, 8], hidden=16)
     teacher.liser_spec = {"name": "up_teacher", "options": {}, "plugin": "up"}
-    assert package_extra(engine, teacher) == {"package": {"up-plugin": version}}
+    (extra,) = package_extra(engine, teacher)["package"].items()
+    assert extra[0] == "up-plugin" and extra[1].startswith(f"{version}+src.")  # no checkout: its files' digest
     ours = types.SimpleNamespace(liser_spec={"name": "audio_cnn", "plugin": "cnn_teachers"})
     assert package_extra(engine, ours) is None
     fps = {v: teacher_fingerprint(teacher, sample_rate=16000, extra={"package": {"up-plugin": v}}) for v in ("1.0", "2.0")}
     assert fps["1.0"] != fps["2.0"]
+
+
+@pytest.mark.slow
+def test_a_plugin_edited_at_the_same_version_is_other_code(fake_distribution, tmp_path, monkeypatch, capsys):
+    """A package installed without a git checkout (a wheel) was named by its version alone: its
+    code edited or reinstalled at the same version ran as the same code -- a finished run was
+    "nothing to do", grid rows stayed done, fitted teachers and stored outputs were reused, and
+    a resume mixed both codes unflagged. Its version now carries a digest of its files; the
+    same files give the same digest."""
+    from liser_common import provenance as prov
+
+    monkeypatch.delenv("LISER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    src = tmp_path / "src"
+    (src / "upkg").mkdir(parents=True)
+    (src / "upkg" / "__init__.py").write_text(textwrap.dedent(UPTEACHER))
+    (src / "upkg" / "table.yaml").write_text("scale: 1\n")  # a data file of the package counts too
+    fake_distribution("up-plugin", {"up": "upkg"}, version="1.0", path=src)
+
+    def version() -> str:
+        prov.source_digest.cache_clear()  # one process sees one code; this test plays several
+        host = liser_core.load_plugins()
+        assert host.code_sources()["up-plugin"]["version"] == host.code_versions()["up-plugin"]
+        return host.code_versions()["up-plugin"]
+
+    first = version()
+    assert first.startswith("1.0+src.") and version() == first  # the same files, the same code
+    (src / "upkg" / "__pycache__").mkdir(exist_ok=True)
+    (src / "upkg" / "__pycache__" / "x.pyc").write_bytes(b"cache")  # bytecode is no code change
+    assert version() == first
+    (src / "upkg" / "table.yaml").write_text("scale: 2\n")
+    edited = version()
+    assert edited.startswith("1.0+src.") and edited != first
+
+    # a finished run is said to be of other code once the plugin is edited (as after an upgrade)
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE)
+    base = ["run", str(recipe), *TINY_OVERRIDES, f"run_dir={tmp_path / 'run'}", "teachers=[{name: up_teacher, "
+            "fit: {epochs: 1, batch_size: 8}, options: {channels: [4, 8], hidden: 16}}]"]
+    prov.source_digest.cache_clear()
+    assert cli_main(base) == 0
+    capsys.readouterr()
+    prov.source_digest.cache_clear()
+    assert cli_main(base) == 0
+    assert "other code" not in capsys.readouterr().err
+    (src / "upkg" / "table.yaml").write_text("scale: 3\n")
+    prov.source_digest.cache_clear()
+    assert cli_main(base) == 0
+    err = capsys.readouterr().err
+    assert "it ran under other code" in err and err.count("up-plugin=1.0+src.") == 2

@@ -38,6 +38,11 @@ def run(engine: Engine) -> None:
     online = online_teachers(engine)
 
     def step(batch: Batch):
+        if batch.lengths.device.type == "cpu":  # the longest labeled clip seen: the saved student's window
+            labeled = batch.labels >= 0
+            if bool(labeled.any()):
+                seen = float(batch.lengths[labeled].max()) / batch.sample_rate
+                run.labeled_seconds_seen = max(run.labeled_seconds_seen or 0.0, seen)
         audio, lengths = inputs(batch)
         with blame(student, "forward"), engine.feature_clips(ds, batch):
             if student_taps:  # intermediate features for the losses that read them

@@ -116,7 +116,7 @@ def package_extra(engine: Engine, teacher) -> dict | None:
     info = next((p for p in engine.host.plugins if p.name == entry.plugin and p.status == "loaded"), None)
     if info is None:
         return None
-    return {"package": {info.distribution or info.module: info.version or "?"}}
+    return {"package": {info.distribution or info.module: engine.host.package_version(info)}}
 
 
 def _label_all(engine: Engine, clips: list[Clip]):
