@@ -152,9 +152,16 @@ class PluginHost:
         """Register one plugin object/module, isolating its failures."""
         info = info or PluginInfo(name=name, module=getattr(plugin, "__name__", repr(plugin)))
         before = {r.kind: r.qualified_names() for r in self.registries}
+        if first_party(info):
+            from . import __version__
+
+            package = {"name": FIRST_PARTY, "version": __version__}
+        else:
+            package = {"name": info.distribution, "version": self.package_version(info)} if info.distribution else {}
         for r in self.registries:
             r._current_plugin = name
             r._current_first_party = first_party(info)
+            r._current_package = package
         try:
             self.pm.register(plugin, name=name)
             self._check_hook_names(name, plugin)
@@ -170,6 +177,7 @@ class PluginHost:
             for r in self.registries:
                 r._current_plugin = ""
                 r._current_first_party = False
+                r._current_package = {}
         if info.status == "loaded":
             added = {r.kind: r.qualified_names() - before[r.kind] for r in self.registries}
             info.components = {kind: sorted(bare_name(q) for q in qs) for kind, qs in added.items() if qs}

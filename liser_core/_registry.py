@@ -49,6 +49,9 @@ class Entry:
     tags: dict[str, Any] = field(default_factory=dict)  # e.g. {"modality": "face"}
     first_party: bool = False  # registered by a plugin of LiSER's own distribution
     override: bool = False  # declared to take the bare name from first-party components
+    #: the package that provides it, ``{"name": distribution, "version": ...}`` ({} outside one):
+    #: a saved component records it, and is refused by another package's plugin of the same name
+    package: dict[str, str] = field(default_factory=dict)
 
     @property
     def qualified(self) -> str:
@@ -79,6 +82,7 @@ class Registry:
         self._entries: dict[str, Entry] = {}  # qualified name -> entry
         self._current_plugin = ""
         self._current_first_party = False
+        self._current_package: dict[str, str] = {}
 
     # -- registration -------------------------------------------------------------------------
     def register(
@@ -118,7 +122,8 @@ class Registry:
             owner = self._current_plugin
             first_party = self._current_first_party
             entry = Entry(name=name, factory=fn, plugin=owner, summary="", tags=tags,
-                          first_party=first_party, override=bool(override) and not first_party)
+                          first_party=first_party, override=bool(override) and not first_party,
+                          package=dict(self._current_package))
             if entry.qualified in self._entries:
                 raise DuplicateComponentError(
                     f"{self.kind} {name!r} is already registered by plugin {owner or '?'!r}; "

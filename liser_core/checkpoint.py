@@ -71,15 +71,30 @@ def save_component(
     extra: dict | None = None,
     provenance: dict | None = None,
     plugin: str | None = None,
+    package: dict | None = None,
 ) -> Path:
     """Save ``module`` into ``directory`` atomically (built in a temporary sibling, then renamed).
-    ``plugin``: the plugin that registered it (``config.json`` records it: :func:`load_component`
-    rebuilds that plugin's component, never another package's of the same name).
+    ``plugin``: the plugin that registered it, ``package`` the package that provides that plugin
+    (``{"name", "version"}``; ``config.json`` records both: :func:`load_component` rebuilds that
+    plugin's component, never another package's of the same name, and says when the version differs).
 
     The weights' header carries LiSER's marker (:data:`MARKER_KEY`): for a teacher, the fit sets
-    of the card in ``extra["card"]`` and ``provenance`` (e.g. ``fitted_in``, ``reused_from``)."""
+    of the card in ``extra["card"]`` and ``provenance`` (e.g. ``fitted_in``, ``reused_from``); for
+    every component, what ``config.json`` says it is (:data:`DEFINING_KEYS`): a hand edit of
+    ``config.json`` is found on load instead of rebuilding another model over these weights."""
     directory = Path(directory)
-    marker = {"format_version": FORMAT_VERSION, "kind": kind, "name": name}
+    config = {
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "name": name,
+        **({"plugin": plugin} if plugin else {}),
+        **({"package": dict(package)} if package else {}),
+        "options": options,
+        "label_space": label_space.to_dict(),
+        **(extra or {}),
+    }
+    marker = {"format_version": FORMAT_VERSION, "kind": kind, "name": name,
+              "config": json.loads(json.dumps({k: config[k] for k in DEFINING_KEYS if k in config}, default=str))}
     if kind == "teacher":
         card = (extra or {}).get("card")
         marker |= {"card": isinstance(card, dict), "fit_sets": list((card or {}).get("fit_sets") or [])}
@@ -96,16 +111,7 @@ def save_component(
         save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", MARKER_KEY: json.dumps(marker, sort_keys=True)})
         canonical_header(tmp / WEIGHTS_NAME)  # the same weights and marker, the same bytes
         os.chmod(tmp / WEIGHTS_NAME, umask_mode())  # safetensors writes 0600 whatever the umask
-        config = {
-            "format_version": FORMAT_VERSION,
-            "kind": kind,
-            "name": name,
-            **({"plugin": plugin} if plugin else {}),
-            "options": options,
-            "label_space": label_space.to_dict(),
-            **(extra or {}),
-            "weights_sha256": _sha256_file(tmp / WEIGHTS_NAME),  # what a reader can check the weights against
-        }
+        config["weights_sha256"] = _sha256_file(tmp / WEIGHTS_NAME)  # what a reader can check the weights against
         atomic_write_json(tmp / CONFIG_NAME, config)
         old = None
         if directory.exists():
@@ -190,6 +196,58 @@ def load_weights(module: torch.nn.Module, directory: str | Path, what: str = "")
         )
 
 
+#: the ``config.json`` keys that say which model the weights are: kept in the weights' marker too
+DEFINING_KEYS = ("kind", "name", "plugin", "options", "label_space", "defaults", "sample_rate")
+
+
+def check_config_against_marker(directory: Path, config: dict) -> None:
+    """Refuse a ``config.json`` whose defining keys (:data:`DEFINING_KEYS`) differ from what the
+    weights were saved with (their marker): a hand edit of the label order, an option or the
+    component's name rebuilt another model over the same weights -- the same probabilities
+    printed under other emotion names, with no warning. Weights saved before markers held the
+    config are not checked."""
+    marker = read_marker(directory) or {}
+    saved = marker.get("config")
+    if not isinstance(saved, dict):
+        return
+    now = json.loads(json.dumps({k: config.get(k) for k in saved}, default=str))
+    differ = [k for k in saved if now.get(k) != saved[k]]
+    if differ:
+        k = differ[0]
+        raise UsageError(
+            f"{directory / CONFIG_NAME}: {', '.join(differ)} differ{'s' if len(differ) == 1 else ''} from what "
+            f"{WEIGHTS_NAME} was saved with ({k}: saved {_short(saved[k])}, config.json now {_short(now.get(k))}): "
+            "config.json was edited after LiSER saved it, and would rebuild another model over these weights; "
+            "restore it (the weights' header keeps the saved values)"
+        )
+
+
+def _short(value: Any, limit: int = 120) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_package(entry, config: dict, where: Path, kind: str) -> None:
+    """A saved component's package against the one that provides its plugin here: another
+    package under the same plugin name is refused (not this component); another version of it
+    is said (its code may compute other outputs from the same weights)."""
+    import logging
+
+    saved = config.get("package")
+    if not isinstance(saved, dict) or not entry.package or saved.get("name") == "liser" and entry.first_party:
+        return
+    if saved.get("name") != entry.package.get("name"):
+        raise UsageError(
+            f"{where}: a {kind} {config.get('name')!r} of plugin {config.get('plugin')!r} from package "
+            f"{saved.get('name')!r}; plugin {entry.plugin!r} here comes from package {entry.package.get('name')!r}: not "
+            f"this component (install {saved.get('name')} {saved.get('version', '')})"
+        )
+    if saved.get("version") != entry.package.get("version"):
+        logging.getLogger("liser").warning(
+            "%s: saved with %s %s, loaded with %s %s: its outputs may differ from the ones it was scored with",
+            where, saved.get("name"), saved.get("version"), entry.package.get("name"), entry.package.get("version"))
+
+
 def recorded_entry(registry, config: dict, where: Path, kind: str):
     """The registry entry a saved component's ``config.json`` means: the component of the plugin
     it records (refused when that plugin is not loaded: a first-party or another package's
@@ -247,7 +305,9 @@ def load_component(directory: str | Path, registry, *, kind: str, **inject: Any)
         label_space = LabelSpace.from_dict(space)
     except (TypeError, KeyError, ValueError) as exc:
         raise UsageError(f"{cfg_path}: 'label_space' is not a label space ({exc})") from None
+    check_config_against_marker(directory, config)
     entry = recorded_entry(registry, config, cfg_path, kind)
+    check_package(entry, config, cfg_path, kind)
     defaults = _recorded_defaults(entry.factory, config.get("defaults"), options, cfg_path, kind, name)
     try:
         module = entry.factory(label_space=label_space, **defaults, **options, **inject)
@@ -256,7 +316,8 @@ def load_component(directory: str | Path, registry, *, kind: str, **inject: Any)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{cfg_path}: {kind} {name!r} rejects the saved options: {exc}") from None
     load_weights(module, directory, f"{kind} {config['name']!r}")
-    module.liser_spec = {"name": config["name"], "options": config["options"], "plugin": entry.plugin, "defaults": defaults}
+    module.liser_spec = {"name": config["name"], "options": config["options"], "plugin": entry.plugin, "defaults": defaults,
+                         "package": dict(entry.package)}
     if kind == "student" and isinstance(config.get("train_seconds"), (int, float)):
         module.liser_spec["train_seconds"] = config["train_seconds"]  # its window: saved again with it
     module.liser_checkpoint = str(directory)  # where it came from: the leak guard reads its fit sets there

@@ -252,6 +252,7 @@ class Student(nn.Module):
                    # the clip length it was trained on (predict's window), when it was loaded with one
                    **({"train_seconds": spec["train_seconds"]} if "train_seconds" in spec else {}), **extra},
             plugin=spec.get("plugin"),
+            package=spec.get("package") or None,
         )
 
     @classmethod

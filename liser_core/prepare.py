@@ -61,7 +61,7 @@ def build_component(registry, name: str, options: dict, key: str = "", **inject:
         try:
             module.liser_spec = {
                 "name": name, "options": options, "kind": registry.kind, "plugin": entry.plugin, "key": where,
-                "defaults": unset_defaults(entry.factory, options, inject),
+                "defaults": unset_defaults(entry.factory, options, inject), "package": dict(entry.package),
             }
         except AttributeError:  # an object without a __dict__ (slots): errors then name its class
             pass

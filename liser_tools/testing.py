@@ -74,6 +74,35 @@ def write_dist_info(root: Path, name: str, version: str, entry_points: dict[str,
     return info
 
 
+def resave_config(folder: str | Path, config: dict) -> dict:
+    """Write ``config`` as a saved component's ``config.json`` *and* into its weights' marker, as
+    LiSER would have saved them (a test of a component saved by another version of a plugin or
+    of LiSER; a plain edit of ``config.json`` is refused on load). Returns the config written,
+    with the new ``weights_sha256``."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from liser_common.provenance import sha256_file
+    from liser_common.weights import canonical_header
+    from liser_core.checkpoint import CONFIG_NAME, DEFINING_KEYS, MARKER_KEY, WEIGHTS_NAME
+
+    folder = Path(folder)
+    weights = folder / WEIGHTS_NAME
+    with safe_open(str(weights), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    marker = json.loads(meta.get(MARKER_KEY) or "{}")
+    marker["config"] = json.loads(json.dumps({k: config[k] for k in DEFINING_KEYS if k in config}, default=str))
+    meta[MARKER_KEY] = json.dumps(marker, sort_keys=True)
+    save_file(tensors, str(weights), metadata=meta)
+    canonical_header(weights)
+    config = {**config, "weights_sha256": sha256_file(weights)}
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    return config
+
+
 @pytest.fixture
 def fake_distribution(tmp_path, monkeypatch):
     made = []

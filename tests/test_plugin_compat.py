@@ -344,7 +344,12 @@ def test_a_teacher_checkpoint_is_the_teacher_the_recipe_names_with_its_saved_opt
     assert "teachers.0.options: a teacher loaded from" in capsys.readouterr().err
     assert not (tmp_path / "again").exists()
     config = json.loads((face / "config.json").read_text())
-    (face / "config.json").write_text(json.dumps({**config, "plugin": "gone"}))  # saved by a package not installed
+    (face / "config.json").write_text(json.dumps({**config, "plugin": "gone"}))  # config.json edited by hand
+    with pytest.raises(UsageError, match="config.json: plugin differs from what model.safetensors was saved with"):
+        load_component(face, load_plugins().registries.teacher, kind="teacher")
+    from liser_tools.testing import resave_config
+
+    resave_config(face, {**config, "plugin": "gone"})  # saved so by a package not installed here
     with pytest.raises(UsageError, match="a teacher 'face_cnn' of plugin 'gone', which is not loaded here .*"
                                          "cnn_teachers:face_cnn: not this component"):
         load_component(face, load_plugins().registries.teacher, kind="teacher")
@@ -459,3 +464,86 @@ def test_a_plugin_edited_at_the_same_version_is_other_code(fake_distribution, tm
     assert cli_main(base) == 0
     err = capsys.readouterr().err
     assert "it ran under other code" in err and err.count("up-plugin=1.0+src.") == 2
+
+
+def test_a_hand_edited_config_json_is_refused_not_rebuilt_over_the_weights(run_tiny, tmp_path, capsys):
+    """Reversing config.json's label order made `liser predict` print the same probabilities under
+    other emotion names (exit 0, no warning), and `liser export` wrote the edited labels into
+    the ONNX sidecar: the weights' header now keeps what config.json said when they were saved."""
+    import shutil
+
+    from liser_core import Student
+
+    ctx = run_tiny()
+    folder = tmp_path / "student"
+    shutil.copytree(ctx.run_dir / "student", folder)
+    original = (folder / "config.json").read_text()
+    config = json.loads(original)
+    wav = tmp_path / "x.wav"
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(wav, np.random.default_rng(0).normal(0, 0.1, 16000).astype("float32"), 16000)
+    for key, edit in (("label_space", lambda c: c["label_space"] | {"classes": c["label_space"]["classes"][::-1]}),
+                      ("options", lambda c: {**c["options"], "dropout": 0.9}),
+                      ("name", lambda c: "ecapa_tdnn")):
+        (folder / "config.json").write_text(json.dumps({**config, key: edit(config)}))
+        with pytest.raises(UsageError, match=rf"config.json: {key} differs from what model.safetensors was saved with"):
+            Student.from_pretrained(folder)
+        assert cli_main(["predict", str(folder), str(wav)]) == 2
+        err = capsys.readouterr().err
+        assert f"{key} differs" in err and "Traceback" not in err
+        assert cli_main(["export", str(folder)]) == 2 and not (folder / "student.onnx").exists()
+        capsys.readouterr()
+    (folder / "config.json").write_text(original)  # restored: loads again
+    assert Student.from_pretrained(folder).label_space.classes == tuple(config["label_space"]["classes"])
+
+
+UPSTUDENT = """
+from liser_core import hookimpl
+from liser_plugins.logmel_cnn import LogMelCNN
+
+@hookimpl
+def liser_register_students(registry):
+    registry.register("up_student", LogMelCNN)
+"""
+
+
+def test_a_saved_students_package_is_recorded_and_checked_on_load(fake_distribution, tmp_path, monkeypatch, caplog):
+    """config.json recorded only the plugin's entry-point name: another package declaring the same
+    plugin name rebuilt the saved student as its own class, and another version of the package
+    loaded without a word. The package and its version are recorded; another package is refused,
+    another version said."""
+    from liser_core import Student
+    from liser_core.labels import RAVDESS8
+    from liser_core.prepare import build_component
+
+    monkeypatch.delenv("LISER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "upstudent.py").write_text(textwrap.dedent(UPSTUDENT))
+    fake_distribution("up-plugin", {"up": "upstudent"}, version="1.0", path=src)
+    host = liser_core.load_plugins()
+    student = build_component(host.registries.student, "up_student", {"channels": [4, 8]}, label_space=RAVDESS8)
+    student.save_pretrained(tmp_path / "saved")
+    package = json.loads((tmp_path / "saved" / "config.json").read_text())["package"]
+    assert package["name"] == "up-plugin" and package["version"].startswith("1.0+src.")
+    assert Student.from_pretrained(tmp_path / "saved", host=host).liser_spec["package"] == package
+    # LiSER's own students record LiSER
+    ours = build_component(host.registries.student, "logmel_cnn", {"channels": [4, 8]}, label_space=RAVDESS8)
+    ours.save_pretrained(tmp_path / "ours")
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["package"] == {
+        "name": "liser", "version": liser_core.__version__}
+
+    fake_distribution("up-plugin", {"up": "upstudent"}, version="1.1", path=src)  # upgraded
+    with caplog.at_level("WARNING", "liser"):
+        Student.from_pretrained(tmp_path / "saved", host=liser_core.load_plugins())
+    assert f"saved with up-plugin {package['version']}, loaded with up-plugin 1.1+src." in caplog.text
+
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    (twin / "twinstudent.py").write_text(textwrap.dedent(UPSTUDENT))
+    fake_distribution("twin-plugin", {"up": "twinstudent"}, version="1.0", path=twin)  # the same plugin name, first
+    with pytest.raises(UsageError, match="from package 'up-plugin'; plugin 'up' here comes from package "
+                                         "'twin-plugin': not this component"):
+        Student.from_pretrained(tmp_path / "saved", host=liser_core.load_plugins())

@@ -166,7 +166,7 @@ def _save_teacher(engine: Engine, teacher: Teacher, directory: Path, extra: dict
     checkpoint.save_component(
         teacher, directory, kind="teacher", name=teacher.liser_spec["name"],
         options=teacher.liser_spec["options"], label_space=teacher.label_space, extra=extra, provenance=provenance,
-        plugin=teacher.liser_spec.get("plugin"),
+        plugin=teacher.liser_spec.get("plugin"), package=teacher.liser_spec.get("package") or None,
     )
 
 
