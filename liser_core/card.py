@@ -102,6 +102,7 @@ def model_card(run_dir: str | Path, *, repo_id: str | None = None, config: dict 
         tags=["audio-classification", "speech-emotion-recognition", "knowledge-distillation", "liser",
               f"student-{bare}", *(f"liser-flagged-{f}" for f in flags)],
         datasets=[corpus], metrics=["accuracy", "recall", "f1"], eval_results=results or None,
+        liser=_provenance(metrics, student_cfg, corpus, split),
     )
     teachers = metrics.get("teachers") or {}
     t_rows = []
@@ -258,6 +259,60 @@ def _ci_note(entry: dict) -> str:
     if iv.get("low") is None:
         return ""
     return f"; 95 % intervals by a bootstrap over its {iv.get('speakers')} test speakers"
+
+
+def _provenance(metrics: dict, student_cfg: dict, corpus: str, split: str) -> dict:
+    """The card's machine-readable ``liser`` metadata: what exports, int8 records and ``liser
+    serve`` carry of the run that made the student (:func:`student_provenance`)."""
+    from liser_common.provenance import code_string
+
+    code = metrics.get("code")
+    student = metrics.get("student") or {}
+    return {
+        "weights_sha256": student_cfg.get("weights_sha256"),
+        "recipe_fingerprint": metrics.get("recipe_fingerprint"),
+        "code": code_string(code) if isinstance(code, dict) and code else None,
+        "flags": list(metrics.get("flags") or []),
+        "corpus": corpus, "split": split,
+        "scores": {k: round(float(student[k]), 4) for k in ("uar", "accuracy", "macro_f1") if k in student},
+    }
+
+
+def student_provenance(student_dir: str | Path) -> dict:
+    """The run a saved student comes from, as exports, int8 records and ``liser serve`` carry it:
+    ``{"weights_sha256", "recipe_fingerprint", "code", "flags", "corpus", "split", "scores",
+    "source"}``. From its run's ``metrics.json`` where the folder is ``RUN_DIR/student`` (and the
+    run wrote it), else from the card's ``liser`` metadata (a folder copied or from the Hub);
+    only when either describes *these* weights (``weights_sha256``). {} when none does: a student
+    with no record of where it comes from is said to be one, never given another run's flags."""
+    from liser_common.rundir import changed_since_written
+
+    from .export import weights_digest
+
+    student_dir = Path(student_dir)
+    try:
+        digest = weights_digest(student_dir)
+    except Exception:  # noqa: BLE001 - no weights to match: nothing can be said of them
+        return {}
+    if digest is None:
+        return {}
+    student_cfg = _read(student_dir / "config.json") or {}
+    run_dir = student_dir.resolve().parent
+    metrics = _read(run_dir / "metrics.json") if (run_dir / "config.yaml").is_file() else None
+    if isinstance(metrics, dict) and metrics.get("status") == "completed" and not changed_since_written(run_dir, "metrics.json"):
+        corpus = metrics.get("corpus") or "unknown"
+        out = _provenance(metrics, student_cfg, corpus, metrics.get("split", "test")) | {"source": str(run_dir / "metrics.json")}
+        if out["weights_sha256"] == digest:
+            return out
+    try:
+        text = (student_dir / "README.md").read_text()
+        meta = typedyaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") else None
+    except (OSError, UnicodeDecodeError, IndexError, ValueError, Exception):  # noqa: BLE001 - a card that is no card
+        meta = None
+    block = meta.get("liser") if isinstance(meta, dict) else None
+    if isinstance(block, dict) and block.get("weights_sha256") == digest:
+        return {**block, "flags": list(block.get("flags") or []), "source": str(student_dir / "README.md")}
+    return {}
 
 
 def _flag_lines(flags: list[str]) -> str:

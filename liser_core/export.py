@@ -22,6 +22,7 @@ re-exports :func:`export` (docs/architecture.md).
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 
 import torch
@@ -76,6 +77,7 @@ def export(
     checkpoint = resolve_source(checkpoint)
     student = Student.from_pretrained(checkpoint, host=host)
     config = read_component_config(checkpoint, "student")
+    provenance = _provenance(checkpoint)
     wrapper = _Exported(student, fmt).eval()
     example = 0.01 * torch.randn(2, int(example_seconds * student.sample_rate))  # batch 2: no 0/1 specialisation
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +100,9 @@ def export(
         model = onnx.load(str(tmp))
         _check_dynamic(model, tmp, output)
         constants = [(name, m) for name, m in wrapper.named_modules() if hasattr(m, "onnx_constants")]
-        onnx.save(compact_constants(strip_debug_metadata(model), constants), str(tmp))
+        model = compact_constants(strip_debug_metadata(model), constants)
+        set_metadata(model, onnx_metadata(checkpoint, config, student, provenance))
+        onnx.save(model, str(tmp))
     elif fmt == "executorch":
         window = int(round((window_seconds or 1.0) * student.sample_rate))
         not_delegated = _executorch(wrapper, torch.zeros(1, window), tmp)
@@ -122,6 +126,8 @@ def export(
         "window_seconds": config.get("train_seconds"),
         "aggregation": "mean of window probabilities, windows of window_seconds with half-window hop",
         "num_parameters": student.num_parameters(),
+        # the run that made the student (recipe, code, flags, test scores): travels with the file
+        "provenance": provenance,
     }
     if fmt == "executorch":
         meta.update({
@@ -133,6 +139,41 @@ def export(
         })
     atomic_write_json(sidecar(output), meta)
     return meta
+
+
+def _provenance(checkpoint: str | Path) -> dict:
+    """:func:`liser_core.card.student_provenance`, or what says there is none."""
+    from .card import student_provenance
+
+    found = student_provenance(checkpoint) if Path(checkpoint).is_dir() else {}
+    return found or {"source": None, "note": "no record of the run that made these weights (no run metrics.json or "
+                                             "card describes them): its scores and flags are unknown"}
+
+
+def onnx_metadata(checkpoint: str | Path, config: dict, student, provenance: dict) -> dict[str, str]:
+    """What an ONNX file carries in its own ``metadata_props`` (read by any runtime, and kept when
+    the file travels without its sidecar): labels, rate, model, the weights it was made from and
+    the run's recipe fingerprint, code and flags."""
+    return {
+        "liser.labels": json.dumps(list(student.label_space.classes)),
+        "liser.sample_rate": str(student.sample_rate),
+        "liser.model": str(config.get("name")),
+        "liser.window_seconds": json.dumps(config.get("train_seconds")),
+        "liser.weights_sha256": str(weights_digest(checkpoint)),
+        "liser.recipe_fingerprint": str(provenance.get("recipe_fingerprint")),
+        "liser.code": str(provenance.get("code")),
+        "liser.flags": json.dumps(provenance.get("flags")) if "flags" in provenance else "unknown",
+    }
+
+
+def set_metadata(model, props: dict[str, str]) -> None:
+    """Replace ``liser.*`` entries of an ONNX model's ``metadata_props`` with ``props``."""
+    keep = [p for p in model.metadata_props if not p.key.startswith("liser.")]
+    del model.metadata_props[:]
+    for p in keep:
+        model.metadata_props.add(key=p.key, value=p.value)
+    for k, v in props.items():
+        model.metadata_props.add(key=k, value=v)
 
 
 def sidecar(path: str | Path) -> Path:

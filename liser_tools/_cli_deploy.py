@@ -140,14 +140,33 @@ def cmd_predict(args, host) -> int:
             continue
         if args.jsonl:
             row = {"path": pred.path, "label": pred.label, "seconds": round(pred.seconds, 3), "windows": pred.windows,
-                   "probs": dict(zip(classes, pred.probs))}
+                   "probs": dict(zip(classes, pred.probs)), **_scored_by(predictor)}
             print(json.dumps(row))
         else:
             print(f"{name:<{width}} {pred.label:<10} " + " ".join(f"{v:>8.3f}" for v in pred.probs))
     if not args.jsonl and predictor.window:
         hop = f"hop {args.hop:g} s" if args.hop is not None else "half-window hop"
         print(f"(clips longer than {predictor.window:g} s: mean of window probabilities, {hop})")
+    if not args.jsonl:
+        print(_scored_by_line(predictor))
     return 1 if failed else 0
+
+
+def _scored_by(predictor) -> dict:
+    """What scored a prediction (``--jsonl`` fields): the backend, the weights' SHA-256 and the
+    run's flags (None when no record of the run describes these weights)."""
+    prov = predictor.provenance
+    return {"backend": predictor.backend, "weights_sha256": predictor.weights_sha256,
+            "flags": list(prov["flags"]) if "flags" in prov else None}
+
+
+def _scored_by_line(predictor) -> str:
+    by = _scored_by(predictor)
+    digest = (by["weights_sha256"] or "?")[:12]
+    flags = by["flags"]
+    said = ("; its run is flagged " + ", ".join(flags) + " (its test scores are incomplete or not a fair estimate)"
+            if flags else "; no run record describes these weights" if flags is None else "")
+    return f"(scored by {by['backend']}, weights {digest}{said})"
 
 
 def _stream(args, host) -> int:
@@ -190,7 +209,7 @@ def _stream(args, host) -> int:
             for h in predictor.stream(chunks, hop=args.hop, smoothing=args.smoothing):
                 hops.append(h)
                 if args.jsonl:
-                    print(json.dumps({"source": name, **h.to_dict(classes)}), flush=True)
+                    print(json.dumps({"source": name, **h.to_dict(classes), **_scored_by(predictor)}), flush=True)
                 else:
                     label = classes[int(h.smoothed.argmax())]
                     short = name if len(name) <= 24 else "…" + name[-23:]

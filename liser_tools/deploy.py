@@ -272,6 +272,12 @@ class Predictor:
             elif backend == "int8":
                 raise UsageError(f"{onnx}: no int8 export here (liser export {checkpoint} --quantize int8)")
         self.backend = ("int8" if backend == "int8" else "onnx") if self.session is not None else "torch"
+        from liser_core.card import student_provenance
+        from liser_core.export import weights_digest
+
+        self.weights_sha256 = weights_digest(checkpoint)
+        #: the run that made the student (recipe fingerprint, code, flags, test scores), or {}
+        self.provenance = student_provenance(checkpoint)
 
     def _scores(self, batch: torch.Tensor) -> torch.Tensor:
         if self.session is not None:

@@ -421,7 +421,11 @@ def quantize_student(checkpoint: str | Path, float_path: str | Path, output: str
     if mode == "static":
         calibration = [a for a in calibration if len(a) >= rate // 2]  # the export's shortest input
     ops = quantize_onnx(float_path, output, mode=mode, calibration=calibration, frontend=frontend)
+    _carry_metadata(float_path, output, mode)
     test = run_clips(run_dir, ["test"], rate, host=host) if run_dir is not None else []
+    from liser_core.card import student_provenance
+
+    provenance = student_provenance(checkpoint) if Path(checkpoint).is_dir() else {}
     record_to, result = record, {
         "format": "onnx", "mode": mode, "weights": "int8, per channel, symmetric",
         "activations": "uint8, per tensor, min/max calibrated" if mode == "static" else "uint8, dynamic per call",
@@ -431,11 +435,28 @@ def quantize_student(checkpoint: str | Path, float_path: str | Path, output: str
                 "not measured (no run records: pass the student folder of a run)",
         "speed": "median CPU ms of one 3 s clip on 1 thread, onnxruntime, the two models taking turns",
         "weights_sha256": weights_digest(checkpoint),  # the student measured: a record of other weights is stale
+        # the run's flags travel with its test scores: None when nothing records the run (unknown, not "none")
+        "flags": list(provenance["flags"]) if "flags" in provenance else None,
+        "provenance": provenance or None,
         **compare(float_path, output, classes=classes, sample_rate=rate, test=test, repeats=repeats),
     }
     if record_to and Path(checkpoint).is_dir():
         atomic_write_json(Path(checkpoint) / "quantization.json", result)
     return result
+
+
+def _carry_metadata(float_path: str | Path, int8_path: str | Path, mode: str) -> None:
+    """The float export's ``liser.*`` metadata (labels, rate, weights, run provenance) into the
+    int8 file, with how it was quantized: the int8 file says what it is without its sidecar."""
+    import onnx
+
+    from liser_core.export import set_metadata
+
+    src = onnx.load(str(float_path), load_external_data=False)
+    props = {p.key: p.value for p in src.metadata_props if p.key.startswith("liser.")}
+    model = onnx.load(str(int8_path))
+    set_metadata(model, {**props, "liser.quantization": f"int8 {mode}"})
+    onnx.save(model, str(int8_path))
 
 
 def summary_lines(record: dict[str, Any]) -> list[str]:
@@ -451,6 +472,13 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
         lines.append(line)
     lines.append(f"int8/float32: size {record['size_ratio']:.2f}x, speed {record['speedup']:.2f}x"
                  + (quantization_change(record) if has_test else "") + f"  (test: {record['test']})")
+    if has_test and record.get("flags"):  # the run's flags beside its scores, as every table shows them
+        from liser_core.guards import describe_flags
+
+        lines.append(f"flagged: {', '.join(record['flags'])} -- these test scores are incomplete or NOT a fair "
+                     "estimate: " + "; ".join(describe_flags(record["flags"])))
+    elif has_test and record.get("flags") is None and "flags" in record:
+        lines.append("flags: unknown (no run record describes these weights)")
     ops = OpReport(int8=record["ops"]["int8"], float=record["ops"]["float"])
     return lines + ops.lines()
 

@@ -537,14 +537,24 @@ def quantized_markdown(quantized: Mapping[str, dict]) -> str:
     each student's ``quantization.json`` record (:mod:`liser_tools.quantize`)."""
     lines = ["| student | UAR float32 | UAR int8 | UAR drop (points) | size float32 | size int8 | int8/float32 size "
              "| int8 speed-up (1 thread) |", "|---|---|---|---|---|---|---|---|"]
+    flagged: set[str] = set()
     for label, r in quantized.items():
         f, q = r["float32"], r["int8"]
-        lines.append(f"| {label} | {f.get('uar', float('nan')):.3f} | {q.get('uar', float('nan')):.3f} | "
+        flags = sorted(set(r.get("flags") or []) | set(r.get("row_flags") or []))
+        flagged.update(flags)
+        mark = "".join(f" !{x}" for x in flags)
+        lines.append(f"| {label}{mark} | {f.get('uar', float('nan')):.3f} | {q.get('uar', float('nan')):.3f} | "
                      f"{r.get('uar_drop_points', float('nan')):+.1f} | {f['bytes'] / 1024:,.0f} KB | "
                      f"{q['bytes'] / 1024:,.0f} KB | {r['size_ratio']:.2f}x | {r['speedup']:.2f}x |")
-    return "\n".join(lines) + ("\n\nint8: onnxruntime static quantization of each student's first run, calibrated on "
-                              "its labeled and unlabeled clips, scored on its test split (`liser export --quantize "
-                              "int8` gives the same per run).\n")
+    text = "\n".join(lines) + ("\n\nint8: onnxruntime static quantization of each student's first run, calibrated on "
+                               "its labeled and unlabeled clips, scored on its test split (`liser export --quantize "
+                               "int8` gives the same per run).\n")
+    if flagged:  # the run's flags beside the scores measured on it, explained as on the board
+        from .bench import FLAG_NOTES
+
+        text += "\nFlagged rows (their UARs are incomplete or NOT a fair estimate):\n\n" + "".join(
+            f"- `!{x}`: {FLAG_NOTES.get(x, x)}\n" for x in sorted(flagged))
+    return text
 
 
 def _quantized(out: Path, rows: Sequence[Mapping[str, str]], roles: Mapping[str, str]) -> dict[str, dict]:
@@ -576,8 +586,9 @@ def _quantized(out: Path, rows: Sequence[Mapping[str, str]], roles: Mapping[str,
         student_dir = Path(r["run_dir"]) / "student"
         if label in result or not (student_dir / "config.json").is_file():
             continue
+        row_flags = [f for f in (r.get("flags") or "").split(",") if f]  # the run's row: its flags travel along
         if (record := quantization_record(student_dir)) is not None:  # measured on these very weights
-            result[label] = record
+            result[label] = {**record, "row_flags": row_flags}
             continue
         if cache.get(str(student_dir), {}).get("weights_sha256") != weights_digest(student_dir):  # none, or other weights
             cache.pop(str(student_dir), None)
@@ -592,7 +603,7 @@ def _quantized(out: Path, rows: Sequence[Mapping[str, str]], roles: Mapping[str,
 
                 logging.getLogger(__name__).warning("int8 of %s: %s", label, exc)
                 continue
-        result[label] = cache[str(student_dir)]
+        result[label] = {**cache[str(student_dir)], "row_flags": row_flags}
     cache_path.write_text(json.dumps(cache, indent=2))
     return result
 

@@ -4,7 +4,7 @@
                    ...; what a browser records works): JSON with the overall probabilities
                    (mean over windows), the label, and each window's start, end and
                    probabilities.
-``GET /health``    model, labels, sample rate, backend, limits.
+``GET /health``    model, labels, sample rate, backend, limits, weights digest, run provenance (flags).
 ``GET /``          one page: upload or record a clip, see the probabilities over time; or a live
                    microphone mode over ``/stream``.
 ``WS /stream``     streaming recognition: the client sends binary messages of raw mono PCM at the
@@ -103,7 +103,10 @@ class Service:
         s = self.predictor.student
         return {"status": "ok", "model": self.source, "labels": self.predictor.classes, "sample_rate": s.sample_rate,
                 "backend": self.predictor.backend, "window_seconds": self.predictor.window,
-                "max_bytes": self.max_bytes, "max_seconds": self.max_seconds, "max_samples": self.max_samples}
+                "max_bytes": self.max_bytes, "max_seconds": self.max_seconds, "max_samples": self.max_samples,
+                "weights_sha256": self.predictor.weights_sha256,
+                # the run that made it, flags included; None when no record describes these weights
+                "provenance": self.predictor.provenance or None}
 
     def predict(self, data: bytes) -> dict:
         """Probabilities of one file's bytes. :class:`TooLarge` (413), :class:`NotAudio` (415),

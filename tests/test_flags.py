@@ -219,3 +219,63 @@ def test_a_test_split_without_every_class_is_flagged_and_its_chance_level_is_rig
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert "test_classes_missing" in metrics["flags"]
     assert any("no clips of 2 of the 8 classes (disgust, surprised)" in w for w in metrics["warnings"])
+
+
+def test_a_runs_flags_and_provenance_travel_with_its_exports_predictions_and_service(tmp_path, capsys):
+    """The flags reached metrics.json, the card and the board, but not what is made from the
+    student: `liser export --quantize int8` printed and recorded float/int8 test UARs unflagged,
+    the export sidecars and the ONNX files held no recipe fingerprint, code or flags, and
+    `liser predict` and `liser serve` did not say what scored. Each now carries them."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from liser_tools.report import quantized_markdown
+    from liser_tools.serve import Service
+
+    root = write_ravdess(tmp_path / "RAVDESS", ACTORS, emotions=range(1, 7))  # no disgust, surprised: flagged
+    path = recipe(tmp_path, root, "fold: 1, label_fraction: 0.5, teacher_speakers: [9]")
+    assert main(["run", str(path), f"run_dir={tmp_path / 'run'}", "teachers.0.fit.epochs=1", "distil.epochs=1"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    flags = metrics["flags"]
+    assert "test_classes_missing" in flags
+    student = tmp_path / "run" / "student"
+    capsys.readouterr()
+    assert main(["export", str(student), "--quantize", "int8", "--quantize-mode", "dynamic"]) == 0  # short clips
+    out = capsys.readouterr().out
+    assert "flagged: " + ", ".join(flags) in out and "NOT a fair estimate" in out  # beside the float/int8 UARs
+    record = json.loads((student / "quantization.json").read_text())
+    assert record["flags"] == flags and record["provenance"]["recipe_fingerprint"] == metrics["recipe_fingerprint"]
+    for name in ("student.onnx", "student.int8.onnx"):
+        side = json.loads((student / f"{name}.json").read_text())
+        prov = side["provenance"]
+        assert prov["flags"] == flags and prov["recipe_fingerprint"] == metrics["recipe_fingerprint"]
+        assert prov["scores"]["uar"] == round(metrics["student"]["uar"], 4) and prov["code"].startswith("liser=")
+        props = {p.key: p.value for p in onnx.load(str(student / name)).metadata_props}
+        assert json.loads(props["liser.flags"]) == flags and json.loads(props["liser.labels"]) == side["labels"]
+        assert props["liser.recipe_fingerprint"] == metrics["recipe_fingerprint"]
+        assert props["liser.weights_sha256"] == side["weights_sha256"]
+    assert props["liser.quantization"] == "int8 dynamic"
+    # the board's int8 table marks the row as the board does
+    table = quantized_markdown({"logmel_cnn": record})
+    assert "| logmel_cnn" + "".join(f" !{f}" for f in sorted(flags)) + " |" in table
+    assert all(f"`!{f}`: {FLAGS[f]}" in table for f in flags)
+    # predict says what scored, and the run's flags
+    wav = next(root.rglob("*.wav"))
+    assert main(["predict", str(student), str(wav), "--jsonl"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["backend"] == "torch" and row["flags"] == flags and row["weights_sha256"] == side["weights_sha256"]
+    assert main(["predict", str(student), str(wav)]) == 0
+    assert f"(scored by torch, weights {side['weights_sha256'][:12]}; its run is flagged" in capsys.readouterr().out
+    health = Service(student).health()
+    assert health["provenance"]["flags"] == flags and health["weights_sha256"] == side["weights_sha256"]
+    # a copy of the folder away from its run: the card's metadata still says it
+    import shutil
+
+    shutil.copytree(student, tmp_path / "copy")
+    assert Service(tmp_path / "copy").health()["provenance"]["flags"] == flags
+    # other weights: no record describes them, and none is borrowed
+    from liser_core.card import student_provenance
+
+    weights = tmp_path / "copy" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b" ")
+    assert student_provenance(tmp_path / "copy") == {}

@@ -635,7 +635,8 @@ def test_bench_report_shows_float_and_int8_per_student(tiny_run, tmp_path):
     row = next(line for line in table.splitlines() if line.startswith("| logmel_cnn"))
     assert f"| {record['float32']['uar']:.3f} | {record['int8']['uar']:.3f} |" in row
     assert f"{record['size_ratio']:.2f}x" in row
-    assert json.loads((tmp_path / "quantized.json").read_text())[str(student_dir)] == record  # cached
+    cached = json.loads((tmp_path / "quantized.json").read_text())[str(student_dir)]
+    assert cached == {k: v for k, v in record.items() if k != "row_flags"} and record["row_flags"] == []  # cached
 
 
 def test_a_quantization_change_is_signed_and_never_minus_zero():
