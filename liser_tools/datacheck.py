@@ -225,8 +225,9 @@ def check_corpus(
         shared = sorted(speakers[a] & speakers[b])
         if shared:
             report.warnings.append(f"{len(shared)} speakers are in both {a!r} and {b!r} (e.g. {shared[:3]})")
-    if not counts["test"].usable:
-        report.warnings.append("the test split has no usable clips: liser run would stop")
+    if not counts["test"].usable:  # a problem, not a warning: the run refuses it (exit 2)
+        report.problems.append(Problem("empty_split", "the test split has no usable clips: liser run would stop "
+                                       "(nothing to score)", split="test"))
     # the protocol's notes, and a corpus's own (what the run warns about: a corpus without a
     # protocol object, such as synth_av's label_fraction shortfalls), each once
     for note in dict.fromkeys(map(str, [*(getattr(proto, "notes", None) or []), *(getattr(corpus, "notes", None) or [])])):

@@ -82,6 +82,17 @@ def test_clean_tree_exits_0(tmp_path, capsys):
     assert report.splits["labeled"].usable + report.splits["unlabeled"].usable == 18
 
 
+def test_an_empty_test_split_is_a_problem_as_the_run_refuses_it(tmp_path, capsys):
+    """The check said "no problems found" and exited 0 where `liser run` stops (no test clips):
+    a check that passes what the run refuses is no check."""
+    good_tree(tmp_path, (1002, 1003, 1004))  # none of fold 1's test actors (1001, 1006)
+    assert main(["data", "check", str(RECIPE), f"data.options.root={tmp_path}", *AUDIO]) == 1
+    out = capsys.readouterr().out
+    assert "no problems found" not in out and "the test split has no usable clips" in out
+    report = check_recipe(RECIPE, [f"data.options.root={tmp_path}", *AUDIO])
+    assert not report.ok and [p.kind for p in report.problems] == ["empty_split"]
+
+
 def test_usage_errors_exit_2(tmp_path, capsys):
     assert main(["data", "check", str(RECIPE), f"data.options.root={tmp_path / 'nowhere'}"]) == 2
     assert "data.options" in capsys.readouterr().err
@@ -122,7 +133,7 @@ def test_mislabeled_and_overlapping_speakers_in_any_corpus():
 
     report = check_corpus(Corpus())
     kinds = sorted(p.kind for p in report.problems)
-    assert kinds == ["mislabeled", "other", "speaker_overlap"]
+    assert kinds == ["empty_split", "mislabeled", "other", "speaker_overlap"]  # d, its only test clip, fails
     assert any("'labeled' and 'unlabeled'" in w for w in report.warnings)  # shared speakers: warning only
     assert report.splits["labeled"].usable == 1 and report.splits["unlabeled"].classes == {"unlabeled": 1}
     assert reason_kind("too long (61.0 s > max_seconds 20)") == "too_long" and reason_kind("odd") == "other"
