@@ -816,6 +816,9 @@ def write_leaderboard(grid: Grid, rows: list[dict], missing: Sequence[str] = ())
         "significantly below the reference row, marked ◆: the best row without flags (paired t-test over the "
         "shared repeats, Holm-corrected over the board, p < 0.05); `comparisons.md` has the paired tests of "
         "the grid's axes.",
+        *(["", "**Every row is flagged**: no row is a fair yardstick, so ◆ marks the best row, itself flagged, "
+           "and ▼ compares flagged rows with each other (see the flags below the table)."]
+          if any(e.get("reference") and e["flags"] for e in table) else []),
         "",
         "| # | combination | model | UAR | WA | macro-F1 | params | n |",
         "|---|---|---|---|---|---|---|---|",

@@ -204,6 +204,23 @@ def test_every_flag_stands_in_efficiency_md_report_html_and_the_leaderboard(flag
     assert f"!{flag}" in board and f"**!{flag}**: " in board
 
 
+def test_a_board_whose_rows_are_all_flagged_says_its_reference_row_is_flagged(tmp_path):
+    """◆ was put on a flagged row when every row was flagged while the legend said "the best row
+    without flags": the legend now says no row is a fair yardstick."""
+    from liser_tools.bench import Grid, write_leaderboard
+
+    grid = Grid(recipe="r.yaml", overrides=[], axes={"fraction": {"0.1": [], "1": []}, "seed": {"0": [], "1": []}},
+                repeat=["seed"], store=False, output=tmp_path)
+    rows = [{**r, "components": r["model"], "accuracy": r["uar"], "macro_f1": r["uar"]}
+            for r in _report_rows((0.1, 1.0), "", "")]
+    write_leaderboard(grid, rows)
+    assert "Every row is flagged" not in (tmp_path / "leaderboard.md").read_text()
+    write_leaderboard(grid, [{**r, "flags": "test_overlap"} for r in rows])
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert "**Every row is flagged**: no row is a fair yardstick, so ◆ marks the best row, itself flagged" in board
+    assert "◆" in next(line for line in board.splitlines() if line.startswith("| 1 |"))
+
+
 def test_the_pareto_front_and_labels_that_do_not_overprint():
     from liser_tools.report import _place_labels, _plt, pareto_front
 
