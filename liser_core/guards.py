@@ -57,6 +57,8 @@ FLAGS: dict[str, str] = {
                             "(chance is not 1/classes), not comparable with a test split of every class",
     "folds_incomplete": "the runs averaged do not cover each fold of the protocol once per seed (folds missing or "
                         "repeated): not the protocol's cross-validated score",
+    "labeled_classes_missing": "the labeled split has no clips of some classes: the labels-only baseline and the "
+                               "ce term never see them (the student learns them from the teachers alone, if at all)",
 }
 
 

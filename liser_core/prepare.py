@@ -396,6 +396,18 @@ def guard_data(engine: Engine) -> None:
         run.flag("test_classes_missing", f"the {cfg.evaluate.split} split has no clips of {len(absent)} of the "
                  f"{len(run.label_space)} classes ({', '.join(absent[:8])}): UAR and macro-F1 average the classes it "
                  f"has (a constant guess scores UAR 1/{len(present)}), not comparable with a split of every class")
+    # classes the training labels never show: the baseline cannot predict them, a fitted teacher
+    # never learnt them (a cross-corpus part without the class, a small label fraction)
+    for split in ("labeled", "teacher"):
+        have = {c.label for c in run.split(split) if c.label is not None}
+        if have and split != cfg.evaluate.split and (gone := [c for c in run.label_space.classes if c not in have]):
+            text = (f"the {split} split has no clips of {len(gone)} of the {len(run.label_space)} classes "
+                    f"({', '.join(gone[:8])})")
+            if split == "labeled":
+                run.flag("labeled_classes_missing", text + ": the labels-only baseline and the ce term never see "
+                         "them, so the baseline cannot predict them")
+            elif any(t.fit is not None and t.fit.epochs for t in cfg.teachers if t.checkpoint is None):
+                run.warn(text + ": a teacher fitted on it never learns them")
     test = {c.speaker for c in run.split(cfg.evaluate.split)}
     for s in ("labeled", "unlabeled"):  # the teacher split is the fit guard's (_guard_teachers)
         shared = sorted({c.speaker for c in run.split(s)} & test)

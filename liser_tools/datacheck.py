@@ -132,9 +132,11 @@ def _index_problems(corpus: Corpus) -> list[Problem]:
 
 def check_corpus(
     corpus: Corpus, *, workers: int = 4, progress: Callable[[int, int], None] | None = None,
-    near_duplicates: bool = True, near_threshold: float | None = None,
+    near_duplicates: bool = True, near_threshold: float | None = None, scored_split: str | None = None,
 ) -> Report:
-    """Open every clip of every split once and report (see the module doc)."""
+    """Open every clip of every split once and report (see the module doc). ``scored_split``:
+    the split a run scores (a recipe's ``evaluate.split``): without a usable clip it is a
+    problem, as the run refuses it; a corpus checked on its own (a pool) only warns."""
     t0 = time.perf_counter()
     space = corpus.label_space
     load = getattr(corpus, "load", None)
@@ -225,9 +227,11 @@ def check_corpus(
         shared = sorted(speakers[a] & speakers[b])
         if shared:
             report.warnings.append(f"{len(shared)} speakers are in both {a!r} and {b!r} (e.g. {shared[:3]})")
-    if not counts["test"].usable:  # a problem, not a warning: the run refuses it (exit 2)
-        report.problems.append(Problem("empty_split", "the test split has no usable clips: liser run would stop "
-                                       "(nothing to score)", split="test"))
+    if scored_split is not None and not counts[scored_split].usable:  # a problem: the run refuses it (exit 2)
+        report.problems.append(Problem("empty_split", f"the {scored_split} split has no usable clips: liser run "
+                                       "would stop (nothing to score)", split=scored_split))
+    elif not counts["test"].usable:
+        report.warnings.append("the test split has no usable clips: liser run would stop")
     # the protocol's notes, and a corpus's own (what the run warns about: a corpus without a
     # protocol object, such as synth_av's label_fraction shortfalls), each once
     for note in dict.fromkeys(map(str, [*(getattr(proto, "notes", None) or []), *(getattr(corpus, "notes", None) or [])])):
@@ -258,7 +262,7 @@ def check_recipe(
     if not isinstance(corpus, Corpus):
         raise UsageError(f"dataset {cfg.data.name!r} did not return a Corpus")
     report = check_corpus(corpus, workers=workers, progress=progress, near_duplicates=bool(cfg.data.near_duplicates),
-                          near_threshold=float(cfg.data.near_threshold))
+                          near_threshold=float(cfg.data.near_threshold), scored_split=str(cfg.evaluate.split))
     source = str(cfg.validation.source)
     if source != "none":  # the run holds validation speakers out of that split: said, as the run will
         from liser_core.prepare import validation_note, validation_speakers

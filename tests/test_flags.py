@@ -279,3 +279,25 @@ def test_a_runs_flags_and_provenance_travel_with_its_exports_predictions_and_ser
     weights = tmp_path / "copy" / "model.safetensors"
     weights.write_bytes(weights.read_bytes() + b" ")
     assert student_provenance(tmp_path / "copy") == {}
+
+
+def test_a_labeled_split_without_some_classes_is_flagged_and_a_teacher_split_said(tmp_path, capsys):
+    """A class with no labeled clip (a cross-corpus part without it, a small label fraction): the
+    labels-only baseline cannot predict it, yet its row was shown as comparable, unflagged. The
+    run is flagged labeled_classes_missing, naming the classes; a teacher split without them is
+    said (a teacher fitted on it never learns them)."""
+    root = write_ravdess(tmp_path / "RAVDESS", (2, 3, 4, 9), emotions=range(1, 7))  # training actors: no 07, 08
+    write_ravdess(root, (1,))  # fold 1's test actor: every class
+    path = recipe(tmp_path, root, "fold: 1, label_fraction: 0.5, teacher_speakers: [9]")
+    assert main(["run", str(path), f"run_dir={tmp_path / 'run'}", "teachers.0.fit.epochs=1", "distil.epochs=0"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "labeled_classes_missing" in metrics["flags"] and "test_classes_missing" not in metrics["flags"]
+    warnings = metrics["warnings"]
+    assert any("the labeled split has no clips of 2 of the 8 classes (disgust, surprised)" in w for w in warnings)
+    assert any("the teacher split has no clips of 2 of the 8 classes (disgust, surprised): a teacher fitted on it "
+               "never learns them" in w for w in warnings)
+    # every class in the training actors too: no flag
+    full = write_ravdess(tmp_path / "FULL", (1, 2, 3, 4, 9))
+    assert main(["run", str(recipe(tmp_path, full, "fold: 1, label_fraction: 0.5, teacher_speakers: [9]", "f.yaml")),
+                 f"run_dir={tmp_path / 'full'}", "teachers.0.fit.epochs=1", "distil.epochs=0"]) == 0
+    assert "labeled_classes_missing" not in json.loads((tmp_path / "full" / "metrics.json").read_text())["flags"]
