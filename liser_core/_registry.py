@@ -108,6 +108,8 @@ class Registry:
         def add(fn: Callable[..., Any]):
             if not name or not isinstance(name, str):
                 raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
+            if not callable(fn):  # refused here, where the plugin that did it fails to load naming why
+                raise ValueError(f"{self.kind} {name!r}: its factory {fn!r} is not callable (register a class or function)")
             if not _NAME.fullmatch(name) or ".." in name:  # names become file and folder names
                 raise ValueError(
                     f"{self.kind} name {name!r} is not allowed: letters, digits and _ . + - only "

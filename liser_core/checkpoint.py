@@ -206,7 +206,10 @@ def check_config_against_marker(directory: Path, config: dict) -> None:
     component's name rebuilt another model over the same weights -- the same probabilities
     printed under other emotion names, with no warning. Weights saved before markers held the
     config are not checked."""
-    marker = read_marker(directory) or {}
+    try:
+        marker = read_marker(directory) or {}
+    except UsageError:  # weights that are no safetensors (a pickle): loading them says what they are
+        return
     saved = marker.get("config")
     if not isinstance(saved, dict):
         return

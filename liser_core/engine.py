@@ -626,6 +626,28 @@ class Engine:
         (:mod:`liser_core.prepare`). Nothing is written."""
         prepare.data(self)
         prepare.components(self)
+        self._say_shadowed()
+
+    def _say_shadowed(self) -> None:
+        """A component of a plugin whose name another package also declares (``shadowed``, not
+        loaded): which package's code ran is in the run's record, not only in the load log."""
+        from .config import component_sites
+
+        shadowed = {p.name: p for p in self.host.plugins if p.status == "shadowed"}
+        if not shadowed:
+            return
+        loaded = {p.name: p for p in self.host.plugins if p.status == "loaded"}
+        said = set()
+        for key, kind, name in component_sites(self.cfg):
+            try:
+                plugin = self.reg[kind].get_recorded(name).plugin
+            except Exception:  # noqa: BLE001 - validated before: a name that resolves no more is not this check's
+                continue
+            if plugin in shadowed and plugin not in said and plugin in loaded:
+                said.add(plugin)
+                self.run.warn(f"{key.removesuffix('.name')}: plugin {plugin!r} is declared by {loaded[plugin].distribution} "
+                              f"{loaded[plugin].version} (loaded, whose code runs) and by {shadowed[plugin].distribution} "
+                              f"{shadowed[plugin].version} (shadowed, not loaded): uninstall one or rename its entry point")
 
     def prepare_data(self) -> None:
         prepare.data(self)

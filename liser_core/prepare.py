@@ -32,7 +32,7 @@ from ._registry import bare_name
 from .components import Teacher
 from .config import DEFAULT_SAMPLER, DuplicatePolicy, plain, training_blocks
 from .data import SPLITS, Clip, Corpus
-from .errors import ConfigError, UsageError
+from .errors import ConfigError
 from .labels import LabelMap
 from .stages.common import count_params
 
@@ -55,6 +55,7 @@ def build_component(registry, name: str, options: dict, key: str = "", **inject:
         raise ConfigError(f"{key}.{exc.key}" if key else exc.key, exc.reason, exc.suggestions) from exc
     except (TypeError, ValueError) as exc:
         raise ConfigError(key, f"{registry.kind} {name!r} rejected its options: {exc}") from exc
+    _check_built(module, registry.kind, name, entry, key)
     if isinstance(module, torch.nn.Module) or registry.kind in _NAMED_KINDS:
         where = key[: -len(".options")] if key.endswith(".options") else key
         where = where[: -len("_options")] if where.endswith("_options") else where  # distil.combination_options
@@ -66,6 +67,35 @@ def build_component(registry, name: str, options: dict, key: str = "", **inject:
         except AttributeError:  # an object without a __dict__ (slots): errors then name its class
             pass
     return module
+
+
+#: what a built component must be, per kind: its base class and the attributes the engine reads
+#: (a loss may also be any nn.Module with a Loss's attributes)
+_BUILT = {"student": ("Student", ("embedding_dim", "sample_rate", "label_space")),
+          "teacher": ("Teacher", ("embedding_dim", "card", "label_space")),
+          "loss": ("Loss", ("needs_teacher", "bind"))}
+
+
+def _check_built(module: Any, kind: str, name: str, entry, key: str) -> None:
+    """A plugin's factory that returned something the engine cannot use (not the kind's base
+    class, or without an attribute the engine reads) is a one-line error naming the recipe key,
+    the plugin and its package -- not an AttributeError deep in the run."""
+    if kind not in _BUILT:
+        return
+    from . import components as comp
+
+    base, attrs = _BUILT[kind]
+    where = key[: -len(".options")] if key.endswith(".options") else key
+    who = f"{kind} {name!r} of plugin {entry.plugin or '?'}" + (
+        f" ({entry.package.get('name')} {entry.package.get('version')})" if entry.package else "")
+    duck = kind == "loss" and isinstance(module, torch.nn.Module)
+    if not isinstance(module, getattr(comp, base)) and not (duck and all(hasattr(module, a) for a in attrs)):
+        raise ConfigError(where, f"{who} built a {type(module).__name__}, not a liser_core.{base} (its factory must "
+                          f"return a subclass of {base}: docs/plugins.md)")
+    missing = [a for a in attrs if not hasattr(module, a)]
+    if missing:
+        raise ConfigError(where, f"{who} built a {type(module).__name__} without {', '.join(missing)}, which a "
+                          f"{base} sets in __init__ (docs/plugins.md)")
 
 
 def unset_defaults(factory, options: dict, inject: dict) -> dict[str, Any]:
@@ -110,7 +140,8 @@ def new_corpus(registries, cfg) -> Corpus:
     corpus = build_component(registries.dataset, cfg.data.name, plain(cfg.data.options), "data.options",
                              seed=int(cfg.seed))
     if not isinstance(corpus, Corpus):
-        raise UsageError(f"dataset {cfg.data.name!r} did not return a Corpus")
+        raise ConfigError("data.name", f"dataset {cfg.data.name!r} returned a {type(corpus).__name__}, not a "
+                          "liser_core.data.Corpus (docs/plugins.md)")
     return corpus
 
 

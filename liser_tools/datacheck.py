@@ -43,7 +43,7 @@ from typing import Any
 from liser_cache.identity import digests_of
 from liser_core import guards
 from liser_core.data import SPLITS, BadClipError, Clip, Corpus
-from liser_core.errors import UsageError
+from liser_core.errors import ConfigError
 from liser_core.guards import find_duplicates
 
 log = logging.getLogger("liser.datacheck")
@@ -260,7 +260,8 @@ def check_recipe(
     check_options(host.registries.dataset, cfg.data.name, options, "data", "dataset")
     corpus = build_component(host.registries.dataset, cfg.data.name, options, "data.options", seed=int(cfg.seed))
     if not isinstance(corpus, Corpus):
-        raise UsageError(f"dataset {cfg.data.name!r} did not return a Corpus")
+        raise ConfigError("data.name", f"dataset {cfg.data.name!r} returned a {type(corpus).__name__}, not a "
+                          "liser_core.data.Corpus (docs/plugins.md)")
     report = check_corpus(corpus, workers=workers, progress=progress, near_duplicates=bool(cfg.data.near_duplicates),
                           near_threshold=float(cfg.data.near_threshold), scored_split=str(cfg.evaluate.split))
     source = str(cfg.validation.source)

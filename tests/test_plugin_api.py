@@ -264,6 +264,27 @@ def test_a_plugin_name_declared_by_two_packages_is_listed_as_shadowed(fake_distr
     assert "plugin: dup (pkg-two " in describe(host, "loss", "ce_two")  # the package that provides it, not the shadowed one
 
 
+def test_a_run_using_a_shadowed_plugins_name_records_which_package_ran(fake_distribution, run_tiny, tmp_path,
+                                                                      monkeypatch):
+    """The shadowing was said when plugins loaded, but not in the run's record: a recipe naming
+    `dup:ce_two` ran pkg-two's code with no word in metrics.json of pkg-one also declaring `dup`."""
+    import json
+
+    monkeypatch.delenv("LISER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    _module(src, "dup_one", "ce_one")
+    _module(src, "dup_two", "ce_two")
+    fake_distribution("pkg-one", {"dup": "dup_one"}, path=src)
+    fake_distribution("pkg-two", {"dup": "dup_two"}, path=src)  # first on sys.path: loaded
+    ctx = run_tiny(overrides=["distil.losses=[{name: kl}, {name: 'dup:ce_two', weight: 0.5}]"], host=load_plugins())
+    warnings = json.loads((ctx.run_dir / "metrics.json").read_text())["warnings"]
+    assert any(w.startswith("distil.losses.1: plugin 'dup' is declared by pkg-two 0.0.1 (loaded, whose code runs) "
+                            "and by pkg-one 0.0.1 (shadowed, not loaded)") for w in warnings), warnings
+    plain = run_tiny(overrides=[f"run_dir={tmp_path / 'plain'}"], host=load_plugins())  # dup not used: nothing said
+    assert not any("shadowed" in w for w in json.loads((plain.run_dir / "metrics.json").read_text())["warnings"])
+
+
 def test_the_same_package_faked_over_an_installed_copy_loads_the_fake(fake_distribution, tmp_path, monkeypatch):
     monkeypatch.delenv("LISER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     old, new = tmp_path / "old", tmp_path / "new"
