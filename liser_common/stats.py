@@ -218,5 +218,25 @@ def repeats_needed(sd_diff: float, delta: float, *, alpha: float = 0.05, power: 
         return None
     if sd_diff == 0:
         return 2
-    n = TTestPower().solve_power(effect_size=abs(delta) / sd_diff, alpha=alpha, power=power, alternative="two-sided")
-    return max(2, math.ceil(float(n)))
+    # the smallest n whose power reaches ``power``, searched with the power function itself:
+    # solve_power returns NaN where it fails to converge (a spread of 1e-6 against a 0.02
+    # difference: scores rounded to 6 decimals), which crashed the board
+    tp, d = TTestPower(), abs(delta) / sd_diff
+    if d >= 100:  # 2 repeats have power ~1 (noncentrality >= 141 against t = 12.7); the t-distribution
+        return 2  # functions give NaN far beyond it
+
+    def enough(n: int) -> bool:
+        p = float(tp.power(effect_size=d, nobs=n, alpha=alpha, alternative="two-sided"))
+        return p == p and p >= power
+
+    if enough(2):
+        return 2
+    lo, hi = 2, 4
+    while not enough(hi):
+        lo, hi = hi, hi * 2
+        if hi > 10**8:
+            return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return hi

@@ -78,6 +78,12 @@ def test_repeats_needed_reaches_the_power_and_one_fewer_does_not():
         assert power(n, delta / sd) >= 0.8 > power(n - 1, delta / sd)
     assert repeats_needed(0.1, 0.05) > repeats_needed(0.05, 0.05)
     assert repeats_needed(float("nan"), 0.05) is None
+    # a tiny spread against the difference (scores read back at 6 decimals): statsmodels'
+    # solve_power returned NaN and the board crashed (ValueError: cannot convert float NaN)
+    assert repeats_needed(1e-17, 0.02) == 2  # scipy's noncentral t is NaN that far out: power ~1 at n = 2
+    for sd in (7e-7, 1e-3, 0.005):
+        n = repeats_needed(sd, 0.02)
+        assert n >= 2 and (n == 2 or power(n - 1, 0.02 / sd) < 0.8) and power(n, 0.02 / sd) >= 0.8
 
 
 def test_speaker_bootstrap_resamples_whole_speakers():
