@@ -208,6 +208,23 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     return [float(v) for v in out]
 
 
+def _paired_t_power(n: int, d: float, alpha: float) -> float:
+    """A two-sided one-sample/paired t-test's power at effect size ``d`` with ``n`` pairs: the
+    noncentral t's tails as an integral over the chi-square of the variance (scipy), which stays
+    finite where the closed forms underflow."""
+    import scipy.stats as st
+    from scipy.integrate import quad
+
+    df = n - 1
+    crit, ncp = float(st.t.ppf(1 - alpha / 2, df)), d * math.sqrt(n)
+
+    def given(v: float) -> float:
+        c = crit * math.sqrt(v / df)
+        return float((st.norm.sf(c - ncp) + st.norm.cdf(-c - ncp)) * st.chi2.pdf(v, df))
+
+    return quad(given, 0, math.inf, limit=200)[0]
+
+
 def repeats_needed(sd_diff: float, delta: float, *, alpha: float = 0.05, power: float = 0.8) -> int | None:
     """Paired repeats (seeds/folds) for a two-sided paired t-test at ``alpha`` to detect a mean
     difference ``delta`` with ``power``, when the differences spread with ``sd_diff``
@@ -227,7 +244,9 @@ def repeats_needed(sd_diff: float, delta: float, *, alpha: float = 0.05, power: 
 
     def enough(n: int) -> bool:
         p = float(tp.power(effect_size=d, nobs=n, alpha=alpha, alternative="two-sided"))
-        return p == p and p >= power
+        if p != p:  # statsmodels' noncentral t is NaN for large effects at small n (d = 20, n = 2)
+            p = _paired_t_power(n, d, alpha)
+        return p >= power
 
     if enough(2):
         return 2
