@@ -247,7 +247,8 @@ class FingerprintCache:
             )
             self._db = db
         except (sqlite3.Error, OSError) as exc:
-            log.debug("fingerprint cache %s not usable (%s)", self.path, exc)
+            log.warning("fingerprint cache %s cannot be used (%s): fingerprints are computed without it (the "
+                        "file is kept; remove it to start a new cache)", self.path, exc)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Fingerprint]:
         out: dict[str, Fingerprint] = {}
@@ -259,15 +260,22 @@ class FingerprintCache:
                     chunk = list(keys[i : i + 500])
                     q = f"SELECT key, frames, z, w, sig, chk FROM fp2 WHERE key IN ({','.join('?' * len(chunk))})"
                     for key, t, z, w, sig, chk in self._db.execute(q, chunk):
-                        if chk != _row_check(key, int(t), z, w, sig):  # edited or damaged: computed again
+                        try:
+                            valid = chk == _row_check(key, int(t), z, w, sig)
+                        except (TypeError, ValueError):  # a column of the wrong type: a damaged page
+                            valid = False
+                        if not valid:  # edited or damaged: computed again
                             log.warning("fingerprint cache %s: the row of %s does not match its check (edited or "
-                                        "damaged): its fingerprint is computed again", self.path, key[:16])
+                                        "damaged): its fingerprint is computed again", self.path, str(key)[:16])
                             continue
                         fp = _decode_row(int(t), z, w, sig)
                         if fp is not None:
                             out[key] = fp
-            except sqlite3.Error as exc:
-                log.debug("fingerprint cache read failed (%s)", exc)
+            except sqlite3.Error as exc:  # a file that is no database, or damaged pages
+                if not getattr(self, "_said", False):
+                    self._said = True
+                    log.warning("fingerprint cache %s cannot be read (%s): fingerprints are computed again (the "
+                                "file is kept; remove it to start a new cache)", self.path, exc)
         return out
 
     def put_many(self, items: Sequence[tuple[str, Fingerprint]]) -> None:

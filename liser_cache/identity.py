@@ -82,7 +82,8 @@ class _DigestCache:
                 "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, sig TEXT NOT NULL, sha256 TEXT NOT NULL)"
             )
         except (sqlite3.Error, OSError) as exc:
-            log.debug("digest cache %s not usable (%s); hashing without it", path, exc)
+            log.warning("digest cache %s cannot be used (%s): files are hashed without it (the file is kept; "
+                        "remove it to start a new cache)", path, exc)
             self._db, self._db_path = None, path
             return None
         self._db, self._db_path = db, path
@@ -108,6 +109,10 @@ class _DigestCache:
                     chunk = ask[i : i + 500]
                     q = f"SELECT path, sig, sha256 FROM files WHERE path IN ({','.join('?' * len(chunk))})"
                     for path, sig_col, digest in db.execute(q, chunk):
+                        if not all(isinstance(x, str) for x in (path, sig_col, digest)) or path not in sigs:
+                            log.warning("digest cache %s: a damaged row (%s) is not read: its file is hashed "
+                                        "again", self._db_path, path if isinstance(path, str) else "unreadable path")
+                            continue
                         sig_text, sep, check = sig_col.partition("|")
                         if sig_text != _sig_text(sigs[path]) or not sep:
                             continue  # the file changed, or a row of an older version: hashed again
@@ -117,8 +122,11 @@ class _DigestCache:
                             continue
                         out[path] = digest
                         self._remember(path, sigs[path], digest)
-            except sqlite3.Error:
-                pass
+            except sqlite3.Error as exc:  # a file that is no database, or damaged pages: hashed without it
+                if not getattr(self, "_said", False):
+                    self._said = True
+                    log.warning("digest cache %s cannot be read (%s): files are hashed again (the file is kept; "
+                                "remove it to start a new cache)", self._db_path, exc)
         return out
 
     def put_many(self, entries: list[tuple[str, tuple, str]]) -> None:

@@ -230,3 +230,50 @@ def test_a_digest_or_fingerprint_row_edited_by_hand_is_not_trusted(tmp_path, mon
         got = fingerprint.FingerprintCache(tmp_path / "fp.sqlite3").get_many(["k1", "k2"])
     assert list(got) == ["k1"] and np.array_equal(got["k1"].signature, fps["k1"].signature)
     assert "does not match its check" in caplog.text
+
+
+def test_a_damaged_or_foreign_digest_or_fingerprint_database_is_said_and_never_a_crash(tmp_path, monkeypatch, caplog):
+    """One flipped byte in digests.sqlite3 made a column read back as a BLOB, and every run
+    failed with `TypeError: a bytes-like object is required` in get_many; a file that is no
+    database was ignored without a word. A damaged row is skipped (the file hashed again) and
+    an unreadable database said, the file kept."""
+    import sqlite3
+
+    import numpy as np
+
+    from liser_cache import fingerprint, identity
+
+    monkeypatch.setenv("LISER_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(identity, "RACY_NS", 0)
+    monkeypatch.setattr(identity, "_CACHE", identity._DigestCache())
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"A" * 100), b.write_bytes(b"B" * 100)
+    true = identity.file_digests([a, b])
+    db = sqlite3.connect(str(tmp_path / "cache" / "digests.sqlite3"))
+    assert db.execute("UPDATE files SET sig = CAST(sig AS BLOB) WHERE path LIKE '%b.bin'").rowcount == 1  # a BLOB
+    db.commit(), db.close()
+    monkeypatch.setattr(identity, "_CACHE", identity._DigestCache())
+    with caplog.at_level(logging.WARNING, logger="liser.identity"):
+        assert identity.file_digests([a, b]) == true
+    assert "a damaged row" in caplog.text and "b.bin" in caplog.text
+    # a file that is no database: said once, hashed without it, the file left as it is
+    (tmp_path / "cache" / "digests.sqlite3").write_text("not a database " * 100)
+    for extra in ("-wal", "-shm"):
+        (tmp_path / "cache" / f"digests.sqlite3{extra}").unlink(missing_ok=True)
+    monkeypatch.setattr(identity, "_CACHE", identity._DigestCache())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="liser.identity"):
+        assert identity.file_digests([a, b]) == true
+    assert "cannot be read" in caplog.text or "cannot be used" in caplog.text
+    assert (tmp_path / "cache" / "digests.sqlite3").read_text().startswith("not a database")
+
+    cache = fingerprint.FingerprintCache(tmp_path / "fp.sqlite3")
+    fps = {"k1": fingerprint.compute(np.random.default_rng(0).standard_normal(16000).astype(np.float32), 16000)}
+    cache.put_many(list(fps.items()))
+    db = sqlite3.connect(str(tmp_path / "fp.sqlite3"))
+    assert db.execute("UPDATE fp2 SET frames = 'x' WHERE key = 'k1'").rowcount == 1  # a column of the wrong type
+    db.commit(), db.close()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="liser.fingerprint"):
+        assert fingerprint.FingerprintCache(tmp_path / "fp.sqlite3").get_many(["k1"]) == {}
+    assert "does not match its check" in caplog.text
