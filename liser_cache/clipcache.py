@@ -19,8 +19,9 @@ again, never used. Each entry also records the key and consumer it was written f
 ``entry``: ``a16000``, ``frames``, ``bad1``), checked against the ones it is read for: an entry
 found under another clip's name (two files swapped or copied on disk) is a miss, with one warning
 naming it, and the clip is decoded again. Each hit refreshes the entry's modification time; when the folder grows past
-``max_bytes`` the least recently used entries are removed (LRU). Everything under ``root`` may
-be deleted at any time.
+``max_bytes`` the least recently used entries are removed (LRU): only entries, named as LiSER
+names them in their key's folder, are counted and removed; other files are left alone (and a
+folder holding them is refused as ``data.cache_dir``). The entries may be deleted at any time.
 
 Example::
 
@@ -35,6 +36,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import zlib
@@ -57,6 +59,11 @@ class CachedBadClip:
 
     def __init__(self, reason: str, path: str | None):
         self.reason, self.path = reason, path
+
+
+#: a cache folder's shards and entries (``_entries``): nothing else there is LiSER's
+_SHARD = re.compile(r"[0-9a-f]{2}")
+_ENTRY = re.compile(r"([0-9a-f]{64})-(?:[A-Za-z0-9]+\.safetensors|bad\d+\.json)")
 
 
 class ClipCache:
@@ -222,13 +229,36 @@ class ClipCache:
         return sum(p.stat().st_size for p in self._entries())
 
     def _entries(self):
+        """The entries LiSER wrote: ``<2 hex>/<64 hex key>-<entry>.safetensors|-bad<n>.json``,
+        each in the folder of its key's first two characters. Anything else under ``root`` (a
+        user's files, another tool's) is never counted, trimmed or deleted."""
         if not self.root.is_dir():
             return
         for sub in self.root.iterdir():
-            if sub.is_dir() and len(sub.name) == 2:
+            if sub.is_dir() and _SHARD.fullmatch(sub.name):
                 for p in sub.iterdir():
-                    if not p.name.startswith("."):
+                    m = _ENTRY.fullmatch(p.name)
+                    if m and m.group(1)[:2] == sub.name and p.is_file():
                         yield p
+
+    def foreign(self, limit: int = 3) -> list[str]:
+        """Up to ``limit`` names under ``root`` that are not this cache's layout (its two-hex
+        folders of entries, the ``features`` folder of the feature cache, hidden files): a
+        folder of other files is refused as a cache folder (the cache deletes what it trims)."""
+        out: list[str] = []
+        if not self.root.is_dir():
+            return out
+        for child in sorted(self.root.iterdir()):
+            if child.name.startswith(".") or (child.is_dir() and child.name == "features"):
+                continue
+            if child.is_dir() and _SHARD.fullmatch(child.name):
+                out += [str(p) for p in sorted(child.iterdir())
+                        if not p.name.startswith(".") and not (_ENTRY.fullmatch(p.name) and p.name[:2] == child.name)]
+            else:
+                out.append(str(child))
+            if len(out) >= limit:
+                break
+        return out[:limit]
 
     def trim(self) -> int:
         """Remove the least recently used entries until the folder is under ``LOW_WATER`` of

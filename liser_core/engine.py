@@ -338,8 +338,22 @@ class Engine:
             return verdict
         for path, what, hint in self._write_targets():
             rundir.check_writable(path, what, hint)
+        self._check_cache_dir()
         self._check_free(0, 0)  # the reports' share; the models' once they are built (check_room)
         return verdict
+
+    def _check_cache_dir(self) -> None:
+        """``data.cache_dir`` is a folder the decoded-clip cache owns (it trims what it holds):
+        one holding other files is refused, naming some, before anything is written."""
+        cfg = self.cfg
+        cache_dir = cfg.data.get("cache_dir") if "data" in cfg else None
+        if not cache_dir or not cfg.data.get("cache", True):
+            return
+        foreign = ClipCache(Path(str(cache_dir)).expanduser()).foreign()
+        if foreign:
+            raise ConfigError("data.cache_dir", f"{cache_dir} holds files LiSER did not write (e.g. {', '.join(foreign)}): "
+                              "the decoded-clip cache removes what it trims there; choose an empty folder or one "
+                              "LiSER's cache made")
 
     def _check_free(self, models: int, store: int) -> None:
         """Room for ``models`` bytes of checkpoints and weights plus the reports in the run

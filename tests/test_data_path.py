@@ -93,6 +93,41 @@ def test_least_recently_used_entries_go_first(tmp_path):
     assert left == [keys[0], keys[4], keys[5]]
 
 
+def test_trimming_removes_only_the_caches_own_entries_and_a_foreign_cache_dir_is_refused(tmp_path, capsys):
+    """The size limit deleted every non-hidden file of any two-letter folder under the cache
+    (a user's `en/take1.wav`, `fr/notes1.txt`, a `00/README.txt`): only entries named as LiSER
+    names them, in their key's folder, are counted and trimmed; a data.cache_dir holding other
+    files is refused before the run writes anything."""
+    from liser_tools.cli import main
+    from liser_tools.testing import TINY_OVERRIDES, TINY_RECIPE
+
+    root = tmp_path / "c"
+    mine = {root / "en" / "take1.wav": b"RIFF user audio", root / "fr" / "notes1.txt": b"notes",
+            root / "00" / "README.txt": b"read me", root / "ab" / ("ab" + "0" * 62 + "-x.txt"): b"entry-like"}
+    for path, data in mine.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    cache = ClipCache(root, max_bytes=10**9)
+    keys = [ClipCache.key([f"{i:064x}"], {}) for i in range(4)]
+    for k in keys:
+        cache.put_audio(k, 16000, np.zeros(10_000, np.float32))
+    assert cache.size() == sum(p.stat().st_size for p in root.rglob("*-a16000.safetensors"))  # entries only
+    cache.max_bytes = 1
+    assert cache.trim() > 0
+    assert not list(root.rglob("*.safetensors")) and all(p.read_bytes() == d for p, d in mine.items())
+    assert sorted(cache.foreign(limit=10)) == sorted(str(p if p.parent.name in ("00", "ab") else p.parent) for p in mine)
+    # a run refuses that folder as its cache before writing anything (exit 2)
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE)
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "tiny.yaml"), *TINY_OVERRIDES, f"run_dir={tmp_path / 'run'}",
+                 f"data.cache_dir={root}"]) == 2
+    err = capsys.readouterr().err
+    assert "data.cache_dir: " in err and "holds files LiSER did not write" in err and not (tmp_path / "run").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert ClipCache(empty).foreign() == []
+
+
 def test_the_dataset_decodes_each_clip_once_and_remembers_bad_files(tree, tmp_path):
     corpus = ravdess(str(tree), expect_complete=False, min_seconds=0.2)
     clips = list(corpus.split("test")) + list(corpus.split("labeled"))[:6]
