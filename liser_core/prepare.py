@@ -262,6 +262,13 @@ def components(engine: Engine) -> None:
             run.warn(f"distil.losses.{i}: loss {lc.name!r} learns from labeled clips, and distil.include_labeled is "
                      "false: it never applies in distillation")
         run.losses[key] = (float(lc.weight), loss.to(run.device))
+    labeled = [c for c in run.split("labeled") if c.label is not None]
+    users = [f"distil.losses.{i} ({lc.name})" for i, ((_, loss), lc) in enumerate(zip(run.losses.values(), cfg.distil.losses))
+             if getattr(loss, "needs_labels", False) and cfg.distil.epochs > 0]
+    users += ["baseline"] * bool(cfg.baseline.enabled) + ["finetune"] * bool(cfg.finetune.epochs)
+    if not labeled and users:  # every class missing: what learns from labels learns nothing
+        run.flag("labeled_classes_missing", f"the labeled split has no labeled clips, and {', '.join(users)} learn(s) "
+                 "from labels: the labels-only baseline and the ce term see no class")
     if cfg.distil.losses and cfg.distil.epochs > 0 and all(float(lc.weight) == 0 for lc in cfg.distil.losses):
         raise ConfigError("distil.losses", "every loss term has weight 0: distillation would train the student on "
                           "weight decay alone")

@@ -301,3 +301,12 @@ def test_a_labeled_split_without_some_classes_is_flagged_and_a_teacher_split_sai
     assert main(["run", str(recipe(tmp_path, full, "fold: 1, label_fraction: 0.5, teacher_speakers: [9]", "f.yaml")),
                  f"run_dir={tmp_path / 'full'}", "teachers.0.fit.epochs=1", "distil.epochs=0"]) == 0
     assert "labeled_classes_missing" not in json.loads((tmp_path / "full" / "metrics.json").read_text())["flags"]
+
+
+def test_a_recipe_learning_from_labels_with_no_labeled_clip_is_flagged(run_tiny):
+    """labeled_clips=0 with a ce term: the run said "labeled 0" and recorded no flag."""
+    ctx = run_tiny(overrides=["data.options.labeled_clips=0"])
+    metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
+    assert "labeled_classes_missing" in metrics["flags"]
+    assert any("the labeled split has no labeled clips, and distil.losses.1 (ce) learn(s) from labels" in w
+               for w in metrics["warnings"])
