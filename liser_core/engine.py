@@ -312,6 +312,7 @@ class Engine:
             "device": str(self.run.device),
             "threads": self.threads,
             "data.workers": self.workers,
+            "data.feature_cache": bool(cfg.data.feature_cache),
             "loggers": sorted(str(k) for k in (cfg.loggers or {})),
             "run_dir": str(self.run.run_dir),
             "code": self._code_label(),
@@ -440,6 +441,12 @@ class Engine:
                     "resumed with %s (recorded per stage in state/run.json; the recipe stays as it was started)",
                     ", ".join(f"{k}={v}" for k, v in changed.items()),
                 )
+            before = prev["sessions"][-1] if prev.get("sessions") else {}
+            for key in ("threads", "device"):  # they change the numbers: the run's record says so, not only the log
+                if key in changed:
+                    self.run.warn(f"resumed with {key}={changed[key]} (its earlier stages ran with {key}={before.get(key)}):"
+                                  " floating-point results depend on it, so these scores are not those of an "
+                                  "uninterrupted run (the same to the last bits at most)")
             if code_before is not None and provenance.code_identity(code_before) != provenance.code_identity(
                     self._code_label()):
                 self.run.flag("mixed_code", f"resumed under other code: its earlier stages ran with {code_before}, "

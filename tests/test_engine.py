@@ -409,6 +409,26 @@ def test_a_resumed_run_keeps_what_earlier_sessions_timed_warned_and_fitted(run_t
     assert all(not f["reused"] for f in metrics["diagnostics"]["teacher_fits"].values())
 
 
+def test_a_run_resumed_with_another_thread_count_says_so_in_its_record(run_tiny, tmp_path):
+    """threads=2 on resume (a resume-free key) changes the floating-point results; it was said
+    on the console and in state/run.json, not in metrics.json, where the scores are."""
+    import json
+
+    from liser_core import load_plugins
+
+    host = load_plugins()
+    _StopOnce.fired = False
+    host.add("stop", _StopOnce())
+    with pytest.raises(KeyboardInterrupt):
+        run_tiny(overrides=["distil.epochs=2"], host=host)
+    ctx = run_tiny(overrides=["distil.epochs=2", "threads=2"], host=host)
+    warnings = json.loads((ctx.run_dir / "metrics.json").read_text())["warnings"]
+    assert any(w.startswith("resumed with threads=2 (its earlier stages ran with threads=1): floating-point results "
+                            "depend on it") for w in warnings), warnings
+    sessions = json.loads((ctx.run_dir / "state" / "run.json").read_text())["sessions"]
+    assert [x["threads"] for x in sessions] == [1, 2] and all("data.feature_cache" in x for x in sessions)
+
+
 class _PeekMetrics:
     seen: list = []
 
