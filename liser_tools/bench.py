@@ -449,7 +449,11 @@ def after_axes(grid: Grid, combinations: list[tuple[dict[str, str], list[str]]])
         if reached:
             same = tuple(t for t in [*full, *plain] if touches(t))
             if same not in loaded:
-                loaded[same] = load_recipe(grid.recipe, [*full, *plain])
+                try:
+                    loaded[same] = load_recipe(grid.recipe, [*full, *plain])
+                except ConfigError as exc:
+                    raise ConfigError(exc.key, f"{exc.reason} (combination {combination_key(_chosen)}{_in_grid(grid)}; "
+                                      "nothing was run)", exc.suggestions) from None
             cfg = loaded[same]
         for text in grid.cli_overrides:
             rule = rules.get(text)
@@ -472,6 +476,10 @@ def after_axes(grid: Grid, combinations: list[tuple[dict[str, str], list[str]]])
             raise ConfigError(_key(text), f"reaches no combination: no element of {prefix} is named {name!r} after the axes")
         log.info("%s: applied to %s %r in %d of %d combinations", text, prefix, name, n, len(combinations))
     return out
+
+
+def _in_grid(grid: Grid) -> str:
+    return f" of {grid.source}" if grid.source is not None else ""
 
 
 def _before_axes(grid: Grid) -> DictConfig:
@@ -515,7 +523,11 @@ def plan(grid: Grid, host) -> list[dict]:
         key = combination_key(chosen)
         run_dir = run_dir_of(grid, key)
         extra = [f"run_dir={run_dir}"] + ([f"store={grid.store_dir()}"] if grid.store else [])
-        cfg = prepare_config(grid.recipe, [*overrides, *extra], host)
+        try:
+            cfg = prepare_config(grid.recipe, [*overrides, *extra], host)
+        except ConfigError as exc:  # which combination, of which grid: the key alone names no run
+            raise ConfigError(exc.key, f"{exc.reason} (combination {key}{_in_grid(grid)}; nothing was run)",
+                              exc.suggestions) from None
         fp = fingerprint(cfg, versions)
         mine = [r for r in rows if r["combination"] == key]
         old = {r.get("recipe_fingerprint") or "" for r in mine}

@@ -216,6 +216,24 @@ def test_an_invalid_combination_is_refused_before_the_first_run(teacher_grid, tm
     assert not (tmp_path / "out" / "runs").exists() and not (tmp_path / "out" / "results.csv").exists()
 
 
+@pytest.mark.parametrize("override, key", [("distil.nosuch=1", "distil.nosuch"), ("distil.epochs=abc", "distil.epochs"),
+                                           ("distil.losses=[{name: nosuchloss}]", "distil.losses.0.name")])
+def test_a_recipe_error_of_one_combination_names_the_combination_and_grid(override, key, teacher_grid, tmp_path, capsys):
+    """`distil.nosuch: unknown key` alone, exit 2: which of the grid's combinations, of which
+    grid file, was not said (component-option errors did name it)."""
+    from liser_tools.cli import main
+
+    grid = yaml.safe_load(teacher_grid.read_text())
+    grid["axes"]["teachers"]["bad"] = [override]
+    teacher_grid.write_text(yaml.safe_dump(grid, sort_keys=False))
+    capsys.readouterr()
+    assert main(["bench", str(teacher_grid), "-o", str(tmp_path / "out"), "--list"]) == 2
+    err = capsys.readouterr().err
+    assert f"liser: error: {key}" in err and f"(combination teachers=bad,seed=s0 of {teacher_grid.resolve()}; " \
+                                             "nothing was run)" in err
+    assert not (tmp_path / "out" / "runs").exists()
+
+
 def test_rows_from_other_code_are_listed_and_never_averaged_silently(teacher_grid, tmp_path, capsys):
     from liser_common.provenance import code_string
     from liser_tools.bench import FIELDS, plan, write_results
