@@ -486,6 +486,7 @@ class Engine:
         from .preflight import probe
 
         probe(self)
+        prepare.check_fittable(self)
         return self.run
 
     def execute(self) -> RunContext:

@@ -285,6 +285,22 @@ def components(engine: Engine) -> None:
     )
 
 
+def check_fittable(engine: Engine) -> None:
+    """Each teacher the teach stage would fit can be fitted here (a fittable component, a teacher
+    split to fit it on): refused by validation, before anything is written -- not at the teach
+    stage, after the run directory was."""
+    run = engine.run
+    for i, (key, teacher) in enumerate(run.teachers.items()):
+        tc = run.teacher_configs[key]
+        if tc.checkpoint or getattr(teacher, "pretrained", False):
+            continue
+        if not getattr(teacher, "fittable", True):
+            raise ConfigError(f"teachers.{i}.checkpoint", f"teacher {tc.name!r} cannot be fitted in a run; give it a checkpoint")
+        if not run.split("teacher"):
+            raise ConfigError(f"teachers.{i}.checkpoint", f"corpus {run.corpus.name!r} has no teacher split to fit "
+                              f"{tc.name!r} on; give a checkpoint (or a corpus option that makes a teacher split)")
+
+
 def build_optimizer(engine: Engine, block, key: str, groups: list[dict], total_steps: int):
     """The optimizer and learning-rate schedule a training block names (``key``: its recipe key,
     e.g. ``distil``), over ``groups`` (parameter groups), for ``total_steps`` steps."""

@@ -310,3 +310,14 @@ def test_a_recipe_learning_from_labels_with_no_labeled_clip_is_flagged(run_tiny)
     assert "labeled_classes_missing" in metrics["flags"]
     assert any("the labeled split has no labeled clips, and distil.losses.1 (ce) learn(s) from labels" in w
                for w in metrics["warnings"])
+
+
+def test_a_teacher_with_no_split_to_fit_on_is_refused_before_the_run_dir_is_written(tmp_path, capsys):
+    """No teacher split and a teacher to fit: refused at the teach stage, after config.yaml,
+    metrics.json, manifest.json and state/run.json were written (status failed)."""
+    root = write_ravdess(tmp_path / "RAVDESS", ACTORS)
+    path = recipe(tmp_path, root, "fold: 1, label_fraction: 0.5")  # no teacher_speakers: no teacher split
+    capsys.readouterr()
+    assert main(["run", str(path), f"run_dir={tmp_path / 'run'}", "teachers.0.fit.epochs=1"]) == 2
+    assert "teachers.0.checkpoint: corpus 'ravdess' has no teacher split to fit" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
