@@ -37,6 +37,7 @@ row averaging different code is flagged ``mixed_code``) by explicit choice.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -61,7 +62,16 @@ log = logging.getLogger("liser.bench")
 
 FIELDS = ["combination", "model", "role", "components", "accuracy", "uar", "macro_f1",
           "num_parameters", "train_seconds", "run_dir", "recipe_fingerprint", "flags",
-          "label_fraction", "labeled_clips", "code", "teacher_identity"]
+          "label_fraction", "labeled_clips", "code", "teacher_identity", "row_check"]
+
+
+def row_check(row: dict) -> str:
+    """A results.csv row's check: sha256 over every column as the CSV holds it, but ``run_dir``
+    (an output folder may move) and the check itself. Written with the row when its run ends and
+    kept as read afterwards: a hand edit of any column (a parameter count, a fraction, a teacher
+    identity that decides which teacher rows merge) no longer matches it."""
+    text = json.dumps(["" if row.get(f) is None else str(row.get(f)) for f in FIELDS if f not in ("run_dir", "row_check")])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 #: What each flag a table can show means (leaderboard.md, efficiency.md, report.html): the
 #: run-level flags of ``liser_core.guards.FLAGS``, with what a board adds to them.
 FLAG_NOTES = {
@@ -327,6 +337,7 @@ def rows_of_run(key: str, ctx) -> list[dict]:
             "teacher_identity": teacher_identity(ctx, e.model) if e.role == "teacher" else (
                 targets_identity(ctx) if e.role == "targets" else ""),
         })
+        rows[-1]["row_check"] = row_check(rows[-1])
     return rows
 
 
@@ -587,6 +598,9 @@ def rows_disagree(run_dir: Path, rows: list[dict], fp: str, cfg=None, registries
                 return f"results.csv's {r['model']} {k} {r.get(k)} is not its run's ({run_dir}/metrics.json): edited?"
         if set(filter(None, (r.get("flags") or "").split(","))) != flags:
             return f"results.csv's {r['model']} flags are not its run's ({run_dir}/metrics.json): edited?"
+        if r.get("row_check") and r["row_check"] != row_check(r):  # any other column; rows of older versions have none
+            changed = r["row_check"]
+            return f"results.csv's {r['model']} row is not as LiSER wrote it (its row_check {changed} does not match): edited?"
     return ""
 
 

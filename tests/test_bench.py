@@ -343,6 +343,18 @@ def test_rows_that_are_not_their_runs_record_are_run_again(grid_file, tmp_path, 
     shutil.rmtree(out / "runs" / "loss-ce__seed-s0")
     assert main(["bench", str(path), "-o", str(out), "--list"]) == 0
     assert "stale  loss=ce,seed=s0  (its run directory" in capsys.readouterr().out
+    # any other column edited by hand (a parameter count shown on the board): its row check says so
+    assert run_grid(load_grid(path, out), host)["ran"] == 1
+    rows = list(csv.DictReader(open(results)))
+    assert all(r["row_check"] for r in rows)
+    rows[0]["num_parameters"] = "1"
+    with open(results, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    assert main(["bench", str(path), "-o", str(out), "--list"]) == 0
+    assert f"stale  {rows[0]['combination']}  (results.csv's {rows[0]['model']} row is not as LiSER wrote it" \
+        in capsys.readouterr().out
     text = results.read_text().replace(own[0], "oops", 1)
     results.write_text(text)
     assert main(["bench", str(path), "-o", str(out), "--list"]) == 2

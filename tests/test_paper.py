@@ -124,8 +124,10 @@ def test_the_paper_grids_validate_on_fixture_trees(tmp_path, capsys):
     cre = tmp_path / "CREMA-D"
     for a in range(1001, 1011):  # two actors per fold
         for j, code in enumerate(("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")):
+            # tones 61 Hz apart: none a near copy of another (5 Hz apart, whole teacher splits were
+            # left out as near copies of test clips, and a fold had no teacher split to fit on)
             fixtures.write_video(cre / "VideoFlash" / f"{a}_DFA_{code}_XX.mp4", seconds=0.6, size=(48, 48), rate=16000,
-                                 freq=90 + 5 * (a - 1000) + 37 * j)
+                                 freq=100 + 61 * (6 * (a - 1001) + j))
     for grid, root in (("ravdess", rav), ("cremad", cre)):
         # the committed grid; the hub's WavLM swapped for a tiny local one by the override its header
         # documents, which must reach the speech teacher in every teacher set (nothing downloads here)
