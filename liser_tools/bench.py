@@ -79,7 +79,9 @@ FLAG_NOTES = {
     "test_overlap": "a teacher of that run was fitted on test speakers or clips (`allow_test_overlap`); its "
                     "scores are NOT a fair estimate",
     "mixed_code": "the row averages runs of different code (LiSER or plugin version or git commit: the `code` "
-                  "column of results.csv); rerun them with `liser bench GRID --rerun-code` to compare like with like",
+                  "column of results.csv), or a run was resumed under other code than it started with (each "
+                  "session's code is in its `state/run.json` `sessions`); rerun them with `liser bench GRID "
+                  "--rerun-code` to compare like with like",
 }
 
 

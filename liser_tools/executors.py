@@ -86,6 +86,11 @@ class Executor(ABC):
     def describe(self) -> str:
         return f"{self.name} ({self.capacity} at once)"
 
+    def where(self, task_id: str) -> str:  # noqa: B027 - optional
+        """Where a submitted task runs now (``--status`` shows it), or "" where the executor
+        cannot tell before it ends."""
+        return ""
+
 
 #: name -> factory(**options) -> Executor
 EXECUTORS: dict[str, Callable[..., Executor]] = {}
@@ -284,6 +289,10 @@ class LocalExecutor(Executor):
                 s.conn.close()
                 self._spawn(s)  # a fresh worker in its place
         return out
+
+    def where(self, task_id: str) -> str:
+        slot = next((s for s in self._slots if s.task == task_id), None)
+        return f"local worker {slot.env['LISER_WORKER']} (pid {slot.process.pid})" if slot is not None else ""
 
     def cancel(self) -> None:
         for s in self._slots:  # SIGTERM: a run in progress saves its state as interrupted

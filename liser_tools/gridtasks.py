@@ -119,8 +119,10 @@ def _run(spec: dict) -> tuple[list[dict], dict]:
     if spec.get("teacher") is not None:
         OmegaConf.set_readonly(cfg, False)
         restrict_to_teacher(cfg, int(spec["teacher"]))
+    hint = "the same `liser bench` command (it resumes this task and the grid)"  # a grid's task: not liser run
     with _stages(spec["kind"]), _kill_once(spec, host):
         engine = Engine(cfg, host, resume=spec.get("resume", "auto"))
+        engine.resume_hint = hint
         try:
             ctx = engine.execute()
         except OtherRecipeError as exc:
@@ -132,12 +134,14 @@ def _run(spec: dict) -> tuple[list[dict], dict]:
             # fit or labeling pass had finished is in the store and is reused from there.
             log.info("%s: its folder holds another recipe's state (%s); starting it afresh", spec["id"], exc)
             engine = Engine(cfg, host, resume="restart")
+            engine.resume_hint = hint
             ctx = engine.execute()
         if engine.already_complete and spec["kind"] == "run":
             # finished earlier, but its rows never reached results.csv (the driver stopped): run
             # it again in place for its rows
             log.warning("%s: a finished run whose rows are missing; running it again", ctx.run_dir)
             engine = Engine(cfg, host, resume="restart")
+            engine.resume_hint = hint
             ctx = engine.execute()
     info = {"teacher_fits": ctx.diagnostics.get("teacher_fits", {}), "store": ctx.diagnostics.get("store", {})}
     if spec["kind"] != "run":

@@ -472,6 +472,8 @@ def _drive(grid, executor: Executor, tasks: list[Task], todo: list[dict], *, ret
                     t.state, t.attempts, t.started = "running", t.attempts + 1, time.time()
                     t.spec["attempt"] = t.attempts
                 executor.submit([(t.id, dict(t.spec), Resources(cpus=threads_of(t))) for t in batch])
+                for t in batch:  # where each runs now (a retry: its new worker, not the one that died)
+                    t.where = executor.where(t.id) or ""
                 status("running")
             if not running and not batch:
                 raise RuntimeError("task graph stuck: tasks wait for tasks that cannot run")  # a bug, not a user error

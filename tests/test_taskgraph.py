@@ -271,6 +271,8 @@ def test_ctrl_c_on_the_driver_cancels_and_the_same_command_resumes(two_workers, 
     assert state["state"] == "interrupted" and state["counts"]["running"] == 0
     assert state["counts"]["todo"] >= 1  # what ran is left to do ...
     assert "**Incomplete:" in (out / "leaderboard.md").read_text()  # ... and the board says what it lacks
+    said = [line for log in out.rglob("log.txt") for line in log.read_text().splitlines() if "interrupted: continue" in line]
+    assert all("the same `liser bench` command" in line and "liser run --resume" not in line for line in said)
     again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert scores(out) == scores(two_workers[0])  # ... and the same command finishes it, same scores
@@ -438,3 +440,18 @@ def test_a_fit_task_is_one_per_validation_setup_its_teacher_depends_on():
     a, b = ident("validation.source=labeled", stop), ident("validation.source=labeled", "validation.speakers=0.5", stop)
     assert a and b and a != b and a["validation"]["clips"] == ["l1", "l2"]
     assert ident("validation.source=teacher") != ident("validation.source=teacher", "validation.speakers=0.5")
+
+
+def test_status_names_the_worker_a_task_runs_on_now():
+    """--status said "on a worker not yet known" for a first attempt's whole run, and a retried
+    task "on local worker 0 (pid OLD)", the worker that had died: the driver asks the executor
+    where each task runs when it submits it."""
+    import types
+
+    from liser_tools.executors import Executor, LocalExecutor, _Slot
+
+    ex = LocalExecutor(workers=2)
+    ex._slots = [_Slot(process=types.SimpleNamespace(pid=111), task=None, env={"LISER_WORKER": "0"}),
+                 _Slot(process=types.SimpleNamespace(pid=222), task="run:b", env={"LISER_WORKER": "1"})]
+    assert ex.where("run:b") == "local worker 1 (pid 222)" and ex.where("run:a") == ""
+    assert Executor.where(ex, "run:b") == ""  # the interface's default: an executor that cannot tell
