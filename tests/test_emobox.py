@@ -394,3 +394,21 @@ def test_a_test_record_its_metadata_leaves_unusable_is_missing_from_the_scores(t
                         expect_complete=complete)
         assert victim["key"] in corpus.missing()["test"]["clips"]
         assert victim["key"] not in {c.clip_id for c in corpus.split("test")}
+
+
+def test_a_misspelt_class_in_a_label_map_is_refused_naming_the_likely_name(tmp_path, capsys):
+    """`"W": "Angri"` in label_map.json left every angry record out as a class LiSER does not
+    know (a note only; the label space lost `angry` and no flag followed). A name one or two
+    letters from a known emotion is refused with the name it is close to; a truly other class
+    (EmoDB's Boredom) is still left out with a note."""
+    base, _ = subset_tree(tmp_path, "savee", 4)
+    path = base / "data" / "savee" / "label_map.json"
+    label_map = json.loads(path.read_text())
+    code = next(k for k, v in label_map.items() if v.lower().startswith("ang"))
+    path.write_text(json.dumps({**label_map, code: "Angri"}))
+    with pytest.raises(ValueError, match=r"class 'Angri' \(code '.+'\) has no LiSER name, but is close to 'angry'"):
+        emobox("savee", metadata=str(base / "data"), root=str(base / "savee"), min_seconds=0.0)
+    args = ["data", "check", str(RECIPE), f"data.options.metadata={base / 'data'}", f"data.options.root={base / 'savee'}",
+            "data.options.corpus=savee"]
+    assert main(args) == 2
+    assert "is close to 'angry'" in capsys.readouterr().err

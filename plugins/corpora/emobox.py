@@ -268,6 +268,26 @@ def resolve(root: Path, corpus: str, wav: str) -> Path:
     return root / rel
 
 
+def _refuse_misspelt(path: Path, label_map: dict, canonical: dict) -> None:
+    """A class the label map names that has no LiSER name but is one letter or two from one
+    (``Angri``): its records would be left out as a class LiSER does not know, and the corpus
+    would lose that emotion with a note only. Refused, naming the likely name; a class that is
+    truly another emotion (EmoDB's ``Boredom``) is far from every name and left out as before."""
+    import difflib
+
+    from liser_core.labels import EMOTION_ALIASES, emotion_key
+
+    names = [k for k in EMOTION_ALIASES if len(k) > 3]
+    for code, name in label_map.items():
+        if canonical.get(code) is None:
+            close = difflib.get_close_matches(emotion_key(str(name)), names, n=1, cutoff=0.8)
+            if close:
+                raise ValueError(f"{path}: class {name!r} (code {code!r}) has no LiSER name, but is close to "
+                                 f"{close[0]!r} ({EMOTION_ALIASES[close[0]]}): a misspelling would leave its records "
+                                 "out as a class LiSER does not know; correct it (a class that is another emotion "
+                                 "needs a name far from these)")
+
+
 def emobox(
     corpus: str,
     metadata: str,
@@ -323,6 +343,7 @@ def emobox(
     if not isinstance(label_map, dict):
         raise ValueError(f"{label_map_path}: expected an object code -> class")
     canonical = {code: canonical_emotion(str(name)) for code, name in label_map.items()}
+    _refuse_misspelt(label_map_path, label_map, canonical)
     classes = {c for c in canonical.values() if c}
     space = LabelSpace(f"emobox_{corpus}", tuple(c for c in CANONICAL_EMOTIONS if c in classes))
     stm = read_stm(folder / "data.seg.wrd.stm")
