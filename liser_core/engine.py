@@ -786,6 +786,27 @@ class Engine:
                       "session): its config.json records no train_seconds, so `liser predict` and `liser serve` "
                       "score long inputs in one window unless --window is given")
         self.run.student.save_pretrained(self.run.run_dir / "student", train_seconds=longest)
+        self._say_stale_exports(self.run.run_dir / "student")
+
+    def _say_stale_exports(self, folder: Path) -> None:
+        """Exports left in the student folder by an earlier run of it (--restart) are of other
+        weights: each is named in the run's warnings (predict and serve refuse a stale ONNX
+        file; a TorchScript or ExecuTorch file would be shipped as it is)."""
+        from .export import export_mismatch
+
+        for side in sorted(folder.glob("*.json")):
+            target = side.with_suffix("")
+            if side.name in ("config.json", "quantization.json") or not target.is_file():
+                continue
+            try:
+                meta = json.loads(side.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(meta, dict) and {"format", "weights_sha256"} <= meta.keys():
+                why = export_mismatch(folder, target)
+                if why:
+                    self.run.warn(f"{target} is an export of earlier weights ({why}): export it again "
+                                  f"(liser export {folder}{' --format ' + str(meta['format']) if meta['format'] != 'onnx' else ''})")
 
     def epoch_hook(self, stage: str, model: str):
         key = f"{stage}/{model}"

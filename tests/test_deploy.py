@@ -420,3 +420,32 @@ def test_an_export_with_a_fixed_dimension_is_refused_and_its_file_removed(tmp_pa
     with pytest.raises(UsageError, match="fixed its batch dimension"):
         _check_dynamic(onnx.load(str(path)), path, tmp_path / "s.onnx")
     assert not path.exists()
+
+
+def test_exports_of_earlier_weights_left_in_a_student_folder_are_named_when_it_is_saved_again(trained, tmp_path):
+    """After `liser run --restart`, student.pt and student.pte of the earlier weights stayed in
+    student/ without a word (predict refuses a stale ONNX file, but a TorchScript or ExecuTorch
+    file is shipped as it is): the run's warnings name each."""
+    import shutil
+    import types
+
+    import torch
+
+    from liser_core import Student
+    from liser_core.engine import Engine
+    from liser_core.export import export
+
+    folder = tmp_path / "student"
+    shutil.copytree(trained.run_dir / "student", folder)
+    export(folder, folder / "student.pt", "torchscript")
+    said: list[str] = []
+    fake = types.SimpleNamespace(run=types.SimpleNamespace(warn=said.append))
+    Engine._say_stale_exports(fake, folder)
+    assert said == []  # made from these weights
+    student = Student.from_pretrained(folder)
+    with torch.no_grad():
+        next(student.parameters()).add_(0.01)
+    student.save_pretrained(folder)  # retrained in place
+    Engine._say_stale_exports(fake, folder)
+    assert len(said) == 1 and f"{folder / 'student.pt'} is an export of earlier weights" in said[0]
+    assert "--format torchscript" in said[0]
