@@ -43,6 +43,8 @@ log = logging.getLogger("liser.deploy")
 #: The longest file ``liser predict`` scores unless ``--max-seconds`` says otherwise (the ONNX
 #: export's length limit too); longer ones are refused from their header, before decoding.
 DEFAULT_MAX_SECONDS = 3600.0
+#: The shortest input of an ONNX export (its dynamic length starts there: liser_core.export)
+ONNX_MIN_SECONDS = 0.5
 #: audio files a folder is expanded to (read with soundfile); VIDEO_SUFFIXES are read with PyAV
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd", ".caf",
                   ".w64", ".rf64"}
@@ -272,6 +274,11 @@ class Predictor:
             elif backend == "int8":
                 raise UsageError(f"{onnx}: no int8 export here (liser export {checkpoint} --quantize int8)")
         self.backend = ("int8" if backend == "int8" else "onnx") if self.session is not None else "torch"
+        #: the shortest input scored: an ONNX export is made for inputs of at least ONNX_MIN_SECONDS
+        self.min_seconds = ONNX_MIN_SECONDS if self.session is not None else MIN_SECONDS
+        if self.session is not None and self.window and self.window < ONNX_MIN_SECONDS:
+            raise UsageError(f"--window {self.window:g}: the ONNX export ({onnx.name}) takes inputs of at least "
+                             f"{ONNX_MIN_SECONDS:g} s; give a longer window or --backend torch")
         from liser_core.card import student_provenance
         from liser_core.export import weights_digest
 
@@ -317,14 +324,21 @@ class Predictor:
                                       smoothing=smoothing)
         return recognizer.run(chunks)
 
+    def check_length(self, samples: int, what: str) -> None:
+        """Refuse an input shorter than this backend scores (:attr:`min_seconds`): the same rule
+        for ``liser predict`` and ``liser serve``."""
+        if samples < self.min_seconds * self.student.sample_rate:
+            via = f" with the {self.backend} backend" if self.session is not None else ""
+            raise UsageError(f"{what}: too short ({samples / self.student.sample_rate:.3g} s < {self.min_seconds:g} s"
+                             f"{via})")
+
     def probs(self, audio: np.ndarray) -> tuple[torch.Tensor, int]:
         spans, p = self.window_probs(audio)
         return p.mean(0), len(spans)
 
     def predict(self, path: str | Path) -> Prediction:
         audio = read_audio(path, self.student.sample_rate, max_seconds=self.max_seconds)
-        if len(audio) < MIN_SECONDS * self.student.sample_rate:
-            raise UsageError(f"{path}: too short ({len(audio) / self.student.sample_rate:.3g} s < {MIN_SECONDS} s)")
+        self.check_length(len(audio), str(path))
         try:
             p, n = self.probs(audio)
         except Exception as exc:  # noqa: BLE001 - the student failed on this file: say which, go on

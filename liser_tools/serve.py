@@ -44,7 +44,7 @@ from pathlib import Path
 
 from liser_core.errors import UsageError
 
-from .deploy import MIN_SECONDS, Predictor, read_audio
+from .deploy import Predictor, read_audio
 from .deploy import TooLarge as DeployTooLarge
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,7 @@ class Service:
         seconds = len(audio) / rate
         if seconds > self.max_seconds:
             raise TooLarge(f"{seconds:.1f} s of audio is over the limit of {self.max_seconds:g} s")
-        if seconds < max(MIN_SECONDS, 0.5):
-            raise UsageError(f"too short: {seconds:.3g} s (at least 0.5 s)")
+        self.predictor.check_length(len(audio), "the upload")  # predict's rule: the backend's shortest input
         spans, p = self.predictor.window_probs(audio)
         if not bool(p.isfinite().all()):
             raise ServiceError("the student's probabilities are not finite for this input")

@@ -646,3 +646,36 @@ def test_a_quantization_change_is_signed_and_never_minus_zero():
     assert quantization_change(record) == ", UAR +0.0 points, WA +0.0 points"  # not "-0.0"
     record = {"uar_drop_points": -0.8, "wa_drop_points": 1.25}
     assert quantization_change(record) == ", UAR +0.8 points, WA -1.2 points"
+
+
+def test_predict_and_serve_refuse_the_same_short_inputs_per_backend(tiny_run, tmp_path):
+    """A 0.25 s clip: `liser predict` scored it (>= 0.1 s), `liser serve` refused it (>= 0.5 s),
+    and --backend onnx scored it though the export's sidecar says inputs of >= 0.5 s. One rule,
+    the backend's: 0.1 s for PyTorch, 0.5 s for an ONNX export, in both."""
+    pytest.importorskip("onnxruntime")
+    import io
+
+    import soundfile as sf
+
+    from liser_core.errors import UsageError
+    from liser_tools.deploy import Predictor
+    from liser_tools.serve import Service
+
+    ckpt = tiny_run.run_dir / "student"
+    if not (ckpt / "student.onnx").is_file() or Predictor(ckpt, backend="auto").backend != "onnx":
+        from liser_core.export import export
+
+        export(ckpt, ckpt / "student.onnx")
+    rate = 16000
+    short = io.BytesIO()
+    sf.write(short, (0.1 * np.sin(np.arange(int(0.25 * rate)) / 7)).astype("float32"), rate, format="WAV")
+    wav = tmp_path / "short.wav"
+    wav.write_bytes(short.getvalue())
+    assert Predictor(ckpt, backend="torch").predict(wav).windows >= 1
+    assert Service(ckpt, backend="torch").predict(short.getvalue())["label"]
+    with pytest.raises(UsageError, match=r"too short \(0.25 s < 0.5 s with the onnx backend\)"):
+        Predictor(ckpt, backend="onnx").predict(wav)
+    with pytest.raises(UsageError, match=r"the upload: too short \(0.25 s < 0.5 s with the onnx backend\)"):
+        Service(ckpt, backend="onnx").predict(short.getvalue())
+    with pytest.raises(UsageError, match="the ONNX export .* takes inputs of at least 0.5 s"):
+        Predictor(ckpt, backend="onnx", window=0.25)
