@@ -421,6 +421,7 @@ class Engine:
             "warnings": list(prev.get("warnings") or []) if prev else [],
             "flags": list(prev.get("flags") or []) if prev else [],
             "announced": dict(prev.get("announced") or {}) if prev else {},  # the last epoch told to hooks, per model
+            "feature_cache": dict(prev.get("feature_cache") or {}) if prev else {},  # earlier sessions' counts
             "inputs": prev.get("inputs", self._inputs()) if prev else self._inputs(),  # files named by path, by content
             "corpus_files": bool(prev.get("corpus_files", self.corpus_files) if prev else self.corpus_files),
             "sessions": [*(prev.get("sessions", []) if prev else []), {**self.settings(), "threads": threads}],
@@ -595,8 +596,16 @@ class Engine:
             log.warning("%d clip(s) skipped as bad (data.bad_clips=skip): see metrics.json", len(skipped))
         fc = self.feature_cache
         if fc is not None and fc.hits + fc.misses:
-            run.diagnostics["feature_cache"] = {"hits": fc.hits, "misses": fc.misses}
-            log.info("fixed frontend features: %d computed, %d from the cache", fc.misses, fc.hits)
+            before = self.state.get("feature_cache") if isinstance(self.state.get("feature_cache"), dict) else {}
+            counts = {"hits": fc.hits, "misses": fc.misses, "from_disk": fc.disk_hits}
+            total = {k: int(before.get(k, 0)) + v for k, v in counts.items()}  # every session of a resumed run
+            run.diagnostics["feature_cache"] = {**total, "folder": str(fc.disk.root) if fc.disk is not None else None}
+            if self.dist.is_main and self.state:
+                self._save_state(feature_cache=total)
+            log.info("fixed frontend features: %d computed, %d from the cache (%d of them from disk)",
+                     fc.misses, fc.hits, fc.disk_hits)
+        if self.clip_cache is not None:  # which folder served decoded clips (hits are counted in the workers)
+            run.diagnostics["clip_cache"] = {"folder": str(self.clip_cache.root)}
         self.notify("liser_run_end", run=run, results=run.results(), error=error)
 
     def _stage(self, stage: Stage) -> None:

@@ -58,6 +58,7 @@ class FeatureCache:
         self.memory: dict[tuple[str, str], torch.Tensor] = {}
         self.bytes = 0
         self.hits = self.misses = 0
+        self.disk_hits = 0  # of the hits, those read from disk (a warm cache from earlier runs)
 
     def get(self, key: str, tag: str) -> torch.Tensor | None:
         t = self.memory.get((key, tag))
@@ -66,6 +67,7 @@ class FeatureCache:
             if arr is not None:
                 t = torch.from_numpy(arr)
                 self._hold(key, tag, t)
+                self.disk_hits += 1
         if t is None:
             self.misses += 1
         else:

@@ -407,6 +407,11 @@ def test_a_resumed_run_keeps_what_earlier_sessions_timed_warned_and_fitted(run_t
     assert metrics["stage_seconds"]["distil"] > state["stage_seconds"]["distil"]  # both sessions' time
     assert sum("never applies" in w for w in metrics["warnings"]) == 1
     assert all(not f["reused"] for f in metrics["diagnostics"]["teacher_fits"].values())
+    # the feature cache's counts are every session's (they were the last session's alone)
+    first = state["feature_cache"]
+    last = metrics["diagnostics"]["feature_cache"]
+    assert first["misses"] > 0 and last["misses"] >= first["misses"]  # the first session's computing is kept
+    assert last["hits"] + last["misses"] > first["hits"] + first["misses"]
 
 
 def test_a_run_resumed_with_another_thread_count_says_so_in_its_record(run_tiny, tmp_path):

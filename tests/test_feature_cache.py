@@ -131,6 +131,9 @@ def test_training_on_cached_features_is_bit_identical(run_tiny, tmp_path, augmen
     if not augment:  # the student's later epochs
         assert fresh.diagnostics["feature_cache"]["hits"] > 0
     assert disk.diagnostics["feature_cache"]["hits"] > fresh.diagnostics["feature_cache"]["hits"]  # the next run
+    # a cold cache's hits come from memory, a warm one's from disk: told apart in the record
+    assert fresh.diagnostics["feature_cache"]["from_disk"] == 0 < disk.diagnostics["feature_cache"]["from_disk"]
+    assert disk.diagnostics["feature_cache"]["folder"] == str(tmp_path / "cache" / "features")
     for ctx in (fresh, disk):
         for a, b in zip(off.evaluations, ctx.evaluations):
             assert a.model == b.model and torch.equal(a.probs, b.probs), a.model
