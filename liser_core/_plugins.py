@@ -277,6 +277,13 @@ class PluginHost:
                 info.status = "blocked"
                 self.plugins.append(info)
                 continue
+            if name in KINDS and not info.ours:  # `liser show loss:kl` would read it as KIND:NAME
+                info.status, info.error = "failed", (f"its entry-point name {name!r} is a component kind: "
+                                                     f"{name}:NAME would mean kind {name}, not this plugin; rename "
+                                                     "the entry point")
+                log.warning("plugin %r of %s not loaded: %s", name, info.distribution or ep.value, info.error)
+                self.plugins.append(info)
+                continue
             if not autoload and name not in only:
                 info.status = "not loaded"
                 self.plugins.append(info)

@@ -550,3 +550,17 @@ def test_a_fit_that_returns_notimplemented_leaves_the_teacher_to_the_engine_loop
         run_tiny(overrides=["teachers=[{name: deferring, fit: {epochs: 1, batch_size: 16}, options: {channels: [4, 8], hidden: 16}}]"],
                  host=host)
     assert "teacher deferring epoch 1/1" in caplog.text and "fitted itself" not in caplog.text
+
+
+def test_an_entry_point_named_after_a_component_kind_is_refused(fake_distribution, tmp_path, monkeypatch):
+    """A package whose entry point is called `loss` registered a student `kl`, unflagged, and
+    `liser show loss:kl` read it as KIND:NAME and showed LiSER's loss: such a name is refused."""
+    monkeypatch.delenv("LISER_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    _module(src, "kindly", "ce_kindly")
+    fake_distribution("pkg-kind", {"loss": "kindly"}, path=src)
+    host = load_plugins()
+    (info,) = [p for p in host.plugins if p.name == "loss"]
+    assert info.status == "failed" and "is a component kind" in info.error
+    assert "ce_kindly" not in host.registries.loss
