@@ -531,7 +531,7 @@ EXECUTOR_KEYS = ("workers", "retries", "address", "partition", "cpus_per_task", 
 
 def add_executor_args(p) -> None:
     """``liser bench``'s options for running a grid as a task graph."""
-    from .executors import executor_names
+    from .executors import CLASHES, executor_names
 
     g = p.add_argument_group(
         "many workers, GPUs and machines",
@@ -544,7 +544,7 @@ def add_executor_args(p) -> None:
                    help="local: N worker processes, torch threads split between them, one GPU each where there are "
                    "GPUs (default 1: the combinations one after another in this process, as before); ray/slurm: at "
                    "most N tasks at once")
-    g.add_argument("--executor", default=None, choices=executor_names(),
+    g.add_argument("--executor", default=None, choices=executor_names() + sorted(CLASHES),  # a clash: refused naming both
                    help="where the tasks run: local (default), ray (a Ray cluster), slurm (job arrays via submitit)")
     g.add_argument("--address", default=None, help="ray: the cluster (auto, HOST:PORT; local starts a private one)")
     g.add_argument("--partition", default=None, help="slurm: the partition")

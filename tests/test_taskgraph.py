@@ -402,6 +402,10 @@ def test_an_executor_name_two_packages_declare_is_refused_not_first_on_the_path(
     assert "executor 'local' of exa not loaded: the name is liser's" in caplog.text
     with pytest.raises(ConfigError, match="executor 'fast' is declared by .*: which one is meant cannot be told"):
         executors.make_executor("fast")
+    # the command line lets the clashed name through to that refusal (argparse said "invalid choice")
+    from liser_tools.cli import build_parser
+
+    assert build_parser().parse_args(["bench", "g.yaml", "--executor", "fast"]).executor == "fast"
 
 
 def test_status_of_a_driver_that_died_says_so_and_stops_its_clocks(tmp_path):
