@@ -179,6 +179,11 @@ def _stream(args, host) -> int:
 
     if args.window == 0:
         raise UsageError("--window 0 (the whole clip) does not apply to --stream: give a window in seconds (default 1)")
+    if args.mic_seconds is not None:
+        if "mic" not in args.paths:
+            raise UsageError(f"--mic-seconds {args.mic_seconds:g}: only with the source `mic` (a file streams whole)")
+        if not (math.isfinite(args.mic_seconds) and args.mic_seconds > 0):
+            raise UsageError(f"--mic-seconds {args.mic_seconds:g}: give a duration in seconds > 0")
     window = args.window or 1.0
     args.hop = 0.25 if args.hop is None else args.hop
     args.smoothing = 0.5 if args.smoothing is None else args.smoothing

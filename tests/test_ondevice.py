@@ -467,6 +467,11 @@ def test_cli_predict_stream(tmp_path, capsys):
     assert main(["predict", ckpt, str(tmp_path / "short.wav"), "--stream"]) == 1  # a file that fails, as offline
     err = capsys.readouterr().err
     assert f"{tmp_path / 'short.wav'}: " in err and "too short to score (at least 0.1 s)" in err and "Traceback" not in err
+    for sources, extra, words in (([str(tmp_path / "long.wav")], ["--mic-seconds", "5"], "only with the source `mic`"),
+                                  (["mic"], ["--mic-seconds=-3"], "give a duration in seconds > 0")):
+        # --mic-seconds on a file was accepted without a word; a negative duration too
+        assert main(["predict", ckpt, *sources, "--stream", *extra]) == 2
+        assert words in capsys.readouterr().err
 
 
 def test_websocket_stream_on_a_real_socket(tmp_path):
