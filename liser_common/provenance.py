@@ -147,6 +147,10 @@ def source_state(directory: str) -> dict[str, Any]:
     commit = (git("rev-parse", "HEAD") or "").strip() or None
     if commit is None:
         return {"commit": None, "dirty": None}
+    # a folder the checkout does not track (a virtualenv's site-packages inside a clone, ignored)
+    # is not that commit's code: no commit, so a package there is named by its files instead
+    if not (git("ls-files", "--", ".") or "").strip():
+        return {"commit": None, "dirty": None}
     status = git("status", "--porcelain", "--untracked-files=no", "--", ".")
     return {"commit": commit, "dirty": None if status is None else bool(status.strip())}
 

@@ -66,10 +66,12 @@ def export(
     example_seconds: float = 3.0,
     window_seconds: float | None = None,
     host=None,
+    provenance: dict | None = None,
 ) -> dict:
     """Export a saved student to ONNX, TorchScript or ExecuTorch (``.pte``, the XNNPACK backend;
     fixed input of one ``window_seconds`` window, default 1 s); returns (and writes) the sidecar
-    metadata."""
+    metadata. ``provenance``: the run's record to carry (default: :func:`_provenance` of
+    ``checkpoint``; a copy staged elsewhere passes its source folder's)."""
     if fmt not in ("onnx", "torchscript", "executorch"):
         raise UsageError(f"--format {fmt!r}: choose onnx, torchscript or executorch")
     output = Path(output)
@@ -77,7 +79,8 @@ def export(
     checkpoint = resolve_source(checkpoint)
     student = Student.from_pretrained(checkpoint, host=host)
     config = read_component_config(checkpoint, "student")
-    provenance = _provenance(checkpoint)
+    # the run that made it: from the folder, unless the caller read it where the folder came from
+    provenance = provenance if provenance is not None else _provenance(checkpoint)
     wrapper = _Exported(student, fmt).eval()
     example = 0.01 * torch.randn(2, int(example_seconds * student.sample_rate))  # batch 2: no 0/1 specialisation
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -209,14 +209,21 @@ def push(student_dir: str | Path, repo_id: str, *, private: bool = False, api=No
             shutil.copy2(run / "config.yaml", stage / "recipe.yaml")
         carded = (stage / "README.md").is_file()
         if onnx:
-            from .export import export, export_mismatch, file_sha256, sidecar, weights_digest
+            from .export import (
+                _provenance,
+                export,
+                export_mismatch,
+                file_sha256,
+                sidecar,
+                weights_digest,
+            )
 
             ready = src / "student.onnx"  # `liser export` made it from these very weights: that file, not another export
             if ready.is_file() and export_mismatch(src, ready) is None and _format(sidecar(ready)) == "onnx":
                 shutil.copy2(ready, stage / ready.name)
                 shutil.copy2(sidecar(ready), stage / sidecar(ready).name)
-            else:
-                export(stage, stage / "student.onnx")
+            else:  # the run's record read where the folder lies (the staged copy has no run around it)
+                export(stage, stage / "student.onnx", provenance=_provenance(src))
             try:  # the int8 file, only as LiSER wrote it from these weights (its sidecar records both digests)
                 record = json.loads((src / INT8[1]).read_text())
                 ok = (record.get("sha256") == file_sha256(src / INT8[0])

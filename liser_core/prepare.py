@@ -458,8 +458,8 @@ def guard_data(engine: Engine) -> None:
             text = (f"the {split} split has no clips of {len(gone)} of the {len(run.label_space)} classes "
                     f"({', '.join(gone[:8])})")
             if split == "labeled":
-                run.flag("labeled_classes_missing", text + ": the labels-only baseline and the ce term never see "
-                         "them, so the baseline cannot predict them")
+                run.flag("labeled_classes_missing", text + ": what learns from labels (a ce term, the labels-only "
+                         "baseline, fine-tuning) never sees them")
             elif any(t.fit is not None and t.fit.epochs for t in cfg.teachers if t.checkpoint is None):
                 run.warn(text + ": a teacher fitted on it never learns them")
     test = {c.speaker for c in run.split(cfg.evaluate.split)}

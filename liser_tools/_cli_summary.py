@@ -205,10 +205,16 @@ def _over_keys(cfg: Any, over: Sequence[str]) -> list[str]:
     keys = list(over)
     data = (cfg or {}).get("data") if isinstance(cfg, dict) else None
     parts = ((data or {}).get("options") or {}).get("parts") if isinstance(data, dict) else None
-    if "data.options.fold" in over and isinstance(parts, dict):
+    if "data.options.fold" in over and isinstance(parts, dict) and isinstance(parts.get("test"), dict):
+
+        def corpus(part: Any) -> Any:  # a part's corpus: its name and options but the fold
+            opts = part.get("options") if isinstance(part.get("options"), dict) else {}
+            return [part.get("name"), {k: v for k, v in opts.items() if k != "fold"}]
+
+        test = corpus(parts["test"])  # the test corpus's fold, and that of parts built from the same corpus
         keys += [f"data.options.parts.{role}.options.fold" for role in sorted(parts, key=str)
                  if isinstance(parts[role], dict) and isinstance(parts[role].get("options"), dict)
-                 and "fold" in parts[role]["options"]]
+                 and "fold" in parts[role]["options"] and corpus(parts[role]) == test]
     return keys
 
 

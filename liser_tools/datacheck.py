@@ -227,7 +227,8 @@ def check_corpus(
         shared = sorted(speakers[a] & speakers[b])
         if shared:
             report.warnings.append(f"{len(shared)} speakers are in both {a!r} and {b!r} (e.g. {shared[:3]})")
-    if scored_split is not None and not counts[scored_split].usable:  # a problem: the run refuses it (exit 2)
+    pool = all(counts[s].clips == 0 for s in SPLITS if s != "unlabeled")  # a pool checked alone (video_folder)
+    if scored_split is not None and not pool and not counts[scored_split].usable:  # a problem: the run refuses it
         report.problems.append(Problem("empty_split", f"the {scored_split} split has no usable clips: liser run "
                                        "would stop (nothing to score)", split=scored_split))
     elif not counts["test"].usable:

@@ -235,6 +235,7 @@ class Predictor:
         checkpoint = resolve_source(checkpoint)  # a folder, or a Hub id through the HF cache
         self.student = Student.from_pretrained(checkpoint, host=host)
         config = read_component_config(checkpoint, "student")
+        window_given = window is not None
         if window is None:
             window = config.get("train_seconds")
             if window is not None and not (isinstance(window, (int, float)) and math.isfinite(window) and window >= MIN_SECONDS):
@@ -273,12 +274,17 @@ class Predictor:
                 raise UsageError(f"{onnx}: no ONNX export here (liser export {checkpoint})")
             elif backend == "int8":
                 raise UsageError(f"{onnx}: no int8 export here (liser export {checkpoint} --quantize int8)")
+        if self.session is not None and self.window and self.window < ONNX_MIN_SECONDS:
+            said = "--window" if window_given else f"its train_seconds ({checkpoint}/config.json)"
+            if backend != "auto":
+                raise UsageError(f"window {self.window:g} s ({said}): the ONNX export ({onnx.name}) takes inputs of at "
+                                 f"least {ONNX_MIN_SECONDS:g} s; give a longer --window or --backend torch")
+            log.warning("%s not used: windows of %g s (%s) are shorter than the %g s it takes; scoring with PyTorch",
+                        onnx, self.window, said, ONNX_MIN_SECONDS)
+            self.session = None
         self.backend = ("int8" if backend == "int8" else "onnx") if self.session is not None else "torch"
         #: the shortest input scored: an ONNX export is made for inputs of at least ONNX_MIN_SECONDS
         self.min_seconds = ONNX_MIN_SECONDS if self.session is not None else MIN_SECONDS
-        if self.session is not None and self.window and self.window < ONNX_MIN_SECONDS:
-            raise UsageError(f"--window {self.window:g}: the ONNX export ({onnx.name}) takes inputs of at least "
-                             f"{ONNX_MIN_SECONDS:g} s; give a longer window or --backend torch")
         from liser_core.card import student_provenance
         from liser_core.export import weights_digest
 

@@ -363,3 +363,12 @@ def test_summarize_averages_a_cross_corpus_recipe_over_its_test_folds(tmp_path):
     groups = group_runs(runs, ("seed", "data.options.fold"))
     assert len(groups) == 1 and len(groups[0]["runs"]) == 2
     assert "folds_incomplete" in groups[0]["flags"] and groups[0]["folds"] == "folds 1, 2 of 5 (seed 0)"
+    # a teacher part of another corpus whose fold differs is another recipe (another teacher), not a repeat
+    for name, teacher_fold in (("t1", 1), ("t2", 2)):
+        d = fake_run(name, 1)
+        cfg = yaml.safe_load((d / "config.yaml").read_text())
+        cfg["data"]["options"]["parts"]["teacher"] = {"name": "emobox", "options": {"corpus": "msppodcast",
+                                                                                    "metadata": "m", "fold": teacher_fold}}
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+    groups = group_runs([load_run(tmp_path / n) for n in ("t1", "t2")], ("seed", "data.options.fold"))
+    assert len(groups) == 2

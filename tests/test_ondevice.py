@@ -682,5 +682,6 @@ def test_predict_and_serve_refuse_the_same_short_inputs_per_backend(tiny_run, tm
         Predictor(ckpt, backend="onnx").predict(wav)
     with pytest.raises(UsageError, match=r"the upload: too short \(0.25 s < 0.5 s with the onnx backend\)"):
         Service(ckpt, backend="onnx").predict(short.getvalue())
-    with pytest.raises(UsageError, match="the ONNX export .* takes inputs of at least 0.5 s"):
+    with pytest.raises(UsageError, match=r"window 0.25 s \(--window\): the ONNX export .* takes inputs of at least 0.5 s"):
         Predictor(ckpt, backend="onnx", window=0.25)
+    assert Predictor(ckpt, backend="auto", window=0.25).backend == "torch"  # the default choice falls back, said

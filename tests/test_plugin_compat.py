@@ -547,3 +547,24 @@ def test_a_saved_students_package_is_recorded_and_checked_on_load(fake_distribut
     with pytest.raises(UsageError, match="from package 'up-plugin'; plugin 'up' here comes from package "
                                          "'twin-plugin': not this component"):
         Student.from_pretrained(tmp_path / "saved", host=liser_core.load_plugins())
+
+
+def test_a_plugin_installed_in_an_ignored_folder_of_a_checkout_is_named_by_its_files(tmp_path):
+    """The README's .venv lies inside the LiSER clone: a plugin installed there took the clone's
+    commit (dirty: False) for its own, so editing it at the same version went unnoticed. A folder
+    the checkout does not track is no commit's code."""
+    import subprocess
+
+    from liser_common import provenance as prov
+
+    repo = tmp_path / "repo"
+    (repo / "site" / "pkg").mkdir(parents=True)
+    (repo / "tracked").mkdir()
+    (repo / ".gitignore").write_text("site/\n")
+    (repo / "tracked" / "a.py").write_text("x = 1\n")
+    (repo / "site" / "pkg" / "__init__.py").write_text("y = 2\n")
+    for cmd in (["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"]):
+        subprocess.run(["git", "-C", str(repo), *cmd], check=True, capture_output=True)
+    prov.source_state.cache_clear()
+    assert prov.source_state(str(repo / "tracked"))["commit"]  # tracked: the commit names it
+    assert prov.source_state(str(repo / "site" / "pkg")) == {"commit": None, "dirty": None}

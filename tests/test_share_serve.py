@@ -174,6 +174,11 @@ def test_push_then_load_by_id_gives_the_same_probabilities(run_dir, offline_hub,
     from liser_common.weights import resolve_source
 
     assert resolve_source("lab/liser-synth").is_relative_to(offline_hub.cache)
+    # the pushed export carries the run's record, read where the folder lies (not the staged copy's)
+    prov = json.loads((resolve_source("lab/liser-synth") / "student.onnx.json").read_text())["provenance"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert prov["recipe_fingerprint"] == metrics["recipe_fingerprint"] and prov["flags"] == metrics["flags"]
+    assert prov["source"] == str(run_dir.resolve() / "metrics.json")
     hub = Student.from_pretrained("lab/liser-synth")
     for (k, a), (_, b) in zip(local.state_dict().items(), hub.state_dict().items()):
         assert torch.equal(a, b), k

@@ -164,3 +164,17 @@ def test_ravdess_with_a_video_folder_as_its_pool(vox, tmp_path):
         ravdess(str(tmp_path / "rav"), unlabeled_from=str(vox), unlabeled_options={"fps": 3})
     with pytest.raises(ValueError, match="needs unlabeled_from"):
         ravdess(str(tmp_path / "rav"), unlabeled_options={"max_seconds": 3})
+
+
+def test_data_check_of_a_pool_alone_warns_that_it_has_no_test_split(tmp_path, capsys):
+    """A video folder checked on its own (docs/datasets.md) is a pool: no test split is no
+    problem there (a recipe scoring a split with no usable clip is one: tests/test_datacheck.py)."""
+    from liser_tools.cli import main
+
+    fixtures.write_video(tmp_path / "vids" / "spk1" / "a.mp4", seconds=1.0, freq=220.0)
+    fixtures.write_video(tmp_path / "vids" / "spk2" / "b.mp4", seconds=1.0, freq=660.0)
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "synth_kd.yaml"
+    rc = main(["data", "check", str(recipe), "data.name=video_folder",
+               f"data.options={{root: {tmp_path / 'vids'}, cache_dir: {tmp_path / 'c'}}}"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "the test split has no usable clips" in out and "empty_split" not in out, out + capsys.readouterr().err
