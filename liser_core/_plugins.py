@@ -382,6 +382,13 @@ def _runs_here(dist) -> bool:
     return url.startswith("file:") and Path(unquote(urlparse(url).path)).resolve() == here
 
 
+def _dist_name_of(dist) -> str:
+    try:
+        return str(dist.metadata["Name"] or "").strip().lower().replace("_", "-")
+    except Exception:  # noqa: BLE001 - a broken metadata file
+        return ""
+
+
 def _declared_entry_points() -> list[tuple[Any, bool]]:
     """Every ``liser`` entry point with whether the LiSER that runs declares it. Like
     importlib, one distribution per name (the first on sys.path), except that a package which
@@ -393,22 +400,29 @@ def _declared_entry_points() -> list[tuple[Any, bool]]:
     found: list[tuple[Any, Any, bool]] = []  # (dist, its entry points, ours)
     for dist in importlib.metadata.distributions():
         try:
-            name = (dist.metadata["Name"] or "").strip().lower().replace("_", "-")
+            # the name as importlib dedupes by it (from the folder's name, without parsing METADATA)
+            name = str(getattr(dist, "_normalized_name", None) or dist.metadata["Name"] or "")
+            name = name.strip().lower().replace("_", "-")
         except Exception:  # noqa: BLE001 - a broken metadata file: skipped, as importlib skips it
             continue
         ours = name == FIRST_PARTY and _runs_here(dist)
         key = "\0ours" if ours else name
         if not name or key in seen:
             continue
-        seen.add(key)
-        found.append((dist, [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP], ours))
+        seen.add(key)  # a later copy of this name is hidden, as importlib hides it, entry points or not
+        try:
+            eps = [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+        except Exception:  # noqa: BLE001 - an unreadable entry_points.txt: nothing declared
+            eps = []
+        if eps:
+            found.append((dist, eps, ours))
     if not any(o for _, _, o in found):
-        named = [i for i, (d, _, _) in enumerate(found) if (d.metadata["Name"] or "").lower() == FIRST_PARTY]
+        named = [i for i, (d, _, _) in enumerate(found) if _dist_name_of(d) == FIRST_PARTY]
         if named:
             d, eps, _ = found[named[0]]
             found[named[0]] = (d, eps, True)
     for dist, _, ours in found:
-        if not ours and (dist.metadata["Name"] or "").lower() == FIRST_PARTY:
+        if not ours and _dist_name_of(dist) == FIRST_PARTY:
             log.warning("a package calls its distribution %r at %s but is not the LiSER that runs; its plugins "
                         "load as a third party's (their names never take LiSER's)", FIRST_PARTY, _dist_location(dist))
     return [(ep, ours) for _, eps, ours in found for ep in eps]
