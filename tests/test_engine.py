@@ -410,8 +410,9 @@ def test_a_resumed_run_keeps_what_earlier_sessions_timed_warned_and_fitted(run_t
     # the feature cache's counts are every session's (they were the last session's alone)
     first = state["feature_cache"]
     last = metrics["diagnostics"]["feature_cache"]
-    assert first["misses"] > 0 and last["misses"] >= first["misses"]  # the first session's computing is kept
-    assert last["hits"] + last["misses"] > first["hits"] + first["misses"]
+    # (misses or hits: the disk cache may be warm from other runs in this process's cache folder)
+    assert all(last[k] >= first[k] for k in ("hits", "misses", "from_disk"))  # the first session's counts are kept
+    assert first["hits"] + first["misses"] > 0 and last["hits"] + last["misses"] > first["hits"] + first["misses"]
 
 
 def test_a_run_resumed_with_another_thread_count_says_so_in_its_record(run_tiny, tmp_path):
